@@ -1,0 +1,20 @@
+# Sluice: two commands do everything on a fresh machine.
+#   make demo   local stack (nats-server, coordinator, worker) running the example workflow
+#   make test   every test, against real nats-servers the tests start themselves
+
+CARGO ?= cargo
+
+.PHONY: demo test tools build
+
+tools:
+	bash scripts/install-tools.sh
+
+build:
+	$(CARGO) build --workspace
+
+demo: tools
+	$(CARGO) build -p sluice
+	./target/debug/sluice dev examples/workflows/etl-daily.yaml
+
+test: tools
+	$(CARGO) test --workspace --no-fail-fast

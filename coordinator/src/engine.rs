@@ -1,0 +1,443 @@
+//! The DAG engine: a deterministic state machine for one run. Events in, effects out; no
+//! I/O, no clock reads (time arrives as an argument), no randomness.
+//!
+//! The shell ([`crate::service`]) executes the `Save` effects in list order, waits until all
+//! are durable, then publishes the `Dispatch` effects: state is always written before it is
+//! acted on.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sluice_proto::limits::ERROR_TEXT_MAX_BYTES;
+use sluice_proto::messages::truncate_error;
+use sluice_proto::{
+    AttemptRecord, EventKind, JobEvent, JobMessage, JobRecord, JobState, RunId, RunRecord,
+    RunState, SCHEMA_VERSION, Window, WorkflowSpec,
+};
+
+/// What the shell must do, in order.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Write a job record (KV `sluice-jobs`).
+    SaveJob(JobRecord),
+    /// Write the run record (KV `sluice-runs`).
+    SaveRun(RunRecord),
+    /// Publish a job to its pool, after every save before it is durable.
+    Dispatch(JobMessage),
+}
+
+/// Why an event changed nothing. Not an error: duplicates and stale events are expected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Ignored {
+    #[error("event for job `{0}`, which this run does not have")]
+    UnknownJob(String),
+    #[error("job `{job}` is already {state}")]
+    AlreadyFinished { job: String, state: &'static str },
+    #[error("job `{job}` attempt {attempt} already seen")]
+    Duplicate { job: String, attempt: u32 },
+    #[error("job `{job}` event from generation {event}, current is {current}")]
+    StaleGeneration {
+        job: String,
+        event: u32,
+        current: u32,
+    },
+}
+
+/// A run could not be rebuilt from its stored records.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("run {run_id} cannot be restored: {reason}")]
+pub struct RestoreError {
+    pub run_id: RunId,
+    pub reason: String,
+}
+
+/// Everything a new run needs, already validated.
+pub struct NewRun {
+    pub id: RunId,
+    pub spec: WorkflowSpec,
+    pub spec_yaml: String,
+    pub window: Window,
+    pub params: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// One run's state. Owned by the coordinator's single event loop.
+#[derive(Clone, Debug)]
+pub struct Run {
+    record: RunRecord,
+    spec: Arc<WorkflowSpec>,
+    jobs: HashMap<String, JobRecord>,
+    /// Derived from the spec: who needs each job.
+    dependents: HashMap<String, Vec<String>>,
+    /// Jobs not yet terminal; the run ends when this reaches zero.
+    unfinished: usize,
+}
+
+impl Run {
+    /// A new run: every job `blocked`, then those that need nothing `queued` and dispatched.
+    /// Effects save every job record before the run record, so a stored run record means
+    /// all its jobs are stored too.
+    pub fn start(new: NewRun, now: DateTime<Utc>) -> (Self, Vec<Effect>) {
+        let order = new.spec.topological_order();
+        let record = RunRecord {
+            schema_version: SCHEMA_VERSION,
+            id: new.id,
+            workflow: new.spec.name.clone(),
+            spec_yaml: new.spec_yaml,
+            window: new.window,
+            params: new.params,
+            state: RunState::Running,
+            created_at: now,
+            finished_at: None,
+            idempotency_key: new.idempotency_key,
+            error: None,
+            traceparent: new.traceparent,
+            tracestate: new.tracestate,
+            jobs: order.clone(),
+        };
+        let jobs = order
+            .iter()
+            .map(|name| (name.clone(), blank_job(new.id, name)))
+            .collect();
+        let mut run = Self::assemble(record, Arc::new(new.spec), jobs);
+        let roots: Vec<String> = order
+            .iter()
+            .filter(|name| run.spec.jobs[name.as_str()].needs.is_empty())
+            .cloned()
+            .collect();
+        let dispatches: Vec<Effect> = roots
+            .iter()
+            .map(|name| Effect::Dispatch(run.mark_queued(name, now)))
+            .collect();
+        // Blocked jobs are saved too, so `status` lists every job from the start.
+        let mut effects: Vec<Effect> = order
+            .iter()
+            .map(|name| Effect::SaveJob(run.jobs[name].clone()))
+            .collect();
+        effects.push(Effect::SaveRun(run.record.clone()));
+        effects.extend(dispatches);
+        (run, effects)
+    }
+
+    /// Rebuilds a run from stored records after a restart, and returns the effects that
+    /// finish whatever a crash interrupted (a dependent not yet queued, a run not yet ended).
+    /// Missing job records are recreated as `blocked`.
+    pub fn restore(
+        record: RunRecord,
+        mut stored: HashMap<String, JobRecord>,
+        now: DateTime<Utc>,
+    ) -> Result<(Self, Vec<Effect>), RestoreError> {
+        let spec = WorkflowSpec::parse(&record.spec_yaml).map_err(|error| RestoreError {
+            run_id: record.id,
+            reason: error.to_string(),
+        })?;
+        let jobs = spec
+            .topological_order()
+            .into_iter()
+            .map(|name| {
+                let job = stored
+                    .remove(&name)
+                    .unwrap_or_else(|| blank_job(record.id, &name));
+                (name, job)
+            })
+            .collect();
+        let mut run = Self::assemble(record, Arc::new(spec), jobs);
+        let mut effects = Vec::new();
+        if run.record.state == RunState::Running {
+            let order = run.record.jobs.clone();
+            for name in &order {
+                if run.jobs[name].state == JobState::Blocked {
+                    run.unblock(name, now, &mut effects);
+                }
+            }
+            run.finish_if_done(now, &mut effects);
+        }
+        Ok((run, effects))
+    }
+
+    fn assemble(
+        record: RunRecord,
+        spec: Arc<WorkflowSpec>,
+        jobs: HashMap<String, JobRecord>,
+    ) -> Self {
+        let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
+        for (name, job) in &spec.jobs {
+            for need in &job.needs {
+                dependents
+                    .entry(need.clone())
+                    .or_default()
+                    .push(name.clone());
+            }
+        }
+        let unfinished = jobs.values().filter(|job| !job.state.is_terminal()).count();
+        Self {
+            record,
+            spec,
+            jobs,
+            dependents,
+            unfinished,
+        }
+    }
+
+    pub fn id(&self) -> RunId {
+        self.record.id
+    }
+
+    pub fn record(&self) -> &RunRecord {
+        &self.record
+    }
+
+    pub fn job(&self, name: &str) -> Option<&JobRecord> {
+        self.jobs.get(name)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.record.state.is_terminal()
+    }
+
+    /// Jobs in `queued` state: after a restart the shell checks each was really published.
+    pub fn queued_jobs(&self) -> impl Iterator<Item = &JobRecord> {
+        self.record
+            .jobs
+            .iter()
+            .filter_map(|name| self.jobs.get(name))
+            .filter(|job| job.state == JobState::Queued)
+    }
+
+    /// Applies one job event. Handling the same event twice changes nothing the second time.
+    pub fn apply(&mut self, event: &JobEvent, now: DateTime<Utc>) -> Result<Vec<Effect>, Ignored> {
+        let job = self
+            .jobs
+            .get(&event.job)
+            .ok_or_else(|| Ignored::UnknownJob(event.job.clone()))?;
+        if job.state.is_terminal() {
+            return Err(Ignored::AlreadyFinished {
+                job: event.job.clone(),
+                state: job.state.as_str(),
+            });
+        }
+        if event.generation < job.generation {
+            return Err(Ignored::StaleGeneration {
+                job: event.job.clone(),
+                event: event.generation,
+                current: job.generation,
+            });
+        }
+        let mut effects = Vec::new();
+        match event.kind {
+            EventKind::Started => self.started(event)?,
+            EventKind::Succeeded => self.succeeded(event, now, &mut effects),
+            EventKind::Failed => self.failed(event, now, &mut effects),
+        }
+        effects.insert(0, Effect::SaveJob(self.jobs[&event.job].clone()));
+        self.finish_if_done(now, &mut effects);
+        Ok(effects)
+    }
+
+    fn started(&mut self, event: &JobEvent) -> Result<(), Ignored> {
+        let job = self.jobs.get_mut(&event.job).expect("checked by apply");
+        // An older attempt's late start, or this attempt's start seen again.
+        if event.attempt < job.attempts
+            || (event.attempt == job.attempts && job.state == JobState::Running)
+        {
+            return Err(Ignored::Duplicate {
+                job: event.job.clone(),
+                attempt: event.attempt,
+            });
+        }
+        job.state = JobState::Running;
+        job.attempts = event.attempt;
+        job.retry_at = None;
+        job.started_at.get_or_insert(event.at);
+        job.attempt_history.push(AttemptRecord {
+            attempt: event.attempt,
+            started_at: event.at,
+            finished_at: None,
+            error: None,
+            worker: event.worker.clone(),
+        });
+        Ok(())
+    }
+
+    fn succeeded(&mut self, event: &JobEvent, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        let job = self.jobs.get_mut(&event.job).expect("checked by apply");
+        close_attempt(job, event, None);
+        job.state = JobState::Completed;
+        job.error = None;
+        job.retry_at = None;
+        job.finished_at = Some(event.at);
+        self.unfinished -= 1;
+        let dependents = self.dependents.get(&event.job).cloned().unwrap_or_default();
+        for dependent in dependents {
+            self.unblock(&dependent, now, effects);
+        }
+    }
+
+    fn failed(&mut self, event: &JobEvent, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        let error = truncate_error(
+            event.error.as_deref().unwrap_or("failed without a message"),
+            ERROR_TEXT_MAX_BYTES,
+        );
+        let job = self.jobs.get_mut(&event.job).expect("checked by apply");
+        close_attempt(job, event, Some(error.clone()));
+        job.error = Some(error);
+        if let Some(retry_at) = event.retry_at {
+            job.state = JobState::Retrying;
+            job.retry_at = Some(retry_at);
+            return;
+        }
+        job.state = JobState::Failed;
+        job.retry_at = None;
+        job.finished_at = Some(event.at);
+        self.unfinished -= 1;
+        // Default failure policy: nothing new starts; what is in flight may finish.
+        let reason = format!("skipped: job `{}` failed", event.job);
+        let order = self.record.jobs.clone();
+        for name in &order {
+            if self.jobs[name].state == JobState::Blocked {
+                self.skip(name, &reason, now, effects);
+            }
+        }
+    }
+
+    /// Queues `name` if every job it needs has completed; skips it if one can no longer
+    /// complete.
+    fn unblock(&mut self, name: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        if self.jobs[name].state != JobState::Blocked {
+            return;
+        }
+        let needs = &self.spec.jobs[name].needs;
+        let failed_need = needs.iter().find(|need| {
+            matches!(
+                self.jobs[need.as_str()].state,
+                JobState::Failed | JobState::Skipped | JobState::Cancelled
+            )
+        });
+        if let Some(need) = failed_need {
+            let reason = format!("skipped: job `{need}` did not complete");
+            self.skip(name, &reason, now, effects);
+        } else if self.has_failure() {
+            self.skip(name, "skipped: another job of the run failed", now, effects);
+        } else if needs
+            .iter()
+            .all(|need| self.jobs[need.as_str()].state == JobState::Completed)
+        {
+            self.queue(name, now, effects);
+        }
+    }
+
+    fn has_failure(&self) -> bool {
+        self.jobs.values().any(|job| job.state == JobState::Failed)
+    }
+
+    fn queue(&mut self, name: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        let message = self.mark_queued(name, now);
+        effects.push(Effect::SaveJob(self.jobs[name].clone()));
+        effects.push(Effect::Dispatch(message));
+    }
+
+    fn mark_queued(&mut self, name: &str, now: DateTime<Utc>) -> JobMessage {
+        let job = self.jobs.get_mut(name).expect("name comes from the spec");
+        job.state = JobState::Queued;
+        job.queued_at = Some(now);
+        self.dispatch_message(name)
+    }
+
+    fn skip(&mut self, name: &str, reason: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        let job = self.jobs.get_mut(name).expect("name comes from the spec");
+        job.state = JobState::Skipped;
+        job.error = Some(reason.to_owned());
+        job.finished_at = Some(now);
+        self.unfinished -= 1;
+        effects.push(Effect::SaveJob(job.clone()));
+    }
+
+    fn finish_if_done(&mut self, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        if self.unfinished > 0 || self.record.state.is_terminal() {
+            return;
+        }
+        let all_completed = self
+            .jobs
+            .values()
+            .all(|job| job.state == JobState::Completed);
+        self.record.state = if all_completed {
+            RunState::Succeeded
+        } else {
+            RunState::Failed
+        };
+        self.record.finished_at = Some(now);
+        effects.push(Effect::SaveRun(self.record.clone()));
+    }
+
+    /// The message that runs job `name` (for the first dispatch, and for re-publishing one a
+    /// crash may have lost).
+    pub fn dispatch_message(&self, name: &str) -> JobMessage {
+        let spec = &self.spec.jobs[name];
+        let job = &self.jobs[name];
+        JobMessage {
+            schema_version: SCHEMA_VERSION,
+            run_id: self.record.id,
+            workflow: self.record.workflow.clone(),
+            job: name.to_owned(),
+            kind: spec.run.clone(),
+            command: spec.command.clone(),
+            config: spec.config.clone().unwrap_or(serde_json::Value::Null),
+            window: self.record.window,
+            params: self.record.params.clone(),
+            pool: self.spec.pool_of(spec),
+            attempt_offset: job.attempt_offset,
+            generation: job.generation,
+            retry: self.spec.retry_of(spec),
+            timeout_ms: self.spec.timeout_of(spec).map(|timeout| {
+                u64::try_from(timeout.as_duration().as_millis()).unwrap_or(u64::MAX)
+            }),
+        }
+    }
+}
+
+fn blank_job(run_id: RunId, name: &str) -> JobRecord {
+    JobRecord {
+        schema_version: SCHEMA_VERSION,
+        run_id,
+        name: name.to_owned(),
+        state: JobState::Blocked,
+        attempts: 0,
+        attempt_offset: 0,
+        generation: 0,
+        queued_at: None,
+        started_at: None,
+        finished_at: None,
+        retry_at: None,
+        error: None,
+        attempt_history: Vec::new(),
+    }
+}
+
+/// Marks the attempt the event is about as finished (adding it if its start was never seen).
+fn close_attempt(job: &mut JobRecord, event: &JobEvent, error: Option<String>) {
+    job.attempts = job.attempts.max(event.attempt);
+    match job
+        .attempt_history
+        .iter_mut()
+        .rev()
+        .find(|attempt| attempt.attempt == event.attempt)
+    {
+        Some(attempt) => {
+            attempt.finished_at = Some(event.at);
+            attempt.error = error;
+        }
+        None => job.attempt_history.push(AttemptRecord {
+            attempt: event.attempt,
+            started_at: event.at,
+            finished_at: Some(event.at),
+            error,
+            worker: event.worker.clone(),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,73 @@
+//! Run identifiers: UUIDv7 chosen by the publisher, written as strings on the wire.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use uuid::Uuid;
+
+/// A run's id. UUIDv7, so ids sort by creation time. Serialised as its hyphenated string
+/// (not 16 raw bytes) so every language's MessagePack library reads it the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RunId(Uuid);
+
+impl RunId {
+    /// A fresh, time-ordered run id.
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+
+    pub fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl From<Uuid> for RunId {
+    fn from(value: Uuid) -> Self {
+        Self(value)
+    }
+}
+
+impl fmt::Display for RunId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+/// The text was not a UUID.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid run id `{text}`: expected a UUID such as 0190f5c2-7d3a-7b4e-8a1f-2c3d4e5f6a7b")]
+pub struct RunIdError {
+    pub text: String,
+}
+
+impl FromStr for RunId {
+    type Err = RunIdError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(text.trim())
+            .map(Self)
+            .map_err(|_| RunIdError {
+                text: text.chars().take(80).collect(),
+            })
+    }
+}
+
+impl Serialize for RunId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0.hyphenated())
+    }
+}
+
+impl<'de> Deserialize<'de> for RunId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,32 @@
+//! sluice-proto: the contract between every Sluice component and any NATS client.
+//!
+//! Subject, stream, bucket and header names ([`names`]), the MessagePack messages
+//! ([`messages`], [`codec`]), the YAML workflow spec and its validation ([`spec`]),
+//! time windows ([`window`]), job and run states ([`state`]) and W3C trace context
+//! ([`trace`]). No I/O and no async runtime: everything here is pure and testable.
+
+pub mod codec;
+pub mod duration;
+pub mod ids;
+pub mod limits;
+pub mod messages;
+pub mod names;
+pub mod placeholder;
+pub mod retry;
+pub mod spec;
+pub mod state;
+pub mod trace;
+pub mod window;
+
+pub use codec::{CodecError, decode, encode};
+pub use duration::HumanDuration;
+pub use ids::RunId;
+pub use messages::{
+    AttemptRecord, EventKind, JobEvent, JobMessage, JobRecord, Rejection, RunRecord,
+    SCHEMA_VERSION, Submission,
+};
+pub use retry::{Backoff, RetryPolicy};
+pub use spec::{JobSpec, SpecError, WorkflowSpec};
+pub use state::{JobState, RunState};
+pub use trace::TraceParent;
+pub use window::{Window, WindowError};

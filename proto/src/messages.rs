@@ -1,0 +1,225 @@
+//! Wire messages and stored records. All are MessagePack maps (see [`crate::codec`]) with a
+//! `schema_version`; fields added later carry `#[serde(default)]` so older readers and
+//! writers keep working.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::RunId;
+use crate::retry::RetryPolicy;
+use crate::state::{JobState, RunState};
+use crate::window::Window;
+
+/// The schema version this build writes and the newest it reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A message type with a schema version and a name for error messages.
+pub trait Versioned {
+    const WHAT: &'static str;
+    fn schema_version(&self) -> u32;
+}
+
+macro_rules! versioned {
+    ($type:ty, $what:literal) => {
+        impl Versioned for $type {
+            const WHAT: &'static str = $what;
+            fn schema_version(&self) -> u32 {
+                self.schema_version
+            }
+        }
+    };
+}
+
+/// Published to `sluice.submit` by `sluice submit` or any NATS client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Submission {
+    pub schema_version: u32,
+    /// Chosen by the publisher (UUIDv7), so it knows the id before any coordinator answers.
+    pub run_id: RunId,
+    /// The workflow as YAML text: parsed and validated by the same strict rules everywhere.
+    pub workflow: String,
+    /// The window to process; absent means the previous full day in the workflow's zone,
+    /// as of `submitted_at`.
+    #[serde(default)]
+    pub window: Option<Window>,
+    /// Values for `{{params.NAME}}` placeholders, over the workflow's `params` defaults.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    /// A second submission with the same key creates no second run.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    #[serde(default)]
+    pub submitted_at: Option<DateTime<Utc>>,
+}
+versioned!(Submission, "submission");
+
+/// A ready job, published by the coordinator to `sluice.jobs.<pool>.<run_id>.<job>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobMessage {
+    pub schema_version: u32,
+    pub run_id: RunId,
+    pub workflow: String,
+    pub job: String,
+    /// The job kind a worker looks up in its registry (`run:` in YAML).
+    pub kind: String,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub config: serde_json::Value,
+    pub window: Window,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    pub pool: String,
+    /// Attempts made before this dispatch; attempt = offset + delivery count.
+    #[serde(default)]
+    pub attempt_offset: u32,
+    /// Dispatch series; `retry` and replays start a new one.
+    #[serde(default)]
+    pub generation: u32,
+    pub retry: RetryPolicy,
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+versioned!(JobMessage, "job");
+
+/// What happened to one attempt of a job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Started,
+    Succeeded,
+    Failed,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "started",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// A job lifecycle event, published by a worker to `sluice.events.<run_id>.<job>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub schema_version: u32,
+    pub run_id: RunId,
+    pub job: String,
+    pub attempt: u32,
+    #[serde(default)]
+    pub generation: u32,
+    pub kind: EventKind,
+    pub at: DateTime<Utc>,
+    #[serde(default)]
+    pub worker: String,
+    /// For `failed`: what went wrong.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// For `failed`: when the next attempt is due; absent means no attempt follows.
+    #[serde(default)]
+    pub retry_at: Option<DateTime<Utc>>,
+}
+versioned!(JobEvent, "job event");
+
+/// A run, stored in KV `sluice-runs` under its id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub schema_version: u32,
+    pub id: RunId,
+    pub workflow: String,
+    /// The YAML the run was submitted with; retries and replays use this copy.
+    pub spec_yaml: String,
+    pub window: Window,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    pub state: RunState,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Why the run failed when no job explains it (a rejected submission).
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub traceparent: Option<String>,
+    #[serde(default)]
+    pub tracestate: Option<String>,
+    /// Job names in dependency order; each has a record in KV `sluice-jobs`.
+    #[serde(default)]
+    pub jobs: Vec<String>,
+}
+versioned!(RunRecord, "run record");
+
+/// One attempt of a job, as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub started_at: DateTime<Utc>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub worker: String,
+}
+
+/// One job of a run, stored in KV `sluice-jobs` under `<run_id>.<job>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub schema_version: u32,
+    pub run_id: RunId,
+    pub name: String,
+    pub state: JobState,
+    /// The highest attempt number started so far.
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub attempt_offset: u32,
+    #[serde(default)]
+    pub generation: u32,
+    #[serde(default)]
+    pub queued_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub retry_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub attempt_history: Vec<AttemptRecord>,
+}
+versioned!(JobRecord, "job record");
+
+/// A submission that could not be accepted, kept in stream `SLUICE_REJECTED`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub schema_version: u32,
+    pub received_at: DateTime<Utc>,
+    #[serde(default)]
+    pub run_id: Option<RunId>,
+    #[serde(default)]
+    pub workflow: Option<String>,
+    pub reason: String,
+    pub payload_bytes: u64,
+}
+versioned!(Rejection, "rejection");
+
+/// Keeps the last `max_bytes` of an error text (the end of stderr says most), on a
+/// character boundary.
+pub fn truncate_error(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_owned();
+    }
+    let mut start = text.len() - max_bytes;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    format!("…{}", &text[start..])
+}

@@ -1,0 +1,108 @@
+//! Every subject, stream, consumer, bucket and header name Sluice uses, defined once.
+//!
+//! Job names, pool names and run ids become subject tokens and KV keys; [`crate::spec`]
+//! restricts names to `[A-Za-z0-9_-]` so they are always valid tokens.
+
+use crate::ids::RunId;
+
+/// Work-queue stream of workflow submissions.
+pub const SUBMIT_STREAM: &str = "SLUICE_SUBMIT";
+/// Subject any NATS client publishes a [`crate::Submission`] to.
+pub const SUBMIT_SUBJECT: &str = "sluice.submit";
+/// The coordinator's durable consumer on [`SUBMIT_STREAM`].
+pub const SUBMIT_CONSUMER: &str = "coordinator-submit";
+
+/// Work-queue stream of ready jobs, one subject per (pool, run, job).
+pub const JOBS_STREAM: &str = "SLUICE_JOBS";
+/// Subjects of [`JOBS_STREAM`].
+pub const JOBS_SUBJECTS: &str = "sluice.jobs.>";
+
+/// Work-queue stream of job lifecycle events, one subject per (run, job).
+pub const EVENTS_STREAM: &str = "SLUICE_EVENTS";
+/// Subjects of [`EVENTS_STREAM`].
+pub const EVENTS_SUBJECTS: &str = "sluice.events.>";
+/// The coordinator's durable consumer on [`EVENTS_STREAM`].
+pub const EVENTS_CONSUMER: &str = "coordinator-events";
+
+/// Limits stream of submissions that could not be accepted, with the reason.
+pub const REJECTED_STREAM: &str = "SLUICE_REJECTED";
+/// Subjects of [`REJECTED_STREAM`].
+pub const REJECTED_SUBJECTS: &str = "sluice.rejected.>";
+/// Token used in a rejection subject when the submission's run id could not be read.
+pub const REJECTED_UNKNOWN_RUN: &str = "unknown";
+
+/// KV bucket of run records, keyed by run id.
+pub const RUNS_BUCKET: &str = "sluice-runs";
+/// KV bucket of job records, keyed by `<run_id>.<job>`.
+pub const JOBS_BUCKET: &str = "sluice-jobs";
+/// KV bucket mapping idempotency keys (hex) to the run id they created.
+pub const IDEMPOTENCY_BUCKET: &str = "sluice-idempotency";
+
+/// Deduplication header understood by JetStream.
+pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
+/// W3C trace context headers.
+pub const HEADER_TRACEPARENT: &str = "traceparent";
+pub const HEADER_TRACESTATE: &str = "tracestate";
+/// Sluice headers on job messages and events, readable even when the payload is not.
+pub const HEADER_RUN_ID: &str = "Sluice-Run-Id";
+pub const HEADER_JOB: &str = "Sluice-Job";
+pub const HEADER_ATTEMPT: &str = "Sluice-Attempt";
+
+/// Subject a job for `pool` is dispatched on.
+pub fn job_subject(pool: &str, run_id: &RunId, job: &str) -> String {
+    format!("sluice.jobs.{pool}.{run_id}.{job}")
+}
+
+/// Filter of the pool's consumer: every job of that pool.
+pub fn pool_filter(pool: &str) -> String {
+    format!("sluice.jobs.{pool}.>")
+}
+
+/// Durable consumer name of a pool (what KEDA watches).
+pub fn pool_consumer(pool: &str) -> String {
+    format!("pool-{pool}")
+}
+
+/// Subject a worker publishes a job's lifecycle events on.
+pub fn event_subject(run_id: &RunId, job: &str) -> String {
+    format!("sluice.events.{run_id}.{job}")
+}
+
+/// Subject a rejection is recorded on.
+pub fn rejected_subject(run_id: Option<&RunId>) -> String {
+    match run_id {
+        Some(id) => format!("sluice.rejected.{id}"),
+        None => format!("sluice.rejected.{REJECTED_UNKNOWN_RUN}"),
+    }
+}
+
+/// KV key of a job record in [`JOBS_BUCKET`].
+pub fn job_key(run_id: &RunId, job: &str) -> String {
+    format!("{run_id}.{job}")
+}
+
+/// Subject that writes `key` in KV `bucket` (JetStream KV is a stream under `$KV.`).
+pub fn kv_subject(bucket: &str, key: &str) -> String {
+    format!("$KV.{bucket}.{key}")
+}
+
+/// Deduplication id of one dispatch: a retry or replay starts a new generation, so its
+/// messages are never mistaken for duplicates of the first series.
+pub fn dispatch_id(run_id: &RunId, job: &str, attempt: u32, generation: u32) -> String {
+    format!("{run_id}.{job}.{attempt}.{generation}")
+}
+
+/// Deduplication id of a lifecycle event, so a worker may safely re-publish one.
+pub fn event_id(run_id: &RunId, job: &str, attempt: u32, generation: u32, kind: &str) -> String {
+    format!("{run_id}.{job}.{attempt}.{generation}.{kind}")
+}
+
+/// Hex form of an idempotency key, usable as a KV key whatever bytes it holds.
+pub fn idempotency_kv_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() * 2 + 2);
+    out.push_str("k-");
+    for byte in key.as_bytes() {
+        out.push_str(&format!("{byte:02x}"));
+    }
+    out
+}

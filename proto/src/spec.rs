@@ -1,0 +1,458 @@
+//! The YAML workflow spec: parsing (strict: unknown keys are errors) and validation (cycles,
+//! unknown or duplicate dependencies, names, kinds, durations, placeholders).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::fmt;
+
+use chrono_tz::Tz;
+use indexmap::IndexMap;
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::{Deserialize, Serialize};
+
+use crate::duration::HumanDuration;
+use crate::limits::{NAME_MAX_CHARS, PARAMS_MAX, WORKFLOW_JOBS_MAX, WORKFLOW_YAML_MAX_BYTES};
+use crate::placeholder;
+use crate::retry::RetryPolicy;
+use crate::window::parse_zone;
+
+/// Pool used when neither the job nor `defaults` names one.
+pub const DEFAULT_POOL: &str = "default";
+/// The kind that runs a command.
+pub const EXEC_KIND: &str = "exec";
+
+/// A workflow: named jobs and what each needs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// IANA zone windows are computed in (default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Defaults for `{{params.NAME}}`; `--param NAME=VALUE` overrides.
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub defaults: Defaults,
+    /// Jobs in the order written.
+    pub jobs: IndexMap<String, JobSpec>,
+}
+
+/// Settings every job inherits unless it sets its own.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(default)]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// One job of a workflow.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// The job kind: `exec`, `noop`, `sleep`, `fail`, or one a Rust worker registered.
+    pub run: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub needs: Vec<String>,
+    /// For `exec`: the program and its arguments (no shell).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub pool: Option<String>,
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// Why a workflow was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("workflow is {bytes} bytes; the limit is {WORKFLOW_YAML_MAX_BYTES}")]
+    TooLarge { bytes: usize },
+    #[error("workflow YAML is not valid: {0}")]
+    Yaml(String),
+    #[error("{}", render_problems(.workflow, .problems))]
+    Invalid {
+        workflow: String,
+        problems: Vec<String>,
+    },
+}
+
+fn render_problems(workflow: &str, problems: &[String]) -> String {
+    let mut out = format!("workflow `{workflow}` is invalid:");
+    for problem in problems {
+        out.push_str("\n  - ");
+        out.push_str(problem);
+    }
+    out
+}
+
+/// Whether `name` can be a job, pool, workflow or param name (a NATS subject token and KV key).
+pub fn check_name(what: &str, name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err(format!("{what} name is empty"));
+    }
+    if name.chars().count() > NAME_MAX_CHARS {
+        return Err(format!(
+            "{what} name `{}…` is longer than {NAME_MAX_CHARS} characters",
+            name.chars().take(20).collect::<String>()
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(format!(
+            "{what} name `{name}` may only use letters, digits, `_` and `-`"
+        ));
+    }
+    Ok(())
+}
+
+impl WorkflowSpec {
+    /// Parses and validates workflow YAML.
+    pub fn parse(yaml: &str) -> Result<Self, SpecError> {
+        if yaml.len() > WORKFLOW_YAML_MAX_BYTES {
+            return Err(SpecError::TooLarge { bytes: yaml.len() });
+        }
+        let spec: Self =
+            serde_saphyr::from_str(yaml).map_err(|error| SpecError::Yaml(error.to_string()))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Every problem at once, so a user fixes them in one round.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let mut problems = Vec::new();
+        if let Err(problem) = check_name("workflow", &self.name) {
+            problems.push(problem);
+        }
+        if let Some(zone) = &self.timezone
+            && let Err(error) = parse_zone(zone)
+        {
+            problems.push(format!("timezone: {error}"));
+        }
+        for name in self.params.keys() {
+            if let Err(problem) = check_name("param", name) {
+                problems.push(problem);
+            }
+        }
+        self.validate_defaults(&mut problems);
+        if self.jobs.is_empty() {
+            problems.push("the workflow has no jobs: add at least one under `jobs:`".into());
+        }
+        if self.jobs.len() > WORKFLOW_JOBS_MAX {
+            problems.push(format!(
+                "the workflow has {} jobs; the limit is {WORKFLOW_JOBS_MAX}",
+                self.jobs.len()
+            ));
+        }
+        for (name, job) in &self.jobs {
+            validate_job(name, job, &self.jobs, &mut problems);
+        }
+        if problems.is_empty()
+            && let Some(cycle) = self.find_cycle()
+        {
+            problems.push(format!(
+                "dependency cycle: {} (each job needs the next)",
+                cycle.join(" -> ")
+            ));
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SpecError::Invalid {
+                workflow: self.name.clone(),
+                problems,
+            })
+        }
+    }
+
+    fn validate_defaults(&self, problems: &mut Vec<String>) {
+        if let Some(pool) = &self.defaults.pool
+            && let Err(problem) = check_name("defaults.pool", pool)
+        {
+            problems.push(problem);
+        }
+        if let Some(retry) = &self.defaults.retry
+            && let Err(problem) = retry.check()
+        {
+            problems.push(format!("defaults: {problem}"));
+        }
+        if self
+            .defaults
+            .timeout
+            .is_some_and(|timeout| timeout.as_duration().is_zero())
+        {
+            problems.push("defaults.timeout must be longer than 0s".into());
+        }
+    }
+
+    /// A dependency cycle as job names, first repeated at the end, if there is one.
+    pub fn find_cycle(&self) -> Option<Vec<String>> {
+        let mut graph = DiGraph::<&str, ()>::new();
+        let nodes: HashMap<&str, NodeIndex> = self
+            .jobs
+            .keys()
+            .map(|name| (name.as_str(), graph.add_node(name.as_str())))
+            .collect();
+        for (name, job) in &self.jobs {
+            for need in &job.needs {
+                if let Some(&target) = nodes.get(need.as_str()) {
+                    graph.add_edge(nodes[name.as_str()], target, ());
+                }
+            }
+        }
+        let components = petgraph::algo::tarjan_scc(&graph);
+        let component = components
+            .into_iter()
+            .filter(|component| component.len() > 1)
+            .min_by_key(|component| component.iter().map(|node| node.index()).min())?;
+        let members: HashSet<NodeIndex> = component.iter().copied().collect();
+        let start = *component.iter().min_by_key(|node| node.index())?;
+        // Breadth-first search inside the component for the shortest way back to `start`.
+        let mut came_from: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+        let mut queue = std::collections::VecDeque::from([start]);
+        while let Some(node) = queue.pop_front() {
+            let mut successors: Vec<NodeIndex> = graph
+                .neighbors(node)
+                .filter(|next| members.contains(next))
+                .collect();
+            successors.sort();
+            for next in successors {
+                if next == start {
+                    let mut path = vec![graph[start].to_owned()];
+                    let mut at = node;
+                    let mut reversed = Vec::new();
+                    while at != start {
+                        reversed.push(graph[at].to_owned());
+                        at = came_from[&at];
+                    }
+                    path.extend(reversed.into_iter().rev());
+                    path.push(graph[start].to_owned());
+                    return Some(path);
+                }
+                if let std::collections::hash_map::Entry::Vacant(entry) = came_from.entry(next) {
+                    entry.insert(node);
+                    queue.push_back(next);
+                }
+            }
+        }
+        None
+    }
+
+    /// Job names so that each comes after everything it needs, otherwise in written order.
+    /// Valid specs only (no cycles).
+    pub fn topological_order(&self) -> Vec<String> {
+        let index: HashMap<&str, usize> = self
+            .jobs
+            .keys()
+            .enumerate()
+            .map(|(i, name)| (name.as_str(), i))
+            .collect();
+        let mut waiting_on: Vec<usize> = self.jobs.values().map(|job| job.needs.len()).collect();
+        let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); self.jobs.len()];
+        for (i, job) in self.jobs.values().enumerate() {
+            for need in &job.needs {
+                if let Some(&n) = index.get(need.as_str()) {
+                    dependents[n].push(i);
+                }
+            }
+        }
+        let mut ready: BinaryHeap<Reverse<usize>> = waiting_on
+            .iter()
+            .enumerate()
+            .filter(|(_, count)| **count == 0)
+            .map(|(i, _)| Reverse(i))
+            .collect();
+        let mut order = Vec::with_capacity(self.jobs.len());
+        while let Some(Reverse(i)) = ready.pop() {
+            order.push(
+                self.jobs
+                    .get_index(i)
+                    .map(|(name, _)| name.clone())
+                    .unwrap_or_default(),
+            );
+            for &dependent in &dependents[i] {
+                waiting_on[dependent] -= 1;
+                if waiting_on[dependent] == 0 {
+                    ready.push(Reverse(dependent));
+                }
+            }
+        }
+        order
+    }
+
+    /// The zone windows are computed in.
+    pub fn zone(&self) -> Tz {
+        self.timezone
+            .as_deref()
+            .and_then(|zone| parse_zone(zone).ok())
+            .unwrap_or(chrono_tz::UTC)
+    }
+
+    pub fn pool_of(&self, job: &JobSpec) -> String {
+        job.pool
+            .clone()
+            .or_else(|| self.defaults.pool.clone())
+            .unwrap_or_else(|| DEFAULT_POOL.to_owned())
+    }
+
+    pub fn retry_of(&self, job: &JobSpec) -> RetryPolicy {
+        job.retry
+            .clone()
+            .or_else(|| self.defaults.retry.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn timeout_of(&self, job: &JobSpec) -> Option<HumanDuration> {
+        job.timeout.or(self.defaults.timeout)
+    }
+
+    /// The params a run gets: the workflow's defaults overridden by `overrides`, checked so
+    /// every `{{params.NAME}}` a job uses has a value.
+    pub fn resolve_params(
+        &self,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, SpecError> {
+        let mut params = self.params.clone();
+        params.extend(
+            overrides
+                .iter()
+                .map(|(key, value)| (key.clone(), value.clone())),
+        );
+        let mut problems = Vec::new();
+        if params.len() > PARAMS_MAX {
+            problems.push(format!(
+                "{} params given; the limit is {PARAMS_MAX}",
+                params.len()
+            ));
+        }
+        for name in overrides.keys() {
+            if let Err(problem) = check_name("param", name) {
+                problems.push(problem);
+            }
+        }
+        for (name, job) in &self.jobs {
+            for arg in job.command.iter().flatten() {
+                if let Err(error) = placeholder::check(arg, Some(&params)) {
+                    problems.push(format!("job `{name}`: {error}"));
+                }
+            }
+        }
+        if problems.is_empty() {
+            Ok(params)
+        } else {
+            Err(SpecError::Invalid {
+                workflow: self.name.clone(),
+                problems,
+            })
+        }
+    }
+}
+
+fn validate_job(
+    name: &str,
+    job: &JobSpec,
+    jobs: &IndexMap<String, JobSpec>,
+    problems: &mut Vec<String>,
+) {
+    if let Err(problem) = check_name("job", name) {
+        problems.push(problem);
+    }
+    let mut problem = |text: String| problems.push(format!("job `{name}`: {text}"));
+    if let Err(text) = check_name("kind (`run:`)", &job.run) {
+        problem(text);
+    }
+    match (&job.command, job.run == EXEC_KIND) {
+        (None, true) => problem(
+            "`run: exec` needs a `command:` list, e.g. [python3, etl.py, \"{{start}}\"]".into(),
+        ),
+        (Some(command), true) if command.is_empty() => problem("`command:` is empty".into()),
+        (Some(_), false) => problem(format!(
+            "`command:` is only used by `run: exec`, not by `run: {}`",
+            job.run
+        )),
+        _ => {}
+    }
+    for arg in job.command.iter().flatten() {
+        if let Err(error) = placeholder::check(arg, None) {
+            problem(error.to_string());
+        }
+    }
+    if let Some(pool) = &job.pool
+        && let Err(text) = check_name("pool", pool)
+    {
+        problem(text);
+    }
+    if let Some(retry) = &job.retry
+        && let Err(text) = retry.check()
+    {
+        problem(text);
+    }
+    if job
+        .timeout
+        .is_some_and(|timeout| timeout.as_duration().is_zero())
+    {
+        problem("timeout must be longer than 0s".into());
+    }
+    let mut seen = HashSet::new();
+    for need in &job.needs {
+        if need == name {
+            problem("needs itself".into());
+        } else if !seen.insert(need) {
+            problem(format!("lists `{need}` twice in needs"));
+        } else if !jobs.contains_key(need) {
+            problem(format!(
+                "needs `{need}`, which is not a job of this workflow{}",
+                suggestion(need, jobs.keys())
+            ));
+        }
+    }
+}
+
+/// ` (did you mean `x`?)` for a near miss.
+fn suggestion<'a>(wrong: &str, candidates: impl Iterator<Item = &'a String>) -> String {
+    candidates
+        .filter(|candidate| edit_distance(wrong, candidate) <= 2)
+        .min_by_key(|candidate| edit_distance(wrong, candidate))
+        .map(|candidate| format!(" (did you mean `{candidate}`?)"))
+        .unwrap_or_default()
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            current.push(
+                (previous[j] + usize::from(ca != *cb))
+                    .min(previous[j + 1] + 1)
+                    .min(current[j] + 1),
+            );
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+impl fmt::Display for WorkflowSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "workflow `{}` ({} jobs)", self.name, self.jobs.len())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,210 @@
+use super::*;
+
+fn invalid(yaml: &str) -> String {
+    WorkflowSpec::parse(yaml)
+        .expect_err("should be refused")
+        .to_string()
+}
+
+const ETL: &str = r#"
+name: air-quality-daily
+timezone: America/Los_Angeles
+params: { region: eu }
+defaults:
+  pool: default
+  retry: { max_attempts: 5, backoff: exponential, initial: 10s, max: 10m }
+  timeout: 30m
+jobs:
+  ingest:
+    run: exec
+    command: [python3, -m, etl.main, ingest, "{{start}}", "{{end}}", "{{params.region}}"]
+  calibrate:
+    needs: [ingest]
+    run: calibrate
+    config: { model: v3, threshold: 0.5 }
+  report:
+    needs: [calibrate]
+    run: exec
+    pool: highmem
+    timeout: 5m
+    command: [python3, -m, etl.main, report]
+"#;
+
+#[test]
+fn parses_the_design_example_with_effective_settings() {
+    let spec = WorkflowSpec::parse(ETL).unwrap();
+    assert_eq!(spec.name, "air-quality-daily");
+    assert_eq!(
+        spec.jobs.keys().collect::<Vec<_>>(),
+        ["ingest", "calibrate", "report"]
+    );
+    let report = &spec.jobs["report"];
+    assert_eq!(spec.pool_of(report), "highmem");
+    assert_eq!(spec.pool_of(&spec.jobs["ingest"]), "default");
+    assert_eq!(spec.retry_of(report).max_attempts, 5);
+    assert_eq!(spec.timeout_of(report).unwrap().to_string(), "5m");
+    assert_eq!(
+        spec.jobs["calibrate"].config.as_ref().unwrap()["model"],
+        "v3"
+    );
+    assert_eq!(spec.zone().name(), "America/Los_Angeles");
+    assert_eq!(
+        spec.resolve_params(&BTreeMap::new()).unwrap()["region"],
+        "eu"
+    );
+}
+
+#[test]
+fn unknown_keys_are_errors_not_silently_dropped() {
+    let message = invalid("name: w\njobs:\n  a: { run: noop }\n  b: { run: noop, need: [a] }\n");
+    assert!(message.contains("unknown field `need`"), "{message}");
+}
+
+#[test]
+fn a_cycle_is_printed_as_a_path() {
+    let message = invalid(
+        "name: w\njobs:\n  x: { run: noop, needs: [y] }\n  y: { run: noop, needs: [x] }\n  z: { run: noop }\n",
+    );
+    assert!(
+        message.contains("dependency cycle: x -> y -> x"),
+        "{message}"
+    );
+    let longer = invalid(
+        "name: w\njobs:\n  a: { run: noop, needs: [c] }\n  b: { run: noop, needs: [a] }\n  c: { run: noop, needs: [b] }\n",
+    );
+    assert!(longer.contains("a -> c -> b -> a"), "{longer}");
+}
+
+#[test]
+fn dependency_mistakes_name_the_jobs() {
+    let message = invalid(
+        "name: w\njobs:\n  ingest: { run: noop }\n  load: { run: noop, needs: [ingset, load, ingest, ingest] }\n",
+    );
+    assert!(message.contains("job `load`: needs `ingset`, which is not a job of this workflow (did you mean `ingest`?)"), "{message}");
+    assert!(message.contains("job `load`: needs itself"), "{message}");
+    assert!(
+        message.contains("job `load`: lists `ingest` twice"),
+        "{message}"
+    );
+}
+
+#[test]
+fn duplicate_job_names_are_refused() {
+    let message = invalid("name: w\njobs:\n  a: { run: noop }\n  a: { run: noop }\n");
+    assert!(message.to_lowercase().contains("duplicate"), "{message}");
+}
+
+#[test]
+fn empty_workflows_and_bad_fields_are_refused() {
+    assert!(invalid("name: w\njobs: {}\n").contains("has no jobs"));
+    let message = invalid("name: w\njobs:\n  a: { run: exec }\n  b: { run: noop, command: [x] }\n");
+    assert!(
+        message.contains("job `a`: `run: exec` needs a `command:`"),
+        "{message}"
+    );
+    assert!(
+        message.contains("job `b`: `command:` is only used by `run: exec`"),
+        "{message}"
+    );
+    let duration = invalid("name: w\njobs:\n  c: { run: noop, timeout: 10 }\n");
+    assert!(duration.contains("invalid duration `10`"), "{duration}");
+    let names = invalid("name: w\njobs:\n  \"a.b\": { run: noop }\n");
+    assert!(names.contains("job name `a.b` may only use"), "{names}");
+    let retry =
+        invalid("name: w\ndefaults: { retry: { max_attempts: 0 } }\njobs:\n  a: { run: noop }\n");
+    assert!(retry.contains("max_attempts must be at least 1"), "{retry}");
+    let zone = invalid("name: w\ntimezone: Mars/Base\njobs:\n  a: { run: noop }\n");
+    assert!(zone.contains("unknown time zone `Mars/Base`"), "{zone}");
+    let placeholder =
+        invalid("name: w\njobs:\n  a: { run: exec, command: [echo, \"{{strat}}\"] }\n");
+    assert!(
+        placeholder.contains("unknown placeholder `{{strat}}`"),
+        "{placeholder}"
+    );
+}
+
+#[test]
+fn missing_params_are_named() {
+    let spec = WorkflowSpec::parse(
+        "name: w\njobs:\n  a: { run: exec, command: [echo, \"{{params.day}}\"] }\n",
+    )
+    .unwrap();
+    let message = spec
+        .resolve_params(&BTreeMap::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("`{{params.day}}` has no value"),
+        "{message}"
+    );
+    let given = BTreeMap::from([("day".to_owned(), "mon".to_owned())]);
+    assert_eq!(spec.resolve_params(&given).unwrap()["day"], "mon");
+}
+
+#[test]
+fn hostile_yaml_is_bounded() {
+    let bomb = "a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n";
+    assert!(WorkflowSpec::parse(bomb).is_err());
+    let huge = "#".repeat(WORKFLOW_YAML_MAX_BYTES + 1);
+    assert!(matches!(
+        WorkflowSpec::parse(&huge),
+        Err(SpecError::TooLarge { .. })
+    ));
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A random DAG: job i may need only jobs with smaller indices.
+    fn dag_yaml(needs: &[Vec<usize>]) -> String {
+        let mut yaml = String::from("name: random\njobs:\n");
+        for (i, deps) in needs.iter().enumerate().rev() {
+            let deps: Vec<String> = deps.iter().map(|d| format!("j{d}")).collect();
+            yaml.push_str(&format!(
+                "  j{i}: {{ run: noop, needs: [{}] }}\n",
+                deps.join(", ")
+            ));
+        }
+        yaml
+    }
+
+    fn needs_strategy() -> impl Strategy<Value = Vec<Vec<usize>>> {
+        (1usize..40).prop_flat_map(|n| {
+            (0..n)
+                .map(|i| proptest::sample::subsequence((0..i).collect::<Vec<_>>(), 0..=i.min(4)))
+                .collect::<Vec<_>>()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn random_dags_validate_and_order_respects_needs(needs in needs_strategy()) {
+            let spec = WorkflowSpec::parse(&dag_yaml(&needs)).unwrap();
+            let order = spec.topological_order();
+            prop_assert_eq!(order.len(), needs.len());
+            let position: HashMap<&str, usize> = order.iter().enumerate().map(|(i, n)| (n.as_str(), i)).collect();
+            for (name, job) in &spec.jobs {
+                for need in &job.needs {
+                    prop_assert!(position[need.as_str()] < position[name.as_str()]);
+                }
+            }
+        }
+
+        #[test]
+        fn a_back_edge_always_yields_a_real_cycle(needs in needs_strategy(), pick in any::<proptest::sample::Index>()) {
+            let mut needs = needs;
+            let with_deps: Vec<usize> = (0..needs.len()).filter(|i| !needs[*i].is_empty()).collect();
+            prop_assume!(!with_deps.is_empty());
+            let i = with_deps[pick.index(with_deps.len())];
+            let d = needs[i][0];
+            needs[d].push(i); // d needs i, and i needs d: a cycle
+            let spec: WorkflowSpec = serde_saphyr::from_str(&dag_yaml(&needs)).unwrap();
+            let cycle = spec.find_cycle().expect("cycle");
+            prop_assert_eq!(cycle.first(), cycle.last());
+            for pair in cycle.windows(2) {
+                prop_assert!(spec.jobs[&pair[0]].needs.contains(&pair[1]), "{:?}", cycle);
+            }
+        }
+    }
+}

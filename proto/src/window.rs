@@ -1,0 +1,198 @@
+//! Time windows `[start, end)` a run processes, computed in the workflow's time zone and
+//! rendered as RFC 3339 with offset.
+
+use std::fmt;
+
+use chrono::{DateTime, Days, FixedOffset, LocalResult, NaiveDate, SecondsFormat, TimeZone, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+/// A half-open interval of time, `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Window {
+    pub start: DateTime<FixedOffset>,
+    pub end: DateTime<FixedOffset>,
+}
+
+/// A window that could not be read or makes no sense.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    #[error(
+        "invalid window `{text}`: write a day (2024-03-01), `yesterday`, `today`, or START..END in RFC 3339 (2024-03-01T00:00:00Z..2024-03-02T00:00:00Z)"
+    )]
+    Unreadable { text: String },
+    #[error(
+        "invalid window `{text}`: {part} `{value}` is not an RFC 3339 time such as 2024-03-01T00:00:00Z"
+    )]
+    BadTime {
+        text: String,
+        part: &'static str,
+        value: String,
+    },
+    #[error("invalid window: end {end} is not after start {start}")]
+    Empty { start: String, end: String },
+    #[error(
+        "unknown time zone `{0}`: use an IANA name such as UTC, Europe/Berlin or America/Los_Angeles"
+    )]
+    UnknownZone(String),
+}
+
+/// Reads an IANA time zone name.
+pub fn parse_zone(name: &str) -> Result<Tz, WindowError> {
+    name.parse::<Tz>()
+        .map_err(|_| WindowError::UnknownZone(name.chars().take(64).collect()))
+}
+
+impl Window {
+    /// Builds a window, checking that it is not empty.
+    pub fn new(
+        start: DateTime<FixedOffset>,
+        end: DateTime<FixedOffset>,
+    ) -> Result<Self, WindowError> {
+        if end <= start {
+            return Err(WindowError::Empty {
+                start: render(&start),
+                end: render(&end),
+            });
+        }
+        Ok(Self { start, end })
+    }
+
+    /// Reads what a user types after `--window`, relative to `now`, in zone `zone`.
+    pub fn parse(text: &str, zone: Tz, now: DateTime<Utc>) -> Result<Self, WindowError> {
+        let trimmed = text.trim();
+        let today = now.with_timezone(&zone).date_naive();
+        match trimmed {
+            "today" => return Ok(Self::day(today, zone)),
+            "yesterday" => return Ok(Self::day(today.pred_opt().unwrap_or(today), zone)),
+            _ => {}
+        }
+        if let Some((start, end)) = trimmed.split_once("..") {
+            let parse = |part, value: &str| {
+                DateTime::parse_from_rfc3339(value.trim()).map_err(|_| WindowError::BadTime {
+                    text: trimmed.chars().take(120).collect(),
+                    part,
+                    value: value.chars().take(60).collect(),
+                })
+            };
+            return Self::new(parse("start", start)?, parse("end", end)?);
+        }
+        if let Ok(date) = NaiveDate::parse_from_str(trimmed, "%Y-%m-%d") {
+            return Ok(Self::day(date, zone));
+        }
+        Err(WindowError::Unreadable {
+            text: trimmed.chars().take(120).collect(),
+        })
+    }
+
+    /// The calendar day `date` in `zone`: local midnight to the next local midnight (23 or
+    /// 25 hours long on daylight-saving transition days).
+    pub fn day(date: NaiveDate, zone: Tz) -> Self {
+        let next = date.checked_add_days(Days::new(1)).unwrap_or(date);
+        Self {
+            start: local_midnight(date, zone),
+            end: local_midnight(next, zone),
+        }
+    }
+
+    /// The default window: the previous full day in `zone` as of `now`.
+    pub fn previous_day(zone: Tz, now: DateTime<Utc>) -> Self {
+        let today = now.with_timezone(&zone).date_naive();
+        Self::day(today.pred_opt().unwrap_or(today), zone)
+    }
+
+    pub fn start_rfc3339(&self) -> String {
+        render(&self.start)
+    }
+
+    pub fn end_rfc3339(&self) -> String {
+        render(&self.end)
+    }
+}
+
+impl fmt::Display for Window {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..{}", self.start_rfc3339(), self.end_rfc3339())
+    }
+}
+
+fn render(time: &DateTime<FixedOffset>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Local midnight of `date`; where midnight does not exist (a zone that springs forward at
+/// 00:00) the first instant of the day that does.
+fn local_midnight(date: NaiveDate, zone: Tz) -> DateTime<FixedOffset> {
+    let midnight = date.and_hms_opt(0, 0, 0).unwrap_or_default();
+    let resolved = match zone.from_local_datetime(&midnight) {
+        LocalResult::Single(time) | LocalResult::Ambiguous(time, _) => Some(time),
+        LocalResult::None => (1..=4)
+            .filter_map(|hour| date.and_hms_opt(hour, 0, 0))
+            .find_map(|time| zone.from_local_datetime(&time).earliest()),
+    };
+    let time = resolved.unwrap_or_else(|| zone.from_utc_datetime(&midnight));
+    time.fixed_offset()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2024-03-11T10:00:00Z")
+            .unwrap()
+            .to_utc()
+    }
+
+    #[test]
+    fn a_day_is_local_midnight_to_midnight() {
+        let window = Window::parse("2024-03-01", chrono_tz::UTC, now()).unwrap();
+        assert_eq!(
+            window.to_string(),
+            "2024-03-01T00:00:00Z..2024-03-02T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn yesterday_follows_the_zone_and_its_dst_day_is_23_hours() {
+        let zone = parse_zone("America/Los_Angeles").unwrap();
+        // 2024-03-10 is the spring-forward day in Los Angeles.
+        let window = Window::parse("yesterday", zone, now()).unwrap();
+        assert_eq!(
+            window.to_string(),
+            "2024-03-10T00:00:00-08:00..2024-03-11T00:00:00-07:00"
+        );
+        assert_eq!((window.end - window.start).num_hours(), 23);
+        assert_eq!(Window::previous_day(zone, now()), window);
+    }
+
+    #[test]
+    fn today_and_explicit_ranges() {
+        let today = Window::parse("today", chrono_tz::UTC, now()).unwrap();
+        assert_eq!(today.start_rfc3339(), "2024-03-11T00:00:00Z");
+        let range = Window::parse(
+            "2024-03-01T06:00:00+01:00..2024-03-01T07:00:00+01:00",
+            chrono_tz::UTC,
+            now(),
+        )
+        .unwrap();
+        assert_eq!(range.end_rfc3339(), "2024-03-01T07:00:00+01:00");
+    }
+
+    #[test]
+    fn bad_windows_say_what_is_wrong() {
+        let unreadable = Window::parse("last tuesday", chrono_tz::UTC, now()).unwrap_err();
+        assert!(unreadable.to_string().contains("`last tuesday`"));
+        let bad_end =
+            Window::parse("2024-03-01T00:00:00Z..tomorrow", chrono_tz::UTC, now()).unwrap_err();
+        assert!(bad_end.to_string().contains("end `tomorrow`"), "{bad_end}");
+        let backwards = Window::parse(
+            "2024-03-02T00:00:00Z..2024-03-01T00:00:00Z",
+            chrono_tz::UTC,
+            now(),
+        )
+        .unwrap_err();
+        assert!(matches!(backwards, WindowError::Empty { .. }));
+        assert!(parse_zone("Mars/Olympus").is_err());
+    }
+}
