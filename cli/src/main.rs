@@ -1,1 +1,105 @@
-fn main() {}
+//! `sluice`: one command for users and operators. Exit codes: 0 success, 1 the run or
+//! operation failed, 2 bad input or usage, 3 NATS unreachable or refused.
+
+mod commands;
+mod follow;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::{CliError, Format};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "Durable DAG jobs on NATS JetStream")]
+struct Cli {
+    /// NATS server to use.
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_NATS_URL",
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    nats_url: String,
+    /// Output format: a readable table, or JSON for scripts.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Human)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a local stack (nats-server, coordinator, worker), submit workflows, show progress.
+    Dev(commands::dev::DevArgs),
+    /// Run the coordinator (advances every run's DAG).
+    Coordinator,
+    /// Run a worker for one pool with the stock job kinds (exec, noop, sleep, fail).
+    Worker(commands::serve::WorkerArgs),
+    /// Submit a workflow; prints the run id.
+    Submit(commands::submit::SubmitArgs),
+    /// Show a run and its jobs.
+    Status {
+        /// The run id `submit` printed.
+        run: String,
+    },
+    /// List runs, newest first.
+    Runs(commands::runs::RunsArgs),
+    /// Check a workflow file without running it.
+    Validate { file: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let format = cli.output;
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            return output::report(
+                &CliError::failed(format!("cannot start the async runtime: {error}")),
+                format,
+            );
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(code) => code,
+        Err(error) => output::report(&error, format),
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let url = cli.nats_url.as_str();
+    match cli.command {
+        Command::Dev(args) => {
+            output::init_logging("warn");
+            commands::dev::run(args).await
+        }
+        Command::Coordinator => {
+            output::init_logging("info");
+            commands::serve::coordinator(url).await
+        }
+        Command::Worker(args) => {
+            output::init_logging("info");
+            commands::serve::worker(url, args).await
+        }
+        Command::Submit(args) => {
+            output::init_logging("warn");
+            commands::submit::run(url, args, cli.output).await
+        }
+        Command::Status { run } => {
+            output::init_logging("warn");
+            commands::status::run(url, &run, cli.output).await
+        }
+        Command::Runs(args) => {
+            output::init_logging("warn");
+            commands::runs::run(url, args, cli.output).await
+        }
+        Command::Validate { file } => commands::validate::run(&file, cli.output),
+    }
+}

@@ -1,4 +1,16 @@
 //! sluice-coordinator: the DAG [`engine`] (a pure state machine) and the [`service`] that
 //! drives it over NATS JetStream: submission intake, event handling, dispatch, recovery.
+//!
+//! Layout: [`engine`] decides; [`intake`] checks submissions; [`store`] and [`dispatch`]
+//! write records and publish jobs; [`topology`] creates streams and buckets; [`service`]
+//! is the loop that ties them together.
 
+pub mod dispatch;
 pub mod engine;
+pub mod error;
+pub mod intake;
+pub mod service;
+pub mod store;
+pub mod topology;
+
+pub use error::ServiceError;

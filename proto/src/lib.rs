@@ -16,6 +16,7 @@ pub mod retry;
 pub mod spec;
 pub mod state;
 pub mod trace;
+pub mod version;
 pub mod window;
 
 pub use codec::{CodecError, decode, encode};

@@ -1,1 +1,17 @@
+//! sluice-worker: write a job once, run it anywhere Sluice dispatches it.
+//!
+//! - [`Job`]: the trait a job implements (`perform(ctx, window, config)`), registered by
+//!   kind name in a [`Registry`]. Stock kinds: `exec`, `noop`, `sleep`, `fail` ([`kinds`]).
+//! - [`runtime`]: pulls jobs of one pool from JetStream, never more than free slots, keeps
+//!   them alive with in-progress acks, reports events, acks, retries, drains on SIGTERM.
 
+pub mod job;
+pub mod kinds;
+pub mod nats;
+pub mod registry;
+pub mod runtime;
+
+pub use job::{Job, JobContext, JobError, Output};
+pub use registry::Registry;
+pub use runtime::{WorkerConfig, WorkerError};
+pub use sluice_proto::Window;

@@ -1,0 +1,133 @@
+//! `sluice runs`: runs newest first, filtered by workflow or state; `--rejected` lists
+//! submissions that were refused, with the reason.
+
+use std::process::ExitCode;
+
+use async_nats::jetstream;
+use serde_json::json;
+use sluice_coordinator::{store, topology};
+use sluice_proto::RunState;
+
+use crate::output::{self, CliError, Format, print_json, table, time};
+
+#[derive(clap::Args)]
+pub struct RunsArgs {
+    /// Only runs of this workflow.
+    #[arg(long)]
+    workflow: Option<String>,
+    /// Only runs in this state: running, succeeded, failed, cancelled.
+    #[arg(long)]
+    state: Option<String>,
+    /// List rejected submissions instead.
+    #[arg(long)]
+    rejected: bool,
+    /// At most this many (newest first).
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+}
+
+pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, CliError> {
+    let state = args
+        .state
+        .as_deref()
+        .map(|text| {
+            RunState::parse(text).ok_or_else(|| {
+                CliError::usage(format!(
+                    "unknown state `{text}`: use running, succeeded, failed or cancelled"
+                ))
+            })
+        })
+        .transpose()?;
+    let client = output::connect(url).await?;
+    let js = jetstream::new(client);
+    if args.rejected {
+        return rejected(&js, args.limit, format).await;
+    }
+    let mut runs = match topology::open(&js).await? {
+        Some(topology) => store::load_all_runs(&topology).await?,
+        None => Vec::new(),
+    };
+    runs.retain(|run| {
+        args.workflow
+            .as_ref()
+            .is_none_or(|workflow| &run.workflow == workflow)
+            && state.is_none_or(|state| run.state == state)
+    });
+    runs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
+    runs.truncate(args.limit);
+    match format {
+        Format::Json => print_json(&json!({"runs": runs.iter().map(|run| json!({
+            "id": run.id.to_string(),
+            "workflow": run.workflow,
+            "state": run.state.as_str(),
+            "window": {"start": run.window.start_rfc3339(), "end": run.window.end_rfc3339()},
+            "created_at": time(Some(run.created_at)),
+            "finished_at": time(run.finished_at),
+        })).collect::<Vec<_>>()})),
+        Format::Human if runs.is_empty() => println!("no runs"),
+        Format::Human => {
+            let rows: Vec<Vec<String>> = runs
+                .iter()
+                .map(|run| {
+                    vec![
+                        run.id.to_string(),
+                        run.workflow.clone(),
+                        run.state.as_str().to_owned(),
+                        run.window.to_string(),
+                        time(Some(run.created_at))
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned(),
+                    ]
+                })
+                .collect();
+            println!(
+                "{}",
+                table(&["RUN", "WORKFLOW", "STATE", "WINDOW", "CREATED"], &rows)
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn rejected(
+    js: &jetstream::Context,
+    limit: usize,
+    format: Format,
+) -> Result<ExitCode, CliError> {
+    let mut rejections = match js.get_stream(sluice_proto::names::REJECTED_STREAM).await {
+        Ok(_) => store::load_rejections(js, limit).await?,
+        Err(_) => Vec::new(),
+    };
+    rejections.reverse();
+    match format {
+        Format::Json => print_json(
+            &json!({"rejected": rejections.iter().map(|rejection| json!({
+            "received_at": time(Some(rejection.received_at)),
+            "run_id": rejection.run_id.map(|id| id.to_string()),
+            "workflow": rejection.workflow,
+            "reason": rejection.reason,
+            "payload_bytes": rejection.payload_bytes,
+        })).collect::<Vec<_>>()}),
+        ),
+        Format::Human if rejections.is_empty() => println!("no rejected submissions"),
+        Format::Human => {
+            for rejection in &rejections {
+                println!(
+                    "{}  run {}  workflow {}  ({} bytes)\n  {}\n",
+                    time(Some(rejection.received_at))
+                        .as_str()
+                        .unwrap_or_default(),
+                    rejection
+                        .run_id
+                        .map(|id| id.to_string())
+                        .unwrap_or_else(|| "unknown".into()),
+                    rejection.workflow.as_deref().unwrap_or("unknown"),
+                    rejection.payload_bytes,
+                    rejection.reason.replace('\n', "\n  ")
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

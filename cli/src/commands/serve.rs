@@ -1,0 +1,83 @@
+//! `sluice coordinator` and `sluice worker`: the long-running processes. Both stop cleanly
+//! on SIGTERM or Ctrl-C (the worker drains: running jobs finish, the rest go back).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use sluice_proto::HumanDuration;
+use sluice_worker::{Registry, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::output::{self, CliError};
+
+#[derive(clap::Args, Clone)]
+pub struct WorkerArgs {
+    /// Pool to serve (jobs with `pool:` set to it).
+    #[arg(long, default_value = sluice_proto::spec::DEFAULT_POOL)]
+    pub pool: String,
+    /// Jobs to run at once.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: usize,
+    /// On SIGTERM, how long running jobs may take to finish before they are handed back.
+    #[arg(long, default_value = "30s")]
+    pub shutdown_grace: HumanDuration,
+}
+
+impl WorkerArgs {
+    pub fn config(&self) -> WorkerConfig {
+        let mut config = WorkerConfig::new(self.pool.clone());
+        config.concurrency = self.concurrency;
+        config.shutdown_grace = self.shutdown_grace.as_duration();
+        config
+    }
+}
+
+pub async fn coordinator(url: &str) -> Result<ExitCode, CliError> {
+    let client = output::connect(url).await?;
+    let shutdown = on_signal();
+    sluice_coordinator::service::run(client, shutdown)
+        .await
+        .map_err(|error| CliError::failed(error.to_string()))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn worker(url: &str, args: WorkerArgs) -> Result<ExitCode, CliError> {
+    let client = output::connect(url).await?;
+    let shutdown = on_signal();
+    let result = sluice_worker::runtime::run(
+        client.clone(),
+        Registry::with_stock_kinds(),
+        args.config(),
+        shutdown,
+    )
+    .await;
+    // Acks and events of the last jobs must leave before the process does.
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
+    result.map_err(|error| match error {
+        sluice_worker::WorkerError::Config(_) => CliError::usage(error.to_string()),
+        _ => CliError::failed(error.to_string()),
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A token cancelled by the first SIGTERM or SIGINT.
+pub fn on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(error) => {
+                    tracing::error!(%error, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+        }
+        cancel.cancel();
+    });
+    token
+}

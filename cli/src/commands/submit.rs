@@ -1,0 +1,181 @@
+//! `sluice submit FILE`: validate, then publish a submission; prints the run id at once
+//! (it is chosen here), and with `--wait` follows the run to its end.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream;
+use chrono::Utc;
+use serde_json::json;
+use sluice_coordinator::topology;
+use sluice_proto::{
+    RunId, SCHEMA_VERSION, Submission, TraceParent, Window, WorkflowSpec, encode, names,
+};
+
+use crate::commands::status::view_json;
+use crate::follow::{Finished, follow};
+use crate::output::{self, CliError, Format, print_json};
+
+#[derive(clap::Args)]
+pub struct SubmitArgs {
+    /// Workflow YAML file.
+    file: PathBuf,
+    /// Window to process: a day (2024-03-01), `yesterday`, `today`, or START..END (RFC 3339).
+    /// Default: the previous full day in the workflow's time zone.
+    #[arg(long)]
+    window: Option<String>,
+    /// A value for `{{params.NAME}}`, as NAME=VALUE; repeatable.
+    #[arg(long = "param", value_name = "NAME=VALUE")]
+    params: Vec<String>,
+    /// A second submit with the same key creates no second run; it prints the first one.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Follow the run to its end; exit 0 only if it succeeded.
+    #[arg(long)]
+    wait: bool,
+}
+
+pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode, CliError> {
+    let (spec, yaml) = super::read_workflow(&args.file)?;
+    let params = parse_params(&args.params)?;
+    spec.resolve_params(&params)
+        .map_err(|error| CliError::usage(format!("{}: {error}", args.file.display())))?;
+    let window = resolve_window(&spec, args.window.as_deref())?;
+    let client = output::connect(url).await?;
+    let js = jetstream::new(client);
+    let topology = topology::ensure(&js).await?;
+
+    let existing = match &args.idempotency_key {
+        Some(key) => topology
+            .idempotency
+            .get(names::idempotency_kv_key(key))
+            .await
+            .map_err(|error| CliError::nats(format!("reading idempotency key: {error}")))?
+            .and_then(|bytes| {
+                std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|text| text.parse::<RunId>().ok())
+            }),
+        None => None,
+    };
+    let run_id = match existing {
+        Some(id) => id,
+        None => {
+            publish(
+                &js,
+                &spec,
+                yaml,
+                window,
+                params,
+                args.idempotency_key.clone(),
+            )
+            .await?
+        }
+    };
+    if format == Format::Human {
+        match existing {
+            Some(_) => println!("already submitted with this idempotency key: run {run_id}"),
+            None => println!(
+                "submitted run {run_id} (workflow {}, window {window})",
+                spec.name
+            ),
+        }
+    } else if !args.wait {
+        print_json(
+            &json!({"id": run_id.to_string(), "workflow": spec.name, "window": {"start": window.start_rfc3339(), "end": window.end_rfc3339()}, "duplicate": existing.is_some()}),
+        );
+    }
+    if !args.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let finished = follow(&js, &[run_id], format).await?;
+    let Some(result) = finished.into_iter().next() else {
+        return Err(CliError::failed("the run could not be followed"));
+    };
+    match &result {
+        Finished::Rejected(id, rejection) => {
+            return Err(CliError::failed(format!(
+                "run {id} was rejected: {}",
+                rejection.reason
+            )));
+        }
+        Finished::Run(view) if format == Format::Json => print_json(&view_json(view)),
+        Finished::Run(_) => {}
+    }
+    Ok(if result.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// Publishes a submission and waits for JetStream to store it; returns the run id.
+pub async fn publish(
+    js: &jetstream::Context,
+    spec: &WorkflowSpec,
+    yaml: String,
+    window: Window,
+    params: BTreeMap<String, String>,
+    idempotency_key: Option<String>,
+) -> Result<RunId, CliError> {
+    let run_id = RunId::new();
+    let submission = Submission {
+        schema_version: SCHEMA_VERSION,
+        run_id,
+        workflow: yaml,
+        window: Some(window),
+        params,
+        idempotency_key: idempotency_key.clone(),
+        submitted_at: Some(Utc::now()),
+    };
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        names::HEADER_MSG_ID,
+        idempotency_key
+            .unwrap_or_else(|| run_id.to_string())
+            .as_str(),
+    );
+    headers.insert(
+        names::HEADER_TRACEPARENT,
+        TraceParent::new_root(&mut rand::rng()).to_string().as_str(),
+    );
+    let payload = encode(&submission).map_err(|error| CliError::failed(error.to_string()))?;
+    let ack = js
+        .publish_with_headers(names::SUBMIT_SUBJECT, headers, payload.into())
+        .await
+        .map_err(|error| {
+            CliError::nats(format!(
+                "publishing the submission of {}: {error}",
+                spec.name
+            ))
+        })?;
+    ack.await.map_err(|error| {
+        CliError::nats(format!("JetStream did not store the submission: {error}"))
+    })?;
+    Ok(run_id)
+}
+
+/// `NAME=VALUE` pairs; the error names the bad one.
+pub fn parse_params(pairs: &[String]) -> Result<BTreeMap<String, String>, CliError> {
+    pairs
+        .iter()
+        .map(|pair| {
+            pair.split_once('=')
+                .map(|(name, value)| (name.trim().to_owned(), value.to_owned()))
+                .filter(|(name, _)| !name.is_empty())
+                .ok_or_else(|| CliError::usage(format!("--param `{pair}`: write NAME=VALUE")))
+        })
+        .collect()
+}
+
+/// The window a submission processes (the previous day in the workflow's zone by default).
+pub fn resolve_window(spec: &WorkflowSpec, text: Option<&str>) -> Result<Window, CliError> {
+    let now = Utc::now();
+    match text {
+        Some(text) => Window::parse(text, spec.zone(), now)
+            .map_err(|error| CliError::usage(format!("--window: {error}"))),
+        None => Ok(Window::previous_day(spec.zone(), now)),
+    }
+}

@@ -1,0 +1,124 @@
+//! Following runs until they finish: prints each job's state changes as they happen.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use sluice_proto::{JobState, Rejection, RunId};
+
+use crate::commands::status::{Lookup, RunView, lookup};
+use crate::output::{CliError, Format};
+
+/// How often the stored state is read while following.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// Polls before saying that no coordinator has taken the submission yet.
+const QUIET_POLLS: u32 = 8;
+
+/// How a followed run ended.
+pub enum Finished {
+    Run(RunView),
+    Rejected(RunId, Rejection),
+}
+
+impl Finished {
+    pub fn succeeded(&self) -> bool {
+        matches!(self, Self::Run(view) if view.record.state == sluice_proto::RunState::Succeeded)
+    }
+}
+
+/// Waits until every run in `ids` is finished (or rejected), printing progress in human
+/// format. Results come back in the order of `ids`.
+pub async fn follow(
+    js: &jetstream::Context,
+    ids: &[RunId],
+    format: Format,
+) -> Result<Vec<Finished>, CliError> {
+    let label_runs = ids.len() > 1;
+    let mut seen: HashMap<(RunId, String), (JobState, u32)> = HashMap::new();
+    let mut finished: HashMap<RunId, Finished> = HashMap::new();
+    let mut waiting_said = false;
+    let mut polls = 0u32;
+    let mut ticker = tokio::time::interval(POLL_INTERVAL);
+    while finished.len() < ids.len() {
+        ticker.tick().await;
+        polls += 1;
+        for id in ids {
+            if finished.contains_key(id) {
+                continue;
+            }
+            match lookup(js, id).await? {
+                Lookup::Unknown => {
+                    if !waiting_said && polls > QUIET_POLLS && format == Format::Human {
+                        eprintln!("waiting for a coordinator to accept the submission…");
+                        waiting_said = true;
+                    }
+                }
+                Lookup::Rejected(rejection) => {
+                    finished.insert(*id, Finished::Rejected(*id, rejection));
+                }
+                Lookup::Found(view) => {
+                    if format == Format::Human {
+                        print_changes(&view, &mut seen, label_runs);
+                    }
+                    if view.record.state.is_terminal() {
+                        if format == Format::Human {
+                            let prefix = if label_runs {
+                                format!("{} ", view.record.workflow)
+                            } else {
+                                String::new()
+                            };
+                            println!(
+                                "{prefix}run {} {}",
+                                view.record.id,
+                                view.record.state.as_str()
+                            );
+                        }
+                        finished.insert(*id, Finished::Run(view));
+                    }
+                }
+            }
+        }
+    }
+    Ok(ids.iter().filter_map(|id| finished.remove(id)).collect())
+}
+
+fn print_changes(
+    view: &RunView,
+    seen: &mut HashMap<(RunId, String), (JobState, u32)>,
+    label_runs: bool,
+) {
+    for job in &view.jobs {
+        let key = (view.record.id, job.name.clone());
+        let now = (job.state, job.attempts);
+        if seen.get(&key) == Some(&now) {
+            continue;
+        }
+        let first_sight_of_blocked = !seen.contains_key(&key) && job.state == JobState::Blocked;
+        seen.insert(key, now);
+        if first_sight_of_blocked {
+            continue;
+        }
+        let clock = chrono::Local::now().format("%H:%M:%S");
+        let prefix = if label_runs {
+            format!("{}  ", view.record.workflow)
+        } else {
+            String::new()
+        };
+        let attempt = if job.attempts > 0 {
+            format!("  attempt {}", job.attempts)
+        } else {
+            String::new()
+        };
+        let error = match (job.state, &job.error) {
+            (JobState::Failed | JobState::Retrying | JobState::Skipped, Some(error)) => {
+                format!("  {}", error.lines().next().unwrap_or_default())
+            }
+            _ => String::new(),
+        };
+        println!(
+            "{clock}  {prefix}{:<24} {:<10}{attempt}{error}",
+            job.name,
+            job.state.as_str()
+        );
+    }
+}

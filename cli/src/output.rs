@@ -1,0 +1,157 @@
+//! How the CLI reports: errors with exit codes (JSON on stderr with `-o json`), logging,
+//! and small formatting helpers shared by the commands.
+
+use std::process::ExitCode;
+
+use chrono::{DateTime, Utc};
+use serde_json::json;
+
+/// `-o human` (tables) or `-o json` (stable, for scripts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+/// What kind of failure, which decides the exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The run or operation failed: exit 1.
+    Failed,
+    /// Bad input or usage: exit 2.
+    Usage,
+    /// NATS unreachable or refused: exit 3.
+    Nats,
+}
+
+impl ErrorKind {
+    fn code(self) -> u8 {
+        match self {
+            Self::Failed => 1,
+            Self::Usage => 2,
+            Self::Nats => 3,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Self::Failed => "failed",
+            Self::Usage => "usage",
+            Self::Nats => "nats",
+        }
+    }
+}
+
+/// An error the CLI reports and exits with.
+#[derive(Debug)]
+pub struct CliError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Usage,
+            message: message.into(),
+        }
+    }
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Failed,
+            message: message.into(),
+        }
+    }
+    pub fn nats(message: impl Into<String>) -> Self {
+        Self {
+            kind: ErrorKind::Nats,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<sluice_coordinator::ServiceError> for CliError {
+    fn from(error: sluice_coordinator::ServiceError) -> Self {
+        match error {
+            sluice_coordinator::ServiceError::Codec(_) => Self::failed(error.to_string()),
+            _ => Self::nats(error.to_string()),
+        }
+    }
+}
+
+/// Prints the error where the format says and returns its exit code.
+pub fn report(error: &CliError, format: Format) -> ExitCode {
+    match format {
+        Format::Human => eprintln!("error: {}", error.message),
+        Format::Json => eprintln!(
+            "{}",
+            json!({"error": {"kind": error.kind.name(), "message": error.message}})
+        ),
+    }
+    ExitCode::from(error.kind.code())
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level.
+pub fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Connects, turning failure into exit code 3.
+pub async fn connect(url: &str) -> Result<async_nats::Client, CliError> {
+    sluice_worker::nats::connect(url, "sluice-cli")
+        .await
+        .map_err(|error| CliError::nats(error.to_string()))
+}
+
+/// Prints a JSON value on stdout.
+pub fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+/// RFC 3339 UTC with seconds, as every JSON timestamp.
+pub fn time(value: Option<DateTime<Utc>>) -> serde_json::Value {
+    value
+        .map(|time| json!(time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// A short local-looking time for tables.
+pub fn short_time(value: Option<DateTime<Utc>>) -> String {
+    value
+        .map(|time| time.format("%H:%M:%S").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Renders rows as a left-aligned table with a header.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|title| title.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut text = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                text.push_str(&format!("{cell:<width$}  ", width = widths[i]));
+            }
+        }
+        text.trim_end().to_owned()
+    };
+    let mut out = line(header.iter().map(|title| title.to_string()).collect());
+    for row in rows {
+        out.push('\n');
+        out.push_str(&line(row.clone()));
+    }
+    out
+}

@@ -1,0 +1,87 @@
+//! Publishing ready jobs to their pools, and finding out after a restart whether a `queued`
+//! job's message really reached JetStream.
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, stream::DirectGetErrorKind};
+use rand::Rng;
+use sluice_proto::{JobMessage, RunRecord, TraceParent, encode, names};
+
+use crate::error::{NatsContext, ServiceError};
+
+/// Publishes jobs without waiting in between, then waits for every acknowledgement.
+/// `Nats-Msg-Id` makes a re-publish inside the duplicate window a no-op.
+pub async fn publish_jobs(
+    js: &jetstream::Context,
+    jobs: &[(&JobMessage, &RunRecord)],
+    rng: &mut (impl Rng + Send),
+) -> Result<usize, ServiceError> {
+    let mut acks = Vec::with_capacity(jobs.len());
+    for &(message, run) in jobs {
+        let attempt = message.attempt_offset + 1;
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            names::HEADER_MSG_ID,
+            names::dispatch_id(&message.run_id, &message.job, attempt, message.generation).as_str(),
+        );
+        headers.insert(names::HEADER_RUN_ID, message.run_id.to_string().as_str());
+        headers.insert(names::HEADER_JOB, message.job.as_str());
+        if let Some(parent) = run.traceparent.as_deref().and_then(TraceParent::parse) {
+            headers.insert(
+                names::HEADER_TRACEPARENT,
+                parent.child(rng).to_string().as_str(),
+            );
+            if let Some(state) = &run.tracestate {
+                headers.insert(names::HEADER_TRACESTATE, state.as_str());
+            }
+        }
+        let subject = names::job_subject(&message.pool, &message.run_id, &message.job);
+        let ack = js
+            .publish_with_headers(subject, headers, encode(message)?.into())
+            .await
+            .context(format!(
+                "dispatching job {} of run {}",
+                message.job, message.run_id
+            ))?;
+        acks.push(ack);
+    }
+    let count = acks.len();
+    for ack in acks {
+        ack.await.context("confirming a dispatch")?;
+    }
+    Ok(count)
+}
+
+/// Whether a `queued` job needs no re-publish: its message is still in the jobs stream, or
+/// a worker already reported on it (a worker publishes its event before acknowledging, so
+/// a message gone from the jobs stream with no event pending was never published).
+/// Call only while no events are being handled.
+pub async fn reached_workers(
+    js: &jetstream::Context,
+    message: &JobMessage,
+) -> Result<bool, ServiceError> {
+    let jobs = js
+        .get_stream_no_info(names::JOBS_STREAM)
+        .await
+        .context("opening the jobs stream")?;
+    let subject = names::job_subject(&message.pool, &message.run_id, &message.job);
+    if present(jobs.direct_get_last_for_subject(subject).await)? {
+        return Ok(true);
+    }
+    let events = js
+        .get_stream_no_info(names::EVENTS_STREAM)
+        .await
+        .context("opening the events stream")?;
+    present(
+        events
+            .direct_get_last_for_subject(names::event_subject(&message.run_id, &message.job))
+            .await,
+    )
+}
+
+fn present<T>(result: Result<T, jetstream::stream::DirectGetError>) -> Result<bool, ServiceError> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(false),
+        Err(error) => Err(error).context("looking up a dispatched job"),
+    }
+}

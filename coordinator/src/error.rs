@@ -1,0 +1,30 @@
+//! The coordinator's error type.
+
+/// Something the coordinator could not do. NATS failures are retried by restarting the
+/// service loop from durable state.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{context}: {source}")]
+    Nats {
+        context: String,
+        source: async_nats::Error,
+    },
+    #[error(transparent)]
+    Codec(#[from] sluice_proto::CodecError),
+    #[error("{0}")]
+    ServerVersion(String),
+}
+
+/// Adds context to any NATS error.
+pub trait NatsContext<T> {
+    fn context(self, context: impl Into<String>) -> Result<T, ServiceError>;
+}
+
+impl<T, E: Into<async_nats::Error>> NatsContext<T> for Result<T, E> {
+    fn context(self, context: impl Into<String>) -> Result<T, ServiceError> {
+        self.map_err(|source| ServiceError::Nats {
+            context: context.into(),
+            source: source.into(),
+        })
+    }
+}

@@ -1,0 +1,145 @@
+//! Turning submission bytes into a run to start, or a rejection with the reason. Pure: the
+//! service does the I/O around it.
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use sluice_proto::limits::IDEMPOTENCY_KEY_MAX_BYTES;
+use sluice_proto::{Rejection, RunId, SCHEMA_VERSION, Submission, Window, WorkflowSpec, decode};
+
+use crate::engine::NewRun;
+
+/// Just enough of a submission to name the run in a rejection when the rest is unreadable.
+#[derive(Deserialize)]
+struct RunIdOnly {
+    run_id: RunId,
+}
+
+/// Checks a submission: decodable, a valid workflow, params for every placeholder, a
+/// non-empty window. `received_at` stands in for a missing `submitted_at`.
+pub fn check(
+    payload: &[u8],
+    traceparent: Option<String>,
+    tracestate: Option<String>,
+    received_at: DateTime<Utc>,
+) -> Result<NewRun, Rejection> {
+    let reject = |run_id: Option<RunId>, workflow: Option<String>, reason: String| Rejection {
+        schema_version: SCHEMA_VERSION,
+        received_at,
+        run_id,
+        workflow,
+        reason,
+        payload_bytes: payload.len() as u64,
+    };
+    let submission: Submission = decode(payload).map_err(|error| {
+        let run_id = rmp_serde::from_slice::<RunIdOnly>(payload)
+            .ok()
+            .map(|only| only.run_id);
+        reject(run_id, None, error.to_string())
+    })?;
+    let run_id = Some(submission.run_id);
+    let spec = WorkflowSpec::parse(&submission.workflow)
+        .map_err(|error| reject(run_id, None, error.to_string()))?;
+    let workflow = Some(spec.name.clone());
+    let params = spec
+        .resolve_params(&submission.params)
+        .map_err(|error| reject(run_id, workflow.clone(), error.to_string()))?;
+    if let Some(key) = &submission.idempotency_key
+        && (key.is_empty() || key.len() > IDEMPOTENCY_KEY_MAX_BYTES)
+    {
+        return Err(reject(
+            run_id,
+            workflow,
+            format!("idempotency_key must be 1 to {IDEMPOTENCY_KEY_MAX_BYTES} bytes"),
+        ));
+    }
+    let window = match submission.window {
+        Some(window) => Window::new(window.start, window.end)
+            .map_err(|error| reject(run_id, workflow.clone(), error.to_string()))?,
+        None => Window::previous_day(spec.zone(), submission.submitted_at.unwrap_or(received_at)),
+    };
+    Ok(NewRun {
+        id: submission.run_id,
+        spec,
+        spec_yaml: submission.workflow,
+        window,
+        params,
+        idempotency_key: submission.idempotency_key,
+        traceparent,
+        tracestate,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use sluice_proto::encode;
+
+    use super::*;
+
+    fn submission(workflow: &str) -> Submission {
+        Submission {
+            schema_version: SCHEMA_VERSION,
+            run_id: RunId::new(),
+            workflow: workflow.to_owned(),
+            window: None,
+            params: BTreeMap::new(),
+            idempotency_key: None,
+            submitted_at: Some(
+                DateTime::parse_from_rfc3339("2024-03-11T10:00:00Z")
+                    .unwrap()
+                    .to_utc(),
+            ),
+        }
+    }
+
+    #[test]
+    fn a_valid_submission_defaults_to_the_previous_day() {
+        let new = check(
+            &encode(&submission("name: w\njobs:\n  a: { run: noop }\n")).unwrap(),
+            None,
+            None,
+            Utc::now(),
+        )
+        .unwrap();
+        assert_eq!(
+            new.window.to_string(),
+            "2024-03-10T00:00:00Z..2024-03-11T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn garbage_is_rejected_with_the_reason() {
+        let rejection = check(b"\xff\x00garbage", None, None, Utc::now()).unwrap_err();
+        assert_eq!(rejection.run_id, None);
+        assert!(
+            rejection.reason.contains("not a valid submission message"),
+            "{}",
+            rejection.reason
+        );
+    }
+
+    #[test]
+    fn an_invalid_workflow_is_rejected_under_its_run_id() {
+        let bad = submission("name: w\njobs:\n  a: { run: noop, needs: [a] }\n");
+        let rejection = check(&encode(&bad).unwrap(), None, None, Utc::now()).unwrap_err();
+        assert_eq!(rejection.run_id, Some(bad.run_id));
+        assert!(
+            rejection.reason.contains("job `a`: needs itself"),
+            "{}",
+            rejection.reason
+        );
+    }
+
+    #[test]
+    fn a_newer_schema_version_is_refused_clearly() {
+        let mut newer = submission("name: w\njobs:\n  a: { run: noop }\n");
+        newer.schema_version = 99;
+        let rejection = check(&encode(&newer).unwrap(), None, None, Utc::now()).unwrap_err();
+        assert!(
+            rejection.reason.contains("schema_version 99"),
+            "{}",
+            rejection.reason
+        );
+    }
+}

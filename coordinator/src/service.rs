@@ -1,0 +1,347 @@
+//! The coordinator service: the thin shell around the [`crate::engine`]. One task owns every
+//! active run; it reads submissions and events from JetStream, applies them to the engine,
+//! writes the resulting records, publishes dispatches, and only then acknowledges.
+//!
+//! Any NATS failure restarts the loop from durable state, so nothing lives only in memory.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, Message};
+use chrono::Utc;
+use futures::StreamExt;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use sluice_proto::{JobEvent, Rejection, RunId, TraceParent, decode, encode, names};
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::{publish_jobs, reached_workers};
+use crate::engine::{Effect, Run};
+use crate::error::{NatsContext, ServiceError};
+use crate::intake;
+use crate::store::{self, saves_of, write_all};
+use crate::topology::{self, Topology};
+
+/// Most events handled (and written) as one batch.
+pub const EVENT_BATCH_MAX: usize = 512;
+/// Submissions pulled ahead of handling; each waits its turn within the ack wait.
+const SUBMISSIONS_PREFETCH: usize = 16;
+/// Pause before restarting after a failure, doubling up to the maximum.
+const RESTART_DELAY_INITIAL: Duration = Duration::from_millis(200);
+const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
+
+/// Runs the coordinator until `shutdown` is cancelled, restarting from durable state after
+/// any failure (for example while the nats-server restarts).
+pub async fn run(
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
+    topology::check_server(&client)?;
+    let mut delay = RESTART_DELAY_INITIAL;
+    loop {
+        let mut coordinator = Coordinator::new(jetstream::new(client.clone()));
+        match coordinator.serve(&shutdown).await {
+            Ok(()) => return Ok(()),
+            Err(error) => {
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "coordinator loop failed; restarting from durable state");
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(RESTART_DELAY_MAX);
+    }
+}
+
+struct Coordinator {
+    js: jetstream::Context,
+    active: HashMap<RunId, Run>,
+    rng: StdRng,
+}
+
+impl Coordinator {
+    fn new(js: jetstream::Context) -> Self {
+        Self {
+            js,
+            active: HashMap::new(),
+            rng: StdRng::from_os_rng(),
+        }
+    }
+
+    async fn serve(&mut self, shutdown: &CancellationToken) -> Result<(), ServiceError> {
+        let topology = topology::ensure(&self.js).await?;
+        let submit = topology::coordinator_consumer(
+            &self.js,
+            names::SUBMIT_STREAM,
+            names::SUBMIT_CONSUMER,
+            names::SUBMIT_SUBJECT,
+        )
+        .await?;
+        let events = topology::coordinator_consumer(
+            &self.js,
+            names::EVENTS_STREAM,
+            names::EVENTS_CONSUMER,
+            names::EVENTS_SUBJECTS,
+        )
+        .await?;
+        self.recover(&topology).await?;
+        let mut submissions = submit
+            .stream()
+            .max_messages_per_batch(SUBMISSIONS_PREFETCH)
+            .messages()
+            .await
+            .context("subscribing to submissions")?;
+        let mut events = events
+            .stream()
+            .max_messages_per_batch(EVENT_BATCH_MAX)
+            .messages()
+            .await
+            .context("subscribing to events")?
+            .ready_chunks(EVENT_BATCH_MAX);
+        tracing::info!(active_runs = self.active.len(), "coordinator ready");
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                batch = events.next() => {
+                    let batch = batch.ok_or_else(|| ended("events"))?;
+                    let messages = batch.into_iter().collect::<Result<Vec<_>, _>>().context("receiving events")?;
+                    self.handle_events(messages).await?;
+                }
+                submission = submissions.next() => {
+                    let submission = submission.ok_or_else(|| ended("submissions"))?.context("receiving a submission")?;
+                    self.handle_submission(&topology, submission).await?;
+                }
+            }
+        }
+    }
+
+    /// Loads every running run, finishes what a crash interrupted, and re-publishes queued
+    /// jobs whose message never reached JetStream. Runs before any event is handled.
+    async fn recover(&mut self, topology: &Topology) -> Result<(), ServiceError> {
+        let now = Utc::now();
+        let mut effects = Vec::new();
+        for record in store::load_all_runs(topology).await? {
+            if record.state.is_terminal() {
+                continue;
+            }
+            let jobs = store::load_jobs(topology, &record).await?;
+            match Run::restore(record, jobs, now) {
+                Ok((run, reconcile)) => {
+                    effects.extend(reconcile);
+                    self.active.insert(run.id(), run);
+                }
+                Err(error) => {
+                    tracing::error!(%error, "run cannot be restored; leaving it as stored")
+                }
+            }
+        }
+        self.execute(effects).await?;
+        let mut lost = Vec::new();
+        for run in self.active.values() {
+            for job in run.queued_jobs() {
+                let message = run.dispatch_message(&job.name);
+                if !reached_workers(&self.js, &message).await? {
+                    lost.push(message);
+                }
+            }
+        }
+        if !lost.is_empty() {
+            tracing::warn!(
+                jobs = lost.len(),
+                "re-publishing queued jobs a crash kept from their pools"
+            );
+            let records: HashMap<RunId, _> = self
+                .active
+                .iter()
+                .map(|(id, run)| (*id, run.record().clone()))
+                .collect();
+            let batch: Vec<_> = lost
+                .iter()
+                .map(|message| (message, &records[&message.run_id]))
+                .collect();
+            publish_jobs(&self.js, &batch, &mut self.rng).await?;
+        }
+        self.evict_finished();
+        Ok(())
+    }
+
+    async fn handle_events(&mut self, messages: Vec<Message>) -> Result<(), ServiceError> {
+        let now = Utc::now();
+        let mut effects = Vec::new();
+        for message in &messages {
+            let event: JobEvent = match decode(&message.payload) {
+                Ok(event) => event,
+                Err(error) => {
+                    tracing::error!(subject = %message.subject, %error, "dropping an event that cannot be decoded");
+                    continue;
+                }
+            };
+            let Some(run) = self.active.get_mut(&event.run_id) else {
+                tracing::debug!(run = %event.run_id, job = %event.job, "event for a run that is not active");
+                continue;
+            };
+            match run.apply(&event, now) {
+                Ok(more) => effects.extend(more),
+                Err(ignored) => {
+                    tracing::debug!(run = %event.run_id, %ignored, "event changed nothing")
+                }
+            }
+        }
+        self.execute(effects).await?;
+        for message in &messages {
+            message.ack().await.context("acknowledging an event")?;
+        }
+        self.evict_finished();
+        Ok(())
+    }
+
+    async fn handle_submission(
+        &mut self,
+        topology: &Topology,
+        message: Message,
+    ) -> Result<(), ServiceError> {
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(name))
+                .map(|value| value.as_str().to_owned())
+        };
+        let traceparent = header(names::HEADER_TRACEPARENT)
+            .and_then(|text| TraceParent::parse(&text))
+            .unwrap_or_else(|| TraceParent::new_root(&mut self.rng));
+        let tracestate = header(names::HEADER_TRACESTATE);
+        match intake::check(
+            &message.payload,
+            Some(traceparent.to_string()),
+            tracestate,
+            Utc::now(),
+        ) {
+            Err(rejection) => self.reject(rejection).await?,
+            Ok(new) => {
+                let id = new.id;
+                if let Some(existing) = self.claim_idempotency_key(topology, &new).await? {
+                    let reason = format!(
+                        "duplicate submission: idempotency key {:?} already started run {existing}",
+                        new.idempotency_key.unwrap_or_default()
+                    );
+                    self.reject(rejection_for(
+                        id,
+                        &new.spec.name,
+                        reason,
+                        message.payload.len(),
+                    ))
+                    .await?;
+                } else if self.active.contains_key(&id)
+                    || store::load_run(topology, &id).await?.is_some()
+                {
+                    // A redelivery of a submission already turned into a run.
+                    tracing::debug!(run = %id, "submission already accepted");
+                } else {
+                    let workflow = new.spec.name.clone();
+                    let (run, effects) = Run::start(new, Utc::now());
+                    self.active.insert(id, run);
+                    self.execute(effects).await?;
+                    tracing::info!(run = %id, %workflow, trace_id = %traceparent.trace_id_hex(), "run started");
+                }
+            }
+        }
+        message.ack().await.context("acknowledging a submission")?;
+        self.evict_finished();
+        Ok(())
+    }
+
+    /// Claims the submission's idempotency key for its run. Returns the other run that
+    /// holds it, if any. A redelivered submission finds its own run id and goes on.
+    async fn claim_idempotency_key(
+        &self,
+        topology: &Topology,
+        new: &crate::engine::NewRun,
+    ) -> Result<Option<RunId>, ServiceError> {
+        let Some(key) = &new.idempotency_key else {
+            return Ok(None);
+        };
+        let kv_key = names::idempotency_kv_key(key);
+        match topology
+            .idempotency
+            .create(&kv_key, new.id.to_string().into())
+            .await
+        {
+            Ok(_) => Ok(None),
+            Err(error) if error.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {
+                let holder = topology
+                    .idempotency
+                    .get(&kv_key)
+                    .await
+                    .context("reading an idempotency key")?;
+                let holder = holder.and_then(|bytes| {
+                    std::str::from_utf8(&bytes)
+                        .ok()
+                        .and_then(|text| text.parse::<RunId>().ok())
+                });
+                Ok(holder.filter(|holder| *holder != new.id))
+            }
+            Err(error) => Err(error).context("claiming an idempotency key"),
+        }
+    }
+
+    async fn reject(&mut self, rejection: Rejection) -> Result<(), ServiceError> {
+        tracing::warn!(run = ?rejection.run_id.map(|id| id.to_string()), reason = %rejection.reason, "submission rejected");
+        let subject = names::rejected_subject(rejection.run_id.as_ref());
+        let ack = self
+            .js
+            .publish(subject, encode(&rejection)?.into())
+            .await
+            .context("recording a rejection")?;
+        ack.await.context("confirming a rejection")?;
+        Ok(())
+    }
+
+    /// Writes every save, then publishes every dispatch.
+    async fn execute(&mut self, effects: Vec<Effect>) -> Result<(), ServiceError> {
+        if effects.is_empty() {
+            return Ok(());
+        }
+        write_all(&self.js, saves_of(&effects)?).await?;
+        let mut dispatches = Vec::new();
+        for effect in &effects {
+            if let Effect::Dispatch(message) = effect
+                && let Some(run) = self.active.get(&message.run_id)
+            {
+                dispatches.push((message, run.record()));
+            }
+        }
+        publish_jobs(&self.js, &dispatches, &mut self.rng).await?;
+        Ok(())
+    }
+
+    /// Finished runs leave memory: a year of runs costs disk, not RAM.
+    fn evict_finished(&mut self) {
+        self.active.retain(|id, run| {
+            if run.is_finished() {
+                tracing::info!(run = %id, workflow = %run.record().workflow, state = run.record().state.as_str(), "run finished");
+            }
+            !run.is_finished()
+        });
+    }
+}
+
+fn rejection_for(run_id: RunId, workflow: &str, reason: String, payload_bytes: usize) -> Rejection {
+    Rejection {
+        schema_version: sluice_proto::SCHEMA_VERSION,
+        received_at: Utc::now(),
+        run_id: Some(run_id),
+        workflow: Some(workflow.to_owned()),
+        reason,
+        payload_bytes: payload_bytes as u64,
+    }
+}
+
+fn ended(what: &str) -> ServiceError {
+    ServiceError::Nats {
+        context: format!("the {what} subscription ended"),
+        source: "subscription closed".into(),
+    }
+}

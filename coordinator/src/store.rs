@@ -1,0 +1,188 @@
+//! Durable run and job records in JetStream KV: pipelined writes for the coordinator, reads
+//! for the coordinator's restart and for the CLI.
+
+use std::collections::{HashMap, HashSet};
+
+use async_nats::jetstream;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use sluice_proto::{JobRecord, Rejection, RunId, RunRecord, decode, encode, names};
+
+use crate::engine::Effect;
+use crate::error::{NatsContext, ServiceError};
+use crate::topology::Topology;
+
+/// Concurrent reads when loading many records.
+const READ_CONCURRENCY: usize = 64;
+
+/// A record to write: the KV subject and the encoded record.
+pub struct Save {
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+/// Encodes the `Save*` effects, keeping only the last write of each key (a batch may
+/// change one job several times) in the order the writes came.
+pub fn saves_of(effects: &[Effect]) -> Result<Vec<Save>, ServiceError> {
+    let mut seen = HashSet::new();
+    let mut saves = Vec::new();
+    for effect in effects.iter().rev() {
+        let (subject, payload) = match effect {
+            Effect::SaveJob(job) => (
+                names::kv_subject(names::JOBS_BUCKET, &names::job_key(&job.run_id, &job.name)),
+                encode(job)?,
+            ),
+            Effect::SaveRun(run) => (
+                names::kv_subject(names::RUNS_BUCKET, &run.id.to_string()),
+                encode(run)?,
+            ),
+            Effect::Dispatch(_) => continue,
+        };
+        if seen.insert(subject.clone()) {
+            saves.push(Save {
+                subject,
+                payload: payload.into(),
+            });
+        }
+    }
+    saves.reverse();
+    Ok(saves)
+}
+
+/// Publishes every save without waiting in between, then waits for all acknowledgements:
+/// when this returns `Ok`, every record is durable. One connection keeps them in order.
+pub async fn write_all(js: &jetstream::Context, saves: Vec<Save>) -> Result<(), ServiceError> {
+    let mut acks = Vec::with_capacity(saves.len());
+    for save in saves {
+        acks.push(
+            js.publish(save.subject, save.payload)
+                .await
+                .context("writing a record")?,
+        );
+    }
+    for ack in acks {
+        ack.await.context("confirming a record write")?;
+    }
+    Ok(())
+}
+
+/// Reads one run record.
+pub async fn load_run(topology: &Topology, id: &RunId) -> Result<Option<RunRecord>, ServiceError> {
+    match topology
+        .runs
+        .get(id.to_string())
+        .await
+        .context(format!("reading run {id}"))?
+    {
+        Some(bytes) => Ok(Some(decode(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// Reads the job records of a run (those that exist), by name.
+pub async fn load_jobs(
+    topology: &Topology,
+    run: &RunRecord,
+) -> Result<HashMap<String, JobRecord>, ServiceError> {
+    let id = run.id;
+    let store = topology.jobs.clone();
+    futures::stream::iter(run.jobs.clone())
+        .map(|name| {
+            let store = store.clone();
+            async move {
+                let bytes = store
+                    .get(names::job_key(&id, &name))
+                    .await
+                    .context(format!("reading job {name} of run {id}"))?;
+                let record = bytes.map(|bytes| decode::<JobRecord>(&bytes)).transpose()?;
+                Ok::<_, ServiceError>(record.map(|record| (name, record)))
+            }
+        })
+        .buffered(READ_CONCURRENCY)
+        .try_filter_map(|entry| async move { Ok(entry) })
+        .try_collect()
+        .await
+}
+
+/// Reads every run record. Records that cannot be decoded are reported, not fatal.
+pub async fn load_all_runs(topology: &Topology) -> Result<Vec<RunRecord>, ServiceError> {
+    let keys: Vec<String> = match topology.runs.keys().await {
+        Ok(keys) => keys.try_collect().await.context("listing runs")?,
+        Err(error) => return Err(error).context("listing runs"),
+    };
+    let store = topology.runs.clone();
+    let records: Vec<Option<RunRecord>> = futures::stream::iter(keys)
+        .map(|key| {
+            let store = store.clone();
+            async move {
+                let bytes = store.get(key.clone()).await.context(format!("reading run {key}"))?;
+                Ok::<_, ServiceError>(bytes.and_then(|bytes| match decode::<RunRecord>(&bytes) {
+                    Ok(record) => Some(record),
+                    Err(error) => {
+                        tracing::error!(run = %key, %error, "run record cannot be decoded; skipping it");
+                        None
+                    }
+                }))
+            }
+        })
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(records.into_iter().flatten().collect())
+}
+
+/// Reads the rejected submissions, oldest first, at most `limit` of the newest.
+pub async fn load_rejections(
+    js: &jetstream::Context,
+    limit: usize,
+) -> Result<Vec<Rejection>, ServiceError> {
+    let stream = js
+        .get_stream(names::REJECTED_STREAM)
+        .await
+        .context("opening the rejected stream")?;
+    let info = stream
+        .get_info()
+        .await
+        .context("reading the rejected stream")?;
+    let last = info.state.last_sequence;
+    let first = info
+        .state
+        .first_sequence
+        .max(last.saturating_sub(limit as u64).saturating_add(1));
+    let mut rejections = Vec::new();
+    if info.state.messages == 0 {
+        return Ok(rejections);
+    }
+    for sequence in first..=last {
+        match stream.direct_get(sequence).await {
+            Ok(message) => match decode::<Rejection>(&message.payload) {
+                Ok(rejection) => rejections.push(rejection),
+                Err(error) => {
+                    tracing::warn!(sequence, %error, "rejection record cannot be decoded")
+                }
+            },
+            Err(error) if error.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {}
+            Err(error) => return Err(error).context("reading a rejection"),
+        }
+    }
+    Ok(rejections)
+}
+
+/// The rejection recorded for a run id, if its submission was refused.
+pub async fn load_rejection(
+    js: &jetstream::Context,
+    id: &RunId,
+) -> Result<Option<Rejection>, ServiceError> {
+    let stream = js
+        .get_stream(names::REJECTED_STREAM)
+        .await
+        .context("opening the rejected stream")?;
+    match stream
+        .direct_get_last_for_subject(names::rejected_subject(Some(id)))
+        .await
+    {
+        Ok(message) => Ok(Some(decode(&message.payload)?)),
+        Err(error) if error.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).context(format!("reading the rejection of run {id}")),
+    }
+}

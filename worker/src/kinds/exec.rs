@@ -1,0 +1,261 @@
+//! `exec`: runs a program (argument array, no shell), in any language.
+//!
+//! Placeholders (`{{start}}`, `{{end}}`, `{{run_id}}`, `{{job}}`, `{{attempt}}`,
+//! `{{params.NAME}}`) are substituted in each argument. Context is in the environment:
+//! `SLUICE_RUN_ID`, `SLUICE_WORKFLOW`, `SLUICE_JOB`, `SLUICE_ATTEMPT`, `SLUICE_WINDOW_START`,
+//! `SLUICE_WINDOW_END`, `SLUICE_CONFIG` and `SLUICE_PARAMS` (JSON), `TRACEPARENT`,
+//! `TRACESTATE`. Exit code 0 is success. On cancellation the process gets SIGTERM, then
+//! SIGKILL after a grace period.
+
+use std::collections::VecDeque;
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sluice_proto::Window;
+use sluice_proto::placeholder;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+use crate::job::{Job, JobContext, JobError, Output};
+
+/// Lines of stderr kept for the error message of a failed attempt.
+const STDERR_TAIL_LINES: usize = 20;
+
+/// Runs `command` from the job spec.
+pub struct Exec {
+    /// Time between SIGTERM and SIGKILL when a job is cancelled.
+    pub kill_grace: Duration,
+}
+
+impl Default for Exec {
+    fn default() -> Self {
+        Self {
+            kill_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+#[async_trait]
+impl Job for Exec {
+    async fn perform(
+        &self,
+        ctx: &JobContext,
+        window: &Window,
+        config: &serde_json::Value,
+    ) -> Result<Output, JobError> {
+        let command = ctx
+            .command
+            .as_deref()
+            .filter(|command| !command.is_empty())
+            .ok_or_else(|| JobError::permanent("exec job has no command"))?;
+        let lookup = |name: &str| -> Option<String> {
+            match name {
+                "start" => Some(window.start_rfc3339()),
+                "end" => Some(window.end_rfc3339()),
+                "run_id" => Some(ctx.run_id.to_string()),
+                "job" => Some(ctx.job.clone()),
+                "attempt" => Some(ctx.attempt.to_string()),
+                other => other
+                    .strip_prefix("params.")
+                    .and_then(|param| ctx.params.get(param).cloned()),
+            }
+        };
+        let args: Vec<String> = command
+            .iter()
+            .map(|arg| placeholder::substitute(arg, lookup))
+            .collect::<Result<_, _>>()
+            .map_err(|error| JobError::permanent(error.to_string()))?;
+        let mut process = Command::new(&args[0]);
+        process
+            .args(&args[1..])
+            .env("SLUICE_RUN_ID", ctx.run_id.to_string())
+            .env("SLUICE_WORKFLOW", &ctx.workflow)
+            .env("SLUICE_JOB", &ctx.job)
+            .env("SLUICE_ATTEMPT", ctx.attempt.to_string())
+            .env("SLUICE_WINDOW_START", window.start_rfc3339())
+            .env("SLUICE_WINDOW_END", window.end_rfc3339())
+            .env("SLUICE_CONFIG", config.to_string())
+            .env(
+                "SLUICE_PARAMS",
+                serde_json::to_string(&ctx.params).unwrap_or_default(),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (name, value) in [
+            ("TRACEPARENT", &ctx.traceparent),
+            ("TRACESTATE", &ctx.tracestate),
+        ] {
+            if let Some(value) = value {
+                process.env(name, value);
+            }
+        }
+        let mut child = process
+            .spawn()
+            .map_err(|error| JobError::permanent(format!("cannot start `{}`: {error}", args[0])))?;
+        let stdout = child
+            .stdout
+            .take()
+            .map(|out| tokio::spawn(forward_lines(out, ctx.job.clone(), "stdout", 0)));
+        let stderr = child.stderr.take().map(|err| {
+            tokio::spawn(forward_lines(
+                err,
+                ctx.job.clone(),
+                "stderr",
+                STDERR_TAIL_LINES,
+            ))
+        });
+        let status = tokio::select! {
+            status = child.wait() => status.map_err(|error| JobError::retryable(format!("waiting for `{}`: {error}", args[0])))?,
+            _ = ctx.cancelled() => {
+                terminate(&mut child, self.kill_grace).await;
+                return Err(JobError::retryable(format!("`{}` was stopped: the attempt was cancelled", args[0])));
+            }
+        };
+        if let Some(task) = stdout {
+            let _ = task.await;
+        }
+        let tail = match stderr {
+            Some(task) => task.await.unwrap_or_default(),
+            None => VecDeque::new(),
+        };
+        if status.success() {
+            return Ok(Output::none());
+        }
+        let how = match status.code() {
+            Some(code) => format!("exited with code {code}"),
+            None => "was killed by a signal".to_owned(),
+        };
+        let mut message = format!("`{}` {how}", args[0]);
+        if !tail.is_empty() {
+            message.push_str("; stderr ends with:\n");
+            message.push_str(&Vec::from(tail).join("\n"));
+        }
+        Err(JobError::retryable(message))
+    }
+}
+
+/// Logs each line of the child's output, keeping the last `keep` lines.
+async fn forward_lines(
+    stream: impl AsyncRead + Unpin,
+    job: String,
+    which: &'static str,
+    keep: usize,
+) -> VecDeque<String> {
+    let mut lines = BufReader::new(stream).lines();
+    let mut tail = VecDeque::with_capacity(keep);
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(target: "sluice::job_output", %job, stream = which, "{line}");
+        if keep > 0 {
+            if tail.len() == keep {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    }
+    tail
+}
+
+/// SIGTERM, then SIGKILL if the process outlives the grace period.
+async fn terminate(child: &mut tokio::process::Child, grace: Duration) {
+    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window() -> Window {
+        Window::parse("2024-03-01", chrono_tz_utc(), chrono::Utc::now()).unwrap()
+    }
+
+    fn chrono_tz_utc() -> chrono_tz::Tz {
+        sluice_proto::window::parse_zone("UTC").unwrap()
+    }
+
+    fn ctx(command: &[&str]) -> JobContext {
+        JobContext::for_local_run("extract", 2)
+            .with_command(command.iter().map(|s| s.to_string()).collect())
+    }
+
+    #[tokio::test]
+    async fn substitutes_placeholders_and_sets_the_environment() {
+        let script = r#"test "$1" = 2024-03-01T00:00:00Z && test "$2" = extract-2 && test "$SLUICE_ATTEMPT" = 2 && test "$SLUICE_WINDOW_END" = 2024-03-02T00:00:00Z && test "$SLUICE_CONFIG" = '{"k":1}'"#;
+        let result = Exec::default()
+            .perform(
+                &ctx(&["sh", "-c", script, "sh", "{{start}}", "{{job}}-{{attempt}}"]),
+                &window(),
+                &serde_json::json!({"k": 1}),
+            )
+            .await;
+        assert_eq!(result, Ok(Output::none()));
+    }
+
+    #[tokio::test]
+    async fn a_failing_command_reports_its_exit_code_and_stderr() {
+        let error = Exec::default()
+            .perform(
+                &ctx(&["sh", "-c", "echo bad input >&2; exit 3"]),
+                &window(),
+                &serde_json::Value::Null,
+            )
+            .await
+            .unwrap_err();
+        assert!(error.retryable);
+        assert!(
+            error.message.contains("exited with code 3") && error.message.contains("bad input"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_permanent_error() {
+        let error = Exec::default()
+            .perform(
+                &ctx(&["/nonexistent/program"]),
+                &window(),
+                &serde_json::Value::Null,
+            )
+            .await
+            .unwrap_err();
+        assert!(!error.retryable);
+        assert!(
+            error
+                .message
+                .contains("cannot start `/nonexistent/program`"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[tokio::test]
+    async fn cancellation_terminates_the_process() {
+        let context = ctx(&["sleep", "30"]);
+        let token = context.cancellation_token();
+        let exec = Exec {
+            kill_grace: Duration::from_secs(5),
+        };
+        let running = tokio::spawn(async move {
+            exec.perform(&context, &window(), &serde_json::Value::Null)
+                .await
+        });
+        token.cancel();
+        let error = tokio::time::timeout(Duration::from_secs(10), running)
+            .await
+            .expect("stopped in time")
+            .unwrap()
+            .unwrap_err();
+        assert!(error.message.contains("was stopped"), "{}", error.message);
+    }
+}

@@ -1,0 +1,559 @@
+//! The worker runtime: producer → executor → completer.
+//!
+//! - Producer ([`run`]): fetches at most as many jobs as there are free slots, so no job's
+//!   ack timer runs while it waits in a local buffer.
+//! - Executor ([`execute`]): reports the start, runs the job with its timeout and a
+//!   cancellation token, keeps the message alive with in-progress acks, catches panics.
+//! - Completer ([`complete`]): reports the outcome, then acks (success), NAKs with the retry
+//!   delay (retryable, attempts left) or TERMs (final). The event is always durable before
+//!   the ack, so the coordinator never misses an outcome.
+//!
+//! Shutdown: stop fetching, NAK anything fetched but not started, let running jobs finish
+//! within the grace period, then cancel the rest and hand them back (NAK, no delay).
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
+use chrono::Utc;
+use futures::{FutureExt, StreamExt};
+use rand::Rng;
+use sluice_proto::limits::ERROR_TEXT_MAX_BYTES;
+use sluice_proto::messages::truncate_error;
+use sluice_proto::spec::check_name;
+use sluice_proto::{EventKind, JobEvent, JobMessage, RunId, SCHEMA_VERSION, decode, encode, names};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{JobContext, JobError};
+use crate::nats::{JOB_ACK_WAIT, pool_consumer};
+use crate::registry::Registry;
+
+/// Longest wait of one fetch for new jobs; also bounds how long shutdown waits for it.
+const FETCH_WAIT: Duration = Duration::from_secs(2);
+/// In-progress acks are sent this often while a job runs.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(JOB_ACK_WAIT.as_secs() / 3);
+/// After a timeout, how long the job may take to stop before its result is ignored.
+const TIMEOUT_STOP_GRACE: Duration = Duration::from_secs(15);
+/// Tries to publish an event before giving up on it (the message is then redelivered).
+const EVENT_PUBLISH_TRIES: u32 = 5;
+/// Slots per worker process, at most.
+pub const CONCURRENCY_MAX: usize = 1024;
+
+/// How a worker runs.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub pool: String,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// On shutdown, how long running jobs may take to finish before they are handed back.
+    pub shutdown_grace: Duration,
+    /// Shown in `status` for each attempt.
+    pub worker_id: String,
+}
+
+impl WorkerConfig {
+    pub fn new(pool: impl Into<String>) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+        Self {
+            pool: pool.into(),
+            concurrency: 4,
+            shutdown_grace: Duration::from_secs(30),
+            worker_id: format!("{host}-{}", std::process::id()),
+        }
+    }
+}
+
+/// The worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{context}: {source}")]
+    Nats {
+        context: String,
+        source: async_nats::Error,
+    },
+    #[error("invalid worker setting: {0}")]
+    Config(String),
+}
+
+impl WorkerError {
+    pub(crate) fn nats(context: impl Into<String>, source: impl Into<async_nats::Error>) -> Self {
+        Self::Nats {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
+/// What every job task shares.
+struct Shared {
+    js: jetstream::Context,
+    registry: Registry,
+    config: WorkerConfig,
+    /// Cancelled when the shutdown grace period is over.
+    stop_jobs: CancellationToken,
+}
+
+/// Pulls and runs jobs of `config.pool` until `shutdown` is cancelled, then drains.
+pub async fn run(
+    client: async_nats::Client,
+    registry: Registry,
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    check_name("pool", &config.pool).map_err(WorkerError::Config)?;
+    if config.concurrency == 0 || config.concurrency > CONCURRENCY_MAX {
+        return Err(WorkerError::Config(format!(
+            "concurrency must be 1 to {CONCURRENCY_MAX}, not {}",
+            config.concurrency
+        )));
+    }
+    let js = jetstream::new(client);
+    let Some(consumer) = open_consumer(&js, &config.pool, &shutdown).await else {
+        return Ok(());
+    };
+    let kinds: Vec<&str> = registry.kinds().collect();
+    tracing::info!(pool = %config.pool, concurrency = config.concurrency, kinds = ?kinds, worker = %config.worker_id, "worker ready");
+    let shared = Arc::new(Shared {
+        js,
+        registry,
+        config,
+        stop_jobs: CancellationToken::new(),
+    });
+    let slots = Arc::new(Semaphore::new(shared.config.concurrency));
+    let mut running = JoinSet::new();
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break,
+            permit = slots.clone().acquire_owned() => match permit { Ok(permit) => permit, Err(_) => break },
+        };
+        let mut permits = vec![first];
+        while let Ok(permit) = slots.clone().try_acquire_owned() {
+            permits.push(permit);
+        }
+        while let Some(finished) = running.try_join_next() {
+            report_panic(finished);
+        }
+        fetch_and_start(&consumer, &shared, &mut permits, &mut running, &shutdown).await;
+    }
+    tracing::info!(
+        running = running.len(),
+        grace_s = shared.config.shutdown_grace.as_secs(),
+        "worker draining"
+    );
+    let drained = tokio::time::timeout(shared.config.shutdown_grace, async {
+        while let Some(finished) = running.join_next().await {
+            report_panic(finished);
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            running = running.len(),
+            "grace period over: cancelling running jobs and handing them back"
+        );
+        shared.stop_jobs.cancel();
+        while let Some(finished) = running.join_next().await {
+            report_panic(finished);
+        }
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn open_consumer(
+    js: &jetstream::Context,
+    pool: &str,
+    shutdown: &CancellationToken,
+) -> Option<PullConsumer> {
+    loop {
+        match pool_consumer(js, pool).await {
+            Ok(consumer) => return Some(consumer),
+            Err(error) => {
+                tracing::warn!(%error, "cannot open the pool's consumer yet (has a coordinator started?); retrying")
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// One fetch of at most `permits.len()` jobs; each job takes a permit into its task.
+async fn fetch_and_start(
+    consumer: &PullConsumer,
+    shared: &Arc<Shared>,
+    permits: &mut Vec<OwnedSemaphorePermit>,
+    running: &mut JoinSet<()>,
+    shutdown: &CancellationToken,
+) {
+    let mut batch = match consumer
+        .batch()
+        .max_messages(permits.len())
+        .expires(FETCH_WAIT)
+        .messages()
+        .await
+    {
+        Ok(batch) => batch,
+        Err(error) => {
+            tracing::warn!(%error, "fetching jobs failed; retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(FETCH_WAIT) => {}
+            }
+            return;
+        }
+    };
+    while let Some(item) = batch.next().await {
+        let message = match item {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(%error, "receiving jobs failed");
+                return;
+            }
+        };
+        let Some(permit) = permits.pop().filter(|_| !shutdown.is_cancelled()) else {
+            // Shutting down (or, defensively, more than asked for): hand it back at once.
+            if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
+                tracing::warn!(%error, "handing back a job failed; it returns after its ack wait");
+            }
+            continue;
+        };
+        let shared = shared.clone();
+        running.spawn(async move {
+            let _permit = permit;
+            execute(&shared, message).await;
+        });
+    }
+}
+
+fn report_panic(result: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = result {
+        tracing::error!(%error, "a job task failed unexpectedly");
+    }
+}
+
+/// How one attempt ended, for the completer.
+enum Outcome {
+    Succeeded,
+    Failed(JobError),
+    /// The worker is shutting down: give the job back without using up an attempt's delay.
+    HandedBack,
+}
+
+async fn execute(shared: &Shared, message: Message) {
+    let delivered = message
+        .info()
+        .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
+        .unwrap_or(1);
+    let job: JobMessage = match decode(&message.payload) {
+        Ok(job) => job,
+        Err(error) => return undecodable(shared, &message, delivered, error.to_string()).await,
+    };
+    let attempt = job.attempt_offset.saturating_add(delivered);
+    let reporter = Reporter {
+        shared,
+        job: &job,
+        attempt,
+    };
+    let max_attempt = job.attempt_offset.saturating_add(job.retry.max_attempts);
+    if attempt > max_attempt {
+        let reason = format!(
+            "attempt {attempt} exceeds max_attempts ({}): a worker stopped during attempt {} without reporting",
+            job.retry.max_attempts,
+            attempt - 1
+        );
+        return complete(
+            &reporter,
+            &message,
+            Outcome::Failed(JobError::permanent(reason)),
+        )
+        .await;
+    }
+    let Some(kind) = shared.registry.get(&job.kind) else {
+        let kinds: Vec<&str> = shared.registry.kinds().collect();
+        let reason = format!(
+            "unknown job kind `{}`: workers of pool `{}` serve {}",
+            job.kind,
+            shared.config.pool,
+            kinds.join(", ")
+        );
+        return complete(
+            &reporter,
+            &message,
+            Outcome::Failed(JobError::permanent(reason)),
+        )
+        .await;
+    };
+    if let Err(error) = reporter.publish(EventKind::Started, None, None).await {
+        tracing::warn!(%error, job = %job.job, "cannot report the start; handing the job back");
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+        return;
+    }
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map(|value| value.as_str().to_owned())
+    };
+    let cancel = shared.stop_jobs.child_token();
+    let ctx = JobContext {
+        run_id: job.run_id,
+        workflow: job.workflow.clone(),
+        job: job.job.clone(),
+        attempt,
+        generation: job.generation,
+        params: job.params.clone(),
+        command: job.command.clone(),
+        worker_id: shared.config.worker_id.clone(),
+        traceparent: header(names::HEADER_TRACEPARENT),
+        tracestate: header(names::HEADER_TRACESTATE),
+        cancel: cancel.clone(),
+    };
+    tracing::info!(run = %job.run_id, job = %job.job, kind = %job.kind, attempt, "job started");
+    let perform = AssertUnwindSafe(kind.perform(&ctx, &job.window, &job.config)).catch_unwind();
+    let keep_alive = async {
+        let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
+        ticker.tick().await;
+        loop {
+            ticker.tick().await;
+            if let Err(error) = message.ack_with(AckKind::Progress).await {
+                tracing::warn!(%error, job = %job.job, "in-progress ack failed");
+            }
+        }
+    };
+    tokio::pin!(perform, keep_alive);
+    let timeout = job
+        .timeout_ms
+        .map(Duration::from_millis)
+        .unwrap_or(Duration::MAX);
+    let finished = tokio::select! {
+        result = &mut perform => Some(result),
+        _ = sleep_for(timeout) => None,
+        _ = &mut keep_alive => unreachable!("the keep-alive loop never ends"),
+    };
+    let result = match finished {
+        Some(result) => result,
+        None => {
+            // Let the job stop (exec: SIGTERM, then SIGKILL) before the attempt is reported.
+            cancel.cancel();
+            tokio::select! {
+                _ = tokio::time::timeout(TIMEOUT_STOP_GRACE, &mut perform) => {}
+                _ = &mut keep_alive => {}
+            }
+            Ok(Err(JobError::retryable(format!(
+                "timed out after {}",
+                sluice_proto::HumanDuration::from_duration(timeout)
+            ))))
+        }
+    };
+    let outcome = match result {
+        _ if shared.stop_jobs.is_cancelled() => Outcome::HandedBack,
+        Ok(Ok(_)) => Outcome::Succeeded,
+        Ok(Err(error)) => Outcome::Failed(error),
+        Err(panic) => Outcome::Failed(JobError::retryable(format!(
+            "job panicked: {}",
+            panic_text(&panic)
+        ))),
+    };
+    complete(&reporter, &message, outcome).await;
+}
+
+/// `tokio::time::sleep` that accepts "for ever".
+async fn sleep_for(duration: Duration) {
+    match tokio::time::Instant::now().checked_add(duration) {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned())
+}
+
+async fn complete(reporter: &Reporter<'_>, message: &Message, outcome: Outcome) {
+    let job = reporter.job;
+    let (event, ack) = match outcome {
+        Outcome::Succeeded => ((EventKind::Succeeded, None, None), AckKind::Ack),
+        Outcome::HandedBack => {
+            let now = Utc::now();
+            (
+                (
+                    EventKind::Failed,
+                    Some("handed back: the worker shut down before the job finished".to_owned()),
+                    Some(now),
+                ),
+                AckKind::Nak(None),
+            )
+        }
+        Outcome::Failed(error)
+            if error.retryable
+                && job
+                    .retry
+                    .allows_another_after(reporter.attempt - job.attempt_offset) =>
+        {
+            let delay = job.retry.delay_after(
+                reporter.attempt - job.attempt_offset,
+                rand::rng().random::<f64>(),
+            );
+            let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+            (
+                (EventKind::Failed, Some(error.message), Some(retry_at)),
+                AckKind::Nak(Some(delay)),
+            )
+        }
+        Outcome::Failed(error) => (
+            (EventKind::Failed, Some(error.message), None),
+            AckKind::Term,
+        ),
+    };
+    let (kind, error, retry_at) = event;
+    tracing::info!(run = %job.run_id, job = %job.job, attempt = reporter.attempt, outcome = kind.as_str(), error = error.as_deref().unwrap_or(""), "job finished");
+    if let Err(publish_error) = reporter.publish(kind, error, retry_at).await {
+        // Without the event the coordinator cannot move on: let JetStream redeliver.
+        tracing::error!(error = %publish_error, job = %job.job, "cannot report the outcome; the job will be redelivered");
+        return;
+    }
+    let acked = match ack {
+        AckKind::Ack => message.double_ack().await,
+        other => message.ack_with(other).await,
+    };
+    if let Err(error) = acked {
+        tracing::warn!(%error, job = %job.job, "acknowledging the job failed; it may be delivered again");
+    }
+}
+
+/// A job message that cannot be decoded: report it against the run and job named in its
+/// headers (if any), then TERM it so it is not redelivered for ever.
+async fn undecodable(shared: &Shared, message: &Message, delivered: u32, reason: String) {
+    let header = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get(name))
+            .map(|value| value.as_str().to_owned())
+    };
+    let run_id = header(names::HEADER_RUN_ID).and_then(|text| text.parse::<RunId>().ok());
+    let job = header(names::HEADER_JOB).filter(|job| check_name("job", job).is_ok());
+    tracing::error!(subject = %message.subject, %reason, "job message cannot be decoded");
+    if let (Some(run_id), Some(job)) = (run_id, job) {
+        let event = event(
+            run_id,
+            &job,
+            delivered,
+            0,
+            EventKind::Failed,
+            &shared.config.worker_id,
+            Some(format!("job message cannot be decoded: {reason}")),
+            None,
+        );
+        if let Err(error) = publish_event(&shared.js, &event).await {
+            tracing::error!(%error, "cannot report the undecodable job; it will be redelivered");
+            return;
+        }
+    }
+    let _ = message.ack_with(AckKind::Term).await;
+}
+
+struct Reporter<'a> {
+    shared: &'a Shared,
+    job: &'a JobMessage,
+    attempt: u32,
+}
+
+impl Reporter<'_> {
+    async fn publish(
+        &self,
+        kind: EventKind,
+        error: Option<String>,
+        retry_at: Option<chrono::DateTime<Utc>>,
+    ) -> Result<(), WorkerError> {
+        let job = self.job;
+        let event = event(
+            job.run_id,
+            &job.job,
+            self.attempt,
+            job.generation,
+            kind,
+            &self.shared.config.worker_id,
+            error,
+            retry_at,
+        );
+        publish_event(&self.shared.js, &event).await
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn event(
+    run_id: RunId,
+    job: &str,
+    attempt: u32,
+    generation: u32,
+    kind: EventKind,
+    worker: &str,
+    error: Option<String>,
+    retry_at: Option<chrono::DateTime<Utc>>,
+) -> JobEvent {
+    JobEvent {
+        schema_version: SCHEMA_VERSION,
+        run_id,
+        job: job.to_owned(),
+        attempt,
+        generation,
+        kind,
+        at: Utc::now(),
+        worker: worker.to_owned(),
+        error: error.map(|text| truncate_error(&text, ERROR_TEXT_MAX_BYTES)),
+        retry_at,
+    }
+}
+
+/// Publishes an event and waits until it is durable, retrying a few times; the
+/// `Nats-Msg-Id` makes a retry that raced a late ack harmless.
+async fn publish_event(js: &jetstream::Context, event: &JobEvent) -> Result<(), WorkerError> {
+    let payload = encode(event).map_err(|error| WorkerError::nats("encoding an event", error))?;
+    let subject = names::event_subject(&event.run_id, &event.job);
+    let id = names::event_id(
+        &event.run_id,
+        &event.job,
+        event.attempt,
+        event.generation,
+        event.kind.as_str(),
+    );
+    let mut delay = Duration::from_millis(100);
+    let mut tries = 0;
+    loop {
+        let mut headers = HeaderMap::new();
+        headers.insert(names::HEADER_MSG_ID, id.as_str());
+        let result = async {
+            js.publish_with_headers(subject.clone(), headers, payload.clone().into())
+                .await?
+                .await
+                .map_err(async_nats::Error::from)
+        }
+        .await;
+        match result {
+            Ok(_) => return Ok(()),
+            Err(error) if tries + 1 >= EVENT_PUBLISH_TRIES => {
+                return Err(WorkerError::nats(
+                    format!("publishing a {} event", event.kind.as_str()),
+                    error,
+                ));
+            }
+            Err(error) => tracing::warn!(%error, "publishing an event failed; retrying"),
+        }
+        tries += 1;
+        tokio::time::sleep(delay).await;
+        delay *= 2;
+    }
+}
