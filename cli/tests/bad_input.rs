@@ -1,0 +1,267 @@
+//! Bad input never takes a component down and is never silently dropped: it gets a clear
+//! error where the user looks (exit status and message, run state, rejected list).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sluice_proto::{RunId, SCHEMA_VERSION, Submission, encode, names};
+
+const CYCLE: &str =
+    "name: loop\njobs:\n  x: { run: noop, needs: [y] }\n  y: { run: noop, needs: [x] }\n";
+
+#[test]
+fn validate_prints_the_cycle_and_exits_2() {
+    let stack = Stack::start();
+    let file = stack.write("cycle.yaml", CYCLE);
+    let output = stack.sluice(&["validate", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("dependency cycle: x -> y -> x"), "{stderr}");
+    assert!(
+        stderr.contains("cycle.yaml"),
+        "the message names the file: {stderr}"
+    );
+
+    let good = stack.write(
+        "good.yaml",
+        "name: ok\njobs:\n  a: { run: noop }\n  b: { run: noop, needs: [a] }\n",
+    );
+    let output = stack.sluice(&["validate", good.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("valid: 2 jobs, in order a, b"));
+}
+
+#[test]
+fn submit_of_an_invalid_workflow_publishes_nothing() {
+    let stack = Stack::start();
+    let file = stack.write("cycle.yaml", CYCLE);
+    let output = stack.sluice(&["submit", file.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(output.status.code(), Some(2));
+    let error: serde_json::Value =
+        serde_json::from_slice(&output.stderr).expect("JSON error on stderr");
+    assert_eq!(error["error"]["kind"], "usage");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("x -> y -> x")
+    );
+    // Nothing reached NATS: not even the streams were created.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let streams = runtime.block_on(async {
+        let client = async_nats::connect(stack.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.get_stream(names::SUBMIT_STREAM).await.is_ok()
+    });
+    assert!(!streams, "an invalid submit created the submit stream");
+
+    for (args, needle) in [
+        (
+            vec!["--window", "last tuesday"],
+            "invalid window `last tuesday`",
+        ),
+        (
+            vec!["--param", "novalue"],
+            "--param `novalue`: write NAME=VALUE",
+        ),
+    ] {
+        let good = stack.write("good.yaml", "name: ok\njobs:\n  a: { run: noop }\n");
+        let mut all = vec!["submit", good.to_str().unwrap()];
+        all.extend(args);
+        let output = stack.sluice(&all);
+        assert_eq!(output.status.code(), Some(2), "{all:?}");
+        assert!(
+            text(&output.stderr).contains(needle),
+            "{}",
+            text(&output.stderr)
+        );
+    }
+    let missing = stack.sluice(&["submit", "/nonexistent/flow.yaml"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("cannot read /nonexistent/flow.yaml"));
+}
+
+#[test]
+fn malformed_submissions_are_recorded_and_later_ones_still_run() {
+    let mut stack = Stack::start();
+    let coordinator = stack.coordinator();
+    stack.worker(&[]);
+    // Create the topology through a normal submission first.
+    let good = stack.write("good.yaml", "name: fine\njobs:\n  a: { run: noop }\n");
+    submit_and_wait(&stack, &good, 0);
+
+    let invalid_run = RunId::new();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(stack.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        let garbage: &[&[u8]] = &[b"not msgpack at all", b"\x81\xa3foo\xa3bar", b""];
+        for bytes in garbage {
+            js.publish(names::SUBMIT_SUBJECT, bytes.to_vec().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+        let invalid = Submission {
+            schema_version: SCHEMA_VERSION,
+            run_id: invalid_run,
+            workflow: CYCLE.to_owned(),
+            window: None,
+            params: Default::default(),
+            idempotency_key: None,
+            submitted_at: None,
+        };
+        js.publish(names::SUBMIT_SUBJECT, encode(&invalid).unwrap().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    });
+    let status = submit_and_wait(&stack, &good, 0);
+    assert_eq!(status["state"], "succeeded");
+    assert!(stack.is_running(coordinator), "the coordinator survived");
+
+    let rejected = stack.sluice_json(&["runs", "--rejected"], 0);
+    let reasons: Vec<&str> = rejected["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(reasons.len(), 4, "{rejected:#}");
+    assert!(
+        reasons
+            .iter()
+            .filter(|r| r.contains("not a valid submission message"))
+            .count()
+            == 3,
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("x -> y -> x")),
+        "{reasons:?}"
+    );
+    // The rejected run id answers `status` with the reason.
+    let output = stack.sluice(&["status", &invalid_run.to_string()]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("was rejected")
+            && text(&output.stderr).contains("x -> y -> x"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
+fn an_unknown_job_kind_fails_that_job_with_a_clear_error() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    stack.worker(&[]);
+    let file = stack.write("unknown.yaml", "name: typo\njobs:\n  a: { run: noop }\n  b: { run: calibrate, needs: [a] }\n  c: { run: noop, needs: [b] }\n");
+    let status = submit_and_wait(&stack, &file, 1);
+    assert_eq!(status["state"], "failed");
+    let b = &status["jobs"][1];
+    assert_eq!(b["state"], "failed");
+    assert_eq!(b["attempts"], 1, "an unknown kind is not retried: {b:#}");
+    let error = b["error"].as_str().unwrap();
+    assert!(
+        error.contains("unknown job kind `calibrate`") && error.contains("exec, fail, noop, sleep"),
+        "{error}"
+    );
+    assert_eq!(status["jobs"][2]["state"], "skipped");
+}
+
+#[test]
+fn idempotency_key_creates_one_run() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    stack.worker(&[]);
+    let file = stack.write("once.yaml", "name: once\njobs:\n  a: { run: noop }\n");
+    let first = stack.sluice_json(
+        &[
+            "submit",
+            file.to_str().unwrap(),
+            "--idempotency-key",
+            "2024-03-01-load",
+        ],
+        0,
+    );
+    let id = first["id"].as_str().unwrap().to_owned();
+    stack.wait_for_run(&id, Duration::from_secs(30));
+    let second = stack.sluice_json(
+        &[
+            "submit",
+            file.to_str().unwrap(),
+            "--idempotency-key",
+            "2024-03-01-load",
+        ],
+        0,
+    );
+    assert_eq!(second["id"], first["id"]);
+    assert_eq!(second["duplicate"], true);
+    let runs = stack.sluice_json(&["runs", "--workflow", "once"], 0);
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs:#}");
+}
+
+#[test]
+fn runs_lists_newest_first_with_filters() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    stack.worker(&[]);
+    let ok = stack.write("ok.yaml", "name: ok\njobs:\n  a: { run: noop }\n");
+    let bad = stack.write(
+        "bad.yaml",
+        "name: bad\njobs:\n  a: { run: fail, retry: { max_attempts: 1 } }\n",
+    );
+    let first = submit_and_wait(&stack, &ok, 0);
+    let failed = submit_and_wait(&stack, &bad, 1);
+    let last = submit_and_wait(&stack, &ok, 0);
+    let runs = stack.sluice_json(&["runs"], 0);
+    let ids: Vec<&str> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|run| run["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            last["id"].as_str().unwrap(),
+            failed["id"].as_str().unwrap(),
+            first["id"].as_str().unwrap()
+        ]
+    );
+    let only_failed = stack.sluice_json(&["runs", "--state", "failed"], 0);
+    assert_eq!(only_failed["runs"].as_array().unwrap().len(), 1);
+    assert_eq!(only_failed["runs"][0]["workflow"], "bad");
+    let fields: Vec<&String> = only_failed["runs"][0].as_object().unwrap().keys().collect();
+    for field in ["id", "workflow", "state", "window", "created_at"] {
+        assert!(
+            fields.iter().any(|key| key.as_str() == field),
+            "missing {field}"
+        );
+    }
+    let bad_state = stack.sluice(&["runs", "--state", "done"]);
+    assert_eq!(bad_state.status.code(), Some(2));
+    assert!(text(&bad_state.stderr).contains("unknown state `done`"));
+}
+
+#[test]
+fn unreachable_nats_exits_3_with_a_clear_message() {
+    let output = std::process::Command::new(SLUICE)
+        .args(["runs", "--nats-url", "nats://127.0.0.1:1", "-o", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3));
+    let error: serde_json::Value = serde_json::from_slice(&output.stderr).unwrap();
+    assert_eq!(error["error"]["kind"], "nats");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach NATS at nats://127.0.0.1:1")
+    );
+}

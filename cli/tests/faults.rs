@@ -1,0 +1,145 @@
+//! Real faults: SIGKILL of the coordinator mid-run, SIGTERM of a worker mid-job. Nothing is
+//! lost and nothing runs twice.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+fn submit(stack: &Stack, file: &std::path::Path) -> String {
+    let submitted = stack.sluice_json(&["submit", file.to_str().unwrap()], 0);
+    submitted["id"].as_str().unwrap().to_owned()
+}
+
+fn lines(stack: &Stack) -> usize {
+    std::fs::read_to_string(stack.job_log())
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+#[test]
+fn coordinator_killed_mid_run_resumes_and_no_job_runs_twice() {
+    let mut stack = Stack::start();
+    let mut coordinator = stack.coordinator();
+    stack.worker(&["--concurrency", "4"]);
+    let log = stack.job_log();
+    // A chain, then a fan of 20 jobs, then a join: kills land while jobs run and while
+    // completions are being handled.
+    let mut needs: HashMap<String, Vec<String>> = HashMap::new();
+    let mut yaml = String::from("name: kill-coordinator\njobs:\n");
+    let mut add = |name: String, deps: Vec<String>, seconds: f64, yaml: &mut String| {
+        yaml.push_str(&format!(
+            "  {name}: {}\n",
+            recording_job(&log, seconds, &deps)
+        ));
+        needs.insert(name, deps);
+    };
+    add("a".into(), vec![], 0.3, &mut yaml);
+    add("b".into(), vec!["a".into()], 0.3, &mut yaml);
+    let fan: Vec<String> = (0..20).map(|i| format!("fan-{i:02}")).collect();
+    for name in &fan {
+        add(name.clone(), vec!["b".into()], 0.1, &mut yaml);
+    }
+    add("join".into(), fan.clone(), 0.2, &mut yaml);
+    let file = stack.write("kill.yaml", &yaml);
+    let run_id = submit(&stack, &file);
+    // Kill when 1 job has started, when the fan is under way, and near the end.
+    for threshold in [1, 12, 30] {
+        wait_until(Duration::from_secs(60), "jobs to make progress", || {
+            lines(&stack) >= threshold
+        });
+        stack.kill(coordinator);
+        coordinator = stack.coordinator();
+    }
+    let status = stack.wait_for_run(&run_id, Duration::from_secs(60));
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    assert_ran_once_in_order(&log, &needs);
+    for job in status["jobs"].as_array().unwrap() {
+        assert_eq!(job["attempts"], 1, "{job:#}");
+    }
+}
+
+#[test]
+fn worker_sigterm_lets_the_running_job_finish_and_loses_nothing() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    let worker = stack.worker(&["--concurrency", "1"]);
+    let log = stack.job_log();
+    let yaml = format!(
+        "name: drain\njobs:\n  slow: {}\n  next: {}\n",
+        recording_job(&log, 1.5, &[]),
+        recording_job(&log, 0.0, &["slow".into()])
+    );
+    let file = stack.write("drain.yaml", &yaml);
+    let run_id = submit(&stack, &file);
+    wait_until(Duration::from_secs(30), "the slow job to start", || {
+        lines(&stack) >= 1
+    });
+    stack.signal(worker, "TERM");
+    let exit = stack.wait_exit(worker, Duration::from_secs(30));
+    assert!(exit.success(), "worker exit {exit:?}");
+    let recorded = read_job_log(&log);
+    assert_eq!(
+        recorded["slow"].ends.len(),
+        1,
+        "the running job finished before the worker left"
+    );
+    assert!(
+        !recorded.contains_key("next"),
+        "a draining worker takes no new job"
+    );
+    stack.worker(&[]);
+    let status = stack.wait_for_run(&run_id, Duration::from_secs(30));
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    let needs = HashMap::from([
+        ("slow".to_owned(), vec![]),
+        ("next".to_owned(), vec!["slow".to_owned()]),
+    ]);
+    assert_ran_once_in_order(&log, &needs);
+}
+
+#[test]
+fn worker_sigterm_past_its_grace_hands_the_job_back_to_another_worker() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    let worker = stack.worker(&["--concurrency", "1", "--shutdown-grace", "300ms"]);
+    let log = stack.job_log();
+    let yaml = format!(
+        "name: handback\njobs:\n  long: {}\n",
+        recording_job(&log, 3.0, &[])
+    );
+    let file = stack.write("handback.yaml", &yaml);
+    let run_id = submit(&stack, &file);
+    wait_until(Duration::from_secs(30), "the long job to start", || {
+        lines(&stack) >= 1
+    });
+    stack.signal(worker, "TERM");
+    assert!(stack.wait_exit(worker, Duration::from_secs(30)).success());
+    stack.worker(&[]);
+    let status = stack.wait_for_run(&run_id, Duration::from_secs(60));
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    let job = &status["jobs"][0];
+    assert_eq!(job["attempts"], 2, "{job:#}");
+    let first = &job["attempt_history"][0];
+    assert!(
+        first["error"].as_str().unwrap().contains("handed back"),
+        "{job:#}"
+    );
+    let recorded = read_job_log(&log);
+    assert_eq!(
+        recorded["long"]
+            .starts
+            .iter()
+            .map(|s| s.0)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(
+        recorded["long"].ends.len(),
+        1,
+        "only the second attempt ran to the end"
+    );
+}
