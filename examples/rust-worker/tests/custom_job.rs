@@ -1,0 +1,65 @@
+//! The example worker's custom `calibrate` kind runs through the real pieces: a private
+//! nats-server, the coordinator service, and the example worker binary.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sluice_local_nats::NatsServer;
+use sluice_proto::{RunId, RunRecord, RunState, SCHEMA_VERSION, Submission, decode, encode, names};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_using_calibrate_succeeds_on_the_example_worker() {
+    let server = NatsServer::start_temporary().expect("nats-server");
+    let client = async_nats::connect(server.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let topology = sluice_coordinator::topology::ensure(&js).await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let coordinator = tokio::spawn(sluice_coordinator::service::run(
+        client.clone(),
+        shutdown.clone(),
+    ));
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_sluice-example-worker"))
+        .args(["--nats-url", &server.url()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let workflow = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../workflows/calibrate.yaml"
+    ))
+    .unwrap();
+    let run_id = RunId::new();
+    let submission = Submission {
+        schema_version: SCHEMA_VERSION,
+        run_id,
+        workflow,
+        window: None,
+        params: Default::default(),
+        idempotency_key: None,
+        submitted_at: None,
+    };
+    js.publish(names::SUBMIT_SUBJECT, encode(&submission).unwrap().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let state = loop {
+        if let Some(bytes) = topology.runs.get(run_id.to_string()).await.unwrap() {
+            let run: RunRecord = decode(&bytes).unwrap();
+            if run.state.is_terminal() {
+                break run.state;
+            }
+        }
+        assert!(Instant::now() < deadline, "run did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = worker.kill();
+    let _ = worker.wait();
+    shutdown.cancel();
+    let _ = coordinator.await;
+    assert_eq!(state, RunState::Succeeded);
+}
