@@ -53,6 +53,7 @@ pub struct RestoreError {
 }
 
 /// Everything a new run needs, already validated.
+#[derive(Debug)]
 pub struct NewRun {
     pub id: RunId,
     pub spec: WorkflowSpec,

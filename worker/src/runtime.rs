@@ -295,13 +295,6 @@ async fn execute(shared: &Shared, message: Message) {
         let _ = message.ack_with(AckKind::Nak(None)).await;
         return;
     }
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(name))
-            .map(|value| value.as_str().to_owned())
-    };
     let cancel = shared.stop_jobs.child_token();
     let ctx = JobContext {
         run_id: job.run_id,
@@ -312,8 +305,8 @@ async fn execute(shared: &Shared, message: Message) {
         params: job.params.clone(),
         command: job.command.clone(),
         worker_id: shared.config.worker_id.clone(),
-        traceparent: header(names::HEADER_TRACEPARENT),
-        tracestate: header(names::HEADER_TRACESTATE),
+        traceparent: header(&message, names::HEADER_TRACEPARENT),
+        tracestate: header(&message, names::HEADER_TRACESTATE),
         cancel: cancel.clone(),
     };
     tracing::info!(run = %job.run_id, job = %job.job, kind = %job.kind, attempt, "job started");
@@ -363,6 +356,15 @@ async fn execute(shared: &Shared, message: Message) {
         ))),
     };
     complete(&reporter, &message, outcome).await;
+}
+
+/// A header's value as text, if the message has it.
+fn header(message: &Message, name: &str) -> Option<String> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|headers| headers.get(name))
+        .map(|value| value.as_str().to_owned())
 }
 
 /// `tokio::time::sleep` that accepts "for ever".
@@ -436,15 +438,8 @@ async fn complete(reporter: &Reporter<'_>, message: &Message, outcome: Outcome) 
 /// A job message that cannot be decoded: report it against the run and job named in its
 /// headers (if any), then TERM it so it is not redelivered for ever.
 async fn undecodable(shared: &Shared, message: &Message, delivered: u32, reason: String) {
-    let header = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|headers| headers.get(name))
-            .map(|value| value.as_str().to_owned())
-    };
-    let run_id = header(names::HEADER_RUN_ID).and_then(|text| text.parse::<RunId>().ok());
-    let job = header(names::HEADER_JOB).filter(|job| check_name("job", job).is_ok());
+    let run_id = header(&message, names::HEADER_RUN_ID).and_then(|text| text.parse::<RunId>().ok());
+    let job = header(&message, names::HEADER_JOB).filter(|job| check_name("job", job).is_ok());
     tracing::error!(subject = %message.subject, %reason, "job message cannot be decoded");
     if let (Some(run_id), Some(job)) = (run_id, job) {
         let event = event(

@@ -1,0 +1,86 @@
+//! `sluice dev` (what `make demo` runs): starts its own nats-server, coordinator and worker,
+//! runs the example ETL workflow to success, and stops everything cleanly on Ctrl-C.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn dev_runs_the_example_etl_workflow_and_stops_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut dev = Command::new(SLUICE)
+        .args([
+            "dev",
+            "examples/workflows/etl-daily.yaml",
+            "--port",
+            &port.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path().join("nats"))
+        .env("ETL_DATA_DIR", dir.path().join("data"))
+        .current_dir(workspace_root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines_tx, lines_rx) = mpsc::channel();
+    let stdout = dev.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut output = Vec::new();
+    let wait_for = |needle: &str, output: &mut Vec<String>| {
+        loop {
+            let line = lines_rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| panic!("no `{needle}` in:\n{}", output.join("\n")));
+            output.push(line.clone());
+            if line.contains(needle) {
+                return;
+            }
+        }
+    };
+    wait_for("The stack stays up", &mut output);
+    let text = output.join("\n");
+    assert!(text.contains("succeeded"), "{text}");
+    for job in ["extract", "clean", "check-freshness", "aggregate", "report"] {
+        assert!(
+            text.lines()
+                .any(|line| line.starts_with(job) && line.contains("completed")),
+            "{job} in:\n{text}"
+        );
+    }
+    assert!(
+        dir.path().join("data").read_dir().unwrap().next().is_some(),
+        "the ETL wrote its data"
+    );
+
+    Command::new("kill")
+        .args(["-INT", &dev.id().to_string()])
+        .status()
+        .unwrap();
+    wait_for("stopped", &mut output);
+    let status = dev.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "nats-server stopped with it"
+    );
+}
