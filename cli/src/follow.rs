@@ -28,11 +28,7 @@ impl Finished {
 
 /// Waits until every run in `ids` is finished (or rejected), printing progress in human
 /// format. Results come back in the order of `ids`.
-pub async fn follow(
-    js: &jetstream::Context,
-    ids: &[RunId],
-    format: Format,
-) -> Result<Vec<Finished>, CliError> {
+pub async fn follow(js: &jetstream::Context, ids: &[RunId], format: Format) -> Result<Vec<Finished>, CliError> {
     let label_runs = ids.len() > 1;
     let mut seen: HashMap<(RunId, String), (JobState, u32)> = HashMap::new();
     let mut finished: HashMap<RunId, Finished> = HashMap::new();
@@ -62,16 +58,8 @@ pub async fn follow(
                     }
                     if view.record.state.is_terminal() {
                         if format == Format::Human {
-                            let prefix = if label_runs {
-                                format!("{} ", view.record.workflow)
-                            } else {
-                                String::new()
-                            };
-                            println!(
-                                "{prefix}run {} {}",
-                                view.record.id,
-                                view.record.state.as_str()
-                            );
+                            let prefix = if label_runs { format!("{} ", view.record.workflow) } else { String::new() };
+                            println!("{prefix}run {} {}", view.record.id, view.record.state.as_str());
                         }
                         finished.insert(*id, Finished::Run(view));
                     }
@@ -82,11 +70,7 @@ pub async fn follow(
     Ok(ids.iter().filter_map(|id| finished.remove(id)).collect())
 }
 
-fn print_changes(
-    view: &RunView,
-    seen: &mut HashMap<(RunId, String), (JobState, u32)>,
-    label_runs: bool,
-) {
+fn print_changes(view: &RunView, seen: &mut HashMap<(RunId, String), (JobState, u32)>, label_runs: bool) {
     for job in &view.jobs {
         let key = (view.record.id, job.name.clone());
         let now = (job.state, job.attempts);
@@ -99,26 +83,14 @@ fn print_changes(
             continue;
         }
         let clock = chrono::Local::now().format("%H:%M:%S");
-        let prefix = if label_runs {
-            format!("{}  ", view.record.workflow)
-        } else {
-            String::new()
-        };
-        let attempt = if job.attempts > 0 {
-            format!("  attempt {}", job.attempts)
-        } else {
-            String::new()
-        };
+        let prefix = if label_runs { format!("{}  ", view.record.workflow) } else { String::new() };
+        let attempt = if job.attempts > 0 { format!("  attempt {}", job.attempts) } else { String::new() };
         let error = match (job.state, &job.error) {
             (JobState::Failed | JobState::Retrying | JobState::Skipped, Some(error)) => {
                 format!("  {}", error.lines().next().unwrap_or_default())
             }
             _ => String::new(),
         };
-        println!(
-            "{clock}  {prefix}{:<24} {:<10}{attempt}{error}",
-            job.name,
-            job.state.as_str()
-        );
+        println!("{clock}  {prefix}{:<24} {:<10}{attempt}{error}", job.name, job.state.as_str());
     }
 }

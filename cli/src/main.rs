@@ -16,12 +16,7 @@ use crate::output::{CliError, Format};
 #[command(name = "sluice", version, about = "Durable DAG jobs on NATS JetStream")]
 struct Cli {
     /// NATS server to use.
-    #[arg(
-        long,
-        global = true,
-        env = "SLUICE_NATS_URL",
-        default_value = "nats://127.0.0.1:4222"
-    )]
+    #[arg(long, global = true, env = "SLUICE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
     /// Output format: a readable table, or JSON for scripts.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Human)]
@@ -54,16 +49,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.output;
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            return output::report(
-                &CliError::failed(format!("cannot start the async runtime: {error}")),
-                format,
-            );
+            return output::report(&CliError::failed(format!("cannot start the async runtime: {error}")), format);
         }
     };
     let result = runtime.block_on(run(cli));

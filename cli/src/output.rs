@@ -50,22 +50,13 @@ pub struct CliError {
 
 impl CliError {
     pub fn usage(message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::Usage,
-            message: message.into(),
-        }
+        Self { kind: ErrorKind::Usage, message: message.into() }
     }
     pub fn failed(message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::Failed,
-            message: message.into(),
-        }
+        Self { kind: ErrorKind::Failed, message: message.into() }
     }
     pub fn nats(message: impl Into<String>) -> Self {
-        Self {
-            kind: ErrorKind::Nats,
-            message: message.into(),
-        }
+        Self { kind: ErrorKind::Nats, message: message.into() }
     }
 }
 
@@ -82,10 +73,7 @@ impl From<sluice_coordinator::ServiceError> for CliError {
 pub fn report(error: &CliError, format: Format) -> ExitCode {
     match format {
         Format::Human => eprintln!("error: {}", error.message),
-        Format::Json => eprintln!(
-            "{}",
-            json!({"error": {"kind": error.kind.name(), "message": error.message}})
-        ),
+        Format::Json => eprintln!("{}", json!({"error": {"kind": error.kind.name(), "message": error.message}})),
     }
     ExitCode::from(error.kind.code())
 }
@@ -94,25 +82,17 @@ pub fn report(error: &CliError, format: Format) -> ExitCode {
 pub fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
 /// Connects, turning failure into exit code 3.
 pub async fn connect(url: &str) -> Result<async_nats::Client, CliError> {
-    sluice_worker::nats::connect(url, "sluice-cli")
-        .await
-        .map_err(|error| CliError::nats(error.to_string()))
+    sluice_worker::nats::connect(url, "sluice-cli").await.map_err(|error| CliError::nats(error.to_string()))
 }
 
 /// Prints a JSON value on stdout.
 pub fn print_json(value: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
 /// RFC 3339 UTC with seconds, as every JSON timestamp.
@@ -124,9 +104,7 @@ pub fn time(value: Option<DateTime<Utc>>) -> serde_json::Value {
 
 /// A short local-looking time for tables.
 pub fn short_time(value: Option<DateTime<Utc>>) -> String {
-    value
-        .map(|time| time.format("%H:%M:%S").to_string())
-        .unwrap_or_else(|| "-".into())
+    value.map(|time| time.format("%H:%M:%S").to_string()).unwrap_or_else(|| "-".into())
 }
 
 /// Renders rows as a left-aligned table with a header.

@@ -8,8 +8,7 @@ use std::time::Duration;
 use common::*;
 use sluice_proto::{RunId, SCHEMA_VERSION, Submission, encode, names};
 
-const CYCLE: &str =
-    "name: loop\njobs:\n  x: { run: noop, needs: [y] }\n  y: { run: noop, needs: [x] }\n";
+const CYCLE: &str = "name: loop\njobs:\n  x: { run: noop, needs: [y] }\n  y: { run: noop, needs: [x] }\n";
 
 #[test]
 fn validate_prints_the_cycle_and_exits_2() {
@@ -19,15 +18,9 @@ fn validate_prints_the_cycle_and_exits_2() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("dependency cycle: x -> y -> x"), "{stderr}");
-    assert!(
-        stderr.contains("cycle.yaml"),
-        "the message names the file: {stderr}"
-    );
+    assert!(stderr.contains("cycle.yaml"), "the message names the file: {stderr}");
 
-    let good = stack.write(
-        "good.yaml",
-        "name: ok\njobs:\n  a: { run: noop }\n  b: { run: noop, needs: [a] }\n",
-    );
+    let good = stack.write("good.yaml", "name: ok\njobs:\n  a: { run: noop }\n  b: { run: noop, needs: [a] }\n");
     let output = stack.sluice(&["validate", good.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
     assert!(text(&output.stdout).contains("valid: 2 jobs, in order a, b"));
@@ -39,15 +32,9 @@ fn submit_of_an_invalid_workflow_publishes_nothing() {
     let file = stack.write("cycle.yaml", CYCLE);
     let output = stack.sluice(&["submit", file.to_str().unwrap(), "-o", "json"]);
     assert_eq!(output.status.code(), Some(2));
-    let error: serde_json::Value =
-        serde_json::from_slice(&output.stderr).expect("JSON error on stderr");
+    let error: serde_json::Value = serde_json::from_slice(&output.stderr).expect("JSON error on stderr");
     assert_eq!(error["error"]["kind"], "usage");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("x -> y -> x")
-    );
+    assert!(error["error"]["message"].as_str().unwrap().contains("x -> y -> x"));
     // Nothing reached NATS: not even the streams were created.
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let streams = runtime.block_on(async {
@@ -58,25 +45,15 @@ fn submit_of_an_invalid_workflow_publishes_nothing() {
     assert!(!streams, "an invalid submit created the submit stream");
 
     for (args, needle) in [
-        (
-            vec!["--window", "last tuesday"],
-            "invalid window `last tuesday`",
-        ),
-        (
-            vec!["--param", "novalue"],
-            "--param `novalue`: write NAME=VALUE",
-        ),
+        (vec!["--window", "last tuesday"], "invalid window `last tuesday`"),
+        (vec!["--param", "novalue"], "--param `novalue`: write NAME=VALUE"),
     ] {
         let good = stack.write("good.yaml", "name: ok\njobs:\n  a: { run: noop }\n");
         let mut all = vec!["submit", good.to_str().unwrap()];
         all.extend(args);
         let output = stack.sluice(&all);
         assert_eq!(output.status.code(), Some(2), "{all:?}");
-        assert!(
-            text(&output.stderr).contains(needle),
-            "{}",
-            text(&output.stderr)
-        );
+        assert!(text(&output.stderr).contains(needle), "{}", text(&output.stderr));
     }
     let missing = stack.sluice(&["submit", "/nonexistent/flow.yaml"]);
     assert_eq!(missing.status.code(), Some(2));
@@ -99,11 +76,7 @@ fn malformed_submissions_are_recorded_and_later_ones_still_run() {
         let js = async_nats::jetstream::new(client);
         let garbage: &[&[u8]] = &[b"not msgpack at all", b"\x81\xa3foo\xa3bar", b""];
         for bytes in garbage {
-            js.publish(names::SUBMIT_SUBJECT, bytes.to_vec().into())
-                .await
-                .unwrap()
-                .await
-                .unwrap();
+            js.publish(names::SUBMIT_SUBJECT, bytes.to_vec().into()).await.unwrap().await.unwrap();
         }
         let invalid = Submission {
             schema_version: SCHEMA_VERSION,
@@ -114,42 +87,23 @@ fn malformed_submissions_are_recorded_and_later_ones_still_run() {
             idempotency_key: None,
             submitted_at: None,
         };
-        js.publish(names::SUBMIT_SUBJECT, encode(&invalid).unwrap().into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        js.publish(names::SUBMIT_SUBJECT, encode(&invalid).unwrap().into()).await.unwrap().await.unwrap();
     });
     let status = submit_and_wait(&stack, &good, 0);
     assert_eq!(status["state"], "succeeded");
     assert!(stack.is_running(coordinator), "the coordinator survived");
 
     let rejected = stack.sluice_json(&["runs", "--rejected"], 0);
-    let reasons: Vec<&str> = rejected["rejected"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["reason"].as_str().unwrap())
-        .collect();
+    let reasons: Vec<&str> =
+        rejected["rejected"].as_array().unwrap().iter().map(|r| r["reason"].as_str().unwrap()).collect();
     assert_eq!(reasons.len(), 4, "{rejected:#}");
-    assert!(
-        reasons
-            .iter()
-            .filter(|r| r.contains("not a valid submission message"))
-            .count()
-            == 3,
-        "{reasons:?}"
-    );
-    assert!(
-        reasons.iter().any(|r| r.contains("x -> y -> x")),
-        "{reasons:?}"
-    );
+    assert!(reasons.iter().filter(|r| r.contains("not a valid submission message")).count() == 3, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("x -> y -> x")), "{reasons:?}");
     // The rejected run id answers `status` with the reason.
     let output = stack.sluice(&["status", &invalid_run.to_string()]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
-        text(&output.stderr).contains("was rejected")
-            && text(&output.stderr).contains("x -> y -> x"),
+        text(&output.stderr).contains("was rejected") && text(&output.stderr).contains("x -> y -> x"),
         "{}",
         text(&output.stderr)
     );
@@ -160,17 +114,17 @@ fn an_unknown_job_kind_fails_that_job_with_a_clear_error() {
     let mut stack = Stack::start();
     stack.coordinator();
     stack.worker(&[]);
-    let file = stack.write("unknown.yaml", "name: typo\njobs:\n  a: { run: noop }\n  b: { run: calibrate, needs: [a] }\n  c: { run: noop, needs: [b] }\n");
+    let file = stack.write(
+        "unknown.yaml",
+        "name: typo\njobs:\n  a: { run: noop }\n  b: { run: calibrate, needs: [a] }\n  c: { run: noop, needs: [b] }\n",
+    );
     let status = submit_and_wait(&stack, &file, 1);
     assert_eq!(status["state"], "failed");
     let b = &status["jobs"][1];
     assert_eq!(b["state"], "failed");
     assert_eq!(b["attempts"], 1, "an unknown kind is not retried: {b:#}");
     let error = b["error"].as_str().unwrap();
-    assert!(
-        error.contains("unknown job kind `calibrate`") && error.contains("exec, fail, noop, sleep"),
-        "{error}"
-    );
+    assert!(error.contains("unknown job kind `calibrate`") && error.contains("exec, fail, noop, sleep"), "{error}");
     assert_eq!(status["jobs"][2]["state"], "skipped");
 }
 
@@ -180,26 +134,10 @@ fn idempotency_key_creates_one_run() {
     stack.coordinator();
     stack.worker(&[]);
     let file = stack.write("once.yaml", "name: once\njobs:\n  a: { run: noop }\n");
-    let first = stack.sluice_json(
-        &[
-            "submit",
-            file.to_str().unwrap(),
-            "--idempotency-key",
-            "2024-03-01-load",
-        ],
-        0,
-    );
+    let first = stack.sluice_json(&["submit", file.to_str().unwrap(), "--idempotency-key", "2024-03-01-load"], 0);
     let id = first["id"].as_str().unwrap().to_owned();
     stack.wait_for_run(&id, Duration::from_secs(30));
-    let second = stack.sluice_json(
-        &[
-            "submit",
-            file.to_str().unwrap(),
-            "--idempotency-key",
-            "2024-03-01-load",
-        ],
-        0,
-    );
+    let second = stack.sluice_json(&["submit", file.to_str().unwrap(), "--idempotency-key", "2024-03-01-load"], 0);
     assert_eq!(second["id"], first["id"]);
     assert_eq!(second["duplicate"], true);
     let runs = stack.sluice_json(&["runs", "--workflow", "once"], 0);
@@ -212,37 +150,19 @@ fn runs_lists_newest_first_with_filters() {
     stack.coordinator();
     stack.worker(&[]);
     let ok = stack.write("ok.yaml", "name: ok\njobs:\n  a: { run: noop }\n");
-    let bad = stack.write(
-        "bad.yaml",
-        "name: bad\njobs:\n  a: { run: fail, retry: { max_attempts: 1 } }\n",
-    );
+    let bad = stack.write("bad.yaml", "name: bad\njobs:\n  a: { run: fail, retry: { max_attempts: 1 } }\n");
     let first = submit_and_wait(&stack, &ok, 0);
     let failed = submit_and_wait(&stack, &bad, 1);
     let last = submit_and_wait(&stack, &ok, 0);
     let runs = stack.sluice_json(&["runs"], 0);
-    let ids: Vec<&str> = runs["runs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|run| run["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        ids,
-        [
-            last["id"].as_str().unwrap(),
-            failed["id"].as_str().unwrap(),
-            first["id"].as_str().unwrap()
-        ]
-    );
+    let ids: Vec<&str> = runs["runs"].as_array().unwrap().iter().map(|run| run["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [last["id"].as_str().unwrap(), failed["id"].as_str().unwrap(), first["id"].as_str().unwrap()]);
     let only_failed = stack.sluice_json(&["runs", "--state", "failed"], 0);
     assert_eq!(only_failed["runs"].as_array().unwrap().len(), 1);
     assert_eq!(only_failed["runs"][0]["workflow"], "bad");
     let fields: Vec<&String> = only_failed["runs"][0].as_object().unwrap().keys().collect();
     for field in ["id", "workflow", "state", "window", "created_at"] {
-        assert!(
-            fields.iter().any(|key| key.as_str() == field),
-            "missing {field}"
-        );
+        assert!(fields.iter().any(|key| key.as_str() == field), "missing {field}");
     }
     let bad_state = stack.sluice(&["runs", "--state", "done"]);
     assert_eq!(bad_state.status.code(), Some(2));
@@ -258,10 +178,5 @@ fn unreachable_nats_exits_3_with_a_clear_message() {
     assert_eq!(output.status.code(), Some(3));
     let error: serde_json::Value = serde_json::from_slice(&output.stderr).unwrap();
     assert_eq!(error["error"]["kind"], "nats");
-    assert!(
-        error["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("cannot reach NATS at nats://127.0.0.1:1")
-    );
+    assert!(error["error"]["message"].as_str().unwrap().contains("cannot reach NATS at nats://127.0.0.1:1"));
 }

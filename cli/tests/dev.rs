@@ -12,11 +12,7 @@ use std::time::Duration;
 use common::*;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 #[test]
@@ -24,13 +20,7 @@ fn dev_runs_the_example_etl_workflow_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut dev = Command::new(SLUICE)
-        .args([
-            "dev",
-            "examples/workflows/etl-daily.yaml",
-            "--port",
-            &port.to_string(),
-            "--data-dir",
-        ])
+        .args(["dev", "examples/workflows/etl-daily.yaml", "--port", &port.to_string(), "--data-dir"])
         .arg(dir.path().join("nats"))
         .env("ETL_DATA_DIR", dir.path().join("data"))
         .current_dir(workspace_root())
@@ -61,26 +51,13 @@ fn dev_runs_the_example_etl_workflow_and_stops_on_ctrl_c() {
     let text = output.join("\n");
     assert!(text.contains("succeeded"), "{text}");
     for job in ["extract", "clean", "check-freshness", "aggregate", "report"] {
-        assert!(
-            text.lines()
-                .any(|line| line.starts_with(job) && line.contains("completed")),
-            "{job} in:\n{text}"
-        );
+        assert!(text.lines().any(|line| line.starts_with(job) && line.contains("completed")), "{job} in:\n{text}");
     }
-    assert!(
-        dir.path().join("data").read_dir().unwrap().next().is_some(),
-        "the ETL wrote its data"
-    );
+    assert!(dir.path().join("data").read_dir().unwrap().next().is_some(), "the ETL wrote its data");
 
-    Command::new("kill")
-        .args(["-INT", &dev.id().to_string()])
-        .status()
-        .unwrap();
+    Command::new("kill").args(["-INT", &dev.id().to_string()]).status().unwrap();
     wait_for("stopped", &mut output);
     let status = dev.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    assert!(
-        TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "nats-server stopped with it"
-    );
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "nats-server stopped with it");
 }

@@ -14,10 +14,7 @@ fn submit(stack: &Stack, file: &std::path::Path) -> String {
 }
 
 fn lines(stack: &Stack) -> usize {
-    std::fs::read_to_string(stack.job_log())
-        .unwrap_or_default()
-        .lines()
-        .count()
+    std::fs::read_to_string(stack.job_log()).unwrap_or_default().lines().count()
 }
 
 #[test]
@@ -31,10 +28,7 @@ fn coordinator_killed_mid_run_resumes_and_no_job_runs_twice() {
     let mut needs: HashMap<String, Vec<String>> = HashMap::new();
     let mut yaml = String::from("name: kill-coordinator\njobs:\n");
     let mut add = |name: String, deps: Vec<String>, seconds: f64, yaml: &mut String| {
-        yaml.push_str(&format!(
-            "  {name}: {}\n",
-            recording_job(&log, seconds, &deps)
-        ));
+        yaml.push_str(&format!("  {name}: {}\n", recording_job(&log, seconds, &deps)));
         needs.insert(name, deps);
     };
     add("a".into(), vec![], 0.3, &mut yaml);
@@ -48,9 +42,7 @@ fn coordinator_killed_mid_run_resumes_and_no_job_runs_twice() {
     let run_id = submit(&stack, &file);
     // Kill when 1 job has started, when the fan is under way, and near the end.
     for threshold in [1, 12, 30] {
-        wait_until(Duration::from_secs(60), "jobs to make progress", || {
-            lines(&stack) >= threshold
-        });
+        wait_until(Duration::from_secs(60), "jobs to make progress", || lines(&stack) >= threshold);
         stack.kill(coordinator);
         coordinator = stack.coordinator();
     }
@@ -75,29 +67,17 @@ fn worker_sigterm_lets_the_running_job_finish_and_loses_nothing() {
     );
     let file = stack.write("drain.yaml", &yaml);
     let run_id = submit(&stack, &file);
-    wait_until(Duration::from_secs(30), "the slow job to start", || {
-        lines(&stack) >= 1
-    });
+    wait_until(Duration::from_secs(30), "the slow job to start", || lines(&stack) >= 1);
     stack.signal(worker, "TERM");
     let exit = stack.wait_exit(worker, Duration::from_secs(30));
     assert!(exit.success(), "worker exit {exit:?}");
     let recorded = read_job_log(&log);
-    assert_eq!(
-        recorded["slow"].ends.len(),
-        1,
-        "the running job finished before the worker left"
-    );
-    assert!(
-        !recorded.contains_key("next"),
-        "a draining worker takes no new job"
-    );
+    assert_eq!(recorded["slow"].ends.len(), 1, "the running job finished before the worker left");
+    assert!(!recorded.contains_key("next"), "a draining worker takes no new job");
     stack.worker(&[]);
     let status = stack.wait_for_run(&run_id, Duration::from_secs(30));
     assert_eq!(status["state"], "succeeded", "{status:#}");
-    let needs = HashMap::from([
-        ("slow".to_owned(), vec![]),
-        ("next".to_owned(), vec!["slow".to_owned()]),
-    ]);
+    let needs = HashMap::from([("slow".to_owned(), vec![]), ("next".to_owned(), vec!["slow".to_owned()])]);
     assert_ran_once_in_order(&log, &needs);
 }
 
@@ -107,15 +87,10 @@ fn worker_sigterm_past_its_grace_hands_the_job_back_to_another_worker() {
     stack.coordinator();
     let worker = stack.worker(&["--concurrency", "1", "--shutdown-grace", "300ms"]);
     let log = stack.job_log();
-    let yaml = format!(
-        "name: handback\njobs:\n  long: {}\n",
-        recording_job(&log, 3.0, &[])
-    );
+    let yaml = format!("name: handback\njobs:\n  long: {}\n", recording_job(&log, 3.0, &[]));
     let file = stack.write("handback.yaml", &yaml);
     let run_id = submit(&stack, &file);
-    wait_until(Duration::from_secs(30), "the long job to start", || {
-        lines(&stack) >= 1
-    });
+    wait_until(Duration::from_secs(30), "the long job to start", || lines(&stack) >= 1);
     stack.signal(worker, "TERM");
     assert!(stack.wait_exit(worker, Duration::from_secs(30)).success());
     stack.worker(&[]);
@@ -124,22 +99,22 @@ fn worker_sigterm_past_its_grace_hands_the_job_back_to_another_worker() {
     let job = &status["jobs"][0];
     assert_eq!(job["attempts"], 2, "{job:#}");
     let first = &job["attempt_history"][0];
-    assert!(
-        first["error"].as_str().unwrap().contains("handed back"),
-        "{job:#}"
-    );
+    assert!(first["error"].as_str().unwrap().contains("handed back"), "{job:#}");
     let recorded = read_job_log(&log);
-    assert_eq!(
-        recorded["long"]
-            .starts
-            .iter()
-            .map(|s| s.0)
-            .collect::<Vec<_>>(),
-        [1, 2]
-    );
-    assert_eq!(
-        recorded["long"].ends.len(),
-        1,
-        "only the second attempt ran to the end"
-    );
+    assert_eq!(recorded["long"].starts.iter().map(|s| s.0).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(recorded["long"].ends.len(), 1, "only the second attempt ran to the end");
+}
+
+#[test]
+fn a_job_longer_than_the_ack_wait_is_kept_alive_and_runs_once() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    stack.worker(&["--ack-wait", "1s"]);
+    let log = stack.job_log();
+    let yaml = format!("name: long\njobs:\n  long: {}\n", recording_job(&log, 3.5, &[]));
+    let file = stack.write("long.yaml", &yaml);
+    let status = submit_and_wait(&stack, &file, 0);
+    assert_eq!(status["jobs"][0]["attempts"], 1, "{status:#}");
+    let recorded = read_job_log(&log);
+    assert_eq!(recorded["long"].starts.len(), 1, "redelivered while its worker was alive");
 }

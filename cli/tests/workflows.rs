@@ -16,10 +16,7 @@ fn run_shape(needs: &[(&str, Vec<&str>)], seconds: f64, worker_args: &[&str]) ->
     let mut map = HashMap::new();
     for (job, deps) in needs {
         let deps: Vec<String> = deps.iter().map(|d| d.to_string()).collect();
-        yaml.push_str(&format!(
-            "  {job}: {}\n",
-            recording_job(&log, seconds, &deps)
-        ));
+        yaml.push_str(&format!("  {job}: {}\n", recording_job(&log, seconds, &deps)));
         map.insert(job.to_string(), deps);
     }
     let file = stack.write("shape.yaml", &yaml);
@@ -37,27 +34,13 @@ fn run_shape(needs: &[(&str, Vec<&str>)], seconds: f64, worker_args: &[&str]) ->
 
 #[test]
 fn linear_chain_runs_in_order() {
-    run_shape(
-        &[
-            ("a", vec![]),
-            ("b", vec!["a"]),
-            ("c", vec!["b"]),
-            ("d", vec!["c"]),
-        ],
-        0.05,
-        &[],
-    );
+    run_shape(&[("a", vec![]), ("b", vec!["a"]), ("c", vec!["b"]), ("d", vec!["c"])], 0.05, &[]);
 }
 
 #[test]
 fn diamond_joins_after_both_branches() {
     run_shape(
-        &[
-            ("top", vec![]),
-            ("left", vec!["top"]),
-            ("right", vec!["top"]),
-            ("bottom", vec!["left", "right"]),
-        ],
+        &[("top", vec![]), ("left", vec!["top"]), ("right", vec!["top"]), ("bottom", vec!["left", "right"])],
         0.2,
         &[],
     );
@@ -66,8 +49,7 @@ fn diamond_joins_after_both_branches() {
 #[test]
 fn hundred_way_fan_in() {
     let names: Vec<String> = (0..100).map(|i| format!("part-{i:03}")).collect();
-    let mut needs: Vec<(&str, Vec<&str>)> =
-        names.iter().map(|name| (name.as_str(), vec![])).collect();
+    let mut needs: Vec<(&str, Vec<&str>)> = names.iter().map(|name| (name.as_str(), vec![])).collect();
     needs.push(("join", names.iter().map(String::as_str).collect()));
     run_shape(&needs, 0.0, &["--concurrency", "8"]);
 }
@@ -75,10 +57,7 @@ fn hundred_way_fan_in() {
 #[test]
 fn a_worker_never_runs_more_jobs_than_its_concurrency() {
     let jobs: Vec<(String, Vec<&str>)> = (0..8).map(|i| (format!("p{i}"), vec![])).collect();
-    let needs: Vec<(&str, Vec<&str>)> = jobs
-        .iter()
-        .map(|(name, deps)| (name.as_str(), deps.clone()))
-        .collect();
+    let needs: Vec<(&str, Vec<&str>)> = jobs.iter().map(|(name, deps)| (name.as_str(), deps.clone())).collect();
     let stack = run_shape(&needs, 0.3, &["--concurrency", "2"]);
     let recorded = read_job_log(&stack.job_log());
     let mut points: Vec<(u128, i32)> = Vec::new();
@@ -93,10 +72,7 @@ fn a_worker_never_runs_more_jobs_than_its_concurrency() {
         running += delta;
         peak = peak.max(running);
     }
-    assert!(
-        peak <= 2,
-        "{peak} jobs ran at once on a worker with 2 slots"
-    );
+    assert!(peak <= 2, "{peak} jobs ran at once on a worker with 2 slots");
     assert_eq!(peak, 2, "both slots were used");
 }
 
@@ -126,15 +102,7 @@ jobs:
     );
     let file = stack.write("env.yaml", &yaml);
     let status = stack.sluice_json(
-        &[
-            "submit",
-            file.to_str().unwrap(),
-            "--window",
-            "2024-03-01",
-            "--param",
-            "region=us",
-            "--wait",
-        ],
+        &["submit", file.to_str().unwrap(), "--window", "2024-03-01", "--param", "region=us", "--wait"],
         1,
     );
     assert_eq!(status["state"], "failed");
@@ -142,42 +110,18 @@ jobs:
     let fields: Vec<&str> = written.split_whitespace().collect();
     assert_eq!(
         &fields[..6],
-        [
-            "2024-03-01T00:00:00Z",
-            "2024-03-02T00:00:00Z",
-            "us",
-            "2024-03-01T00:00:00Z",
-            "show",
-            "1"
-        ],
+        ["2024-03-01T00:00:00Z", "2024-03-02T00:00:00Z", "us", "2024-03-01T00:00:00Z", "show", "1"],
         "{written}"
     );
-    assert!(
-        fields[6].starts_with("00-") && fields[6].len() == 55,
-        "traceparent: {written}"
-    );
+    assert!(fields[6].starts_with("00-") && fields[6].len() == 55, "traceparent: {written}");
     let jobs = status["jobs"].as_array().unwrap();
     let broken = jobs.iter().find(|job| job["name"] == "broken").unwrap();
     assert_eq!(broken["state"], "failed");
     assert_eq!(broken["attempts"], 2, "retried once: {broken:#}");
     assert_eq!(broken["attempt_history"].as_array().unwrap().len(), 2);
-    assert!(
-        broken["error"]
-            .as_str()
-            .unwrap()
-            .contains("exited with code 7"),
-        "{broken:#}"
-    );
-    assert!(
-        broken["error"].as_str().unwrap().contains("disk full"),
-        "{broken:#}"
-    );
+    assert!(broken["error"].as_str().unwrap().contains("exited with code 7"), "{broken:#}");
+    assert!(broken["error"].as_str().unwrap().contains("disk full"), "{broken:#}");
     let after = jobs.iter().find(|job| job["name"] == "after").unwrap();
     assert_eq!(after["state"], "skipped");
-    assert!(
-        status["trace_id"]
-            .as_str()
-            .is_some_and(|id| fields[6].contains(id)),
-        "one trace from submission to job"
-    );
+    assert!(status["trace_id"].as_str().is_some_and(|id| fields[6].contains(id)), "one trace from submission to job");
 }

@@ -26,10 +26,7 @@ pub async fn publish_jobs(
         headers.insert(names::HEADER_RUN_ID, message.run_id.to_string().as_str());
         headers.insert(names::HEADER_JOB, message.job.as_str());
         if let Some(parent) = run.traceparent.as_deref().and_then(TraceParent::parse) {
-            headers.insert(
-                names::HEADER_TRACEPARENT,
-                parent.child(rng).to_string().as_str(),
-            );
+            headers.insert(names::HEADER_TRACEPARENT, parent.child(rng).to_string().as_str());
             if let Some(state) = &run.tracestate {
                 headers.insert(names::HEADER_TRACESTATE, state.as_str());
             }
@@ -38,10 +35,7 @@ pub async fn publish_jobs(
         let ack = js
             .publish_with_headers(subject, headers, encode(message)?.into())
             .await
-            .context(format!(
-                "dispatching job {} of run {}",
-                message.job, message.run_id
-            ))?;
+            .context(format!("dispatching job {} of run {}", message.job, message.run_id))?;
         acks.push(ack);
     }
     let count = acks.len();
@@ -55,27 +49,14 @@ pub async fn publish_jobs(
 /// a worker already reported on it (a worker publishes its event before acknowledging, so
 /// a message gone from the jobs stream with no event pending was never published).
 /// Call only while no events are being handled.
-pub async fn reached_workers(
-    js: &jetstream::Context,
-    message: &JobMessage,
-) -> Result<bool, ServiceError> {
-    let jobs = js
-        .get_stream_no_info(names::JOBS_STREAM)
-        .await
-        .context("opening the jobs stream")?;
+pub async fn reached_workers(js: &jetstream::Context, message: &JobMessage) -> Result<bool, ServiceError> {
+    let jobs = js.get_stream_no_info(names::JOBS_STREAM).await.context("opening the jobs stream")?;
     let subject = names::job_subject(&message.pool, &message.run_id, &message.job);
     if present(jobs.direct_get_last_for_subject(subject).await)? {
         return Ok(true);
     }
-    let events = js
-        .get_stream_no_info(names::EVENTS_STREAM)
-        .await
-        .context("opening the events stream")?;
-    present(
-        events
-            .direct_get_last_for_subject(names::event_subject(&message.run_id, &message.job))
-            .await,
-    )
+    let events = js.get_stream_no_info(names::EVENTS_STREAM).await.context("opening the events stream")?;
+    present(events.direct_get_last_for_subject(names::event_subject(&message.run_id, &message.job)).await)
 }
 
 fn present<T>(result: Result<T, jetstream::stream::DirectGetError>) -> Result<bool, ServiceError> {

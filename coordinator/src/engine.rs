@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use sluice_proto::limits::ERROR_TEXT_MAX_BYTES;
 use sluice_proto::messages::truncate_error;
 use sluice_proto::{
-    AttemptRecord, EventKind, JobEvent, JobMessage, JobRecord, JobState, RunId, RunRecord,
-    RunState, SCHEMA_VERSION, Window, WorkflowSpec,
+    AttemptRecord, EventKind, JobEvent, JobMessage, JobRecord, JobState, RunId, RunRecord, RunState, SCHEMA_VERSION,
+    Window, WorkflowSpec,
 };
 
 /// What the shell must do, in order.
@@ -37,11 +37,7 @@ pub enum Ignored {
     #[error("job `{job}` attempt {attempt} already seen")]
     Duplicate { job: String, attempt: u32 },
     #[error("job `{job}` event from generation {event}, current is {current}")]
-    StaleGeneration {
-        job: String,
-        event: u32,
-        current: u32,
-    },
+    StaleGeneration { job: String, event: u32, current: u32 },
 }
 
 /// A run could not be rebuilt from its stored records.
@@ -75,6 +71,11 @@ pub struct Run {
     dependents: HashMap<String, Vec<String>>,
     /// Jobs not yet terminal; the run ends when this reaches zero.
     unfinished: usize,
+    /// Jobs that failed finally; any makes the run fail.
+    failed_jobs: usize,
+    /// Per job, how many of the jobs it needs have not completed: a job is queued when
+    /// this reaches zero, without rescanning its needs on every completion.
+    pending_needs: HashMap<String, usize>,
 }
 
 impl Run {
@@ -99,25 +100,13 @@ impl Run {
             tracestate: new.tracestate,
             jobs: order.clone(),
         };
-        let jobs = order
-            .iter()
-            .map(|name| (name.clone(), blank_job(new.id, name)))
-            .collect();
+        let jobs = order.iter().map(|name| (name.clone(), blank_job(new.id, name))).collect();
         let mut run = Self::assemble(record, Arc::new(new.spec), jobs);
-        let roots: Vec<String> = order
-            .iter()
-            .filter(|name| run.spec.jobs[name.as_str()].needs.is_empty())
-            .cloned()
-            .collect();
-        let dispatches: Vec<Effect> = roots
-            .iter()
-            .map(|name| Effect::Dispatch(run.mark_queued(name, now)))
-            .collect();
+        let roots: Vec<String> =
+            order.iter().filter(|name| run.spec.jobs[name.as_str()].needs.is_empty()).cloned().collect();
+        let dispatches: Vec<Effect> = roots.iter().map(|name| Effect::Dispatch(run.mark_queued(name, now))).collect();
         // Blocked jobs are saved too, so `status` lists every job from the start.
-        let mut effects: Vec<Effect> = order
-            .iter()
-            .map(|name| Effect::SaveJob(run.jobs[name].clone()))
-            .collect();
+        let mut effects: Vec<Effect> = order.iter().map(|name| Effect::SaveJob(run.jobs[name].clone())).collect();
         effects.push(Effect::SaveRun(run.record.clone()));
         effects.extend(dispatches);
         (run, effects)
@@ -131,17 +120,13 @@ impl Run {
         mut stored: HashMap<String, JobRecord>,
         now: DateTime<Utc>,
     ) -> Result<(Self, Vec<Effect>), RestoreError> {
-        let spec = WorkflowSpec::parse(&record.spec_yaml).map_err(|error| RestoreError {
-            run_id: record.id,
-            reason: error.to_string(),
-        })?;
+        let spec = WorkflowSpec::parse(&record.spec_yaml)
+            .map_err(|error| RestoreError { run_id: record.id, reason: error.to_string() })?;
         let jobs = spec
             .topological_order()
             .into_iter()
             .map(|name| {
-                let job = stored
-                    .remove(&name)
-                    .unwrap_or_else(|| blank_job(record.id, &name));
+                let job = stored.remove(&name).unwrap_or_else(|| blank_job(record.id, &name));
                 (name, job)
             })
             .collect();
@@ -159,28 +144,25 @@ impl Run {
         Ok((run, effects))
     }
 
-    fn assemble(
-        record: RunRecord,
-        spec: Arc<WorkflowSpec>,
-        jobs: HashMap<String, JobRecord>,
-    ) -> Self {
+    fn assemble(record: RunRecord, spec: Arc<WorkflowSpec>, jobs: HashMap<String, JobRecord>) -> Self {
         let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
         for (name, job) in &spec.jobs {
             for need in &job.needs {
-                dependents
-                    .entry(need.clone())
-                    .or_default()
-                    .push(name.clone());
+                dependents.entry(need.clone()).or_default().push(name.clone());
             }
         }
         let unfinished = jobs.values().filter(|job| !job.state.is_terminal()).count();
-        Self {
-            record,
-            spec,
-            jobs,
-            dependents,
-            unfinished,
-        }
+        let failed_jobs = jobs.values().filter(|job| job.state == JobState::Failed).count();
+        let pending_needs = spec
+            .jobs
+            .iter()
+            .map(|(name, job)| {
+                let completed =
+                    |need: &String| jobs.get(need.as_str()).is_some_and(|need| need.state == JobState::Completed);
+                (name.clone(), job.needs.iter().filter(|need| !completed(need)).count())
+            })
+            .collect();
+        Self { record, spec, jobs, dependents, unfinished, failed_jobs, pending_needs }
     }
 
     pub fn id(&self) -> RunId {
@@ -201,24 +183,14 @@ impl Run {
 
     /// Jobs in `queued` state: after a restart the shell checks each was really published.
     pub fn queued_jobs(&self) -> impl Iterator<Item = &JobRecord> {
-        self.record
-            .jobs
-            .iter()
-            .filter_map(|name| self.jobs.get(name))
-            .filter(|job| job.state == JobState::Queued)
+        self.record.jobs.iter().filter_map(|name| self.jobs.get(name)).filter(|job| job.state == JobState::Queued)
     }
 
     /// Applies one job event. Handling the same event twice changes nothing the second time.
     pub fn apply(&mut self, event: &JobEvent, now: DateTime<Utc>) -> Result<Vec<Effect>, Ignored> {
-        let job = self
-            .jobs
-            .get(&event.job)
-            .ok_or_else(|| Ignored::UnknownJob(event.job.clone()))?;
+        let job = self.jobs.get(&event.job).ok_or_else(|| Ignored::UnknownJob(event.job.clone()))?;
         if job.state.is_terminal() {
-            return Err(Ignored::AlreadyFinished {
-                job: event.job.clone(),
-                state: job.state.as_str(),
-            });
+            return Err(Ignored::AlreadyFinished { job: event.job.clone(), state: job.state.as_str() });
         }
         if event.generation < job.generation {
             return Err(Ignored::StaleGeneration {
@@ -226,6 +198,11 @@ impl Run {
                 event: event.generation,
                 current: job.generation,
             });
+        }
+        let finished_before =
+            job.attempt_history.iter().any(|attempt| attempt.attempt == event.attempt && attempt.finished_at.is_some());
+        if event.kind != EventKind::Started && finished_before {
+            return Err(Ignored::Duplicate { job: event.job.clone(), attempt: event.attempt });
         }
         let mut effects = Vec::new();
         match event.kind {
@@ -241,13 +218,8 @@ impl Run {
     fn started(&mut self, event: &JobEvent) -> Result<(), Ignored> {
         let job = self.jobs.get_mut(&event.job).expect("checked by apply");
         // An older attempt's late start, or this attempt's start seen again.
-        if event.attempt < job.attempts
-            || (event.attempt == job.attempts && job.state == JobState::Running)
-        {
-            return Err(Ignored::Duplicate {
-                job: event.job.clone(),
-                attempt: event.attempt,
-            });
+        if event.attempt < job.attempts || job.attempt_history.iter().any(|attempt| attempt.attempt == event.attempt) {
+            return Err(Ignored::Duplicate { job: event.job.clone(), attempt: event.attempt });
         }
         job.state = JobState::Running;
         job.attempts = event.attempt;
@@ -273,15 +245,16 @@ impl Run {
         self.unfinished -= 1;
         let dependents = self.dependents.get(&event.job).cloned().unwrap_or_default();
         for dependent in dependents {
-            self.unblock(&dependent, now, effects);
+            let pending = self.pending_needs.get_mut(&dependent).expect("every job has a count");
+            *pending -= 1;
+            if *pending == 0 {
+                self.unblock(&dependent, now, effects);
+            }
         }
     }
 
     fn failed(&mut self, event: &JobEvent, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
-        let error = truncate_error(
-            event.error.as_deref().unwrap_or("failed without a message"),
-            ERROR_TEXT_MAX_BYTES,
-        );
+        let error = truncate_error(event.error.as_deref().unwrap_or("failed without a message"), ERROR_TEXT_MAX_BYTES);
         let job = self.jobs.get_mut(&event.job).expect("checked by apply");
         close_attempt(job, event, Some(error.clone()));
         job.error = Some(error);
@@ -294,6 +267,7 @@ impl Run {
         job.retry_at = None;
         job.finished_at = Some(event.at);
         self.unfinished -= 1;
+        self.failed_jobs += 1;
         // Default failure policy: nothing new starts; what is in flight may finish.
         let reason = format!("skipped: job `{}` failed", event.job);
         let order = self.record.jobs.clone();
@@ -304,34 +278,24 @@ impl Run {
         }
     }
 
-    /// Queues `name` if every job it needs has completed; skips it if one can no longer
-    /// complete.
+    /// Queues `name` once every job it needs has completed; skips it once the run has a
+    /// failure (the default failure policy starts nothing new).
     fn unblock(&mut self, name: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
         if self.jobs[name].state != JobState::Blocked {
             return;
         }
-        let needs = &self.spec.jobs[name].needs;
-        let failed_need = needs.iter().find(|need| {
-            matches!(
-                self.jobs[need.as_str()].state,
-                JobState::Failed | JobState::Skipped | JobState::Cancelled
-            )
-        });
-        if let Some(need) = failed_need {
-            let reason = format!("skipped: job `{need}` did not complete");
+        if self.failed_jobs > 0 {
+            let stopped_need = self.spec.jobs[name].needs.iter().find(|need| {
+                matches!(self.jobs[need.as_str()].state, JobState::Failed | JobState::Skipped | JobState::Cancelled)
+            });
+            let reason = match stopped_need {
+                Some(need) => format!("skipped: job `{need}` did not complete"),
+                None => "skipped: another job of the run failed".to_owned(),
+            };
             self.skip(name, &reason, now, effects);
-        } else if self.has_failure() {
-            self.skip(name, "skipped: another job of the run failed", now, effects);
-        } else if needs
-            .iter()
-            .all(|need| self.jobs[need.as_str()].state == JobState::Completed)
-        {
+        } else if self.pending_needs[name] == 0 {
             self.queue(name, now, effects);
         }
-    }
-
-    fn has_failure(&self) -> bool {
-        self.jobs.values().any(|job| job.state == JobState::Failed)
     }
 
     fn queue(&mut self, name: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
@@ -360,15 +324,8 @@ impl Run {
         if self.unfinished > 0 || self.record.state.is_terminal() {
             return;
         }
-        let all_completed = self
-            .jobs
-            .values()
-            .all(|job| job.state == JobState::Completed);
-        self.record.state = if all_completed {
-            RunState::Succeeded
-        } else {
-            RunState::Failed
-        };
+        let all_completed = self.jobs.values().all(|job| job.state == JobState::Completed);
+        self.record.state = if all_completed { RunState::Succeeded } else { RunState::Failed };
         self.record.finished_at = Some(now);
         effects.push(Effect::SaveRun(self.record.clone()));
     }
@@ -392,9 +349,10 @@ impl Run {
             attempt_offset: job.attempt_offset,
             generation: job.generation,
             retry: self.spec.retry_of(spec),
-            timeout_ms: self.spec.timeout_of(spec).map(|timeout| {
-                u64::try_from(timeout.as_duration().as_millis()).unwrap_or(u64::MAX)
-            }),
+            timeout_ms: self
+                .spec
+                .timeout_of(spec)
+                .map(|timeout| u64::try_from(timeout.as_duration().as_millis()).unwrap_or(u64::MAX)),
         }
     }
 }
@@ -420,12 +378,7 @@ fn blank_job(run_id: RunId, name: &str) -> JobRecord {
 /// Marks the attempt the event is about as finished (adding it if its start was never seen).
 fn close_attempt(job: &mut JobRecord, event: &JobEvent, error: Option<String>) {
     job.attempts = job.attempts.max(event.attempt);
-    match job
-        .attempt_history
-        .iter_mut()
-        .rev()
-        .find(|attempt| attempt.attempt == event.attempt)
-    {
+    match job.attempt_history.iter_mut().rev().find(|attempt| attempt.attempt == event.attempt) {
         Some(attempt) => {
             attempt.finished_at = Some(event.at);
             attempt.error = error;

@@ -5,10 +5,7 @@
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
     #[error("{context}: {source}")]
-    Nats {
-        context: String,
-        source: async_nats::Error,
-    },
+    Nats { context: String, source: async_nats::Error },
     #[error(transparent)]
     Codec(#[from] sluice_proto::CodecError),
     #[error("{0}")]
@@ -22,9 +19,6 @@ pub trait NatsContext<T> {
 
 impl<T, E: Into<async_nats::Error>> NatsContext<T> for Result<T, E> {
     fn context(self, context: impl Into<String>) -> Result<T, ServiceError> {
-        self.map_err(|source| ServiceError::Nats {
-            context: context.into(),
-            source: source.into(),
-        })
+        self.map_err(|source| ServiceError::Nats { context: context.into(), source: source.into() })
     }
 }

@@ -31,18 +31,14 @@ pub fn check(
         payload_bytes: payload.len() as u64,
     };
     let submission: Submission = decode(payload).map_err(|error| {
-        let run_id = rmp_serde::from_slice::<RunIdOnly>(payload)
-            .ok()
-            .map(|only| only.run_id);
+        let run_id = rmp_serde::from_slice::<RunIdOnly>(payload).ok().map(|only| only.run_id);
         reject(run_id, None, error.to_string())
     })?;
     let run_id = Some(submission.run_id);
-    let spec = WorkflowSpec::parse(&submission.workflow)
-        .map_err(|error| reject(run_id, None, error.to_string()))?;
+    let spec = WorkflowSpec::parse(&submission.workflow).map_err(|error| reject(run_id, None, error.to_string()))?;
     let workflow = Some(spec.name.clone());
-    let params = spec
-        .resolve_params(&submission.params)
-        .map_err(|error| reject(run_id, workflow.clone(), error.to_string()))?;
+    let params =
+        spec.resolve_params(&submission.params).map_err(|error| reject(run_id, workflow.clone(), error.to_string()))?;
     if let Some(key) = &submission.idempotency_key
         && (key.is_empty() || key.len() > IDEMPOTENCY_KEY_MAX_BYTES)
     {
@@ -85,38 +81,22 @@ mod tests {
             window: None,
             params: BTreeMap::new(),
             idempotency_key: None,
-            submitted_at: Some(
-                DateTime::parse_from_rfc3339("2024-03-11T10:00:00Z")
-                    .unwrap()
-                    .to_utc(),
-            ),
+            submitted_at: Some(DateTime::parse_from_rfc3339("2024-03-11T10:00:00Z").unwrap().to_utc()),
         }
     }
 
     #[test]
     fn a_valid_submission_defaults_to_the_previous_day() {
-        let new = check(
-            &encode(&submission("name: w\njobs:\n  a: { run: noop }\n")).unwrap(),
-            None,
-            None,
-            Utc::now(),
-        )
-        .unwrap();
-        assert_eq!(
-            new.window.to_string(),
-            "2024-03-10T00:00:00Z..2024-03-11T00:00:00Z"
-        );
+        let new = check(&encode(&submission("name: w\njobs:\n  a: { run: noop }\n")).unwrap(), None, None, Utc::now())
+            .unwrap();
+        assert_eq!(new.window.to_string(), "2024-03-10T00:00:00Z..2024-03-11T00:00:00Z");
     }
 
     #[test]
     fn garbage_is_rejected_with_the_reason() {
         let rejection = check(b"\xff\x00garbage", None, None, Utc::now()).unwrap_err();
         assert_eq!(rejection.run_id, None);
-        assert!(
-            rejection.reason.contains("not a valid submission message"),
-            "{}",
-            rejection.reason
-        );
+        assert!(rejection.reason.contains("not a valid submission message"), "{}", rejection.reason);
     }
 
     #[test]
@@ -124,11 +104,7 @@ mod tests {
         let bad = submission("name: w\njobs:\n  a: { run: noop, needs: [a] }\n");
         let rejection = check(&encode(&bad).unwrap(), None, None, Utc::now()).unwrap_err();
         assert_eq!(rejection.run_id, Some(bad.run_id));
-        assert!(
-            rejection.reason.contains("job `a`: needs itself"),
-            "{}",
-            rejection.reason
-        );
+        assert!(rejection.reason.contains("job `a`: needs itself"), "{}", rejection.reason);
     }
 
     #[test]
@@ -136,10 +112,6 @@ mod tests {
         let mut newer = submission("name: w\njobs:\n  a: { run: noop }\n");
         newer.schema_version = 99;
         let rejection = check(&encode(&newer).unwrap(), None, None, Utc::now()).unwrap_err();
-        assert!(
-            rejection.reason.contains("schema_version 99"),
-            "{}",
-            rejection.reason
-        );
+        assert!(rejection.reason.contains("schema_version 99"), "{}", rejection.reason);
     }
 }

@@ -32,10 +32,7 @@ const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
 
 /// Runs the coordinator until `shutdown` is cancelled, restarting from durable state after
 /// any failure (for example while the nats-server restarts).
-pub async fn run(
-    client: async_nats::Client,
-    shutdown: CancellationToken,
-) -> Result<(), ServiceError> {
+pub async fn run(client: async_nats::Client, shutdown: CancellationToken) -> Result<(), ServiceError> {
     topology::check_server(&client)?;
     let mut delay = RESTART_DELAY_INITIAL;
     loop {
@@ -62,11 +59,7 @@ struct Coordinator {
 
 impl Coordinator {
     fn new(js: jetstream::Context) -> Self {
-        Self {
-            js,
-            active: HashMap::new(),
-            rng: StdRng::from_os_rng(),
-        }
+        Self { js, active: HashMap::new(), rng: StdRng::from_os_rng() }
     }
 
     async fn serve(&mut self, shutdown: &CancellationToken) -> Result<(), ServiceError> {
@@ -148,19 +141,9 @@ impl Coordinator {
             }
         }
         if !lost.is_empty() {
-            tracing::warn!(
-                jobs = lost.len(),
-                "re-publishing queued jobs a crash kept from their pools"
-            );
-            let records: HashMap<RunId, _> = self
-                .active
-                .iter()
-                .map(|(id, run)| (*id, run.record().clone()))
-                .collect();
-            let batch: Vec<_> = lost
-                .iter()
-                .map(|message| (message, &records[&message.run_id]))
-                .collect();
+            tracing::warn!(jobs = lost.len(), "re-publishing queued jobs a crash kept from their pools");
+            let records: HashMap<RunId, _> = self.active.iter().map(|(id, run)| (*id, run.record().clone())).collect();
+            let batch: Vec<_> = lost.iter().map(|message| (message, &records[&message.run_id])).collect();
             publish_jobs(&self.js, &batch, &mut self.rng).await?;
         }
         self.evict_finished();
@@ -197,28 +180,15 @@ impl Coordinator {
         Ok(())
     }
 
-    async fn handle_submission(
-        &mut self,
-        topology: &Topology,
-        message: Message,
-    ) -> Result<(), ServiceError> {
+    async fn handle_submission(&mut self, topology: &Topology, message: Message) -> Result<(), ServiceError> {
         let header = |name: &str| {
-            message
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get(name))
-                .map(|value| value.as_str().to_owned())
+            message.headers.as_ref().and_then(|headers| headers.get(name)).map(|value| value.as_str().to_owned())
         };
         let traceparent = header(names::HEADER_TRACEPARENT)
             .and_then(|text| TraceParent::parse(&text))
             .unwrap_or_else(|| TraceParent::new_root(&mut self.rng));
         let tracestate = header(names::HEADER_TRACESTATE);
-        match intake::check(
-            &message.payload,
-            Some(traceparent.to_string()),
-            tracestate,
-            Utc::now(),
-        ) {
+        match intake::check(&message.payload, Some(traceparent.to_string()), tracestate, Utc::now()) {
             Err(rejection) => self.reject(rejection).await?,
             Ok(new) => {
                 let id = new.id;
@@ -227,16 +197,8 @@ impl Coordinator {
                         "duplicate submission: idempotency key {:?} already started run {existing}",
                         new.idempotency_key.unwrap_or_default()
                     );
-                    self.reject(rejection_for(
-                        id,
-                        &new.spec.name,
-                        reason,
-                        message.payload.len(),
-                    ))
-                    .await?;
-                } else if self.active.contains_key(&id)
-                    || store::load_run(topology, &id).await?.is_some()
-                {
+                    self.reject(rejection_for(id, &new.spec.name, reason, message.payload.len())).await?;
+                } else if self.active.contains_key(&id) || store::load_run(topology, &id).await?.is_some() {
                     // A redelivery of a submission already turned into a run.
                     tracing::debug!(run = %id, "submission already accepted");
                 } else {
@@ -264,23 +226,12 @@ impl Coordinator {
             return Ok(None);
         };
         let kv_key = names::idempotency_kv_key(key);
-        match topology
-            .idempotency
-            .create(&kv_key, new.id.to_string().into())
-            .await
-        {
+        match topology.idempotency.create(&kv_key, new.id.to_string().into()).await {
             Ok(_) => Ok(None),
             Err(error) if error.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {
-                let holder = topology
-                    .idempotency
-                    .get(&kv_key)
-                    .await
-                    .context("reading an idempotency key")?;
-                let holder = holder.and_then(|bytes| {
-                    std::str::from_utf8(&bytes)
-                        .ok()
-                        .and_then(|text| text.parse::<RunId>().ok())
-                });
+                let holder = topology.idempotency.get(&kv_key).await.context("reading an idempotency key")?;
+                let holder = holder
+                    .and_then(|bytes| std::str::from_utf8(&bytes).ok().and_then(|text| text.parse::<RunId>().ok()));
                 Ok(holder.filter(|holder| *holder != new.id))
             }
             Err(error) => Err(error).context("claiming an idempotency key"),
@@ -290,11 +241,7 @@ impl Coordinator {
     async fn reject(&mut self, rejection: Rejection) -> Result<(), ServiceError> {
         tracing::warn!(run = ?rejection.run_id.map(|id| id.to_string()), reason = %rejection.reason, "submission rejected");
         let subject = names::rejected_subject(rejection.run_id.as_ref());
-        let ack = self
-            .js
-            .publish(subject, encode(&rejection)?.into())
-            .await
-            .context("recording a rejection")?;
+        let ack = self.js.publish(subject, encode(&rejection)?.into()).await.context("recording a rejection")?;
         ack.await.context("confirming a rejection")?;
         Ok(())
     }
@@ -340,8 +287,5 @@ fn rejection_for(run_id: RunId, workflow: &str, reason: String, payload_bytes: u
 }
 
 fn ended(what: &str) -> ServiceError {
-    ServiceError::Nats {
-        context: format!("the {what} subscription ended"),
-        source: "subscription closed".into(),
-    }
+    ServiceError::Nats { context: format!("the {what} subscription ended"), source: "subscription closed".into() }
 }

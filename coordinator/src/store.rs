@@ -28,21 +28,14 @@ pub fn saves_of(effects: &[Effect]) -> Result<Vec<Save>, ServiceError> {
     let mut saves = Vec::new();
     for effect in effects.iter().rev() {
         let (subject, payload) = match effect {
-            Effect::SaveJob(job) => (
-                names::kv_subject(names::JOBS_BUCKET, &names::job_key(&job.run_id, &job.name)),
-                encode(job)?,
-            ),
-            Effect::SaveRun(run) => (
-                names::kv_subject(names::RUNS_BUCKET, &run.id.to_string()),
-                encode(run)?,
-            ),
+            Effect::SaveJob(job) => {
+                (names::kv_subject(names::JOBS_BUCKET, &names::job_key(&job.run_id, &job.name)), encode(job)?)
+            }
+            Effect::SaveRun(run) => (names::kv_subject(names::RUNS_BUCKET, &run.id.to_string()), encode(run)?),
             Effect::Dispatch(_) => continue,
         };
         if seen.insert(subject.clone()) {
-            saves.push(Save {
-                subject,
-                payload: payload.into(),
-            });
+            saves.push(Save { subject, payload: payload.into() });
         }
     }
     saves.reverse();
@@ -54,11 +47,7 @@ pub fn saves_of(effects: &[Effect]) -> Result<Vec<Save>, ServiceError> {
 pub async fn write_all(js: &jetstream::Context, saves: Vec<Save>) -> Result<(), ServiceError> {
     let mut acks = Vec::with_capacity(saves.len());
     for save in saves {
-        acks.push(
-            js.publish(save.subject, save.payload)
-                .await
-                .context("writing a record")?,
-        );
+        acks.push(js.publish(save.subject, save.payload).await.context("writing a record")?);
     }
     for ack in acks {
         ack.await.context("confirming a record write")?;
@@ -68,32 +57,22 @@ pub async fn write_all(js: &jetstream::Context, saves: Vec<Save>) -> Result<(), 
 
 /// Reads one run record.
 pub async fn load_run(topology: &Topology, id: &RunId) -> Result<Option<RunRecord>, ServiceError> {
-    match topology
-        .runs
-        .get(id.to_string())
-        .await
-        .context(format!("reading run {id}"))?
-    {
+    match topology.runs.get(id.to_string()).await.context(format!("reading run {id}"))? {
         Some(bytes) => Ok(Some(decode(&bytes)?)),
         None => Ok(None),
     }
 }
 
 /// Reads the job records of a run (those that exist), by name.
-pub async fn load_jobs(
-    topology: &Topology,
-    run: &RunRecord,
-) -> Result<HashMap<String, JobRecord>, ServiceError> {
+pub async fn load_jobs(topology: &Topology, run: &RunRecord) -> Result<HashMap<String, JobRecord>, ServiceError> {
     let id = run.id;
     let store = topology.jobs.clone();
     futures::stream::iter(run.jobs.clone())
         .map(|name| {
             let store = store.clone();
             async move {
-                let bytes = store
-                    .get(names::job_key(&id, &name))
-                    .await
-                    .context(format!("reading job {name} of run {id}"))?;
+                let bytes =
+                    store.get(names::job_key(&id, &name)).await.context(format!("reading job {name} of run {id}"))?;
                 let record = bytes.map(|bytes| decode::<JobRecord>(&bytes)).transpose()?;
                 Ok::<_, ServiceError>(record.map(|record| (name, record)))
             }
@@ -132,23 +111,11 @@ pub async fn load_all_runs(topology: &Topology) -> Result<Vec<RunRecord>, Servic
 }
 
 /// Reads the rejected submissions, oldest first, at most `limit` of the newest.
-pub async fn load_rejections(
-    js: &jetstream::Context,
-    limit: usize,
-) -> Result<Vec<Rejection>, ServiceError> {
-    let stream = js
-        .get_stream(names::REJECTED_STREAM)
-        .await
-        .context("opening the rejected stream")?;
-    let info = stream
-        .get_info()
-        .await
-        .context("reading the rejected stream")?;
+pub async fn load_rejections(js: &jetstream::Context, limit: usize) -> Result<Vec<Rejection>, ServiceError> {
+    let stream = js.get_stream(names::REJECTED_STREAM).await.context("opening the rejected stream")?;
+    let info = stream.get_info().await.context("reading the rejected stream")?;
     let last = info.state.last_sequence;
-    let first = info
-        .state
-        .first_sequence
-        .max(last.saturating_sub(limit as u64).saturating_add(1));
+    let first = info.state.first_sequence.max(last.saturating_sub(limit as u64).saturating_add(1));
     let mut rejections = Vec::new();
     if info.state.messages == 0 {
         return Ok(rejections);
@@ -169,18 +136,9 @@ pub async fn load_rejections(
 }
 
 /// The rejection recorded for a run id, if its submission was refused.
-pub async fn load_rejection(
-    js: &jetstream::Context,
-    id: &RunId,
-) -> Result<Option<Rejection>, ServiceError> {
-    let stream = js
-        .get_stream(names::REJECTED_STREAM)
-        .await
-        .context("opening the rejected stream")?;
-    match stream
-        .direct_get_last_for_subject(names::rejected_subject(Some(id)))
-        .await
-    {
+pub async fn load_rejection(js: &jetstream::Context, id: &RunId) -> Result<Option<Rejection>, ServiceError> {
+    let stream = js.get_stream(names::REJECTED_STREAM).await.context("opening the rejected stream")?;
+    match stream.direct_get_last_for_subject(names::rejected_subject(Some(id))).await {
         Ok(message) => Ok(Some(decode(&message.payload)?)),
         Err(error) if error.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
         Err(error) => Err(error).context(format!("reading the rejection of run {id}")),

@@ -60,21 +60,9 @@ fn bucket(name: &str, description: &str, history: i64) -> kv::Config {
 /// Creates (or updates to the current settings) every stream and bucket.
 pub async fn ensure(js: &jetstream::Context) -> Result<Topology, ServiceError> {
     let streams = [
-        work_queue(
-            names::SUBMIT_STREAM,
-            names::SUBMIT_SUBJECT,
-            "Sluice workflow submissions",
-        ),
-        work_queue(
-            names::JOBS_STREAM,
-            names::JOBS_SUBJECTS,
-            "Sluice ready jobs, one subject per pool, run and job",
-        ),
-        work_queue(
-            names::EVENTS_STREAM,
-            names::EVENTS_SUBJECTS,
-            "Sluice job lifecycle events",
-        ),
+        work_queue(names::SUBMIT_STREAM, names::SUBMIT_SUBJECT, "Sluice workflow submissions"),
+        work_queue(names::JOBS_STREAM, names::JOBS_SUBJECTS, "Sluice ready jobs, one subject per pool, run and job"),
+        work_queue(names::EVENTS_STREAM, names::EVENTS_SUBJECTS, "Sluice job lifecycle events"),
         stream::Config {
             name: names::REJECTED_STREAM.to_owned(),
             description: Some("Sluice submissions that were refused, with the reason".to_owned()),
@@ -89,9 +77,7 @@ pub async fn ensure(js: &jetstream::Context) -> Result<Topology, ServiceError> {
     ];
     for config in streams {
         let name = config.name.clone();
-        js.create_or_update_stream(config)
-            .await
-            .context(format!("creating stream {name}"))?;
+        js.create_or_update_stream(config).await.context(format!("creating stream {name}"))?;
     }
     let runs = js
         .create_or_update_key_value(bucket(names::RUNS_BUCKET, "Sluice run records", 1))
@@ -102,19 +88,10 @@ pub async fn ensure(js: &jetstream::Context) -> Result<Topology, ServiceError> {
         .await
         .context("creating KV sluice-jobs")?;
     let idempotency = js
-        .create_or_update_key_value(bucket(
-            names::IDEMPOTENCY_BUCKET,
-            "Sluice idempotency keys",
-            1,
-        ))
+        .create_or_update_key_value(bucket(names::IDEMPOTENCY_BUCKET, "Sluice idempotency keys", 1))
         .await
         .context("creating KV sluice-idempotency")?;
-    Ok(Topology {
-        js: js.clone(),
-        runs,
-        jobs,
-        idempotency,
-    })
+    Ok(Topology { js: js.clone(), runs, jobs, idempotency })
 }
 
 /// The coordinator's durable consumer on a stream.
@@ -124,10 +101,7 @@ pub async fn coordinator_consumer(
     durable: &str,
     filter: &str,
 ) -> Result<consumer::PullConsumer, ServiceError> {
-    let stream = js
-        .get_stream(stream_name)
-        .await
-        .context(format!("opening stream {stream_name}"))?;
+    let stream = js.get_stream(stream_name).await.context(format!("opening stream {stream_name}"))?;
     let config = consumer::pull::Config {
         durable_name: Some(durable.to_owned()),
         filter_subject: filter.to_owned(),
@@ -138,16 +112,12 @@ pub async fn coordinator_consumer(
         deliver_policy: consumer::DeliverPolicy::All,
         ..Default::default()
     };
-    stream
-        .get_or_create_consumer(durable, config)
-        .await
-        .context(format!("creating consumer {durable}"))
+    stream.get_or_create_consumer(durable, config).await.context(format!("creating consumer {durable}"))
 }
 
 /// Checks the server is new enough; every binary calls this at connect.
 pub fn check_server(client: &async_nats::Client) -> Result<(), ServiceError> {
-    sluice_proto::version::check_server_version(&client.server_info().version)
-        .map_err(ServiceError::ServerVersion)
+    sluice_proto::version::check_server_version(&client.server_info().version).map_err(ServiceError::ServerVersion)
 }
 
 /// Opens the buckets without creating anything (for read-only commands). `None` when
@@ -160,17 +130,10 @@ pub async fn open(js: &jetstream::Context) -> Result<Option<Topology>, ServiceEr
             Err(error) => Err(error).context(format!("opening KV {name}")),
         }
     };
-    let (Some(runs), Some(jobs), Some(idempotency)) = (
-        open(names::RUNS_BUCKET).await?,
-        open(names::JOBS_BUCKET).await?,
-        open(names::IDEMPOTENCY_BUCKET).await?,
-    ) else {
+    let (Some(runs), Some(jobs), Some(idempotency)) =
+        (open(names::RUNS_BUCKET).await?, open(names::JOBS_BUCKET).await?, open(names::IDEMPOTENCY_BUCKET).await?)
+    else {
         return Ok(None);
     };
-    Ok(Some(Topology {
-        js: js.clone(),
-        runs,
-        jobs,
-        idempotency,
-    }))
+    Ok(Some(Topology { js: js.clone(), runs, jobs, idempotency }))
 }

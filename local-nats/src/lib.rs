@@ -28,10 +28,7 @@ pub enum LocalNatsError {
     )]
     NotFound,
     #[error("cannot start {binary}: {source}")]
-    Spawn {
-        binary: String,
-        source: std::io::Error,
-    },
+    Spawn { binary: String, source: std::io::Error },
     #[error("nats-server did not become ready: {output}")]
     NotReady { output: String },
     #[error("cannot create a store directory: {0}")]
@@ -73,18 +70,11 @@ impl NatsServer {
                 (dir, None)
             }
             None => {
-                let temp = tempfile::Builder::new()
-                    .prefix("sluice-nats-")
-                    .tempdir()
-                    .map_err(LocalNatsError::Store)?;
+                let temp = tempfile::Builder::new().prefix("sluice-nats-").tempdir().map_err(LocalNatsError::Store)?;
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
-        let attempts = if options.port.is_some() {
-            1
-        } else {
-            PORT_ATTEMPTS
-        };
+        let attempts = if options.port.is_some() { 1 } else { PORT_ATTEMPTS };
         let mut last_error = None;
         for _ in 0..attempts {
             let port = match options.port {
@@ -113,14 +103,7 @@ impl NatsServer {
     fn launch(&mut self) -> Result<(), LocalNatsError> {
         let mut command = Command::new(&self.binary);
         command
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(&self.store_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -128,16 +111,10 @@ impl NatsServer {
         if let Some(monitor) = self.monitor_port {
             command.args(["-m", &monitor.to_string()]);
         }
-        let mut child = command.spawn().map_err(|source| LocalNatsError::Spawn {
-            binary: self.binary.display().to_string(),
-            source,
-        })?;
-        let stderr = child
-            .stderr
-            .take()
-            .ok_or_else(|| LocalNatsError::NotReady {
-                output: "no output".into(),
-            })?;
+        let mut child = command
+            .spawn()
+            .map_err(|source| LocalNatsError::Spawn { binary: self.binary.display().to_string(), source })?;
+        let stderr = child.stderr.take().ok_or_else(|| LocalNatsError::NotReady { output: "no output".into() })?;
         let (ready_tx, ready_rx) = mpsc::channel();
         // Reads the log until "Server is ready", then keeps draining so the pipe never fills.
         std::thread::spawn(move || {
@@ -173,9 +150,7 @@ impl NatsServer {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                Err(LocalNatsError::NotReady {
-                    output: format!("no \"Server is ready\" within {READY_TIMEOUT:?}"),
-                })
+                Err(LocalNatsError::NotReady { output: format!("no \"Server is ready\" within {READY_TIMEOUT:?}") })
             }
         }
     }
@@ -200,9 +175,7 @@ impl NatsServer {
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             // SIGTERM through kill(1) keeps this crate free of unsafe code and extra dependencies.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
             let _ = child.wait();
         }
     }

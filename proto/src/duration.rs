@@ -34,10 +34,7 @@ impl FromStr for HumanDuration {
     type Err = DurationError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let error = |reason| DurationError {
-            text: text.chars().take(40).collect(),
-            reason,
-        };
+        let error = |reason| DurationError { text: text.chars().take(40).collect(), reason };
         let trimmed = text.trim();
         if trimmed.is_empty() {
             return Err(error("it is empty"));
@@ -49,9 +46,7 @@ impl FromStr for HumanDuration {
             if digits == 0 {
                 return Err(error("each part must start with a number"));
             }
-            let value: u128 = rest[..digits]
-                .parse()
-                .map_err(|_| error("number too large"))?;
+            let value: u128 = rest[..digits].parse().map_err(|_| error("number too large"))?;
             rest = &rest[digits..];
             let unit_len = rest.chars().take_while(|c| c.is_ascii_alphabetic()).count();
             let unit_ms: u128 = match &rest[..unit_len] {
@@ -64,10 +59,8 @@ impl FromStr for HumanDuration {
                 _ => return Err(error("unknown unit")),
             };
             rest = &rest[unit_len..];
-            total_ms = value
-                .checked_mul(unit_ms)
-                .and_then(|ms| ms.checked_add(total_ms))
-                .ok_or_else(|| error("too large"))?;
+            total_ms =
+                value.checked_mul(unit_ms).and_then(|ms| ms.checked_add(total_ms)).ok_or_else(|| error("too large"))?;
         }
         // Ten years bounds every timer we would set from it.
         if total_ms > 10 * 366 * 86_400_000 {
@@ -84,13 +77,7 @@ impl fmt::Display for HumanDuration {
         if ms == 0 {
             return f.write_str("0s");
         }
-        for (unit, size) in [
-            ("d", 86_400_000u128),
-            ("h", 3_600_000),
-            ("m", 60_000),
-            ("s", 1_000),
-            ("ms", 1),
-        ] {
+        for (unit, size) in [("d", 86_400_000u128), ("h", 3_600_000), ("m", 60_000), ("s", 1_000), ("ms", 1)] {
             if ms >= size {
                 write!(f, "{}{unit}", ms / size)?;
                 ms %= size;
@@ -128,30 +115,15 @@ mod tests {
             ("1h30m", 5_400_000),
         ];
         for (text, ms) in cases {
-            assert_eq!(
-                text.parse::<HumanDuration>().unwrap().as_duration(),
-                Duration::from_millis(ms),
-                "{text}"
-            );
+            assert_eq!(text.parse::<HumanDuration>().unwrap().as_duration(), Duration::from_millis(ms), "{text}");
         }
     }
 
     #[test]
     fn rejects_bad_text_with_reason() {
-        for text in [
-            "",
-            "10",
-            "s",
-            "10x",
-            "1.5s",
-            "-1s",
-            "99999999999999999999999d",
-        ] {
+        for text in ["", "10", "s", "10x", "1.5s", "-1s", "99999999999999999999999d"] {
             let error = text.parse::<HumanDuration>().unwrap_err();
-            assert!(
-                error.to_string().contains("invalid duration"),
-                "{text}: {error}"
-            );
+            assert!(error.to_string().contains("invalid duration"), "{text}: {error}");
         }
     }
 

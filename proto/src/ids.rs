@@ -51,11 +51,7 @@ impl FromStr for RunId {
     type Err = RunIdError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(text.trim())
-            .map(Self)
-            .map_err(|_| RunIdError {
-                text: text.chars().take(80).collect(),
-            })
+        Uuid::parse_str(text.trim()).map(Self).map_err(|_| RunIdError { text: text.chars().take(80).collect() })
     }
 }
 

@@ -76,10 +76,7 @@ impl RetryPolicy {
             ));
         }
         if self.initial > self.max {
-            return Err(format!(
-                "retry.initial ({}) is longer than retry.max ({})",
-                self.initial, self.max
-            ));
+            return Err(format!("retry.initial ({}) is longer than retry.max ({})", self.initial, self.max));
         }
         Ok(())
     }
@@ -122,9 +119,7 @@ mod tests {
             max: HumanDuration::from_secs(60),
             ..Default::default()
         };
-        let delays: Vec<u64> = (1..=5)
-            .map(|attempt| policy.delay_after(attempt, 0.0).as_secs())
-            .collect();
+        let delays: Vec<u64> = (1..=5).map(|attempt| policy.delay_after(attempt, 0.0).as_secs()).collect();
         assert_eq!(delays, [10, 20, 40, 60, 60]);
     }
 
@@ -137,10 +132,7 @@ mod tests {
 
     #[test]
     fn huge_attempt_numbers_do_not_overflow() {
-        let policy = RetryPolicy {
-            jitter: false,
-            ..Default::default()
-        };
+        let policy = RetryPolicy { jitter: false, ..Default::default() };
         assert_eq!(policy.delay_after(u32::MAX, 0.0), Duration::from_secs(600));
     }
 }

@@ -83,10 +83,7 @@ pub enum SpecError {
     #[error("workflow YAML is not valid: {0}")]
     Yaml(String),
     #[error("{}", render_problems(.workflow, .problems))]
-    Invalid {
-        workflow: String,
-        problems: Vec<String>,
-    },
+    Invalid { workflow: String, problems: Vec<String> },
 }
 
 fn render_problems(workflow: &str, problems: &[String]) -> String {
@@ -109,13 +106,8 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
             name.chars().take(20).collect::<String>()
         ));
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
-        return Err(format!(
-            "{what} name `{name}` may only use letters, digits, `_` and `-`"
-        ));
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(format!("{what} name `{name}` may only use letters, digits, `_` and `-`"));
     }
     Ok(())
 }
@@ -126,8 +118,7 @@ impl WorkflowSpec {
         if yaml.len() > WORKFLOW_YAML_MAX_BYTES {
             return Err(SpecError::TooLarge { bytes: yaml.len() });
         }
-        let spec: Self =
-            serde_saphyr::from_str(yaml).map_err(|error| SpecError::Yaml(error.to_string()))?;
+        let spec: Self = serde_saphyr::from_str(yaml).map_err(|error| SpecError::Yaml(error.to_string()))?;
         spec.validate()?;
         Ok(spec)
     }
@@ -153,10 +144,7 @@ impl WorkflowSpec {
             problems.push("the workflow has no jobs: add at least one under `jobs:`".into());
         }
         if self.jobs.len() > WORKFLOW_JOBS_MAX {
-            problems.push(format!(
-                "the workflow has {} jobs; the limit is {WORKFLOW_JOBS_MAX}",
-                self.jobs.len()
-            ));
+            problems.push(format!("the workflow has {} jobs; the limit is {WORKFLOW_JOBS_MAX}", self.jobs.len()));
         }
         for (name, job) in &self.jobs {
             validate_job(name, job, &self.jobs, &mut problems);
@@ -164,19 +152,9 @@ impl WorkflowSpec {
         if problems.is_empty()
             && let Some(cycle) = self.find_cycle()
         {
-            problems.push(format!(
-                "dependency cycle: {} (each job needs the next)",
-                cycle.join(" -> ")
-            ));
+            problems.push(format!("dependency cycle: {} (each job needs the next)", cycle.join(" -> ")));
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(SpecError::Invalid {
-                workflow: self.name.clone(),
-                problems,
-            })
-        }
+        if problems.is_empty() { Ok(()) } else { Err(SpecError::Invalid { workflow: self.name.clone(), problems }) }
     }
 
     fn validate_defaults(&self, problems: &mut Vec<String>) {
@@ -190,11 +168,7 @@ impl WorkflowSpec {
         {
             problems.push(format!("defaults: {problem}"));
         }
-        if self
-            .defaults
-            .timeout
-            .is_some_and(|timeout| timeout.as_duration().is_zero())
-        {
+        if self.defaults.timeout.is_some_and(|timeout| timeout.as_duration().is_zero()) {
             problems.push("defaults.timeout must be longer than 0s".into());
         }
     }
@@ -202,11 +176,8 @@ impl WorkflowSpec {
     /// A dependency cycle as job names, first repeated at the end, if there is one.
     pub fn find_cycle(&self) -> Option<Vec<String>> {
         let mut graph = DiGraph::<&str, ()>::new();
-        let nodes: HashMap<&str, NodeIndex> = self
-            .jobs
-            .keys()
-            .map(|name| (name.as_str(), graph.add_node(name.as_str())))
-            .collect();
+        let nodes: HashMap<&str, NodeIndex> =
+            self.jobs.keys().map(|name| (name.as_str(), graph.add_node(name.as_str()))).collect();
         for (name, job) in &self.jobs {
             for need in &job.needs {
                 if let Some(&target) = nodes.get(need.as_str()) {
@@ -225,10 +196,7 @@ impl WorkflowSpec {
         let mut came_from: HashMap<NodeIndex, NodeIndex> = HashMap::new();
         let mut queue = std::collections::VecDeque::from([start]);
         while let Some(node) = queue.pop_front() {
-            let mut successors: Vec<NodeIndex> = graph
-                .neighbors(node)
-                .filter(|next| members.contains(next))
-                .collect();
+            let mut successors: Vec<NodeIndex> = graph.neighbors(node).filter(|next| members.contains(next)).collect();
             successors.sort();
             for next in successors {
                 if next == start {
@@ -255,12 +223,7 @@ impl WorkflowSpec {
     /// Job names so that each comes after everything it needs, otherwise in written order.
     /// Valid specs only (no cycles).
     pub fn topological_order(&self) -> Vec<String> {
-        let index: HashMap<&str, usize> = self
-            .jobs
-            .keys()
-            .enumerate()
-            .map(|(i, name)| (name.as_str(), i))
-            .collect();
+        let index: HashMap<&str, usize> = self.jobs.keys().enumerate().map(|(i, name)| (name.as_str(), i)).collect();
         let mut waiting_on: Vec<usize> = self.jobs.values().map(|job| job.needs.len()).collect();
         let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); self.jobs.len()];
         for (i, job) in self.jobs.values().enumerate() {
@@ -270,20 +233,11 @@ impl WorkflowSpec {
                 }
             }
         }
-        let mut ready: BinaryHeap<Reverse<usize>> = waiting_on
-            .iter()
-            .enumerate()
-            .filter(|(_, count)| **count == 0)
-            .map(|(i, _)| Reverse(i))
-            .collect();
+        let mut ready: BinaryHeap<Reverse<usize>> =
+            waiting_on.iter().enumerate().filter(|(_, count)| **count == 0).map(|(i, _)| Reverse(i)).collect();
         let mut order = Vec::with_capacity(self.jobs.len());
         while let Some(Reverse(i)) = ready.pop() {
-            order.push(
-                self.jobs
-                    .get_index(i)
-                    .map(|(name, _)| name.clone())
-                    .unwrap_or_default(),
-            );
+            order.push(self.jobs.get_index(i).map(|(name, _)| name.clone()).unwrap_or_default());
             for &dependent in &dependents[i] {
                 waiting_on[dependent] -= 1;
                 if waiting_on[dependent] == 0 {
@@ -296,24 +250,15 @@ impl WorkflowSpec {
 
     /// The zone windows are computed in.
     pub fn zone(&self) -> Tz {
-        self.timezone
-            .as_deref()
-            .and_then(|zone| parse_zone(zone).ok())
-            .unwrap_or(chrono_tz::UTC)
+        self.timezone.as_deref().and_then(|zone| parse_zone(zone).ok()).unwrap_or(chrono_tz::UTC)
     }
 
     pub fn pool_of(&self, job: &JobSpec) -> String {
-        job.pool
-            .clone()
-            .or_else(|| self.defaults.pool.clone())
-            .unwrap_or_else(|| DEFAULT_POOL.to_owned())
+        job.pool.clone().or_else(|| self.defaults.pool.clone()).unwrap_or_else(|| DEFAULT_POOL.to_owned())
     }
 
     pub fn retry_of(&self, job: &JobSpec) -> RetryPolicy {
-        job.retry
-            .clone()
-            .or_else(|| self.defaults.retry.clone())
-            .unwrap_or_default()
+        job.retry.clone().or_else(|| self.defaults.retry.clone()).unwrap_or_default()
     }
 
     pub fn timeout_of(&self, job: &JobSpec) -> Option<HumanDuration> {
@@ -322,22 +267,12 @@ impl WorkflowSpec {
 
     /// The params a run gets: the workflow's defaults overridden by `overrides`, checked so
     /// every `{{params.NAME}}` a job uses has a value.
-    pub fn resolve_params(
-        &self,
-        overrides: &BTreeMap<String, String>,
-    ) -> Result<BTreeMap<String, String>, SpecError> {
+    pub fn resolve_params(&self, overrides: &BTreeMap<String, String>) -> Result<BTreeMap<String, String>, SpecError> {
         let mut params = self.params.clone();
-        params.extend(
-            overrides
-                .iter()
-                .map(|(key, value)| (key.clone(), value.clone())),
-        );
+        params.extend(overrides.iter().map(|(key, value)| (key.clone(), value.clone())));
         let mut problems = Vec::new();
         if params.len() > PARAMS_MAX {
-            problems.push(format!(
-                "{} params given; the limit is {PARAMS_MAX}",
-                params.len()
-            ));
+            problems.push(format!("{} params given; the limit is {PARAMS_MAX}", params.len()));
         }
         for name in overrides.keys() {
             if let Err(problem) = check_name("param", name) {
@@ -351,23 +286,11 @@ impl WorkflowSpec {
                 }
             }
         }
-        if problems.is_empty() {
-            Ok(params)
-        } else {
-            Err(SpecError::Invalid {
-                workflow: self.name.clone(),
-                problems,
-            })
-        }
+        if problems.is_empty() { Ok(params) } else { Err(SpecError::Invalid { workflow: self.name.clone(), problems }) }
     }
 }
 
-fn validate_job(
-    name: &str,
-    job: &JobSpec,
-    jobs: &IndexMap<String, JobSpec>,
-    problems: &mut Vec<String>,
-) {
+fn validate_job(name: &str, job: &JobSpec, jobs: &IndexMap<String, JobSpec>, problems: &mut Vec<String>) {
     if let Err(problem) = check_name("job", name) {
         problems.push(problem);
     }
@@ -376,14 +299,9 @@ fn validate_job(
         problem(text);
     }
     match (&job.command, job.run == EXEC_KIND) {
-        (None, true) => problem(
-            "`run: exec` needs a `command:` list, e.g. [python3, etl.py, \"{{start}}\"]".into(),
-        ),
+        (None, true) => problem("`run: exec` needs a `command:` list, e.g. [python3, etl.py, \"{{start}}\"]".into()),
         (Some(command), true) if command.is_empty() => problem("`command:` is empty".into()),
-        (Some(_), false) => problem(format!(
-            "`command:` is only used by `run: exec`, not by `run: {}`",
-            job.run
-        )),
+        (Some(_), false) => problem(format!("`command:` is only used by `run: exec`, not by `run: {}`", job.run)),
         _ => {}
     }
     for arg in job.command.iter().flatten() {
@@ -401,10 +319,7 @@ fn validate_job(
     {
         problem(text);
     }
-    if job
-        .timeout
-        .is_some_and(|timeout| timeout.as_duration().is_zero())
-    {
+    if job.timeout.is_some_and(|timeout| timeout.as_duration().is_zero()) {
         problem("timeout must be longer than 0s".into());
     }
     let mut seen = HashSet::new();
@@ -414,10 +329,7 @@ fn validate_job(
         } else if !seen.insert(need) {
             problem(format!("lists `{need}` twice in needs"));
         } else if !jobs.contains_key(need) {
-            problem(format!(
-                "needs `{need}`, which is not a job of this workflow{}",
-                suggestion(need, jobs.keys())
-            ));
+            problem(format!("needs `{need}`, which is not a job of this workflow{}", suggestion(need, jobs.keys())));
         }
     }
 }
@@ -437,11 +349,7 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut current = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            current.push(
-                (previous[j] + usize::from(ca != *cb))
-                    .min(previous[j + 1] + 1)
-                    .min(current[j] + 1),
-            );
+            current.push((previous[j] + usize::from(ca != *cb)).min(previous[j + 1] + 1).min(current[j] + 1));
         }
         previous = current;
     }

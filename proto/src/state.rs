@@ -27,12 +27,7 @@ pub enum RunState {
 }
 
 impl RunState {
-    pub const ALL: [RunState; 4] = [
-        Self::Running,
-        Self::Succeeded,
-        Self::Failed,
-        Self::Cancelled,
-    ];
+    pub const ALL: [RunState; 4] = [Self::Running, Self::Succeeded, Self::Failed, Self::Cancelled];
 
     pub fn is_terminal(self) -> bool {
         !matches!(self, Self::Running)
@@ -89,10 +84,7 @@ impl JobState {
     ];
 
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            Self::Completed | Self::Failed | Self::Cancelled | Self::Skipped
-        )
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled | Self::Skipped)
     }
 
     /// In a worker's hands or about to be: the run cannot end while any job is.

@@ -23,11 +23,7 @@ impl TraceParent {
         // All-zero ids are invalid in W3C trace context.
         trace_id[15] |= 1;
         span_id[7] |= 1;
-        Self {
-            trace_id,
-            span_id,
-            sampled: true,
-        }
+        Self { trace_id, span_id, sampled: true }
     }
 
     /// A new span in the same trace, to hand to a child (a dispatched job).
@@ -41,14 +37,8 @@ impl TraceParent {
     /// Reads a header value; `None` for anything that is not a valid version-00 value.
     pub fn parse(text: &str) -> Option<Self> {
         let mut parts = text.trim().split('-');
-        let (version, trace, span, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if version.len() != 2
-            || version == "ff"
-            || trace.len() != 32
-            || span.len() != 16
-            || flags.len() != 2
-        {
+        let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if version.len() != 2 || version == "ff" || trace.len() != 32 || span.len() != 16 || flags.len() != 2 {
             return None;
         }
         let trace_id: [u8; 16] = hex_decode(trace)?.try_into().ok()?;
@@ -57,11 +47,7 @@ impl TraceParent {
         if trace_id == [0; 16] || span_id == [0; 8] {
             return None;
         }
-        Some(Self {
-            trace_id,
-            span_id,
-            sampled: flags & 1 == 1,
-        })
+        Some(Self { trace_id, span_id, sampled: flags & 1 == 1 })
     }
 
     pub fn trace_id_hex(&self) -> String {
@@ -71,13 +57,7 @@ impl TraceParent {
 
 impl fmt::Display for TraceParent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "00-{}-{}-{:02x}",
-            hex_encode(&self.trace_id),
-            hex_encode(&self.span_id),
-            u8::from(self.sampled)
-        )
+        write!(f, "00-{}-{}-{:02x}", hex_encode(&self.trace_id), hex_encode(&self.span_id), u8::from(self.sampled))
     }
 }
 
@@ -89,10 +69,7 @@ fn hex_decode(text: &str) -> Option<Vec<u8>> {
     if text.len() % 2 != 0 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok()).collect()
 }
 
 #[cfg(test)]

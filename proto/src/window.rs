@@ -21,39 +21,24 @@ pub enum WindowError {
         "invalid window `{text}`: write a day (2024-03-01), `yesterday`, `today`, or START..END in RFC 3339 (2024-03-01T00:00:00Z..2024-03-02T00:00:00Z)"
     )]
     Unreadable { text: String },
-    #[error(
-        "invalid window `{text}`: {part} `{value}` is not an RFC 3339 time such as 2024-03-01T00:00:00Z"
-    )]
-    BadTime {
-        text: String,
-        part: &'static str,
-        value: String,
-    },
+    #[error("invalid window `{text}`: {part} `{value}` is not an RFC 3339 time such as 2024-03-01T00:00:00Z")]
+    BadTime { text: String, part: &'static str, value: String },
     #[error("invalid window: end {end} is not after start {start}")]
     Empty { start: String, end: String },
-    #[error(
-        "unknown time zone `{0}`: use an IANA name such as UTC, Europe/Berlin or America/Los_Angeles"
-    )]
+    #[error("unknown time zone `{0}`: use an IANA name such as UTC, Europe/Berlin or America/Los_Angeles")]
     UnknownZone(String),
 }
 
 /// Reads an IANA time zone name.
 pub fn parse_zone(name: &str) -> Result<Tz, WindowError> {
-    name.parse::<Tz>()
-        .map_err(|_| WindowError::UnknownZone(name.chars().take(64).collect()))
+    name.parse::<Tz>().map_err(|_| WindowError::UnknownZone(name.chars().take(64).collect()))
 }
 
 impl Window {
     /// Builds a window, checking that it is not empty.
-    pub fn new(
-        start: DateTime<FixedOffset>,
-        end: DateTime<FixedOffset>,
-    ) -> Result<Self, WindowError> {
+    pub fn new(start: DateTime<FixedOffset>, end: DateTime<FixedOffset>) -> Result<Self, WindowError> {
         if end <= start {
-            return Err(WindowError::Empty {
-                start: render(&start),
-                end: render(&end),
-            });
+            return Err(WindowError::Empty { start: render(&start), end: render(&end) });
         }
         Ok(Self { start, end })
     }
@@ -80,19 +65,14 @@ impl Window {
         if let Ok(date) = NaiveDate::parse_from_str(trimmed, "%Y-%m-%d") {
             return Ok(Self::day(date, zone));
         }
-        Err(WindowError::Unreadable {
-            text: trimmed.chars().take(120).collect(),
-        })
+        Err(WindowError::Unreadable { text: trimmed.chars().take(120).collect() })
     }
 
     /// The calendar day `date` in `zone`: local midnight to the next local midnight (23 or
     /// 25 hours long on daylight-saving transition days).
     pub fn day(date: NaiveDate, zone: Tz) -> Self {
         let next = date.checked_add_days(Days::new(1)).unwrap_or(date);
-        Self {
-            start: local_midnight(date, zone),
-            end: local_midnight(next, zone),
-        }
+        Self { start: local_midnight(date, zone), end: local_midnight(next, zone) }
     }
 
     /// The default window: the previous full day in `zone` as of `now`.
@@ -139,18 +119,13 @@ mod tests {
     use super::*;
 
     fn now() -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339("2024-03-11T10:00:00Z")
-            .unwrap()
-            .to_utc()
+        DateTime::parse_from_rfc3339("2024-03-11T10:00:00Z").unwrap().to_utc()
     }
 
     #[test]
     fn a_day_is_local_midnight_to_midnight() {
         let window = Window::parse("2024-03-01", chrono_tz::UTC, now()).unwrap();
-        assert_eq!(
-            window.to_string(),
-            "2024-03-01T00:00:00Z..2024-03-02T00:00:00Z"
-        );
+        assert_eq!(window.to_string(), "2024-03-01T00:00:00Z..2024-03-02T00:00:00Z");
     }
 
     #[test]
@@ -158,10 +133,7 @@ mod tests {
         let zone = parse_zone("America/Los_Angeles").unwrap();
         // 2024-03-10 is the spring-forward day in Los Angeles.
         let window = Window::parse("yesterday", zone, now()).unwrap();
-        assert_eq!(
-            window.to_string(),
-            "2024-03-10T00:00:00-08:00..2024-03-11T00:00:00-07:00"
-        );
+        assert_eq!(window.to_string(), "2024-03-10T00:00:00-08:00..2024-03-11T00:00:00-07:00");
         assert_eq!((window.end - window.start).num_hours(), 23);
         assert_eq!(Window::previous_day(zone, now()), window);
     }
@@ -170,12 +142,8 @@ mod tests {
     fn today_and_explicit_ranges() {
         let today = Window::parse("today", chrono_tz::UTC, now()).unwrap();
         assert_eq!(today.start_rfc3339(), "2024-03-11T00:00:00Z");
-        let range = Window::parse(
-            "2024-03-01T06:00:00+01:00..2024-03-01T07:00:00+01:00",
-            chrono_tz::UTC,
-            now(),
-        )
-        .unwrap();
+        let range =
+            Window::parse("2024-03-01T06:00:00+01:00..2024-03-01T07:00:00+01:00", chrono_tz::UTC, now()).unwrap();
         assert_eq!(range.end_rfc3339(), "2024-03-01T07:00:00+01:00");
     }
 
@@ -183,15 +151,9 @@ mod tests {
     fn bad_windows_say_what_is_wrong() {
         let unreadable = Window::parse("last tuesday", chrono_tz::UTC, now()).unwrap_err();
         assert!(unreadable.to_string().contains("`last tuesday`"));
-        let bad_end =
-            Window::parse("2024-03-01T00:00:00Z..tomorrow", chrono_tz::UTC, now()).unwrap_err();
+        let bad_end = Window::parse("2024-03-01T00:00:00Z..tomorrow", chrono_tz::UTC, now()).unwrap_err();
         assert!(bad_end.to_string().contains("end `tomorrow`"), "{bad_end}");
-        let backwards = Window::parse(
-            "2024-03-02T00:00:00Z..2024-03-01T00:00:00Z",
-            chrono_tz::UTC,
-            now(),
-        )
-        .unwrap_err();
+        let backwards = Window::parse("2024-03-02T00:00:00Z..2024-03-01T00:00:00Z", chrono_tz::UTC, now()).unwrap_err();
         assert!(matches!(backwards, WindowError::Empty { .. }));
         assert!(parse_zone("Mars/Olympus").is_err());
     }

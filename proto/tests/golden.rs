@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_proto::messages::Versioned;
 use sluice_proto::{
-    AttemptRecord, EventKind, JobEvent, JobMessage, JobRecord, JobState, Rejection, RetryPolicy,
-    RunId, RunRecord, RunState, SCHEMA_VERSION, Submission, Window, decode, encode,
+    AttemptRecord, EventKind, JobEvent, JobMessage, JobRecord, JobState, Rejection, RetryPolicy, RunId, RunRecord,
+    RunState, SCHEMA_VERSION, Submission, Window, decode, encode,
 };
 
 fn time(text: &str) -> DateTime<Utc> {
@@ -29,28 +29,16 @@ fn window() -> Window {
     .unwrap()
 }
 
-fn check<T: Serialize + DeserializeOwned + Versioned + PartialEq + std::fmt::Debug>(
-    name: &str,
-    value: T,
-) {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden")
-        .join(format!("{name}.msgpack"));
+fn check<T: Serialize + DeserializeOwned + Versioned + PartialEq + std::fmt::Debug>(name: &str, value: T) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{name}.msgpack"));
     let bytes = encode(&value).unwrap();
     if std::env::var_os("SLUICE_BLESS").is_some() {
         std::fs::write(&path, &bytes).unwrap();
     }
-    let golden = std::fs::read(&path)
-        .unwrap_or_else(|error| panic!("{}: {error} (bless with SLUICE_BLESS=1)", path.display()));
-    assert_eq!(
-        bytes, golden,
-        "{name}: encoding changed; that is a protocol change"
-    );
-    assert_eq!(
-        decode::<T>(&golden).unwrap(),
-        value,
-        "{name}: golden bytes decode to the same value"
-    );
+    let golden =
+        std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error} (bless with SLUICE_BLESS=1)", path.display()));
+    assert_eq!(bytes, golden, "{name}: encoding changed; that is a protocol change");
+    assert_eq!(decode::<T>(&golden).unwrap(), value, "{name}: golden bytes decode to the same value");
 }
 
 #[test]
@@ -199,14 +187,9 @@ fn unknown_fields_are_ignored_and_optional_ones_default() {
         schema_version: u32,
         run_id: &'a str,
     }
-    let bytes = rmp_serde::to_vec_named(&MissingWorkflow {
-        schema_version: 1,
-        run_id: "0190f5c2-7d3a-7b4e-8a1f-2c3d4e5f6a7b",
-    })
-    .unwrap();
+    let bytes =
+        rmp_serde::to_vec_named(&MissingWorkflow { schema_version: 1, run_id: "0190f5c2-7d3a-7b4e-8a1f-2c3d4e5f6a7b" })
+            .unwrap();
     let error = decode::<Submission>(&bytes).unwrap_err().to_string();
-    assert!(
-        error.contains("workflow"),
-        "the error names the missing field: {error}"
-    );
+    assert!(error.contains("workflow"), "the error names the missing field: {error}");
 }

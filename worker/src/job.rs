@@ -13,12 +13,7 @@ pub trait Job: Send + Sync + 'static {
     /// Does the work for `window`. Return `Err(JobError::retryable(..))` for failures worth
     /// another attempt, `Err(JobError::permanent(..))` for those that are not. Long jobs
     /// should watch `ctx.cancelled()`: it fires on timeout and on worker shutdown.
-    async fn perform(
-        &self,
-        ctx: &JobContext,
-        window: &Window,
-        config: &serde_json::Value,
-    ) -> Result<Output, JobError>;
+    async fn perform(&self, ctx: &JobContext, window: &Window, config: &serde_json::Value) -> Result<Output, JobError>;
 }
 
 /// What a finished job hands back. Empty for now; room for small outputs.
@@ -44,17 +39,11 @@ pub struct JobError {
 impl JobError {
     /// A failure another attempt may not repeat (network, a busy database, a crash).
     pub fn retryable(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: true,
-        }
+        Self { message: message.into(), retryable: true }
     }
     /// A failure no retry will fix (bad config, missing input): no further attempts.
     pub fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            retryable: false,
-        }
+        Self { message: message.into(), retryable: false }
     }
 }
 

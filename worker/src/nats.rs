@@ -7,9 +7,9 @@ use sluice_proto::names;
 
 use crate::runtime::WorkerError;
 
-/// How long a job's message may go without an ack or in-progress ack before JetStream
+/// Default time a job's message may go without an ack or in-progress ack before JetStream
 /// redelivers it; running jobs send in-progress acks at a third of this.
-pub const JOB_ACK_WAIT: Duration = Duration::from_secs(30);
+pub const JOB_ACK_WAIT_DEFAULT: Duration = Duration::from_secs(30);
 /// Jobs a pool may have delivered and not yet acknowledged, across all its workers.
 pub const POOL_MAX_ACK_PENDING: i64 = 10_000;
 
@@ -23,45 +23,39 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Connec
         .connection_timeout(Duration::from_secs(5))
         .connect(url)
         .await
-        .map_err(|source| ConnectError::Unreachable {
-            url: url.to_owned(),
-            source: source.into(),
-        })?;
-    sluice_proto::version::check_server_version(&client.server_info().version)
-        .map_err(ConnectError::TooOld)?;
+        .map_err(|source| ConnectError::Unreachable { url: url.to_owned(), source: source.into() })?;
+    sluice_proto::version::check_server_version(&client.server_info().version).map_err(ConnectError::TooOld)?;
     Ok(client)
 }
 
 /// Connecting failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    #[error(
-        "cannot reach NATS at {url}: {source} (is a nats-server running there? `sluice dev` starts one)"
-    )]
-    Unreachable {
-        url: String,
-        source: async_nats::Error,
-    },
+    #[error("cannot reach NATS at {url}: {source} (is a nats-server running there? `sluice dev` starts one)")]
+    Unreachable { url: String, source: async_nats::Error },
     #[error("{0}")]
     TooOld(String),
 }
 
 /// The pool's durable pull consumer (created if missing). The jobs stream is the
-/// coordinator's to create; until it exists this keeps asking.
+/// coordinator's to create. `ack_wait` applies when this call creates the consumer; an
+/// existing consumer keeps its own.
 pub async fn pool_consumer(
     js: &jetstream::Context,
     pool: &str,
+    ack_wait: Duration,
 ) -> Result<consumer::PullConsumer, WorkerError> {
-    let stream = js.get_stream(names::JOBS_STREAM).await.map_err(|error| {
-        WorkerError::nats(format!("opening stream {}", names::JOBS_STREAM), error)
-    })?;
+    let stream = js
+        .get_stream(names::JOBS_STREAM)
+        .await
+        .map_err(|error| WorkerError::nats(format!("opening stream {}", names::JOBS_STREAM), error))?;
     let durable = names::pool_consumer(pool);
     let config = consumer::pull::Config {
         durable_name: Some(durable.clone()),
         description: Some(format!("Sluice workers of pool {pool}")),
         filter_subject: names::pool_filter(pool),
         ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: JOB_ACK_WAIT,
+        ack_wait,
         // Attempts are counted by Sluice; a worker refuses attempts past max_attempts.
         max_deliver: -1,
         max_ack_pending: POOL_MAX_ACK_PENDING,

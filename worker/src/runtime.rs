@@ -29,13 +29,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::{JobContext, JobError};
-use crate::nats::{JOB_ACK_WAIT, pool_consumer};
+use crate::nats::{JOB_ACK_WAIT_DEFAULT, pool_consumer};
 use crate::registry::Registry;
 
 /// Longest wait of one fetch for new jobs; also bounds how long shutdown waits for it.
 const FETCH_WAIT: Duration = Duration::from_secs(2);
-/// In-progress acks are sent this often while a job runs.
-const PROGRESS_INTERVAL: Duration = Duration::from_secs(JOB_ACK_WAIT.as_secs() / 3);
 /// After a timeout, how long the job may take to stop before its result is ignored.
 const TIMEOUT_STOP_GRACE: Duration = Duration::from_secs(15);
 /// Tries to publish an event before giving up on it (the message is then redelivered).
@@ -53,6 +51,9 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Shown in `status` for each attempt.
     pub worker_id: String,
+    /// The pool consumer's ack wait, when this worker creates the consumer. Running jobs
+    /// send in-progress acks at a third of the consumer's actual ack wait.
+    pub ack_wait: Duration,
 }
 
 impl WorkerConfig {
@@ -63,6 +64,7 @@ impl WorkerConfig {
             concurrency: 4,
             shutdown_grace: Duration::from_secs(30),
             worker_id: format!("{host}-{}", std::process::id()),
+            ack_wait: JOB_ACK_WAIT_DEFAULT,
         }
     }
 }
@@ -71,20 +73,14 @@ impl WorkerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
     #[error("{context}: {source}")]
-    Nats {
-        context: String,
-        source: async_nats::Error,
-    },
+    Nats { context: String, source: async_nats::Error },
     #[error("invalid worker setting: {0}")]
     Config(String),
 }
 
 impl WorkerError {
     pub(crate) fn nats(context: impl Into<String>, source: impl Into<async_nats::Error>) -> Self {
-        Self::Nats {
-            context: context.into(),
-            source: source.into(),
-        }
+        Self::Nats { context: context.into(), source: source.into() }
     }
 }
 
@@ -93,6 +89,8 @@ struct Shared {
     js: jetstream::Context,
     registry: Registry,
     config: WorkerConfig,
+    /// In-progress acks are sent this often while a job runs.
+    progress_interval: Duration,
     /// Cancelled when the shutdown grace period is over.
     stop_jobs: CancellationToken,
 }
@@ -112,17 +110,15 @@ pub async fn run(
         )));
     }
     let js = jetstream::new(client);
-    let Some(consumer) = open_consumer(&js, &config.pool, &shutdown).await else {
+    let Some(mut consumer) = open_consumer(&js, &config.pool, config.ack_wait, &shutdown).await else {
         return Ok(());
     };
+    // The consumer's own ack wait counts (another worker may have created it).
+    let ack_wait = consumer.info().await.map(|info| info.config.ack_wait).unwrap_or(config.ack_wait);
+    let progress_interval = (ack_wait / 3).max(Duration::from_millis(100));
     let kinds: Vec<&str> = registry.kinds().collect();
     tracing::info!(pool = %config.pool, concurrency = config.concurrency, kinds = ?kinds, worker = %config.worker_id, "worker ready");
-    let shared = Arc::new(Shared {
-        js,
-        registry,
-        config,
-        stop_jobs: CancellationToken::new(),
-    });
+    let shared = Arc::new(Shared { js, registry, config, progress_interval, stop_jobs: CancellationToken::new() });
     let slots = Arc::new(Semaphore::new(shared.config.concurrency));
     let mut running = JoinSet::new();
     loop {
@@ -140,11 +136,7 @@ pub async fn run(
         }
         fetch_and_start(&consumer, &shared, &mut permits, &mut running, &shutdown).await;
     }
-    tracing::info!(
-        running = running.len(),
-        grace_s = shared.config.shutdown_grace.as_secs(),
-        "worker draining"
-    );
+    tracing::info!(running = running.len(), grace_s = shared.config.shutdown_grace.as_secs(), "worker draining");
     let drained = tokio::time::timeout(shared.config.shutdown_grace, async {
         while let Some(finished) = running.join_next().await {
             report_panic(finished);
@@ -152,10 +144,7 @@ pub async fn run(
     })
     .await;
     if drained.is_err() {
-        tracing::warn!(
-            running = running.len(),
-            "grace period over: cancelling running jobs and handing them back"
-        );
+        tracing::warn!(running = running.len(), "grace period over: cancelling running jobs and handing them back");
         shared.stop_jobs.cancel();
         while let Some(finished) = running.join_next().await {
             report_panic(finished);
@@ -168,10 +157,11 @@ pub async fn run(
 async fn open_consumer(
     js: &jetstream::Context,
     pool: &str,
+    ack_wait: Duration,
     shutdown: &CancellationToken,
 ) -> Option<PullConsumer> {
     loop {
-        match pool_consumer(js, pool).await {
+        match pool_consumer(js, pool, ack_wait).await {
             Ok(consumer) => return Some(consumer),
             Err(error) => {
                 tracing::warn!(%error, "cannot open the pool's consumer yet (has a coordinator started?); retrying")
@@ -192,13 +182,7 @@ async fn fetch_and_start(
     running: &mut JoinSet<()>,
     shutdown: &CancellationToken,
 ) {
-    let mut batch = match consumer
-        .batch()
-        .max_messages(permits.len())
-        .expires(FETCH_WAIT)
-        .messages()
-        .await
-    {
+    let mut batch = match consumer.batch().max_messages(permits.len()).expires(FETCH_WAIT).messages().await {
         Ok(batch) => batch,
         Err(error) => {
             tracing::warn!(%error, "fetching jobs failed; retrying");
@@ -247,20 +231,13 @@ enum Outcome {
 }
 
 async fn execute(shared: &Shared, message: Message) {
-    let delivered = message
-        .info()
-        .map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX))
-        .unwrap_or(1);
+    let delivered = message.info().map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX)).unwrap_or(1);
     let job: JobMessage = match decode(&message.payload) {
         Ok(job) => job,
         Err(error) => return undecodable(shared, &message, delivered, error.to_string()).await,
     };
     let attempt = job.attempt_offset.saturating_add(delivered);
-    let reporter = Reporter {
-        shared,
-        job: &job,
-        attempt,
-    };
+    let reporter = Reporter { shared, job: &job, attempt };
     let max_attempt = job.attempt_offset.saturating_add(job.retry.max_attempts);
     if attempt > max_attempt {
         let reason = format!(
@@ -268,12 +245,7 @@ async fn execute(shared: &Shared, message: Message) {
             job.retry.max_attempts,
             attempt - 1
         );
-        return complete(
-            &reporter,
-            &message,
-            Outcome::Failed(JobError::permanent(reason)),
-        )
-        .await;
+        return complete(&reporter, &message, Outcome::Failed(JobError::permanent(reason))).await;
     }
     let Some(kind) = shared.registry.get(&job.kind) else {
         let kinds: Vec<&str> = shared.registry.kinds().collect();
@@ -283,12 +255,7 @@ async fn execute(shared: &Shared, message: Message) {
             shared.config.pool,
             kinds.join(", ")
         );
-        return complete(
-            &reporter,
-            &message,
-            Outcome::Failed(JobError::permanent(reason)),
-        )
-        .await;
+        return complete(&reporter, &message, Outcome::Failed(JobError::permanent(reason))).await;
     };
     if let Err(error) = reporter.publish(EventKind::Started, None, None).await {
         tracing::warn!(%error, job = %job.job, "cannot report the start; handing the job back");
@@ -312,7 +279,7 @@ async fn execute(shared: &Shared, message: Message) {
     tracing::info!(run = %job.run_id, job = %job.job, kind = %job.kind, attempt, "job started");
     let perform = AssertUnwindSafe(kind.perform(&ctx, &job.window, &job.config)).catch_unwind();
     let keep_alive = async {
-        let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
+        let mut ticker = tokio::time::interval(shared.progress_interval);
         ticker.tick().await;
         loop {
             ticker.tick().await;
@@ -322,10 +289,7 @@ async fn execute(shared: &Shared, message: Message) {
         }
     };
     tokio::pin!(perform, keep_alive);
-    let timeout = job
-        .timeout_ms
-        .map(Duration::from_millis)
-        .unwrap_or(Duration::MAX);
+    let timeout = job.timeout_ms.map(Duration::from_millis).unwrap_or(Duration::MAX);
     let finished = tokio::select! {
         result = &mut perform => Some(result),
         _ = sleep_for(timeout) => None,
@@ -350,21 +314,14 @@ async fn execute(shared: &Shared, message: Message) {
         _ if shared.stop_jobs.is_cancelled() => Outcome::HandedBack,
         Ok(Ok(_)) => Outcome::Succeeded,
         Ok(Err(error)) => Outcome::Failed(error),
-        Err(panic) => Outcome::Failed(JobError::retryable(format!(
-            "job panicked: {}",
-            panic_text(&panic)
-        ))),
+        Err(panic) => Outcome::Failed(JobError::retryable(format!("job panicked: {}", panic_text(&panic)))),
     };
     complete(&reporter, &message, outcome).await;
 }
 
 /// A header's value as text, if the message has it.
 fn header(message: &Message, name: &str) -> Option<String> {
-    message
-        .headers
-        .as_ref()
-        .and_then(|headers| headers.get(name))
-        .map(|value| value.as_str().to_owned())
+    message.headers.as_ref().and_then(|headers| headers.get(name)).map(|value| value.as_str().to_owned())
 }
 
 /// `tokio::time::sleep` that accepts "for ever".
@@ -399,25 +356,13 @@ async fn complete(reporter: &Reporter<'_>, message: &Message, outcome: Outcome) 
             )
         }
         Outcome::Failed(error)
-            if error.retryable
-                && job
-                    .retry
-                    .allows_another_after(reporter.attempt - job.attempt_offset) =>
+            if error.retryable && job.retry.allows_another_after(reporter.attempt - job.attempt_offset) =>
         {
-            let delay = job.retry.delay_after(
-                reporter.attempt - job.attempt_offset,
-                rand::rng().random::<f64>(),
-            );
+            let delay = job.retry.delay_after(reporter.attempt - job.attempt_offset, rand::rng().random::<f64>());
             let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-            (
-                (EventKind::Failed, Some(error.message), Some(retry_at)),
-                AckKind::Nak(Some(delay)),
-            )
+            ((EventKind::Failed, Some(error.message), Some(retry_at)), AckKind::Nak(Some(delay)))
         }
-        Outcome::Failed(error) => (
-            (EventKind::Failed, Some(error.message), None),
-            AckKind::Term,
-        ),
+        Outcome::Failed(error) => ((EventKind::Failed, Some(error.message), None), AckKind::Term),
     };
     let (kind, error, retry_at) = event;
     tracing::info!(run = %job.run_id, job = %job.job, attempt = reporter.attempt, outcome = kind.as_str(), error = error.as_deref().unwrap_or(""), "job finished");
@@ -518,13 +463,7 @@ fn event(
 async fn publish_event(js: &jetstream::Context, event: &JobEvent) -> Result<(), WorkerError> {
     let payload = encode(event).map_err(|error| WorkerError::nats("encoding an event", error))?;
     let subject = names::event_subject(&event.run_id, &event.job);
-    let id = names::event_id(
-        &event.run_id,
-        &event.job,
-        event.attempt,
-        event.generation,
-        event.kind.as_str(),
-    );
+    let id = names::event_id(&event.run_id, &event.job, event.attempt, event.generation, event.kind.as_str());
     let mut delay = Duration::from_millis(100);
     let mut tries = 0;
     loop {
@@ -540,10 +479,7 @@ async fn publish_event(js: &jetstream::Context, event: &JobEvent) -> Result<(), 
         match result {
             Ok(_) => return Ok(()),
             Err(error) if tries + 1 >= EVENT_PUBLISH_TRIES => {
-                return Err(WorkerError::nats(
-                    format!("publishing a {} event", event.kind.as_str()),
-                    error,
-                ));
+                return Err(WorkerError::nats(format!("publishing a {} event", event.kind.as_str()), error));
             }
             Err(error) => tracing::warn!(%error, "publishing an event failed; retrying"),
         }

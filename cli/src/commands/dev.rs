@@ -36,11 +36,7 @@ pub struct DevArgs {
 
 pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
     // Validate everything before starting anything.
-    let workflows = args
-        .files
-        .iter()
-        .map(|file| super::read_workflow(file))
-        .collect::<Result<Vec<_>, _>>()?;
+    let workflows = args.files.iter().map(|file| super::read_workflow(file)).collect::<Result<Vec<_>, _>>()?;
     let mut server = NatsServer::start(Options {
         port: Some(args.port),
         monitor_port: None,
@@ -58,10 +54,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
     let js = jetstream::new(client.clone());
     sluice_coordinator::topology::ensure(&js).await?;
     let shutdown = on_signal();
-    let coordinator = tokio::spawn(sluice_coordinator::service::run(
-        client.clone(),
-        shutdown.clone(),
-    ));
+    let coordinator = tokio::spawn(sluice_coordinator::service::run(client.clone(), shutdown.clone()));
     let mut config = WorkerConfig::new(sluice_proto::spec::DEFAULT_POOL);
     config.concurrency = args.concurrency;
     config.shutdown_grace = Duration::from_secs(5);
@@ -113,9 +106,5 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
     drop(client);
     server.stop();
     println!("stopped");
-    Ok(if all_succeeded {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if all_succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

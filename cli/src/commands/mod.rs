@@ -17,7 +17,6 @@ use crate::output::CliError;
 pub fn read_workflow(file: &Path) -> Result<(WorkflowSpec, String), CliError> {
     let yaml = std::fs::read_to_string(file)
         .map_err(|error| CliError::usage(format!("cannot read {}: {error}", file.display())))?;
-    let spec = WorkflowSpec::parse(&yaml)
-        .map_err(|error| CliError::usage(format!("{}: {error}", file.display())))?;
+    let spec = WorkflowSpec::parse(&yaml).map_err(|error| CliError::usage(format!("{}: {error}", file.display())))?;
     Ok((spec, yaml))
 }

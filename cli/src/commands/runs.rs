@@ -32,9 +32,7 @@ pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, 
         .as_deref()
         .map(|text| {
             RunState::parse(text).ok_or_else(|| {
-                CliError::usage(format!(
-                    "unknown state `{text}`: use running, succeeded, failed or cancelled"
-                ))
+                CliError::usage(format!("unknown state `{text}`: use running, succeeded, failed or cancelled"))
             })
         })
         .transpose()?;
@@ -48,9 +46,7 @@ pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, 
         None => Vec::new(),
     };
     runs.retain(|run| {
-        args.workflow
-            .as_ref()
-            .is_none_or(|workflow| &run.workflow == workflow)
+        args.workflow.as_ref().is_none_or(|workflow| &run.workflow == workflow)
             && state.is_none_or(|state| run.state == state)
     });
     runs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
@@ -74,54 +70,37 @@ pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, 
                         run.workflow.clone(),
                         run.state.as_str().to_owned(),
                         run.window.to_string(),
-                        time(Some(run.created_at))
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_owned(),
+                        time(Some(run.created_at)).as_str().unwrap_or_default().to_owned(),
                     ]
                 })
                 .collect();
-            println!(
-                "{}",
-                table(&["RUN", "WORKFLOW", "STATE", "WINDOW", "CREATED"], &rows)
-            );
+            println!("{}", table(&["RUN", "WORKFLOW", "STATE", "WINDOW", "CREATED"], &rows));
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn rejected(
-    js: &jetstream::Context,
-    limit: usize,
-    format: Format,
-) -> Result<ExitCode, CliError> {
+async fn rejected(js: &jetstream::Context, limit: usize, format: Format) -> Result<ExitCode, CliError> {
     let mut rejections = match js.get_stream(sluice_proto::names::REJECTED_STREAM).await {
         Ok(_) => store::load_rejections(js, limit).await?,
         Err(_) => Vec::new(),
     };
     rejections.reverse();
     match format {
-        Format::Json => print_json(
-            &json!({"rejected": rejections.iter().map(|rejection| json!({
+        Format::Json => print_json(&json!({"rejected": rejections.iter().map(|rejection| json!({
             "received_at": time(Some(rejection.received_at)),
             "run_id": rejection.run_id.map(|id| id.to_string()),
             "workflow": rejection.workflow,
             "reason": rejection.reason,
             "payload_bytes": rejection.payload_bytes,
-        })).collect::<Vec<_>>()}),
-        ),
+        })).collect::<Vec<_>>()})),
         Format::Human if rejections.is_empty() => println!("no rejected submissions"),
         Format::Human => {
             for rejection in &rejections {
                 println!(
                     "{}  run {}  workflow {}  ({} bytes)\n  {}\n",
-                    time(Some(rejection.received_at))
-                        .as_str()
-                        .unwrap_or_default(),
-                    rejection
-                        .run_id
-                        .map(|id| id.to_string())
-                        .unwrap_or_else(|| "unknown".into()),
+                    time(Some(rejection.received_at)).as_str().unwrap_or_default(),
+                    rejection.run_id.map(|id| id.to_string()).unwrap_or_else(|| "unknown".into()),
                     rejection.workflow.as_deref().unwrap_or("unknown"),
                     rejection.payload_bytes,
                     rejection.reason.replace('\n', "\n  ")

@@ -21,6 +21,10 @@ pub struct WorkerArgs {
     /// On SIGTERM, how long running jobs may take to finish before they are handed back.
     #[arg(long, default_value = "30s")]
     pub shutdown_grace: HumanDuration,
+    /// Ack wait of the pool's consumer, set when this worker creates it: a job whose worker
+    /// stops answering is redelivered after this. Running jobs extend it every third of it.
+    #[arg(long, default_value = "30s")]
+    pub ack_wait: HumanDuration,
 }
 
 impl WorkerArgs {
@@ -28,6 +32,7 @@ impl WorkerArgs {
         let mut config = WorkerConfig::new(self.pool.clone());
         config.concurrency = self.concurrency;
         config.shutdown_grace = self.shutdown_grace.as_duration();
+        config.ack_wait = self.ack_wait.as_duration();
         config
     }
 }
@@ -35,22 +40,15 @@ impl WorkerArgs {
 pub async fn coordinator(url: &str) -> Result<ExitCode, CliError> {
     let client = output::connect(url).await?;
     let shutdown = on_signal();
-    sluice_coordinator::service::run(client, shutdown)
-        .await
-        .map_err(|error| CliError::failed(error.to_string()))?;
+    sluice_coordinator::service::run(client, shutdown).await.map_err(|error| CliError::failed(error.to_string()))?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn worker(url: &str, args: WorkerArgs) -> Result<ExitCode, CliError> {
     let client = output::connect(url).await?;
     let shutdown = on_signal();
-    let result = sluice_worker::runtime::run(
-        client.clone(),
-        Registry::with_stock_kinds(),
-        args.config(),
-        shutdown,
-    )
-    .await;
+    let result =
+        sluice_worker::runtime::run(client.clone(), Registry::with_stock_kinds(), args.config(), shutdown).await;
     // Acks and events of the last jobs must leave before the process does.
     let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
     result.map_err(|error| match error {
@@ -65,14 +63,13 @@ pub fn on_signal() -> CancellationToken {
     let token = CancellationToken::new();
     let cancel = token.clone();
     tokio::spawn(async move {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(signal) => signal,
-                Err(error) => {
-                    tracing::error!(%error, "cannot listen for SIGTERM");
-                    return;
-                }
-            };
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                return;
+            }
+        };
         tokio::select! {
             _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),

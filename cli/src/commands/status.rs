@@ -24,9 +24,7 @@ pub enum Lookup {
 }
 
 pub async fn run(url: &str, run: &str, format: Format) -> Result<ExitCode, CliError> {
-    let id: RunId = run
-        .parse()
-        .map_err(|error: sluice_proto::ids::RunIdError| CliError::usage(error.to_string()))?;
+    let id: RunId = run.parse().map_err(|error: sluice_proto::ids::RunIdError| CliError::usage(error.to_string()))?;
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
     match lookup(&js, &id).await? {
@@ -37,10 +35,7 @@ pub async fn run(url: &str, run: &str, format: Format) -> Result<ExitCode, CliEr
             }
             Ok(ExitCode::SUCCESS)
         }
-        Lookup::Rejected(rejection) => Err(CliError::failed(format!(
-            "run {id} was rejected: {}",
-            rejection.reason
-        ))),
+        Lookup::Rejected(rejection) => Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason))),
         Lookup::Unknown => Err(CliError::usage(format!(
             "no run {id} (not submitted to this server, or no coordinator has taken it yet)"
         ))),
@@ -66,11 +61,7 @@ pub async fn load_view(topology: &Topology, id: &RunId) -> Result<Option<RunView
         return Ok(None);
     };
     let mut by_name = store::load_jobs(topology, &record).await?;
-    let jobs = record
-        .jobs
-        .iter()
-        .filter_map(|name| by_name.remove(name))
-        .collect();
+    let jobs = record.jobs.iter().filter_map(|name| by_name.remove(name)).collect();
     Ok(Some(RunView { record, jobs }))
 }
 
@@ -139,10 +130,7 @@ pub fn view_text(view: &RunView) -> String {
             ]
         })
         .collect();
-    out.push_str(&table(
-        &["JOB", "STATE", "ATTEMPTS", "STARTED", "FINISHED", "ERROR"],
-        &rows,
-    ));
+    out.push_str(&table(&["JOB", "STATE", "ATTEMPTS", "STARTED", "FINISHED", "ERROR"], &rows));
     out
 }
 

@@ -10,9 +10,7 @@ use async_nats::jetstream;
 use chrono::Utc;
 use serde_json::json;
 use sluice_coordinator::topology;
-use sluice_proto::{
-    RunId, SCHEMA_VERSION, Submission, TraceParent, Window, WorkflowSpec, encode, names,
-};
+use sluice_proto::{RunId, SCHEMA_VERSION, Submission, TraceParent, Window, WorkflowSpec, encode, names};
 
 use crate::commands::status::view_json;
 use crate::follow::{Finished, follow};
@@ -40,8 +38,7 @@ pub struct SubmitArgs {
 pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode, CliError> {
     let (spec, yaml) = super::read_workflow(&args.file)?;
     let params = parse_params(&args.params)?;
-    spec.resolve_params(&params)
-        .map_err(|error| CliError::usage(format!("{}: {error}", args.file.display())))?;
+    spec.resolve_params(&params).map_err(|error| CliError::usage(format!("{}: {error}", args.file.display())))?;
     let window = resolve_window(&spec, args.window.as_deref())?;
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
@@ -53,34 +50,17 @@ pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode
             .get(names::idempotency_kv_key(key))
             .await
             .map_err(|error| CliError::nats(format!("reading idempotency key: {error}")))?
-            .and_then(|bytes| {
-                std::str::from_utf8(&bytes)
-                    .ok()
-                    .and_then(|text| text.parse::<RunId>().ok())
-            }),
+            .and_then(|bytes| std::str::from_utf8(&bytes).ok().and_then(|text| text.parse::<RunId>().ok())),
         None => None,
     };
     let run_id = match existing {
         Some(id) => id,
-        None => {
-            publish(
-                &js,
-                &spec,
-                yaml,
-                window,
-                params,
-                args.idempotency_key.clone(),
-            )
-            .await?
-        }
+        None => publish(&js, &spec, yaml, window, params, args.idempotency_key.clone()).await?,
     };
     if format == Format::Human {
         match existing {
             Some(_) => println!("already submitted with this idempotency key: run {run_id}"),
-            None => println!(
-                "submitted run {run_id} (workflow {}, window {window})",
-                spec.name
-            ),
+            None => println!("submitted run {run_id} (workflow {}, window {window})", spec.name),
         }
     } else if !args.wait {
         print_json(
@@ -96,19 +76,12 @@ pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode
     };
     match &result {
         Finished::Rejected(id, rejection) => {
-            return Err(CliError::failed(format!(
-                "run {id} was rejected: {}",
-                rejection.reason
-            )));
+            return Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason)));
         }
         Finished::Run(view) if format == Format::Json => print_json(&view_json(view)),
         Finished::Run(_) => {}
     }
-    Ok(if result.succeeded() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
-    })
+    Ok(if result.succeeded() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 /// Publishes a submission and waits for JetStream to store it; returns the run id.
@@ -131,29 +104,14 @@ pub async fn publish(
         submitted_at: Some(Utc::now()),
     };
     let mut headers = HeaderMap::new();
-    headers.insert(
-        names::HEADER_MSG_ID,
-        idempotency_key
-            .unwrap_or_else(|| run_id.to_string())
-            .as_str(),
-    );
-    headers.insert(
-        names::HEADER_TRACEPARENT,
-        TraceParent::new_root(&mut rand::rng()).to_string().as_str(),
-    );
+    headers.insert(names::HEADER_MSG_ID, idempotency_key.unwrap_or_else(|| run_id.to_string()).as_str());
+    headers.insert(names::HEADER_TRACEPARENT, TraceParent::new_root(&mut rand::rng()).to_string().as_str());
     let payload = encode(&submission).map_err(|error| CliError::failed(error.to_string()))?;
     let ack = js
         .publish_with_headers(names::SUBMIT_SUBJECT, headers, payload.into())
         .await
-        .map_err(|error| {
-            CliError::nats(format!(
-                "publishing the submission of {}: {error}",
-                spec.name
-            ))
-        })?;
-    ack.await.map_err(|error| {
-        CliError::nats(format!("JetStream did not store the submission: {error}"))
-    })?;
+        .map_err(|error| CliError::nats(format!("publishing the submission of {}: {error}", spec.name)))?;
+    ack.await.map_err(|error| CliError::nats(format!("JetStream did not store the submission: {error}")))?;
     Ok(run_id)
 }
 
@@ -174,8 +132,9 @@ pub fn parse_params(pairs: &[String]) -> Result<BTreeMap<String, String>, CliErr
 pub fn resolve_window(spec: &WorkflowSpec, text: Option<&str>) -> Result<Window, CliError> {
     let now = Utc::now();
     match text {
-        Some(text) => Window::parse(text, spec.zone(), now)
-            .map_err(|error| CliError::usage(format!("--window: {error}"))),
+        Some(text) => {
+            Window::parse(text, spec.zone(), now).map_err(|error| CliError::usage(format!("--window: {error}")))
+        }
         None => Ok(Window::previous_day(spec.zone(), now)),
     }
 }

@@ -21,17 +21,9 @@ pub struct Stack {
 
 impl Stack {
     pub fn start() -> Self {
-        let nats = NatsServer::start_temporary()
-            .expect("nats-server starts (run scripts/install-tools.sh)");
-        let dir = tempfile::Builder::new()
-            .prefix("sluice-test-")
-            .tempdir()
-            .expect("temp dir");
-        Self {
-            nats,
-            dir,
-            processes: Vec::new(),
-        }
+        let nats = NatsServer::start_temporary().expect("nats-server starts (run scripts/install-tools.sh)");
+        let dir = tempfile::Builder::new().prefix("sluice-test-").tempdir().expect("temp dir");
+        Self { nats, dir, processes: Vec::new() }
     }
 
     pub fn url(&self) -> String {
@@ -39,12 +31,7 @@ impl Stack {
     }
 
     fn spawn(&mut self, name: &str, args: &[&str]) -> usize {
-        let log = File::create(
-            self.dir
-                .path()
-                .join(format!("{name}-{}.log", self.processes.len())),
-        )
-        .expect("log file");
+        let log = File::create(self.dir.path().join(format!("{name}-{}.log", self.processes.len()))).expect("log file");
         let child = Command::new(SLUICE)
             .args(args)
             .env("SLUICE_NATS_URL", self.url())
@@ -74,10 +61,8 @@ impl Stack {
     }
 
     pub fn signal(&self, process: usize, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid(process).to_string()])
-            .status()
-            .expect("kill");
+        let status =
+            Command::new("kill").args([&format!("-{signal}"), &self.pid(process).to_string()]).status().expect("kill");
         assert!(status.success());
     }
 
@@ -95,20 +80,13 @@ impl Stack {
             if let Some(status) = child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(
-                Instant::now() < deadline,
-                "process did not exit within {timeout:?}"
-            );
+            assert!(Instant::now() < deadline, "process did not exit within {timeout:?}");
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     pub fn is_running(&mut self, process: usize) -> bool {
-        self.processes[process]
-            .1
-            .try_wait()
-            .expect("try_wait")
-            .is_none()
+        self.processes[process].1.try_wait().expect("try_wait").is_none()
     }
 
     /// Runs `sluice ARGS` against this stack's server.
@@ -171,18 +149,10 @@ impl Drop for Stack {
             let _ = child.wait();
         }
         if std::thread::panicking() {
-            for entry in std::fs::read_dir(self.dir.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
+            for entry in std::fs::read_dir(self.dir.path()).into_iter().flatten().flatten() {
                 let path = entry.path();
                 if path.extension().is_some_and(|ext| ext == "log") {
-                    eprintln!(
-                        "===== {} =====\n{}",
-                        path.display(),
-                        std::fs::read_to_string(&path).unwrap_or_default()
-                    );
+                    eprintln!("===== {} =====\n{}", path.display(), std::fs::read_to_string(&path).unwrap_or_default());
                 }
             }
         }
@@ -194,20 +164,14 @@ pub fn text(bytes: &[u8]) -> String {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
 /// Polls `condition` until it holds, failing the test after `timeout`.
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !condition() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -238,14 +202,9 @@ pub fn read_job_log(log: &Path) -> HashMap<String, Recorded> {
     let mut jobs: HashMap<String, Recorded> = HashMap::new();
     for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
         let parts: Vec<&str> = line.split_whitespace().collect();
-        let [what, job, attempt, nanos] = parts[..] else {
-            panic!("bad job log line {line:?}")
-        };
+        let [what, job, attempt, nanos] = parts[..] else { panic!("bad job log line {line:?}") };
         let entry = jobs.entry(job.to_owned()).or_default();
-        let value = (
-            attempt.parse().expect("attempt"),
-            nanos.parse().expect("nanos"),
-        );
+        let value = (attempt.parse().expect("attempt"), nanos.parse().expect("nanos"));
         match what {
             "start" => entry.starts.push(value),
             "end" => entry.ends.push(value),
@@ -260,27 +219,12 @@ pub fn read_job_log(log: &Path) -> HashMap<String, Recorded> {
 pub fn assert_ran_once_in_order(log: &Path, needs: &HashMap<String, Vec<String>>) {
     let jobs = read_job_log(log);
     for (job, deps) in needs {
-        let recorded = jobs
-            .get(job)
-            .unwrap_or_else(|| panic!("job {job} never ran"));
-        assert_eq!(
-            recorded.starts.len(),
-            1,
-            "job {job} started {} times",
-            recorded.starts.len()
-        );
-        assert_eq!(
-            recorded.ends.len(),
-            1,
-            "job {job} finished {} times",
-            recorded.ends.len()
-        );
+        let recorded = jobs.get(job).unwrap_or_else(|| panic!("job {job} never ran"));
+        assert_eq!(recorded.starts.len(), 1, "job {job} started {} times", recorded.starts.len());
+        assert_eq!(recorded.ends.len(), 1, "job {job} finished {} times", recorded.ends.len());
         for dep in deps {
             let dep_end = jobs[dep].ends[0].1;
-            assert!(
-                dep_end <= recorded.starts[0].1,
-                "{job} started before {dep} finished"
-            );
+            assert!(dep_end <= recorded.starts[0].1, "{job} started before {dep} finished");
         }
     }
 }

@@ -8,25 +8,18 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice_proto::{
-    EventKind, JobEvent, JobRecord, JobState, RunId, RunRecord, RunState, SCHEMA_VERSION, Window,
-    WorkflowSpec,
+    EventKind, JobEvent, JobRecord, JobState, RunId, RunRecord, RunState, SCHEMA_VERSION, Window, WorkflowSpec,
 };
 
 use super::*;
 
 fn at(second: u32) -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2024, 3, 1, 0, 0, 0).unwrap()
-        + chrono::Duration::seconds(i64::from(second))
+    Utc.with_ymd_and_hms(2024, 3, 1, 0, 0, 0).unwrap() + chrono::Duration::seconds(i64::from(second))
 }
 
 fn start(yaml: &str) -> (Run, Vec<Effect>) {
     let spec = WorkflowSpec::parse(yaml).unwrap();
-    let window = Window::parse(
-        "2024-02-29",
-        sluice_proto::window::parse_zone("UTC").unwrap(),
-        at(0),
-    )
-    .unwrap();
+    let window = Window::parse("2024-02-29", sluice_proto::window::parse_zone("UTC").unwrap(), at(0)).unwrap();
     let new = NewRun {
         id: RunId::new(),
         spec,
@@ -87,65 +80,43 @@ fn start_saves_every_job_then_the_run_then_dispatches_roots() {
 #[test]
 fn diamond_joins_only_after_both_branches() {
     let (mut run, _) = start(DIAMOND);
-    run.apply(&event(&run, "a", 1, EventKind::Started, 1), at(1))
-        .unwrap();
-    let effects = run
-        .apply(&event(&run, "a", 1, EventKind::Succeeded, 2), at(2))
-        .unwrap();
+    run.apply(&event(&run, "a", 1, EventKind::Started, 1), at(1)).unwrap();
+    let effects = run.apply(&event(&run, "a", 1, EventKind::Succeeded, 2), at(2)).unwrap();
     assert_eq!(dispatched(&effects), ["b", "c"]);
-    run.apply(&event(&run, "b", 1, EventKind::Succeeded, 3), at(3))
-        .unwrap();
+    run.apply(&event(&run, "b", 1, EventKind::Succeeded, 3), at(3)).unwrap();
     assert_eq!(run.job("d").unwrap().state, JobState::Blocked);
-    let effects = run
-        .apply(&event(&run, "c", 1, EventKind::Succeeded, 4), at(4))
-        .unwrap();
+    let effects = run.apply(&event(&run, "c", 1, EventKind::Succeeded, 4), at(4)).unwrap();
     assert_eq!(dispatched(&effects), ["d"]);
-    let effects = run
-        .apply(&event(&run, "d", 1, EventKind::Succeeded, 5), at(5))
-        .unwrap();
-    assert!(effects.iter().any(
-        |effect| matches!(effect, Effect::SaveRun(record) if record.state == RunState::Succeeded)
-    ));
+    let effects = run.apply(&event(&run, "d", 1, EventKind::Succeeded, 5), at(5)).unwrap();
+    assert!(
+        effects.iter().any(|effect| matches!(effect, Effect::SaveRun(record) if record.state == RunState::Succeeded))
+    );
     assert!(run.is_finished());
 }
 
 #[test]
 fn a_final_failure_skips_what_is_blocked_and_fails_the_run() {
     let (mut run, _) = start(DIAMOND);
-    run.apply(&event(&run, "a", 1, EventKind::Succeeded, 1), at(1))
-        .unwrap();
-    run.apply(&event(&run, "b", 1, EventKind::Failed, 2), at(2))
-        .unwrap();
+    run.apply(&event(&run, "a", 1, EventKind::Succeeded, 1), at(1)).unwrap();
+    run.apply(&event(&run, "b", 1, EventKind::Failed, 2), at(2)).unwrap();
     assert_eq!(run.job("d").unwrap().state, JobState::Skipped);
-    assert_eq!(
-        run.record().state,
-        RunState::Running,
-        "c is still in flight"
-    );
-    let effects = run
-        .apply(&event(&run, "c", 1, EventKind::Succeeded, 3), at(3))
-        .unwrap();
+    assert_eq!(run.record().state, RunState::Running, "c is still in flight");
+    let effects = run.apply(&event(&run, "c", 1, EventKind::Succeeded, 3), at(3)).unwrap();
     assert!(dispatched(&effects).is_empty());
     assert_eq!(run.record().state, RunState::Failed);
-    assert_eq!(
-        run.job("b").unwrap().attempt_history[0].error.as_deref(),
-        Some("boom")
-    );
+    assert_eq!(run.job("b").unwrap().attempt_history[0].error.as_deref(), Some("boom"));
 }
 
 #[test]
 fn a_retrying_failure_keeps_the_run_going_and_records_each_attempt() {
     let (mut run, _) = start("name: r\njobs:\n  a: { run: noop }\n");
-    run.apply(&event(&run, "a", 1, EventKind::Started, 1), at(1))
-        .unwrap();
+    run.apply(&event(&run, "a", 1, EventKind::Started, 1), at(1)).unwrap();
     let mut failure = event(&run, "a", 1, EventKind::Failed, 2);
     failure.retry_at = Some(at(12));
     run.apply(&failure, at(2)).unwrap();
     assert_eq!(run.job("a").unwrap().state, JobState::Retrying);
-    run.apply(&event(&run, "a", 2, EventKind::Started, 12), at(12))
-        .unwrap();
-    run.apply(&event(&run, "a", 2, EventKind::Succeeded, 13), at(13))
-        .unwrap();
+    run.apply(&event(&run, "a", 2, EventKind::Started, 12), at(12)).unwrap();
+    run.apply(&event(&run, "a", 2, EventKind::Succeeded, 13), at(13)).unwrap();
     let job = run.job("a").unwrap();
     assert_eq!(job.attempts, 2);
     assert_eq!(job.attempt_history.len(), 2);
@@ -158,28 +129,32 @@ fn duplicates_and_stale_events_are_ignored() {
     let (mut run, _) = start(DIAMOND);
     let started = event(&run, "a", 1, EventKind::Started, 1);
     run.apply(&started, at(1)).unwrap();
-    assert!(matches!(
-        run.apply(&started, at(1)),
-        Err(Ignored::Duplicate { .. })
-    ));
+    assert!(matches!(run.apply(&started, at(1)), Err(Ignored::Duplicate { .. })));
     let done = event(&run, "a", 1, EventKind::Succeeded, 2);
     run.apply(&done, at(2)).unwrap();
-    assert!(matches!(
-        run.apply(&done, at(2)),
-        Err(Ignored::AlreadyFinished { .. })
-    ));
-    assert!(matches!(
-        run.apply(&event(&run, "zz", 1, EventKind::Started, 3), at(3)),
-        Err(Ignored::UnknownJob(_))
-    ));
+    assert!(matches!(run.apply(&done, at(2)), Err(Ignored::AlreadyFinished { .. })));
+    assert!(matches!(run.apply(&event(&run, "zz", 1, EventKind::Started, 3), at(3)), Err(Ignored::UnknownJob(_))));
+}
+
+#[test]
+fn a_redelivered_start_or_failure_of_a_finished_attempt_changes_nothing() {
+    let (mut run, _) = start("name: r\njobs:\n  a: { run: noop }\n");
+    let started = event(&run, "a", 1, EventKind::Started, 1);
+    run.apply(&started, at(1)).unwrap();
+    let mut failure = event(&run, "a", 1, EventKind::Failed, 2);
+    failure.retry_at = Some(at(12));
+    run.apply(&failure, at(2)).unwrap();
+    let before = run.job("a").unwrap().clone();
+    assert!(matches!(run.apply(&started, at(3)), Err(Ignored::Duplicate { .. })));
+    assert!(matches!(run.apply(&failure, at(3)), Err(Ignored::Duplicate { .. })));
+    assert_eq!(run.job("a").unwrap(), &before);
+    assert_eq!(before.state, JobState::Retrying);
 }
 
 #[test]
 fn restore_finishes_what_a_crash_interrupted() {
     let (mut run, _) = start(DIAMOND);
-    let effects = run
-        .apply(&event(&run, "a", 1, EventKind::Succeeded, 1), at(1))
-        .unwrap();
+    let effects = run.apply(&event(&run, "a", 1, EventKind::Succeeded, 1), at(1)).unwrap();
     // Crash after saving `a` but before saving b and c as queued.
     let mut stored: HashMap<String, JobRecord> = HashMap::new();
     for name in ["a", "b", "c", "d"] {
@@ -213,9 +188,8 @@ struct World {
 impl World {
     /// Executes effects as the shell does, stopping after `budget` of them (a crash).
     fn execute(&mut self, effects: &[Effect], budget: usize) -> bool {
-        let (saves, dispatches): (Vec<&Effect>, Vec<&Effect>) = effects
-            .iter()
-            .partition(|effect| !matches!(effect, Effect::Dispatch(_)));
+        let (saves, dispatches): (Vec<&Effect>, Vec<&Effect>) =
+            effects.iter().partition(|effect| !matches!(effect, Effect::Dispatch(_)));
         for (done, effect) in saves.iter().chain(dispatches.iter()).enumerate() {
             if done == budget {
                 return false;
@@ -234,10 +208,7 @@ impl World {
     }
 
     fn publish(&mut self, job: &str, generation: u32) {
-        *self
-            .published
-            .entry((job.to_owned(), generation))
-            .or_default() += 1;
+        *self.published.entry((job.to_owned(), generation)).or_default() += 1;
         self.job_queue.push(job.to_owned());
     }
 }
@@ -246,19 +217,14 @@ fn dag_yaml(needs: &[Vec<usize>]) -> String {
     let mut yaml = String::from("name: sim\njobs:\n");
     for (i, deps) in needs.iter().enumerate() {
         let deps: Vec<String> = deps.iter().map(|d| format!("j{d}")).collect();
-        yaml.push_str(&format!(
-            "  j{i}: {{ run: noop, needs: [{}] }}\n",
-            deps.join(", ")
-        ));
+        yaml.push_str(&format!("  j{i}: {{ run: noop, needs: [{}] }}\n", deps.join(", ")));
     }
     yaml
 }
 
 fn needs_strategy() -> impl Strategy<Value = Vec<Vec<usize>>> {
     (1usize..25).prop_flat_map(|n| {
-        (0..n)
-            .map(|i| proptest::sample::subsequence((0..i).collect::<Vec<_>>(), 0..=i.min(3)))
-            .collect::<Vec<_>>()
+        (0..n).map(|i| proptest::sample::subsequence((0..i).collect::<Vec<_>>(), 0..=i.min(3))).collect::<Vec<_>>()
     })
 }
 
@@ -278,26 +244,15 @@ fn simulate(needs: Vec<Vec<usize>>, seed: u64) -> Result<(), TestCaseError> {
         let choice = rng.random_range(0..10);
         if choice < 4 && !world.job_queue.is_empty() {
             // A worker takes a job: it reports the start, and later the success.
-            let job = world
-                .job_queue
-                .swap_remove(rng.random_range(0..world.job_queue.len()));
+            let job = world.job_queue.swap_remove(rng.random_range(0..world.job_queue.len()));
             prop_assert!(started.insert(job.clone()), "job {} started twice", job);
-            world
-                .event_queue
-                .push(event(&run, &job, 1, EventKind::Started, clock));
-            world
-                .event_queue
-                .push(event(&run, &job, 1, EventKind::Succeeded, clock + 1));
+            world.event_queue.push(event(&run, &job, 1, EventKind::Started, clock));
+            world.event_queue.push(event(&run, &job, 1, EventKind::Succeeded, clock + 1));
         } else if !world.event_queue.is_empty() {
             // The coordinator handles some pending event (reordered), maybe crashing midway.
             let index = rng.random_range(0..world.event_queue.len());
             let incoming = world.event_queue[index].clone();
-            let before: Vec<JobRecord> = run
-                .record()
-                .jobs
-                .iter()
-                .map(|name| run.job(name).unwrap().clone())
-                .collect();
+            let before: Vec<JobRecord> = run.record().jobs.iter().map(|name| run.job(name).unwrap().clone()).collect();
             let outcome = run.apply(&incoming, at(clock));
             if let Ok(effects) = &outcome {
                 for effect in effects {
@@ -314,21 +269,13 @@ fn simulate(needs: Vec<Vec<usize>>, seed: u64) -> Result<(), TestCaseError> {
                     }
                 }
             } else {
-                let after: Vec<JobRecord> = run
-                    .record()
-                    .jobs
-                    .iter()
-                    .map(|name| run.job(name).unwrap().clone())
-                    .collect();
+                let after: Vec<JobRecord> =
+                    run.record().jobs.iter().map(|name| run.job(name).unwrap().clone()).collect();
                 prop_assert_eq!(before, after, "an ignored event changed state");
             }
             let crash = rng.random_range(0..8) == 0;
             let effects = outcome.unwrap_or_default();
-            let budget = if crash {
-                rng.random_range(0..=effects.len())
-            } else {
-                usize::MAX
-            };
+            let budget = if crash { rng.random_range(0..=effects.len()) } else { usize::MAX };
             if world.execute(&effects, budget) {
                 if rng.random_range(0..5) != 0 {
                     world.event_queue.swap_remove(index); // acked; otherwise redelivered later
@@ -343,9 +290,7 @@ fn simulate(needs: Vec<Vec<usize>>, seed: u64) -> Result<(), TestCaseError> {
                 world.execute(&effects, usize::MAX);
                 let lost: Vec<(String, u32)> = run
                     .queued_jobs()
-                    .filter(|job| {
-                        !world.job_queue.contains(&job.name) && !started.contains(&job.name)
-                    })
+                    .filter(|job| !world.job_queue.contains(&job.name) && !started.contains(&job.name))
                     .map(|job| (job.name.clone(), job.generation))
                     .collect();
                 for (job, generation) in lost {

@@ -14,10 +14,7 @@ async fn a_workflow_using_calibrate_succeeds_on_the_example_worker() {
     let js = async_nats::jetstream::new(client.clone());
     let topology = sluice_coordinator::topology::ensure(&js).await.unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let coordinator = tokio::spawn(sluice_coordinator::service::run(
-        client.clone(),
-        shutdown.clone(),
-    ));
+    let coordinator = tokio::spawn(sluice_coordinator::service::run(client.clone(), shutdown.clone()));
     let mut worker = Command::new(env!("CARGO_BIN_EXE_sluice-example-worker"))
         .args(["--nats-url", &server.url()])
         .stdout(Stdio::null())
@@ -25,11 +22,8 @@ async fn a_workflow_using_calibrate_succeeds_on_the_example_worker() {
         .spawn()
         .unwrap();
 
-    let workflow = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../workflows/calibrate.yaml"
-    ))
-    .unwrap();
+    let workflow =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../workflows/calibrate.yaml")).unwrap();
     let run_id = RunId::new();
     let submission = Submission {
         schema_version: SCHEMA_VERSION,
@@ -40,11 +34,7 @@ async fn a_workflow_using_calibrate_succeeds_on_the_example_worker() {
         idempotency_key: None,
         submitted_at: None,
     };
-    js.publish(names::SUBMIT_SUBJECT, encode(&submission).unwrap().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    js.publish(names::SUBMIT_SUBJECT, encode(&submission).unwrap().into()).await.unwrap().await.unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(30);
     let state = loop {

@@ -1,9 +1,7 @@
 use super::*;
 
 fn invalid(yaml: &str) -> String {
-    WorkflowSpec::parse(yaml)
-        .expect_err("should be refused")
-        .to_string()
+    WorkflowSpec::parse(yaml).expect_err("should be refused").to_string()
 }
 
 const ETL: &str = r#"
@@ -34,24 +32,15 @@ jobs:
 fn parses_the_design_example_with_effective_settings() {
     let spec = WorkflowSpec::parse(ETL).unwrap();
     assert_eq!(spec.name, "air-quality-daily");
-    assert_eq!(
-        spec.jobs.keys().collect::<Vec<_>>(),
-        ["ingest", "calibrate", "report"]
-    );
+    assert_eq!(spec.jobs.keys().collect::<Vec<_>>(), ["ingest", "calibrate", "report"]);
     let report = &spec.jobs["report"];
     assert_eq!(spec.pool_of(report), "highmem");
     assert_eq!(spec.pool_of(&spec.jobs["ingest"]), "default");
     assert_eq!(spec.retry_of(report).max_attempts, 5);
     assert_eq!(spec.timeout_of(report).unwrap().to_string(), "5m");
-    assert_eq!(
-        spec.jobs["calibrate"].config.as_ref().unwrap()["model"],
-        "v3"
-    );
+    assert_eq!(spec.jobs["calibrate"].config.as_ref().unwrap()["model"], "v3");
     assert_eq!(spec.zone().name(), "America/Los_Angeles");
-    assert_eq!(
-        spec.resolve_params(&BTreeMap::new()).unwrap()["region"],
-        "eu"
-    );
+    assert_eq!(spec.resolve_params(&BTreeMap::new()).unwrap()["region"], "eu");
 }
 
 #[test]
@@ -62,13 +51,9 @@ fn unknown_keys_are_errors_not_silently_dropped() {
 
 #[test]
 fn a_cycle_is_printed_as_a_path() {
-    let message = invalid(
-        "name: w\njobs:\n  x: { run: noop, needs: [y] }\n  y: { run: noop, needs: [x] }\n  z: { run: noop }\n",
-    );
-    assert!(
-        message.contains("dependency cycle: x -> y -> x"),
-        "{message}"
-    );
+    let message =
+        invalid("name: w\njobs:\n  x: { run: noop, needs: [y] }\n  y: { run: noop, needs: [x] }\n  z: { run: noop }\n");
+    assert!(message.contains("dependency cycle: x -> y -> x"), "{message}");
     let longer = invalid(
         "name: w\njobs:\n  a: { run: noop, needs: [c] }\n  b: { run: noop, needs: [a] }\n  c: { run: noop, needs: [b] }\n",
     );
@@ -80,12 +65,12 @@ fn dependency_mistakes_name_the_jobs() {
     let message = invalid(
         "name: w\njobs:\n  ingest: { run: noop }\n  load: { run: noop, needs: [ingset, load, ingest, ingest] }\n",
     );
-    assert!(message.contains("job `load`: needs `ingset`, which is not a job of this workflow (did you mean `ingest`?)"), "{message}");
-    assert!(message.contains("job `load`: needs itself"), "{message}");
     assert!(
-        message.contains("job `load`: lists `ingest` twice"),
+        message.contains("job `load`: needs `ingset`, which is not a job of this workflow (did you mean `ingest`?)"),
         "{message}"
     );
+    assert!(message.contains("job `load`: needs itself"), "{message}");
+    assert!(message.contains("job `load`: lists `ingest` twice"), "{message}");
 }
 
 #[test]
@@ -98,45 +83,26 @@ fn duplicate_job_names_are_refused() {
 fn empty_workflows_and_bad_fields_are_refused() {
     assert!(invalid("name: w\njobs: {}\n").contains("has no jobs"));
     let message = invalid("name: w\njobs:\n  a: { run: exec }\n  b: { run: noop, command: [x] }\n");
-    assert!(
-        message.contains("job `a`: `run: exec` needs a `command:`"),
-        "{message}"
-    );
-    assert!(
-        message.contains("job `b`: `command:` is only used by `run: exec`"),
-        "{message}"
-    );
+    assert!(message.contains("job `a`: `run: exec` needs a `command:`"), "{message}");
+    assert!(message.contains("job `b`: `command:` is only used by `run: exec`"), "{message}");
     let duration = invalid("name: w\njobs:\n  c: { run: noop, timeout: 10 }\n");
     assert!(duration.contains("invalid duration `10`"), "{duration}");
     let names = invalid("name: w\njobs:\n  \"a.b\": { run: noop }\n");
     assert!(names.contains("job name `a.b` may only use"), "{names}");
-    let retry =
-        invalid("name: w\ndefaults: { retry: { max_attempts: 0 } }\njobs:\n  a: { run: noop }\n");
+    let retry = invalid("name: w\ndefaults: { retry: { max_attempts: 0 } }\njobs:\n  a: { run: noop }\n");
     assert!(retry.contains("max_attempts must be at least 1"), "{retry}");
     let zone = invalid("name: w\ntimezone: Mars/Base\njobs:\n  a: { run: noop }\n");
     assert!(zone.contains("unknown time zone `Mars/Base`"), "{zone}");
-    let placeholder =
-        invalid("name: w\njobs:\n  a: { run: exec, command: [echo, \"{{strat}}\"] }\n");
-    assert!(
-        placeholder.contains("unknown placeholder `{{strat}}`"),
-        "{placeholder}"
-    );
+    let placeholder = invalid("name: w\njobs:\n  a: { run: exec, command: [echo, \"{{strat}}\"] }\n");
+    assert!(placeholder.contains("unknown placeholder `{{strat}}`"), "{placeholder}");
 }
 
 #[test]
 fn missing_params_are_named() {
-    let spec = WorkflowSpec::parse(
-        "name: w\njobs:\n  a: { run: exec, command: [echo, \"{{params.day}}\"] }\n",
-    )
-    .unwrap();
-    let message = spec
-        .resolve_params(&BTreeMap::new())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        message.contains("`{{params.day}}` has no value"),
-        "{message}"
-    );
+    let spec =
+        WorkflowSpec::parse("name: w\njobs:\n  a: { run: exec, command: [echo, \"{{params.day}}\"] }\n").unwrap();
+    let message = spec.resolve_params(&BTreeMap::new()).unwrap_err().to_string();
+    assert!(message.contains("`{{params.day}}` has no value"), "{message}");
     let given = BTreeMap::from([("day".to_owned(), "mon".to_owned())]);
     assert_eq!(spec.resolve_params(&given).unwrap()["day"], "mon");
 }
@@ -146,10 +112,7 @@ fn hostile_yaml_is_bounded() {
     let bomb = "a: &a [x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n";
     assert!(WorkflowSpec::parse(bomb).is_err());
     let huge = "#".repeat(WORKFLOW_YAML_MAX_BYTES + 1);
-    assert!(matches!(
-        WorkflowSpec::parse(&huge),
-        Err(SpecError::TooLarge { .. })
-    ));
+    assert!(matches!(WorkflowSpec::parse(&huge), Err(SpecError::TooLarge { .. })));
 }
 
 mod properties {
@@ -161,19 +124,14 @@ mod properties {
         let mut yaml = String::from("name: random\njobs:\n");
         for (i, deps) in needs.iter().enumerate().rev() {
             let deps: Vec<String> = deps.iter().map(|d| format!("j{d}")).collect();
-            yaml.push_str(&format!(
-                "  j{i}: {{ run: noop, needs: [{}] }}\n",
-                deps.join(", ")
-            ));
+            yaml.push_str(&format!("  j{i}: {{ run: noop, needs: [{}] }}\n", deps.join(", ")));
         }
         yaml
     }
 
     fn needs_strategy() -> impl Strategy<Value = Vec<Vec<usize>>> {
         (1usize..40).prop_flat_map(|n| {
-            (0..n)
-                .map(|i| proptest::sample::subsequence((0..i).collect::<Vec<_>>(), 0..=i.min(4)))
-                .collect::<Vec<_>>()
+            (0..n).map(|i| proptest::sample::subsequence((0..i).collect::<Vec<_>>(), 0..=i.min(4))).collect::<Vec<_>>()
         })
     }
 

@@ -32,20 +32,13 @@ pub struct Exec {
 
 impl Default for Exec {
     fn default() -> Self {
-        Self {
-            kill_grace: Duration::from_secs(10),
-        }
+        Self { kill_grace: Duration::from_secs(10) }
     }
 }
 
 #[async_trait]
 impl Job for Exec {
-    async fn perform(
-        &self,
-        ctx: &JobContext,
-        window: &Window,
-        config: &serde_json::Value,
-    ) -> Result<Output, JobError> {
+    async fn perform(&self, ctx: &JobContext, window: &Window, config: &serde_json::Value) -> Result<Output, JobError> {
         let command = ctx
             .command
             .as_deref()
@@ -58,9 +51,7 @@ impl Job for Exec {
                 "run_id" => Some(ctx.run_id.to_string()),
                 "job" => Some(ctx.job.clone()),
                 "attempt" => Some(ctx.attempt.to_string()),
-                other => other
-                    .strip_prefix("params.")
-                    .and_then(|param| ctx.params.get(param).cloned()),
+                other => other.strip_prefix("params.").and_then(|param| ctx.params.get(param).cloned()),
             }
         };
         let args: Vec<String> = command
@@ -78,37 +69,23 @@ impl Job for Exec {
             .env("SLUICE_WINDOW_START", window.start_rfc3339())
             .env("SLUICE_WINDOW_END", window.end_rfc3339())
             .env("SLUICE_CONFIG", config.to_string())
-            .env(
-                "SLUICE_PARAMS",
-                serde_json::to_string(&ctx.params).unwrap_or_default(),
-            )
+            .env("SLUICE_PARAMS", serde_json::to_string(&ctx.params).unwrap_or_default())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        for (name, value) in [
-            ("TRACEPARENT", &ctx.traceparent),
-            ("TRACESTATE", &ctx.tracestate),
-        ] {
+        for (name, value) in [("TRACEPARENT", &ctx.traceparent), ("TRACESTATE", &ctx.tracestate)] {
             if let Some(value) = value {
                 process.env(name, value);
             }
         }
-        let mut child = process
-            .spawn()
-            .map_err(|error| JobError::permanent(format!("cannot start `{}`: {error}", args[0])))?;
-        let stdout = child
-            .stdout
+        let mut child =
+            process.spawn().map_err(|error| JobError::permanent(format!("cannot start `{}`: {error}", args[0])))?;
+        let stdout = child.stdout.take().map(|out| tokio::spawn(forward_lines(out, ctx.job.clone(), "stdout", 0)));
+        let stderr = child
+            .stderr
             .take()
-            .map(|out| tokio::spawn(forward_lines(out, ctx.job.clone(), "stdout", 0)));
-        let stderr = child.stderr.take().map(|err| {
-            tokio::spawn(forward_lines(
-                err,
-                ctx.job.clone(),
-                "stderr",
-                STDERR_TAIL_LINES,
-            ))
-        });
+            .map(|err| tokio::spawn(forward_lines(err, ctx.job.clone(), "stderr", STDERR_TAIL_LINES)));
         let status = tokio::select! {
             status = child.wait() => status.map_err(|error| JobError::retryable(format!("waiting for `{}`: {error}", args[0])))?,
             _ = ctx.cancelled() => {
@@ -184,8 +161,7 @@ mod tests {
     }
 
     fn ctx(command: &[&str]) -> JobContext {
-        JobContext::for_local_run("extract", 2)
-            .with_command(command.iter().map(|s| s.to_string()).collect())
+        JobContext::for_local_run("extract", 2).with_command(command.iter().map(|s| s.to_string()).collect())
     }
 
     #[tokio::test]
@@ -204,11 +180,7 @@ mod tests {
     #[tokio::test]
     async fn a_failing_command_reports_its_exit_code_and_stderr() {
         let error = Exec::default()
-            .perform(
-                &ctx(&["sh", "-c", "echo bad input >&2; exit 3"]),
-                &window(),
-                &serde_json::Value::Null,
-            )
+            .perform(&ctx(&["sh", "-c", "echo bad input >&2; exit 3"]), &window(), &serde_json::Value::Null)
             .await
             .unwrap_err();
         assert!(error.retryable);
@@ -222,34 +194,19 @@ mod tests {
     #[tokio::test]
     async fn a_missing_program_is_a_permanent_error() {
         let error = Exec::default()
-            .perform(
-                &ctx(&["/nonexistent/program"]),
-                &window(),
-                &serde_json::Value::Null,
-            )
+            .perform(&ctx(&["/nonexistent/program"]), &window(), &serde_json::Value::Null)
             .await
             .unwrap_err();
         assert!(!error.retryable);
-        assert!(
-            error
-                .message
-                .contains("cannot start `/nonexistent/program`"),
-            "{}",
-            error.message
-        );
+        assert!(error.message.contains("cannot start `/nonexistent/program`"), "{}", error.message);
     }
 
     #[tokio::test]
     async fn cancellation_terminates_the_process() {
         let context = ctx(&["sleep", "30"]);
         let token = context.cancellation_token();
-        let exec = Exec {
-            kill_grace: Duration::from_secs(5),
-        };
-        let running = tokio::spawn(async move {
-            exec.perform(&context, &window(), &serde_json::Value::Null)
-                .await
-        });
+        let exec = Exec { kill_grace: Duration::from_secs(5) };
+        let running = tokio::spawn(async move { exec.perform(&context, &window(), &serde_json::Value::Null).await });
         token.cancel();
         let error = tokio::time::timeout(Duration::from_secs(10), running)
             .await

@@ -64,24 +64,14 @@ impl Job for Fail {
         _window: &Window,
         config: &serde_json::Value,
     ) -> Result<Output, JobError> {
-        if let Some(attempt) = config
-            .get("succeed_on_attempt")
-            .and_then(serde_json::Value::as_u64)
+        if let Some(attempt) = config.get("succeed_on_attempt").and_then(serde_json::Value::as_u64)
             && u64::from(ctx.attempt) >= attempt
         {
             return Ok(Output::none());
         }
-        let message = config
-            .get("message")
-            .and_then(serde_json::Value::as_str)
-            .unwrap_or("failed on purpose (run: fail)");
-        let retryable = config
-            .get("retryable")
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(true);
-        Err(JobError {
-            message: message.to_owned(),
-            retryable,
-        })
+        let message =
+            config.get("message").and_then(serde_json::Value::as_str).unwrap_or("failed on purpose (run: fail)");
+        let retryable = config.get("retryable").and_then(serde_json::Value::as_bool).unwrap_or(true);
+        Err(JobError { message: message.to_owned(), retryable })
     }
 }
