@@ -42,6 +42,16 @@ enum Command {
     },
     /// List runs, newest first.
     Runs(commands::runs::RunsArgs),
+    /// Cancel a run: queued jobs never start, running jobs are told to stop.
+    Cancel {
+        /// The run to cancel.
+        run: String,
+    },
+    /// Run again the failed, skipped or cancelled jobs of a finished run (or one job).
+    Retry(commands::control::RetryArgs),
+    /// Inspect, replay and purge dead letters.
+    #[command(subcommand)]
+    Dlq(commands::dlq::DlqCommand),
     /// Check a workflow file without running it.
     Validate { file: PathBuf },
 }
@@ -88,6 +98,18 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Runs(args) => {
             output::init_logging("warn");
             commands::runs::run(url, args, cli.output).await
+        }
+        Command::Cancel { run } => {
+            output::init_logging("warn");
+            commands::control::cancel(url, &run, cli.output).await
+        }
+        Command::Retry(args) => {
+            output::init_logging("warn");
+            commands::control::retry(url, args, cli.output).await
+        }
+        Command::Dlq(command) => {
+            output::init_logging("warn");
+            commands::dlq::run(url, command, cli.output).await
         }
         Command::Validate { file } => commands::validate::run(&file, cli.output),
     }

@@ -4,7 +4,7 @@
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use rand::Rng;
-use sluice_proto::{JobMessage, RunRecord, TraceParent, encode, names};
+use sluice_proto::{DeadLetter, JobMessage, RunId, RunRecord, TraceParent, encode, names};
 
 use crate::error::{NatsContext, ServiceError};
 
@@ -65,4 +65,43 @@ fn present<T>(result: Result<T, jetstream::stream::DirectGetError>) -> Result<bo
         Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(false),
         Err(error) => Err(error).context("looking up a dispatched job"),
     }
+}
+
+/// Keeps dead letters in `SLUICE_DLQ`, waiting until each is stored. Their `Nats-Msg-Id`
+/// (one per job and generation) makes a repeat after a crash a no-op.
+pub async fn publish_dead_letters(js: &jetstream::Context, letters: &[&DeadLetter]) -> Result<(), ServiceError> {
+    let mut acks = Vec::with_capacity(letters.len());
+    for letter in letters {
+        let job = &letter.job;
+        let mut headers = HeaderMap::new();
+        headers.insert(names::HEADER_MSG_ID, names::dead_letter_id(&job.run_id, &job.job, job.generation).as_str());
+        headers.insert(names::HEADER_RUN_ID, job.run_id.to_string().as_str());
+        headers.insert(names::HEADER_JOB, job.job.as_str());
+        let ack = js
+            .publish_with_headers(names::dlq_subject(&job.pool), headers, encode(*letter)?.into())
+            .await
+            .context(format!("dead-lettering job {} of run {}", job.job, job.run_id))?;
+        acks.push(ack);
+    }
+    for ack in acks {
+        ack.await.context("confirming a dead letter")?;
+    }
+    Ok(())
+}
+
+/// Removes a cancelled job's message from its pool (queued, or waiting out a retry delay).
+pub async fn withdraw(js: &jetstream::Context, run_id: &RunId, pool: &str, job: &str) -> Result<(), ServiceError> {
+    let stream = js.get_stream_no_info(names::JOBS_STREAM).await.context("opening the jobs stream")?;
+    for subject in [names::job_subject(pool, run_id, job), names::retry_subject(pool, run_id, job)] {
+        stream.purge().filter(subject).await.context(format!("withdrawing job {job} of run {run_id}"))?;
+    }
+    Ok(())
+}
+
+/// Tells every worker to stop the running jobs of `run_id` (core NATS: a worker that misses
+/// it finishes the job, whose late event changes nothing).
+pub async fn stop_run(js: &jetstream::Context, run_id: &RunId) -> Result<(), ServiceError> {
+    let client = js.client();
+    client.publish(names::stop_subject(run_id), bytes::Bytes::new()).await.context("telling workers to stop a run")?;
+    client.flush().await.context("telling workers to stop a run")
 }

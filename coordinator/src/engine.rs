@@ -11,9 +11,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sluice_proto::limits::ERROR_TEXT_MAX_BYTES;
 use sluice_proto::messages::truncate_error;
+use sluice_proto::spec::OnFailure;
 use sluice_proto::{
-    AttemptRecord, EventKind, JobEvent, JobMessage, JobRecord, JobState, RunId, RunRecord, RunState, SCHEMA_VERSION,
-    Window, WorkflowSpec,
+    AttemptRecord, DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, JobState, RunId, RunRecord, RunState,
+    SCHEMA_VERSION, Window, WorkflowSpec,
 };
 
 /// What the shell must do, in order.
@@ -25,6 +26,27 @@ pub enum Effect {
     SaveRun(RunRecord),
     /// Publish a job to its pool, after every save before it is durable.
     Dispatch(JobMessage),
+    /// Keep a job whose attempts are over in the dead-letter stream.
+    DeadLetter(DeadLetter),
+    /// Remove a cancelled job's message from its pool, so no worker starts it.
+    Withdraw { run_id: RunId, pool: String, job: String },
+    /// Tell workers to stop every running job of a cancelled run.
+    StopRun(RunId),
+}
+
+/// Why a user's request about a run was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("run {run_id} already finished: {state}")]
+    Finished { run_id: RunId, state: &'static str },
+    #[error("run {run_id} is still running; retry works on finished runs (or name a failed job with --job)")]
+    StillRunning { run_id: RunId },
+    #[error("run {run_id} succeeded: nothing to retry (name a job with --job to run it again)")]
+    NothingToRetry { run_id: RunId },
+    #[error("run {run_id} has no job `{job}`")]
+    UnknownJob { run_id: RunId, job: String },
+    #[error("job `{job}` is {state}; only finished jobs can run again")]
+    InFlight { job: String, state: &'static str },
 }
 
 /// Why an event changed nothing. Not an error: duplicates and stale events are expected.
@@ -268,34 +290,170 @@ impl Run {
         job.finished_at = Some(event.at);
         self.unfinished -= 1;
         self.failed_jobs += 1;
-        // Default failure policy: nothing new starts; what is in flight may finish.
+        effects.push(Effect::DeadLetter(DeadLetter {
+            schema_version: SCHEMA_VERSION,
+            job: self.dispatch_message(&event.job),
+            reason: self.jobs[&event.job].error.clone().unwrap_or_default(),
+            attempts: self.jobs[&event.job].attempt_history.clone(),
+            dead_at: event.at,
+        }));
         let reason = format!("skipped: job `{}` failed", event.job);
-        let order = self.record.jobs.clone();
-        for name in &order {
-            if self.jobs[name].state == JobState::Blocked {
-                self.skip(name, &reason, now, effects);
+        match self.spec.on_failure {
+            // Nothing new starts; what is in flight may finish.
+            OnFailure::Stop => {
+                let order = self.record.jobs.clone();
+                for name in &order {
+                    if self.jobs[name].state == JobState::Blocked {
+                        self.skip(name, &reason, now, effects);
+                    }
+                }
+            }
+            OnFailure::Continue => self.skip_downstream(&event.job, &reason, now, effects),
+        }
+    }
+
+    /// Skips every blocked job that needs `from`, directly or not.
+    fn skip_downstream(&mut self, from: &str, reason: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        let mut stack = self.dependents.get(from).cloned().unwrap_or_default();
+        while let Some(name) = stack.pop() {
+            if self.jobs[&name].state == JobState::Blocked {
+                self.skip(&name, reason, now, effects);
+                stack.extend(self.dependents.get(&name).cloned().unwrap_or_default());
             }
         }
     }
 
-    /// Queues `name` once every job it needs has completed; skips it once the run has a
-    /// failure (the default failure policy starts nothing new).
+    /// Queues `name` once every job it needs has completed. Skips it when a job it needs
+    /// can no longer complete, or (with `on_failure: stop`) once the run has a failure.
     fn unblock(&mut self, name: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
         if self.jobs[name].state != JobState::Blocked {
             return;
         }
-        if self.failed_jobs > 0 {
-            let stopped_need = self.spec.jobs[name].needs.iter().find(|need| {
-                matches!(self.jobs[need.as_str()].state, JobState::Failed | JobState::Skipped | JobState::Cancelled)
-            });
-            let reason = match stopped_need {
-                Some(need) => format!("skipped: job `{need}` did not complete"),
-                None => "skipped: another job of the run failed".to_owned(),
-            };
+        let stopped_need = self.spec.jobs[name].needs.iter().find(|need| {
+            matches!(self.jobs[need.as_str()].state, JobState::Failed | JobState::Skipped | JobState::Cancelled)
+        });
+        if let Some(need) = stopped_need {
+            let reason = format!("skipped: job `{need}` did not complete");
             self.skip(name, &reason, now, effects);
+        } else if self.failed_jobs > 0 && self.spec.on_failure == OnFailure::Stop {
+            self.skip(name, "skipped: another job of the run failed", now, effects);
         } else if self.pending_needs[name] == 0 {
             self.queue(name, now, effects);
         }
+    }
+
+    /// `sluice cancel`: queued jobs are withdrawn, running ones told to stop, and the run
+    /// ends `cancelled` at once (late events of its jobs change nothing).
+    pub fn cancel(&mut self, now: DateTime<Utc>) -> Result<Vec<Effect>, Refused> {
+        if self.record.state.is_terminal() {
+            return Err(Refused::Finished { run_id: self.record.id, state: self.record.state.as_str() });
+        }
+        let mut saves = Vec::new();
+        let mut actions = Vec::new();
+        for name in self.record.jobs.clone() {
+            let state = self.jobs[&name].state;
+            if state.is_terminal() {
+                continue;
+            }
+            if matches!(state, JobState::Queued | JobState::Retrying) {
+                let pool = self.spec.pool_of(&self.spec.jobs[&name]);
+                actions.push(Effect::Withdraw { run_id: self.record.id, pool, job: name.clone() });
+            }
+            let job = self.jobs.get_mut(&name).expect("name comes from the run");
+            job.state = JobState::Cancelled;
+            job.finished_at = Some(now);
+            job.retry_at = None;
+            job.error = Some("cancelled by a user".to_owned());
+            saves.push(Effect::SaveJob(job.clone()));
+        }
+        self.unfinished = 0;
+        self.record.state = RunState::Cancelled;
+        self.record.finished_at = Some(now);
+        saves.push(Effect::SaveRun(self.record.clone()));
+        saves.extend(actions);
+        saves.push(Effect::StopRun(self.record.id));
+        Ok(saves)
+    }
+
+    /// `sluice retry` and dead-letter replays: runs again the jobs that did not complete
+    /// (or `only` and what needs it), each in a new generation with fresh attempts, keeping
+    /// completed work. The run is `running` again and can still succeed.
+    pub fn rerun(&mut self, only: Option<&str>, now: DateTime<Utc>) -> Result<Vec<Effect>, Refused> {
+        let run_id = self.record.id;
+        let mut selected: Vec<String> = match only {
+            Some(job) => {
+                let record = self.jobs.get(job).ok_or_else(|| Refused::UnknownJob { run_id, job: job.to_owned() })?;
+                if !record.state.is_terminal() {
+                    return Err(Refused::InFlight { job: job.to_owned(), state: record.state.as_str() });
+                }
+                vec![job.to_owned()]
+            }
+            None if !self.record.state.is_terminal() => return Err(Refused::StillRunning { run_id }),
+            None => {
+                let unfinished: Vec<String> = self
+                    .record
+                    .jobs
+                    .iter()
+                    .filter(|name| self.jobs[*name].state != JobState::Completed)
+                    .cloned()
+                    .collect();
+                if unfinished.is_empty() {
+                    return Err(Refused::NothingToRetry { run_id });
+                }
+                unfinished
+            }
+        };
+        // Everything downstream of what runs again runs again too.
+        let mut stack = selected.clone();
+        while let Some(name) = stack.pop() {
+            for dependent in self.dependents.get(&name).cloned().unwrap_or_default() {
+                if !selected.contains(&dependent) {
+                    selected.push(dependent.clone());
+                    stack.push(dependent);
+                }
+            }
+        }
+        if let Some(busy) = selected.iter().find(|name| !self.jobs[*name].state.is_terminal()) {
+            return Err(Refused::InFlight { job: busy.clone(), state: self.jobs[busy].state.as_str() });
+        }
+        let order: Vec<String> = self.record.jobs.iter().filter(|name| selected.contains(name)).cloned().collect();
+        for name in &order {
+            let job = self.jobs.get_mut(name).expect("name comes from the run");
+            if job.state == JobState::Failed {
+                self.failed_jobs -= 1;
+            }
+            job.state = JobState::Blocked;
+            job.generation += 1;
+            job.attempt_offset = job.attempts;
+            job.error = None;
+            job.retry_at = None;
+            job.queued_at = None;
+            job.started_at = None;
+            job.finished_at = None;
+            self.unfinished += 1;
+        }
+        for name in &order {
+            let pending = self.spec.jobs[name]
+                .needs
+                .iter()
+                .filter(|need| self.jobs[need.as_str()].state != JobState::Completed)
+                .count();
+            self.pending_needs.insert(name.clone(), pending);
+        }
+        self.record.state = RunState::Running;
+        self.record.finished_at = None;
+        self.record.error = None;
+        let mut effects = Vec::new();
+        for name in &order {
+            if self.pending_needs[name] == 0 {
+                let message = self.mark_queued(name, now);
+                effects.push(Effect::Dispatch(message));
+            }
+        }
+        let mut saves: Vec<Effect> = order.iter().map(|name| Effect::SaveJob(self.jobs[name].clone())).collect();
+        saves.push(Effect::SaveRun(self.record.clone()));
+        saves.extend(effects);
+        Ok(saves)
     }
 
     fn queue(&mut self, name: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
@@ -353,6 +511,7 @@ impl Run {
                 .spec
                 .timeout_of(spec)
                 .map(|timeout| u64::try_from(timeout.as_duration().as_millis()).unwrap_or(u64::MAX)),
+            permanent_exit_codes: spec.permanent_exit_codes.clone(),
         }
     }
 }

@@ -12,10 +12,12 @@ use chrono::Utc;
 use futures::StreamExt;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use sluice_proto::{JobEvent, Rejection, RunId, TraceParent, decode, encode, names};
+use sluice_proto::{
+    ControlAction, ControlRequest, DeadLetter, JobEvent, Rejection, RunId, TraceParent, decode, encode, names,
+};
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::{publish_jobs, reached_workers};
+use crate::dispatch::{publish_dead_letters, publish_jobs, reached_workers, stop_run, withdraw};
 use crate::engine::{Effect, Run};
 use crate::error::{NatsContext, ServiceError};
 use crate::intake;
@@ -78,7 +80,20 @@ impl Coordinator {
             names::EVENTS_SUBJECTS,
         )
         .await?;
+        let control = topology::coordinator_consumer(
+            &self.js,
+            names::CONTROL_STREAM,
+            names::CONTROL_CONSUMER,
+            names::CONTROL_SUBJECTS,
+        )
+        .await?;
         self.recover(&topology).await?;
+        let mut requests = control
+            .stream()
+            .max_messages_per_batch(SUBMISSIONS_PREFETCH)
+            .messages()
+            .await
+            .context("subscribing to control requests")?;
         let mut submissions = submit
             .stream()
             .max_messages_per_batch(SUBMISSIONS_PREFETCH)
@@ -101,6 +116,10 @@ impl Coordinator {
                     let batch = batch.ok_or_else(|| ended("events"))?;
                     let messages = batch.into_iter().collect::<Result<Vec<_>, _>>().context("receiving events")?;
                     self.handle_events(messages).await?;
+                }
+                request = requests.next() => {
+                    let request = request.ok_or_else(|| ended("control requests"))?.context("receiving a control request")?;
+                    self.handle_control(&topology, request).await?;
                 }
                 submission = submissions.next() => {
                     let submission = submission.ok_or_else(|| ended("submissions"))?.context("receiving a submission")?;
@@ -261,6 +280,71 @@ impl Coordinator {
             }
         }
         publish_jobs(&self.js, &dispatches, &mut self.rng).await?;
+        let letters: Vec<&DeadLetter> = effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::DeadLetter(letter) => Some(letter),
+                _ => None,
+            })
+            .collect();
+        publish_dead_letters(&self.js, &letters).await?;
+        for effect in &effects {
+            match effect {
+                Effect::Withdraw { run_id, pool, job } => withdraw(&self.js, run_id, pool, job).await?,
+                Effect::StopRun(run_id) => stop_run(&self.js, run_id).await?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// A user's request: cancel, retry, or replay of a dead letter. The run is loaded from
+    /// the store if it is not active (a finished run can be retried).
+    async fn handle_control(&mut self, topology: &Topology, message: Message) -> Result<(), ServiceError> {
+        let request: ControlRequest = match decode(&message.payload) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::error!(%error, "dropping a control request that cannot be decoded");
+                message.ack().await.context("acknowledging a control request")?;
+                return Ok(());
+            }
+        };
+        let id = request.run_id;
+        let now = Utc::now();
+        if !self.active.contains_key(&id) {
+            match store::load_run(topology, &id).await? {
+                None => tracing::warn!(run = %id, "control request for a run that does not exist"),
+                Some(record) => {
+                    let jobs = store::load_jobs(topology, &record).await?;
+                    match Run::restore(record, jobs, now) {
+                        Ok((run, reconcile)) => {
+                            self.active.insert(id, run);
+                            self.execute(reconcile).await?;
+                        }
+                        Err(error) => tracing::error!(%error, "cannot load the run for a control request"),
+                    }
+                }
+            }
+        }
+        if let Some(run) = self.active.get_mut(&id) {
+            let outcome = match request.action {
+                ControlAction::Cancel => run.cancel(now),
+                ControlAction::Retry => run.rerun(request.job.as_deref(), now),
+            };
+            match outcome {
+                Ok(effects) => {
+                    self.execute(effects).await?;
+                    tracing::info!(run = %id, action = ?request.action, job = ?request.job, "control request applied");
+                    if let Some(sequence) = request.dead_letter {
+                        let dlq = self.js.get_stream_no_info(names::DLQ_STREAM).await.context("opening the DLQ")?;
+                        dlq.delete_message(sequence).await.context("removing a replayed dead letter")?;
+                    }
+                }
+                Err(refused) => tracing::warn!(run = %id, %refused, "control request refused"),
+            }
+        }
+        message.ack().await.context("acknowledging a control request")?;
+        self.evict_finished();
         Ok(())
     }
 

@@ -32,7 +32,7 @@ pub fn saves_of(effects: &[Effect]) -> Result<Vec<Save>, ServiceError> {
                 (names::kv_subject(names::JOBS_BUCKET, &names::job_key(&job.run_id, &job.name)), encode(job)?)
             }
             Effect::SaveRun(run) => (names::kv_subject(names::RUNS_BUCKET, &run.id.to_string()), encode(run)?),
-            Effect::Dispatch(_) => continue,
+            _ => continue,
         };
         if seen.insert(subject.clone()) {
             saves.push(Save { subject, payload: payload.into() });

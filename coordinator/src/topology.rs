@@ -61,8 +61,29 @@ fn bucket(name: &str, description: &str, history: i64) -> kv::Config {
 pub async fn ensure(js: &jetstream::Context) -> Result<Topology, ServiceError> {
     let streams = [
         work_queue(names::SUBMIT_STREAM, names::SUBMIT_SUBJECT, "Sluice workflow submissions"),
-        work_queue(names::JOBS_STREAM, names::JOBS_SUBJECTS, "Sluice ready jobs, one subject per pool, run and job"),
+        stream::Config {
+            // Retries due later than a NAK delay should wait are scheduled messages on
+            // `sluice.retries.>` (outside every pool's filter) that JetStream turns into jobs.
+            subjects: vec![names::JOBS_SUBJECTS.to_owned(), names::RETRIES_SUBJECTS.to_owned()],
+            allow_message_schedules: true,
+            ..work_queue(
+                names::JOBS_STREAM,
+                names::JOBS_SUBJECTS,
+                "Sluice ready jobs, one subject per pool, run and job",
+            )
+        },
+        work_queue(names::CONTROL_STREAM, names::CONTROL_SUBJECTS, "Sluice requests about runs: cancel, retry, replay"),
         work_queue(names::EVENTS_STREAM, names::EVENTS_SUBJECTS, "Sluice job lifecycle events"),
+        stream::Config {
+            name: names::DLQ_STREAM.to_owned(),
+            description: Some("Sluice dead letters: jobs whose attempts are over, until replayed or purged".to_owned()),
+            subjects: vec![names::DLQ_SUBJECTS.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            allow_direct: true,
+            ..Default::default()
+        },
         stream::Config {
             name: names::REJECTED_STREAM.to_owned(),
             description: Some("Sluice submissions that were refused, with the reason".to_owned()),

@@ -23,7 +23,8 @@ pub use codec::{CodecError, decode, encode};
 pub use duration::HumanDuration;
 pub use ids::RunId;
 pub use messages::{
-    AttemptRecord, EventKind, JobEvent, JobMessage, JobRecord, Rejection, RunRecord, SCHEMA_VERSION, Submission,
+    AttemptRecord, ControlAction, ControlRequest, DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, Rejection,
+    RunRecord, SCHEMA_VERSION, Submission,
 };
 pub use retry::{Backoff, RetryPolicy};
 pub use spec::{JobSpec, SpecError, WorkflowSpec};

@@ -81,6 +81,9 @@ pub struct JobMessage {
     pub retry: RetryPolicy,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// For `exec`: exit codes that end the job without further attempts.
+    #[serde(default)]
+    pub permanent_exit_codes: Vec<i32>,
 }
 versioned!(JobMessage, "job");
 
@@ -196,6 +199,48 @@ pub struct JobRecord {
     pub attempt_history: Vec<AttemptRecord>,
 }
 versioned!(JobRecord, "job record");
+
+/// A job whose attempts are over, kept in stream `SLUICE_DLQ` until replayed or purged.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub schema_version: u32,
+    /// The job as it was last dispatched; a replay dispatches it again, new generation.
+    pub job: JobMessage,
+    /// Why no further attempt was made.
+    pub reason: String,
+    /// Every attempt, with its error.
+    #[serde(default)]
+    pub attempts: Vec<AttemptRecord>,
+    pub dead_at: DateTime<Utc>,
+}
+versioned!(DeadLetter, "dead letter");
+
+/// What a user asked of a run: `sluice cancel`, `sluice retry`, `sluice dlq replay`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ControlRequest {
+    pub schema_version: u32,
+    pub run_id: RunId,
+    pub action: ControlAction,
+    /// For `retry` and `replay`: the one job (and what depends on it) to run again.
+    #[serde(default)]
+    pub job: Option<String>,
+    pub requested_at: DateTime<Utc>,
+    /// For `replay`: the dead letter (stream sequence in `SLUICE_DLQ`) to remove once the
+    /// job is queued again.
+    #[serde(default)]
+    pub dead_letter: Option<u64>,
+}
+versioned!(ControlRequest, "control request");
+
+/// The actions of a [`ControlRequest`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlAction {
+    /// Stop the run: queued jobs never start, running ones are told to stop.
+    Cancel,
+    /// Run again what did not complete (or `job` and what depends on it).
+    Retry,
+}
 
 /// A submission that could not be accepted, kept in stream `SLUICE_REJECTED`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

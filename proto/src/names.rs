@@ -14,8 +14,11 @@ pub const SUBMIT_CONSUMER: &str = "coordinator-submit";
 
 /// Work-queue stream of ready jobs, one subject per (pool, run, job).
 pub const JOBS_STREAM: &str = "SLUICE_JOBS";
-/// Subjects of [`JOBS_STREAM`].
+/// Subjects of [`JOBS_STREAM`] that pools consume.
 pub const JOBS_SUBJECTS: &str = "sluice.jobs.>";
+/// Subjects of [`JOBS_STREAM`] holding scheduled retries (never consumed: JetStream
+/// publishes each to its job subject when due).
+pub const RETRIES_SUBJECTS: &str = "sluice.retries.>";
 
 /// Work-queue stream of job lifecycle events, one subject per (run, job).
 pub const EVENTS_STREAM: &str = "SLUICE_EVENTS";
@@ -30,6 +33,21 @@ pub const REJECTED_STREAM: &str = "SLUICE_REJECTED";
 pub const REJECTED_SUBJECTS: &str = "sluice.rejected.>";
 /// Token used in a rejection subject when the submission's run id could not be read.
 pub const REJECTED_UNKNOWN_RUN: &str = "unknown";
+
+/// Limits stream of dead letters, one subject per pool.
+pub const DLQ_STREAM: &str = "SLUICE_DLQ";
+/// Subjects of [`DLQ_STREAM`].
+pub const DLQ_SUBJECTS: &str = "sluice.dlq.>";
+
+/// Work-queue stream of user requests about runs (cancel, retry, replay).
+pub const CONTROL_STREAM: &str = "SLUICE_CONTROL";
+/// Subjects of [`CONTROL_STREAM`].
+pub const CONTROL_SUBJECTS: &str = "sluice.control.>";
+/// The coordinator's durable consumer on [`CONTROL_STREAM`].
+pub const CONTROL_CONSUMER: &str = "coordinator-control";
+
+/// Core NATS subjects on which the coordinator tells workers to stop a run's jobs.
+pub const STOP_SUBJECTS: &str = "sluice.stop.>";
 
 /// KV bucket of run records, keyed by run id.
 pub const RUNS_BUCKET: &str = "sluice-runs";
@@ -53,6 +71,19 @@ pub fn job_subject(pool: &str, run_id: &RunId, job: &str) -> String {
     format!("sluice.jobs.{pool}.{run_id}.{job}")
 }
 
+/// Subject of a scheduled retry of a job.
+pub fn retry_subject(pool: &str, run_id: &RunId, job: &str) -> String {
+    format!("sluice.retries.{pool}.{run_id}.{job}")
+}
+
+/// Headers of JetStream message schedules (nats-server 2.12+).
+pub const HEADER_SCHEDULE: &str = "Nats-Schedule";
+pub const HEADER_SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
+/// The reason on a dead letter the worker wrote itself (an undecodable job).
+pub const HEADER_REASON: &str = "Sluice-Reason";
+/// The subject a raw dead letter was first published on.
+pub const HEADER_ORIGINAL_SUBJECT: &str = "Sluice-Original-Subject";
+
 /// Filter of the pool's consumer: every job of that pool.
 pub fn pool_filter(pool: &str) -> String {
     format!("sluice.jobs.{pool}.>")
@@ -74,6 +105,26 @@ pub fn rejected_subject(run_id: Option<&RunId>) -> String {
         Some(id) => format!("sluice.rejected.{id}"),
         None => format!("sluice.rejected.{REJECTED_UNKNOWN_RUN}"),
     }
+}
+
+/// Subject a dead letter of `pool` is kept on.
+pub fn dlq_subject(pool: &str) -> String {
+    format!("sluice.dlq.{pool}")
+}
+
+/// Subject a request about `run_id` is published on.
+pub fn control_subject(run_id: &RunId) -> String {
+    format!("sluice.control.{run_id}")
+}
+
+/// Subject that tells workers to stop every running job of `run_id`.
+pub fn stop_subject(run_id: &RunId) -> String {
+    format!("sluice.stop.{run_id}")
+}
+
+/// Deduplication id of a dead letter: one per job and generation.
+pub fn dead_letter_id(run_id: &RunId, job: &str, generation: u32) -> String {
+    format!("dlq.{run_id}.{job}.{generation}")
 }
 
 /// KV key of a job record in [`JOBS_BUCKET`].

@@ -36,9 +36,28 @@ pub struct WorkflowSpec {
     pub params: BTreeMap<String, String>,
     #[serde(default)]
     pub defaults: Defaults,
+    /// What a job's final failure does to the rest of the run.
+    #[serde(default)]
+    pub on_failure: OnFailure,
     /// Jobs in the order written.
     pub jobs: IndexMap<String, JobSpec>,
 }
+
+/// The run's failure policy.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Start nothing new: jobs not yet started are skipped, running ones finish, and the
+    /// run ends `failed`.
+    #[default]
+    Stop,
+    /// Only the failed job's dependents are skipped; independent branches run to the end,
+    /// then the run ends `failed`.
+    Continue,
+}
+
+/// Exit code an `exec` job uses to say "do not retry" (EX_CONFIG from sysexits.h).
+pub const EXEC_PERMANENT_EXIT_CODE: i32 = 78;
 
 /// Settings every job inherits unless it sets its own.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -73,6 +92,10 @@ pub struct JobSpec {
     pub retry: Option<RetryPolicy>,
     #[serde(default)]
     pub timeout: Option<HumanDuration>,
+    /// For `exec`: exit codes that mean the failure is permanent (no further attempts),
+    /// besides 78, which always does.
+    #[serde(default)]
+    pub permanent_exit_codes: Vec<i32>,
 }
 
 /// Why a workflow was refused.
@@ -321,6 +344,14 @@ fn validate_job(name: &str, job: &JobSpec, jobs: &IndexMap<String, JobSpec>, pro
     }
     if job.timeout.is_some_and(|timeout| timeout.as_duration().is_zero()) {
         problem("timeout must be longer than 0s".into());
+    }
+    if !job.permanent_exit_codes.is_empty() && job.run != EXEC_KIND {
+        problem("`permanent_exit_codes` is only used by `run: exec`".into());
+    }
+    for code in &job.permanent_exit_codes {
+        if !(1..=255).contains(code) {
+            problem(format!("permanent_exit_codes: {code} is not an exit code (1 to 255)"));
+        }
     }
     let mut seen = HashSet::new();
     for need in &job.needs {

@@ -76,6 +76,7 @@ fn job_message() {
             generation: 0,
             retry: RetryPolicy::default(),
             timeout_ms: Some(1_800_000),
+            permanent_exit_codes: vec![3],
         },
     );
 }

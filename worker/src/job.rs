@@ -59,6 +59,8 @@ pub struct JobContext {
     pub params: BTreeMap<String, String>,
     /// For `exec`: the program and arguments, placeholders not yet substituted.
     pub command: Option<Vec<String>>,
+    /// For `exec`: exit codes that mean "do not retry", besides 78.
+    pub permanent_exit_codes: Vec<i32>,
     pub worker_id: String,
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
@@ -85,6 +87,7 @@ impl JobContext {
             generation: 0,
             params: BTreeMap::new(),
             command: None,
+            permanent_exit_codes: Vec::new(),
             worker_id: "local".into(),
             traceparent: None,
             tracestate: None,

@@ -10,6 +10,7 @@ pub mod kinds;
 pub mod nats;
 pub mod registry;
 pub mod runtime;
+pub mod stops;
 
 pub use job::{Job, JobContext, JobError, Output};
 pub use registry::Registry;

@@ -31,11 +31,14 @@ use tokio_util::sync::CancellationToken;
 use crate::job::{JobContext, JobError};
 use crate::nats::{JOB_ACK_WAIT_DEFAULT, pool_consumer};
 use crate::registry::Registry;
+use crate::stops::RunStops;
 
 /// Longest wait of one fetch for new jobs; also bounds how long shutdown waits for it.
 const FETCH_WAIT: Duration = Duration::from_secs(2);
 /// After a timeout, how long the job may take to stop before its result is ignored.
 const TIMEOUT_STOP_GRACE: Duration = Duration::from_secs(15);
+/// Default longest retry delay waited out with a NAK; longer ones become message schedules.
+pub const NAK_DELAY_MAX_DEFAULT: Duration = Duration::from_secs(30);
 /// Tries to publish an event before giving up on it (the message is then redelivered).
 const EVENT_PUBLISH_TRIES: u32 = 5;
 /// Slots per worker process, at most.
@@ -54,6 +57,9 @@ pub struct WorkerConfig {
     /// The pool consumer's ack wait, when this worker creates the consumer. Running jobs
     /// send in-progress acks at a third of the consumer's actual ack wait.
     pub ack_wait: Duration,
+    /// Retry delays up to this are a NAK with delay (the message stays pending, which keeps
+    /// an autoscaled pool awake); longer ones become JetStream message schedules.
+    pub nak_delay_max: Duration,
 }
 
 impl WorkerConfig {
@@ -65,6 +71,7 @@ impl WorkerConfig {
             shutdown_grace: Duration::from_secs(30),
             worker_id: format!("{host}-{}", std::process::id()),
             ack_wait: JOB_ACK_WAIT_DEFAULT,
+            nak_delay_max: NAK_DELAY_MAX_DEFAULT,
         }
     }
 }
@@ -93,6 +100,8 @@ struct Shared {
     progress_interval: Duration,
     /// Cancelled when the shutdown grace period is over.
     stop_jobs: CancellationToken,
+    /// Running jobs by run, for stopping a cancelled run's jobs.
+    stops: RunStops,
 }
 
 /// Pulls and runs jobs of `config.pool` until `shutdown` is cancelled, then drains.
@@ -118,7 +127,15 @@ pub async fn run(
     let progress_interval = (ack_wait / 3).max(Duration::from_millis(100));
     let kinds: Vec<&str> = registry.kinds().collect();
     tracing::info!(pool = %config.pool, concurrency = config.concurrency, kinds = ?kinds, worker = %config.worker_id, "worker ready");
-    let shared = Arc::new(Shared { js, registry, config, progress_interval, stop_jobs: CancellationToken::new() });
+    let shared = Arc::new(Shared {
+        js,
+        registry,
+        config,
+        progress_interval,
+        stop_jobs: CancellationToken::new(),
+        stops: RunStops::default(),
+    });
+    let listener = tokio::spawn(listen_for_stops(shared.clone()));
     let slots = Arc::new(Semaphore::new(shared.config.concurrency));
     let mut running = JoinSet::new();
     loop {
@@ -150,6 +167,7 @@ pub async fn run(
             report_panic(finished);
         }
     }
+    listener.abort();
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -222,12 +240,35 @@ fn report_panic(result: Result<(), tokio::task::JoinError>) {
     }
 }
 
+/// Stops the running jobs of runs the coordinator announces as cancelled.
+async fn listen_for_stops(shared: Arc<Shared>) {
+    let client = shared.js.client();
+    let mut announcements = match client.subscribe(names::STOP_SUBJECTS).await {
+        Ok(subscription) => subscription,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for cancelled runs; their jobs will run to the end");
+            return;
+        }
+    };
+    while let Some(announcement) = announcements.next().await {
+        match announcement.subject.rsplit('.').next().map(str::parse::<RunId>) {
+            Some(Ok(run_id)) => {
+                tracing::info!(run = %run_id, "run cancelled: stopping its jobs");
+                shared.stops.stop(run_id);
+            }
+            _ => tracing::warn!(subject = %announcement.subject, "ignoring a stop announcement without a run id"),
+        }
+    }
+}
+
 /// How one attempt ended, for the completer.
 enum Outcome {
     Succeeded,
     Failed(JobError),
     /// The worker is shutting down: give the job back without using up an attempt's delay.
     HandedBack,
+    /// Its run was cancelled while it ran.
+    Stopped,
 }
 
 async fn execute(shared: &Shared, message: Message) {
@@ -236,6 +277,10 @@ async fn execute(shared: &Shared, message: Message) {
         Ok(job) => job,
         Err(error) => return undecodable(shared, &message, delivered, error.to_string()).await,
     };
+    if shared.stops.is_stopped(&job.run_id) {
+        let reporter = Reporter { shared, job: &job, attempt: job.attempt_offset.saturating_add(delivered) };
+        return complete(&reporter, &message, Outcome::Stopped).await;
+    }
     let attempt = job.attempt_offset.saturating_add(delivered);
     let reporter = Reporter { shared, job: &job, attempt };
     let max_attempt = job.attempt_offset.saturating_add(job.retry.max_attempts);
@@ -263,6 +308,9 @@ async fn execute(shared: &Shared, message: Message) {
         return;
     }
     let cancel = shared.stop_jobs.child_token();
+    let Some(_registration) = shared.stops.register(job.run_id, cancel.clone()) else {
+        return complete(&reporter, &message, Outcome::Stopped).await;
+    };
     let ctx = JobContext {
         run_id: job.run_id,
         workflow: job.workflow.clone(),
@@ -271,6 +319,7 @@ async fn execute(shared: &Shared, message: Message) {
         generation: job.generation,
         params: job.params.clone(),
         command: job.command.clone(),
+        permanent_exit_codes: job.permanent_exit_codes.clone(),
         worker_id: shared.config.worker_id.clone(),
         traceparent: header(&message, names::HEADER_TRACEPARENT),
         tracestate: header(&message, names::HEADER_TRACESTATE),
@@ -311,6 +360,7 @@ async fn execute(shared: &Shared, message: Message) {
         }
     };
     let outcome = match result {
+        _ if shared.stops.is_stopped(&job.run_id) => Outcome::Stopped,
         _ if shared.stop_jobs.is_cancelled() => Outcome::HandedBack,
         Ok(Ok(_)) => Outcome::Succeeded,
         Ok(Err(error)) => Outcome::Failed(error),
@@ -342,49 +392,112 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 async fn complete(reporter: &Reporter<'_>, message: &Message, outcome: Outcome) {
     let job = reporter.job;
-    let (event, ack) = match outcome {
-        Outcome::Succeeded => ((EventKind::Succeeded, None, None), AckKind::Ack),
+    let now = Utc::now();
+    let (kind, error, retry_at, settle) = match outcome {
+        Outcome::Stopped => {
+            // The run was cancelled: the coordinator already wrote the job off.
+            tracing::info!(run = %job.run_id, job = %job.job, "job stopped: its run was cancelled");
+            if let Err(error) = message.double_ack().await {
+                tracing::warn!(%error, job = %job.job, "acknowledging a stopped job failed");
+            }
+            return;
+        }
+        Outcome::Succeeded => (EventKind::Succeeded, None, None, Settle::Ack),
         Outcome::HandedBack => {
-            let now = Utc::now();
-            (
-                (
-                    EventKind::Failed,
-                    Some("handed back: the worker shut down before the job finished".to_owned()),
-                    Some(now),
-                ),
-                AckKind::Nak(None),
-            )
+            let reason = "handed back: the worker shut down before the job finished".to_owned();
+            (EventKind::Failed, Some(reason), Some(now), Settle::Nak(None))
         }
         Outcome::Failed(error)
             if error.retryable && job.retry.allows_another_after(reporter.attempt - job.attempt_offset) =>
         {
             let delay = job.retry.delay_after(reporter.attempt - job.attempt_offset, rand::rng().random::<f64>());
-            let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
-            ((EventKind::Failed, Some(error.message), Some(retry_at)), AckKind::Nak(Some(delay)))
+            let retry_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+            let settle = if delay <= reporter.shared.config.nak_delay_max {
+                Settle::Nak(Some(delay))
+            } else {
+                Settle::Schedule(retry_at, delay)
+            };
+            (EventKind::Failed, Some(error.message), Some(retry_at), settle)
         }
-        Outcome::Failed(error) => ((EventKind::Failed, Some(error.message), None), AckKind::Term),
+        Outcome::Failed(error) => (EventKind::Failed, Some(error.message), None, Settle::Term),
     };
-    let (kind, error, retry_at) = event;
+    let settle = match settle {
+        Settle::Schedule(at, delay) => match schedule_retry(reporter, message, at).await {
+            Ok(()) => Settle::Ack,
+            Err(error) => {
+                tracing::warn!(%error, job = %job.job, "cannot schedule the retry; waiting it out with a NAK delay");
+                Settle::Nak(Some(delay))
+            }
+        },
+        other => other,
+    };
     tracing::info!(run = %job.run_id, job = %job.job, attempt = reporter.attempt, outcome = kind.as_str(), error = error.as_deref().unwrap_or(""), "job finished");
     if let Err(publish_error) = reporter.publish(kind, error, retry_at).await {
         // Without the event the coordinator cannot move on: let JetStream redeliver.
         tracing::error!(error = %publish_error, job = %job.job, "cannot report the outcome; the job will be redelivered");
         return;
     }
-    let acked = match ack {
-        AckKind::Ack => message.double_ack().await,
-        other => message.ack_with(other).await,
+    let acked = match settle {
+        Settle::Ack => message.double_ack().await,
+        Settle::Nak(delay) => message.ack_with(AckKind::Nak(delay)).await,
+        Settle::Term | Settle::Schedule(..) => message.ack_with(AckKind::Term).await,
     };
     if let Err(error) = acked {
         tracing::warn!(%error, job = %job.job, "acknowledging the job failed; it may be delivered again");
     }
 }
 
+/// What becomes of a job's message once its event is durable.
+enum Settle {
+    /// Done (or re-published as a scheduled retry): remove it.
+    Ack,
+    /// Redeliver after the delay (short delays only: a NAK-delayed message counts as
+    /// pending work and keeps an autoscaled pool awake).
+    Nak(Option<Duration>),
+    /// Re-publish as a JetStream message schedule due at this time, then remove it.
+    Schedule(chrono::DateTime<Utc>, Duration),
+    /// Final: remove it without success.
+    Term,
+}
+
+/// Re-publishes the job as a message schedule on `sluice.retries.…` that JetStream turns
+/// into a job message when due; it counts as nobody's pending work until then. The copy
+/// carries `attempt_offset` = this attempt, so its first delivery is the next attempt.
+async fn schedule_retry(
+    reporter: &Reporter<'_>,
+    message: &Message,
+    at: chrono::DateTime<Utc>,
+) -> Result<(), WorkerError> {
+    let job = reporter.job;
+    let mut next = job.clone();
+    next.attempt_offset = reporter.attempt;
+    let payload = encode(&next).map_err(|error| WorkerError::nats("encoding a scheduled retry", error))?;
+    // Fresh headers: the original Nats-Msg-Id would make JetStream drop this as a duplicate.
+    let mut headers = HeaderMap::new();
+    for name in [names::HEADER_RUN_ID, names::HEADER_JOB, names::HEADER_TRACEPARENT, names::HEADER_TRACESTATE] {
+        if let Some(value) = header(message, name) {
+            headers.insert(name, value.as_str());
+        }
+    }
+    // `@at` takes whole seconds: round up, never fire early.
+    let whole_seconds = at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0);
+    let due = chrono::DateTime::from_timestamp(whole_seconds, 0).unwrap_or(at);
+    let schedule = format!("@at {}", due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    headers.insert(names::HEADER_SCHEDULE, schedule.as_str());
+    headers.insert(names::HEADER_SCHEDULE_TARGET, names::job_subject(&job.pool, &job.run_id, &job.job).as_str());
+    let subject = names::retry_subject(&job.pool, &job.run_id, &job.job);
+    let ack = reporter.shared.js.publish_with_headers(subject, headers, payload.into()).await;
+    ack.map_err(|error| WorkerError::nats("scheduling a retry", error))?
+        .await
+        .map_err(|error| WorkerError::nats("scheduling a retry", error))?;
+    Ok(())
+}
+
 /// A job message that cannot be decoded: report it against the run and job named in its
 /// headers (if any), then TERM it so it is not redelivered for ever.
 async fn undecodable(shared: &Shared, message: &Message, delivered: u32, reason: String) {
-    let run_id = header(&message, names::HEADER_RUN_ID).and_then(|text| text.parse::<RunId>().ok());
-    let job = header(&message, names::HEADER_JOB).filter(|job| check_name("job", job).is_ok());
+    let run_id = header(message, names::HEADER_RUN_ID).and_then(|text| text.parse::<RunId>().ok());
+    let job = header(message, names::HEADER_JOB).filter(|job| check_name("job", job).is_ok());
     tracing::error!(subject = %message.subject, %reason, "job message cannot be decoded");
     if let (Some(run_id), Some(job)) = (run_id, job) {
         let event = event(
@@ -401,8 +514,26 @@ async fn undecodable(shared: &Shared, message: &Message, delivered: u32, reason:
             tracing::error!(%error, "cannot report the undecodable job; it will be redelivered");
             return;
         }
+    } else if let Err(error) = raw_dead_letter(shared, message, &reason).await {
+        // No run to report to: the raw bytes go to the dead-letter stream, or stay here.
+        tracing::error!(%error, "cannot dead-letter the undecodable job; it will be redelivered");
+        return;
     }
     let _ = message.ack_with(AckKind::Term).await;
+}
+
+/// Keeps a job message nobody can read in the dead-letter stream, as it came, with the
+/// reason and its subject in headers (`sluice dlq list` shows it).
+async fn raw_dead_letter(shared: &Shared, message: &Message, reason: &str) -> Result<(), WorkerError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(names::HEADER_REASON, format!("job message cannot be decoded: {reason}").as_str());
+    headers.insert(names::HEADER_ORIGINAL_SUBJECT, message.subject.as_str());
+    let subject = names::dlq_subject(&shared.config.pool);
+    let ack = shared.js.publish_with_headers(subject, headers, message.payload.clone()).await;
+    ack.map_err(|error| WorkerError::nats("dead-lettering an undecodable job", error))?
+        .await
+        .map_err(|error| WorkerError::nats("dead-lettering an undecodable job", error))?;
+    Ok(())
 }
 
 struct Reporter<'a> {

@@ -1,6 +1,8 @@
 //! One module per `sluice` subcommand.
 
+pub mod control;
 pub mod dev;
+pub mod dlq;
 pub mod runs;
 pub mod serve;
 pub mod status;

@@ -25,6 +25,10 @@ pub struct WorkerArgs {
     /// stops answering is redelivered after this. Running jobs extend it every third of it.
     #[arg(long, default_value = "30s")]
     pub ack_wait: HumanDuration,
+    /// Retry delays up to this wait as a NAK with delay; longer ones become JetStream
+    /// message schedules, so a waiting job does not keep an autoscaled pool awake.
+    #[arg(long, default_value = "30s")]
+    pub max_nak_delay: HumanDuration,
 }
 
 impl WorkerArgs {
@@ -33,6 +37,7 @@ impl WorkerArgs {
         config.concurrency = self.concurrency;
         config.shutdown_grace = self.shutdown_grace.as_duration();
         config.ack_wait = self.ack_wait.as_duration();
+        config.nak_delay_max = self.max_nak_delay.as_duration();
         config
     }
 }

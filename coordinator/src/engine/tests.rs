@@ -69,6 +69,7 @@ fn start_saves_every_job_then_the_run_then_dispatches_roots() {
             Effect::SaveJob(_) => "job",
             Effect::SaveRun(_) => "run",
             Effect::Dispatch(_) => "dispatch",
+            _ => "other",
         })
         .collect();
     assert_eq!(kinds, ["job", "job", "job", "job", "run", "dispatch"]);
@@ -134,6 +135,115 @@ fn duplicates_and_stale_events_are_ignored() {
     run.apply(&done, at(2)).unwrap();
     assert!(matches!(run.apply(&done, at(2)), Err(Ignored::AlreadyFinished { .. })));
     assert!(matches!(run.apply(&event(&run, "zz", 1, EventKind::Started, 3), at(3)), Err(Ignored::UnknownJob(_))));
+}
+
+fn final_failure(run: &Run, job: &str, attempt: u32, second: u32) -> JobEvent {
+    event(run, job, attempt, EventKind::Failed, second)
+}
+
+#[test]
+fn a_final_failure_is_dead_lettered_with_every_attempt() {
+    let (mut run, _) = start("name: r\njobs:\n  a: { run: noop }\n");
+    run.apply(&event(&run, "a", 1, EventKind::Started, 1), at(1)).unwrap();
+    let effects = run.apply(&final_failure(&run, "a", 1, 2), at(2)).unwrap();
+    let letter = effects
+        .iter()
+        .find_map(|effect| match effect {
+            Effect::DeadLetter(letter) => Some(letter),
+            _ => None,
+        })
+        .expect("a dead letter");
+    assert_eq!(letter.job.job, "a");
+    assert_eq!(letter.reason, "boom");
+    assert_eq!(letter.attempts.len(), 1);
+}
+
+const TWO_BRANCHES: &str = "name: b\non_failure: continue\njobs:\n  a: { run: noop }\n  a2: { run: noop, needs: [a] }\n  a3: { run: noop, needs: [a2] }\n  b: { run: noop }\n  b2: { run: noop, needs: [b] }\n";
+
+#[test]
+fn on_failure_continue_lets_independent_branches_finish() {
+    let (mut run, _) = start(TWO_BRANCHES);
+    run.apply(&final_failure(&run, "a", 1, 1), at(1)).unwrap();
+    assert_eq!(run.job("a2").unwrap().state, JobState::Skipped);
+    assert_eq!(run.job("a3").unwrap().state, JobState::Skipped, "skips go all the way down");
+    let effects = run.apply(&event(&run, "b", 1, EventKind::Succeeded, 2), at(2)).unwrap();
+    assert_eq!(dispatched(&effects), ["b2"], "the other branch goes on");
+    run.apply(&event(&run, "b2", 1, EventKind::Succeeded, 3), at(3)).unwrap();
+    assert_eq!(run.record().state, RunState::Failed);
+}
+
+#[test]
+fn on_failure_stop_starts_nothing_new() {
+    let yaml = TWO_BRANCHES.replace("on_failure: continue\n", "");
+    let (mut run, _) = start(&yaml);
+    run.apply(&final_failure(&run, "a", 1, 1), at(1)).unwrap();
+    assert_eq!(run.job("b2").unwrap().state, JobState::Skipped);
+    let effects = run.apply(&event(&run, "b", 1, EventKind::Succeeded, 2), at(2)).unwrap();
+    assert!(dispatched(&effects).is_empty());
+    assert_eq!(run.record().state, RunState::Failed);
+}
+
+#[test]
+fn cancel_withdraws_queued_jobs_stops_running_ones_and_ends_the_run() {
+    let (mut run, _) = start(TWO_BRANCHES);
+    run.apply(&event(&run, "a", 1, EventKind::Started, 1), at(1)).unwrap();
+    let effects = run.cancel(at(2)).unwrap();
+    let withdrawn: Vec<&str> = effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::Withdraw { job, .. } => Some(job.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(withdrawn, ["b"], "b was queued; a runs and is told to stop");
+    assert!(effects.contains(&Effect::StopRun(run.id())));
+    assert_eq!(run.record().state, RunState::Cancelled);
+    assert!(run.record().jobs.iter().all(|name| run.job(name).unwrap().state == JobState::Cancelled));
+    assert!(matches!(
+        run.apply(&event(&run, "a", 1, EventKind::Succeeded, 3), at(3)),
+        Err(Ignored::AlreadyFinished { .. })
+    ));
+    assert!(matches!(run.cancel(at(4)), Err(Refused::Finished { .. })));
+}
+
+#[test]
+fn retry_reruns_what_did_not_complete_in_a_new_generation() {
+    let (mut run, _) = start(DIAMOND);
+    run.apply(&event(&run, "a", 1, EventKind::Succeeded, 1), at(1)).unwrap();
+    run.apply(&event(&run, "b", 1, EventKind::Succeeded, 2), at(2)).unwrap();
+    run.apply(&final_failure(&run, "c", 1, 3), at(3)).unwrap();
+    assert_eq!(run.record().state, RunState::Failed);
+    assert!(matches!(run.rerun(Some("zz"), at(4)), Err(Refused::UnknownJob { .. })));
+    let effects = run.rerun(None, at(4)).unwrap();
+    assert_eq!(dispatched(&effects), ["c"], "completed work is kept");
+    let c = run.job("c").unwrap();
+    assert_eq!((c.state, c.generation, c.attempt_offset), (JobState::Queued, 1, 1));
+    assert_eq!(run.job("d").unwrap().state, JobState::Blocked);
+    assert_eq!(run.record().state, RunState::Running);
+    // An event of the old generation changes nothing; the new attempt is number 2.
+    assert!(matches!(run.apply(&final_failure(&run, "c", 1, 5), at(5)), Err(Ignored::StaleGeneration { .. })));
+    let mut started = event(&run, "c", 2, EventKind::Started, 6);
+    started.generation = 1;
+    run.apply(&started, at(6)).unwrap();
+    let mut done = event(&run, "c", 2, EventKind::Succeeded, 7);
+    done.generation = 1;
+    let effects = run.apply(&done, at(7)).unwrap();
+    assert_eq!(dispatched(&effects), ["d"]);
+    let mut d_done = event(&run, "d", 1, EventKind::Succeeded, 8);
+    d_done.generation = 1;
+    run.apply(&d_done, at(8)).unwrap();
+    assert_eq!(run.record().state, RunState::Succeeded);
+    assert!(matches!(run.rerun(None, at(9)), Err(Refused::NothingToRetry { .. })));
+    let again = run.rerun(Some("b"), at(9)).unwrap();
+    assert_eq!(dispatched(&again), ["b"], "one job and what needs it run again");
+    assert_eq!(run.job("d").unwrap().state, JobState::Blocked);
+}
+
+#[test]
+fn retry_refuses_a_running_run() {
+    let (mut run, _) = start(DIAMOND);
+    assert!(matches!(run.rerun(None, at(1)), Err(Refused::StillRunning { .. })));
+    assert!(matches!(run.rerun(Some("a"), at(1)), Err(Refused::InFlight { .. })));
 }
 
 #[test]
@@ -202,6 +312,7 @@ impl World {
                     self.runs.insert(run.id, run.clone());
                 }
                 Effect::Dispatch(message) => self.publish(&message.job, message.generation),
+                _ => {}
             }
         }
         true

@@ -4,7 +4,8 @@
 //! `{{params.NAME}}`) are substituted in each argument. Context is in the environment:
 //! `SLUICE_RUN_ID`, `SLUICE_WORKFLOW`, `SLUICE_JOB`, `SLUICE_ATTEMPT`, `SLUICE_WINDOW_START`,
 //! `SLUICE_WINDOW_END`, `SLUICE_CONFIG` and `SLUICE_PARAMS` (JSON), `TRACEPARENT`,
-//! `TRACESTATE`. Exit code 0 is success. On cancellation the process gets SIGTERM, then
+//! `TRACESTATE`. Exit code 0 is success; exit code 78 (or one listed in the job's
+//! `permanent_exit_codes`) is a permanent failure, any other a retryable one. On cancellation the process gets SIGTERM, then
 //! SIGKILL after a grace period.
 
 use std::collections::VecDeque;
@@ -16,6 +17,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use sluice_proto::Window;
 use sluice_proto::placeholder;
+use sluice_proto::spec::EXEC_PERMANENT_EXIT_CODE;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
@@ -107,12 +109,18 @@ impl Job for Exec {
             Some(code) => format!("exited with code {code}"),
             None => "was killed by a signal".to_owned(),
         };
+        let permanent = status
+            .code()
+            .is_some_and(|code| code == EXEC_PERMANENT_EXIT_CODE || ctx.permanent_exit_codes.contains(&code));
         let mut message = format!("`{}` {how}", args[0]);
+        if permanent {
+            message.push_str(" (a permanent failure: no further attempts)");
+        }
         if !tail.is_empty() {
             message.push_str("; stderr ends with:\n");
             message.push_str(&Vec::from(tail).join("\n"));
         }
-        Err(JobError::retryable(message))
+        Err(JobError { message, retryable: !permanent })
     }
 }
 
@@ -189,6 +197,17 @@ mod tests {
             "{}",
             error.message
         );
+    }
+
+    #[tokio::test]
+    async fn exit_78_and_listed_codes_are_permanent() {
+        for (code, listed) in [(78, vec![]), (4, vec![4])] {
+            let mut context = ctx(&["sh", "-c", &format!("exit {code}")]);
+            context.permanent_exit_codes = listed;
+            let error = Exec::default().perform(&context, &window(), &serde_json::Value::Null).await.unwrap_err();
+            assert!(!error.retryable, "{code}: {}", error.message);
+            assert!(error.message.contains("permanent"), "{}", error.message);
+        }
     }
 
     #[tokio::test]
