@@ -56,7 +56,9 @@ fn a_long_retry_delay_is_a_scheduled_message_not_pending_work() {
     let submitted = stack.sluice_json(&["submit", file.to_str().unwrap()], 0);
     let id = submitted["id"].as_str().unwrap().to_owned();
     wait_until(Duration::from_secs(20), "the first attempt to fail", || {
-        stack.sluice_json(&["status", &id], 0)["jobs"][0]["state"] == "retrying"
+        let output = stack.sluice(&["status", &id, "-o", "json"]);
+        output.status.success()
+            && serde_json::from_slice::<serde_json::Value>(&output.stdout).is_ok_and(|status| status["jobs"][0]["state"] == "retrying")
     });
     // While it waits, the pool has no pending work (what KEDA scales on).
     let runtime = tokio::runtime::Runtime::new().unwrap();

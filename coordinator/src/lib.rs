@@ -9,6 +9,7 @@ pub mod dispatch;
 pub mod engine;
 pub mod error;
 pub mod intake;
+pub mod leadership;
 pub mod service;
 pub mod store;
 pub mod topology;

@@ -21,7 +21,8 @@ use crate::dispatch::{publish_dead_letters, publish_jobs, reached_workers, stop_
 use crate::engine::{Effect, Run};
 use crate::error::{NatsContext, ServiceError};
 use crate::intake;
-use crate::store::{self, saves_of, write_all};
+use crate::leadership;
+use crate::store::{self, Revisions, saves_of, write_all};
 use crate::topology::{self, Topology};
 
 /// Most events handled (and written) as one batch.
@@ -32,36 +33,70 @@ const SUBMISSIONS_PREFETCH: usize = 16;
 const RESTART_DELAY_INITIAL: Duration = Duration::from_millis(200);
 const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
 
-/// Runs the coordinator until `shutdown` is cancelled, restarting from durable state after
-/// any failure (for example while the nats-server restarts).
+/// Runs the coordinator until `shutdown` is cancelled: campaigns for leadership, leads
+/// while it holds the lease, and restarts from durable state after any failure (for example
+/// while the nats-server restarts). Any number may run; one leads at a time.
 pub async fn run(client: async_nats::Client, shutdown: CancellationToken) -> Result<(), ServiceError> {
     topology::check_server(&client)?;
+    // `host/pid/unique`: says which process leads.
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "coordinator".into());
+    let holder = format!("{host}/{}/{}", std::process::id(), RunId::new());
     let mut delay = RESTART_DELAY_INITIAL;
     loop {
-        let mut coordinator = Coordinator::new(jetstream::new(client.clone()));
-        match coordinator.serve(&shutdown).await {
-            Ok(()) => return Ok(()),
+        let js = jetstream::new(client.clone());
+        let outcome = lead(&js, &holder, &shutdown).await;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        match outcome {
+            Ok(()) => delay = RESTART_DELAY_INITIAL,
             Err(error) => {
                 tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "coordinator loop failed; restarting from durable state");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(RESTART_DELAY_MAX);
             }
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(RESTART_DELAY_MAX);
     }
+}
+
+/// One term: wait for the lease, serve while holding it, give it up when done.
+async fn lead(js: &jetstream::Context, holder: &str, shutdown: &CancellationToken) -> Result<(), ServiceError> {
+    let leases = leadership::bucket(js).await?;
+    let Some(mut lease) = leadership::acquire(&leases, holder, shutdown).await else { return Ok(()) };
+    tracing::info!(%holder, "leading: this coordinator advances runs");
+    let lost = shutdown.child_token();
+    let stop_renewing = CancellationToken::new();
+    let keeper = {
+        let (stop, lost) = (stop_renewing.clone(), lost.clone());
+        tokio::spawn(async move {
+            lease.keep(stop, lost).await;
+            lease
+        })
+    };
+    let served = Coordinator::new(js.clone()).serve(&lost).await;
+    stop_renewing.cancel();
+    if let Ok(lease) = keeper.await {
+        lease.release().await;
+    }
+    if lost.is_cancelled() && !shutdown.is_cancelled() {
+        tracing::warn!("stepped down: leadership lost");
+    }
+    served
 }
 
 struct Coordinator {
     js: jetstream::Context,
     active: HashMap<RunId, Run>,
+    revisions: Revisions,
     rng: StdRng,
 }
 
 impl Coordinator {
     fn new(js: jetstream::Context) -> Self {
-        Self { js, active: HashMap::new(), rng: StdRng::from_os_rng() }
+        Self { js, active: HashMap::new(), revisions: Revisions::default(), rng: StdRng::from_os_rng() }
     }
 
     async fn serve(&mut self, shutdown: &CancellationToken) -> Result<(), ServiceError> {
@@ -135,18 +170,8 @@ impl Coordinator {
         let now = Utc::now();
         let mut effects = Vec::new();
         for record in store::load_all_runs(topology).await? {
-            if record.state.is_terminal() {
-                continue;
-            }
-            let jobs = store::load_jobs(topology, &record).await?;
-            match Run::restore(record, jobs, now) {
-                Ok((run, reconcile)) => {
-                    effects.extend(reconcile);
-                    self.active.insert(run.id(), run);
-                }
-                Err(error) => {
-                    tracing::error!(%error, "run cannot be restored; leaving it as stored")
-                }
+            if !record.state.is_terminal() {
+                effects.extend(self.load(topology, &record.id, now).await?);
             }
         }
         self.execute(effects).await?;
@@ -167,6 +192,34 @@ impl Coordinator {
         }
         self.evict_finished();
         Ok(())
+    }
+
+    /// Loads a run into memory with its records' revisions; returns the effects that finish
+    /// what a crash interrupted. A run that is missing or cannot be restored stays out.
+    async fn load(
+        &mut self,
+        topology: &Topology,
+        id: &RunId,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Vec<Effect>, ServiceError> {
+        let Some((record, revision)) = store::load_run_revision(topology, id).await? else { return Ok(Vec::new()) };
+        let loaded = store::load_jobs_revisions(topology, &record).await?;
+        self.revisions.remember_run(id, revision);
+        let mut jobs = HashMap::with_capacity(loaded.len());
+        for (name, (job, revision)) in loaded {
+            self.revisions.remember_job(id, &name, revision);
+            jobs.insert(name, job);
+        }
+        match Run::restore(record, jobs, now) {
+            Ok((run, reconcile)) => {
+                self.active.insert(*id, run);
+                Ok(reconcile)
+            }
+            Err(error) => {
+                tracing::error!(%error, "run cannot be restored; leaving it as stored");
+                Ok(Vec::new())
+            }
+        }
     }
 
     async fn handle_events(&mut self, messages: Vec<Message>) -> Result<(), ServiceError> {
@@ -223,6 +276,8 @@ impl Coordinator {
                 } else {
                     let workflow = new.spec.name.clone();
                     let (run, effects) = Run::start(new, Utc::now());
+                    // The run record must not exist yet (its jobs may, from a creation a crash cut short).
+                    self.revisions.remember_run(&id, 0);
                     self.active.insert(id, run);
                     self.execute(effects).await?;
                     tracing::info!(run = %id, %workflow, trace_id = %traceparent.trace_id_hex(), "run started");
@@ -270,7 +325,7 @@ impl Coordinator {
         if effects.is_empty() {
             return Ok(());
         }
-        write_all(&self.js, saves_of(&effects)?).await?;
+        write_all(&self.js, saves_of(&effects)?, &mut self.revisions).await?;
         let mut dispatches = Vec::new();
         for effect in &effects {
             if let Effect::Dispatch(message) = effect
@@ -312,18 +367,10 @@ impl Coordinator {
         let id = request.run_id;
         let now = Utc::now();
         if !self.active.contains_key(&id) {
-            match store::load_run(topology, &id).await? {
-                None => tracing::warn!(run = %id, "control request for a run that does not exist"),
-                Some(record) => {
-                    let jobs = store::load_jobs(topology, &record).await?;
-                    match Run::restore(record, jobs, now) {
-                        Ok((run, reconcile)) => {
-                            self.active.insert(id, run);
-                            self.execute(reconcile).await?;
-                        }
-                        Err(error) => tracing::error!(%error, "cannot load the run for a control request"),
-                    }
-                }
+            let reconcile = self.load(topology, &id, now).await?;
+            self.execute(reconcile).await?;
+            if !self.active.contains_key(&id) {
+                tracing::warn!(run = %id, "control request for a run that does not exist");
             }
         }
         if let Some(run) = self.active.get_mut(&id) {
@@ -350,9 +397,11 @@ impl Coordinator {
 
     /// Finished runs leave memory: a year of runs costs disk, not RAM.
     fn evict_finished(&mut self) {
+        let revisions = &mut self.revisions;
         self.active.retain(|id, run| {
             if run.is_finished() {
                 tracing::info!(run = %id, workflow = %run.record().workflow, state = run.record().state.as_str(), "run finished");
+                revisions.forget_run(run.record());
             }
             !run.is_finished()
         });

@@ -42,17 +42,93 @@ pub fn saves_of(effects: &[Effect]) -> Result<Vec<Save>, ServiceError> {
     Ok(saves)
 }
 
+/// The revision of each record this coordinator last read or wrote. Every write of a known
+/// record expects it (`Nats-Expected-Last-Subject-Sequence`; 0 for one that must not exist
+/// yet), so a coordinator that lost its leadership fails on its first stale write instead of
+/// overwriting what the new leader wrote. Records never read nor written (the jobs of a run
+/// being created) are written unconditionally, so a creation a crash interrupted can finish.
+#[derive(Default)]
+pub struct Revisions {
+    by_subject: HashMap<String, u64>,
+}
+
+impl Revisions {
+    pub fn remember_run(&mut self, id: &RunId, revision: u64) {
+        self.by_subject.insert(names::kv_subject(names::RUNS_BUCKET, &id.to_string()), revision);
+    }
+
+    pub fn remember_job(&mut self, id: &RunId, job: &str, revision: u64) {
+        self.by_subject.insert(names::kv_subject(names::JOBS_BUCKET, &names::job_key(id, job)), revision);
+    }
+
+    /// Drops what is known of a run that left memory.
+    pub fn forget_run(&mut self, run: &RunRecord) {
+        self.by_subject.remove(&names::kv_subject(names::RUNS_BUCKET, &run.id.to_string()));
+        for job in &run.jobs {
+            self.by_subject.remove(&names::kv_subject(names::JOBS_BUCKET, &names::job_key(&run.id, job)));
+        }
+    }
+}
+
 /// Publishes every save without waiting in between, then waits for all acknowledgements:
 /// when this returns `Ok`, every record is durable. One connection keeps them in order.
-pub async fn write_all(js: &jetstream::Context, saves: Vec<Save>) -> Result<(), ServiceError> {
+pub async fn write_all(
+    js: &jetstream::Context,
+    saves: Vec<Save>,
+    revisions: &mut Revisions,
+) -> Result<(), ServiceError> {
     let mut acks = Vec::with_capacity(saves.len());
     for save in saves {
-        acks.push(js.publish(save.subject, save.payload).await.context("writing a record")?);
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(expected) = revisions.by_subject.get(&save.subject) {
+            headers.insert(names::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
+        }
+        let ack =
+            js.publish_with_headers(save.subject.clone(), headers, save.payload).await.context("writing a record")?;
+        acks.push((save.subject, ack));
     }
-    for ack in acks {
-        ack.await.context("confirming a record write")?;
+    for (subject, ack) in acks {
+        let ack = ack.await.context(format!("writing {subject} (a newer coordinator may have taken over)"))?;
+        revisions.by_subject.insert(subject, ack.sequence);
     }
     Ok(())
+}
+
+/// Reads one run record with its revision.
+pub async fn load_run_revision(topology: &Topology, id: &RunId) -> Result<Option<(RunRecord, u64)>, ServiceError> {
+    match topology.runs.entry(id.to_string()).await.context(format!("reading run {id}"))? {
+        Some(entry) if entry.operation == async_nats::jetstream::kv::Operation::Put => {
+            Ok(Some((decode(&entry.value)?, entry.revision)))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Reads the job records of a run (those that exist) with their revisions, by name.
+pub async fn load_jobs_revisions(
+    topology: &Topology,
+    run: &RunRecord,
+) -> Result<HashMap<String, (JobRecord, u64)>, ServiceError> {
+    let id = run.id;
+    let store = topology.jobs.clone();
+    futures::stream::iter(run.jobs.clone())
+        .map(|name| {
+            let store = store.clone();
+            async move {
+                let entry =
+                    store.entry(names::job_key(&id, &name)).await.context(format!("reading job {name} of run {id}"))?;
+                match entry {
+                    Some(entry) if entry.operation == async_nats::jetstream::kv::Operation::Put => {
+                        Ok::<_, ServiceError>(Some((name, (decode::<JobRecord>(&entry.value)?, entry.revision))))
+                    }
+                    _ => Ok(None),
+                }
+            }
+        })
+        .buffered(READ_CONCURRENCY)
+        .try_filter_map(|entry| async move { Ok(entry) })
+        .try_collect()
+        .await
 }
 
 /// Reads one run record.

@@ -16,8 +16,9 @@ pub const REJECTED_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const REJECTED_MAX_BYTES: i64 = 256 * 1024 * 1024;
 /// Longest a stored record may be.
 pub const RECORD_MAX_BYTES: i32 = 1024 * 1024;
-/// Event and submission handling time before JetStream redelivers to the coordinator.
-pub const COORDINATOR_ACK_WAIT: Duration = Duration::from_secs(60);
+/// Event and submission handling time before JetStream redelivers to the coordinator (a new
+/// leader does not wait for it: it recreates its consumers).
+pub const COORDINATOR_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Events the coordinator may hold un-acknowledged (one batch at a time, with room).
 pub const EVENTS_MAX_ACK_PENDING: i64 = 20_000;
 
@@ -115,7 +116,10 @@ pub async fn ensure(js: &jetstream::Context) -> Result<Topology, ServiceError> {
     Ok(Topology { js: js.clone(), runs, jobs, idempotency })
 }
 
-/// The coordinator's durable consumer on a stream.
+/// The coordinator's durable consumer on a stream, created afresh for each leadership term:
+/// on a work-queue stream unacknowledged messages stay in the stream, so a new consumer
+/// delivers at once what a dead leader had taken but not finished (instead of after its ack
+/// wait, which would stall runs).
 pub async fn coordinator_consumer(
     js: &jetstream::Context,
     stream_name: &str,
@@ -123,6 +127,9 @@ pub async fn coordinator_consumer(
     filter: &str,
 ) -> Result<consumer::PullConsumer, ServiceError> {
     let stream = js.get_stream(stream_name).await.context(format!("opening stream {stream_name}"))?;
+    if let Err(error) = stream.delete_consumer(durable).await {
+        tracing::debug!(%error, consumer = durable, "no consumer to replace");
+    }
     let config = consumer::pull::Config {
         durable_name: Some(durable.to_owned()),
         filter_subject: filter.to_owned(),
@@ -133,7 +140,7 @@ pub async fn coordinator_consumer(
         deliver_policy: consumer::DeliverPolicy::All,
         ..Default::default()
     };
-    stream.get_or_create_consumer(durable, config).await.context(format!("creating consumer {durable}"))
+    stream.create_consumer(config).await.context(format!("creating consumer {durable}"))
 }
 
 /// Checks the server is new enough; every binary calls this at connect.

@@ -53,11 +53,18 @@ pub const STOP_SUBJECTS: &str = "sluice.stop.>";
 pub const RUNS_BUCKET: &str = "sluice-runs";
 /// KV bucket of job records, keyed by `<run_id>.<job>`.
 pub const JOBS_BUCKET: &str = "sluice-jobs";
+/// KV bucket holding the coordinator leadership lease (entries expire: see `LEASE_TTL`).
+pub const LEADER_BUCKET: &str = "sluice-leader";
+/// The lease's key.
+pub const LEADER_KEY: &str = "coordinator";
+
 /// KV bucket mapping idempotency keys (hex) to the run id they created.
 pub const IDEMPOTENCY_BUCKET: &str = "sluice-idempotency";
 
 /// Deduplication header understood by JetStream.
 pub const HEADER_MSG_ID: &str = "Nats-Msg-Id";
+/// Optimistic concurrency: the write succeeds only if the subject's last sequence is this.
+pub const HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE: &str = "Nats-Expected-Last-Subject-Sequence";
 /// W3C trace context headers.
 pub const HEADER_TRACEPARENT: &str = "traceparent";
 pub const HEADER_TRACESTATE: &str = "tracestate";
