@@ -58,7 +58,8 @@ fn a_long_retry_delay_is_a_scheduled_message_not_pending_work() {
     wait_until(Duration::from_secs(20), "the first attempt to fail", || {
         let output = stack.sluice(&["status", &id, "-o", "json"]);
         output.status.success()
-            && serde_json::from_slice::<serde_json::Value>(&output.stdout).is_ok_and(|status| status["jobs"][0]["state"] == "retrying")
+            && serde_json::from_slice::<serde_json::Value>(&output.stdout)
+                .is_ok_and(|status| status["jobs"][0]["state"] == "retrying")
     });
     // While it waits, the pool has no pending work (what KEDA scales on).
     let runtime = tokio::runtime::Runtime::new().unwrap();

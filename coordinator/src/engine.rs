@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sluice_proto::limits::ERROR_TEXT_MAX_BYTES;
-use sluice_proto::messages::truncate_error;
+use sluice_proto::messages::{REDELIVERIES_KEPT, truncate_error};
 use sluice_proto::spec::OnFailure;
 use sluice_proto::{
     AttemptRecord, DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, JobState, RunId, RunRecord, RunState,
@@ -210,16 +210,19 @@ impl Run {
 
     /// Applies one job event. Handling the same event twice changes nothing the second time.
     pub fn apply(&mut self, event: &JobEvent, now: DateTime<Utc>) -> Result<Vec<Effect>, Ignored> {
-        let job = self.jobs.get(&event.job).ok_or_else(|| Ignored::UnknownJob(event.job.clone()))?;
-        if job.state.is_terminal() {
-            return Err(Ignored::AlreadyFinished { job: event.job.clone(), state: job.state.as_str() });
-        }
+        let job = self.jobs.get_mut(&event.job).ok_or_else(|| Ignored::UnknownJob(event.job.clone()))?;
         if event.generation < job.generation {
             return Err(Ignored::StaleGeneration {
                 job: event.job.clone(),
                 event: event.generation,
                 current: job.generation,
             });
+        }
+        if event.kind == EventKind::Started && record_redelivery(job, event) {
+            return Ok(vec![Effect::SaveJob(job.clone())]);
+        }
+        if job.state.is_terminal() {
+            return Err(Ignored::AlreadyFinished { job: event.job.clone(), state: job.state.as_str() });
         }
         let finished_before =
             job.attempt_history.iter().any(|attempt| attempt.attempt == event.attempt && attempt.finished_at.is_some());
@@ -253,6 +256,7 @@ impl Run {
             finished_at: None,
             error: None,
             worker: event.worker.clone(),
+            redelivered_to: Vec::new(),
         });
         Ok(())
     }
@@ -534,6 +538,22 @@ fn blank_job(run_id: RunId, name: &str) -> JobRecord {
     }
 }
 
+/// Notes that an attempt already started was delivered to another worker too. Returns
+/// whether that is news (a repeat of the same start changes nothing).
+fn record_redelivery(job: &mut JobRecord, event: &JobEvent) -> bool {
+    let Some(attempt) = job.attempt_history.iter_mut().find(|attempt| attempt.attempt == event.attempt) else {
+        return false;
+    };
+    if attempt.worker == event.worker
+        || attempt.redelivered_to.contains(&event.worker)
+        || attempt.redelivered_to.len() >= REDELIVERIES_KEPT
+    {
+        return false;
+    }
+    attempt.redelivered_to.push(event.worker.clone());
+    true
+}
+
 /// Marks the attempt the event is about as finished (adding it if its start was never seen).
 fn close_attempt(job: &mut JobRecord, event: &JobEvent, error: Option<String>) {
     job.attempts = job.attempts.max(event.attempt);
@@ -548,6 +568,7 @@ fn close_attempt(job: &mut JobRecord, event: &JobEvent, error: Option<String>) {
             finished_at: Some(event.at),
             error,
             worker: event.worker.clone(),
+            redelivered_to: Vec::new(),
         }),
     }
 }

@@ -169,7 +169,14 @@ pub struct AttemptRecord {
     pub error: Option<String>,
     #[serde(default)]
     pub worker: String,
+    /// Other workers the same attempt was delivered to (JetStream redelivered it with the
+    /// same delivery count, e.g. after a nats-server crash lost consumer state).
+    #[serde(default)]
+    pub redelivered_to: Vec<String>,
 }
+
+/// Redeliveries of one attempt kept in its record, at most.
+pub const REDELIVERIES_KEPT: usize = 8;
 
 /// One job of a run, stored in KV `sluice-jobs` under `<run_id>.<job>`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -142,6 +142,7 @@ fn run_and_job_records() {
                 finished_at: Some(time("2024-03-02T08:00:02Z")),
                 error: None,
                 worker: "worker-1".into(),
+                redelivered_to: vec![],
             }],
         },
     );

@@ -97,6 +97,7 @@ fn job_json(job: &JobRecord) -> serde_json::Value {
             "finished_at": time(attempt.finished_at),
             "error": attempt.error,
             "worker": attempt.worker,
+            "redelivered_to": attempt.redelivered_to,
         })).collect::<Vec<_>>(),
     })
 }

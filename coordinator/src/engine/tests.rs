@@ -247,6 +247,24 @@ fn retry_refuses_a_running_run() {
 }
 
 #[test]
+fn the_same_attempt_delivered_to_another_worker_is_recorded_once() {
+    let (mut run, _) = start("name: r\njobs:\n  a: { run: noop }\n");
+    run.apply(&event(&run, "a", 1, EventKind::Started, 1), at(1)).unwrap();
+    let mut elsewhere = event(&run, "a", 1, EventKind::Started, 2);
+    elsewhere.worker = "w2".into();
+    let effects = run.apply(&elsewhere, at(2)).unwrap();
+    assert_eq!(effects.len(), 1, "only the job record is saved");
+    assert_eq!(run.job("a").unwrap().attempt_history[0].redelivered_to, ["w2"]);
+    assert!(run.apply(&elsewhere, at(2)).is_err(), "handling it again changes nothing");
+    run.apply(&event(&run, "a", 1, EventKind::Succeeded, 3), at(3)).unwrap();
+    let mut late = event(&run, "a", 1, EventKind::Started, 4);
+    late.worker = "w3".into();
+    run.apply(&late, at(4)).unwrap();
+    assert_eq!(run.job("a").unwrap().attempt_history[0].redelivered_to, ["w2", "w3"], "recorded after completion too");
+    assert_eq!(run.job("a").unwrap().state, JobState::Completed);
+}
+
+#[test]
 fn a_redelivered_start_or_failure_of_a_finished_attempt_changes_nothing() {
     let (mut run, _) = start("name: r\njobs:\n  a: { run: noop }\n");
     let started = event(&run, "a", 1, EventKind::Started, 1);

@@ -2,7 +2,7 @@
 //!
 //! Placeholders (`{{start}}`, `{{end}}`, `{{run_id}}`, `{{job}}`, `{{attempt}}`,
 //! `{{params.NAME}}`) are substituted in each argument. Context is in the environment:
-//! `SLUICE_RUN_ID`, `SLUICE_WORKFLOW`, `SLUICE_JOB`, `SLUICE_ATTEMPT`, `SLUICE_WINDOW_START`,
+//! `SLUICE_RUN_ID`, `SLUICE_WORKFLOW`, `SLUICE_JOB`, `SLUICE_ATTEMPT`, `SLUICE_WORKER`, `SLUICE_WINDOW_START`,
 //! `SLUICE_WINDOW_END`, `SLUICE_CONFIG` and `SLUICE_PARAMS` (JSON), `TRACEPARENT`,
 //! `TRACESTATE`. Exit code 0 is success; exit code 78 (or one listed in the job's
 //! `permanent_exit_codes`) is a permanent failure, any other a retryable one. On cancellation the process gets SIGTERM, then
@@ -68,6 +68,7 @@ impl Job for Exec {
             .env("SLUICE_WORKFLOW", &ctx.workflow)
             .env("SLUICE_JOB", &ctx.job)
             .env("SLUICE_ATTEMPT", ctx.attempt.to_string())
+            .env("SLUICE_WORKER", &ctx.worker_id)
             .env("SLUICE_WINDOW_START", window.start_rfc3339())
             .env("SLUICE_WINDOW_END", window.end_rfc3339())
             .env("SLUICE_CONFIG", config.to_string())
@@ -81,6 +82,7 @@ impl Job for Exec {
                 process.env(name, value);
             }
         }
+        die_with_this_process(&mut process);
         let mut child =
             process.spawn().map_err(|error| JobError::permanent(format!("cannot start `{}`: {error}", args[0])))?;
         let stdout = child.stdout.take().map(|out| tokio::spawn(forward_lines(out, ctx.job.clone(), "stdout", 0)));
@@ -123,6 +125,20 @@ impl Job for Exec {
         Err(JobError { message, retryable: !permanent })
     }
 }
+
+/// Makes the job's process get SIGKILL if the worker dies (SIGKILL, OOM): a job must not
+/// outlive its worker, or its redelivery would run beside it.
+#[cfg(target_os = "linux")]
+fn die_with_this_process(command: &mut Command) {
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2),
+    // which is async-signal-safe; it touches no memory shared with the parent.
+    unsafe {
+        command.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_this_process(_command: &mut Command) {}
 
 /// Logs each line of the child's output, keeping the last `keep` lines.
 async fn forward_lines(
@@ -218,6 +234,55 @@ mod tests {
             .unwrap_err();
         assert!(!error.retryable);
         assert!(error.message.contains("cannot start `/nonexistent/program`"), "{}", error.message);
+    }
+
+    #[test]
+    fn the_process_dies_with_its_worker() {
+        // A child "worker" runs an exec job, then is SIGKILLed: the job's process must go too.
+        let dir = tempfile_dir();
+        let pid_file = dir.join("job.pid");
+        if std::env::var_os("SLUICE_EXEC_TEST_CHILD").is_some() {
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            let script = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+            let _ = runtime.block_on(Exec::default().perform(
+                &ctx(&["sh", "-c", &script]),
+                &window(),
+                &serde_json::Value::Null,
+            ));
+            return;
+        }
+        let mut worker = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "kinds::exec::tests::the_process_dies_with_its_worker", "--nocapture"])
+            .env("SLUICE_EXEC_TEST_CHILD", "1")
+            .env("SLUICE_EXEC_TEST_DIR", &dir)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let pid = loop {
+            if let Ok(text) = std::fs::read_to_string(&pid_file)
+                && !text.trim().is_empty()
+            {
+                break text.trim().to_owned();
+            }
+            assert!(std::time::Instant::now() < deadline, "the job did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        worker.kill().unwrap();
+        worker.wait().unwrap();
+        let gone = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| stat.contains(") Z "))
+        });
+        assert!(gone, "job process {pid} outlived its worker");
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let dir = std::env::var_os("SLUICE_EXEC_TEST_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join(format!("sluice-exec-test-{}", std::process::id())));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[tokio::test]
