@@ -118,3 +118,37 @@ fn a_job_longer_than_the_ack_wait_is_kept_alive_and_runs_once() {
     let recorded = read_job_log(&log);
     assert_eq!(recorded["long"].starts.len(), 1, "redelivered while its worker was alive");
 }
+
+#[test]
+fn a_job_that_kills_every_worker_is_dead_lettered_through_the_max_deliveries_advisory() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    let worker_args = ["--max-deliver", "2", "--ack-wait", "1s"];
+    let mut worker = stack.worker(&worker_args);
+    let file = stack.write(
+        "poison.yaml",
+        "name: poison\njobs:\n  poison: { run: exec, retry: { max_attempts: 5 }, command: [sh, -c, 'kill -9 $PPID'] }\n",
+    );
+    let run_id = submit(&stack, &file);
+    let mut deaths = 0;
+    let status = loop {
+        let output = stack.sluice(&["status", &run_id, "-o", "json"]);
+        if let Ok(status) = serde_json::from_slice::<serde_json::Value>(&output.stdout)
+            && status["state"] != "running"
+        {
+            break status;
+        }
+        if !stack.is_running(worker) {
+            deaths += 1;
+            assert!(deaths <= 4, "JetStream kept delivering the job");
+            worker = stack.worker(&worker_args);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status["state"], "failed", "{status:#}");
+    let error = status["jobs"][0]["error"].as_str().unwrap();
+    assert!(error.contains("gave up after 2 deliveries"), "{error}");
+    let letters = stack.sluice_json(&["dlq", "list"], 0);
+    assert_eq!(letters["dead_letters"][0]["job"], "poison");
+    assert_eq!(deaths, 2, "each delivery killed a worker");
+}

@@ -105,3 +105,23 @@ pub async fn stop_run(js: &jetstream::Context, run_id: &RunId) -> Result<(), Ser
     client.publish(names::stop_subject(run_id), bytes::Bytes::new()).await.context("telling workers to stop a run")?;
     client.flush().await.context("telling workers to stop a run")
 }
+
+/// Keeps a message nobody can read in the dead-letter stream as it came, with the reason
+/// and its first subject in headers.
+pub async fn publish_raw_dead_letter(
+    js: &jetstream::Context,
+    pool: &str,
+    original_subject: &str,
+    payload: bytes::Bytes,
+    reason: &str,
+) -> Result<(), ServiceError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(names::HEADER_REASON, reason);
+    headers.insert(names::HEADER_ORIGINAL_SUBJECT, original_subject);
+    let ack = js
+        .publish_with_headers(names::dlq_subject(pool), headers, payload)
+        .await
+        .context("dead-lettering a raw job")?;
+    ack.await.context("confirming a raw dead letter")?;
+    Ok(())
+}

@@ -13,11 +13,14 @@ use futures::StreamExt;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sluice_proto::{
-    ControlAction, ControlRequest, DeadLetter, JobEvent, Rejection, RunId, TraceParent, decode, encode, names,
+    ControlAction, ControlRequest, DeadLetter, JobEvent, JobMessage, Rejection, RunId, TraceParent, decode, encode,
+    names,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::dispatch::{publish_dead_letters, publish_jobs, reached_workers, stop_run, withdraw};
+use crate::dispatch::{
+    publish_dead_letters, publish_jobs, publish_raw_dead_letter, reached_workers, stop_run, withdraw,
+};
 use crate::engine::{Effect, Run};
 use crate::error::{NatsContext, ServiceError};
 use crate::intake;
@@ -122,7 +125,20 @@ impl Coordinator {
             names::CONTROL_SUBJECTS,
         )
         .await?;
+        let advisories = topology::coordinator_consumer(
+            &self.js,
+            names::ADVISORIES_STREAM,
+            names::ADVISORIES_CONSUMER,
+            names::MAX_DELIVERIES_SUBJECTS,
+        )
+        .await?;
         self.recover(&topology).await?;
+        let mut advisories = advisories
+            .stream()
+            .max_messages_per_batch(SUBMISSIONS_PREFETCH)
+            .messages()
+            .await
+            .context("subscribing to advisories")?;
         let mut requests = control
             .stream()
             .max_messages_per_batch(SUBMISSIONS_PREFETCH)
@@ -151,6 +167,10 @@ impl Coordinator {
                     let batch = batch.ok_or_else(|| ended("events"))?;
                     let messages = batch.into_iter().collect::<Result<Vec<_>, _>>().context("receiving events")?;
                     self.handle_events(messages).await?;
+                }
+                advisory = advisories.next() => {
+                    let advisory = advisory.ok_or_else(|| ended("advisories"))?.context("receiving an advisory")?;
+                    self.handle_max_deliveries(&topology, advisory).await?;
                 }
                 request = requests.next() => {
                     let request = request.ok_or_else(|| ended("control requests"))?.context("receiving a control request")?;
@@ -351,6 +371,84 @@ impl Coordinator {
             }
         }
         Ok(())
+    }
+
+    /// JetStream gave up on a job message (its workers kept dying before they could report):
+    /// the job fails finally and is dead-lettered, then the message leaves the jobs stream.
+    async fn handle_max_deliveries(&mut self, topology: &Topology, message: Message) -> Result<(), ServiceError> {
+        #[derive(serde::Deserialize)]
+        struct MaxDeliveries {
+            stream_seq: u64,
+            deliveries: u64,
+        }
+        let advisory: MaxDeliveries = match serde_json::from_slice(&message.payload) {
+            Ok(advisory) => advisory,
+            Err(error) => {
+                tracing::error!(%error, "dropping a MAX_DELIVERIES advisory that cannot be read");
+                message.ack().await.context("acknowledging an advisory")?;
+                return Ok(());
+            }
+        };
+        let jobs = self.js.get_stream_no_info(names::JOBS_STREAM).await.context("opening the jobs stream")?;
+        let stored = match jobs.direct_get(advisory.stream_seq).await {
+            Ok(stored) => Some(stored),
+            Err(error) if error.kind() == jetstream::stream::DirectGetErrorKind::NotFound => None,
+            Err(error) => return Err(error).context("reading a job that reached max_deliver"),
+        };
+        if let Some(stored) = stored {
+            let reason = format!(
+                "JetStream gave up after {} deliveries: the workers running it kept dying",
+                advisory.deliveries
+            );
+            tracing::warn!(subject = %stored.subject, %reason, "dead-lettering a job");
+            match decode::<JobMessage>(&stored.payload) {
+                Ok(job) => self.fail_finally(topology, &job, advisory.deliveries, reason).await?,
+                Err(error) => {
+                    let pool = stored.subject.split('.').nth(2).unwrap_or(sluice_proto::spec::DEFAULT_POOL);
+                    let reason = format!("{reason}; the job message cannot be decoded: {error}");
+                    publish_raw_dead_letter(&self.js, pool, &stored.subject, stored.payload.clone(), &reason).await?;
+                }
+            }
+            jobs.delete_message(advisory.stream_seq).await.context("removing a job that reached max_deliver")?;
+        }
+        message.ack().await.context("acknowledging an advisory")?;
+        self.evict_finished();
+        Ok(())
+    }
+
+    /// Fails a job's current attempt with no attempt to follow, as its worker would have.
+    async fn fail_finally(
+        &mut self,
+        topology: &Topology,
+        job: &JobMessage,
+        deliveries: u64,
+        reason: String,
+    ) -> Result<(), ServiceError> {
+        let now = Utc::now();
+        if !self.active.contains_key(&job.run_id) {
+            let reconcile = self.load(topology, &job.run_id, now).await?;
+            self.execute(reconcile).await?;
+        }
+        let Some(run) = self.active.get_mut(&job.run_id) else { return Ok(()) };
+        let event = JobEvent {
+            schema_version: sluice_proto::SCHEMA_VERSION,
+            run_id: job.run_id,
+            job: job.job.clone(),
+            attempt: job.attempt_offset.saturating_add(u32::try_from(deliveries).unwrap_or(u32::MAX)),
+            generation: job.generation,
+            kind: sluice_proto::EventKind::Failed,
+            at: now,
+            worker: "jetstream".to_owned(),
+            error: Some(reason),
+            retry_at: None,
+        };
+        match run.apply(&event, now) {
+            Ok(effects) => self.execute(effects).await,
+            Err(ignored) => {
+                tracing::info!(run = %job.run_id, %ignored, "the job that reached max_deliver had already finished");
+                Ok(())
+            }
+        }
     }
 
     /// A user's request: cancel, retry, or replay of a dead letter. The run is loaded from

@@ -74,6 +74,11 @@ pub async fn ensure(js: &jetstream::Context) -> Result<Topology, ServiceError> {
             )
         },
         work_queue(names::CONTROL_STREAM, names::CONTROL_SUBJECTS, "Sluice requests about runs: cancel, retry, replay"),
+        work_queue(
+            names::ADVISORIES_STREAM,
+            names::MAX_DELIVERIES_SUBJECTS,
+            "Jobs that reached max_deliver (their workers kept dying)",
+        ),
         work_queue(names::EVENTS_STREAM, names::EVENTS_SUBJECTS, "Sluice job lifecycle events"),
         stream::Config {
             name: names::DLQ_STREAM.to_owned(),

@@ -46,6 +46,15 @@ pub const CONTROL_SUBJECTS: &str = "sluice.control.>";
 /// The coordinator's durable consumer on [`CONTROL_STREAM`].
 pub const CONTROL_CONSUMER: &str = "coordinator-control";
 
+/// Stream capturing JetStream's MAX_DELIVERIES advisories for the jobs stream, so a job
+/// whose workers kept dying reaches the dead-letter stream even if no coordinator was
+/// listening when the advisory went out.
+pub const ADVISORIES_STREAM: &str = "SLUICE_ADVISORIES";
+/// Subjects of [`ADVISORIES_STREAM`].
+pub const MAX_DELIVERIES_SUBJECTS: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.SLUICE_JOBS.>";
+/// The coordinator's durable consumer on [`ADVISORIES_STREAM`].
+pub const ADVISORIES_CONSUMER: &str = "coordinator-advisories";
+
 /// Core NATS subjects on which the coordinator tells workers to stop a run's jobs.
 pub const STOP_SUBJECTS: &str = "sluice.stop.>";
 

@@ -10,6 +10,10 @@ use crate::runtime::WorkerError;
 /// Default time a job's message may go without an ack or in-progress ack before JetStream
 /// redelivers it; running jobs send in-progress acks at a third of this.
 pub const JOB_ACK_WAIT_DEFAULT: Duration = Duration::from_secs(30);
+/// Default deliveries of one job message before JetStream gives up on it (a backstop: Sluice
+/// counts attempts itself and allows at most 100, plus hand-backs on shutdown). Reaching it
+/// sends a MAX_DELIVERIES advisory, which the coordinator turns into a dead letter.
+pub const POOL_MAX_DELIVER_DEFAULT: i64 = 120;
 /// Jobs a pool may have delivered and not yet acknowledged, across all its workers.
 pub const POOL_MAX_ACK_PENDING: i64 = 10_000;
 
@@ -38,12 +42,13 @@ pub enum ConnectError {
 }
 
 /// The pool's durable pull consumer (created if missing). The jobs stream is the
-/// coordinator's to create. `ack_wait` applies when this call creates the consumer; an
-/// existing consumer keeps its own.
+/// coordinator's to create. `ack_wait` and `max_deliver` apply when this call creates the
+/// consumer; an existing consumer keeps its own.
 pub async fn pool_consumer(
     js: &jetstream::Context,
     pool: &str,
     ack_wait: Duration,
+    max_deliver: i64,
 ) -> Result<consumer::PullConsumer, WorkerError> {
     let stream = js
         .get_stream(names::JOBS_STREAM)
@@ -56,8 +61,9 @@ pub async fn pool_consumer(
         filter_subject: names::pool_filter(pool),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait,
-        // Attempts are counted by Sluice; a worker refuses attempts past max_attempts.
-        max_deliver: -1,
+        // Attempts are counted by Sluice (a worker refuses attempts past max_attempts); this
+        // only catches a job whose every delivery kills its worker.
+        max_deliver,
         max_ack_pending: POOL_MAX_ACK_PENDING,
         deliver_policy: consumer::DeliverPolicy::All,
         // No inactive_threshold: an idle pool (scaled to zero) keeps its consumer.

@@ -29,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::job::{JobContext, JobError};
-use crate::nats::{JOB_ACK_WAIT_DEFAULT, pool_consumer};
+use crate::nats::{JOB_ACK_WAIT_DEFAULT, POOL_MAX_DELIVER_DEFAULT, pool_consumer};
 use crate::registry::Registry;
 use crate::stops::RunStops;
 
@@ -60,6 +60,8 @@ pub struct WorkerConfig {
     /// Retry delays up to this are a NAK with delay (the message stays pending, which keeps
     /// an autoscaled pool awake); longer ones become JetStream message schedules.
     pub nak_delay_max: Duration,
+    /// The pool consumer's max_deliver, when this worker creates the consumer.
+    pub max_deliver: i64,
 }
 
 impl WorkerConfig {
@@ -72,6 +74,7 @@ impl WorkerConfig {
             worker_id: format!("{host}-{}", std::process::id()),
             ack_wait: JOB_ACK_WAIT_DEFAULT,
             nak_delay_max: NAK_DELAY_MAX_DEFAULT,
+            max_deliver: POOL_MAX_DELIVER_DEFAULT,
         }
     }
 }
@@ -119,7 +122,8 @@ pub async fn run(
         )));
     }
     let js = jetstream::new(client);
-    let Some(mut consumer) = open_consumer(&js, &config.pool, config.ack_wait, &shutdown).await else {
+    let Some(mut consumer) = open_consumer(&js, &config.pool, (config.ack_wait, config.max_deliver), &shutdown).await
+    else {
         return Ok(());
     };
     // The consumer's own ack wait counts (another worker may have created it).
@@ -175,11 +179,11 @@ pub async fn run(
 async fn open_consumer(
     js: &jetstream::Context,
     pool: &str,
-    ack_wait: Duration,
+    (ack_wait, max_deliver): (Duration, i64),
     shutdown: &CancellationToken,
 ) -> Option<PullConsumer> {
     loop {
-        match pool_consumer(js, pool, ack_wait).await {
+        match pool_consumer(js, pool, ack_wait, max_deliver).await {
             Ok(consumer) => return Some(consumer),
             Err(error) => {
                 tracing::warn!(%error, "cannot open the pool's consumer yet (has a coordinator started?); retrying")

@@ -29,6 +29,11 @@ pub struct WorkerArgs {
     /// message schedules, so a waiting job does not keep an autoscaled pool awake.
     #[arg(long, default_value = "30s")]
     pub max_nak_delay: HumanDuration,
+    /// Deliveries of one job before JetStream gives up on it (set when this worker creates
+    /// the pool's consumer): a backstop for jobs that kill their worker every time; such a
+    /// job is dead-lettered.
+    #[arg(long, default_value_t = sluice_worker::nats::POOL_MAX_DELIVER_DEFAULT)]
+    pub max_deliver: i64,
 }
 
 impl WorkerArgs {
@@ -38,6 +43,7 @@ impl WorkerArgs {
         config.shutdown_grace = self.shutdown_grace.as_duration();
         config.ack_wait = self.ack_wait.as_duration();
         config.nak_delay_max = self.max_nak_delay.as_duration();
+        config.max_deliver = self.max_deliver;
         config
     }
 }
