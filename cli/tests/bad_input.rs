@@ -131,17 +131,30 @@ fn an_unknown_job_kind_fails_that_job_with_a_clear_error() {
 #[test]
 fn idempotency_key_creates_one_run() {
     let mut stack = Stack::start();
+    let file = stack.write("once.yaml", "name: once\njobs:\n  a: { run: noop }\n");
+    let submit = |stack: &Stack| {
+        stack.sluice_json(&["submit", file.to_str().unwrap(), "--idempotency-key", "2024-03-01-load"], 0)
+    };
+    // The second arrives while the first still waits in the stream for a coordinator.
+    let first = submit(&stack);
+    let early = submit(&stack);
+    assert_eq!(early["id"], first["id"]);
+    assert_eq!(early["duplicate"], true);
+    assert_eq!(first["duplicate"], false);
     stack.coordinator();
     stack.worker(&[]);
-    let file = stack.write("once.yaml", "name: once\njobs:\n  a: { run: noop }\n");
-    let first = stack.sluice_json(&["submit", file.to_str().unwrap(), "--idempotency-key", "2024-03-01-load"], 0);
     let id = first["id"].as_str().unwrap().to_owned();
     stack.wait_for_run(&id, Duration::from_secs(30));
-    let second = stack.sluice_json(&["submit", file.to_str().unwrap(), "--idempotency-key", "2024-03-01-load"], 0);
-    assert_eq!(second["id"], first["id"]);
-    assert_eq!(second["duplicate"], true);
+    // After the coordinator took it, the key is known durably.
+    let late = submit(&stack);
+    assert_eq!(late["id"], first["id"]);
+    assert_eq!(late["duplicate"], true);
     let runs = stack.sluice_json(&["runs", "--workflow", "once"], 0);
     assert_eq!(runs["runs"].as_array().unwrap().len(), 1, "{runs:#}");
+    let too_long = "k".repeat(129);
+    let refused = stack.sluice(&["submit", file.to_str().unwrap(), "--idempotency-key", &too_long]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--idempotency-key must be 1 to 128 bytes"));
 }
 
 #[test]
@@ -179,4 +192,24 @@ fn unreachable_nats_exits_3_with_a_clear_message() {
     let error: serde_json::Value = serde_json::from_slice(&output.stderr).unwrap();
     assert_eq!(error["error"]["kind"], "nats");
     assert!(error["error"]["message"].as_str().unwrap().contains("cannot reach NATS at nats://127.0.0.1:1"));
+}
+
+#[test]
+fn bad_worker_flags_are_refused_before_anything_starts() {
+    for (args, expected) in [
+        (&["worker", "--concurrency", "0"][..], "--concurrency must be 1 to 1024, not 0"),
+        (&["worker", "--max-deliver", "1"][..], "--max-deliver must be at least 2"),
+        (&["worker", "--ack-wait", "0s"][..], "--ack-wait must be at least 1s"),
+        (&["dev", "--concurrency", "5000"][..], "--concurrency must be 1 to 1024, not 5000"),
+    ] {
+        let output = std::process::Command::new(SLUICE)
+            .args(args)
+            .args(["--nats-url", "nats://127.0.0.1:1"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
 }

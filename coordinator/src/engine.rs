@@ -486,8 +486,17 @@ impl Run {
         if self.unfinished > 0 || self.record.state.is_terminal() {
             return;
         }
-        let all_completed = self.jobs.values().all(|job| job.state == JobState::Completed);
+        let mut failed: Vec<&str> =
+            self.jobs.values().filter(|job| job.state == JobState::Failed).map(|job| job.name.as_str()).collect();
+        failed.sort_unstable();
+        let all_completed = failed.is_empty() && self.jobs.values().all(|job| job.state == JobState::Completed);
         self.record.state = if all_completed { RunState::Succeeded } else { RunState::Failed };
+        self.record.error = match failed.as_slice() {
+            [] => None,
+            [one] => Some(format!("job `{one}` failed")),
+            [first, second] => Some(format!("jobs `{first}` and `{second}` failed")),
+            [first, second, rest @ ..] => Some(format!("jobs `{first}`, `{second}` and {} more failed", rest.len())),
+        };
         self.record.finished_at = Some(now);
         effects.push(Effect::SaveRun(self.record.clone()));
     }

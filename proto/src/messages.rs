@@ -145,7 +145,7 @@ pub struct RunRecord {
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub idempotency_key: Option<String>,
-    /// Why the run failed when no job explains it (a rejected submission).
+    /// For a failed run: which jobs failed (their records say why).
     #[serde(default)]
     pub error: Option<String>,
     #[serde(default)]

@@ -20,7 +20,7 @@ pub enum RunState {
     Running,
     /// Every job completed.
     Succeeded,
-    /// A job failed (its attempts are over) or the submission was rejected.
+    /// A job failed (its attempts are over).
     Failed,
     /// Cancelled by a user before it finished.
     Cancelled,

@@ -36,6 +36,8 @@ pub struct DevArgs {
 
 pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
     // Validate everything before starting anything.
+    let defaults = WorkerConfig::new(sluice_proto::spec::DEFAULT_POOL);
+    super::serve::check_worker_flags(args.concurrency, defaults.ack_wait, defaults.max_deliver)?;
     let workflows = args.files.iter().map(|file| super::read_workflow(file)).collect::<Result<Vec<_>, _>>()?;
     let mut server = NatsServer::start(Options {
         port: Some(args.port),
@@ -72,7 +74,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
     let mut ids = Vec::new();
     for ((spec, yaml), file) in workflows.into_iter().zip(&args.files) {
         let window = resolve_window(&spec, None)?;
-        let id = publish(&js, &spec, yaml, window, Default::default(), None).await?;
+        let id = publish(&js, &spec, yaml, window, Default::default(), None).await?.run_id;
         println!("submitted {} as run {id} (window {window})", file.display());
         ids.push(id);
     }

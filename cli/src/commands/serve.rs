@@ -36,15 +36,33 @@ pub struct WorkerArgs {
     pub max_deliver: i64,
 }
 
+/// Refuses worker settings that could only fail later, naming the flag.
+pub fn check_worker_flags(concurrency: usize, ack_wait: std::time::Duration, max_deliver: i64) -> Result<(), CliError> {
+    use sluice_worker::runtime::CONCURRENCY_MAX;
+    if concurrency == 0 || concurrency > CONCURRENCY_MAX {
+        return Err(CliError::usage(format!("--concurrency must be 1 to {CONCURRENCY_MAX}, not {concurrency}")));
+    }
+    if ack_wait < std::time::Duration::from_secs(1) {
+        return Err(CliError::usage("--ack-wait must be at least 1s"));
+    }
+    if max_deliver != -1 && max_deliver < 2 {
+        return Err(CliError::usage(format!(
+            "--max-deliver must be at least 2 (or -1 for no limit), not {max_deliver}"
+        )));
+    }
+    Ok(())
+}
+
 impl WorkerArgs {
-    pub fn config(&self) -> WorkerConfig {
+    pub fn config(&self) -> Result<WorkerConfig, CliError> {
+        check_worker_flags(self.concurrency, self.ack_wait.as_duration(), self.max_deliver)?;
         let mut config = WorkerConfig::new(self.pool.clone());
         config.concurrency = self.concurrency;
         config.shutdown_grace = self.shutdown_grace.as_duration();
         config.ack_wait = self.ack_wait.as_duration();
         config.nak_delay_max = self.max_nak_delay.as_duration();
         config.max_deliver = self.max_deliver;
-        config
+        Ok(config)
     }
 }
 
@@ -56,10 +74,10 @@ pub async fn coordinator(url: &str) -> Result<ExitCode, CliError> {
 }
 
 pub async fn worker(url: &str, args: WorkerArgs) -> Result<ExitCode, CliError> {
+    let config = args.config()?;
     let client = output::connect(url).await?;
     let shutdown = on_signal();
-    let result =
-        sluice_worker::runtime::run(client.clone(), Registry::with_stock_kinds(), args.config(), shutdown).await;
+    let result = sluice_worker::runtime::run(client.clone(), Registry::with_stock_kinds(), config, shutdown).await;
     // Acks and events of the last jobs must leave before the process does.
     let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
     result.map_err(|error| match error {

@@ -10,6 +10,7 @@ use async_nats::jetstream;
 use chrono::Utc;
 use serde_json::json;
 use sluice_coordinator::topology;
+use sluice_proto::limits::IDEMPOTENCY_KEY_MAX_BYTES;
 use sluice_proto::{RunId, SCHEMA_VERSION, Submission, TraceParent, Window, WorkflowSpec, encode, names};
 
 use crate::commands::status::view_json;
@@ -44,27 +45,34 @@ pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode
     let js = jetstream::new(client);
     let topology = topology::ensure(&js).await?;
 
+    if let Some(key) = &args.idempotency_key {
+        if key.is_empty() || key.len() > IDEMPOTENCY_KEY_MAX_BYTES {
+            return Err(CliError::usage(format!(
+                "--idempotency-key must be 1 to {IDEMPOTENCY_KEY_MAX_BYTES} bytes, not {}",
+                key.len()
+            )));
+        }
+    }
     let existing = match &args.idempotency_key {
-        Some(key) => topology
-            .idempotency
-            .get(names::idempotency_kv_key(key))
-            .await
-            .map_err(|error| CliError::nats(format!("reading idempotency key: {error}")))?
-            .and_then(|bytes| std::str::from_utf8(&bytes).ok().and_then(|text| text.parse::<RunId>().ok())),
+        Some(key) => key_holder(&topology, key).await?,
         None => None,
     };
-    let run_id = match existing {
-        Some(id) => id,
-        None => publish(&js, &spec, yaml, window, params, args.idempotency_key.clone()).await?,
+    let (run_id, duplicate) = match existing {
+        Some(id) => (id, true),
+        None => {
+            let published = publish(&js, &spec, yaml, window, params, args.idempotency_key.clone()).await?;
+            (published.run_id, published.duplicate)
+        }
     };
     if format == Format::Human {
-        match existing {
-            Some(_) => println!("already submitted with this idempotency key: run {run_id}"),
-            None => println!("submitted run {run_id} (workflow {}, window {window})", spec.name),
+        if duplicate {
+            println!("already submitted with this idempotency key: run {run_id}");
+        } else {
+            println!("submitted run {run_id} (workflow {}, window {window})", spec.name);
         }
     } else if !args.wait {
         print_json(
-            &json!({"id": run_id.to_string(), "workflow": spec.name, "window": {"start": window.start_rfc3339(), "end": window.end_rfc3339()}, "duplicate": existing.is_some()}),
+            &json!({"id": run_id.to_string(), "workflow": spec.name, "window": {"start": window.start_rfc3339(), "end": window.end_rfc3339()}, "duplicate": duplicate}),
         );
     }
     if !args.wait {
@@ -84,7 +92,24 @@ pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode
     Ok(if result.succeeded() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// Publishes a submission and waits for JetStream to store it; returns the run id.
+/// The run that holds an idempotency key, once a coordinator has claimed it.
+async fn key_holder(topology: &topology::Topology, key: &str) -> Result<Option<RunId>, CliError> {
+    Ok(topology
+        .idempotency
+        .get(names::idempotency_kv_key(key))
+        .await
+        .map_err(|error| CliError::nats(format!("reading idempotency key: {error}")))?
+        .and_then(|bytes| std::str::from_utf8(&bytes).ok().and_then(|text| text.parse::<RunId>().ok())))
+}
+
+/// A stored submission: its run id, and whether JetStream had it already (same
+/// idempotency key within the duplicate window), in which case the id is the first one's.
+pub struct Published {
+    pub run_id: RunId,
+    pub duplicate: bool,
+}
+
+/// Publishes a submission and waits for JetStream to store it.
 pub async fn publish(
     js: &jetstream::Context,
     spec: &WorkflowSpec,
@@ -92,7 +117,7 @@ pub async fn publish(
     window: Window,
     params: BTreeMap<String, String>,
     idempotency_key: Option<String>,
-) -> Result<RunId, CliError> {
+) -> Result<Published, CliError> {
     let run_id = RunId::new();
     let submission = Submission {
         schema_version: SCHEMA_VERSION,
@@ -104,15 +129,33 @@ pub async fn publish(
         submitted_at: Some(Utc::now()),
     };
     let mut headers = HeaderMap::new();
-    headers.insert(names::HEADER_MSG_ID, idempotency_key.unwrap_or_else(|| run_id.to_string()).as_str());
+    headers.insert(names::HEADER_MSG_ID, idempotency_key.clone().unwrap_or_else(|| run_id.to_string()).as_str());
     headers.insert(names::HEADER_TRACEPARENT, TraceParent::new_root(&mut rand::rng()).to_string().as_str());
     let payload = encode(&submission).map_err(|error| CliError::failed(error.to_string()))?;
     let ack = js
         .publish_with_headers(names::SUBMIT_SUBJECT, headers, payload.into())
         .await
         .map_err(|error| CliError::nats(format!("publishing the submission of {}: {error}", spec.name)))?;
-    ack.await.map_err(|error| CliError::nats(format!("JetStream did not store the submission: {error}")))?;
-    Ok(run_id)
+    let ack = ack.await.map_err(|error| CliError::nats(format!("JetStream did not store the submission: {error}")))?;
+    if !ack.duplicate {
+        return Ok(Published { run_id, duplicate: false });
+    }
+    // The first submission with this key is still queued (read its run id from it) or was
+    // taken by a coordinator, which claimed the key before acknowledging it.
+    let first = match js.get_stream(names::SUBMIT_STREAM).await {
+        Ok(stream) => stream.get_raw_message(ack.sequence).await.ok().and_then(|stored| {
+            sluice_proto::decode::<Submission>(&stored.payload).ok().map(|submission| submission.run_id)
+        }),
+        Err(_) => None,
+    };
+    let first = match (first, idempotency_key.as_deref()) {
+        (Some(id), _) => Some(id),
+        (None, Some(key)) => key_holder(&topology::ensure(js).await?, key).await?,
+        (None, None) => None,
+    };
+    first
+        .map(|run_id| Published { run_id, duplicate: true })
+        .ok_or_else(|| CliError::failed("JetStream dropped the submission as a duplicate of one that can no longer be read"))
 }
 
 /// `NAME=VALUE` pairs; the error names the bad one.

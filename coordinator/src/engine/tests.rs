@@ -105,6 +105,7 @@ fn a_final_failure_skips_what_is_blocked_and_fails_the_run() {
     let effects = run.apply(&event(&run, "c", 1, EventKind::Succeeded, 3), at(3)).unwrap();
     assert!(dispatched(&effects).is_empty());
     assert_eq!(run.record().state, RunState::Failed);
+    assert_eq!(run.record().error.as_deref(), Some("job `b` failed"));
     assert_eq!(run.job("b").unwrap().attempt_history[0].error.as_deref(), Some("boom"));
 }
 
