@@ -30,18 +30,17 @@ enum Command {
     /// Run a local stack (nats-server, coordinator, worker), submit workflows, show progress.
     Dev(commands::dev::DevArgs),
     /// Run the coordinator (advances every run's DAG).
-    Coordinator,
+    Coordinator(commands::serve::CoordinatorArgs),
     /// Run a worker for one pool with the stock job kinds (exec, noop, sleep, fail).
     Worker(commands::serve::WorkerArgs),
     /// Submit a workflow; prints the run id.
     Submit(commands::submit::SubmitArgs),
     /// Show a run and its jobs.
-    Status {
-        /// The run id `submit` printed.
-        run: String,
-    },
+    Status(commands::status::StatusArgs),
     /// List runs, newest first.
     Runs(commands::runs::RunsArgs),
+    /// Print the log lines of a run's jobs; --follow prints new ones until the run ends.
+    Logs(commands::logs::LogsArgs),
     /// Cancel a run: queued jobs never start, running jobs are told to stop.
     Cancel {
         /// The run to cancel.
@@ -79,9 +78,9 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             output::init_logging("warn");
             commands::dev::run(args).await
         }
-        Command::Coordinator => {
+        Command::Coordinator(args) => {
             output::init_logging("info");
-            commands::serve::coordinator(url).await
+            commands::serve::coordinator(url, args).await
         }
         Command::Worker(args) => {
             output::init_logging("info");
@@ -91,13 +90,17 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
             output::init_logging("warn");
             commands::submit::run(url, args, cli.output).await
         }
-        Command::Status { run } => {
+        Command::Status(args) => {
             output::init_logging("warn");
-            commands::status::run(url, &run, cli.output).await
+            commands::status::run(url, args, cli.output).await
         }
         Command::Runs(args) => {
             output::init_logging("warn");
             commands::runs::run(url, args, cli.output).await
+        }
+        Command::Logs(args) => {
+            output::init_logging("warn");
+            commands::logs::run(url, args, cli.output).await
         }
         Command::Cancel { run } => {
             output::init_logging("warn");

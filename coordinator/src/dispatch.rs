@@ -7,6 +7,7 @@ use rand::Rng;
 use sluice_proto::{DeadLetter, JobMessage, RunId, RunRecord, TraceParent, encode, names};
 
 use crate::error::{NatsContext, ServiceError};
+use crate::pipeline::{Outgoing, publish_all};
 
 /// Publishes jobs without waiting in between, then waits for every acknowledgement.
 /// `Nats-Msg-Id` makes a re-publish inside the duplicate window a no-op.
@@ -15,7 +16,7 @@ pub async fn publish_jobs(
     jobs: &[(&JobMessage, &RunRecord)],
     rng: &mut (impl Rng + Send),
 ) -> Result<usize, ServiceError> {
-    let mut acks = Vec::with_capacity(jobs.len());
+    let mut outgoing = Vec::with_capacity(jobs.len());
     for &(message, run) in jobs {
         let attempt = message.attempt_offset + 1;
         let mut headers = HeaderMap::new();
@@ -31,18 +32,14 @@ pub async fn publish_jobs(
                 headers.insert(names::HEADER_TRACESTATE, state.as_str());
             }
         }
-        let subject = names::job_subject(&message.pool, &message.run_id, &message.job);
-        let ack = js
-            .publish_with_headers(subject, headers, encode(message)?.into())
-            .await
-            .context(format!("dispatching job {} of run {}", message.job, message.run_id))?;
-        acks.push(ack);
+        outgoing.push(Outgoing {
+            subject: names::job_subject(&message.pool, &message.run_id, &message.job),
+            headers,
+            payload: encode(message)?.into(),
+            what: format!("job {} of run {}", message.job, message.run_id),
+        });
     }
-    let count = acks.len();
-    for ack in acks {
-        ack.await.context("confirming a dispatch")?;
-    }
-    Ok(count)
+    Ok(publish_all(js, outgoing).await?.len())
 }
 
 /// Whether a `queued` job needs no re-publish: its message is still in the jobs stream, or
@@ -70,30 +67,30 @@ fn present<T>(result: Result<T, jetstream::stream::DirectGetError>) -> Result<bo
 /// Keeps dead letters in `SLUICE_DLQ`, waiting until each is stored. Their `Nats-Msg-Id`
 /// (one per job and generation) makes a repeat after a crash a no-op.
 pub async fn publish_dead_letters(js: &jetstream::Context, letters: &[&DeadLetter]) -> Result<(), ServiceError> {
-    let mut acks = Vec::with_capacity(letters.len());
+    let mut outgoing = Vec::with_capacity(letters.len());
     for letter in letters {
         let job = &letter.job;
         let mut headers = HeaderMap::new();
         headers.insert(names::HEADER_MSG_ID, names::dead_letter_id(&job.run_id, &job.job, job.generation).as_str());
         headers.insert(names::HEADER_RUN_ID, job.run_id.to_string().as_str());
         headers.insert(names::HEADER_JOB, job.job.as_str());
-        let ack = js
-            .publish_with_headers(names::dlq_subject(&job.pool), headers, encode(*letter)?.into())
-            .await
-            .context(format!("dead-lettering job {} of run {}", job.job, job.run_id))?;
-        acks.push(ack);
+        outgoing.push(Outgoing {
+            subject: names::dlq_subject(&job.pool),
+            headers,
+            payload: encode(*letter)?.into(),
+            what: format!("the dead letter of job {} of run {}", job.job, job.run_id),
+        });
     }
-    for ack in acks {
-        ack.await.context("confirming a dead letter")?;
-    }
+    publish_all(js, outgoing).await?;
     Ok(())
 }
 
-/// Removes a cancelled job's message from its pool (queued, or waiting out a retry delay).
-pub async fn withdraw(js: &jetstream::Context, run_id: &RunId, pool: &str, job: &str) -> Result<(), ServiceError> {
+/// Removes a cancelled run's job messages from every pool (queued, or waiting out a retry
+/// delay), in two purges whatever the number of jobs.
+pub async fn withdraw(js: &jetstream::Context, run_id: &RunId) -> Result<(), ServiceError> {
     let stream = js.get_stream_no_info(names::JOBS_STREAM).await.context("opening the jobs stream")?;
-    for subject in [names::job_subject(pool, run_id, job), names::retry_subject(pool, run_id, job)] {
-        stream.purge().filter(subject).await.context(format!("withdrawing job {job} of run {run_id}"))?;
+    for filter in names::run_job_filters(run_id) {
+        stream.purge().filter(filter).await.context(format!("withdrawing the jobs of run {run_id}"))?;
     }
     Ok(())
 }

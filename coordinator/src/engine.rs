@@ -5,16 +5,17 @@
 //! are durable, then publishes the `Dispatch` effects: state is always written before it is
 //! acted on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sluice_proto::limits::ERROR_TEXT_MAX_BYTES;
 use sluice_proto::messages::{REDELIVERIES_KEPT, truncate_error};
+use sluice_proto::spawn::{CHILD_DEPTH_MAX, SpawnError, check_children, child_path, depth_of, parent_of};
 use sluice_proto::spec::OnFailure;
 use sluice_proto::{
-    AttemptRecord, DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, JobState, RunId, RunRecord, RunState,
-    SCHEMA_VERSION, Window, WorkflowSpec,
+    AttemptRecord, ChildSpec, DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, JobSpec, JobState, RunId,
+    RunRecord, RunState, SCHEMA_VERSION, Window, WorkflowSpec,
 };
 
 /// What the shell must do, in order.
@@ -28,8 +29,9 @@ pub enum Effect {
     Dispatch(JobMessage),
     /// Keep a job whose attempts are over in the dead-letter stream.
     DeadLetter(DeadLetter),
-    /// Remove a cancelled job's message from its pool, so no worker starts it.
-    Withdraw { run_id: RunId, pool: String, job: String },
+    /// Remove every queued message and scheduled retry of a cancelled run, so no worker
+    /// starts its jobs.
+    Withdraw(RunId),
     /// Tell workers to stop every running job of a cancelled run.
     StopRun(RunId),
 }
@@ -88,16 +90,35 @@ pub struct NewRun {
 pub struct Run {
     record: RunRecord,
     spec: Arc<WorkflowSpec>,
+    /// Every job by path: workflow jobs by name, children as `<parent>.<name>`.
     jobs: HashMap<String, JobRecord>,
-    /// Derived from the spec: who needs each job.
+    /// Definitions of children (workflow jobs are defined by `spec`).
+    definitions: HashMap<String, Arc<JobSpec>>,
+    /// Each parent's children, in the order they were spawned.
+    children_of: HashMap<String, Vec<String>>,
+    /// Derived from the spec: who needs each workflow job.
     dependents: HashMap<String, Vec<String>>,
     /// Jobs not yet terminal; the run ends when this reaches zero.
     unfinished: usize,
     /// Jobs that failed finally; any makes the run fail.
     failed_jobs: usize,
-    /// Per job, how many of the jobs it needs have not completed: a job is queued when
-    /// this reaches zero, without rescanning its needs on every completion.
+    /// Per workflow job, how many of the jobs it needs have not completed: a job is queued
+    /// when this reaches zero, without rescanning its needs on every completion.
     pending_needs: HashMap<String, usize>,
+    /// Per waiting parent, how many of its children are not finished.
+    pending_children: HashMap<String, usize>,
+    /// Jobs queued, running or retrying (what `max_parallel` of the run limits).
+    in_flight: usize,
+    /// The same, per parent, for its children (what a job's `max_parallel` limits).
+    in_flight_children: HashMap<String, usize>,
+    /// Jobs ready to go but over a `max_parallel` limit, first come first served, grouped
+    /// by parent ("" for workflow jobs) so a full parent does not hold up the others.
+    held: BTreeMap<String, VecDeque<String>>,
+}
+
+/// The group a held job waits in: its parent, or "" for a workflow job.
+fn group_of(path: &str) -> &str {
+    parent_of(path).unwrap_or("")
 }
 
 impl Run {
@@ -123,20 +144,25 @@ impl Run {
             jobs: order.clone(),
         };
         let jobs = order.iter().map(|name| (name.clone(), blank_job(new.id, name))).collect();
-        let mut run = Self::assemble(record, Arc::new(new.spec), jobs);
-        let roots: Vec<String> =
-            order.iter().filter(|name| run.spec.jobs[name.as_str()].needs.is_empty()).cloned().collect();
-        let dispatches: Vec<Effect> = roots.iter().map(|name| Effect::Dispatch(run.mark_queued(name, now))).collect();
+        let mut run = Self::assemble(record, Arc::new(new.spec), jobs, HashMap::new());
+        let mut dispatches = Vec::new();
+        for name in &order {
+            if run.pending_needs[name] == 0 {
+                run.ready(name, now, &mut dispatches);
+            }
+        }
         // Blocked jobs are saved too, so `status` lists every job from the start.
         let mut effects: Vec<Effect> = order.iter().map(|name| Effect::SaveJob(run.jobs[name].clone())).collect();
         effects.push(Effect::SaveRun(run.record.clone()));
-        effects.extend(dispatches);
+        effects.extend(dispatches.into_iter().filter(|effect| matches!(effect, Effect::Dispatch(_))));
         (run, effects)
     }
 
     /// Rebuilds a run from stored records after a restart, and returns the effects that
-    /// finish whatever a crash interrupted (a dependent not yet queued, a run not yet ended).
-    /// Missing job records are recreated as `blocked`.
+    /// finish whatever a crash interrupted (a dependent not yet queued, a parent whose
+    /// children all finished, a run not yet ended). Missing workflow job records are
+    /// recreated as `blocked`; children whose parent's record does not list them (a spawn a
+    /// crash cut short) are left out: the parent's event is applied again.
     pub fn restore(
         record: RunRecord,
         mut stored: HashMap<String, JobRecord>,
@@ -144,7 +170,7 @@ impl Run {
     ) -> Result<(Self, Vec<Effect>), RestoreError> {
         let spec = WorkflowSpec::parse(&record.spec_yaml)
             .map_err(|error| RestoreError { run_id: record.id, reason: error.to_string() })?;
-        let jobs = spec
+        let mut jobs: HashMap<String, JobRecord> = spec
             .topological_order()
             .into_iter()
             .map(|name| {
@@ -152,29 +178,74 @@ impl Run {
                 (name, job)
             })
             .collect();
-        let mut run = Self::assemble(record, Arc::new(spec), jobs);
+        let mut children: Vec<JobRecord> = stored.into_values().filter(|job| job.parent.is_some()).collect();
+        children.sort_by(|a, b| depth_of(&a.name).cmp(&depth_of(&b.name)).then_with(|| a.name.cmp(&b.name)));
+        let mut definitions = HashMap::new();
+        for child in children {
+            let parent = child.parent.as_deref().unwrap_or_default();
+            let spawned = jobs.get(parent).is_some_and(|parent| parent.children > 0);
+            let Some(definition) = child.definition.clone() else { continue };
+            if spawned && parent_of(&child.name) == Some(parent) {
+                definitions.insert(child.name.clone(), Arc::new(definition));
+                jobs.insert(child.name.clone(), child);
+            }
+        }
+        let mut run = Self::assemble(record, Arc::new(spec), jobs, definitions);
         let mut effects = Vec::new();
         if run.record.state == RunState::Running {
-            let order = run.record.jobs.clone();
-            for name in &order {
-                if run.jobs[name].state == JobState::Blocked {
-                    run.unblock(name, now, &mut effects);
+            for name in run.all_paths() {
+                match run.jobs[&name].state {
+                    JobState::Blocked => run.unblock(&name, now, &mut effects),
+                    JobState::Waiting if run.pending_children.get(&name) == Some(&0) => {
+                        run.finish_parent(&name, now, &mut effects)
+                    }
+                    _ => {}
                 }
             }
+            run.fill_slots(now, &mut effects);
             run.finish_if_done(now, &mut effects);
         }
         Ok((run, effects))
     }
 
-    fn assemble(record: RunRecord, spec: Arc<WorkflowSpec>, jobs: HashMap<String, JobRecord>) -> Self {
+    fn assemble(
+        record: RunRecord,
+        spec: Arc<WorkflowSpec>,
+        jobs: HashMap<String, JobRecord>,
+        definitions: HashMap<String, Arc<JobSpec>>,
+    ) -> Self {
         let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
         for (name, job) in &spec.jobs {
             for need in &job.needs {
                 dependents.entry(need.clone()).or_default().push(name.clone());
             }
         }
+        let mut children_of: HashMap<String, Vec<String>> = HashMap::new();
+        let mut child_paths: Vec<&String> = definitions.keys().collect();
+        child_paths.sort();
+        for path in child_paths {
+            children_of.entry(group_of(path).to_owned()).or_default().push(path.clone());
+        }
         let unfinished = jobs.values().filter(|job| !job.state.is_terminal()).count();
         let failed_jobs = jobs.values().filter(|job| job.state == JobState::Failed).count();
+        let in_flight = jobs.values().filter(|job| job.state.is_in_flight()).count();
+        let mut in_flight_children: HashMap<String, usize> = HashMap::new();
+        let mut pending_children: HashMap<String, usize> = HashMap::new();
+        for job in jobs.values() {
+            if let Some(parent) = &job.parent {
+                if job.state.is_in_flight() {
+                    *in_flight_children.entry(parent.clone()).or_default() += 1;
+                }
+                if !job.state.is_terminal() {
+                    *pending_children.entry(parent.clone()).or_default() += 1;
+                }
+            }
+        }
+        for (name, job) in &jobs {
+            if job.state == JobState::Waiting {
+                pending_children.entry(name.clone()).or_default();
+            }
+        }
         let pending_needs = spec
             .jobs
             .iter()
@@ -184,7 +255,21 @@ impl Run {
                 (name.clone(), job.needs.iter().filter(|need| !completed(need)).count())
             })
             .collect();
-        Self { record, spec, jobs, dependents, unfinished, failed_jobs, pending_needs }
+        Self {
+            record,
+            spec,
+            jobs,
+            definitions,
+            children_of,
+            dependents,
+            unfinished,
+            failed_jobs,
+            pending_needs,
+            pending_children,
+            in_flight,
+            in_flight_children,
+            held: BTreeMap::new(),
+        }
     }
 
     pub fn id(&self) -> RunId {
@@ -203,13 +288,57 @@ impl Run {
         self.record.state.is_terminal()
     }
 
+    /// How a job is defined: by the workflow, or (a child) by the job that spawned it.
+    fn definition(&self, path: &str) -> &JobSpec {
+        match self.definitions.get(path) {
+            Some(definition) => definition,
+            None => &self.spec.jobs[path],
+        }
+    }
+
+    /// Every job path: each workflow job in dependency order, followed by its subtree.
+    pub fn all_paths(&self) -> Vec<String> {
+        let mut paths = Vec::with_capacity(self.jobs.len());
+        let mut stack: Vec<&String> = self.record.jobs.iter().rev().collect();
+        while let Some(path) = stack.pop() {
+            paths.push(path.clone());
+            if let Some(children) = self.children_of.get(path.as_str()) {
+                stack.extend(children.iter().rev());
+            }
+        }
+        paths
+    }
+
     /// Jobs in `queued` state: after a restart the shell checks each was really published.
     pub fn queued_jobs(&self) -> impl Iterator<Item = &JobRecord> {
-        self.record.jobs.iter().filter_map(|name| self.jobs.get(name)).filter(|job| job.state == JobState::Queued)
+        self.jobs.values().filter(|job| job.state == JobState::Queued)
+    }
+
+    /// Whether `event` is a success that spawned children this run has not taken yet: the
+    /// shell then reads them from `sluice.spawns.…` and passes them to [`Run::apply_with`].
+    pub fn wants_children(&self, event: &JobEvent) -> bool {
+        event.kind == EventKind::Succeeded
+            && event.spawned > 0
+            && self.jobs.get(&event.job).is_some_and(|job| {
+                event.generation == job.generation
+                    && !job.state.is_terminal()
+                    && job.state != JobState::Waiting
+                    && !job.attempt_history.iter().any(|a| a.attempt == event.attempt && a.finished_at.is_some())
+            })
     }
 
     /// Applies one job event. Handling the same event twice changes nothing the second time.
     pub fn apply(&mut self, event: &JobEvent, now: DateTime<Utc>) -> Result<Vec<Effect>, Ignored> {
+        self.apply_with(event, &[], now)
+    }
+
+    /// [`Run::apply`] with the children a `succeeded` event announced (`event.spawned`).
+    pub fn apply_with(
+        &mut self,
+        event: &JobEvent,
+        children: &[ChildSpec],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Effect>, Ignored> {
         let job = self.jobs.get_mut(&event.job).ok_or_else(|| Ignored::UnknownJob(event.job.clone()))?;
         if event.generation < job.generation {
             return Err(Ignored::StaleGeneration {
@@ -221,7 +350,7 @@ impl Run {
         if event.kind == EventKind::Started && record_redelivery(job, event) {
             return Ok(vec![Effect::SaveJob(job.clone())]);
         }
-        if job.state.is_terminal() {
+        if job.state.is_terminal() || job.state == JobState::Waiting {
             return Err(Ignored::AlreadyFinished { job: event.job.clone(), state: job.state.as_str() });
         }
         let finished_before =
@@ -229,15 +358,71 @@ impl Run {
         if event.kind != EventKind::Started && finished_before {
             return Err(Ignored::Duplicate { job: event.job.clone(), attempt: event.attempt });
         }
+        // Children's records must be durable before the parent's record that counts them.
         let mut effects = Vec::new();
+        let mut after = Vec::new();
         match event.kind {
             EventKind::Started => self.started(event)?,
-            EventKind::Succeeded => self.succeeded(event, now, &mut effects),
-            EventKind::Failed => self.failed(event, now, &mut effects),
+            EventKind::Succeeded => self.succeeded(event, children, now, &mut effects, &mut after),
+            EventKind::Failed => self.failed(event, now, &mut after),
         }
-        effects.insert(0, Effect::SaveJob(self.jobs[&event.job].clone()));
+        let spawned = self.jobs[&event.job].children > 0 && event.kind == EventKind::Succeeded;
+        effects.push(Effect::SaveJob(self.jobs[&event.job].clone()));
+        effects.extend(after);
+        if spawned {
+            // The shell keeps only the last write of each record: the parent's must follow
+            // every child's, so a stored parent that counts children means they are stored.
+            effects.push(Effect::SaveJob(self.jobs[&event.job].clone()));
+        }
+        self.fill_slots(now, &mut effects);
         self.finish_if_done(now, &mut effects);
         Ok(effects)
+    }
+
+    /// Changes a job's state, keeping every counter true.
+    fn set_state(&mut self, path: &str, state: JobState) {
+        let job = self.jobs.get_mut(path).expect("path comes from the run");
+        let old = std::mem::replace(&mut job.state, state);
+        let parent = job.parent.clone();
+        match (old.is_in_flight(), state.is_in_flight()) {
+            (false, true) => {
+                self.in_flight += 1;
+                if let Some(parent) = &parent {
+                    *self.in_flight_children.entry(parent.clone()).or_default() += 1;
+                }
+            }
+            (true, false) => {
+                self.in_flight -= 1;
+                if let Some(parent) = &parent
+                    && let Some(count) = self.in_flight_children.get_mut(parent)
+                {
+                    *count -= 1;
+                }
+            }
+            _ => {}
+        }
+        match (old.is_terminal(), state.is_terminal()) {
+            (false, true) => {
+                self.unfinished -= 1;
+                if let Some(parent) = &parent
+                    && let Some(count) = self.pending_children.get_mut(parent)
+                {
+                    *count -= 1;
+                }
+            }
+            (true, false) => {
+                self.unfinished += 1;
+                if let Some(parent) = &parent {
+                    *self.pending_children.entry(parent.clone()).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+        match (old == JobState::Failed, state == JobState::Failed) {
+            (false, true) => self.failed_jobs += 1,
+            (true, false) => self.failed_jobs -= 1,
+            _ => {}
+        }
     }
 
     fn started(&mut self, event: &JobEvent) -> Result<(), Ignored> {
@@ -246,7 +431,6 @@ impl Run {
         if event.attempt < job.attempts || job.attempt_history.iter().any(|attempt| attempt.attempt == event.attempt) {
             return Err(Ignored::Duplicate { job: event.job.clone(), attempt: event.attempt });
         }
-        job.state = JobState::Running;
         job.attempts = event.attempt;
         job.retry_at = None;
         job.started_at.get_or_insert(event.at);
@@ -258,18 +442,71 @@ impl Run {
             worker: event.worker.clone(),
             redelivered_to: Vec::new(),
         });
+        self.set_state(&event.job, JobState::Running);
         Ok(())
     }
 
-    fn succeeded(&mut self, event: &JobEvent, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
-        let job = self.jobs.get_mut(&event.job).expect("checked by apply");
+    fn succeeded(
+        &mut self,
+        event: &JobEvent,
+        children: &[ChildSpec],
+        now: DateTime<Utc>,
+        before: &mut Vec<Effect>,
+        effects: &mut Vec<Effect>,
+    ) {
+        let path = event.job.as_str();
+        let spawn_problem = if event.spawned == 0 {
+            None
+        } else if children.len() != event.spawned as usize {
+            Some(format!(
+                "the job spawned {} children but {} could be read from the spawn stream",
+                event.spawned,
+                children.len()
+            ))
+        } else if depth_of(path) + 1 > CHILD_DEPTH_MAX {
+            Some(SpawnError::TooDeep.to_string())
+        } else {
+            check_children(children).err().map(|error| error.to_string())
+        };
+        if let Some(problem) = spawn_problem {
+            let failure = JobEvent { kind: EventKind::Failed, error: Some(problem), retry_at: None, ..event.clone() };
+            return self.failed(&failure, now, effects);
+        }
+        let job = self.jobs.get_mut(path).expect("checked by apply");
         close_attempt(job, event, None);
-        job.state = JobState::Completed;
         job.error = None;
         job.retry_at = None;
-        job.finished_at = Some(event.at);
-        self.unfinished -= 1;
-        let dependents = self.dependents.get(&event.job).cloned().unwrap_or_default();
+        job.output = event.output.clone();
+        if children.is_empty() {
+            job.finished_at = Some(event.at);
+            return self.complete(path, now, effects);
+        }
+        job.children = event.spawned;
+        let run_id = self.record.id;
+        let mut paths = Vec::with_capacity(children.len());
+        for child in children {
+            let child_path = child_path(path, &child.name);
+            let mut record = blank_job(run_id, &child_path);
+            record.parent = Some(path.to_owned());
+            record.definition = Some(child.to_job_spec());
+            before.push(Effect::SaveJob(record.clone()));
+            self.definitions.insert(child_path.clone(), Arc::new(child.to_job_spec()));
+            self.jobs.insert(child_path.clone(), record);
+            self.unfinished += 1;
+            paths.push(child_path);
+        }
+        self.pending_children.insert(path.to_owned(), paths.len());
+        self.children_of.insert(path.to_owned(), paths.clone());
+        self.set_state(path, JobState::Waiting);
+        for child in &paths {
+            self.unblock(child, now, effects);
+        }
+    }
+
+    /// A job's work (and its children's) is done: it completes, and what needs it may start.
+    fn complete(&mut self, path: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        self.set_state(path, JobState::Completed);
+        let dependents = self.dependents.get(path).cloned().unwrap_or_default();
         for dependent in dependents {
             let pending = self.pending_needs.get_mut(&dependent).expect("every job has a count");
             *pending -= 1;
@@ -277,6 +514,46 @@ impl Run {
                 self.unblock(&dependent, now, effects);
             }
         }
+        self.child_finished(path, now, effects);
+    }
+
+    /// A job reached a terminal state: if it is a child, its parent may be done.
+    fn child_finished(&mut self, path: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        let Some(parent) = parent_of(path) else { return };
+        if self.jobs.get(parent).is_some_and(|job| job.state == JobState::Waiting)
+            && self.pending_children.get(parent) == Some(&0)
+        {
+            let parent = parent.to_owned();
+            self.finish_parent(&parent, now, effects);
+        }
+    }
+
+    /// Every child of a waiting parent finished: it completes if they all completed.
+    fn finish_parent(&mut self, path: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        let children = self.children_of.get(path).cloned().unwrap_or_default();
+        let unfinished: Vec<&String> =
+            children.iter().filter(|child| self.jobs[child.as_str()].state != JobState::Completed).collect();
+        let job = self.jobs.get_mut(path).expect("path comes from the run");
+        job.finished_at = Some(now);
+        if unfinished.is_empty() {
+            self.complete(path, now, effects);
+            effects.push(Effect::SaveJob(self.jobs[path].clone()));
+            return;
+        }
+        let first = &self.jobs[unfinished[0].as_str()];
+        let error = format!(
+            "{} of {} children did not complete; first: `{}` {}{}",
+            unfinished.len(),
+            children.len(),
+            first.name,
+            first.state.as_str(),
+            first.error.as_deref().map(|error| format!(": {error}")).unwrap_or_default()
+        );
+        let error = truncate_error(&error, ERROR_TEXT_MAX_BYTES);
+        self.jobs.get_mut(path).expect("path comes from the run").error = Some(error);
+        self.set_state(path, JobState::Failed);
+        effects.push(Effect::SaveJob(self.jobs[path].clone()));
+        self.after_failure(path, now, effects);
     }
 
     fn failed(&mut self, event: &JobEvent, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
@@ -285,15 +562,13 @@ impl Run {
         close_attempt(job, event, Some(error.clone()));
         job.error = Some(error);
         if let Some(retry_at) = event.retry_at {
-            job.state = JobState::Retrying;
             job.retry_at = Some(retry_at);
+            self.set_state(&event.job, JobState::Retrying);
             return;
         }
-        job.state = JobState::Failed;
         job.retry_at = None;
         job.finished_at = Some(event.at);
-        self.unfinished -= 1;
-        self.failed_jobs += 1;
+        self.set_state(&event.job, JobState::Failed);
         effects.push(Effect::DeadLetter(DeadLetter {
             schema_version: SCHEMA_VERSION,
             job: self.dispatch_message(&event.job),
@@ -301,19 +576,24 @@ impl Run {
             attempts: self.jobs[&event.job].attempt_history.clone(),
             dead_at: event.at,
         }));
-        let reason = format!("skipped: job `{}` failed", event.job);
+        self.after_failure(&event.job, now, effects);
+    }
+
+    /// The run's failure policy, after `path` failed finally.
+    fn after_failure(&mut self, path: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        let reason = format!("skipped: job `{path}` failed");
         match self.spec.on_failure {
             // Nothing new starts; what is in flight may finish.
             OnFailure::Stop => {
-                let order = self.record.jobs.clone();
-                for name in &order {
-                    if self.jobs[name].state == JobState::Blocked {
-                        self.skip(name, &reason, now, effects);
+                for name in self.all_paths() {
+                    if self.jobs[&name].state == JobState::Blocked {
+                        self.skip(&name, &reason, now, effects);
                     }
                 }
             }
-            OnFailure::Continue => self.skip_downstream(&event.job, &reason, now, effects),
+            OnFailure::Continue => self.skip_downstream(path, &reason, now, effects),
         }
+        self.child_finished(path, now, effects);
     }
 
     /// Skips every blocked job that needs `from`, directly or not.
@@ -333,7 +613,7 @@ impl Run {
         if self.jobs[name].state != JobState::Blocked {
             return;
         }
-        let stopped_need = self.spec.jobs[name].needs.iter().find(|need| {
+        let stopped_need = self.definition(name).needs.iter().find(|need| {
             matches!(self.jobs[need.as_str()].state, JobState::Failed | JobState::Skipped | JobState::Cancelled)
         });
         if let Some(need) = stopped_need {
@@ -341,8 +621,53 @@ impl Run {
             self.skip(name, &reason, now, effects);
         } else if self.failed_jobs > 0 && self.spec.on_failure == OnFailure::Stop {
             self.skip(name, "skipped: another job of the run failed", now, effects);
-        } else if self.pending_needs[name] == 0 {
+        } else if self.pending_needs.get(name).copied().unwrap_or(0) == 0 {
+            self.ready(name, now, effects);
+        }
+    }
+
+    /// A job free to start: queued now, or held until a `max_parallel` slot frees up.
+    fn ready(&mut self, name: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        if self.has_slot(name) {
             self.queue(name, now, effects);
+        } else {
+            self.held.entry(group_of(name).to_owned()).or_default().push_back(name.to_owned());
+        }
+    }
+
+    /// Whether the run's and the parent's `max_parallel` allow one more job in flight.
+    fn has_slot(&self, name: &str) -> bool {
+        let run_room = self.spec.max_parallel.is_none_or(|limit| self.in_flight < limit as usize);
+        let parent_room = parent_of(name).is_none_or(|parent| {
+            self.definition(parent)
+                .max_parallel
+                .is_none_or(|limit| self.in_flight_children.get(parent).copied().unwrap_or(0) < limit as usize)
+        });
+        run_room && parent_room
+    }
+
+    /// Queues held jobs while limits allow.
+    fn fill_slots(&mut self, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        if self.held.is_empty() {
+            return;
+        }
+        let groups: Vec<String> = self.held.keys().cloned().collect();
+        for group in groups {
+            loop {
+                let Some(front) = self.held.get(&group).and_then(|queue| queue.front()).cloned() else { break };
+                if self.jobs.get(&front).is_none_or(|job| job.state != JobState::Blocked) {
+                    self.held.get_mut(&group).map(VecDeque::pop_front);
+                    continue;
+                }
+                if !self.has_slot(&front) {
+                    break;
+                }
+                self.held.get_mut(&group).map(VecDeque::pop_front);
+                self.queue(&front, now, effects);
+            }
+            if self.held.get(&group).is_some_and(VecDeque::is_empty) {
+                self.held.remove(&group);
+            }
         }
     }
 
@@ -353,38 +678,35 @@ impl Run {
             return Err(Refused::Finished { run_id: self.record.id, state: self.record.state.as_str() });
         }
         let mut saves = Vec::new();
-        let mut actions = Vec::new();
-        for name in self.record.jobs.clone() {
+        for name in self.all_paths() {
             let state = self.jobs[&name].state;
             if state.is_terminal() {
                 continue;
             }
-            if matches!(state, JobState::Queued | JobState::Retrying) {
-                let pool = self.spec.pool_of(&self.spec.jobs[&name]);
-                actions.push(Effect::Withdraw { run_id: self.record.id, pool, job: name.clone() });
-            }
+            self.set_state(&name, JobState::Cancelled);
             let job = self.jobs.get_mut(&name).expect("name comes from the run");
-            job.state = JobState::Cancelled;
             job.finished_at = Some(now);
             job.retry_at = None;
             job.error = Some("cancelled by a user".to_owned());
             saves.push(Effect::SaveJob(job.clone()));
         }
-        self.unfinished = 0;
+        self.held.clear();
         self.record.state = RunState::Cancelled;
         self.record.finished_at = Some(now);
         saves.push(Effect::SaveRun(self.record.clone()));
-        saves.extend(actions);
+        saves.push(Effect::Withdraw(self.record.id));
         saves.push(Effect::StopRun(self.record.id));
         Ok(saves)
     }
 
     /// `sluice retry` and dead-letter replays: runs again the jobs that did not complete
     /// (or `only` and what needs it), each in a new generation with fresh attempts, keeping
-    /// completed work. The run is `running` again and can still succeed.
+    /// completed work. A job that spawned children is not run again itself: its children
+    /// that did not complete are, and it waits for them again. The run is `running` again
+    /// and can still succeed.
     pub fn rerun(&mut self, only: Option<&str>, now: DateTime<Utc>) -> Result<Vec<Effect>, Refused> {
         let run_id = self.record.id;
-        let mut selected: Vec<String> = match only {
+        let mut todo: Vec<String> = match only {
             Some(job) => {
                 let record = self.jobs.get(job).ok_or_else(|| Refused::UnknownJob { run_id, job: job.to_owned() })?;
                 if !record.state.is_terminal() {
@@ -407,57 +729,86 @@ impl Run {
                 unfinished
             }
         };
-        // Everything downstream of what runs again runs again too.
-        let mut stack = selected.clone();
-        while let Some(name) = stack.pop() {
-            for dependent in self.dependents.get(&name).cloned().unwrap_or_default() {
-                if !selected.contains(&dependent) {
-                    selected.push(dependent.clone());
-                    stack.push(dependent);
+        // `run`: run again from scratch; `wait`: parents waiting again for their children.
+        let mut run: Vec<String> = Vec::new();
+        let mut wait: Vec<String> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        while let Some(name) = todo.pop() {
+            if !seen.insert(name.clone()) {
+                continue;
+            }
+            // Everything downstream of a finished job runs again too, and its ancestors wait
+            // again (a job still waiting has neither started dependents nor finished ancestors).
+            if self.jobs[&name].state.is_terminal() {
+                todo.extend(self.dependents.get(&name).cloned().unwrap_or_default());
+                if let Some(parent) = parent_of(&name) {
+                    todo.push(parent.to_owned());
                 }
             }
+            if self.jobs[&name].children > 0 {
+                let children = self.children_of.get(&name).cloned().unwrap_or_default();
+                todo.extend(children.into_iter().filter(|child| self.jobs[child].state != JobState::Completed));
+                wait.push(name);
+            } else if only.is_some() || self.jobs[&name].state != JobState::Completed || parent_of(&name).is_none() {
+                run.push(name);
+            }
         }
-        if let Some(busy) = selected.iter().find(|name| !self.jobs[*name].state.is_terminal()) {
+        if let Some(busy) = run.iter().chain(&wait).find(|name| {
+            let state = self.jobs[*name].state;
+            !state.is_terminal() && state != JobState::Waiting
+        }) {
             return Err(Refused::InFlight { job: busy.clone(), state: self.jobs[busy].state.as_str() });
         }
-        let order: Vec<String> = self.record.jobs.iter().filter(|name| selected.contains(name)).cloned().collect();
+        let order: Vec<String> = self.all_paths().into_iter().filter(|name| seen.contains(name)).collect();
+        let mut saves = Vec::new();
         for name in &order {
-            let job = self.jobs.get_mut(name).expect("name comes from the run");
-            if job.state == JobState::Failed {
-                self.failed_jobs -= 1;
+            if run.contains(name) {
+                self.set_state(name, JobState::Blocked);
+                let job = self.jobs.get_mut(name).expect("name comes from the run");
+                job.generation += 1;
+                job.attempt_offset = job.attempts;
+                job.error = None;
+                job.retry_at = None;
+                job.queued_at = None;
+                job.started_at = None;
+                job.finished_at = None;
+                job.output = None;
+            } else if wait.contains(name) {
+                self.set_state(name, JobState::Waiting);
+                let job = self.jobs.get_mut(name).expect("name comes from the run");
+                job.error = None;
+                job.finished_at = None;
+            } else {
+                continue;
             }
-            job.state = JobState::Blocked;
-            job.generation += 1;
-            job.attempt_offset = job.attempts;
-            job.error = None;
-            job.retry_at = None;
-            job.queued_at = None;
-            job.started_at = None;
-            job.finished_at = None;
-            self.unfinished += 1;
+            saves.push(name.clone());
         }
         for name in &order {
-            let pending = self.spec.jobs[name]
-                .needs
-                .iter()
-                .filter(|need| self.jobs[need.as_str()].state != JobState::Completed)
-                .count();
-            self.pending_needs.insert(name.clone(), pending);
+            if let Some(job) = self.spec.jobs.get(name) {
+                let pending =
+                    job.needs.iter().filter(|need| self.jobs[need.as_str()].state != JobState::Completed).count();
+                self.pending_needs.insert(name.clone(), pending);
+            }
         }
         self.record.state = RunState::Running;
         self.record.finished_at = None;
         self.record.error = None;
         let mut effects = Vec::new();
         for name in &order {
-            if self.pending_needs[name] == 0 {
-                let message = self.mark_queued(name, now);
-                effects.push(Effect::Dispatch(message));
+            if run.contains(name) && self.pending_needs.get(name).copied().unwrap_or(0) == 0 {
+                self.ready(name, now, &mut effects);
             }
         }
-        let mut saves: Vec<Effect> = order.iter().map(|name| Effect::SaveJob(self.jobs[name].clone())).collect();
-        saves.push(Effect::SaveRun(self.record.clone()));
-        saves.extend(effects);
-        Ok(saves)
+        for name in order.iter().rev() {
+            if wait.contains(name) && self.pending_children.get(name).copied().unwrap_or(0) == 0 {
+                self.finish_parent(name, now, &mut effects);
+            }
+        }
+        let mut all: Vec<Effect> = saves.iter().map(|name| Effect::SaveJob(self.jobs[name].clone())).collect();
+        all.push(Effect::SaveRun(self.record.clone()));
+        all.extend(effects);
+        self.finish_if_done(now, &mut all);
+        Ok(all)
     }
 
     fn queue(&mut self, name: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
@@ -467,27 +818,31 @@ impl Run {
     }
 
     fn mark_queued(&mut self, name: &str, now: DateTime<Utc>) -> JobMessage {
-        let job = self.jobs.get_mut(name).expect("name comes from the spec");
-        job.state = JobState::Queued;
-        job.queued_at = Some(now);
+        self.set_state(name, JobState::Queued);
+        self.jobs.get_mut(name).expect("name comes from the run").queued_at = Some(now);
         self.dispatch_message(name)
     }
 
     fn skip(&mut self, name: &str, reason: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
-        let job = self.jobs.get_mut(name).expect("name comes from the spec");
-        job.state = JobState::Skipped;
+        self.set_state(name, JobState::Skipped);
+        let job = self.jobs.get_mut(name).expect("name comes from the run");
         job.error = Some(reason.to_owned());
         job.finished_at = Some(now);
-        self.unfinished -= 1;
         effects.push(Effect::SaveJob(job.clone()));
+        self.child_finished(name, now, effects);
     }
 
     fn finish_if_done(&mut self, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
         if self.unfinished > 0 || self.record.state.is_terminal() {
             return;
         }
-        let mut failed: Vec<&str> =
-            self.jobs.values().filter(|job| job.state == JobState::Failed).map(|job| job.name.as_str()).collect();
+        let mut failed: Vec<&str> = self
+            .record
+            .jobs
+            .iter()
+            .filter(|name| self.jobs[name.as_str()].state == JobState::Failed)
+            .map(String::as_str)
+            .collect();
         failed.sort_unstable();
         let all_completed = failed.is_empty() && self.jobs.values().all(|job| job.state == JobState::Completed);
         self.record.state = if all_completed { RunState::Succeeded } else { RunState::Failed };
@@ -504,7 +859,7 @@ impl Run {
     /// The message that runs job `name` (for the first dispatch, and for re-publishing one a
     /// crash may have lost).
     pub fn dispatch_message(&self, name: &str) -> JobMessage {
-        let spec = &self.spec.jobs[name];
+        let spec = self.definition(name);
         let job = &self.jobs[name];
         JobMessage {
             schema_version: SCHEMA_VERSION,
@@ -525,6 +880,7 @@ impl Run {
                 .timeout_of(spec)
                 .map(|timeout| u64::try_from(timeout.as_duration().as_millis()).unwrap_or(u64::MAX)),
             permanent_exit_codes: spec.permanent_exit_codes.clone(),
+            needs: spec.needs.clone(),
         }
     }
 }
@@ -544,6 +900,10 @@ fn blank_job(run_id: RunId, name: &str) -> JobRecord {
         retry_at: None,
         error: None,
         attempt_history: Vec::new(),
+        parent: None,
+        definition: None,
+        children: 0,
+        output: None,
     }
 }
 

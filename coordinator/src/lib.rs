@@ -10,7 +10,9 @@ pub mod engine;
 pub mod error;
 pub mod intake;
 pub mod leadership;
+pub mod pipeline;
 pub mod service;
+pub mod spawns;
 pub mod store;
 pub mod topology;
 

@@ -25,6 +25,7 @@ use crate::engine::{Effect, Run};
 use crate::error::{NatsContext, ServiceError};
 use crate::intake;
 use crate::leadership;
+use crate::spawns;
 use crate::store::{self, Revisions, saves_of, write_all};
 use crate::topology::{self, Topology};
 
@@ -39,7 +40,23 @@ const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
 /// Runs the coordinator until `shutdown` is cancelled: campaigns for leadership, leads
 /// while it holds the lease, and restarts from durable state after any failure (for example
 /// while the nats-server restarts). Any number may run; one leads at a time.
+/// What an operator may set on a coordinator.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Settings {
+    pub logs: topology::LogRetention,
+}
+
+/// [`run_with`] default settings.
 pub async fn run(client: async_nats::Client, shutdown: CancellationToken) -> Result<(), ServiceError> {
+    run_with(client, Settings::default(), shutdown).await
+}
+
+/// Campaigns for leadership and advances runs while leading, until `shutdown`.
+pub async fn run_with(
+    client: async_nats::Client,
+    settings: Settings,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
     topology::check_server(&client)?;
     // `host/pid/unique`: says which process leads.
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "coordinator".into());
@@ -47,7 +64,7 @@ pub async fn run(client: async_nats::Client, shutdown: CancellationToken) -> Res
     let mut delay = RESTART_DELAY_INITIAL;
     loop {
         let js = jetstream::new(client.clone());
-        let outcome = lead(&js, &holder, &shutdown).await;
+        let outcome = lead(&js, &holder, settings, &shutdown).await;
         if shutdown.is_cancelled() {
             return Ok(());
         }
@@ -66,7 +83,12 @@ pub async fn run(client: async_nats::Client, shutdown: CancellationToken) -> Res
 }
 
 /// One term: wait for the lease, serve while holding it, give it up when done.
-async fn lead(js: &jetstream::Context, holder: &str, shutdown: &CancellationToken) -> Result<(), ServiceError> {
+async fn lead(
+    js: &jetstream::Context,
+    holder: &str,
+    settings: Settings,
+    shutdown: &CancellationToken,
+) -> Result<(), ServiceError> {
     let leases = leadership::bucket(js).await?;
     let Some(mut lease) = leadership::acquire(&leases, holder, shutdown).await else { return Ok(()) };
     tracing::info!(%holder, "leading: this coordinator advances runs");
@@ -79,7 +101,7 @@ async fn lead(js: &jetstream::Context, holder: &str, shutdown: &CancellationToke
             lease
         })
     };
-    let served = Coordinator::new(js.clone()).serve(&lost).await;
+    let served = Coordinator::new(js.clone(), settings).serve(&lost).await;
     stop_renewing.cancel();
     if let Ok(lease) = keeper.await {
         lease.release().await;
@@ -92,18 +114,19 @@ async fn lead(js: &jetstream::Context, holder: &str, shutdown: &CancellationToke
 
 struct Coordinator {
     js: jetstream::Context,
+    settings: Settings,
     active: HashMap<RunId, Run>,
     revisions: Revisions,
     rng: StdRng,
 }
 
 impl Coordinator {
-    fn new(js: jetstream::Context) -> Self {
-        Self { js, active: HashMap::new(), revisions: Revisions::default(), rng: StdRng::from_os_rng() }
+    fn new(js: jetstream::Context, settings: Settings) -> Self {
+        Self { js, settings, active: HashMap::new(), revisions: Revisions::default(), rng: StdRng::from_os_rng() }
     }
 
     async fn serve(&mut self, shutdown: &CancellationToken) -> Result<(), ServiceError> {
-        let topology = topology::ensure(&self.js).await?;
+        let topology = topology::ensure_with(&self.js, self.settings.logs).await?;
         let submit = topology::coordinator_consumer(
             &self.js,
             names::SUBMIT_STREAM,
@@ -245,6 +268,7 @@ impl Coordinator {
     async fn handle_events(&mut self, messages: Vec<Message>) -> Result<(), ServiceError> {
         let now = Utc::now();
         let mut effects = Vec::new();
+        let mut spawned = Vec::new();
         for message in &messages {
             let event: JobEvent = match decode(&message.payload) {
                 Ok(event) => event,
@@ -253,11 +277,18 @@ impl Coordinator {
                     continue;
                 }
             };
-            let Some(run) = self.active.get_mut(&event.run_id) else {
+            let Some(run) = self.active.get(&event.run_id) else {
                 tracing::debug!(run = %event.run_id, job = %event.job, "event for a run that is not active");
                 continue;
             };
-            match run.apply(&event, now) {
+            let children = if run.wants_children(&event) {
+                spawned.push(event.clone());
+                spawns::read(&self.js, &event).await?
+            } else {
+                Vec::new()
+            };
+            let Some(run) = self.active.get_mut(&event.run_id) else { continue };
+            match run.apply_with(&event, &children, now) {
                 Ok(more) => effects.extend(more),
                 Err(ignored) => {
                     tracing::debug!(run = %event.run_id, %ignored, "event changed nothing")
@@ -267,6 +298,9 @@ impl Coordinator {
         self.execute(effects).await?;
         for message in &messages {
             message.ack().await.context("acknowledging an event")?;
+        }
+        for event in &spawned {
+            spawns::forget(&self.js, event).await;
         }
         self.evict_finished();
         Ok(())
@@ -365,7 +399,7 @@ impl Coordinator {
         publish_dead_letters(&self.js, &letters).await?;
         for effect in &effects {
             match effect {
-                Effect::Withdraw { run_id, pool, job } => withdraw(&self.js, run_id, pool, job).await?,
+                Effect::Withdraw(run_id) => withdraw(&self.js, run_id).await?,
                 Effect::StopRun(run_id) => stop_run(&self.js, run_id).await?,
                 _ => {}
             }
@@ -441,6 +475,8 @@ impl Coordinator {
             worker: "jetstream".to_owned(),
             error: Some(reason),
             retry_at: None,
+            output: None,
+            spawned: 0,
         };
         match run.apply(&event, now) {
             Ok(effects) => self.execute(effects).await,

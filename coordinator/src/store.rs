@@ -10,6 +10,7 @@ use sluice_proto::{JobRecord, Rejection, RunId, RunRecord, decode, encode, names
 
 use crate::engine::Effect;
 use crate::error::{NatsContext, ServiceError};
+use crate::pipeline::{Outgoing, publish_all};
 use crate::topology::Topology;
 
 /// Concurrent reads when loading many records.
@@ -64,9 +65,8 @@ impl Revisions {
     /// Drops what is known of a run that left memory.
     pub fn forget_run(&mut self, run: &RunRecord) {
         self.by_subject.remove(&names::kv_subject(names::RUNS_BUCKET, &run.id.to_string()));
-        for job in &run.jobs {
-            self.by_subject.remove(&names::kv_subject(names::JOBS_BUCKET, &names::job_key(&run.id, job)));
-        }
+        let jobs = names::kv_subject(names::JOBS_BUCKET, &format!("{}.", run.id));
+        self.by_subject.retain(|subject, _| !subject.starts_with(&jobs));
     }
 }
 
@@ -77,18 +77,22 @@ pub async fn write_all(
     saves: Vec<Save>,
     revisions: &mut Revisions,
 ) -> Result<(), ServiceError> {
-    let mut acks = Vec::with_capacity(saves.len());
-    for save in saves {
+    let subjects: Vec<String> = saves.iter().map(|save| save.subject.clone()).collect();
+    let outgoing = saves.into_iter().map(|save| {
         let mut headers = async_nats::HeaderMap::new();
         if let Some(expected) = revisions.by_subject.get(&save.subject) {
             headers.insert(names::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
         }
-        let ack =
-            js.publish_with_headers(save.subject.clone(), headers, save.payload).await.context("writing a record")?;
-        acks.push((save.subject, ack));
-    }
-    for (subject, ack) in acks {
-        let ack = ack.await.context(format!("writing {subject} (a newer coordinator may have taken over)"))?;
+        Outgoing {
+            what: format!("{} (a newer coordinator may have taken over)", save.subject),
+            subject: save.subject,
+            headers,
+            payload: save.payload,
+        }
+    });
+    let outgoing: Vec<Outgoing> = outgoing.collect();
+    let acks = publish_all(js, outgoing).await?;
+    for (subject, ack) in subjects.into_iter().zip(acks) {
         revisions.by_subject.insert(subject, ack.sequence);
     }
     Ok(())
@@ -104,31 +108,56 @@ pub async fn load_run_revision(topology: &Topology, id: &RunId) -> Result<Option
     }
 }
 
-/// Reads the job records of a run (those that exist) with their revisions, by name.
+/// Reads every job record of a run, children included, with its revision: the latest
+/// value of each key under `<run_id>.` in KV `sluice-jobs`, in one ordered read.
 pub async fn load_jobs_revisions(
     topology: &Topology,
     run: &RunRecord,
 ) -> Result<HashMap<String, (JobRecord, u64)>, ServiceError> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
     let id = run.id;
-    let store = topology.jobs.clone();
-    futures::stream::iter(run.jobs.clone())
-        .map(|name| {
-            let store = store.clone();
-            async move {
-                let entry =
-                    store.entry(names::job_key(&id, &name)).await.context(format!("reading job {name} of run {id}"))?;
-                match entry {
-                    Some(entry) if entry.operation == async_nats::jetstream::kv::Operation::Put => {
-                        Ok::<_, ServiceError>(Some((name, (decode::<JobRecord>(&entry.value)?, entry.revision))))
-                    }
-                    _ => Ok(None),
-                }
-            }
+    let stream_name = format!("KV_{}", names::JOBS_BUCKET);
+    let stream = topology.js.get_stream(&stream_name).await.context(format!("opening {stream_name}"))?;
+    let filter = names::run_jobs_filter(&id);
+    let mut consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: filter.clone(),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
         })
-        .buffered(READ_CONCURRENCY)
-        .try_filter_map(|entry| async move { Ok(entry) })
-        .try_collect()
         .await
+        .context(format!("reading the jobs of run {id}"))?;
+    let mut records = HashMap::new();
+    let pending = consumer.info().await.context(format!("reading the jobs of run {id}"))?.num_pending;
+    if pending == 0 {
+        return Ok(records);
+    }
+    let prefix = format!("$KV.{}.{id}.", names::JOBS_BUCKET);
+    let mut messages = consumer.messages().await.context(format!("reading the jobs of run {id}"))?;
+    while let Some(message) = messages.next().await {
+        let message = message.context(format!("reading the jobs of run {id}"))?;
+        let info = message.info().context(format!("reading the jobs of run {id}"))?;
+        let (revision, left) = (info.stream_sequence, info.pending);
+        let deleted = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get("KV-Operation"))
+            .is_some_and(|operation| operation.as_str() != "PUT");
+        if let Some(path) = message.subject.strip_prefix(prefix.as_str())
+            && !deleted
+        {
+            match decode::<JobRecord>(&message.payload) {
+                Ok(record) => {
+                    records.insert(path.to_owned(), (record, revision));
+                }
+                Err(error) => tracing::error!(%error, job = path, run = %id, "job record cannot be decoded; skipped"),
+            }
+        }
+        if left == 0 {
+            break;
+        }
+    }
+    Ok(records)
 }
 
 /// Reads one run record.
@@ -139,24 +168,9 @@ pub async fn load_run(topology: &Topology, id: &RunId) -> Result<Option<RunRecor
     }
 }
 
-/// Reads the job records of a run (those that exist), by name.
+/// Reads every job record of a run, children included.
 pub async fn load_jobs(topology: &Topology, run: &RunRecord) -> Result<HashMap<String, JobRecord>, ServiceError> {
-    let id = run.id;
-    let store = topology.jobs.clone();
-    futures::stream::iter(run.jobs.clone())
-        .map(|name| {
-            let store = store.clone();
-            async move {
-                let bytes =
-                    store.get(names::job_key(&id, &name)).await.context(format!("reading job {name} of run {id}"))?;
-                let record = bytes.map(|bytes| decode::<JobRecord>(&bytes)).transpose()?;
-                Ok::<_, ServiceError>(record.map(|record| (name, record)))
-            }
-        })
-        .buffered(READ_CONCURRENCY)
-        .try_filter_map(|entry| async move { Ok(entry) })
-        .try_collect()
-        .await
+    Ok(load_jobs_revisions(topology, run).await?.into_iter().map(|(path, (record, _))| (path, record)).collect())
 }
 
 /// Reads every run record. Records that cannot be decoded are reported, not fatal.

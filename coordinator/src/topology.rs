@@ -22,6 +22,38 @@ pub const COORDINATOR_ACK_WAIT: Duration = Duration::from_secs(30);
 /// Events the coordinator may hold un-acknowledged (one batch at a time, with room).
 pub const EVENTS_MAX_ACK_PENDING: i64 = 20_000;
 
+/// How long the children a job spawned wait to be read (they are read, then purged, as soon
+/// as the coordinator applies the job's success; this only bounds leftovers).
+pub const SPAWNS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Retention of job logs: whichever limit is reached first drops the oldest lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogRetention {
+    pub max_age: Duration,
+    pub max_bytes: i64,
+}
+
+impl Default for LogRetention {
+    fn default() -> Self {
+        Self { max_age: Duration::from_secs(7 * 24 * 3600), max_bytes: 1024 * 1024 * 1024 }
+    }
+}
+
+fn logs_stream(retention: LogRetention) -> stream::Config {
+    stream::Config {
+        name: names::LOGS_STREAM.to_owned(),
+        description: Some("Sluice job logs: exec stdout/stderr and Rust job log lines".to_owned()),
+        subjects: vec![names::LOGS_SUBJECTS.to_owned()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: retention.max_age,
+        max_bytes: retention.max_bytes,
+        discard: stream::DiscardPolicy::Old,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
 /// Handles to the buckets every component reads.
 #[derive(Clone)]
 pub struct Topology {
@@ -58,8 +90,27 @@ fn bucket(name: &str, description: &str, history: i64) -> kv::Config {
     }
 }
 
-/// Creates (or updates to the current settings) every stream and bucket.
+/// Creates every stream and bucket that is missing (and updates them to the current
+/// settings); the logs stream keeps the retention it has (the coordinator sets it).
 pub async fn ensure(js: &jetstream::Context) -> Result<Topology, ServiceError> {
+    if js.get_stream(names::LOGS_STREAM).await.is_err() {
+        ensure_logs(js, LogRetention::default()).await?;
+    }
+    ensure_core(js).await
+}
+
+/// The coordinator's [`ensure`]: applies its log retention too.
+pub async fn ensure_with(js: &jetstream::Context, logs: LogRetention) -> Result<Topology, ServiceError> {
+    ensure_logs(js, logs).await?;
+    ensure_core(js).await
+}
+
+async fn ensure_logs(js: &jetstream::Context, retention: LogRetention) -> Result<(), ServiceError> {
+    js.create_or_update_stream(logs_stream(retention)).await.context("creating stream SLUICE_LOGS")?;
+    Ok(())
+}
+
+async fn ensure_core(js: &jetstream::Context) -> Result<Topology, ServiceError> {
     let streams = [
         work_queue(names::SUBMIT_STREAM, names::SUBMIT_SUBJECT, "Sluice workflow submissions"),
         stream::Config {
@@ -86,6 +137,17 @@ pub async fn ensure(js: &jetstream::Context) -> Result<Topology, ServiceError> {
             subjects: vec![names::DLQ_SUBJECTS.to_owned()],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            allow_direct: true,
+            ..Default::default()
+        },
+        stream::Config {
+            name: names::SPAWNS_STREAM.to_owned(),
+            description: Some("Sluice children spawned by jobs, until the coordinator takes them".to_owned()),
+            subjects: vec![names::SPAWNS_SUBJECTS.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            max_age: SPAWNS_MAX_AGE,
             duplicate_window: DUPLICATE_WINDOW,
             allow_direct: true,
             ..Default::default()

@@ -13,6 +13,7 @@ pub mod messages;
 pub mod names;
 pub mod placeholder;
 pub mod retry;
+pub mod spawn;
 pub mod spec;
 pub mod state;
 pub mod trace;
@@ -23,10 +24,11 @@ pub use codec::{CodecError, decode, encode};
 pub use duration::HumanDuration;
 pub use ids::RunId;
 pub use messages::{
-    AttemptRecord, ControlAction, ControlRequest, DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, Rejection,
-    RunRecord, SCHEMA_VERSION, Submission,
+    AttemptRecord, ControlAction, ControlRequest, DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, LogBatch,
+    LogLine, LogStream, Rejection, RunRecord, SCHEMA_VERSION, Submission,
 };
 pub use retry::{Backoff, RetryPolicy};
+pub use spawn::{ChildSpec, SpawnBatch};
 pub use spec::{JobSpec, SpecError, WorkflowSpec};
 pub use state::{JobState, RunState};
 pub use trace::TraceParent;

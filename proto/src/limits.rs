@@ -14,3 +14,5 @@ pub const IDEMPOTENCY_KEY_MAX_BYTES: usize = 128;
 pub const ERROR_TEXT_MAX_BYTES: usize = 4096;
 /// Most `--param` values a run may carry.
 pub const PARAMS_MAX: usize = 256;
+/// Longest log line kept; longer lines keep their start.
+pub const LOG_LINE_MAX_BYTES: usize = 16 * 1024;

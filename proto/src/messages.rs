@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::RunId;
 use crate::retry::RetryPolicy;
+use crate::spec::JobSpec;
 use crate::state::{JobState, RunState};
 use crate::window::Window;
 
@@ -84,6 +85,9 @@ pub struct JobMessage {
     /// For `exec`: exit codes that end the job without further attempts.
     #[serde(default)]
     pub permanent_exit_codes: Vec<i32>,
+    /// The jobs this one needs: a worker reads their outputs (KV `sluice-jobs`) as inputs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
 }
 versioned!(JobMessage, "job");
 
@@ -125,8 +129,18 @@ pub struct JobEvent {
     /// For `failed`: when the next attempt is due; absent means no attempt follows.
     #[serde(default)]
     pub retry_at: Option<DateTime<Utc>>,
+    /// For `succeeded`: the job's JSON output (≤ 64 KiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
+    /// For `succeeded`: how many children this attempt spawned (in `sluice.spawns.…`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spawned: u32,
 }
 versioned!(JobEvent, "job event");
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
 
 /// A run, stored in KV `sluice-runs` under its id.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -204,6 +218,18 @@ pub struct JobRecord {
     pub error: Option<String>,
     #[serde(default)]
     pub attempt_history: Vec<AttemptRecord>,
+    /// For a child job: its parent's path (a child's own path is `<parent>.<name>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// For a child job: its definition (workflow jobs are defined by the run's YAML).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition: Option<JobSpec>,
+    /// Children the job spawned; it is `waiting` until all of them are finished.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub children: u32,
+    /// The JSON output of its successful attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<serde_json::Value>,
 }
 versioned!(JobRecord, "job record");
 
@@ -248,6 +274,45 @@ pub enum ControlAction {
     /// Run again what did not complete (or `job` and what depends on it).
     Retry,
 }
+
+/// Where a log line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+    /// A Rust job's `ctx.log`, or the worker speaking about the attempt.
+    Log,
+}
+
+impl LogStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+            Self::Log => "log",
+        }
+    }
+}
+
+/// One line a job wrote.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub at: DateTime<Utc>,
+    pub stream: LogStream,
+    pub text: String,
+}
+
+/// Lines of one attempt, on `sluice.logs.<run_id>.<job>`, kept in stream `SLUICE_LOGS`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LogBatch {
+    pub schema_version: u32,
+    pub run_id: RunId,
+    pub job: String,
+    pub attempt: u32,
+    pub lines: Vec<LogLine>,
+}
+versioned!(LogBatch, "log batch");
 
 /// A submission that could not be accepted, kept in stream `SLUICE_REJECTED`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

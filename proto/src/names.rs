@@ -55,6 +55,17 @@ pub const MAX_DELIVERIES_SUBJECTS: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIV
 /// The coordinator's durable consumer on [`ADVISORIES_STREAM`].
 pub const ADVISORIES_CONSUMER: &str = "coordinator-advisories";
 
+/// Limits stream of the children jobs spawn, in batches, read by the coordinator when it
+/// applies the spawning attempt's `succeeded` event.
+pub const SPAWNS_STREAM: &str = "SLUICE_SPAWNS";
+/// Subjects of [`SPAWNS_STREAM`].
+pub const SPAWNS_SUBJECTS: &str = "sluice.spawns.>";
+
+/// Limits stream of job log lines (exec stdout/stderr, Rust job logs).
+pub const LOGS_STREAM: &str = "SLUICE_LOGS";
+/// Subjects of [`LOGS_STREAM`].
+pub const LOGS_SUBJECTS: &str = "sluice.logs.>";
+
 /// Core NATS subjects on which the coordinator tells workers to stop a run's jobs.
 pub const STOP_SUBJECTS: &str = "sluice.stop.>";
 
@@ -87,6 +98,11 @@ pub fn job_subject(pool: &str, run_id: &RunId, job: &str) -> String {
     format!("sluice.jobs.{pool}.{run_id}.{job}")
 }
 
+/// Subject filters of every job message and scheduled retry of a run, in any pool.
+pub fn run_job_filters(run_id: &RunId) -> [String; 2] {
+    [format!("sluice.jobs.*.{run_id}.>"), format!("sluice.retries.*.{run_id}.>")]
+}
+
 /// Subject of a scheduled retry of a job.
 pub fn retry_subject(pool: &str, run_id: &RunId, job: &str) -> String {
     format!("sluice.retries.{pool}.{run_id}.{job}")
@@ -113,6 +129,26 @@ pub fn pool_consumer(pool: &str) -> String {
 /// Subject a worker publishes a job's lifecycle events on.
 pub fn event_subject(run_id: &RunId, job: &str) -> String {
     format!("sluice.events.{run_id}.{job}")
+}
+
+/// Subject of one attempt's spawn batches. The job path goes last: it may hold dots.
+pub fn spawn_subject(run_id: &RunId, job: &str, generation: u32, attempt: u32) -> String {
+    format!("sluice.spawns.{run_id}.{generation}.{attempt}.{job}")
+}
+
+/// Subject a job's log lines are kept on.
+pub fn log_subject(run_id: &RunId, job: &str) -> String {
+    format!("sluice.logs.{run_id}.{job}")
+}
+
+/// Subject filter of every log line of a run.
+pub fn run_logs_filter(run_id: &RunId) -> String {
+    format!("sluice.logs.{run_id}.>")
+}
+
+/// Subject filter of every job record of a run in KV (children included).
+pub fn run_jobs_filter(run_id: &RunId) -> String {
+    format!("$KV.{JOBS_BUCKET}.{run_id}.>")
 }
 
 /// Subject a rejection is recorded on.

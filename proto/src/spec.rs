@@ -39,6 +39,10 @@ pub struct WorkflowSpec {
     /// What a job's final failure does to the rest of the run.
     #[serde(default)]
     pub on_failure: OnFailure,
+    /// Most jobs of one run (children included) in a worker's hands at once; no limit
+    /// when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
     /// Jobs in the order written.
     pub jobs: IndexMap<String, JobSpec>,
 }
@@ -96,6 +100,9 @@ pub struct JobSpec {
     /// besides 78, which always does.
     #[serde(default)]
     pub permanent_exit_codes: Vec<i32>,
+    /// Most of this job's children in a worker's hands at once; no limit when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_parallel: Option<u32>,
 }
 
 /// Why a workflow was refused.
@@ -163,6 +170,9 @@ impl WorkflowSpec {
             }
         }
         self.validate_defaults(&mut problems);
+        if self.max_parallel == Some(0) {
+            problems.push("max_parallel must be at least 1 (leave it out for no limit)".into());
+        }
         if self.jobs.is_empty() {
             problems.push("the workflow has no jobs: add at least one under `jobs:`".into());
         }
@@ -313,7 +323,7 @@ impl WorkflowSpec {
     }
 }
 
-fn validate_job(name: &str, job: &JobSpec, jobs: &IndexMap<String, JobSpec>, problems: &mut Vec<String>) {
+pub(crate) fn validate_job(name: &str, job: &JobSpec, jobs: &IndexMap<String, JobSpec>, problems: &mut Vec<String>) {
     if let Err(problem) = check_name("job", name) {
         problems.push(problem);
     }
@@ -344,6 +354,9 @@ fn validate_job(name: &str, job: &JobSpec, jobs: &IndexMap<String, JobSpec>, pro
     }
     if job.timeout.is_some_and(|timeout| timeout.as_duration().is_zero()) {
         problem("timeout must be longer than 0s".into());
+    }
+    if job.max_parallel == Some(0) {
+        problem("max_parallel must be at least 1 (leave it out for no limit)".into());
     }
     if !job.permanent_exit_codes.is_empty() && job.run != EXEC_KIND {
         problem("`permanent_exit_codes` is only used by `run: exec`".into());

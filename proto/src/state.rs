@@ -4,7 +4,10 @@
 //! job:  blocked ──deps done──▶ queued ──worker starts──▶ running ──ok──▶ completed
 //!          │                     ▲                          │
 //!          │                     └──── retrying ◀──error────┤ (attempts left)
-//!          │                                                └──error, none left──▶ failed
+//!          │                                                ├──error, none left──▶ failed
+//!          │                                                └──ok, spawned children──▶ waiting
+//!          │                                  waiting ──all children completed──▶ completed
+//!          │                                          └──a child did not complete──▶ failed
 //!          └──a dependency failed──▶ skipped
 //! run:  running ──every job completed──▶ succeeded
 //!          └──a job failed, nothing left running──▶ failed
@@ -61,6 +64,9 @@ pub enum JobState {
     Running,
     /// An attempt failed and another is due after the retry delay. Left for `running`.
     Retrying,
+    /// Its own work is done and it spawned children: it holds no worker and ends
+    /// `completed` when all of them complete, `failed` when any of them does not.
+    Waiting,
     /// Its work is done. Terminal.
     Completed,
     /// Its attempts are over or its error was permanent. Terminal.
@@ -72,11 +78,12 @@ pub enum JobState {
 }
 
 impl JobState {
-    pub const ALL: [JobState; 8] = [
+    pub const ALL: [JobState; 9] = [
         Self::Blocked,
         Self::Queued,
         Self::Running,
         Self::Retrying,
+        Self::Waiting,
         Self::Completed,
         Self::Failed,
         Self::Cancelled,
@@ -98,6 +105,7 @@ impl JobState {
             Self::Queued => "queued",
             Self::Running => "running",
             Self::Retrying => "retrying",
+            Self::Waiting => "waiting",
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",

@@ -9,8 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_proto::messages::Versioned;
 use sluice_proto::{
-    AttemptRecord, EventKind, JobEvent, JobMessage, JobRecord, JobState, Rejection, RetryPolicy, RunId, RunRecord,
-    RunState, SCHEMA_VERSION, Submission, Window, decode, encode,
+    AttemptRecord, ChildSpec, EventKind, JobEvent, JobMessage, JobRecord, JobState, LogBatch, LogLine, LogStream,
+    Rejection, RetryPolicy, RunId, RunRecord, RunState, SCHEMA_VERSION, SpawnBatch, Submission, Window, decode, encode,
 };
 
 fn time(text: &str) -> DateTime<Utc> {
@@ -77,6 +77,8 @@ fn job_message() {
             retry: RetryPolicy::default(),
             timeout_ms: Some(1_800_000),
             permanent_exit_codes: vec![3],
+            // Fields added later and left empty keep the bytes of schema version 1.
+            needs: vec![],
         },
     );
 }
@@ -96,6 +98,56 @@ fn job_event() {
             worker: "worker-1".into(),
             error: Some("exit code 1".into()),
             retry_at: Some(time("2024-03-02T08:00:25Z")),
+            output: None,
+            spawned: 0,
+        },
+    );
+    check(
+        "job_event_spawned",
+        JobEvent {
+            schema_version: SCHEMA_VERSION,
+            run_id: run_id(),
+            job: "per-sensor".into(),
+            attempt: 1,
+            generation: 0,
+            kind: EventKind::Succeeded,
+            at: time("2024-03-02T08:00:05Z"),
+            worker: "worker-1".into(),
+            error: None,
+            retry_at: None,
+            output: Some(serde_json::json!({"sensors": 2})),
+            spawned: 2,
+        },
+    );
+    check(
+        "spawn_batch",
+        SpawnBatch {
+            schema_version: SCHEMA_VERSION,
+            run_id: run_id(),
+            job: "per-sensor".into(),
+            attempt: 1,
+            generation: 0,
+            children: vec![
+                ChildSpec { config: Some(serde_json::json!({"sensor": "s1"})), ..ChildSpec::new("s1", "calibrate") },
+                ChildSpec {
+                    command: Some(vec!["python3".into(), "sensor.py".into(), "s2".into()]),
+                    ..ChildSpec::new("s2", "exec")
+                },
+            ],
+        },
+    );
+    check(
+        "log_batch",
+        LogBatch {
+            schema_version: SCHEMA_VERSION,
+            run_id: run_id(),
+            job: "extract".into(),
+            attempt: 1,
+            lines: vec![LogLine {
+                at: time("2024-03-02T08:00:01Z"),
+                stream: LogStream::Stdout,
+                text: "rows: 42".into(),
+            }],
         },
     );
 }
@@ -144,6 +196,10 @@ fn run_and_job_records() {
                 worker: "worker-1".into(),
                 redelivered_to: vec![],
             }],
+            parent: None,
+            definition: None,
+            children: 0,
+            output: None,
         },
     );
 }

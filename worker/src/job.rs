@@ -1,10 +1,13 @@
 //! The job contract: what a job gets and what it returns.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use sluice_proto::{RunId, Window};
+use sluice_proto::{ChildSpec, LogStream, RunId, Window};
 use tokio_util::sync::CancellationToken;
+
+use crate::logs::LogSink;
 
 /// One kind of job. Registered by name; `run: <name>` in a workflow selects it.
 /// Dyn-compatible (through `async-trait`) so a registry can hold many kinds.
@@ -16,15 +19,25 @@ pub trait Job: Send + Sync + 'static {
     async fn perform(&self, ctx: &JobContext, window: &Window, config: &serde_json::Value) -> Result<Output, JobError>;
 }
 
-/// What a finished job hands back. Empty for now; room for small outputs.
+/// What a finished job hands back: nothing, or a small JSON value (≤ 64 KiB) that the jobs
+/// needing this one receive as an input and `status` shows.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Output {
-    _private: (),
+    pub(crate) value: Option<serde_json::Value>,
 }
 
 impl Output {
     pub fn none() -> Self {
         Self::default()
+    }
+
+    /// A JSON output.
+    pub fn json(value: serde_json::Value) -> Self {
+        Self { value: Some(value) }
+    }
+
+    pub fn value(&self) -> Option<&serde_json::Value> {
+        self.value.as_ref()
     }
 }
 
@@ -64,7 +77,11 @@ pub struct JobContext {
     pub worker_id: String,
     pub traceparent: Option<String>,
     pub tracestate: Option<String>,
+    /// The outputs of the jobs this one needs, by job name (those that had one).
+    pub inputs: BTreeMap<String, serde_json::Value>,
     pub(crate) cancel: CancellationToken,
+    pub(crate) children: Arc<Mutex<Vec<ChildSpec>>>,
+    pub(crate) logs: LogSink,
 }
 
 impl JobContext {
@@ -75,6 +92,27 @@ impl JobContext {
 
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
+    }
+
+    /// Adds a child job, started once this attempt succeeds (children of a failed attempt
+    /// never run). The parent ends `completed` when all its children complete, and
+    /// whatever needs it waits for them all; it holds no worker slot meanwhile.
+    pub fn spawn(&self, child: ChildSpec) {
+        self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(child);
+    }
+
+    /// Writes a line to the job's log (`sluice logs`), timestamped, with the attempt.
+    pub fn log(&self, text: impl AsRef<str>) {
+        self.logs.line(LogStream::Log, text.as_ref());
+    }
+
+    pub(crate) fn log_sink(&self) -> &LogSink {
+        &self.logs
+    }
+
+    /// The children spawned so far (taken when the attempt ends).
+    pub(crate) fn take_children(&self) -> Vec<ChildSpec> {
+        std::mem::take(&mut *self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// A context for calling a job directly (tests, local runs).
@@ -91,8 +129,16 @@ impl JobContext {
             worker_id: "local".into(),
             traceparent: None,
             tracestate: None,
+            inputs: BTreeMap::new(),
             cancel: CancellationToken::new(),
+            children: Arc::default(),
+            logs: LogSink::discard(),
         }
+    }
+
+    /// The children spawned through this context (for tests of a job called directly).
+    pub fn spawned(&self) -> Vec<ChildSpec> {
+        self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     pub fn with_command(mut self, command: Vec<String>) -> Self {

@@ -7,6 +7,7 @@
 
 pub mod job;
 pub mod kinds;
+pub mod logs;
 pub mod nats;
 pub mod registry;
 pub mod runtime;
@@ -15,4 +16,4 @@ pub mod stops;
 pub use job::{Job, JobContext, JobError, Output};
 pub use registry::Registry;
 pub use runtime::{WorkerConfig, WorkerError};
-pub use sluice_proto::Window;
+pub use sluice_proto::{ChildSpec, Window};

@@ -11,6 +11,7 @@
 //! Shutdown: stop fetching, NAK anything fetched but not started, let running jobs finish
 //! within the grace period, then cancel the rest and hand them back (NAK, no delay).
 
+use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,13 +23,17 @@ use futures::{FutureExt, StreamExt};
 use rand::Rng;
 use sluice_proto::limits::ERROR_TEXT_MAX_BYTES;
 use sluice_proto::messages::truncate_error;
+use sluice_proto::spawn::{CHILD_DEPTH_MAX, SPAWN_BATCH_MAX_BYTES, SpawnError, check_children, check_output, depth_of};
 use sluice_proto::spec::check_name;
-use sluice_proto::{EventKind, JobEvent, JobMessage, RunId, SCHEMA_VERSION, decode, encode, names};
+use sluice_proto::{
+    ChildSpec, EventKind, JobEvent, JobMessage, JobRecord, RunId, SCHEMA_VERSION, SpawnBatch, decode, encode, names,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{JobContext, JobError};
+use crate::job::{JobContext, JobError, Output};
+use crate::logs::Shipper;
 use crate::nats::{JOB_ACK_WAIT_DEFAULT, POOL_MAX_DELIVER_DEFAULT, pool_consumer};
 use crate::registry::Registry;
 use crate::stops::RunStops;
@@ -105,6 +110,8 @@ struct Shared {
     stop_jobs: CancellationToken,
     /// Running jobs by run, for stopping a cancelled run's jobs.
     stops: RunStops,
+    /// Job records, for the outputs of the jobs a job needs.
+    job_records: jetstream::kv::Store,
 }
 
 /// Pulls and runs jobs of `config.pool` until `shutdown` is cancelled, then drains.
@@ -122,7 +129,8 @@ pub async fn run(
         )));
     }
     let js = jetstream::new(client);
-    let Some(mut consumer) = open_consumer(&js, &config.pool, (config.ack_wait, config.max_deliver), &shutdown).await
+    let Some((mut consumer, job_records)) =
+        open_consumer(&js, &config.pool, (config.ack_wait, config.max_deliver), &shutdown).await
     else {
         return Ok(());
     };
@@ -138,6 +146,7 @@ pub async fn run(
         progress_interval,
         stop_jobs: CancellationToken::new(),
         stops: RunStops::default(),
+        job_records,
     });
     let listener = tokio::spawn(listen_for_stops(shared.clone()));
     let slots = Arc::new(Semaphore::new(shared.config.concurrency));
@@ -176,15 +185,23 @@ pub async fn run(
     Ok(())
 }
 
+/// The pool's consumer and the job records bucket, once a coordinator has created them.
 async fn open_consumer(
     js: &jetstream::Context,
     pool: &str,
     (ack_wait, max_deliver): (Duration, i64),
     shutdown: &CancellationToken,
-) -> Option<PullConsumer> {
+) -> Option<(PullConsumer, jetstream::kv::Store)> {
     loop {
-        match pool_consumer(js, pool, ack_wait, max_deliver).await {
-            Ok(consumer) => return Some(consumer),
+        let opened = match pool_consumer(js, pool, ack_wait, max_deliver).await {
+            Ok(consumer) => match js.get_key_value(names::JOBS_BUCKET).await {
+                Ok(records) => Ok((consumer, records)),
+                Err(error) => Err(WorkerError::nats("opening KV sluice-jobs", error)),
+            },
+            Err(error) => Err(error),
+        };
+        match opened {
+            Ok(opened) => return Some(opened),
             Err(error) => {
                 tracing::warn!(%error, "cannot open the pool's consumer yet (has a coordinator started?); retrying")
             }
@@ -267,7 +284,7 @@ async fn listen_for_stops(shared: Arc<Shared>) {
 
 /// How one attempt ended, for the completer.
 enum Outcome {
-    Succeeded,
+    Succeeded(Output, Vec<ChildSpec>),
     Failed(JobError),
     /// The worker is shutting down: give the job back without using up an attempt's delay.
     HandedBack,
@@ -315,6 +332,11 @@ async fn execute(shared: &Shared, message: Message) {
     let Some(_registration) = shared.stops.register(job.run_id, cancel.clone()) else {
         return complete(&reporter, &message, Outcome::Stopped).await;
     };
+    let inputs = match read_inputs(shared, &job).await {
+        Ok(inputs) => inputs,
+        Err(error) => return complete(&reporter, &message, Outcome::Failed(error)).await,
+    };
+    let shipper = Shipper::start(shared.js.clone(), job.run_id, job.job.clone(), attempt);
     let ctx = JobContext {
         run_id: job.run_id,
         workflow: job.workflow.clone(),
@@ -327,7 +349,10 @@ async fn execute(shared: &Shared, message: Message) {
         worker_id: shared.config.worker_id.clone(),
         traceparent: header(&message, names::HEADER_TRACEPARENT),
         tracestate: header(&message, names::HEADER_TRACESTATE),
+        inputs,
         cancel: cancel.clone(),
+        children: Default::default(),
+        logs: shipper.sink(),
     };
     tracing::info!(run = %job.run_id, job = %job.job, kind = %job.kind, attempt, "job started");
     let perform = AssertUnwindSafe(kind.perform(&ctx, &job.window, &job.config)).catch_unwind();
@@ -366,11 +391,85 @@ async fn execute(shared: &Shared, message: Message) {
     let outcome = match result {
         _ if shared.stops.is_stopped(&job.run_id) => Outcome::Stopped,
         _ if shared.stop_jobs.is_cancelled() => Outcome::HandedBack,
-        Ok(Ok(_)) => Outcome::Succeeded,
+        Ok(Ok(output)) => Outcome::Succeeded(output, ctx.take_children()),
         Ok(Err(error)) => Outcome::Failed(error),
         Err(panic) => Outcome::Failed(JobError::retryable(format!("job panicked: {}", panic_text(&panic)))),
     };
+    shipper.finish().await;
     complete(&reporter, &message, outcome).await;
+}
+
+/// The outputs of the jobs `job` needs, from their records.
+async fn read_inputs(shared: &Shared, job: &JobMessage) -> Result<BTreeMap<String, serde_json::Value>, JobError> {
+    let mut inputs = BTreeMap::new();
+    for need in &job.needs {
+        let entry = shared.job_records.get(names::job_key(&job.run_id, need)).await.map_err(|error| {
+            JobError::retryable(format!("reading the output of `{need}`, which this job needs: {error}"))
+        })?;
+        let record = entry.map(|bytes| decode::<JobRecord>(&bytes)).transpose().map_err(|error| {
+            JobError::permanent(format!("the record of `{need}`, which this job needs, cannot be read: {error}"))
+        })?;
+        if let Some(output) = record.and_then(|record| record.output) {
+            inputs.insert(need.clone(), output);
+        }
+    }
+    Ok(inputs)
+}
+
+/// Checks what a successful attempt hands on and stores its children (before its event):
+/// returns the output and how many children there are, or why the attempt fails after all.
+async fn hand_on(
+    reporter: &Reporter<'_>,
+    output: Output,
+    children: Vec<ChildSpec>,
+) -> Result<(Option<serde_json::Value>, u32), JobError> {
+    if let Some(value) = &output.value {
+        check_output(value).map_err(JobError::permanent)?;
+    }
+    if children.is_empty() {
+        return Ok((output.value, 0));
+    }
+    check_children(&children).map_err(|error| JobError::permanent(error.to_string()))?;
+    if depth_of(&reporter.job.job) + 1 > CHILD_DEPTH_MAX {
+        return Err(JobError::permanent(SpawnError::TooDeep.to_string()));
+    }
+    let job = reporter.job;
+    let subject = names::spawn_subject(&job.run_id, &job.job, job.generation, reporter.attempt);
+    let mut acks = Vec::new();
+    let mut batch = SpawnBatch {
+        schema_version: SCHEMA_VERSION,
+        run_id: job.run_id,
+        job: job.job.clone(),
+        attempt: reporter.attempt,
+        generation: job.generation,
+        children: Vec::new(),
+    };
+    let count = u32::try_from(children.len()).unwrap_or(u32::MAX);
+    let mut bytes = 0;
+    let total = children.len();
+    for (index, child) in children.into_iter().enumerate() {
+        // JSON is longer than MessagePack: a safe estimate of the batch's size.
+        bytes += serde_json::to_vec(&child).map(|encoded| encoded.len()).unwrap_or(0);
+        batch.children.push(child);
+        if bytes >= SPAWN_BATCH_MAX_BYTES / 2 || index + 1 == total {
+            let payload = encode(&batch).map_err(|error| JobError::permanent(error.to_string()))?;
+            let mut headers = HeaderMap::new();
+            headers.insert(names::HEADER_MSG_ID, format!("{subject}.{}", acks.len()).as_str());
+            let ack = reporter
+                .shared
+                .js
+                .publish_with_headers(subject.clone(), headers, payload.into())
+                .await
+                .map_err(|error| JobError::retryable(format!("storing the children: {error}")))?;
+            acks.push(ack);
+            batch.children.clear();
+            bytes = 0;
+        }
+    }
+    for ack in acks {
+        ack.await.map_err(|error| JobError::retryable(format!("storing the children: {error}")))?;
+    }
+    Ok((output.value, count))
 }
 
 /// A header's value as text, if the message has it.
@@ -394,9 +493,31 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "no message".to_owned())
 }
 
+/// How a failed attempt is reported and settled: retried after its delay while attempts
+/// are left and the error is retryable, else final.
+fn failure(
+    reporter: &Reporter<'_>,
+    error: JobError,
+    now: chrono::DateTime<Utc>,
+) -> (EventKind, Option<String>, Option<chrono::DateTime<Utc>>, Settle) {
+    let job = reporter.job;
+    if !(error.retryable && job.retry.allows_another_after(reporter.attempt - job.attempt_offset)) {
+        return (EventKind::Failed, Some(error.message), None, Settle::Term);
+    }
+    let delay = job.retry.delay_after(reporter.attempt - job.attempt_offset, rand::rng().random::<f64>());
+    let retry_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+    let settle = if delay <= reporter.shared.config.nak_delay_max {
+        Settle::Nak(Some(delay))
+    } else {
+        Settle::Schedule(retry_at, delay)
+    };
+    (EventKind::Failed, Some(error.message), Some(retry_at), settle)
+}
+
 async fn complete(reporter: &Reporter<'_>, message: &Message, outcome: Outcome) {
     let job = reporter.job;
     let now = Utc::now();
+    let mut handed = (None, 0);
     let (kind, error, retry_at, settle) = match outcome {
         Outcome::Stopped => {
             // The run was cancelled: the coordinator already wrote the job off.
@@ -406,24 +527,18 @@ async fn complete(reporter: &Reporter<'_>, message: &Message, outcome: Outcome) 
             }
             return;
         }
-        Outcome::Succeeded => (EventKind::Succeeded, None, None, Settle::Ack),
+        Outcome::Succeeded(output, children) => match hand_on(reporter, output, children).await {
+            Ok(handed_on) => {
+                handed = handed_on;
+                (EventKind::Succeeded, None, None, Settle::Ack)
+            }
+            Err(error) => failure(reporter, error, now),
+        },
         Outcome::HandedBack => {
             let reason = "handed back: the worker shut down before the job finished".to_owned();
             (EventKind::Failed, Some(reason), Some(now), Settle::Nak(None))
         }
-        Outcome::Failed(error)
-            if error.retryable && job.retry.allows_another_after(reporter.attempt - job.attempt_offset) =>
-        {
-            let delay = job.retry.delay_after(reporter.attempt - job.attempt_offset, rand::rng().random::<f64>());
-            let retry_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
-            let settle = if delay <= reporter.shared.config.nak_delay_max {
-                Settle::Nak(Some(delay))
-            } else {
-                Settle::Schedule(retry_at, delay)
-            };
-            (EventKind::Failed, Some(error.message), Some(retry_at), settle)
-        }
-        Outcome::Failed(error) => (EventKind::Failed, Some(error.message), None, Settle::Term),
+        Outcome::Failed(error) => failure(reporter, error, now),
     };
     let settle = match settle {
         Settle::Schedule(at, delay) => match schedule_retry(reporter, message, at).await {
@@ -436,7 +551,8 @@ async fn complete(reporter: &Reporter<'_>, message: &Message, outcome: Outcome) 
         other => other,
     };
     tracing::info!(run = %job.run_id, job = %job.job, attempt = reporter.attempt, outcome = kind.as_str(), error = error.as_deref().unwrap_or(""), "job finished");
-    if let Err(publish_error) = reporter.publish(kind, error, retry_at).await {
+    let (output, spawned) = handed;
+    if let Err(publish_error) = reporter.publish_with(kind, error, retry_at, output, spawned).await {
         // Without the event the coordinator cannot move on: let JetStream redeliver.
         tracing::error!(error = %publish_error, job = %job.job, "cannot report the outcome; the job will be redelivered");
         return;
@@ -553,8 +669,19 @@ impl Reporter<'_> {
         error: Option<String>,
         retry_at: Option<chrono::DateTime<Utc>>,
     ) -> Result<(), WorkerError> {
+        self.publish_with(kind, error, retry_at, None, 0).await
+    }
+
+    async fn publish_with(
+        &self,
+        kind: EventKind,
+        error: Option<String>,
+        retry_at: Option<chrono::DateTime<Utc>>,
+        output: Option<serde_json::Value>,
+        spawned: u32,
+    ) -> Result<(), WorkerError> {
         let job = self.job;
-        let event = event(
+        let mut event = event(
             job.run_id,
             &job.job,
             self.attempt,
@@ -564,6 +691,8 @@ impl Reporter<'_> {
             error,
             retry_at,
         );
+        event.output = output;
+        event.spawned = spawned;
         publish_event(&self.shared.js, &event).await
     }
 }
@@ -590,6 +719,8 @@ fn event(
         worker: worker.to_owned(),
         error: error.map(|text| truncate_error(&text, ERROR_TEXT_MAX_BYTES)),
         retry_at,
+        output: None,
+        spawned: 0,
     }
 }
 

@@ -51,7 +51,7 @@ pub async fn retry(url: &str, args: RetryArgs, format: Format) -> Result<ExitCod
     let id = view.record.id;
     match &args.job {
         Some(job) => {
-            let record = view.jobs.iter().find(|record| &record.name == job).ok_or_else(|| {
+            let record = view.all.get(job).ok_or_else(|| {
                 let names: Vec<&str> = view.jobs.iter().map(|job| job.name.as_str()).collect();
                 CliError::usage(format!("run {id} has no job `{job}`; its jobs are {}", names.join(", ")))
             })?;
@@ -74,14 +74,14 @@ pub async fn retry(url: &str, args: RetryArgs, format: Format) -> Result<ExitCod
         }
         None => {}
     }
-    let generations = |view: &RunView| view.jobs.iter().map(|job| job.generation).sum::<u32>();
+    let generations = |view: &RunView| view.all.values().map(|job| job.generation).sum::<u32>();
     let before = generations(&view);
     send(&js, id, ControlAction::Retry, args.job.clone(), None).await?;
     let applied = wait_for(&js, id, |view| generations(view) > before).await?;
     let again: Vec<&str> = applied
-        .jobs
-        .iter()
-        .filter(|job| view.jobs.iter().any(|old| old.name == job.name && old.generation < job.generation))
+        .all
+        .values()
+        .filter(|job| view.all.get(&job.name).is_some_and(|old| old.generation < job.generation))
         .map(|job| job.name.as_str())
         .collect();
     if format == Format::Human {

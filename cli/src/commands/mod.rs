@@ -3,6 +3,7 @@
 pub mod control;
 pub mod dev;
 pub mod dlq;
+pub mod logs;
 pub mod runs;
 pub mod serve;
 pub mod status;

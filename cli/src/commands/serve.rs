@@ -66,10 +66,31 @@ impl WorkerArgs {
     }
 }
 
-pub async fn coordinator(url: &str) -> Result<ExitCode, CliError> {
+#[derive(clap::Args, Clone)]
+pub struct CoordinatorArgs {
+    /// How long job log lines are kept.
+    #[arg(long, default_value = "7d")]
+    pub logs_max_age: HumanDuration,
+    /// Most job log data kept, in MiB; the oldest lines go first.
+    #[arg(long, default_value_t = 1024)]
+    pub logs_max_mib: u32,
+}
+
+pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, CliError> {
+    if args.logs_max_age.as_duration() < Duration::from_secs(60) || args.logs_max_mib == 0 {
+        return Err(CliError::usage("--logs-max-age must be at least 1m and --logs-max-mib at least 1"));
+    }
+    let settings = sluice_coordinator::service::Settings {
+        logs: sluice_coordinator::topology::LogRetention {
+            max_age: args.logs_max_age.as_duration(),
+            max_bytes: i64::from(args.logs_max_mib) * 1024 * 1024,
+        },
+    };
     let client = output::connect(url).await?;
     let shutdown = on_signal();
-    sluice_coordinator::service::run(client, shutdown).await.map_err(|error| CliError::failed(error.to_string()))?;
+    sluice_coordinator::service::run_with(client, settings, shutdown)
+        .await
+        .map_err(|error| CliError::failed(error.to_string()))?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -6,14 +6,40 @@ use async_nats::jetstream;
 use serde_json::json;
 use sluice_coordinator::store;
 use sluice_coordinator::topology::{self, Topology};
+use std::collections::BTreeMap;
+
+use sluice_proto::spawn::parent_of;
 use sluice_proto::{JobRecord, Rejection, RunId, RunRecord};
 
 use crate::output::{self, CliError, Format, print_json, short_time, table, time};
 
-/// A run with its job records, in dependency order.
+/// A run with its job records: the workflow's jobs in dependency order, and every job
+/// (children included) by path.
 pub struct RunView {
     pub record: RunRecord,
     pub jobs: Vec<JobRecord>,
+    pub all: BTreeMap<String, JobRecord>,
+}
+
+impl RunView {
+    /// The direct children of `parent`, by name.
+    pub fn children_of<'a>(&'a self, parent: &'a str) -> impl Iterator<Item = &'a JobRecord> + 'a {
+        let prefix = format!("{parent}.");
+        self.all
+            .range(prefix.clone()..)
+            .take_while(move |(path, _)| path.starts_with(&prefix))
+            .filter(move |(path, _)| parent_of(path) == Some(parent))
+            .map(|(_, job)| job)
+    }
+
+    /// How many of `parent`'s children are in each state.
+    pub fn child_counts(&self, parent: &str) -> BTreeMap<&'static str, usize> {
+        let mut counts = BTreeMap::new();
+        for child in self.children_of(parent) {
+            *counts.entry(child.state.as_str()).or_default() += 1;
+        }
+        counts
+    }
 }
 
 /// What is known about a run id.
@@ -23,15 +49,38 @@ pub enum Lookup {
     Unknown,
 }
 
-pub async fn run(url: &str, run: &str, format: Format) -> Result<ExitCode, CliError> {
-    let id: RunId = run.parse().map_err(|error: sluice_proto::ids::RunIdError| CliError::usage(error.to_string()))?;
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// The run id `submit` printed.
+    run: String,
+    /// Show one job (a child as `parent.child`) with every attempt and its children.
+    #[arg(long)]
+    job: Option<String>,
+}
+
+pub async fn run(url: &str, args: StatusArgs, format: Format) -> Result<ExitCode, CliError> {
+    let id: RunId =
+        args.run.parse().map_err(|error: sluice_proto::ids::RunIdError| CliError::usage(error.to_string()))?;
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
     match lookup(&js, &id).await? {
         Lookup::Found(view) => {
-            match format {
-                Format::Json => print_json(&view_json(&view)),
-                Format::Human => println!("{}", view_text(&view)),
+            match (&args.job, format) {
+                (None, Format::Json) => print_json(&view_json(&view)),
+                (None, Format::Human) => println!("{}", view_text(&view)),
+                (Some(path), _) => {
+                    let Some(job) = view.all.get(path) else {
+                        let names: Vec<&str> = view.jobs.iter().map(|job| job.name.as_str()).collect();
+                        return Err(CliError::usage(format!(
+                            "run {id} has no job `{path}`; its jobs are {} (children are named parent.child)",
+                            names.join(", ")
+                        )));
+                    };
+                    match format {
+                        Format::Json => print_json(&one_job_json(&view, job)),
+                        Format::Human => println!("{}", one_job_text(&view, job)),
+                    }
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -60,9 +109,9 @@ pub async fn load_view(topology: &Topology, id: &RunId) -> Result<Option<RunView
     let Some(record) = store::load_run(topology, id).await? else {
         return Ok(None);
     };
-    let mut by_name = store::load_jobs(topology, &record).await?;
-    let jobs = record.jobs.iter().filter_map(|name| by_name.remove(name)).collect();
-    Ok(Some(RunView { record, jobs }))
+    let all: BTreeMap<String, JobRecord> = store::load_jobs(topology, &record).await?.into_iter().collect();
+    let jobs = record.jobs.iter().filter_map(|name| all.get(name).cloned()).collect();
+    Ok(Some(RunView { record, jobs, all }))
 }
 
 /// The stable JSON shape of `status -o json` (documented in docs/cli.md).
@@ -78,11 +127,25 @@ pub fn view_json(view: &RunView) -> serde_json::Value {
         "finished_at": time(record.finished_at),
         "error": record.error,
         "trace_id": record.traceparent.as_deref().and_then(sluice_proto::TraceParent::parse).map(|parent| parent.trace_id_hex()),
-        "jobs": view.jobs.iter().map(job_json).collect::<Vec<_>>(),
+        "jobs": view.jobs.iter().map(|job| job_json(view, job)).collect::<Vec<_>>(),
     })
 }
 
-fn job_json(job: &JobRecord) -> serde_json::Value {
+/// `status RUN --job J -o json`: the job, and a line for each of its children.
+fn one_job_json(view: &RunView, job: &JobRecord) -> serde_json::Value {
+    let mut out = job_json(view, job);
+    out["run"] = json!(view.record.id.to_string());
+    out["child_jobs"] = view
+        .children_of(&job.name)
+        .map(|child| {
+            json!({"name": child.name, "state": child.state.as_str(), "attempts": child.attempts, "error": child.error})
+        })
+        .collect();
+    out
+}
+
+fn job_json(view: &RunView, job: &JobRecord) -> serde_json::Value {
+    let children = (job.children > 0).then(|| json!({"total": job.children, "by_state": view.child_counts(&job.name)}));
     json!({
         "name": job.name,
         "state": job.state.as_str(),
@@ -91,6 +154,8 @@ fn job_json(job: &JobRecord) -> serde_json::Value {
         "finished_at": time(job.finished_at),
         "error": job.error,
         "retry_at": time(job.retry_at),
+        "output": job.output,
+        "children": children,
         "attempt_history": job.attempt_history.iter().map(|attempt| json!({
             "attempt": attempt.attempt,
             "started_at": time(Some(attempt.started_at)),
@@ -117,21 +182,86 @@ pub fn view_text(view: &RunView) -> String {
         out.push_str(&format!("error     {error}\n"));
     }
     out.push('\n');
-    let rows: Vec<Vec<String>> = view
-        .jobs
+    out.push_str(&jobs_table(view, view.jobs.iter()));
+    out
+}
+
+/// A table of jobs; a CHILDREN column when any of them spawned children.
+fn jobs_table<'a>(view: &RunView, jobs: impl Iterator<Item = &'a JobRecord>) -> String {
+    let jobs: Vec<&JobRecord> = jobs.collect();
+    let with_children = jobs.iter().any(|job| job.children > 0);
+    let rows: Vec<Vec<String>> = jobs
         .iter()
         .map(|job| {
-            vec![
+            let mut row = vec![
                 job.name.clone(),
                 job.state.as_str().to_owned(),
                 job.attempts.to_string(),
                 short_time(job.started_at),
                 short_time(job.finished_at),
-                job.error.as_deref().map(first_line).unwrap_or_default(),
-            ]
+            ];
+            if with_children {
+                row.push(children_text(view, job));
+            }
+            row.push(job.error.as_deref().map(first_line).unwrap_or_default());
+            row
         })
         .collect();
-    out.push_str(&table(&["JOB", "STATE", "ATTEMPTS", "STARTED", "FINISHED", "ERROR"], &rows));
+    let mut headers = vec!["JOB", "STATE", "ATTEMPTS", "STARTED", "FINISHED"];
+    if with_children {
+        headers.push("CHILDREN");
+    }
+    headers.push("ERROR");
+    table(&headers, &rows)
+}
+
+/// `200: 198 completed, 2 failed`.
+fn children_text(view: &RunView, job: &JobRecord) -> String {
+    if job.children == 0 {
+        return String::new();
+    }
+    let counts: Vec<String> =
+        view.child_counts(&job.name).iter().map(|(state, count)| format!("{count} {state}")).collect();
+    format!("{}: {}", job.children, counts.join(", "))
+}
+
+/// `status RUN --job J`: the job's attempts, output and children.
+fn one_job_text(view: &RunView, job: &JobRecord) -> String {
+    let mut out = format!(
+        "run       {}\njob       {}\nstate     {}\nattempts  {}\n",
+        view.record.id,
+        job.name,
+        job.state.as_str(),
+        job.attempts
+    );
+    if let Some(error) = &job.error {
+        out.push_str(&format!("error     {}\n", first_line(error)));
+    }
+    if let Some(output) = &job.output {
+        out.push_str(&format!("output    {}\n", first_line(&output.to_string())));
+    }
+    for attempt in &job.attempt_history {
+        out.push_str(&format!(
+            "attempt {} on {}: {} → {}{}\n",
+            attempt.attempt,
+            attempt.worker,
+            short_time(Some(attempt.started_at)),
+            short_time(attempt.finished_at),
+            attempt.error.as_deref().map(|error| format!("  {}", first_line(error))).unwrap_or_default()
+        ));
+    }
+    if job.children > 0 {
+        out.push_str(&format!("children  {}\n\n", children_text(view, job)));
+        // Unfinished and failed children first: they are what a user looks for.
+        let mut children: Vec<&JobRecord> = view.children_of(&job.name).collect();
+        children.sort_by_key(|child| child.state == sluice_proto::JobState::Completed);
+        const SHOWN: usize = 50;
+        let more = children.len().saturating_sub(SHOWN);
+        out.push_str(&jobs_table(view, children.into_iter().take(SHOWN)));
+        if more > 0 {
+            out.push_str(&format!("\n… and {more} more (-o json lists them all)"));
+        }
+    }
     out
 }
 

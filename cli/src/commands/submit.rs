@@ -153,9 +153,9 @@ pub async fn publish(
         (None, Some(key)) => key_holder(&topology::ensure(js).await?, key).await?,
         (None, None) => None,
     };
-    first
-        .map(|run_id| Published { run_id, duplicate: true })
-        .ok_or_else(|| CliError::failed("JetStream dropped the submission as a duplicate of one that can no longer be read"))
+    first.map(|run_id| Published { run_id, duplicate: true }).ok_or_else(|| {
+        CliError::failed("JetStream dropped the submission as a duplicate of one that can no longer be read")
+    })
 }
 
 /// `NAME=VALUE` pairs; the error names the bad one.

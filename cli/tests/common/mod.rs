@@ -46,6 +46,12 @@ impl Stack {
         self.processes.len() - 1
     }
 
+    pub fn coordinator_with(&mut self, extra: &[&str]) -> usize {
+        let mut args = vec!["coordinator"];
+        args.extend(extra);
+        self.spawn("coordinator", &args)
+    }
+
     pub fn coordinator(&mut self) -> usize {
         self.spawn("coordinator", &["coordinator"])
     }
@@ -89,15 +95,45 @@ impl Stack {
         self.processes[process].1.try_wait().expect("try_wait").is_none()
     }
 
-    /// Runs `sluice ARGS` against this stack's server.
+    /// Runs `sluice ARGS` against this stack's server; a command that hangs is killed after
+    /// [`COMMAND_TIMEOUT`] and fails the test, so CI never waits on it.
     pub fn sluice(&self, args: &[&str]) -> Output {
-        Command::new(SLUICE)
+        let child = Command::new(SLUICE)
             .args(args)
             .env("SLUICE_NATS_URL", self.url())
             .env("RUST_LOG", "warn")
             .current_dir(workspace_root())
-            .output()
-            .expect("run sluice")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run sluice");
+        let pid = child.id().to_string();
+        let finished = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watchdog = {
+            let finished = finished.clone();
+            std::thread::spawn(move || {
+                let deadline = Instant::now() + COMMAND_TIMEOUT;
+                while !finished.load(std::sync::atomic::Ordering::SeqCst) {
+                    if Instant::now() > deadline {
+                        let _ = Command::new("kill").args(["-9", &pid]).status();
+                        return true;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                false
+            })
+        };
+        let output = child.wait_with_output().expect("wait for sluice");
+        finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        let timed_out = watchdog.join().unwrap_or(false);
+        assert!(
+            !timed_out,
+            "sluice {args:?} did not finish within {COMMAND_TIMEOUT:?}\nstdout: {}\nstderr: {}",
+            text(&output.stdout),
+            text(&output.stderr)
+        );
+        output
     }
 
     /// `sluice ARGS -o json`, parsed; panics with stderr if the exit code is not `code`.
@@ -159,6 +195,9 @@ impl Drop for Stack {
     }
 }
 
+/// Longest any one `sluice` command may take in a test.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(240);
+
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -179,14 +218,19 @@ pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> 
 /// An exec job that appends `start JOB ATTEMPT NANOS` and `end JOB ATTEMPT NANOS` to `log`,
 /// sleeping `seconds` in between, as a YAML flow mapping.
 pub fn recording_job(log: &Path, seconds: f64, needs: &[String]) -> String {
-    let script = format!(
-        "echo \"start $SLUICE_JOB $SLUICE_ATTEMPT $(date +%s%N)\" >> {log}; sleep {seconds}; echo \"end $SLUICE_JOB $SLUICE_ATTEMPT $(date +%s%N)\" >> {log}",
-        log = log.display()
-    );
+    let script = recording_script(log, seconds);
     format!(
         "{{ run: exec, needs: [{}], command: [sh, -c, {}] }}",
         needs.join(", "),
         serde_json::to_string(&script).expect("json")
+    )
+}
+
+/// The shell script of [`recording_job`].
+pub fn recording_script(log: &Path, seconds: f64) -> String {
+    format!(
+        "echo \"start $SLUICE_JOB $SLUICE_ATTEMPT $(date +%s%N)\" >> {log}; sleep {seconds}; echo \"end $SLUICE_JOB $SLUICE_ATTEMPT $(date +%s%N)\" >> {log}",
+        log = log.display()
     )
 }
 

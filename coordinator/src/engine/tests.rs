@@ -45,7 +45,31 @@ fn event(run: &Run, job: &str, attempt: u32, kind: EventKind, second: u32) -> Jo
         worker: "w1".into(),
         error: (kind == EventKind::Failed).then(|| "boom".to_owned()),
         retry_at: None,
+        output: None,
+        spawned: 0,
     }
+}
+
+fn children(names: &[&str]) -> Vec<ChildSpec> {
+    names.iter().map(|name| ChildSpec::new(*name, "noop")).collect()
+}
+
+/// A success of `job` that spawned `kids`.
+fn spawning(run: &mut Run, job: &str, kids: &[&str], second: u32) -> Vec<Effect> {
+    let mut success = event(run, job, 1, EventKind::Succeeded, second);
+    success.spawned = kids.len() as u32;
+    assert!(run.wants_children(&success));
+    run.apply_with(&success, &children(kids), at(second)).unwrap()
+}
+
+fn saved(effects: &[Effect]) -> Vec<String> {
+    effects
+        .iter()
+        .filter_map(|effect| match effect {
+            Effect::SaveJob(job) => Some(job.name.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn dispatched(effects: &[Effect]) -> Vec<String> {
@@ -189,15 +213,8 @@ fn cancel_withdraws_queued_jobs_stops_running_ones_and_ends_the_run() {
     let (mut run, _) = start(TWO_BRANCHES);
     run.apply(&event(&run, "a", 1, EventKind::Started, 1), at(1)).unwrap();
     let effects = run.cancel(at(2)).unwrap();
-    let withdrawn: Vec<&str> = effects
-        .iter()
-        .filter_map(|effect| match effect {
-            Effect::Withdraw { job, .. } => Some(job.as_str()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(withdrawn, ["b"], "b was queued; a runs and is told to stop");
-    assert!(effects.contains(&Effect::StopRun(run.id())));
+    assert!(effects.contains(&Effect::Withdraw(run.id())), "b was queued: its message is withdrawn");
+    assert!(effects.contains(&Effect::StopRun(run.id())), "a runs and is told to stop");
     assert_eq!(run.record().state, RunState::Cancelled);
     assert!(run.record().jobs.iter().all(|name| run.job(name).unwrap().state == JobState::Cancelled));
     assert!(matches!(
@@ -317,8 +334,22 @@ struct World {
 impl World {
     /// Executes effects as the shell does, stopping after `budget` of them (a crash).
     fn execute(&mut self, effects: &[Effect], budget: usize) -> bool {
+        // As the shell does: only the last write of each record, in the order of those writes.
+        let key = |effect: &Effect| match effect {
+            Effect::SaveJob(job) => Some(format!("job {}", job.name)),
+            Effect::SaveRun(run) => Some(format!("run {}", run.id)),
+            _ => None,
+        };
+        let last: HashMap<String, usize> =
+            effects.iter().enumerate().filter_map(|(index, effect)| key(effect).map(|key| (key, index))).collect();
+        let effects: Vec<&Effect> = effects
+            .iter()
+            .enumerate()
+            .filter(|(index, effect)| key(effect).is_none_or(|key| last[&key] == *index))
+            .map(|(_, effect)| effect)
+            .collect();
         let (saves, dispatches): (Vec<&Effect>, Vec<&Effect>) =
-            effects.iter().partition(|effect| !matches!(effect, Effect::Dispatch(_)));
+            effects.into_iter().partition(|effect| !matches!(effect, Effect::Dispatch(_)));
         for (done, effect) in saves.iter().chain(dispatches.iter()).enumerate() {
             if done == budget {
                 return false;
@@ -343,8 +374,12 @@ impl World {
     }
 }
 
-fn dag_yaml(needs: &[Vec<usize>]) -> String {
-    let mut yaml = String::from("name: sim\njobs:\n");
+fn dag_yaml(needs: &[Vec<usize>], max_parallel: Option<u32>) -> String {
+    let mut yaml = String::from("name: sim\n");
+    if let Some(limit) = max_parallel {
+        yaml.push_str(&format!("max_parallel: {limit}\n"));
+    }
+    yaml.push_str("jobs:\n");
     for (i, deps) in needs.iter().enumerate() {
         let deps: Vec<String> = deps.iter().map(|d| format!("j{d}")).collect();
         yaml.push_str(&format!("  j{i}: {{ run: noop, needs: [{}] }}\n", deps.join(", ")));
@@ -360,34 +395,46 @@ fn needs_strategy() -> impl Strategy<Value = Vec<Vec<usize>>> {
 
 fn simulate(needs: Vec<Vec<usize>>, seed: u64) -> Result<(), TestCaseError> {
     let mut rng = StdRng::seed_from_u64(seed);
-    let yaml = dag_yaml(&needs);
+    let max_parallel = if rng.random_range(0..2) == 0 { None } else { Some(rng.random_range(1..4u32)) };
+    let yaml = dag_yaml(&needs, max_parallel);
     let (mut run, effects) = start(&yaml);
     let mut world = World::default();
     world.execute(&effects, usize::MAX);
     let mut clock = 1u32;
     let mut started: HashSet<String> = HashSet::new();
-    for _step in 0..10_000 {
+    // What each job's worker spawned: the shell reads it from the spawn stream.
+    let mut spawns: HashMap<String, Vec<ChildSpec>> = HashMap::new();
+    for _step in 0..20_000 {
         if run.is_finished() {
             break;
         }
         clock += 1;
         let choice = rng.random_range(0..10);
         if choice < 4 && !world.job_queue.is_empty() {
-            // A worker takes a job: it reports the start, and later the success.
+            // A worker takes a job: it reports the start, and later the success, sometimes
+            // with children (workflow jobs and their children, two levels at most).
             let job = world.job_queue.swap_remove(rng.random_range(0..world.job_queue.len()));
             prop_assert!(started.insert(job.clone()), "job {} started twice", job);
             world.event_queue.push(event(&run, &job, 1, EventKind::Started, clock));
-            world.event_queue.push(event(&run, &job, 1, EventKind::Succeeded, clock + 1));
+            let mut success = event(&run, &job, 1, EventKind::Succeeded, clock + 1);
+            if job.matches('.').count() < 2 && rng.random_range(0..3) == 0 {
+                let kids: Vec<ChildSpec> =
+                    (0..rng.random_range(1..5)).map(|i| ChildSpec::new(format!("c{i}"), "noop")).collect();
+                success.spawned = kids.len() as u32;
+                spawns.insert(job.clone(), kids);
+            }
+            world.event_queue.push(success);
         } else if !world.event_queue.is_empty() {
             // The coordinator handles some pending event (reordered), maybe crashing midway.
             let index = rng.random_range(0..world.event_queue.len());
             let incoming = world.event_queue[index].clone();
-            let before: Vec<JobRecord> = run.record().jobs.iter().map(|name| run.job(name).unwrap().clone()).collect();
-            let outcome = run.apply(&incoming, at(clock));
+            let before: Vec<JobRecord> = run.all_paths().iter().map(|name| run.job(name).unwrap().clone()).collect();
+            let kids = if run.wants_children(&incoming) { spawns[&incoming.job].clone() } else { Vec::new() };
+            let outcome = run.apply_with(&incoming, &kids, at(clock));
             if let Ok(effects) = &outcome {
                 for effect in effects {
                     if let Effect::Dispatch(message) = effect {
-                        for need in &run.spec.jobs[&message.job].needs {
+                        for need in &message.needs {
                             prop_assert_eq!(
                                 run.job(need).unwrap().state,
                                 JobState::Completed,
@@ -398,9 +445,18 @@ fn simulate(needs: Vec<Vec<usize>>, seed: u64) -> Result<(), TestCaseError> {
                         }
                     }
                 }
+                // A spawning parent's last write must follow its children's last writes (the
+                // shell keeps only the last write of each record; restore relies on the order).
+                if kids.len() > 0 {
+                    let order = saved(effects);
+                    let last = |name: &str| order.iter().rposition(|saved| saved == name);
+                    for kid in &kids {
+                        let path = format!("{}.{}", incoming.job, kid.name);
+                        prop_assert!(last(&incoming.job) > last(&path), "parent saved before child {}", path);
+                    }
+                }
             } else {
-                let after: Vec<JobRecord> =
-                    run.record().jobs.iter().map(|name| run.job(name).unwrap().clone()).collect();
+                let after: Vec<JobRecord> = run.all_paths().iter().map(|name| run.job(name).unwrap().clone()).collect();
                 prop_assert_eq!(before, after, "an ignored event changed state");
             }
             let crash = rng.random_range(0..8) == 0;
@@ -431,11 +487,23 @@ fn simulate(needs: Vec<Vec<usize>>, seed: u64) -> Result<(), TestCaseError> {
         for (key, count) in &world.published {
             prop_assert!(*count <= 1, "{:?} dispatched {} times", key, count);
         }
+        if let Some(limit) = max_parallel {
+            let in_flight = run.all_paths().iter().filter(|name| run.job(name).unwrap().state.is_in_flight()).count();
+            prop_assert!(in_flight <= limit as usize, "{} jobs in flight, max_parallel {}", in_flight, limit);
+        }
     }
     prop_assert_eq!(run.record().state, RunState::Succeeded);
     prop_assert_eq!(world.runs[&run.id()].state, RunState::Succeeded);
-    for name in &run.record().jobs {
-        prop_assert_eq!(world.jobs[name].state, JobState::Completed);
+    for name in run.all_paths() {
+        prop_assert_eq!(world.jobs[&name].state, JobState::Completed);
+    }
+    for (parent, kids) in &spawns {
+        if world.jobs[parent].children > 0 {
+            for kid in kids {
+                let path = format!("{parent}.{}", kid.name);
+                prop_assert!(started.contains(&path), "child {} never ran", path);
+            }
+        }
     }
     Ok(())
 }
@@ -446,4 +514,88 @@ proptest! {
     fn random_dags_with_duplicates_reordering_and_crashes_complete_exactly_once(needs in needs_strategy(), seed in any::<u64>()) {
         simulate(needs, seed)?;
     }
+}
+
+// ---- children ----
+
+const FAN: &str = "name: f\non_failure: continue\njobs:\n  fan: { run: noop, max_parallel: 2 }\n  join: { run: noop, needs: [fan] }\n  other: { run: noop }\n";
+
+#[test]
+fn a_parent_waits_for_its_children_within_its_max_parallel_then_its_dependents_start() {
+    let (mut run, _) = start(FAN);
+    let effects = spawning(&mut run, "fan", &["a", "b", "c"], 1);
+    assert_eq!(run.job("fan").unwrap().state, JobState::Waiting);
+    assert_eq!(dispatched(&effects), ["fan.a", "fan.b"], "max_parallel 2 holds the third");
+    assert_eq!(run.job("fan.c").unwrap().state, JobState::Blocked);
+    let effects = run.apply(&event(&run, "fan.a", 1, EventKind::Succeeded, 2), at(2)).unwrap();
+    assert_eq!(dispatched(&effects), ["fan.c"]);
+    run.apply(&event(&run, "fan.b", 1, EventKind::Succeeded, 3), at(3)).unwrap();
+    assert_eq!(run.job("join").unwrap().state, JobState::Blocked);
+    let effects = run.apply(&event(&run, "fan.c", 1, EventKind::Succeeded, 4), at(4)).unwrap();
+    assert_eq!(run.job("fan").unwrap().state, JobState::Completed);
+    assert_eq!(dispatched(&effects), ["join"]);
+}
+
+#[test]
+fn a_failed_child_fails_its_parent_and_retry_reruns_only_that_child() {
+    let (mut run, _) = start(FAN);
+    spawning(&mut run, "fan", &["a", "b"], 1);
+    run.apply(&event(&run, "other", 1, EventKind::Succeeded, 1), at(1)).unwrap();
+    let effects = run.apply(&event(&run, "fan.a", 1, EventKind::Failed, 2), at(2)).unwrap();
+    assert!(effects.iter().any(|effect| matches!(effect, Effect::DeadLetter(letter) if letter.job.job == "fan.a")));
+    assert_eq!(run.job("fan").unwrap().state, JobState::Waiting, "b is still running");
+    run.apply(&event(&run, "fan.b", 1, EventKind::Succeeded, 3), at(3)).unwrap();
+    let fan = run.job("fan").unwrap();
+    assert_eq!(fan.state, JobState::Failed);
+    assert!(fan.error.as_deref().unwrap().starts_with("1 of 2 children did not complete; first: `fan.a` failed"));
+    assert_eq!(run.job("join").unwrap().state, JobState::Skipped);
+    assert_eq!(run.record().state, RunState::Failed);
+
+    let effects = run.rerun(None, at(4)).unwrap();
+    assert_eq!(dispatched(&effects), ["fan.a"], "fan is not run again, b stays completed");
+    assert_eq!(run.job("fan").unwrap().state, JobState::Waiting);
+    let mut again = event(&run, "fan.a", 2, EventKind::Succeeded, 5);
+    again.generation = 1;
+    let effects = run.apply(&again, at(5)).unwrap();
+    assert_eq!(dispatched(&effects), ["join"]);
+    let mut join = event(&run, "join", 1, EventKind::Succeeded, 6);
+    join.generation = 1;
+    run.apply(&join, at(6)).unwrap();
+    assert_eq!(run.record().state, RunState::Succeeded);
+}
+
+#[test]
+fn children_that_cannot_be_read_or_are_invalid_fail_the_parent_clearly() {
+    let (mut run, _) = start(FAN);
+    let mut success = event(&run, "fan", 1, EventKind::Succeeded, 1);
+    success.spawned = 3;
+    run.apply_with(&success, &children(&["a", "b"]), at(1)).unwrap();
+    let fan = run.job("fan").unwrap();
+    assert_eq!(fan.state, JobState::Failed);
+    assert_eq!(fan.error.as_deref(), Some("the job spawned 3 children but 2 could be read from the spawn stream"));
+
+    let (mut run, _) = start(FAN);
+    let mut success = event(&run, "fan", 1, EventKind::Succeeded, 1);
+    success.spawned = 2;
+    run.apply_with(&success, &children(&["a", "a"]), at(1)).unwrap();
+    assert!(run.job("fan").unwrap().error.as_deref().unwrap().contains("two children are named `a`"));
+}
+
+#[test]
+fn restore_keeps_a_waiting_parent_and_its_children_and_drops_a_half_written_spawn() {
+    let (mut run, _) = start(FAN);
+    spawning(&mut run, "fan", &["a", "b", "c"], 1);
+    run.apply(&event(&run, "fan.a", 1, EventKind::Succeeded, 2), at(2)).unwrap();
+    let stored: HashMap<String, JobRecord> =
+        run.all_paths().into_iter().map(|path| (path.clone(), run.job(&path).unwrap().clone())).collect();
+    let (restored, effects) = Run::restore(run.record().clone(), stored.clone(), at(3)).unwrap();
+    assert!(dispatched(&effects).is_empty(), "b and c are queued already: {effects:?}");
+    assert_eq!(restored.all_paths(), ["fan", "fan.a", "fan.b", "fan.c", "join", "other"]);
+
+    // The parent's record still says `running`: its children were being written.
+    let mut half = stored;
+    half.get_mut("fan").unwrap().state = JobState::Running;
+    half.get_mut("fan").unwrap().children = 0;
+    let (restored, _) = Run::restore(run.record().clone(), half, at(3)).unwrap();
+    assert!(restored.job("fan.a").is_none());
 }

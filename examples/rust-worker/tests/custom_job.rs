@@ -5,7 +5,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice_local_nats::NatsServer;
-use sluice_proto::{RunId, RunRecord, RunState, SCHEMA_VERSION, Submission, decode, encode, names};
+use sluice_proto::{
+    JobRecord, JobState, LogBatch, RunId, RunRecord, RunState, SCHEMA_VERSION, Submission, decode, encode, names,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_workflow_using_calibrate_succeeds_on_the_example_worker() {
@@ -52,4 +54,20 @@ async fn a_workflow_using_calibrate_succeeds_on_the_example_worker() {
     shutdown.cancel();
     let _ = coordinator.await;
     assert_eq!(state, RunState::Succeeded);
+    let parent: JobRecord =
+        decode(&topology.jobs.get(names::job_key(&run_id, "per-sensor")).await.unwrap().unwrap()).unwrap();
+    assert_eq!(parent.state, JobState::Completed);
+    assert_eq!(parent.children, 12);
+    assert_eq!(parent.output, Some(serde_json::json!({"sensors": 12})));
+    let child: JobRecord =
+        decode(&topology.jobs.get(names::job_key(&run_id, "per-sensor.sensor-007")).await.unwrap().unwrap()).unwrap();
+    assert_eq!(child.state, JobState::Completed);
+    assert_eq!(child.output.unwrap()["sensor"], "sensor-007");
+    // `ctx.log` lines are kept in the logs stream, with the attempt.
+    let logs = js.get_stream(names::LOGS_STREAM).await.unwrap();
+    let stored =
+        logs.get_last_raw_message_by_subject(&names::log_subject(&run_id, "per-sensor.sensor-007")).await.unwrap();
+    let batch: LogBatch = decode(&stored.payload).unwrap();
+    assert_eq!(batch.attempt, 1);
+    assert!(batch.lines[0].text.starts_with("calibrating sensor sensor-007 with model v3"), "{batch:?}");
 }

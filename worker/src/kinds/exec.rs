@@ -4,24 +4,30 @@
 //! `{{params.NAME}}`) are substituted in each argument. Context is in the environment:
 //! `SLUICE_RUN_ID`, `SLUICE_WORKFLOW`, `SLUICE_JOB`, `SLUICE_ATTEMPT`, `SLUICE_WORKER`, `SLUICE_WINDOW_START`,
 //! `SLUICE_WINDOW_END`, `SLUICE_CONFIG` and `SLUICE_PARAMS` (JSON), `TRACEPARENT`,
-//! `TRACESTATE`. Exit code 0 is success; exit code 78 (or one listed in the job's
+//! `TRACESTATE`, and three files: `SLUICE_INPUTS_FILE` (JSON: the outputs of the jobs it
+//! needs, by name), `SLUICE_OUTPUT_FILE` (write a JSON value there to hand it on) and
+//! `SLUICE_SPAWN_FILE` (write one JSON child job per line to fan out). stdout and stderr
+//! go to the job's log. Exit code 0 is success; exit code 78 (or one listed in the job's
 //! `permanent_exit_codes`) is a permanent failure, any other a retryable one. On cancellation the process gets SIGTERM, then
 //! SIGKILL after a grace period.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use sluice_proto::Window;
 use sluice_proto::placeholder;
+use sluice_proto::spawn::parse_child_lines;
 use sluice_proto::spec::EXEC_PERMANENT_EXIT_CODE;
+use sluice_proto::{ChildSpec, LogStream, RunId, Window};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
 use crate::job::{Job, JobContext, JobError, Output};
+use crate::logs::LogSink;
 
 /// Lines of stderr kept for the error message of a failed attempt.
 const STDERR_TAIL_LINES: usize = 20;
@@ -61,8 +67,12 @@ impl Job for Exec {
             .map(|arg| placeholder::substitute(arg, lookup))
             .collect::<Result<_, _>>()
             .map_err(|error| JobError::permanent(error.to_string()))?;
+        let files = AttemptFiles::create(&ctx.inputs)?;
         let mut process = Command::new(&args[0]);
         process
+            .env("SLUICE_INPUTS_FILE", &files.inputs)
+            .env("SLUICE_OUTPUT_FILE", &files.output)
+            .env("SLUICE_SPAWN_FILE", &files.spawn)
             .args(&args[1..])
             .env("SLUICE_RUN_ID", ctx.run_id.to_string())
             .env("SLUICE_WORKFLOW", &ctx.workflow)
@@ -85,11 +95,13 @@ impl Job for Exec {
         die_with_this_process(&mut process);
         let mut child =
             process.spawn().map_err(|error| JobError::permanent(format!("cannot start `{}`: {error}", args[0])))?;
-        let stdout = child.stdout.take().map(|out| tokio::spawn(forward_lines(out, ctx.job.clone(), "stdout", 0)));
+        let logs = ctx.log_sink();
+        let stdout =
+            child.stdout.take().map(|out| tokio::spawn(forward_lines(out, logs.clone(), LogStream::Stdout, 0)));
         let stderr = child
             .stderr
             .take()
-            .map(|err| tokio::spawn(forward_lines(err, ctx.job.clone(), "stderr", STDERR_TAIL_LINES)));
+            .map(|err| tokio::spawn(forward_lines(err, logs.clone(), LogStream::Stderr, STDERR_TAIL_LINES)));
         let status = tokio::select! {
             status = child.wait() => status.map_err(|error| JobError::retryable(format!("waiting for `{}`: {error}", args[0])))?,
             _ = ctx.cancelled() => {
@@ -105,7 +117,10 @@ impl Job for Exec {
             None => VecDeque::new(),
         };
         if status.success() {
-            return Ok(Output::none());
+            for child in files.read_children()? {
+                ctx.spawn(child);
+            }
+            return files.read_output();
         }
         let how = match status.code() {
             Some(code) => format!("exited with code {code}"),
@@ -140,17 +155,17 @@ fn die_with_this_process(command: &mut Command) {
 #[cfg(not(target_os = "linux"))]
 fn die_with_this_process(_command: &mut Command) {}
 
-/// Logs each line of the child's output, keeping the last `keep` lines.
+/// Sends each line of the process's output to the job's log, keeping the last `keep` lines.
 async fn forward_lines(
     stream: impl AsyncRead + Unpin,
-    job: String,
-    which: &'static str,
+    logs: LogSink,
+    which: LogStream,
     keep: usize,
 ) -> VecDeque<String> {
     let mut lines = BufReader::new(stream).lines();
     let mut tail = VecDeque::with_capacity(keep);
     while let Ok(Some(line)) = lines.next_line().await {
-        tracing::info!(target: "sluice::job_output", %job, stream = which, "{line}");
+        logs.line_waiting(which, &line).await;
         if keep > 0 {
             if tail.len() == keep {
                 tail.pop_front();
@@ -159,6 +174,63 @@ async fn forward_lines(
         }
     }
     tail
+}
+
+/// The files of one attempt, in a private directory removed when the attempt ends.
+struct AttemptFiles {
+    dir: PathBuf,
+    inputs: PathBuf,
+    output: PathBuf,
+    spawn: PathBuf,
+}
+
+impl AttemptFiles {
+    fn create(inputs: &BTreeMap<String, serde_json::Value>) -> Result<Self, JobError> {
+        let dir = std::env::temp_dir().join(format!("sluice-attempt-{}", RunId::new()));
+        std::fs::create_dir(&dir)
+            .map_err(|error| JobError::retryable(format!("creating {}: {error}", dir.display())))?;
+        let files = Self {
+            inputs: dir.join("inputs.json"),
+            output: dir.join("output.json"),
+            spawn: dir.join("spawn.jsonl"),
+            dir,
+        };
+        let text = serde_json::to_vec(inputs).map_err(|error| JobError::permanent(error.to_string()))?;
+        std::fs::write(&files.inputs, text)
+            .map_err(|error| JobError::retryable(format!("writing {}: {error}", files.inputs.display())))?;
+        Ok(files)
+    }
+
+    /// The JSON value the job wrote to `SLUICE_OUTPUT_FILE`, if any.
+    fn read_output(&self) -> Result<Output, JobError> {
+        let Some(text) = self.read("SLUICE_OUTPUT_FILE", &self.output)? else { return Ok(Output::none()) };
+        if text.trim().is_empty() {
+            return Ok(Output::none());
+        }
+        serde_json::from_str(&text)
+            .map(Output::json)
+            .map_err(|error| JobError::permanent(format!("SLUICE_OUTPUT_FILE does not hold JSON: {error}")))
+    }
+
+    /// The children the job wrote to `SLUICE_SPAWN_FILE`, if any.
+    fn read_children(&self) -> Result<Vec<ChildSpec>, JobError> {
+        let Some(text) = self.read("SLUICE_SPAWN_FILE", &self.spawn)? else { return Ok(Vec::new()) };
+        parse_child_lines(&text, "SLUICE_SPAWN_FILE").map_err(|error| JobError::permanent(error.to_string()))
+    }
+
+    fn read(&self, what: &str, path: &Path) -> Result<Option<String>, JobError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(Some(text)),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(error) => Err(JobError::permanent(format!("{what} ({}) cannot be read: {error}", path.display()))),
+        }
+    }
+}
+
+impl Drop for AttemptFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// SIGTERM, then SIGKILL if the process outlives the grace period.

@@ -1,0 +1,126 @@
+//! `sluice logs RUN [JOB] [--follow]`: the log lines of a run's jobs (exec stdout/stderr,
+//! Rust `ctx.log`), from the logs stream, so they outlive the workers that wrote them.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use futures::StreamExt;
+use serde_json::json;
+use sluice_coordinator::{store, topology};
+use sluice_proto::{LogBatch, RunId, decode, names};
+
+use crate::commands::status::{Lookup, lookup};
+use crate::output::{self, CliError, Format};
+
+/// How often `--follow` checks whether the run has ended.
+const RUN_CHECK_EVERY: Duration = Duration::from_millis(500);
+
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    /// The run id.
+    run: String,
+    /// Only this job and its children (a child as `parent.child`).
+    job: Option<String>,
+    /// Keep printing new lines until the run ends (or Ctrl-C).
+    #[arg(long, short = 'f')]
+    follow: bool,
+}
+
+pub async fn run(url: &str, args: LogsArgs, format: Format) -> Result<ExitCode, CliError> {
+    let id: RunId =
+        args.run.parse().map_err(|error: sluice_proto::ids::RunIdError| CliError::usage(error.to_string()))?;
+    let client = output::connect(url).await?;
+    let js = jetstream::new(client);
+    let view = match lookup(&js, &id).await? {
+        Lookup::Found(view) => view,
+        Lookup::Rejected(rejection) => {
+            return Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason)));
+        }
+        Lookup::Unknown => return Err(CliError::usage(format!("no run {id}"))),
+    };
+    let filters = match &args.job {
+        None => vec![names::run_logs_filter(&id)],
+        Some(job) if view.all.contains_key(job) => {
+            let subject = names::log_subject(&id, job);
+            vec![format!("{subject}.>"), subject]
+        }
+        Some(job) => {
+            let names: Vec<&str> = view.jobs.iter().map(|job| job.name.as_str()).collect();
+            return Err(CliError::usage(format!("run {id} has no job `{job}`; its jobs are {}", names.join(", "))));
+        }
+    };
+    let stream = match js.get_stream(names::LOGS_STREAM).await {
+        Ok(stream) => stream,
+        Err(_) => return Ok(ExitCode::SUCCESS), // nothing was ever logged on this server
+    };
+    let mut consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subjects: filters,
+            deliver_policy: DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| CliError::nats(format!("reading logs: {error}")))?;
+    let pending = consumer.info().await.map_err(|error| CliError::nats(format!("reading logs: {error}")))?.num_pending;
+    let mut caught_up = pending == 0;
+    let mut run_ended = view.record.state.is_terminal();
+    if caught_up && (!args.follow || run_ended) {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut messages = consumer.messages().await.map_err(|error| CliError::nats(format!("reading logs: {error}")))?;
+    let mut check = tokio::time::interval(RUN_CHECK_EVERY);
+    let topology = topology::open(&js).await?;
+    loop {
+        if caught_up && (!args.follow || run_ended) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        tokio::select! {
+            message = messages.next() => {
+                let Some(message) = message else { return Ok(ExitCode::SUCCESS) };
+                let message = message.map_err(|error| CliError::nats(format!("reading logs: {error}")))?;
+                caught_up = message.info().is_ok_and(|info| info.pending == 0);
+                match decode::<LogBatch>(&message.payload) {
+                    Ok(batch) => print_batch(&batch, format),
+                    Err(error) => eprintln!("skipping log lines that cannot be read: {error}"),
+                }
+            }
+            _ = check.tick(), if args.follow && !run_ended => {
+                if let Some(topology) = &topology
+                    && let Some(record) = store::load_run(topology, &id).await?
+                {
+                    // A worker stores an attempt's lines before reporting it, so once the run
+                    // has ended every line is in the stream.
+                    run_ended = record.state.is_terminal();
+                }
+            }
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        }
+    }
+}
+
+fn print_batch(batch: &LogBatch, format: Format) {
+    for line in &batch.lines {
+        match format {
+            // One JSON object per line, so `--follow -o json` streams.
+            Format::Json => println!(
+                "{}",
+                json!({
+                    "at": output::time(Some(line.at)),
+                    "job": batch.job,
+                    "attempt": batch.attempt,
+                    "stream": line.stream.as_str(),
+                    "text": line.text,
+                })
+            ),
+            Format::Human => println!(
+                "{} {}#{} {:<6} {}",
+                output::time(Some(line.at)).as_str().unwrap_or_default(),
+                batch.job,
+                batch.attempt,
+                line.stream.as_str(),
+                line.text
+            ),
+        }
+    }
+}
