@@ -14,7 +14,7 @@ build:
 
 demo: tools
 	$(CARGO) build -p sluice
-	./target/debug/sluice dev examples/workflows/etl-daily.yaml
+	./target/debug/sluice dev examples/workflows/etl-daily.yaml examples/workflows/sensors-fanout.yaml
 
 test: tools
 	$(CARGO) test --workspace --no-fail-fast

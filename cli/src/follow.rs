@@ -16,7 +16,7 @@ const QUIET_POLLS: u32 = 8;
 
 /// How a followed run ended.
 pub enum Finished {
-    Run(RunView),
+    Run(Box<RunView>),
     Rejected(RunId, Rejection),
 }
 

@@ -39,7 +39,10 @@ fn workflow(log: &str, name: &str, shape: &[(String, Vec<String>)], salt: usize)
     yaml
 }
 
-fn shapes() -> Vec<(&'static str, Vec<(String, Vec<String>)>, usize)> {
+/// A DAG: each job with the jobs it needs.
+type Shape = Vec<(String, Vec<String>)>;
+
+fn shapes() -> Vec<(&'static str, Shape, usize)> {
     let chain: Vec<_> =
         (0..5).map(|i| (format!("c{i}"), if i == 0 { vec![] } else { vec![format!("c{}", i - 1)] })).collect();
     let mut fan = vec![("root".to_owned(), vec![])];
@@ -96,13 +99,13 @@ fn read_log(path: &std::path::Path) -> Attempts {
 #[test]
 fn nothing_is_lost_or_run_twice_while_workers_coordinators_and_nats_are_killed() {
     let mut stack = Stack::start();
-    let mut coordinators = vec![stack.coordinator(), stack.coordinator()];
+    let mut coordinators = [stack.coordinator(), stack.coordinator()];
     let worker_args = ["--concurrency", "6", "--ack-wait", "2s", "--shutdown-grace", "1s"];
-    let mut workers = vec![stack.worker(&worker_args), stack.worker(&worker_args)];
+    let mut workers = [stack.worker(&worker_args), stack.worker(&worker_args)];
     let log = stack.job_log();
     let log_text = log.display().to_string();
 
-    let mut runs: Vec<(String, Vec<(String, Vec<String>)>)> = Vec::new();
+    let mut runs: Vec<(String, Shape)> = Vec::new();
     let mut total_jobs = 0;
     for (name, shape, count) in shapes() {
         let file = stack.write(&format!("{name}.yaml"), &workflow(&log_text, name, &shape, 0));

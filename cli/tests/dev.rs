@@ -20,7 +20,8 @@ fn dev_runs_the_example_etl_workflow_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut dev = Command::new(SLUICE)
-        .args(["dev", "examples/workflows/etl-daily.yaml", "--port", &port.to_string(), "--data-dir"])
+        .args(["dev", "examples/workflows/etl-daily.yaml", "examples/workflows/sensors-fanout.yaml"])
+        .args(["--port", &port.to_string(), "--data-dir"])
         .arg(dir.path().join("nats"))
         .env("ETL_DATA_DIR", dir.path().join("data"))
         .current_dir(workspace_root())
@@ -50,9 +51,14 @@ fn dev_runs_the_example_etl_workflow_and_stops_on_ctrl_c() {
     wait_for("The stack stays up", &mut output);
     let text = output.join("\n");
     assert!(text.contains("succeeded"), "{text}");
-    for job in ["extract", "clean", "check-freshness", "aggregate", "report"] {
-        assert!(text.lines().any(|line| line.starts_with(job) && line.contains("completed")), "{job} in:\n{text}");
+    for job in ["extract", "clean", "check-freshness", "aggregate", "report", "calibrate-all"] {
+        assert!(
+            text.contains(job) && text.lines().any(|line| line.contains(job) && line.contains("completed")),
+            "{job} in:\n{text}"
+        );
     }
+    assert!(!text.contains("failed"), "{text}");
+    assert!(text.contains("24: 24 completed"), "the fan-out's children, in:\n{text}");
     assert!(dir.path().join("data").read_dir().unwrap().next().is_some(), "the ETL wrote its data");
 
     Command::new("kill").args(["-INT", &dev.id().to_string()]).status().unwrap();

@@ -362,3 +362,64 @@ fn log_retention_is_bounded_and_set_by_the_coordinator() {
     let refused = stack.sluice(&["coordinator", "--logs-max-mib", "0"]);
     assert_eq!(refused.status.code(), Some(2));
 }
+
+/// Children spawn children; a child whose attempts are over is dead-lettered on its own, and
+/// replaying it lets its parent, the parent's parent and the run complete.
+#[test]
+fn grandchildren_run_and_a_dead_lettered_child_can_be_replayed() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    stack.worker(&["--concurrency", "4"]);
+    let fixed = stack.dir.path().join("fixed");
+    let leaf = stack.write(
+        "leaf.sh",
+        &format!(
+            "if [ \"$SLUICE_JOB\" = top.mid-1.leaf-b ] && [ ! -e {} ]; then echo broken >&2; exit 78; fi\n",
+            fixed.display()
+        ),
+    );
+    let mid = stack.write(
+        "mid.py",
+        &format!(
+            "import json, os\nwith open(os.environ['SLUICE_SPAWN_FILE'], 'w') as out:\n    for name in ['leaf-a', 'leaf-b']:\n        out.write(json.dumps({{'name': name, 'run': 'exec', 'command': ['sh', {leaf:?}]}}) + '\\n')\n",
+            leaf = leaf.display().to_string()
+        ),
+    );
+    let top = stack.write(
+        "top.py",
+        &format!(
+            "import json, os\nwith open(os.environ['SLUICE_SPAWN_FILE'], 'w') as out:\n    for name in ['mid-0', 'mid-1']:\n        out.write(json.dumps({{'name': name, 'run': 'exec', 'command': ['python3', {mid:?}]}}) + '\\n')\n",
+            mid = mid.display().to_string()
+        ),
+    );
+    let flow = stack.write(
+        "tree.yaml",
+        &format!("name: tree\njobs:\n  top:\n    run: exec\n    command: [python3, {}]\n  after:\n    needs: [top]\n    run: noop\n", top.display()),
+    );
+    let failed = submit_and_wait(&stack, &flow, 1);
+    let id = failed["id"].as_str().unwrap().to_owned();
+    assert_eq!(job(&failed, "top")["state"], "failed");
+    assert!(
+        job(&failed, "top")["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 of 2 children did not complete; first: `top.mid-1` failed")
+    );
+    assert_eq!(job(&failed, "after")["state"], "skipped");
+    let mid1 = stack.sluice_json(&["status", &id, "--job", "top.mid-1"], 0);
+    assert_eq!(mid1["children"]["by_state"], serde_json::json!({"completed": 1, "failed": 1}));
+    let letters = stack.sluice_json(&["dlq", "list"], 0);
+    let letters = letters["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "only the leaf is dead-lettered: {letters:#?}");
+    assert_eq!(letters[0]["job"], "top.mid-1.leaf-b");
+
+    std::fs::write(&fixed, "").unwrap();
+    stack.sluice_json(&["dlq", "replay", &letters[0]["id"].to_string()], 0);
+    let status = stack.wait_for_run(&id, Duration::from_secs(30));
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    assert_eq!(job(&status, "top")["children"]["by_state"]["completed"], 2);
+    let leaf = stack.sluice_json(&["status", &id, "--job", "top.mid-1.leaf-b"], 0);
+    assert_eq!(leaf["attempts"], 2);
+    let leaf_a = stack.sluice_json(&["status", &id, "--job", "top.mid-0.leaf-a"], 0);
+    assert_eq!(leaf_a["attempts"], 1, "completed children are kept");
+}

@@ -653,8 +653,7 @@ impl Run {
         }
         let groups: Vec<String> = self.held.keys().cloned().collect();
         for group in groups {
-            loop {
-                let Some(front) = self.held.get(&group).and_then(|queue| queue.front()).cloned() else { break };
+            while let Some(front) = self.held.get(&group).and_then(|queue| queue.front()).cloned() {
                 if self.jobs.get(&front).is_none_or(|job| job.state != JobState::Blocked) {
                     self.held.get_mut(&group).map(VecDeque::pop_front);
                     continue;

@@ -107,7 +107,7 @@ pub async fn open_run(url: &str, run: &str) -> Result<(jetstream::Context, RunVi
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
     match lookup(&js, &id).await? {
-        Lookup::Found(view) => Ok((js, view)),
+        Lookup::Found(view) => Ok((js, *view)),
         Lookup::Rejected(rejection) => Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason))),
         Lookup::Unknown => Err(CliError::usage(format!("no run {id}"))),
     }
@@ -146,7 +146,7 @@ pub async fn wait_for(
         if let Lookup::Found(view) = lookup(js, &id).await?
             && applied(&view)
         {
-            return Ok(view);
+            return Ok(*view);
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(CliError::failed(format!(

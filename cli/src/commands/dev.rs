@@ -96,7 +96,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
     }
     if !args.exit_when_done && !shutdown.is_cancelled() {
         println!(
-            "\nThe stack stays up. In another terminal:\n  export SLUICE_NATS_URL={url}\n  ./target/debug/sluice runs\n  ./target/debug/sluice submit examples/workflows/etl-daily.yaml --window 2024-03-01 --wait\nCtrl-C stops everything."
+            "\nThe stack stays up. In another terminal:\n  export SLUICE_NATS_URL={url}\n  ./target/debug/sluice runs\n  ./target/debug/sluice submit examples/workflows/etl-daily.yaml --window 2024-03-01 --wait\n  ./target/debug/sluice logs RUN_ID --follow\nCtrl-C stops everything."
         );
         shutdown.cancelled().await;
     }

@@ -44,7 +44,7 @@ impl RunView {
 
 /// What is known about a run id.
 pub enum Lookup {
-    Found(RunView),
+    Found(Box<RunView>),
     Rejected(Rejection),
     Unknown,
 }
@@ -97,7 +97,7 @@ pub async fn lookup(js: &jetstream::Context, id: &RunId) -> Result<Lookup, CliEr
         return Ok(Lookup::Unknown);
     };
     if let Some(view) = load_view(&topology, id).await? {
-        return Ok(Lookup::Found(view));
+        return Ok(Lookup::Found(Box::new(view)));
     }
     Ok(match store::load_rejection(js, id).await {
         Ok(Some(rejection)) => Lookup::Rejected(rejection),

@@ -45,13 +45,13 @@ pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode
     let js = jetstream::new(client);
     let topology = topology::ensure(&js).await?;
 
-    if let Some(key) = &args.idempotency_key {
-        if key.is_empty() || key.len() > IDEMPOTENCY_KEY_MAX_BYTES {
-            return Err(CliError::usage(format!(
-                "--idempotency-key must be 1 to {IDEMPOTENCY_KEY_MAX_BYTES} bytes, not {}",
-                key.len()
-            )));
-        }
+    if let Some(key) = &args.idempotency_key
+        && (key.is_empty() || key.len() > IDEMPOTENCY_KEY_MAX_BYTES)
+    {
+        return Err(CliError::usage(format!(
+            "--idempotency-key must be 1 to {IDEMPOTENCY_KEY_MAX_BYTES} bytes, not {}",
+            key.len()
+        )));
     }
     let existing = match &args.idempotency_key {
         Some(key) => key_holder(&topology, key).await?,

@@ -447,7 +447,7 @@ fn simulate(needs: Vec<Vec<usize>>, seed: u64) -> Result<(), TestCaseError> {
                 }
                 // A spawning parent's last write must follow its children's last writes (the
                 // shell keeps only the last write of each record; restore relies on the order).
-                if kids.len() > 0 {
+                if !kids.is_empty() {
                     let order = saved(effects);
                     let last = |name: &str| order.iter().rposition(|saved| saved == name);
                     for kid in &kids {
