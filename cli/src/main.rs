@@ -41,6 +41,13 @@ enum Command {
     Runs(commands::runs::RunsArgs),
     /// Print the log lines of a run's jobs; --follow prints new ones until the run ends.
     Logs(commands::logs::LogsArgs),
+    /// Workflows that run by themselves: apply, list, pause, resume, delete, trigger.
+    #[command(subcommand)]
+    Schedule(commands::schedule::ScheduleCommand),
+    /// Run a workflow once per window over a date range (or: list, status ID, cancel ID).
+    Backfill(commands::backfill::BackfillArgs),
+    /// Which jobs ran for which windows: a grid of windows × jobs with their final states.
+    Audit(commands::audit::AuditArgs),
     /// Cancel a run: queued jobs never start, running jobs are told to stop.
     Cancel {
         /// The run to cancel.
@@ -101,6 +108,18 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Logs(args) => {
             output::init_logging("warn");
             commands::logs::run(url, args, cli.output).await
+        }
+        Command::Schedule(command) => {
+            output::init_logging("warn");
+            commands::schedule::run(url, command, cli.output).await
+        }
+        Command::Backfill(args) => {
+            output::init_logging("warn");
+            commands::backfill::run(url, args, cli.output).await
+        }
+        Command::Audit(args) => {
+            output::init_logging("warn");
+            commands::audit::run(url, args, cli.output).await
         }
         Command::Cancel { run } => {
             output::init_logging("warn");

@@ -235,14 +235,3 @@ fn nothing_is_lost_or_run_twice_while_workers_coordinators_and_nats_are_killed()
     );
     assert_eq!(completed + letters, dispatched);
 }
-
-fn leader_pid(stack: &Stack) -> Option<i32> {
-    let runtime = tokio::runtime::Runtime::new().ok()?;
-    runtime.block_on(async {
-        let client = tokio::time::timeout(Duration::from_secs(2), async_nats::connect(stack.url())).await.ok()?.ok()?;
-        let js = async_nats::jetstream::new(client);
-        let store = js.get_key_value(sluice_proto::names::LEADER_BUCKET).await.ok()?;
-        let holder = store.get(sluice_proto::names::LEADER_KEY).await.ok()??;
-        String::from_utf8_lossy(&holder).split('/').nth(1)?.parse().ok()
-    })
-}

@@ -8,17 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn leader_pid(stack: &Stack) -> Option<i32> {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let client = async_nats::connect(stack.url()).await.ok()?;
-        let js = async_nats::jetstream::new(client);
-        let store = js.get_key_value(sluice_proto::names::LEADER_BUCKET).await.ok()?;
-        let holder = store.get(sluice_proto::names::LEADER_KEY).await.ok()??;
-        String::from_utf8_lossy(&holder).split('/').nth(1)?.parse().ok()
-    })
-}
-
 #[test]
 fn the_standby_takes_over_within_ten_seconds_when_the_leader_is_killed() {
     let mut stack = Stack::start();

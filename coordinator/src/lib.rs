@@ -11,9 +11,11 @@ pub mod error;
 pub mod intake;
 pub mod leadership;
 pub mod pipeline;
+pub mod requests;
 pub mod service;
 pub mod spawns;
 pub mod store;
+pub mod timekeeper;
 pub mod topology;
 
 pub use error::ServiceError;

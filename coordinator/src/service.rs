@@ -27,10 +27,13 @@ use crate::intake;
 use crate::leadership;
 use crate::spawns;
 use crate::store::{self, Revisions, saves_of, write_all};
+use crate::timekeeper;
 use crate::topology::{self, Topology};
 
 /// Most events handled (and written) as one batch.
 pub const EVENT_BATCH_MAX: usize = 512;
+/// How often schedules and backfills are looked at (a tick fires within about this).
+const TIMEKEEPER_EVERY: Duration = Duration::from_secs(1);
 /// Submissions pulled ahead of handling; each waits its turn within the ack wait.
 const SUBMISSIONS_PREFETCH: usize = 16;
 /// Pause before restarting after a failure, doubling up to the maximum.
@@ -182,10 +185,13 @@ impl Coordinator {
             .context("subscribing to events")?
             .ready_chunks(EVENT_BATCH_MAX);
         tracing::info!(active_runs = self.active.len(), "coordinator ready");
+        let mut clock = tokio::time::interval(TIMEKEEPER_EVERY);
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
+                _ = clock.tick() => timekeeper::pass(&topology, Utc::now()).await?,
                 batch = events.next() => {
                     let batch = batch.ok_or_else(|| ended("events"))?;
                     let messages = batch.into_iter().collect::<Result<Vec<_>, _>>().context("receiving events")?;

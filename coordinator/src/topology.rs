@@ -61,6 +61,8 @@ pub struct Topology {
     pub runs: kv::Store,
     pub jobs: kv::Store,
     pub idempotency: kv::Store,
+    pub schedules: kv::Store,
+    pub backfills: kv::Store,
 }
 
 fn work_queue(name: &str, subjects: &str, description: &str) -> stream::Config {
@@ -180,7 +182,15 @@ async fn ensure_core(js: &jetstream::Context) -> Result<Topology, ServiceError> 
         .create_or_update_key_value(bucket(names::IDEMPOTENCY_BUCKET, "Sluice idempotency keys", 1))
         .await
         .context("creating KV sluice-idempotency")?;
-    Ok(Topology { js: js.clone(), runs, jobs, idempotency })
+    let schedules = js
+        .create_or_update_key_value(bucket(names::SCHEDULES_BUCKET, "Sluice schedules", 1))
+        .await
+        .context("creating KV sluice-schedules")?;
+    let backfills = js
+        .create_or_update_key_value(bucket(names::BACKFILLS_BUCKET, "Sluice backfills", 1))
+        .await
+        .context("creating KV sluice-backfills")?;
+    Ok(Topology { js: js.clone(), runs, jobs, idempotency, schedules, backfills })
 }
 
 /// The coordinator's durable consumer on a stream, created afresh for each leadership term:
@@ -225,10 +235,14 @@ pub async fn open(js: &jetstream::Context) -> Result<Option<Topology>, ServiceEr
             Err(error) => Err(error).context(format!("opening KV {name}")),
         }
     };
-    let (Some(runs), Some(jobs), Some(idempotency)) =
-        (open(names::RUNS_BUCKET).await?, open(names::JOBS_BUCKET).await?, open(names::IDEMPOTENCY_BUCKET).await?)
-    else {
+    let (Some(runs), Some(jobs), Some(idempotency), Some(schedules), Some(backfills)) = (
+        open(names::RUNS_BUCKET).await?,
+        open(names::JOBS_BUCKET).await?,
+        open(names::IDEMPOTENCY_BUCKET).await?,
+        open(names::SCHEDULES_BUCKET).await?,
+        open(names::BACKFILLS_BUCKET).await?,
+    ) else {
         return Ok(None);
     };
-    Ok(Some(Topology { js: js.clone(), runs, jobs, idempotency }))
+    Ok(Some(Topology { js: js.clone(), runs, jobs, idempotency, schedules, backfills }))
 }

@@ -6,6 +6,7 @@
 //! ([`trace`]). No I/O and no async runtime: everything here is pure and testable.
 
 pub mod codec;
+pub mod cron;
 pub mod duration;
 pub mod ids;
 pub mod limits;
@@ -13,6 +14,7 @@ pub mod messages;
 pub mod names;
 pub mod placeholder;
 pub mod retry;
+pub mod schedule;
 pub mod spawn;
 pub mod spec;
 pub mod state;
@@ -24,8 +26,9 @@ pub use codec::{CodecError, decode, encode};
 pub use duration::HumanDuration;
 pub use ids::RunId;
 pub use messages::{
-    AttemptRecord, ControlAction, ControlRequest, DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, LogBatch,
-    LogLine, LogStream, Rejection, RunRecord, SCHEMA_VERSION, Submission,
+    AttemptRecord, BackfillRecord, BackfillState, BackfillWindow, ControlAction, ControlRequest, DeadLetter, EventKind,
+    JobEvent, JobMessage, JobRecord, LogBatch, LogLine, LogStream, Rejection, Rerun, RunRecord, SCHEMA_VERSION,
+    ScheduleRecord, Submission,
 };
 pub use retry::{Backoff, RetryPolicy};
 pub use spawn::{ChildSpec, SpawnBatch};

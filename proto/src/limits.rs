@@ -16,3 +16,5 @@ pub const ERROR_TEXT_MAX_BYTES: usize = 4096;
 pub const PARAMS_MAX: usize = 256;
 /// Longest log line kept; longer lines keep their start.
 pub const LOG_LINE_MAX_BYTES: usize = 16 * 1024;
+/// Most windows one backfill (or audit) covers.
+pub const BACKFILL_WINDOWS_MAX: usize = 2_000;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::RunId;
 use crate::retry::RetryPolicy;
+use crate::schedule::ScheduleSpec;
 use crate::spec::JobSpec;
 use crate::state::{JobState, RunState};
 use crate::window::Window;
@@ -274,6 +275,101 @@ pub enum ControlAction {
     /// Run again what did not complete (or `job` and what depends on it).
     Retry,
 }
+
+/// A schedule, stored in KV `sluice-schedules` under its workflow's name.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleRecord {
+    pub schema_version: u32,
+    pub name: String,
+    /// The workflow YAML each tick submits (its `schedule:` is this schedule).
+    pub workflow: String,
+    pub schedule: ScheduleSpec,
+    #[serde(default)]
+    pub paused: bool,
+    /// Every tick up to here has been handled: submitted, or dropped by the catch-up policy.
+    pub handled_until: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub last_tick: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_run: Option<RunId>,
+    /// Missed ticks the catch-up policy dropped, in total.
+    #[serde(default)]
+    pub skipped_ticks: u64,
+}
+versioned!(ScheduleRecord, "schedule record");
+
+/// Which windows a backfill runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rerun {
+    /// Windows without a successful run (never run, failed or cancelled).
+    #[default]
+    Missing,
+    /// Windows whose latest run failed or was cancelled.
+    Failed,
+    /// Every window.
+    All,
+}
+
+/// State of a backfill.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackfillState {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl BackfillState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One window of a backfill. Its run id is chosen when the backfill is created, so
+/// submitting it again after a restart can never make a second run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackfillWindow {
+    pub window: Window,
+    pub run_id: RunId,
+    /// Why this window needs no run (e.g. it already succeeded), if it does not.
+    #[serde(default)]
+    pub skip: Option<String>,
+    /// The run's state when last seen (absent: not submitted yet).
+    #[serde(default)]
+    pub state: Option<RunState>,
+}
+
+/// A backfill, stored in KV `sluice-backfills` under its id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BackfillRecord {
+    pub schema_version: u32,
+    pub id: RunId,
+    pub workflow: String,
+    pub spec_yaml: String,
+    pub from: String,
+    pub to: String,
+    pub interval: String,
+    pub max_parallel_runs: u32,
+    pub rerun: Rerun,
+    pub state: BackfillState,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    pub windows: Vec<BackfillWindow>,
+    /// Windows before this index have been submitted (or skipped).
+    #[serde(default)]
+    pub next: u32,
+}
+versioned!(BackfillRecord, "backfill record");
 
 /// Where a log line came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

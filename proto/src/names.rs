@@ -78,6 +78,16 @@ pub const LEADER_BUCKET: &str = "sluice-leader";
 /// The lease's key.
 pub const LEADER_KEY: &str = "coordinator";
 
+/// KV bucket of schedules, keyed by workflow name.
+pub const SCHEDULES_BUCKET: &str = "sluice-schedules";
+/// KV bucket of backfills, keyed by backfill id.
+pub const BACKFILLS_BUCKET: &str = "sluice-backfills";
+
+/// The idempotency key of a schedule's run for one tick: one run per tick, whoever submits.
+pub fn schedule_tick_key(schedule: &str, tick: &chrono::DateTime<chrono::Utc>) -> String {
+    format!("schedule:{schedule}:{}", tick.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
 /// KV bucket mapping idempotency keys (hex) to the run id they created.
 pub const IDEMPOTENCY_BUCKET: &str = "sluice-idempotency";
 

@@ -14,6 +14,7 @@ use crate::duration::HumanDuration;
 use crate::limits::{NAME_MAX_CHARS, PARAMS_MAX, WORKFLOW_JOBS_MAX, WORKFLOW_YAML_MAX_BYTES};
 use crate::placeholder;
 use crate::retry::RetryPolicy;
+use crate::schedule::{Schedule, ScheduleSpec};
 use crate::window::parse_zone;
 
 /// Pool used when neither the job nor `defaults` names one.
@@ -43,6 +44,9 @@ pub struct WorkflowSpec {
     /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_parallel: Option<u32>,
+    /// When the workflow runs by itself (`sluice schedule apply`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
     /// Jobs in the order written.
     pub jobs: IndexMap<String, JobSpec>,
 }
@@ -170,6 +174,11 @@ impl WorkflowSpec {
             }
         }
         self.validate_defaults(&mut problems);
+        if let Some(schedule) = &self.schedule
+            && let Err(problem) = Schedule::from_spec(schedule, self.timezone.as_deref())
+        {
+            problems.push(format!("schedule: {problem}"));
+        }
         if self.max_parallel == Some(0) {
             problems.push("max_parallel must be at least 1 (leave it out for no limit)".into());
         }

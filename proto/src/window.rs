@@ -27,6 +27,8 @@ pub enum WindowError {
     Empty { start: String, end: String },
     #[error("unknown time zone `{0}`: use an IANA name such as UTC, Europe/Berlin or America/Los_Angeles")]
     UnknownZone(String),
+    #[error("{0}")]
+    Range(String),
 }
 
 /// Reads an IANA time zone name.
@@ -79,6 +81,57 @@ impl Window {
     pub fn previous_day(zone: Tz, now: DateTime<Utc>) -> Self {
         let today = now.with_timezone(&zone).date_naive();
         Self::day(today.pred_opt().unwrap_or(today), zone)
+    }
+
+    /// Consecutive windows covering the days `from` to `to` (both included) in `zone`:
+    /// whole-day intervals (`1d`, `7d`) step over calendar days (so DST days stay whole),
+    /// shorter ones over time. The last window ends with the range.
+    pub fn range(
+        from: NaiveDate,
+        to: NaiveDate,
+        interval: std::time::Duration,
+        zone: Tz,
+        max: usize,
+    ) -> Result<Vec<Self>, WindowError> {
+        let problem = |text: String| WindowError::Range(text);
+        if to < from {
+            return Err(problem(format!("--to {to} is before --from {from}")));
+        }
+        if interval.is_zero() {
+            return Err(problem("the interval must be longer than 0s".into()));
+        }
+        let end = local_midnight(to.checked_add_days(Days::new(1)).unwrap_or(to), zone);
+        let day = std::time::Duration::from_secs(24 * 3600);
+        let mut windows = Vec::new();
+        if interval.as_secs().is_multiple_of(day.as_secs()) && interval.subsec_nanos() == 0 {
+            let step = interval.as_secs() / day.as_secs();
+            let mut date = from;
+            while date <= to {
+                let next = date.checked_add_days(Days::new(step)).unwrap_or(to);
+                let window = Self { start: local_midnight(date, zone), end: local_midnight(next, zone).min(end) };
+                windows.push(window);
+                if windows.len() > max {
+                    return Err(problem(format!(
+                        "more than {max} windows; use a longer --interval or a shorter range"
+                    )));
+                }
+                date = next;
+            }
+        } else {
+            let step = chrono::Duration::from_std(interval).map_err(|error| problem(error.to_string()))?;
+            let mut start = local_midnight(from, zone);
+            while start < end {
+                let next = (start + step).min(end);
+                windows.push(Self { start, end: next });
+                if windows.len() > max {
+                    return Err(problem(format!(
+                        "more than {max} windows; use a longer --interval or a shorter range"
+                    )));
+                }
+                start = next;
+            }
+        }
+        Ok(windows)
     }
 
     pub fn start_rfc3339(&self) -> String {
@@ -145,6 +198,24 @@ mod tests {
         let range =
             Window::parse("2024-03-01T06:00:00+01:00..2024-03-01T07:00:00+01:00", chrono_tz::UTC, now()).unwrap();
         assert_eq!(range.end_rfc3339(), "2024-03-01T07:00:00+01:00");
+    }
+
+    #[test]
+    fn ranges_of_days_and_hours_cover_both_dates() {
+        let zone = parse_zone("America/Los_Angeles").unwrap();
+        let from = NaiveDate::from_ymd_opt(2024, 3, 9).unwrap();
+        let to = NaiveDate::from_ymd_opt(2024, 3, 11).unwrap();
+        let days = Window::range(from, to, std::time::Duration::from_secs(86_400), zone, 100).unwrap();
+        assert_eq!(days.len(), 3);
+        assert_eq!(days[1].to_string(), "2024-03-10T00:00:00-08:00..2024-03-11T00:00:00-07:00");
+        let weeks = Window::range(from, to, std::time::Duration::from_secs(2 * 86_400), zone, 100).unwrap();
+        assert_eq!(weeks.len(), 2);
+        assert_eq!(weeks[1].to_string(), "2024-03-11T00:00:00-07:00..2024-03-12T00:00:00-07:00");
+        let hours = Window::range(to, to, std::time::Duration::from_secs(6 * 3600), chrono_tz::UTC, 100).unwrap();
+        assert_eq!(hours.len(), 4);
+        assert!(Window::range(to, from, std::time::Duration::from_secs(86_400), zone, 100).is_err());
+        let error = Window::range(from, to, std::time::Duration::from_secs(60), zone, 100).unwrap_err();
+        assert!(error.to_string().contains("more than 100 windows"));
     }
 
     #[test]

@@ -6,10 +6,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use chrono::Utc;
 use serde_json::json;
 use sluice_coordinator::topology;
-use sluice_proto::{ControlAction, ControlRequest, JobState, RunId, RunState, SCHEMA_VERSION, encode, names};
+use sluice_proto::{ControlAction, JobState, RunId, RunState};
 
 use crate::commands::status::{Lookup, RunView, lookup, view_json};
 use crate::follow::follow;
@@ -122,14 +121,7 @@ pub async fn send(
     dead_letter: Option<u64>,
 ) -> Result<(), CliError> {
     topology::ensure(js).await?;
-    let request =
-        ControlRequest { schema_version: SCHEMA_VERSION, run_id, action, job, requested_at: Utc::now(), dead_letter };
-    let payload = encode(&request).map_err(|error| CliError::failed(error.to_string()))?;
-    let ack = js
-        .publish(names::control_subject(&run_id), payload.into())
-        .await
-        .map_err(|error| CliError::nats(format!("sending the request: {error}")))?;
-    ack.await.map_err(|error| CliError::nats(format!("JetStream did not store the request: {error}")))?;
+    sluice_coordinator::requests::control(js, run_id, action, job, dead_letter).await?;
     Ok(())
 }
 

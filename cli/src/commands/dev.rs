@@ -74,7 +74,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
     let mut ids = Vec::new();
     for ((spec, yaml), file) in workflows.into_iter().zip(&args.files) {
         let window = resolve_window(&spec, None)?;
-        let id = publish(&js, &spec, yaml, window, Default::default(), None).await?.run_id;
+        let id = publish(&js, yaml, window, Default::default(), None).await?.run_id;
         println!("submitted {} as run {id} (window {window})", file.display());
         ids.push(id);
     }

@@ -1,10 +1,13 @@
 //! One module per `sluice` subcommand.
 
+pub mod audit;
+pub mod backfill;
 pub mod control;
 pub mod dev;
 pub mod dlq;
 pub mod logs;
 pub mod runs;
+pub mod schedule;
 pub mod serve;
 pub mod status;
 pub mod submit;

@@ -5,13 +5,12 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use async_nats::HeaderMap;
 use async_nats::jetstream;
 use chrono::Utc;
 use serde_json::json;
 use sluice_coordinator::topology;
 use sluice_proto::limits::IDEMPOTENCY_KEY_MAX_BYTES;
-use sluice_proto::{RunId, SCHEMA_VERSION, Submission, TraceParent, Window, WorkflowSpec, encode, names};
+use sluice_proto::{RunId, SCHEMA_VERSION, Submission, Window, WorkflowSpec, names};
 
 use crate::commands::status::view_json;
 use crate::follow::{Finished, follow};
@@ -60,7 +59,7 @@ pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode
     let (run_id, duplicate) = match existing {
         Some(id) => (id, true),
         None => {
-            let published = publish(&js, &spec, yaml, window, params, args.idempotency_key.clone()).await?;
+            let published = publish(&js, yaml, window, params, args.idempotency_key.clone()).await?;
             (published.run_id, published.duplicate)
         }
     };
@@ -112,7 +111,6 @@ pub struct Published {
 /// Publishes a submission and waits for JetStream to store it.
 pub async fn publish(
     js: &jetstream::Context,
-    spec: &WorkflowSpec,
     yaml: String,
     window: Window,
     params: BTreeMap<String, String>,
@@ -128,22 +126,15 @@ pub async fn publish(
         idempotency_key: idempotency_key.clone(),
         submitted_at: Some(Utc::now()),
     };
-    let mut headers = HeaderMap::new();
-    headers.insert(names::HEADER_MSG_ID, idempotency_key.clone().unwrap_or_else(|| run_id.to_string()).as_str());
-    headers.insert(names::HEADER_TRACEPARENT, TraceParent::new_root(&mut rand::rng()).to_string().as_str());
-    let payload = encode(&submission).map_err(|error| CliError::failed(error.to_string()))?;
-    let ack = js
-        .publish_with_headers(names::SUBMIT_SUBJECT, headers, payload.into())
-        .await
-        .map_err(|error| CliError::nats(format!("publishing the submission of {}: {error}", spec.name)))?;
-    let ack = ack.await.map_err(|error| CliError::nats(format!("JetStream did not store the submission: {error}")))?;
-    if !ack.duplicate {
+    let dedup_id = idempotency_key.clone().unwrap_or_else(|| run_id.to_string());
+    let (sequence, duplicate) = sluice_coordinator::requests::submit(js, &submission, &dedup_id).await?;
+    if !duplicate {
         return Ok(Published { run_id, duplicate: false });
     }
     // The first submission with this key is still queued (read its run id from it) or was
     // taken by a coordinator, which claimed the key before acknowledging it.
     let first = match js.get_stream(names::SUBMIT_STREAM).await {
-        Ok(stream) => stream.get_raw_message(ack.sequence).await.ok().and_then(|stored| {
+        Ok(stream) => stream.get_raw_message(sequence).await.ok().and_then(|stored| {
             sluice_proto::decode::<Submission>(&stored.payload).ok().map(|submission| submission.run_id)
         }),
         Err(_) => None,

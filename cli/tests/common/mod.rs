@@ -195,6 +195,18 @@ impl Drop for Stack {
     }
 }
 
+/// The pid of the coordinator that holds the leadership lease, if one does.
+pub fn leader_pid(stack: &Stack) -> Option<i32> {
+    let runtime = tokio::runtime::Runtime::new().ok()?;
+    runtime.block_on(async {
+        let client = tokio::time::timeout(Duration::from_secs(2), async_nats::connect(stack.url())).await.ok()?.ok()?;
+        let js = async_nats::jetstream::new(client);
+        let store = js.get_key_value(sluice_proto::names::LEADER_BUCKET).await.ok()?;
+        let holder = store.get(sluice_proto::names::LEADER_KEY).await.ok()??;
+        String::from_utf8_lossy(&holder).split('/').nth(1)?.parse().ok()
+    })
+}
+
 /// Longest any one `sluice` command may take in a test.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(240);
 

@@ -1,0 +1,156 @@
+//! `sluice audit WORKFLOW --from D --to D`: which jobs ran for which windows — the grid of
+//! windows × jobs with each cell's final state and the latest run of each window.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use async_nats::jetstream;
+use chrono::{DateTime, NaiveDate, Utc};
+use chrono_tz::Tz;
+use serde_json::json;
+use sluice_coordinator::store;
+use sluice_coordinator::topology::{self, Topology};
+use sluice_proto::limits::BACKFILL_WINDOWS_MAX;
+use sluice_proto::window::parse_zone;
+use sluice_proto::{HumanDuration, RunRecord, RunState, Window, WorkflowSpec};
+
+use crate::output::{self, CliError, Format, print_json, table};
+
+#[derive(clap::Args)]
+pub struct AuditArgs {
+    /// The workflow's name.
+    workflow: String,
+    /// First day (YYYY-MM-DD), included.
+    #[arg(long)]
+    from: String,
+    /// Last day (YYYY-MM-DD), included.
+    #[arg(long)]
+    to: String,
+    /// Length of each window: `1d` (default), `7d`, `1h`, ...
+    #[arg(long, default_value = "1d")]
+    interval: HumanDuration,
+    /// Time zone of the windows (default: the workflow's, from its newest run).
+    #[arg(long)]
+    timezone: Option<String>,
+    /// Only the windows without a successful run.
+    #[arg(long)]
+    missing: bool,
+}
+
+/// Reads `--from`/`--to`, naming the flag when it is not a date.
+pub fn parse_day(flag: &str, text: &str) -> Result<NaiveDate, CliError> {
+    NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+        .map_err(|_| CliError::usage(format!("{flag} `{text}` is not a day such as 2024-03-01")))
+}
+
+/// A workflow's runs, newest first.
+pub async fn runs_of(topology: &Topology, workflow: &str) -> Result<Vec<RunRecord>, CliError> {
+    let mut runs: Vec<RunRecord> =
+        store::load_all_runs(topology).await?.into_iter().filter(|run| run.workflow == workflow).collect();
+    runs.sort_by_key(|run| std::cmp::Reverse(run.created_at));
+    Ok(runs)
+}
+
+/// The newest run of each window (by its exact start and end instants).
+pub fn latest_by_window(runs: &[RunRecord]) -> HashMap<(DateTime<Utc>, DateTime<Utc>), &RunRecord> {
+    let mut latest = HashMap::new();
+    for run in runs {
+        latest.entry((run.window.start.to_utc(), run.window.end.to_utc())).or_insert(run);
+    }
+    latest
+}
+
+pub fn key_of(window: &Window) -> (DateTime<Utc>, DateTime<Utc>) {
+    (window.start.to_utc(), window.end.to_utc())
+}
+
+pub async fn run(url: &str, args: AuditArgs, format: Format) -> Result<ExitCode, CliError> {
+    let from = parse_day("--from", &args.from)?;
+    let to = parse_day("--to", &args.to)?;
+    let explicit_zone =
+        args.timezone.as_deref().map(parse_zone).transpose().map_err(|e| CliError::usage(e.to_string()))?;
+    let client = output::connect(url).await?;
+    let js = jetstream::new(client);
+    let Some(topology) = topology::open(&js).await? else {
+        return Err(CliError::usage(format!("no runs of workflow `{}` on this server", args.workflow)));
+    };
+    let runs = runs_of(&topology, &args.workflow).await?;
+    let zone: Tz = match explicit_zone {
+        Some(zone) => zone,
+        None => runs
+            .first()
+            .and_then(|run| WorkflowSpec::parse(&run.spec_yaml).ok())
+            .map(|spec| spec.zone())
+            .unwrap_or(chrono_tz::UTC),
+    };
+    let windows = Window::range(from, to, args.interval.as_duration(), zone, BACKFILL_WINDOWS_MAX)
+        .map_err(|error| CliError::usage(error.to_string()))?;
+    let latest = latest_by_window(&runs);
+    // Columns: the jobs of the newest run in range, then any others seen, in order.
+    let mut columns: Vec<String> = Vec::new();
+    let mut rows = Vec::new();
+    for window in &windows {
+        let run = latest.get(&key_of(window)).copied();
+        let jobs = match run {
+            Some(run) => store::load_jobs(&topology, run).await?,
+            None => HashMap::new(),
+        };
+        if let Some(run) = run {
+            for name in &run.jobs {
+                if !columns.contains(name) {
+                    columns.push(name.clone());
+                }
+            }
+        }
+        let succeeded = run.is_some_and(|run| run.state == RunState::Succeeded);
+        if args.missing && succeeded {
+            continue;
+        }
+        let cells: serde_json::Map<String, serde_json::Value> = run
+            .map(|run| {
+                run.jobs
+                    .iter()
+                    .filter_map(|name| jobs.get(name).map(|job| (name.clone(), json!(job.state.as_str()))))
+                    .collect()
+            })
+            .unwrap_or_default();
+        rows.push(json!({
+            "start": window.start_rfc3339(),
+            "end": window.end_rfc3339(),
+            "run_id": run.map(|run| run.id.to_string()),
+            "state": run.map(|run| run.state.as_str()).unwrap_or("missing"),
+            "jobs": cells,
+        }));
+    }
+    match format {
+        Format::Json => print_json(&json!({"workflow": args.workflow, "windows": rows})),
+        Format::Human => print_grid(&args.workflow, &rows, &columns, args.missing),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_grid(workflow: &str, rows: &[serde_json::Value], columns: &[String], missing: bool) {
+    if rows.is_empty() {
+        let what = if missing { "every window has a successful run" } else { "no windows" };
+        println!("{workflow}: {what}");
+        return;
+    }
+    let mut headers = vec!["WINDOW", "RUN STATE", "RUN"];
+    headers.extend(columns.iter().map(String::as_str));
+    let lines: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            let start = row["start"].as_str().unwrap_or_default();
+            let mut line = vec![
+                start.get(..16).unwrap_or(start).replace('T', " "),
+                row["state"].as_str().unwrap_or_default().to_owned(),
+                row["run_id"].as_str().map(|id| id.get(..8).unwrap_or(id).to_owned()).unwrap_or_else(|| "-".into()),
+            ];
+            for column in columns {
+                line.push(row["jobs"][column].as_str().unwrap_or("-").to_owned());
+            }
+            line
+        })
+        .collect();
+    println!("{}", table(&headers, &lines));
+}

@@ -1,0 +1,424 @@
+//! `sluice backfill FILE --from D --to D`: one run per window, at most N in flight, driven
+//! by the leading coordinator (so it goes on after Ctrl-C and across restarts); this command
+//! creates it and shows its progress. `list`, `status ID`, `cancel ID`.
+
+use std::io::IsTerminal;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use chrono::Utc;
+use serde_json::json;
+use sluice_coordinator::topology::{self, Topology};
+use sluice_proto::limits::BACKFILL_WINDOWS_MAX;
+use sluice_proto::{
+    BackfillRecord, BackfillState, BackfillWindow, HumanDuration, Rerun, RunId, RunState, SCHEMA_VERSION, Window,
+    decode, encode,
+};
+
+use crate::commands::audit::{key_of, latest_by_window, parse_day, runs_of};
+use crate::output::{self, CliError, Format, print_json, table, time};
+
+/// How often progress is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+/// Most windows one backfill may run at once.
+const MAX_PARALLEL_RUNS_LIMIT: u32 = 64;
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BackfillArgs {
+    #[command(subcommand)]
+    command: Option<BackfillCommand>,
+    /// Workflow YAML file.
+    file: Option<PathBuf>,
+    /// First day (YYYY-MM-DD), included.
+    #[arg(long)]
+    from: Option<String>,
+    /// Last day (YYYY-MM-DD), included.
+    #[arg(long)]
+    to: Option<String>,
+    /// Length of each window: `1d` (default), `7d`, `6h`, ...
+    #[arg(long, default_value = "1d")]
+    interval: HumanDuration,
+    /// Most runs of this backfill in flight at once; keep it below your workers' slots so
+    /// scheduled runs always find room.
+    #[arg(long, default_value_t = 2)]
+    max_parallel_runs: u32,
+    /// Which windows get a run: `missing` (no successful run yet), `failed` (latest run
+    /// failed or was cancelled), `all`.
+    #[arg(long, value_enum, default_value_t = RerunArg::Missing)]
+    rerun: RerunArg,
+    /// Create it and return at once (follow with `sluice backfill status ID`).
+    #[arg(long)]
+    detach: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RerunArg {
+    Missing,
+    Failed,
+    All,
+}
+
+impl From<RerunArg> for Rerun {
+    fn from(value: RerunArg) -> Self {
+        match value {
+            RerunArg::Missing => Rerun::Missing,
+            RerunArg::Failed => Rerun::Failed,
+            RerunArg::All => Rerun::All,
+        }
+    }
+}
+
+#[derive(clap::Subcommand)]
+enum BackfillCommand {
+    /// List backfills, newest first.
+    List,
+    /// Show a backfill: its windows, their runs and states.
+    Status { id: String },
+    /// Stop a backfill: no new windows start, running ones are cancelled.
+    Cancel { id: String },
+}
+
+pub async fn run(url: &str, args: BackfillArgs, format: Format) -> Result<ExitCode, CliError> {
+    match args.command {
+        Some(BackfillCommand::List) => {
+            let topology = connect(url).await?;
+            list(&topology, format).await
+        }
+        Some(BackfillCommand::Status { ref id }) => {
+            let id = parse_id(id)?;
+            let topology = connect(url).await?;
+            let (record, _) = load(&topology, &id).await?;
+            show(&record, format);
+            Ok(exit_code(&record))
+        }
+        Some(BackfillCommand::Cancel { ref id }) => {
+            let id = parse_id(id)?;
+            let topology = connect(url).await?;
+            cancel(&topology, &id, format).await
+        }
+        None => create(url, args, format).await,
+    }
+}
+
+fn parse_id(text: &str) -> Result<RunId, CliError> {
+    text.parse().map_err(|error: sluice_proto::ids::RunIdError| CliError::usage(format!("backfill id: {error}")))
+}
+
+async fn connect(url: &str) -> Result<Topology, CliError> {
+    let client = output::connect(url).await?;
+    Ok(topology::ensure(&jetstream::new(client)).await?)
+}
+
+async fn load(topology: &Topology, id: &RunId) -> Result<(BackfillRecord, u64), CliError> {
+    let entry = topology
+        .backfills
+        .entry(id.to_string())
+        .await
+        .map_err(|error| CliError::nats(format!("reading backfill {id}: {error}")))?;
+    match entry {
+        Some(entry) if entry.operation == kv::Operation::Put => {
+            Ok((decode(&entry.value).map_err(|error| CliError::failed(error.to_string()))?, entry.revision))
+        }
+        _ => Err(CliError::usage(format!("no backfill {id} (sluice backfill list shows them)"))),
+    }
+}
+
+async fn create(url: &str, args: BackfillArgs, format: Format) -> Result<ExitCode, CliError> {
+    let file = args.file.as_ref().ok_or_else(|| {
+        CliError::usage("name a workflow file: sluice backfill FILE --from 2024-01-01 --to 2024-03-31")
+    })?;
+    let (spec, yaml) = super::read_workflow(file)?;
+    let from = parse_day("--from", args.from.as_deref().ok_or_else(|| CliError::usage("--from is required"))?)?;
+    let to = parse_day("--to", args.to.as_deref().ok_or_else(|| CliError::usage("--to is required"))?)?;
+    if args.max_parallel_runs == 0 || args.max_parallel_runs > MAX_PARALLEL_RUNS_LIMIT {
+        return Err(CliError::usage(format!(
+            "--max-parallel-runs must be 1 to {MAX_PARALLEL_RUNS_LIMIT}, not {}",
+            args.max_parallel_runs
+        )));
+    }
+    spec.resolve_params(&Default::default())
+        .map_err(|error| CliError::usage(format!("{}: {error}", file.display())))?;
+    let windows = Window::range(from, to, args.interval.as_duration(), spec.zone(), BACKFILL_WINDOWS_MAX)
+        .map_err(|error| CliError::usage(error.to_string()))?;
+    let topology = connect(url).await?;
+    let runs = runs_of(&topology, &spec.name).await?;
+    let latest = latest_by_window(&runs);
+    let rerun = Rerun::from(args.rerun);
+    let planned: Vec<BackfillWindow> = windows
+        .into_iter()
+        .map(|window| {
+            let previous = latest.get(&key_of(&window)).copied();
+            let skip = match (rerun, previous.map(|run| run.state)) {
+                (_, Some(RunState::Running)) => Some("a run of this window is running"),
+                (Rerun::Missing, Some(RunState::Succeeded)) => Some("already succeeded"),
+                (Rerun::Failed, None) => Some("never ran"),
+                (Rerun::Failed, Some(RunState::Succeeded)) => Some("already succeeded"),
+                _ => None,
+            };
+            BackfillWindow {
+                window,
+                run_id: RunId::new(),
+                skip: skip.map(|reason| {
+                    format!("{reason}{}", previous.map(|run| format!(" (run {})", run.id)).unwrap_or_default())
+                }),
+                state: None,
+            }
+        })
+        .collect();
+    let id = RunId::new();
+    let record = BackfillRecord {
+        schema_version: SCHEMA_VERSION,
+        id,
+        workflow: spec.name.clone(),
+        spec_yaml: yaml,
+        from: from.to_string(),
+        to: to.to_string(),
+        interval: args.interval.to_string(),
+        max_parallel_runs: args.max_parallel_runs,
+        rerun,
+        state: BackfillState::Running,
+        created_at: Utc::now(),
+        finished_at: None,
+        windows: planned,
+        next: 0,
+    };
+    let payload = encode(&record).map_err(|error| CliError::failed(error.to_string()))?;
+    topology
+        .backfills
+        .create(id.to_string(), payload.into())
+        .await
+        .map_err(|error| CliError::nats(format!("creating the backfill: {error}")))?;
+    let skipped = record.windows.iter().filter(|window| window.skip.is_some()).count();
+    if format == Format::Human {
+        println!(
+            "backfill {id}: {} windows of {} from {from} to {to} ({skipped} skipped), at most {} runs at once",
+            record.windows.len(),
+            spec.name,
+            args.max_parallel_runs
+        );
+    }
+    if args.detach {
+        if format == Format::Json {
+            print_json(&json!({"id": id.to_string(), "windows": record.windows.len(), "skipped": skipped}));
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    follow(&topology, &id, format).await
+}
+
+/// Shows progress until the backfill ends; Ctrl-C leaves it running.
+async fn follow(topology: &Topology, id: &RunId, format: Format) -> Result<ExitCode, CliError> {
+    let mut ticker = tokio::time::interval(PROGRESS_EVERY);
+    let tty = std::io::stdout().is_terminal();
+    let mut last_line = String::new();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = tokio::signal::ctrl_c() => {
+                if format == Format::Human {
+                    println!("\nthe backfill goes on: sluice backfill status {id}  (stop it: sluice backfill cancel {id})");
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+        }
+        let (record, _) = load(topology, id).await?;
+        if format == Format::Human {
+            let line = progress_line(&record);
+            if line != last_line {
+                if tty {
+                    print!("\r{line}");
+                    let _ = std::io::stdout().flush();
+                } else {
+                    println!("{line}");
+                }
+                last_line = line;
+            }
+        }
+        if record.finished_at.is_some() {
+            if format == Format::Human {
+                if tty {
+                    println!();
+                }
+                println!("backfill {id} {}", record.state.as_str());
+            } else {
+                show(&record, format);
+            }
+            return Ok(exit_code(&record));
+        }
+    }
+}
+
+fn exit_code(record: &BackfillRecord) -> ExitCode {
+    match (record.finished_at, record.state) {
+        (None, _) | (Some(_), BackfillState::Succeeded) => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    }
+}
+
+/// Windows by outcome.
+fn counts(record: &BackfillRecord) -> serde_json::Value {
+    let submitted = record.next as usize;
+    let count = |wanted: RunState| {
+        record.windows.iter().filter(|window| window.skip.is_none() && window.state == Some(wanted)).count()
+    };
+    let skipped = record.windows.iter().filter(|window| window.skip.is_some()).count();
+    let running = record.windows[..submitted.min(record.windows.len())]
+        .iter()
+        .filter(|window| window.skip.is_none() && !window.state.is_some_and(RunState::is_terminal))
+        .count();
+    json!({
+        "total": record.windows.len(),
+        "succeeded": count(RunState::Succeeded),
+        "failed": count(RunState::Failed) + record.windows.iter().filter(|w| w.skip.as_deref().is_some_and(|s| s.starts_with("rejected"))).count(),
+        "cancelled": count(RunState::Cancelled),
+        "running": running,
+        "skipped": skipped,
+        "pending": record.windows[submitted.min(record.windows.len())..].iter().filter(|window| window.skip.is_none()).count(),
+    })
+}
+
+fn progress_line(record: &BackfillRecord) -> String {
+    let counts = counts(record);
+    let number = |key: &str| counts[key].as_u64().unwrap_or(0);
+    let total = number("total").max(1);
+    let done = number("succeeded") + number("failed") + number("cancelled") + number("skipped");
+    let width = 30;
+    let filled = (done * width / total) as usize;
+    format!(
+        "[{}{}] {done}/{total} windows  succeeded {}  failed {}  running {}  skipped {}",
+        "#".repeat(filled),
+        ".".repeat(width as usize - filled),
+        number("succeeded"),
+        number("failed"),
+        number("running"),
+        number("skipped")
+    )
+}
+
+fn record_json(record: &BackfillRecord, with_windows: bool) -> serde_json::Value {
+    let mut value = json!({
+        "id": record.id.to_string(),
+        "workflow": record.workflow,
+        "state": record.state.as_str(),
+        "from": record.from,
+        "to": record.to,
+        "interval": record.interval,
+        "max_parallel_runs": record.max_parallel_runs,
+        "rerun": match record.rerun { Rerun::Missing => "missing", Rerun::Failed => "failed", Rerun::All => "all" },
+        "created_at": time(Some(record.created_at)),
+        "finished_at": time(record.finished_at),
+        "counts": counts(record),
+    });
+    if with_windows {
+        value["windows"] = record
+            .windows
+            .iter()
+            .enumerate()
+            .map(|(index, window)| {
+                let submitted = index < record.next as usize && window.skip.is_none();
+                json!({
+                    "start": window.window.start_rfc3339(),
+                    "end": window.window.end_rfc3339(),
+                    "run_id": submitted.then(|| window.run_id.to_string()),
+                    "state": window.state.map(RunState::as_str).or(submitted.then_some("submitted")),
+                    "skip": window.skip,
+                })
+            })
+            .collect();
+    }
+    value
+}
+
+fn show(record: &BackfillRecord, format: Format) {
+    match format {
+        Format::Json => print_json(&record_json(record, true)),
+        Format::Human => {
+            println!(
+                "backfill  {}\nworkflow  {}\nstate     {}\nrange     {} to {} every {}\n{}\n",
+                record.id,
+                record.workflow,
+                record.state.as_str(),
+                record.from,
+                record.to,
+                record.interval,
+                progress_line(record)
+            );
+            let value = record_json(record, true);
+            let rows: Vec<Vec<String>> = value["windows"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|window| {
+                    vec![
+                        window["start"].as_str().unwrap_or_default().to_owned(),
+                        window["state"].as_str().unwrap_or("pending").to_owned(),
+                        window["run_id"].as_str().unwrap_or("-").to_owned(),
+                        window["skip"].as_str().unwrap_or_default().to_owned(),
+                    ]
+                })
+                .collect();
+            println!("{}", table(&["WINDOW", "STATE", "RUN", "SKIPPED BECAUSE"], &rows));
+        }
+    }
+}
+
+async fn list(topology: &Topology, format: Format) -> Result<ExitCode, CliError> {
+    let keys: Vec<String> = match topology.backfills.keys().await {
+        Ok(keys) => futures::TryStreamExt::try_collect(keys).await.map_err(|e| CliError::nats(e.to_string()))?,
+        Err(error) => return Err(CliError::nats(format!("listing backfills: {error}"))),
+    };
+    let mut records = Vec::new();
+    for key in keys {
+        if let Some(bytes) = topology.backfills.get(&key).await.map_err(|e| CliError::nats(e.to_string()))?
+            && let Ok(record) = decode::<BackfillRecord>(&bytes)
+        {
+            records.push(record);
+        }
+    }
+    records.sort_by_key(|record| std::cmp::Reverse(record.created_at));
+    match format {
+        Format::Json => {
+            print_json(&json!({"backfills": records.iter().map(|r| record_json(r, false)).collect::<Vec<_>>()}))
+        }
+        Format::Human if records.is_empty() => println!("no backfills"),
+        Format::Human => {
+            let rows: Vec<Vec<String>> = records
+                .iter()
+                .map(|record| {
+                    vec![
+                        record.id.to_string(),
+                        record.workflow.clone(),
+                        record.state.as_str().to_owned(),
+                        format!("{}..{}", record.from, record.to),
+                        progress_line(record),
+                    ]
+                })
+                .collect();
+            println!("{}", table(&["ID", "WORKFLOW", "STATE", "RANGE", "PROGRESS"], &rows));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cancel(topology: &Topology, id: &RunId, format: Format) -> Result<ExitCode, CliError> {
+    let (mut record, revision) = load(topology, id).await?;
+    if record.state != BackfillState::Running {
+        return Err(CliError::failed(format!("backfill {id} is already {}", record.state.as_str())));
+    }
+    record.state = BackfillState::Cancelled;
+    let payload = encode(&record).map_err(|error| CliError::failed(error.to_string()))?;
+    topology
+        .backfills
+        .update(id.to_string(), payload.into(), revision)
+        .await
+        .map_err(|error| CliError::failed(format!("the backfill changed meanwhile; try again ({error})")))?;
+    match format {
+        Format::Json => print_json(&json!({"id": id.to_string(), "state": "cancelled"})),
+        Format::Human => println!("backfill {id} cancelled: no new windows start; running ones are being cancelled"),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,186 @@
+//! Schedules and backfills, driven by the leading coordinator once a second. Both only
+//! publish ordinary submissions, each with a key that makes a second publish harmless (a
+//! schedule tick's idempotency key, a backfill window's pre-chosen run id), so a crash, a
+//! restart or two coordinators overlapping never make two runs of one tick or window.
+//! Every decision about time is in [`sluice_proto::schedule`], which takes the clock as an
+//! argument.
+
+use async_nats::jetstream::kv;
+use chrono::{DateTime, Utc};
+use futures::TryStreamExt;
+use sluice_proto::schedule::Schedule;
+use sluice_proto::{
+    BackfillRecord, BackfillState, ControlAction, RunState, SCHEMA_VERSION, ScheduleRecord, Submission, WorkflowSpec,
+    decode, encode, names,
+};
+
+use crate::error::{NatsContext, ServiceError};
+use crate::requests;
+use crate::store;
+use crate::topology::Topology;
+
+/// One pass over every schedule and backfill at `now`.
+pub async fn pass(topology: &Topology, now: DateTime<Utc>) -> Result<(), ServiceError> {
+    for key in keys(&topology.schedules).await? {
+        schedule(topology, &key, now).await?;
+    }
+    for key in keys(&topology.backfills).await? {
+        backfill(topology, &key, now).await?;
+    }
+    Ok(())
+}
+
+async fn keys(store: &kv::Store) -> Result<Vec<String>, ServiceError> {
+    match store.keys().await {
+        Ok(keys) => keys.try_collect().await.context("listing keys"),
+        Err(error) => Err(error).context("listing keys"),
+    }
+}
+
+/// Reads a record with its revision; `None` if it is gone or unreadable (reported).
+async fn entry<T: serde::de::DeserializeOwned + sluice_proto::messages::Versioned>(
+    store: &kv::Store,
+    key: &str,
+) -> Result<Option<(T, u64)>, ServiceError> {
+    let Some(entry) = store.entry(key).await.context(format!("reading {key}"))? else { return Ok(None) };
+    if entry.operation != kv::Operation::Put {
+        return Ok(None);
+    }
+    match decode::<T>(&entry.value) {
+        Ok(record) => Ok(Some((record, entry.revision))),
+        Err(error) => {
+            tracing::error!(%error, key, "record cannot be read; skipped");
+            Ok(None)
+        }
+    }
+}
+
+/// Submits the runs of ticks that are due, then records how far ticks are handled. A
+/// record changed meanwhile (a user paused it, another coordinator got there first) fails
+/// the revision check and is looked at again on the next pass.
+async fn schedule(topology: &Topology, name: &str, now: DateTime<Utc>) -> Result<(), ServiceError> {
+    let Some((mut record, revision)) = entry::<ScheduleRecord>(&topology.schedules, name).await? else {
+        return Ok(());
+    };
+    if record.paused {
+        return Ok(());
+    }
+    let evaluated = WorkflowSpec::parse(&record.workflow)
+        .map_err(|error| error.to_string())
+        .and_then(|spec| Schedule::from_spec(&record.schedule, spec.timezone.as_deref()));
+    let schedule = match evaluated {
+        Ok(schedule) => schedule,
+        Err(error) => {
+            tracing::error!(schedule = name, %error, "schedule cannot be evaluated; skipped");
+            return Ok(());
+        }
+    };
+    let plan = schedule.plan(record.handled_until, now);
+    if plan.fire.is_empty() && plan.skipped == 0 {
+        return Ok(());
+    }
+    for tick in &plan.fire {
+        let key = names::schedule_tick_key(name, tick);
+        let submission = Submission {
+            schema_version: SCHEMA_VERSION,
+            run_id: sluice_proto::RunId::new(),
+            workflow: record.workflow.clone(),
+            window: Some(schedule.window.at(*tick, schedule.zone)),
+            params: Default::default(),
+            idempotency_key: Some(key.clone()),
+            submitted_at: Some(*tick),
+        };
+        let (_, duplicate) = requests::submit(&topology.js, &submission, &key).await?;
+        record.last_tick = Some(*tick);
+        if !duplicate {
+            record.last_run = Some(submission.run_id);
+            tracing::info!(schedule = name, %tick, run = %submission.run_id, "scheduled run submitted");
+        }
+    }
+    if plan.skipped > 0 {
+        tracing::warn!(schedule = name, skipped = plan.skipped, catchup = %schedule.catchup, "missed ticks dropped");
+    }
+    record.handled_until = plan.handled_until;
+    record.skipped_ticks += plan.skipped as u64;
+    record.updated_at = now;
+    if let Err(error) = topology.schedules.update(name, encode(&record)?.into(), revision).await {
+        tracing::info!(schedule = name, %error, "schedule changed meanwhile; looking again next pass");
+    }
+    Ok(())
+}
+
+/// Keeps up to `max_parallel_runs` of a backfill's windows in flight, in order; finishes
+/// the backfill when every window's run has ended; carries out a cancellation.
+async fn backfill(topology: &Topology, key: &str, now: DateTime<Utc>) -> Result<(), ServiceError> {
+    let Some((mut record, revision)) = entry::<BackfillRecord>(&topology.backfills, key).await? else {
+        return Ok(());
+    };
+    if record.finished_at.is_some() {
+        return Ok(());
+    }
+    let cancelled = record.state == BackfillState::Cancelled;
+    let mut changed = false;
+    let mut in_flight = 0;
+    let submitted = record.next as usize;
+    for window in record.windows.iter_mut().take(submitted) {
+        if window.skip.is_some() || window.state.is_some_and(RunState::is_terminal) {
+            continue;
+        }
+        let state = match store::load_run(topology, &window.run_id).await? {
+            Some(run) => Some(run.state),
+            None => match store::load_rejection(&topology.js, &window.run_id).await {
+                Ok(Some(rejection)) => {
+                    window.skip = Some(format!("rejected: {}", rejection.reason));
+                    Some(RunState::Failed)
+                }
+                _ => None,
+            },
+        };
+        if state != window.state {
+            window.state = state;
+            changed = true;
+        }
+        if cancelled && state == Some(RunState::Running) {
+            requests::control(&topology.js, window.run_id, ControlAction::Cancel, None, None).await?;
+        }
+        if !state.is_some_and(RunState::is_terminal) {
+            in_flight += 1;
+        }
+    }
+    while !cancelled && (record.next as usize) < record.windows.len() && in_flight < record.max_parallel_runs {
+        let window = &record.windows[record.next as usize];
+        record.next += 1;
+        changed = true;
+        if window.skip.is_some() {
+            continue;
+        }
+        let submission = Submission {
+            schema_version: SCHEMA_VERSION,
+            run_id: window.run_id,
+            workflow: record.spec_yaml.clone(),
+            window: Some(window.window),
+            params: Default::default(),
+            idempotency_key: None,
+            submitted_at: Some(now),
+        };
+        requests::submit(&topology.js, &submission, &window.run_id.to_string()).await?;
+        in_flight += 1;
+    }
+    let all_submitted = cancelled || record.next as usize == record.windows.len();
+    if all_submitted && in_flight == 0 {
+        let failed = record.windows.iter().any(|window| {
+            window.skip.as_deref().is_some_and(|skip| skip.starts_with("rejected"))
+                || matches!(window.state, Some(RunState::Failed | RunState::Cancelled))
+        });
+        if !cancelled {
+            record.state = if failed { BackfillState::Failed } else { BackfillState::Succeeded };
+        }
+        record.finished_at = Some(now);
+        changed = true;
+        tracing::info!(backfill = key, state = record.state.as_str(), "backfill finished");
+    }
+    if changed && let Err(error) = topology.backfills.update(key, encode(&record)?.into(), revision).await {
+        tracing::info!(backfill = key, %error, "backfill changed meanwhile; looking again next pass");
+    }
+    Ok(())
+}
