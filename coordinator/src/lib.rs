@@ -2,8 +2,11 @@
 //! drives it over NATS JetStream: submission intake, event handling, dispatch, recovery.
 //!
 //! Layout: [`engine`] decides; [`intake`] checks submissions; [`store`] and [`dispatch`]
-//! write records and publish jobs; [`topology`] creates streams and buckets; [`service`]
-//! is the loop that ties them together.
+//! write records and publish jobs ([`pipeline`] bounds what is in flight); [`spawns`] reads
+//! the children jobs spawn; [`timekeeper`] fires schedules and drives backfills;
+//! [`requests`] publishes submissions and control requests (the CLI uses it too);
+//! [`leadership`] keeps one coordinator in charge; [`topology`] creates streams and
+//! buckets; [`service`] is the loop that ties them together.
 
 pub mod dispatch;
 pub mod engine;

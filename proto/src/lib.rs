@@ -2,8 +2,10 @@
 //!
 //! Subject, stream, bucket and header names ([`names`]), the MessagePack messages
 //! ([`messages`], [`codec`]), the YAML workflow spec and its validation ([`spec`]),
-//! time windows ([`window`]), job and run states ([`state`]) and W3C trace context
-//! ([`trace`]). No I/O and no async runtime: everything here is pure and testable.
+//! time windows ([`window`]), cron expressions ([`cron`]) and schedules ([`schedule`]),
+//! children and outputs ([`spawn`]), job and run states ([`state`]) and W3C trace context
+//! ([`trace`]). No I/O and no async runtime: everything here is pure and testable (the
+//! clock is always an argument).
 
 pub mod codec;
 pub mod cron;
