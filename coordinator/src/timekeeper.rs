@@ -21,18 +21,19 @@ use crate::topology::Topology;
 
 /// One pass over every schedule and backfill at `now`.
 pub async fn pass(topology: &Topology, now: DateTime<Utc>) -> Result<(), ServiceError> {
-    for key in keys(&topology.schedules).await? {
+    for key in keys(topology, &topology.schedules, names::SCHEDULES_BUCKET).await? {
         schedule(topology, &key, now).await?;
     }
-    for key in keys(&topology.backfills).await? {
+    for key in keys(topology, &topology.backfills, names::BACKFILLS_BUCKET).await? {
         backfill(topology, &key, now).await?;
     }
     Ok(())
 }
 
-async fn keys(store: &kv::Store) -> Result<Vec<String>, ServiceError> {
+async fn keys(topology: &Topology, store: &kv::Store, bucket: &str) -> Result<Vec<String>, ServiceError> {
     // One cheap request when there is nothing (the common case), instead of a key listing.
-    if store.status().await.context("reading a bucket's status")?.values() == 0 {
+    let stream = topology.js.get_stream_no_info(format!("KV_{bucket}")).await.context("opening a bucket")?;
+    if stream.get_info().await.context("reading a bucket's state")?.state.messages == 0 {
         return Ok(Vec::new());
     }
     match store.keys().await {
