@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test tools build
+.PHONY: demo test tools build bench
 
 tools:
 	bash scripts/install-tools.sh
@@ -18,3 +18,8 @@ demo: tools
 
 test: tools
 	$(CARGO) test --workspace --no-fail-fast
+
+# make bench   the standard loadtest suite (release build): bench/results.json + docs/performance.md
+bench: tools
+	$(CARGO) build --release -p sluice -p sluice-loadtest
+	./target/release/sluice-loadtest --sluice ./target/release/sluice --out bench/results.json --doc docs/performance.md

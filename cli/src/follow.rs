@@ -13,6 +13,8 @@ use crate::output::{CliError, Format};
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Polls before saying that no coordinator has taken the submission yet.
 const QUIET_POLLS: u32 = 8;
+/// Failed reads in a row before following gives up.
+const LOOKUP_RETRIES: u32 = 5;
 
 /// How a followed run ended.
 pub enum Finished {
@@ -34,6 +36,7 @@ pub async fn follow(js: &jetstream::Context, ids: &[RunId], format: Format) -> R
     let mut finished: HashMap<RunId, Finished> = HashMap::new();
     let mut waiting_said = false;
     let mut polls = 0u32;
+    let mut failures = 0u32;
     let mut ticker = tokio::time::interval(POLL_INTERVAL);
     while finished.len() < ids.len() {
         ticker.tick().await;
@@ -42,7 +45,20 @@ pub async fn follow(js: &jetstream::Context, ids: &[RunId], format: Format) -> R
             if finished.contains_key(id) {
                 continue;
             }
-            match lookup(js, id).await? {
+            let found = match lookup(js, id).await {
+                Ok(found) => {
+                    failures = 0;
+                    found
+                }
+                // A read that failed once (a stalled consumer, a reconnect) is tried again.
+                Err(error) if failures < LOOKUP_RETRIES => {
+                    failures += 1;
+                    tracing::warn!(error = %error.message, "reading the run failed; trying again");
+                    continue;
+                }
+                Err(error) => return Err(error),
+            };
+            match found {
                 Lookup::Unknown => {
                     if !waiting_said && polls > QUIET_POLLS && format == Format::Human {
                         eprintln!("waiting for a coordinator to accept the submission…");

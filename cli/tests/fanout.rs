@@ -394,7 +394,7 @@ fn grandchildren_run_and_a_dead_lettered_child_can_be_replayed() {
     );
     let flow = stack.write(
         "tree.yaml",
-        &format!("name: tree\njobs:\n  top:\n    run: exec\n    command: [python3, {}]\n  after:\n    needs: [top]\n    run: noop\n", top.display()),
+        &format!("name: tree\non_failure: continue\njobs:\n  top:\n    run: exec\n    command: [python3, {}]\n  after:\n    needs: [top]\n    run: noop\n", top.display()),
     );
     let failed = submit_and_wait(&stack, &flow, 1);
     let id = failed["id"].as_str().unwrap().to_owned();

@@ -186,7 +186,9 @@ impl Run {
             let spawned = jobs.get(parent).is_some_and(|parent| parent.children > 0);
             let Some(definition) = child.definition.clone() else { continue };
             if spawned && parent_of(&child.name) == Some(parent) {
-                definitions.insert(child.name.clone(), Arc::new(definition));
+                definitions.insert(child.name.clone(), Arc::new(*definition));
+                let mut child = child;
+                child.definition = None; // kept once, in `definitions`
                 jobs.insert(child.name.clone(), child);
             }
         }
@@ -288,6 +290,16 @@ impl Run {
         self.record.state.is_terminal()
     }
 
+    /// The effect that stores a job's record as it is now (a child's with its definition:
+    /// in memory it is kept once, in `definitions`).
+    fn save(&self, path: &str) -> Effect {
+        let mut record = self.jobs[path].clone();
+        if let Some(definition) = self.definitions.get(path) {
+            record.definition = Some(Box::new(JobSpec::clone(definition)));
+        }
+        Effect::SaveJob(record)
+    }
+
     /// How a job is defined: by the workflow, or (a child) by the job that spawned it.
     fn definition(&self, path: &str) -> &JobSpec {
         match self.definitions.get(path) {
@@ -348,7 +360,7 @@ impl Run {
             });
         }
         if event.kind == EventKind::Started && record_redelivery(job, event) {
-            return Ok(vec![Effect::SaveJob(job.clone())]);
+            return Ok(vec![self.save(&event.job)]);
         }
         if job.state.is_terminal() || job.state == JobState::Waiting {
             return Err(Ignored::AlreadyFinished { job: event.job.clone(), state: job.state.as_str() });
@@ -367,12 +379,12 @@ impl Run {
             EventKind::Failed => self.failed(event, now, &mut after),
         }
         let spawned = self.jobs[&event.job].children > 0 && event.kind == EventKind::Succeeded;
-        effects.push(Effect::SaveJob(self.jobs[&event.job].clone()));
+        effects.push(self.save(&event.job));
         effects.extend(after);
         if spawned {
             // The shell keeps only the last write of each record: the parent's must follow
             // every child's, so a stored parent that counts children means they are stored.
-            effects.push(Effect::SaveJob(self.jobs[&event.job].clone()));
+            effects.push(self.save(&event.job));
         }
         self.fill_slots(now, &mut effects);
         self.finish_if_done(now, &mut effects);
@@ -484,13 +496,20 @@ impl Run {
         job.children = event.spawned;
         let run_id = self.record.id;
         let mut paths = Vec::with_capacity(children.len());
+        // Children usually differ only in name and config: consecutive equal definitions
+        // share one allocation.
+        let mut previous: Option<Arc<JobSpec>> = None;
         for child in children {
             let child_path = child_path(path, &child.name);
             let mut record = blank_job(run_id, &child_path);
             record.parent = Some(path.to_owned());
-            record.definition = Some(child.to_job_spec());
-            before.push(Effect::SaveJob(record.clone()));
-            self.definitions.insert(child_path.clone(), Arc::new(child.to_job_spec()));
+            let spec = child.to_job_spec();
+            let definition = match previous.take() {
+                Some(shared) if *shared == spec => shared,
+                _ => Arc::new(spec),
+            };
+            previous = Some(definition.clone());
+            self.definitions.insert(child_path.clone(), definition);
             self.jobs.insert(child_path.clone(), record);
             self.unfinished += 1;
             paths.push(child_path);
@@ -500,6 +519,13 @@ impl Run {
         self.set_state(path, JobState::Waiting);
         for child in &paths {
             self.unblock(child, now, effects);
+        }
+        // Queued and skipped children were saved as they changed; held ones are saved here.
+        // Each child is saved once, and all before the parent (see `apply_with`).
+        for child in &paths {
+            if self.jobs[child].state == JobState::Blocked {
+                before.push(self.save(child));
+            }
         }
     }
 
@@ -537,7 +563,7 @@ impl Run {
         job.finished_at = Some(now);
         if unfinished.is_empty() {
             self.complete(path, now, effects);
-            effects.push(Effect::SaveJob(self.jobs[path].clone()));
+            effects.push(self.save(path));
             return;
         }
         let first = &self.jobs[unfinished[0].as_str()];
@@ -552,7 +578,7 @@ impl Run {
         let error = truncate_error(&error, ERROR_TEXT_MAX_BYTES);
         self.jobs.get_mut(path).expect("path comes from the run").error = Some(error);
         self.set_state(path, JobState::Failed);
-        effects.push(Effect::SaveJob(self.jobs[path].clone()));
+        effects.push(self.save(path));
         self.after_failure(path, now, effects);
     }
 
@@ -687,7 +713,7 @@ impl Run {
             job.finished_at = Some(now);
             job.retry_at = None;
             job.error = Some("cancelled by a user".to_owned());
-            saves.push(Effect::SaveJob(job.clone()));
+            saves.push(self.save(&name));
         }
         self.held.clear();
         self.record.state = RunState::Cancelled;
@@ -803,7 +829,7 @@ impl Run {
                 self.finish_parent(name, now, &mut effects);
             }
         }
-        let mut all: Vec<Effect> = saves.iter().map(|name| Effect::SaveJob(self.jobs[name].clone())).collect();
+        let mut all: Vec<Effect> = saves.iter().map(|name| self.save(name)).collect();
         all.push(Effect::SaveRun(self.record.clone()));
         all.extend(effects);
         self.finish_if_done(now, &mut all);
@@ -812,7 +838,7 @@ impl Run {
 
     fn queue(&mut self, name: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
         let message = self.mark_queued(name, now);
-        effects.push(Effect::SaveJob(self.jobs[name].clone()));
+        effects.push(self.save(name));
         effects.push(Effect::Dispatch(message));
     }
 
@@ -827,7 +853,7 @@ impl Run {
         let job = self.jobs.get_mut(name).expect("name comes from the run");
         job.error = Some(reason.to_owned());
         job.finished_at = Some(now);
-        effects.push(Effect::SaveJob(job.clone()));
+        effects.push(self.save(name));
         self.child_finished(name, now, effects);
     }
 

@@ -10,6 +10,8 @@ pub enum ServiceError {
     Codec(#[from] sluice_proto::CodecError),
     #[error("{0}")]
     ServerVersion(String),
+    #[error("{0}: no progress for 10 s")]
+    Stalled(String),
 }
 
 /// Adds context to any NATS error.

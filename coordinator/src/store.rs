@@ -13,6 +13,9 @@ use crate::error::{NatsContext, ServiceError};
 use crate::pipeline::{Outgoing, publish_all};
 use crate::topology::Topology;
 
+/// Longest wait for the next record of an ordered read before it counts as stalled.
+const READ_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Concurrent reads when loading many records.
 const READ_CONCURRENCY: usize = 64;
 
@@ -134,7 +137,12 @@ pub async fn load_jobs_revisions(
     }
     let prefix = format!("$KV.{}.{id}.", names::JOBS_BUCKET);
     let mut messages = consumer.messages().await.context(format!("reading the jobs of run {id}"))?;
-    while let Some(message) = messages.next().await {
+    loop {
+        // A read that stalls is an error the caller retries, never a hang.
+        let Ok(next) = tokio::time::timeout(READ_STALL, messages.next()).await else {
+            return Err(ServiceError::Stalled(format!("reading the jobs of run {id}")));
+        };
+        let Some(message) = next else { break };
         let message = message.context(format!("reading the jobs of run {id}"))?;
         let info = message.info().context(format!("reading the jobs of run {id}"))?;
         let (revision, left) = (info.stream_sequence, info.pending);

@@ -95,8 +95,12 @@ fn bucket(name: &str, description: &str, history: i64) -> kv::Config {
 /// Creates every stream and bucket that is missing (and updates them to the current
 /// settings); the logs stream keeps the retention it has (the coordinator sets it).
 pub async fn ensure(js: &jetstream::Context) -> Result<Topology, ServiceError> {
-    if js.get_stream(names::LOGS_STREAM).await.is_err() {
-        ensure_logs(js, LogRetention::default()).await?;
+    // Create, never update: a coordinator may be setting its retention at this moment.
+    if js.get_stream(names::LOGS_STREAM).await.is_err()
+        && let Err(error) = js.create_stream(logs_stream(LogRetention::default())).await
+        && js.get_stream(names::LOGS_STREAM).await.is_err()
+    {
+        return Err(error).context("creating stream SLUICE_LOGS");
     }
     ensure_core(js).await
 }

@@ -3,7 +3,7 @@
 /// Largest workflow YAML accepted, in bytes.
 pub const WORKFLOW_YAML_MAX_BYTES: usize = 1024 * 1024;
 /// Most jobs a workflow may declare.
-pub const WORKFLOW_JOBS_MAX: usize = 10_000;
+pub const WORKFLOW_JOBS_MAX: usize = 20_000;
 /// Longest job, pool or workflow name; names become NATS subject tokens and KV keys.
 pub const NAME_MAX_CHARS: usize = 64;
 /// Most attempts a retry policy may ask for; bounds each job's attempt history.

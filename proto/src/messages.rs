@@ -223,8 +223,9 @@ pub struct JobRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
     /// For a child job: its definition (workflow jobs are defined by the run's YAML).
+    /// Boxed: most records have none, and a run may hold 100,000 records in memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub definition: Option<JobSpec>,
+    pub definition: Option<Box<JobSpec>>,
     /// Children the job spawned; it is `waiting` until all of them are finished.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub children: u32,

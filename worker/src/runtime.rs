@@ -249,8 +249,7 @@ async fn fetch_and_start(
         };
         let shared = shared.clone();
         running.spawn(async move {
-            let _permit = permit;
-            execute(&shared, message).await;
+            execute(&shared, message, permit).await;
         });
     }
 }
@@ -292,18 +291,21 @@ enum Outcome {
     Stopped,
 }
 
-async fn execute(shared: &Shared, message: Message) {
+/// Runs one delivery; `slot` is given back as soon as the work is done (storing the
+/// outcome and confirming the ack do not hold a slot).
+async fn execute(shared: &Shared, message: Message, slot: OwnedSemaphorePermit) {
+    let slot = std::sync::Mutex::new(Some(slot));
     let delivered = message.info().map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX)).unwrap_or(1);
     let job: JobMessage = match decode(&message.payload) {
         Ok(job) => job,
         Err(error) => return undecodable(shared, &message, delivered, error.to_string()).await,
     };
     if shared.stops.is_stopped(&job.run_id) {
-        let reporter = Reporter { shared, job: &job, attempt: job.attempt_offset.saturating_add(delivered) };
+        let reporter = Reporter::new(shared, &job, job.attempt_offset.saturating_add(delivered), slot);
         return complete(&reporter, &message, Outcome::Stopped).await;
     }
     let attempt = job.attempt_offset.saturating_add(delivered);
-    let reporter = Reporter { shared, job: &job, attempt };
+    let reporter = Reporter::new(shared, &job, attempt, slot);
     let max_attempt = job.attempt_offset.saturating_add(job.retry.max_attempts);
     if attempt > max_attempt {
         let reason = format!(
@@ -323,7 +325,9 @@ async fn execute(shared: &Shared, message: Message) {
         );
         return complete(&reporter, &message, Outcome::Failed(JobError::permanent(reason))).await;
     };
-    if let Err(error) = reporter.publish(EventKind::Started, None, None).await {
+    // The start is stored while the job runs: its acknowledgement is awaited with the
+    // outcome's, so a short job costs one round trip for both events.
+    if let Err(error) = reporter.publish_start().await {
         tracing::warn!(%error, job = %job.job, "cannot report the start; handing the job back");
         let _ = message.ack_with(AckKind::Nak(None)).await;
         return;
@@ -551,12 +555,16 @@ async fn complete(reporter: &Reporter<'_>, message: &Message, outcome: Outcome) 
         other => other,
     };
     tracing::info!(run = %job.run_id, job = %job.job, attempt = reporter.attempt, outcome = kind.as_str(), error = error.as_deref().unwrap_or(""), "job finished");
+    // The work is done: the slot may fetch the next job while this one is settled (its
+    // message is still acknowledged only after its outcome is stored).
+    reporter.free_slot();
     let (output, spawned) = handed;
     if let Err(publish_error) = reporter.publish_with(kind, error, retry_at, output, spawned).await {
         // Without the event the coordinator cannot move on: let JetStream redeliver.
         tracing::error!(error = %publish_error, job = %job.job, "cannot report the outcome; the job will be redelivered");
         return;
     }
+    reporter.confirm_start().await;
     let acked = match settle {
         Settle::Ack => message.double_ack().await,
         Settle::Nak(delay) => message.ack_with(AckKind::Nak(delay)).await,
@@ -660,16 +668,62 @@ struct Reporter<'a> {
     shared: &'a Shared,
     job: &'a JobMessage,
     attempt: u32,
+    /// The worker slot this attempt holds, given back once its work is done.
+    slot: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+    /// The start event's acknowledgement, awaited with the outcome's.
+    started: tokio::sync::Mutex<Option<jetstream::context::PublishAckFuture>>,
 }
 
-impl Reporter<'_> {
-    async fn publish(
-        &self,
-        kind: EventKind,
-        error: Option<String>,
-        retry_at: Option<chrono::DateTime<Utc>>,
-    ) -> Result<(), WorkerError> {
-        self.publish_with(kind, error, retry_at, None, 0).await
+impl<'a> Reporter<'a> {
+    fn new(
+        shared: &'a Shared,
+        job: &'a JobMessage,
+        attempt: u32,
+        slot: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
+    ) -> Self {
+        Self { shared, job, attempt, slot, started: tokio::sync::Mutex::new(None) }
+    }
+
+    fn free_slot(&self) {
+        drop(self.slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+    }
+
+    /// Publishes the start without waiting for JetStream to store it.
+    async fn publish_start(&self) -> Result<(), WorkerError> {
+        let job = self.job;
+        let event = event(
+            job.run_id,
+            &job.job,
+            self.attempt,
+            job.generation,
+            EventKind::Started,
+            &self.shared.config.worker_id,
+            None,
+            None,
+        );
+        let payload = encode(&event).map_err(|error| WorkerError::nats("encoding an event", error))?;
+        let mut headers = HeaderMap::new();
+        let id = names::event_id(&event.run_id, &event.job, event.attempt, event.generation, "started");
+        headers.insert(names::HEADER_MSG_ID, id.as_str());
+        let ack = self
+            .shared
+            .js
+            .publish_with_headers(names::event_subject(&event.run_id, &event.job), headers, payload.into())
+            .await
+            .map_err(|error| WorkerError::nats("publishing a start event", error))?;
+        *self.started.lock().await = Some(ack);
+        Ok(())
+    }
+
+    /// Waits for the start event to be stored (it was published first, on the same
+    /// connection, so it is stored before the outcome); a lost start only costs `status`
+    /// the attempt's start time.
+    async fn confirm_start(&self) {
+        if let Some(ack) = self.started.lock().await.take()
+            && let Err(error) = ack.await
+        {
+            tracing::warn!(%error, job = %self.job.job, "the start event was not stored");
+        }
     }
 
     async fn publish_with(

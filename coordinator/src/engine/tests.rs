@@ -586,8 +586,15 @@ fn restore_keeps_a_waiting_parent_and_its_children_and_drops_a_half_written_spaw
     let (mut run, _) = start(FAN);
     spawning(&mut run, "fan", &["a", "b", "c"], 1);
     run.apply(&event(&run, "fan.a", 1, EventKind::Succeeded, 2), at(2)).unwrap();
-    let stored: HashMap<String, JobRecord> =
-        run.all_paths().into_iter().map(|path| (path.clone(), run.job(&path).unwrap().clone())).collect();
+    // What the store holds: each record as the engine saves it (a child with its definition).
+    let stored: HashMap<String, JobRecord> = run
+        .all_paths()
+        .into_iter()
+        .map(|path| match run.save(&path) {
+            Effect::SaveJob(record) => (path, record),
+            other => panic!("not a save: {other:?}"),
+        })
+        .collect();
     let (restored, effects) = Run::restore(run.record().clone(), stored.clone(), at(3)).unwrap();
     assert!(dispatched(&effects).is_empty(), "b and c are queued already: {effects:?}");
     assert_eq!(restored.all_paths(), ["fan", "fan.a", "fan.b", "fan.c", "join", "other"]);

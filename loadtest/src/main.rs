@@ -1,0 +1,278 @@
+//! sluice-loadtest: Sluice's throughput, latency and memory against the raw JetStream floor,
+//! measured in one run on the same server settings.
+//!
+//!     sluice-loadtest [--quick] [--nats-url URL] [--sluice PATH] [--out bench/results.json]
+//!                     [--doc docs/performance.md]
+//!
+//! Each baseline (B1–B3, async-nats directly) and each workload (W1–W5, the real `sluice
+//! coordinator` and `sluice worker` processes) runs on a fresh nats-server with file
+//! storage, unless `--nats-url` names one.
+
+mod baseline;
+mod report;
+mod stack;
+mod workloads;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use crate::report::{Row, Suite};
+use crate::stack::{Processes, Server};
+
+#[derive(Parser)]
+#[command(name = "sluice-loadtest", about = "Sluice against the raw JetStream floor, in one run")]
+struct Args {
+    /// The same suite, small enough for a CI smoke test.
+    #[arg(long)]
+    quick: bool,
+    /// Use this nats-server instead of starting fresh ones (its streams are shared).
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// The `sluice` binary (default: next to this one).
+    #[arg(long)]
+    sluice: Option<PathBuf>,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "bench/results.json")]
+    out: PathBuf,
+    /// Markdown file whose results section is rewritten (docs/performance.md).
+    #[arg(long)]
+    doc: Option<PathBuf>,
+    /// Only these workloads (e.g. `--only W1,W4`); the baselines always run.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn wants(&self, workload: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|name| name.eq_ignore_ascii_case(workload))
+    }
+}
+
+/// How big each measurement is.
+struct Sizes {
+    b1: usize,
+    b2: usize,
+    b3: usize,
+    w1: usize,
+    w2: usize,
+    w3: usize,
+    w4: usize,
+    w5_runs: usize,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self { b1: 2_000, b2: 200, b3: 50, w1: 2_000, w2: 200, w3: 50, w4: 5_000, w5_runs: 10 }
+        } else {
+            Self { b1: 20_000, b2: 2_000, b3: 200, w1: 20_000, w2: 2_000, w3: 200, w4: 100_000, w5_runs: 50 }
+        }
+    }
+}
+
+/// Worker slots in total, for every workload (W1 asks for four).
+const SLOTS: usize = 4;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let sluice = stack::find_sluice(args.sluice.clone())?;
+    let sizes = Sizes::new(args.quick);
+    let mut suite = Suite::new(args.quick, &sluice);
+
+    let (n1, n2, n3) = (sizes.b1, sizes.b2, sizes.b3);
+    let b1 = on_fresh_server(&args, move |js| async move { baseline::b1(&js, n1).await }).await?;
+    suite.push(Row::new("B1", "throughput", b1, "messages/s"));
+    let b2 = on_fresh_server(&args, move |js| async move { baseline::b2(&js, n2).await }).await?;
+    suite.push(Row::new("B2", "wall time", b2, "s"));
+    let b3 = on_fresh_server(&args, move |js| async move { baseline::b3(&js, n3).await }).await?;
+    suite.push(Row::new("B3", "time per step", b3 * 1e3, "ms"));
+    println!("baselines: B1 {b1:.0} msg/s, B2 {b2:.3} s, B3 {:.3} ms/step", b3 * 1e3);
+
+    if args.wants("W1") {
+        let w1 = measure(&args, &sluice, "W1", sizes.w1, |js| {
+            let yaml = workloads::independent(sizes.w1);
+            async move {
+                let id = workloads::submit(&js, &yaml).await?;
+                Ok(vec![workloads::wait_run(&js, &id).await?])
+            }
+        })
+        .await?;
+        let w1_rate = sizes.w1 as f64 / workloads::run_seconds(&w1.runs[0]);
+        suite.push(Row::new("W1", "throughput", w1_rate, "jobs/s").against(b1, w1_rate / b1));
+        suite.extend(w1.rows("W1", sizes.w1));
+    }
+
+    if args.wants("W2") {
+        let w2 = measure(&args, &sluice, "W2", sizes.w2 + 2, |js| {
+            let yaml = workloads::fan_out("w2", sizes.w2, true);
+            async move {
+                let id = workloads::submit(&js, &yaml).await?;
+                Ok(vec![workloads::wait_run(&js, &id).await?])
+            }
+        })
+        .await?;
+        let w2_wall = workloads::run_seconds(&w2.runs[0]);
+        suite.push(Row::new("W2", "wall time", w2_wall, "s").against(b2, w2_wall / b2));
+        suite.extend(w2.rows("W2", sizes.w2 + 2));
+    }
+
+    if args.wants("W3") {
+        let w3 = measure(&args, &sluice, "W3", sizes.w3, |js| {
+            let yaml = workloads::chain(sizes.w3);
+            async move {
+                let id = workloads::submit(&js, &yaml).await?;
+                Ok(vec![workloads::wait_run(&js, &id).await?])
+            }
+        })
+        .await?;
+        let w3_step = workloads::run_seconds(&w3.runs[0]) / sizes.w3 as f64;
+        suite.push(Row::new("W3", "time per step", w3_step * 1e3, "ms").against(b3 * 1e3, w3_step / b3));
+        suite.extend(w3.rows("W3", sizes.w3));
+    }
+
+    if args.wants("W4") {
+        let w4 = measure(&args, &sluice, "W4", sizes.w4 + 1, |js| {
+            let yaml = workloads::fan_out("w4", sizes.w4, false);
+            async move {
+                let id = workloads::submit(&js, &yaml).await?;
+                Ok(vec![workloads::wait_run(&js, &id).await?])
+            }
+        })
+        .await?;
+        suite.push(Row::new("W4", "wall time", workloads::run_seconds(&w4.runs[0]), "s"));
+        let per_child =
+            w4.coordinator.peak_rss_bytes.saturating_sub(w4.coordinator_rss_at_start) as f64 / sizes.w4 as f64;
+        suite.push(Row::new("W4", "coordinator bytes per child", per_child, "B"));
+        suite.extend(w4.rows("W4", sizes.w4 + 1));
+    }
+
+    if args.wants("W5") {
+        let runs = sizes.w5_runs;
+        let w5 = measure(&args, &sluice, "W5", runs * 20, |js| {
+            let yaml = workloads::etl();
+            async move {
+                let ids = futures::future::try_join_all((0..runs).map(|_| workloads::submit(&js, &yaml))).await?;
+                futures::future::try_join_all(ids.iter().map(|id| workloads::wait_run(&js, id))).await
+            }
+        })
+        .await?;
+        let first = w5.runs.iter().map(|run| run.created_at).min().context("no W5 runs")?;
+        let last = w5.runs.iter().filter_map(|run| run.finished_at).max().context("no W5 runs")?;
+        let span = (last - first).num_microseconds().unwrap_or(1) as f64 / 1e6;
+        suite.push(Row::new("W5", "runs per second", runs as f64 / span, "runs/s"));
+        let jobs_rate = (runs * 20) as f64 / span;
+        suite.push(Row::new("W5", "throughput", jobs_rate, "jobs/s").against(b1, jobs_rate / b1));
+        let mut latencies: Vec<f64> = w5.runs.iter().map(workloads::run_seconds).collect();
+        suite.push(Row::new("W5", "run latency p99", workloads::quantile(&mut latencies, 0.99), "s"));
+        suite.extend(w5.rows("W5", runs * 20));
+    }
+
+    suite.write(&args.out, args.doc.as_deref())?;
+    println!("{}", suite.table());
+    println!("results: {}", args.out.display());
+    Ok(())
+}
+
+/// Runs a baseline on a fresh server (or the given one).
+async fn on_fresh_server<F, Fut>(args: &Args, baseline: F) -> Result<f64>
+where
+    F: FnOnce(async_nats::jetstream::Context) -> Fut,
+    Fut: std::future::Future<Output = Result<f64>>,
+{
+    let server = Server::start(args.nats_url.as_deref())?;
+    let client = async_nats::connect(server.url()).await?;
+    let value = baseline(async_nats::jetstream::new(client)).await?;
+    drop(server);
+    Ok(value)
+}
+
+/// What one workload measured.
+struct Measured {
+    runs: Vec<sluice_proto::RunRecord>,
+    coordinator: stack::Usage,
+    coordinator_cpu_at_start: f64,
+    coordinator_rss_at_start: u64,
+    workers: stack::Usage,
+    workers_cpu_at_start: f64,
+    latencies: Vec<f64>,
+}
+
+impl Measured {
+    /// The rows every workload reports: dispatch latency, CPU per 1,000 jobs, peak RSS.
+    fn rows(&self, workload: &str, jobs: usize) -> Vec<Row> {
+        let mut latencies = self.latencies.clone();
+        let per_thousand = |cpu: f64| cpu / jobs as f64 * 1000.0;
+        let mut rows = Vec::new();
+        if !latencies.is_empty() {
+            rows.push(Row::new(workload, "dispatch latency p50", workloads::quantile(&mut latencies, 0.5) * 1e3, "ms"));
+            rows.push(Row::new(
+                workload,
+                "dispatch latency p99",
+                workloads::quantile(&mut latencies, 0.99) * 1e3,
+                "ms",
+            ));
+        }
+        rows.push(Row::new(
+            workload,
+            "coordinator CPU per 1,000 jobs",
+            per_thousand(self.coordinator.cpu_seconds - self.coordinator_cpu_at_start),
+            "s",
+        ));
+        rows.push(Row::new(
+            workload,
+            "worker CPU per 1,000 jobs",
+            per_thousand(self.workers.cpu_seconds - self.workers_cpu_at_start),
+            "s",
+        ));
+        rows.push(Row::new(
+            workload,
+            "coordinator peak RSS",
+            self.coordinator.peak_rss_bytes as f64 / 1048576.0,
+            "MiB",
+        ));
+        rows.push(Row::new(workload, "worker peak RSS", self.workers.peak_rss_bytes as f64 / 1048576.0, "MiB"));
+        rows
+    }
+}
+
+/// Runs one workload on a fresh stack: `work` submits and waits; CPU and memory are read
+/// from /proc around it; dispatch latencies come from the job records.
+async fn measure<F, Fut>(args: &Args, sluice: &std::path::Path, name: &str, _jobs: usize, work: F) -> Result<Measured>
+where
+    F: FnOnce(async_nats::jetstream::Context) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<sluice_proto::RunRecord>>>,
+{
+    let server = Server::start(args.nats_url.as_deref())?;
+    let processes = Processes::start(sluice, &server.url(), 1, SLOTS)?;
+    let client = async_nats::connect(server.url()).await?;
+    let js = async_nats::jetstream::new(client);
+    stack::wait_ready(&js).await?;
+    let coordinator_at_start = processes.coordinator_usage();
+    let workers_at_start = processes.workers_usage();
+    let started = std::time::Instant::now();
+    let runs = work(js.clone()).await.with_context(|| format!("workload {name}"))?;
+    let coordinator = processes.coordinator_usage();
+    let workers = processes.workers_usage();
+    let mut latencies = Vec::new();
+    if name != "W1" && name != "W4" {
+        for run in &runs {
+            let jobs = workloads::job_records(&js, &run.id).await?;
+            latencies.extend(workloads::dispatch_latencies(run, &jobs));
+        }
+    }
+    println!("{name}: {:.1} s", started.elapsed().as_secs_f64());
+    drop(processes);
+    drop(server);
+    Ok(Measured {
+        runs,
+        coordinator,
+        coordinator_cpu_at_start: coordinator_at_start.cpu_seconds,
+        coordinator_rss_at_start: coordinator_at_start.peak_rss_bytes,
+        workers,
+        workers_cpu_at_start: workers_at_start.cpu_seconds,
+        latencies,
+    })
+}

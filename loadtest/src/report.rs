@@ -1,0 +1,159 @@
+//! Results: `bench/results.json` and the table in docs/performance.md.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+/// One figure.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub workload: String,
+    pub metric: String,
+    pub value: f64,
+    pub unit: String,
+    /// The raw-JetStream figure it compares with, if any.
+    pub baseline: Option<f64>,
+    /// value / baseline (for times, lower is better; for rates, higher).
+    pub ratio: Option<f64>,
+}
+
+impl Row {
+    pub fn new(workload: &str, metric: &str, value: f64, unit: &str) -> Self {
+        Self { workload: workload.into(), metric: metric.into(), value, unit: unit.into(), baseline: None, ratio: None }
+    }
+
+    pub fn against(mut self, baseline: f64, ratio: f64) -> Self {
+        self.baseline = Some(baseline);
+        self.ratio = Some(ratio);
+        self
+    }
+}
+
+/// Every figure of one run, with the machine it ran on.
+#[derive(Serialize)]
+pub struct Suite {
+    machine: serde_json::Value,
+    results: Vec<Row>,
+}
+
+/// What the issue asks of each workload: (workload, metric, check, description).
+const TARGETS: &[(&str, &str, Target, &str)] = &[
+    ("W1", "throughput", Target::RatioAtLeast(0.35), "≥ 35% of B1"),
+    ("W2", "wall time", Target::RatioAtMost(3.0), "≤ 3× B2"),
+    ("W3", "time per step", Target::RatioAtMost(4.0), "≤ 4× B3"),
+    ("W4", "coordinator peak RSS", Target::ValueAtMost(150.0), "≤ 150 MB"),
+];
+
+#[derive(Clone, Copy)]
+enum Target {
+    RatioAtLeast(f64),
+    RatioAtMost(f64),
+    ValueAtMost(f64),
+}
+
+impl Suite {
+    pub fn new(quick: bool, sluice: &Path) -> Self {
+        let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|text| {
+            text.lines().find_map(|line| {
+                line.strip_prefix("model name").map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        });
+        let memory_gib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| text.lines().find_map(|line| line.strip_prefix("MemTotal:").map(str::to_owned)))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kib| (kib / 1048576.0 * 10.0).round() / 10.0);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|text| text.trim().to_owned());
+        let nats = sluice_local_nats::find_binary()
+            .ok()
+            .and_then(|path| std::process::Command::new(path).arg("--version").output().ok())
+            .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned());
+        let profile = if sluice.components().any(|part| part.as_os_str() == "release") { "release" } else { "debug" };
+        Self {
+            machine: serde_json::json!({
+                "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+                "cpu_model": cpu_model,
+                "memory_gib": memory_gib,
+                "os": std::env::consts::OS,
+                "kernel": kernel,
+                "nats_server": nats,
+                "sluice_build": profile,
+                "quick": quick,
+                "storage": "file",
+                "worker_slots": 4,
+            }),
+            results: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, row: Row) {
+        self.results.push(row);
+    }
+
+    pub fn extend(&mut self, rows: Vec<Row>) {
+        self.results.extend(rows);
+    }
+
+    fn verdict(&self, row: &Row) -> Option<String> {
+        let (_, _, target, text) = TARGETS.iter().find(|(w, m, _, _)| *w == row.workload && *m == row.metric)?;
+        let met = match target {
+            Target::RatioAtLeast(limit) => row.ratio.is_some_and(|ratio| ratio >= *limit),
+            Target::RatioAtMost(limit) => row.ratio.is_some_and(|ratio| ratio <= *limit),
+            Target::ValueAtMost(limit) => row.value <= *limit,
+        };
+        Some(format!("{} ({text})", if met { "met" } else { "missed" }))
+    }
+
+    /// The Markdown table of every figure.
+    pub fn table(&self) -> String {
+        let mut out =
+            String::from("| workload | metric | value | baseline | ratio | target |\n|---|---|---|---|---|---|\n");
+        for row in &self.results {
+            out.push_str(&format!(
+                "| {} | {} | {} {} | {} | {} | {} |\n",
+                row.workload,
+                row.metric,
+                format_number(row.value),
+                row.unit,
+                row.baseline.map(format_number).unwrap_or_default(),
+                row.ratio.map(|ratio| format!("{ratio:.2}")).unwrap_or_default(),
+                self.verdict(row).unwrap_or_default()
+            ));
+        }
+        out
+    }
+
+    /// Writes the JSON, and the results section of `doc` (between its markers).
+    pub fn write(&self, out: &Path, doc: Option<&Path>) -> Result<()> {
+        if let Some(parent) = out.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(out, serde_json::to_string_pretty(self)? + "\n")
+            .with_context(|| format!("writing {}", out.display()))?;
+        if let Some(doc) = doc {
+            let text = std::fs::read_to_string(doc).unwrap_or_default();
+            let (start, end) = ("<!-- results:start -->", "<!-- results:end -->");
+            let section =
+                format!("{start}\nMachine: `{}`\n\n{}{end}", serde_json::to_string(&self.machine)?, self.table());
+            let updated = match (text.find(start), text.find(end)) {
+                (Some(a), Some(b)) if a < b => format!("{}{section}{}", &text[..a], &text[b + end.len()..]),
+                _ => format!("{text}\n{section}\n"),
+            };
+            std::fs::write(doc, updated).with_context(|| format!("writing {}", doc.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn format_number(value: f64) -> String {
+    if value.is_nan() {
+        "n/a".into()
+    } else if value >= 100.0 {
+        format!("{value:.0}")
+    } else if value >= 1.0 {
+        format!("{value:.2}")
+    } else {
+        format!("{value:.3}")
+    }
+}

@@ -1,0 +1,179 @@
+//! The Sluice workloads, each on a fresh stack, timed by the run records' own timestamps.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use sluice_proto::{
+    JobRecord, RunId, RunRecord, SCHEMA_VERSION, Submission, Window, WorkflowSpec, decode, encode, names,
+};
+
+/// How long one run may take before the workload counts as failed.
+const RUN_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// A workflow whose jobs are `noop` with the given needs.
+pub fn dag_yaml(name: &str, jobs: &[(String, Vec<String>)]) -> String {
+    let mut yaml = format!("name: {name}\njobs:\n");
+    for (job, needs) in jobs {
+        if needs.is_empty() {
+            yaml.push_str(&format!("  {job}: {{ run: noop }}\n"));
+        } else {
+            yaml.push_str(&format!("  {job}: {{ run: noop, needs: [{}] }}\n", needs.join(", ")));
+        }
+    }
+    yaml
+}
+
+/// W1: `count` independent jobs.
+pub fn independent(count: usize) -> String {
+    dag_yaml("w1", &(0..count).map(|index| (format!("j{index}"), Vec::new())).collect::<Vec<_>>())
+}
+
+/// W2/W4: a root that spawns `children` no-op children at run time, then a join.
+pub fn fan_out(name: &str, children: usize, join: bool) -> String {
+    let script = format!(
+        "awk 'BEGIN {{ for (i = 0; i < {children}; i++) printf \"{{\\\"name\\\":\\\"c%d\\\",\\\"run\\\":\\\"noop\\\"}}\\n\", i }}' > \"$SLUICE_SPAWN_FILE\""
+    );
+    let mut yaml = format!(
+        "name: {name}\njobs:\n  root:\n    run: exec\n    command: [sh, -c, {}]\n",
+        serde_json::to_string(&script).unwrap_or_default()
+    );
+    if join {
+        yaml.push_str("  join: { run: noop, needs: [root] }\n");
+    }
+    yaml
+}
+
+/// W3: a chain of `steps` jobs.
+pub fn chain(steps: usize) -> String {
+    dag_yaml(
+        "w3",
+        &(0..steps)
+            .map(|index| (format!("s{index}"), if index == 0 { Vec::new() } else { vec![format!("s{}", index - 1)] }))
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// W5: a 20-job ETL shape: extract → 8 transforms → 8 validations → aggregate → load → report.
+pub fn etl() -> String {
+    let mut jobs = vec![("extract".to_owned(), Vec::new())];
+    for index in 0..8 {
+        jobs.push((format!("transform-{index}"), vec!["extract".to_owned()]));
+        jobs.push((format!("validate-{index}"), vec![format!("transform-{index}")]));
+    }
+    jobs.push(("aggregate".into(), (0..8).map(|index| format!("validate-{index}")).collect()));
+    jobs.push(("load".into(), vec!["aggregate".into()]));
+    jobs.push(("report".into(), vec!["load".into()]));
+    dag_yaml("w5", &jobs)
+}
+
+/// Publishes a submission of `yaml` for a fixed day; returns its run id.
+pub async fn submit(js: &jetstream::Context, yaml: &str) -> Result<RunId> {
+    let run_id = RunId::new();
+    let window = Window::parse("2024-03-01", sluice_proto::window::parse_zone("UTC")?, Utc::now())?;
+    let submission = Submission {
+        schema_version: SCHEMA_VERSION,
+        run_id,
+        workflow: yaml.to_owned(),
+        window: Some(window),
+        params: Default::default(),
+        idempotency_key: None,
+        submitted_at: Some(Utc::now()),
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(names::HEADER_MSG_ID, run_id.to_string().as_str());
+    js.publish_with_headers(names::SUBMIT_SUBJECT, headers, encode(&submission)?.into()).await?.await?;
+    Ok(run_id)
+}
+
+/// Waits until the run ends; it must succeed.
+pub async fn wait_run(js: &jetstream::Context, id: &RunId) -> Result<RunRecord> {
+    let runs = js.get_key_value(names::RUNS_BUCKET).await.context("opening KV sluice-runs")?;
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    loop {
+        if let Some(bytes) = runs.get(id.to_string()).await?
+            && let Ok(record) = decode::<RunRecord>(&bytes)
+            && record.state.is_terminal()
+        {
+            if record.state != sluice_proto::RunState::Succeeded {
+                bail!("run {id} ended {}: {}", record.state.as_str(), record.error.unwrap_or_default());
+            }
+            return Ok(record);
+        }
+        if Instant::now() > deadline {
+            bail!("run {id} did not finish within {RUN_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Seconds from a run's creation to its end, by its own record.
+pub fn run_seconds(record: &RunRecord) -> f64 {
+    record.finished_at.map(|end| seconds(record.created_at, end)).unwrap_or(f64::NAN)
+}
+
+fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).num_microseconds().unwrap_or(0) as f64 / 1e6
+}
+
+/// Every job record of a run, children included.
+pub async fn job_records(js: &jetstream::Context, id: &RunId) -> Result<HashMap<String, JobRecord>> {
+    let stream = js.get_stream(format!("KV_{}", names::JOBS_BUCKET)).await?;
+    let mut consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: names::run_jobs_filter(id),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await?;
+    let mut records = HashMap::new();
+    if consumer.info().await?.num_pending == 0 {
+        return Ok(records);
+    }
+    let mut messages = consumer.messages().await?;
+    while let Some(message) = messages.next().await {
+        let message = message?;
+        let pending = message.info().map(|info| info.pending).unwrap_or(0);
+        if let Ok(record) = decode::<JobRecord>(&message.payload) {
+            records.insert(record.name.clone(), record);
+        }
+        if pending == 0 {
+            break;
+        }
+    }
+    Ok(records)
+}
+
+/// Dependency finished → dependent started, in seconds, for every job that waited on
+/// another: its `needs`, or (a child) its parent's successful attempt.
+pub fn dispatch_latencies(run: &RunRecord, jobs: &HashMap<String, JobRecord>) -> Vec<f64> {
+    let Ok(spec) = WorkflowSpec::parse(&run.spec_yaml) else { return Vec::new() };
+    let mut latencies = Vec::new();
+    for job in jobs.values() {
+        let Some(started) = job.attempt_history.first().map(|attempt| attempt.started_at) else { continue };
+        let ready = match &job.parent {
+            Some(parent) => jobs.get(parent).and_then(|parent| parent.attempt_history.last()?.finished_at),
+            None => spec
+                .jobs
+                .get(&job.name)
+                .and_then(|definition| definition.needs.iter().filter_map(|need| jobs.get(need)?.finished_at).max()),
+        };
+        if let Some(ready) = ready {
+            latencies.push(seconds(ready, started).max(0.0));
+        }
+    }
+    latencies
+}
+
+/// The `q` quantile (0..1) of `values`.
+pub fn quantile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let index = ((values.len() - 1) as f64 * q).round() as usize;
+    values[index]
+}

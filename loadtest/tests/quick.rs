@@ -1,0 +1,61 @@
+//! `sluice-loadtest --quick` runs the whole suite end to end against real processes and
+//! writes every figure the standard run does (a smoke test: numbers from a debug build say
+//! nothing about speed; `make bench` measures).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+#[test]
+fn the_quick_suite_runs_every_baseline_and_workload() {
+    let loadtest = PathBuf::from(env!("CARGO_BIN_EXE_sluice-loadtest"));
+    let sluice = loadtest.with_file_name("sluice");
+    assert!(sluice.exists(), "{} is missing: build it first (cargo build -p sluice; make test does)", sluice.display());
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.json");
+    let doc = dir.path().join("performance.md");
+    std::fs::write(
+        &doc,
+        "# Performance\n\nprose kept\n<!-- results:start -->\nold\n<!-- results:end -->\nmore prose\n",
+    )
+    .unwrap();
+    let output = Command::new(&loadtest)
+        .args(["--quick", "--sluice"])
+        .arg(&sluice)
+        .arg("--out")
+        .arg(&out)
+        .arg("--doc")
+        .arg(&doc)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert_eq!(results["machine"]["quick"], true);
+    let rows = results["results"].as_array().unwrap();
+    for (workload, metric) in [
+        ("B1", "throughput"),
+        ("B2", "wall time"),
+        ("B3", "time per step"),
+        ("W1", "throughput"),
+        ("W2", "wall time"),
+        ("W3", "time per step"),
+        ("W4", "coordinator peak RSS"),
+        ("W5", "run latency p99"),
+        ("W5", "dispatch latency p99"),
+    ] {
+        let row = rows
+            .iter()
+            .find(|row| row["workload"] == workload && row["metric"] == metric)
+            .unwrap_or_else(|| panic!("no {workload} {metric} in {results:#}"));
+        assert!(row["value"].as_f64().unwrap() > 0.0, "{row}");
+    }
+    let w1 = rows.iter().find(|row| row["workload"] == "W1" && row["metric"] == "throughput").unwrap();
+    assert!(w1["baseline"].as_f64().unwrap() > 0.0 && w1["ratio"].as_f64().unwrap() > 0.0);
+    let doc = std::fs::read_to_string(&doc).unwrap();
+    assert!(doc.contains("prose kept") && doc.contains("more prose") && !doc.contains("\nold\n"), "{doc}");
+    assert!(doc.contains("| W3 | time per step |"), "{doc}");
+}
