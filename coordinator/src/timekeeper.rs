@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sluice_proto::schedule::Schedule;
 use sluice_proto::{
-    BackfillRecord, BackfillState, ControlAction, RunState, SCHEMA_VERSION, ScheduleRecord, Submission, WorkflowSpec,
+    BackfillRecord, ControlAction, RunState, SCHEMA_VERSION, ScheduleRecord, Submission, WorkflowSpec,
     decode, encode, names,
 };
 
@@ -123,7 +123,7 @@ async fn backfill(topology: &Topology, key: &str, now: DateTime<Utc>) -> Result<
     if record.finished_at.is_some() {
         return Ok(());
     }
-    let cancelled = record.state == BackfillState::Cancelled;
+    let cancelled = record.state == RunState::Cancelled;
     let mut changed = false;
     let mut in_flight = 0;
     let submitted = record.next as usize;
@@ -178,7 +178,7 @@ async fn backfill(topology: &Topology, key: &str, now: DateTime<Utc>) -> Result<
                 || matches!(window.state, Some(RunState::Failed | RunState::Cancelled))
         });
         if !cancelled {
-            record.state = if failed { BackfillState::Failed } else { BackfillState::Succeeded };
+            record.state = if failed { RunState::Failed } else { RunState::Succeeded };
         }
         record.finished_at = Some(now);
         changed = true;

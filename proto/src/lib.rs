@@ -28,7 +28,7 @@ pub use codec::{CodecError, decode, encode};
 pub use duration::HumanDuration;
 pub use ids::RunId;
 pub use messages::{
-    AttemptRecord, BackfillRecord, BackfillState, BackfillWindow, ControlAction, ControlRequest, DeadLetter, EventKind,
+    AttemptRecord, BackfillRecord, BackfillWindow, ControlAction, ControlRequest, DeadLetter, EventKind,
     JobEvent, JobMessage, JobRecord, LogBatch, LogLine, LogStream, Rejection, Rerun, RunRecord, SCHEMA_VERSION,
     ScheduleRecord, Submission,
 };

@@ -314,27 +314,6 @@ pub enum Rerun {
     All,
 }
 
-/// State of a backfill.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackfillState {
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-}
-
-impl BackfillState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Running => "running",
-            Self::Succeeded => "succeeded",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-}
-
 /// One window of a backfill. Its run id is chosen when the backfill is created, so
 /// submitting it again after a restart can never make a second run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -361,7 +340,8 @@ pub struct BackfillRecord {
     pub interval: String,
     pub max_parallel_runs: u32,
     pub rerun: Rerun,
-    pub state: BackfillState,
+    /// `running` until every window's run has ended (or it was cancelled).
+    pub state: RunState,
     pub created_at: DateTime<Utc>,
     #[serde(default)]
     pub finished_at: Option<DateTime<Utc>>,

@@ -14,7 +14,7 @@ use serde_json::json;
 use sluice_coordinator::topology::{self, Topology};
 use sluice_proto::limits::BACKFILL_WINDOWS_MAX;
 use sluice_proto::{
-    BackfillRecord, BackfillState, BackfillWindow, HumanDuration, Rerun, RunId, RunState, SCHEMA_VERSION, Window,
+    BackfillRecord, BackfillWindow, HumanDuration, Rerun, RunId, RunState, SCHEMA_VERSION, Window,
     decode, encode,
 };
 
@@ -180,7 +180,7 @@ async fn create(url: &str, args: BackfillArgs, format: Format) -> Result<ExitCod
         interval: args.interval.to_string(),
         max_parallel_runs: args.max_parallel_runs,
         rerun,
-        state: BackfillState::Running,
+        state: RunState::Running,
         created_at: Utc::now(),
         finished_at: None,
         windows: planned,
@@ -254,7 +254,7 @@ async fn follow(topology: &Topology, id: &RunId, format: Format) -> Result<ExitC
 
 fn exit_code(record: &BackfillRecord) -> ExitCode {
     match (record.finished_at, record.state) {
-        (None, _) | (Some(_), BackfillState::Succeeded) => ExitCode::SUCCESS,
+        (None, _) | (Some(_), RunState::Succeeded) => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
     }
 }
@@ -406,10 +406,10 @@ async fn list(topology: &Topology, format: Format) -> Result<ExitCode, CliError>
 
 async fn cancel(topology: &Topology, id: &RunId, format: Format) -> Result<ExitCode, CliError> {
     let (mut record, revision) = load(topology, id).await?;
-    if record.state != BackfillState::Running {
+    if record.state != RunState::Running {
         return Err(CliError::failed(format!("backfill {id} is already {}", record.state.as_str())));
     }
-    record.state = BackfillState::Cancelled;
+    record.state = RunState::Cancelled;
     let payload = encode(&record).map_err(|error| CliError::failed(error.to_string()))?;
     topology
         .backfills
