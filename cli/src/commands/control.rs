@@ -28,7 +28,15 @@ pub async fn cancel(url: &str, run: &str, format: Format) -> Result<ExitCode, Cl
         )));
     }
     send(&js, view.record.id, ControlAction::Cancel, None, None).await?;
-    let done = wait_for(&js, view.record.id, |view| view.record.state == RunState::Cancelled).await?;
+    // The run may end by itself before the request is applied: any end ends the wait.
+    let done = wait_for(&js, view.record.id, |view| view.record.state.is_terminal()).await?;
+    if done.record.state != RunState::Cancelled {
+        return Err(CliError::failed(format!(
+            "run {} finished ({}) before the cancel was applied",
+            done.record.id,
+            done.record.state.as_str()
+        )));
+    }
     report(&done, format, "cancelled");
     Ok(ExitCode::SUCCESS)
 }

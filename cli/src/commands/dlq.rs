@@ -91,6 +91,9 @@ pub async fn run(url: &str, command: DlqCommand, format: Format) -> Result<ExitC
     match command {
         DlqCommand::List(filters) => list(&js, &filters, format).await,
         DlqCommand::Show { id } => show(&js, id, format).await,
+        DlqCommand::Replay { id: Some(_), filters, .. } if filters.workflow.is_some() || filters.pool.is_some() => {
+            Err(CliError::usage("--workflow and --pool go with --all, not with a dead letter ID"))
+        }
         DlqCommand::Replay { id: Some(id), .. } => replay(&js, Some(id), &Filters::default(), format).await,
         DlqCommand::Replay { id: None, all: true, filters } => replay(&js, None, &filters, format).await,
         DlqCommand::Replay { .. } => Err(CliError::usage("name a dead letter (`sluice dlq replay ID`) or use --all")),
