@@ -385,7 +385,7 @@ impl Coordinator {
         if effects.is_empty() {
             return Ok(());
         }
-        write_all(&self.js, saves_of(&effects)?, &mut self.revisions).await?;
+        write_all(&self.js, saves_of(&effects), &mut self.revisions).await?;
         let mut dispatches = Vec::new();
         for effect in &effects {
             if let Effect::Dispatch(message) = effect
@@ -394,7 +394,10 @@ impl Coordinator {
                 dispatches.push((message, run.record()));
             }
         }
-        publish_jobs(&self.js, &dispatches, &mut self.rng).await?;
+        // A chunk at a time: encoded messages for a 100,000-child spawn are never all in memory.
+        for chunk in dispatches.chunks(store::WRITE_CHUNK) {
+            publish_jobs(&self.js, chunk, &mut self.rng).await?;
+        }
         let letters: Vec<&DeadLetter> = effects
             .iter()
             .filter_map(|effect| match effect {

@@ -4,7 +4,6 @@
 use std::collections::{HashMap, HashSet};
 
 use async_nats::jetstream;
-use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use sluice_proto::{JobRecord, Rejection, RunId, RunRecord, decode, encode, names};
 
@@ -19,31 +18,33 @@ const READ_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 /// Concurrent reads when loading many records.
 const READ_CONCURRENCY: usize = 64;
 
-/// A record to write: the KV subject and the encoded record.
-pub struct Save {
-    pub subject: String,
-    pub payload: Bytes,
+/// Records written per round: a spawn of 100,000 children is encoded and published a chunk
+/// at a time, so memory holds one chunk of encoded records, not all of them.
+pub const WRITE_CHUNK: usize = 2048;
+
+/// The KV subject a `Save*` effect writes.
+fn save_subject(effect: &Effect) -> Option<String> {
+    match effect {
+        Effect::SaveJob(job) => Some(names::kv_subject(names::JOBS_BUCKET, &names::job_key(&job.run_id, &job.name))),
+        Effect::SaveRun(run) => Some(names::kv_subject(names::RUNS_BUCKET, &run.id.to_string())),
+        _ => None,
+    }
 }
 
-/// Encodes the `Save*` effects, keeping only the last write of each key (a batch may
-/// change one job several times) in the order the writes came.
-pub fn saves_of(effects: &[Effect]) -> Result<Vec<Save>, ServiceError> {
+/// The `Save*` effects to carry out: only the last write of each key (a batch may change
+/// one job several times), in the order those writes came.
+pub fn saves_of(effects: &[Effect]) -> Vec<(String, &Effect)> {
     let mut seen = HashSet::new();
     let mut saves = Vec::new();
     for effect in effects.iter().rev() {
-        let (subject, payload) = match effect {
-            Effect::SaveJob(job) => {
-                (names::kv_subject(names::JOBS_BUCKET, &names::job_key(&job.run_id, &job.name)), encode(job)?)
-            }
-            Effect::SaveRun(run) => (names::kv_subject(names::RUNS_BUCKET, &run.id.to_string()), encode(run)?),
-            _ => continue,
-        };
-        if seen.insert(subject.clone()) {
-            saves.push(Save { subject, payload: payload.into() });
+        if let Some(subject) = save_subject(effect)
+            && seen.insert(subject.clone())
+        {
+            saves.push((subject, effect));
         }
     }
     saves.reverse();
-    Ok(saves)
+    saves
 }
 
 /// The revision of each record this coordinator last read or wrote. Every write of a known
@@ -73,30 +74,36 @@ impl Revisions {
     }
 }
 
-/// Publishes every save without waiting in between, then waits for all acknowledgements:
+/// Publishes every save, pipelined, a chunk at a time, and waits for every acknowledgement:
 /// when this returns `Ok`, every record is durable. One connection keeps them in order.
 pub async fn write_all(
     js: &jetstream::Context,
-    saves: Vec<Save>,
+    saves: Vec<(String, &Effect)>,
     revisions: &mut Revisions,
 ) -> Result<(), ServiceError> {
-    let subjects: Vec<String> = saves.iter().map(|save| save.subject.clone()).collect();
-    let outgoing = saves.into_iter().map(|save| {
-        let mut headers = async_nats::HeaderMap::new();
-        if let Some(expected) = revisions.by_subject.get(&save.subject) {
-            headers.insert(names::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
+    for chunk in saves.chunks(WRITE_CHUNK) {
+        let mut outgoing = Vec::with_capacity(chunk.len());
+        for (subject, effect) in chunk {
+            let payload = match effect {
+                Effect::SaveJob(job) => encode(job)?,
+                Effect::SaveRun(run) => encode(run)?,
+                _ => continue,
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            if let Some(expected) = revisions.by_subject.get(subject) {
+                headers.insert(names::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
+            }
+            outgoing.push(Outgoing {
+                what: format!("{subject} (a newer coordinator may have taken over)"),
+                subject: subject.clone(),
+                headers,
+                payload: payload.into(),
+            });
         }
-        Outgoing {
-            what: format!("{} (a newer coordinator may have taken over)", save.subject),
-            subject: save.subject,
-            headers,
-            payload: save.payload,
+        let acks = publish_all(js, outgoing).await?;
+        for ((subject, _), ack) in chunk.iter().zip(acks) {
+            revisions.by_subject.insert(subject.clone(), ack.sequence);
         }
-    });
-    let outgoing: Vec<Outgoing> = outgoing.collect();
-    let acks = publish_all(js, outgoing).await?;
-    for (subject, ack) in subjects.into_iter().zip(acks) {
-        revisions.by_subject.insert(subject, ack.sequence);
     }
     Ok(())
 }

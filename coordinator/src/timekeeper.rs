@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sluice_proto::schedule::Schedule;
 use sluice_proto::{
-    BackfillRecord, ControlAction, RunState, SCHEMA_VERSION, ScheduleRecord, Submission, WorkflowSpec,
-    decode, encode, names,
+    BackfillRecord, ControlAction, RunState, SCHEMA_VERSION, ScheduleRecord, Submission, WorkflowSpec, decode, encode,
+    names,
 };
 
 use crate::error::{NatsContext, ServiceError};

@@ -28,9 +28,9 @@ pub use codec::{CodecError, decode, encode};
 pub use duration::HumanDuration;
 pub use ids::RunId;
 pub use messages::{
-    AttemptRecord, BackfillRecord, BackfillWindow, ControlAction, ControlRequest, DeadLetter, EventKind,
-    JobEvent, JobMessage, JobRecord, LogBatch, LogLine, LogStream, Rejection, Rerun, RunRecord, SCHEMA_VERSION,
-    ScheduleRecord, Submission,
+    AttemptRecord, BackfillRecord, BackfillWindow, ControlAction, ControlRequest, DeadLetter, EventKind, JobEvent,
+    JobMessage, JobRecord, LogBatch, LogLine, LogStream, Rejection, Rerun, RunRecord, SCHEMA_VERSION, ScheduleRecord,
+    Submission,
 };
 pub use retry::{Backoff, RetryPolicy};
 pub use spawn::{ChildSpec, SpawnBatch};

@@ -14,8 +14,7 @@ use serde_json::json;
 use sluice_coordinator::topology::{self, Topology};
 use sluice_proto::limits::BACKFILL_WINDOWS_MAX;
 use sluice_proto::{
-    BackfillRecord, BackfillWindow, HumanDuration, Rerun, RunId, RunState, SCHEMA_VERSION, Window,
-    decode, encode,
+    BackfillRecord, BackfillWindow, HumanDuration, Rerun, RunId, RunState, SCHEMA_VERSION, Window, decode, encode,
 };
 
 use crate::commands::audit::{key_of, latest_by_window, parse_day, runs_of};
