@@ -144,7 +144,7 @@ fn print_grid(workflow: &str, rows: &[serde_json::Value], columns: &[String], mi
             let mut line = vec![
                 start.get(..16).unwrap_or(start).replace('T', " "),
                 row["state"].as_str().unwrap_or_default().to_owned(),
-                row["run_id"].as_str().map(|id| id.get(..8).unwrap_or(id).to_owned()).unwrap_or_else(|| "-".into()),
+                row["run_id"].as_str().unwrap_or("-").to_owned(),
             ];
             for column in columns {
                 line.push(row["jobs"][column].as_str().unwrap_or("-").to_owned());
