@@ -78,6 +78,16 @@ fn a_long_retry_delay_is_a_scheduled_message_not_pending_work() {
     assert_eq!(status["jobs"][0]["attempts"], 2);
     let history = status["jobs"][0]["attempt_history"].as_array().unwrap();
     assert!((started_at(&history[1]) - started_at(&history[0])).num_milliseconds() >= 3000);
+
+    // Scheduled retries count against max_attempts like NAKed ones: a job that always fails
+    // ends after its last attempt instead of being scheduled again for ever.
+    let file = stack.write(
+        "hopeless.yaml",
+        "name: hopeless\njobs:\n  never:\n    run: fail\n    retry: { max_attempts: 3, initial: 500ms, max: 500ms, jitter: false }\n",
+    );
+    let status = submit_and_wait(&stack, &file, 1);
+    assert_eq!(status["jobs"][0]["state"], "failed", "{status:#}");
+    assert_eq!(status["jobs"][0]["attempts"], 3);
 }
 
 #[test]

@@ -49,6 +49,8 @@ pub enum Refused {
     UnknownJob { run_id: RunId, job: String },
     #[error("job `{job}` is {state}; only finished jobs can run again")]
     InFlight { job: String, state: &'static str },
+    #[error("job `{job}` needs `{need}`, which did not complete: retry `{need}` (or the whole run) instead")]
+    NeedsFirst { job: String, need: String },
 }
 
 /// Why an event changed nothing. Not an error: duplicates and stale events are expected.
@@ -554,8 +556,12 @@ impl Run {
         }
     }
 
-    /// Every child of a waiting parent finished: it completes if they all completed.
+    /// Every child of a waiting parent finished: it completes if they all completed. A
+    /// parent that is not waiting (already finished by a child's completion) is left alone.
     fn finish_parent(&mut self, path: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        if self.jobs.get(path).is_none_or(|job| job.state != JobState::Waiting) {
+            return;
+        }
         let children = self.children_of.get(path).cloned().unwrap_or_default();
         let unfinished: Vec<&String> =
             children.iter().filter(|child| self.jobs[child.as_str()].state != JobState::Completed).collect();
@@ -755,8 +761,8 @@ impl Run {
             }
         };
         // `run`: run again from scratch; `wait`: parents waiting again for their children.
-        let mut run: Vec<String> = Vec::new();
-        let mut wait: Vec<String> = Vec::new();
+        let mut run: HashSet<String> = HashSet::new();
+        let mut wait: HashSet<String> = HashSet::new();
         let mut seen: HashSet<String> = HashSet::new();
         while let Some(name) = todo.pop() {
             if !seen.insert(name.clone()) {
@@ -771,11 +777,26 @@ impl Run {
                 }
             }
             if self.jobs[&name].children > 0 {
-                let children = self.children_of.get(&name).cloned().unwrap_or_default();
-                todo.extend(children.into_iter().filter(|child| self.jobs[child].state != JobState::Completed));
-                wait.push(name);
+                // A finished parent's unfinished children run again; a parent still waiting
+                // keeps its other children as they are.
+                if self.jobs[&name].state.is_terminal() {
+                    let children = self.children_of.get(&name).cloned().unwrap_or_default();
+                    todo.extend(children.into_iter().filter(|child| self.jobs[child].state != JobState::Completed));
+                }
+                wait.insert(name);
             } else if only.is_some() || self.jobs[&name].state != JobState::Completed || parent_of(&name).is_none() {
-                run.push(name);
+                run.insert(name);
+            }
+        }
+        // A job cannot run again while a job it needs stays unfinished (it would wait for ever).
+        for name in &run {
+            let blocking = self.definition(name).needs.iter().find(|need| {
+                self.jobs[need.as_str()].state != JobState::Completed
+                    && !run.contains(need.as_str())
+                    && !wait.contains(need.as_str())
+            });
+            if let Some(need) = blocking {
+                return Err(Refused::NeedsFirst { job: name.clone(), need: need.clone() });
             }
         }
         if let Some(busy) = run.iter().chain(&wait).find(|name| {
@@ -898,6 +919,7 @@ impl Run {
             params: self.record.params.clone(),
             pool: self.spec.pool_of(spec),
             attempt_offset: job.attempt_offset,
+            retry_base: Some(job.attempt_offset),
             generation: job.generation,
             retry: self.spec.retry_of(spec),
             timeout_ms: self

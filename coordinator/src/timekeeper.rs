@@ -126,6 +126,18 @@ async fn backfill(topology: &Topology, key: &str, now: DateTime<Utc>) -> Result<
     let cancelled = record.state == RunState::Cancelled;
     let mut changed = false;
     let mut in_flight = 0;
+    if cancelled {
+        // A pass that submitted windows may have lost its write to the user's cancel: a window
+        // past `next` whose run exists was submitted, and must be seen (and cancelled) too.
+        let reach = (record.next as usize + record.max_parallel_runs as usize).min(record.windows.len());
+        for index in record.next as usize..reach {
+            let window = &record.windows[index];
+            if window.skip.is_none() && store::load_run(topology, &window.run_id).await?.is_some() {
+                record.next = index as u32 + 1;
+                changed = true;
+            }
+        }
+    }
     let submitted = record.next as usize;
     for window in record.windows.iter_mut().take(submitted) {
         if window.skip.is_some() || window.state.is_some_and(RunState::is_terminal) {

@@ -77,6 +77,11 @@ pub struct JobMessage {
     /// Attempts made before this dispatch; attempt = offset + delivery count.
     #[serde(default)]
     pub attempt_offset: u32,
+    /// Attempts made before this series (a `retry` or replay starts a new one): the retry
+    /// policy counts from here. A scheduled retry moves `attempt_offset`, never this.
+    /// Absent: the same as `attempt_offset` (messages from before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_base: Option<u32>,
     /// Dispatch series; `retry` and replays start a new one.
     #[serde(default)]
     pub generation: u32,
@@ -91,6 +96,13 @@ pub struct JobMessage {
     pub needs: Vec<String>,
 }
 versioned!(JobMessage, "job");
+
+impl JobMessage {
+    /// Where the retry policy counts attempts from.
+    pub fn retry_base(&self) -> u32 {
+        self.retry_base.unwrap_or(self.attempt_offset)
+    }
+}
 
 /// What happened to one attempt of a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -102,6 +102,10 @@ pub const HEADER_TRACESTATE: &str = "tracestate";
 pub const HEADER_RUN_ID: &str = "Sluice-Run-Id";
 pub const HEADER_JOB: &str = "Sluice-Job";
 pub const HEADER_ATTEMPT: &str = "Sluice-Attempt";
+/// On job messages: the dispatch series and the attempts before this dispatch, so a worker
+/// that cannot decode the payload still reports the failure against the right attempt.
+pub const HEADER_GENERATION: &str = "Sluice-Generation";
+pub const HEADER_ATTEMPT_OFFSET: &str = "Sluice-Attempt-Offset";
 
 /// Subject a job for `pool` is dispatched on.
 pub fn job_subject(pool: &str, run_id: &RunId, job: &str) -> String {

@@ -18,8 +18,13 @@ use crate::window::{Window, parse_zone};
 pub const ON_TIME_GRACE: Duration = Duration::from_secs(60);
 /// With `catchup: all`, at most this many missed ticks run (the most recent ones).
 pub const CATCHUP_ALL_MAX: usize = 100;
-/// Most ticks looked at in one pass; a longer outage of a very frequent schedule skips the rest.
+/// Most ticks walked one by one in a pass; past this (a long outage of a very frequent
+/// schedule) planning jumps to the most recent ticks.
 const TICKS_SCANNED_MAX: usize = 100_000;
+
+fn on_time_grace() -> ChronoDuration {
+    ChronoDuration::from_std(ON_TIME_GRACE).unwrap_or_default()
+}
 
 /// `schedule:` in a workflow.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -151,7 +156,7 @@ impl Schedule {
 
     /// What to fire at `now`, given that every tick up to `last` was handled.
     pub fn plan(&self, last: DateTime<Utc>, now: DateTime<Utc>) -> TickPlan {
-        let on_time_from = now - ChronoDuration::from_std(ON_TIME_GRACE).unwrap_or_default();
+        let on_time_from = now - on_time_grace();
         let keep = match self.catchup {
             Catchup::None | Catchup::Latest => 1,
             Catchup::All => CATCHUP_ALL_MAX,
@@ -161,11 +166,29 @@ impl Schedule {
         let mut skipped = 0;
         let mut cursor = last;
         let mut scanned = 0;
+        let mut previous = last;
         while let Some(tick) = self.cron.next_after(self.zone, cursor) {
-            if tick > now || scanned == TICKS_SCANNED_MAX {
+            if tick > now {
                 break;
             }
+            if scanned == TICKS_SCANNED_MAX {
+                // Too many missed ticks to walk one by one: jump to just before the most
+                // recent ones (by the schedule's own period) and drop the rest.
+                let period = (cursor - previous).max(ChronoDuration::seconds(1));
+                let span = i32::try_from(keep + 2).unwrap_or(i32::MAX);
+                let jump = now - on_time_grace() - period * span;
+                if jump <= cursor {
+                    break;
+                }
+                // Jumped-over ticks are not counted: `skipped` is a lower bound then.
+                skipped += missed.len();
+                missed.clear();
+                cursor = jump;
+                scanned = 0;
+                continue;
+            }
             scanned += 1;
+            previous = cursor;
             cursor = tick;
             if tick >= on_time_from {
                 on_time.push(tick);
@@ -181,7 +204,7 @@ impl Schedule {
             skipped += missed.len();
             missed.clear();
         }
-        let handled_until = if scanned == TICKS_SCANNED_MAX { cursor } else { now.max(last) };
+        let handled_until = now.max(last);
         let mut fire: Vec<DateTime<Utc>> = missed.into_iter().collect();
         fire.extend(on_time);
         TickPlan { fire, skipped, handled_until }
@@ -263,6 +286,21 @@ mod tests {
         assert_eq!(plan.fire.len(), CATCHUP_ALL_MAX + 2);
         assert_eq!(plan.fire.last(), Some(&utc("2024-03-02T00:00:00Z")));
         assert_eq!(plan.skipped, 24 * 60 - CATCHUP_ALL_MAX - 2);
+    }
+
+    #[test]
+    fn after_a_very_long_outage_the_most_recent_ticks_still_run() {
+        // Every second for two days: far more ticks than are walked one by one.
+        let last = utc("2024-03-01T00:00:00Z");
+        let now = utc("2024-03-03T00:00:00Z");
+        let latest = schedule("* * * * * *", "UTC", "last 1s", Catchup::Latest).plan(last, now);
+        let missed: Vec<_> = latest.fire.iter().filter(|tick| **tick < now - on_time_grace()).collect();
+        assert_eq!(missed, [&utc("2024-03-02T23:58:59Z")], "the most recent missed tick");
+        assert_eq!(latest.handled_until, now);
+        let all = schedule("* * * * * *", "UTC", "last 1s", Catchup::All).plan(last, now);
+        let missed: Vec<_> = all.fire.iter().filter(|tick| **tick < now - on_time_grace()).collect();
+        assert_eq!(missed.len(), CATCHUP_ALL_MAX);
+        assert_eq!(missed.last(), Some(&&utc("2024-03-02T23:58:59Z")));
     }
 
     #[test]

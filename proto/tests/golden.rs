@@ -79,6 +79,7 @@ fn job_message() {
             permanent_exit_codes: vec![3],
             // Fields added later and left empty keep the bytes of schema version 1.
             needs: vec![],
+            retry_base: None,
         },
     );
 }

@@ -306,7 +306,7 @@ async fn execute(shared: &Shared, message: Message, slot: OwnedSemaphorePermit) 
     }
     let attempt = job.attempt_offset.saturating_add(delivered);
     let reporter = Reporter::new(shared, &job, attempt, slot);
-    let max_attempt = job.attempt_offset.saturating_add(job.retry.max_attempts);
+    let max_attempt = job.retry_base().saturating_add(job.retry.max_attempts);
     if attempt > max_attempt {
         let reason = format!(
             "attempt {attempt} exceeds max_attempts ({}): a worker stopped during attempt {} without reporting",
@@ -505,10 +505,11 @@ fn failure(
     now: chrono::DateTime<Utc>,
 ) -> (EventKind, Option<String>, Option<chrono::DateTime<Utc>>, Settle) {
     let job = reporter.job;
-    if !(error.retryable && job.retry.allows_another_after(reporter.attempt - job.attempt_offset)) {
+    let in_series = reporter.attempt.saturating_sub(job.retry_base());
+    if !(error.retryable && job.retry.allows_another_after(in_series)) {
         return (EventKind::Failed, Some(error.message), None, Settle::Term);
     }
-    let delay = job.retry.delay_after(reporter.attempt - job.attempt_offset, rand::rng().random::<f64>());
+    let delay = job.retry.delay_after(in_series, rand::rng().random::<f64>());
     let retry_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
     let settle = if delay <= reporter.shared.config.nak_delay_max {
         Settle::Nak(Some(delay))
@@ -590,7 +591,8 @@ enum Settle {
 
 /// Re-publishes the job as a message schedule on `sluice.retries.…` that JetStream turns
 /// into a job message when due; it counts as nobody's pending work until then. The copy
-/// carries `attempt_offset` = this attempt, so its first delivery is the next attempt.
+/// carries `attempt_offset` = this attempt, so its first delivery is the next attempt, and
+/// keeps `retry_base`, so the policy still counts the whole series.
 async fn schedule_retry(
     reporter: &Reporter<'_>,
     message: &Message,
@@ -598,6 +600,7 @@ async fn schedule_retry(
 ) -> Result<(), WorkerError> {
     let job = reporter.job;
     let mut next = job.clone();
+    next.retry_base = Some(job.retry_base());
     next.attempt_offset = reporter.attempt;
     let payload = encode(&next).map_err(|error| WorkerError::nats("encoding a scheduled retry", error))?;
     // Fresh headers: the original Nats-Msg-Id would make JetStream drop this as a duplicate.
@@ -625,14 +628,18 @@ async fn schedule_retry(
 /// headers (if any), then TERM it so it is not redelivered for ever.
 async fn undecodable(shared: &Shared, message: &Message, delivered: u32, reason: String) {
     let run_id = header(message, names::HEADER_RUN_ID).and_then(|text| text.parse::<RunId>().ok());
-    let job = header(message, names::HEADER_JOB).filter(|job| check_name("job", job).is_ok());
+    // A child's path is names joined by dots: each part must be a valid name.
+    let job =
+        header(message, names::HEADER_JOB).filter(|job| job.split('.').all(|part| check_name("job", part).is_ok()));
+    let number = |name: &str| header(message, name).and_then(|text| text.parse::<u32>().ok()).unwrap_or(0);
+    let (generation, offset) = (number(names::HEADER_GENERATION), number(names::HEADER_ATTEMPT_OFFSET));
     tracing::error!(subject = %message.subject, %reason, "job message cannot be decoded");
     if let (Some(run_id), Some(job)) = (run_id, job) {
         let event = event(
             run_id,
             &job,
-            delivered,
-            0,
+            offset.saturating_add(delivered),
+            generation,
             EventKind::Failed,
             &shared.config.worker_id,
             Some(format!("job message cannot be decoded: {reason}")),

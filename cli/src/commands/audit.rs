@@ -86,7 +86,7 @@ pub async fn run(url: &str, args: AuditArgs, format: Format) -> Result<ExitCode,
     let windows = Window::range(from, to, args.interval.as_duration(), zone, BACKFILL_WINDOWS_MAX)
         .map_err(|error| CliError::usage(error.to_string()))?;
     let latest = latest_by_window(&runs);
-    // Columns: the jobs of the newest run in range, then any others seen, in order.
+    // Columns: every job seen in the windows' runs, oldest window first, in dependency order.
     let mut columns: Vec<String> = Vec::new();
     let mut rows = Vec::new();
     for window in &windows {

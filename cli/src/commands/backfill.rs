@@ -191,7 +191,9 @@ async fn create(url: &str, args: BackfillArgs, format: Format) -> Result<ExitCod
         .create(id.to_string(), payload.into())
         .await
         .map_err(|error| CliError::nats(format!("creating the backfill: {error}")))?;
-    let skipped = record.windows.iter().filter(|window| window.skip.is_some()).count();
+    // A rejected submission counts as failed, not skipped.
+    let rejected = |window: &&BackfillWindow| window.skip.as_deref().is_some_and(|skip| skip.starts_with("rejected"));
+    let skipped = record.windows.iter().filter(|window| window.skip.is_some() && !rejected(window)).count();
     if format == Format::Human {
         println!(
             "backfill {id}: {} windows of {} from {from} to {to} ({skipped} skipped), at most {} runs at once",
@@ -264,7 +266,9 @@ fn counts(record: &BackfillRecord) -> serde_json::Value {
     let count = |wanted: RunState| {
         record.windows.iter().filter(|window| window.skip.is_none() && window.state == Some(wanted)).count()
     };
-    let skipped = record.windows.iter().filter(|window| window.skip.is_some()).count();
+    // A rejected submission counts as failed, not skipped.
+    let rejected = |window: &&BackfillWindow| window.skip.as_deref().is_some_and(|skip| skip.starts_with("rejected"));
+    let skipped = record.windows.iter().filter(|window| window.skip.is_some() && !rejected(window)).count();
     let running = record.windows[..submitted.min(record.windows.len())]
         .iter()
         .filter(|window| window.skip.is_none() && !window.state.is_some_and(RunState::is_terminal))
@@ -272,7 +276,7 @@ fn counts(record: &BackfillRecord) -> serde_json::Value {
     json!({
         "total": record.windows.len(),
         "succeeded": count(RunState::Succeeded),
-        "failed": count(RunState::Failed) + record.windows.iter().filter(|w| w.skip.as_deref().is_some_and(|s| s.starts_with("rejected"))).count(),
+        "failed": count(RunState::Failed) + record.windows.iter().filter(rejected).count(),
         "cancelled": count(RunState::Cancelled),
         "running": running,
         "skipped": skipped,
@@ -286,7 +290,7 @@ fn progress_line(record: &BackfillRecord) -> String {
     let total = number("total").max(1);
     let done = number("succeeded") + number("failed") + number("cancelled") + number("skipped");
     let width = 30;
-    let filled = (done * width / total) as usize;
+    let filled = ((done * width / total) as usize).min(width as usize);
     format!(
         "[{}{}] {done}/{total} windows  succeeded {}  failed {}  running {}  skipped {}",
         "#".repeat(filled),

@@ -606,3 +606,40 @@ fn restore_keeps_a_waiting_parent_and_its_children_and_drops_a_half_written_spaw
     let (restored, _) = Run::restore(run.record().clone(), half, at(3)).unwrap();
     assert!(restored.job("fan.a").is_none());
 }
+
+#[test]
+fn retry_of_a_job_whose_need_did_not_complete_is_refused_clearly() {
+    let (mut run, _) = start(DIAMOND);
+    run.apply(&final_failure(&run, "a", 1, 1), at(1)).unwrap();
+    assert_eq!(run.job("b").unwrap().state, JobState::Skipped);
+    assert_eq!(run.rerun(Some("b"), at(2)), Err(Refused::NeedsFirst { job: "b".into(), need: "a".into() }));
+    assert!(run.rerun(Some("a"), at(2)).is_ok(), "retrying the need itself runs it and what needs it");
+}
+
+#[test]
+fn a_failed_child_can_be_retried_while_its_siblings_still_run() {
+    let (mut run, _) = start(FAN);
+    spawning(&mut run, "fan", &["a", "b"], 1);
+    run.apply(&event(&run, "fan.b", 1, EventKind::Started, 2), at(2)).unwrap();
+    run.apply(&final_failure(&run, "fan.a", 1, 2), at(2)).unwrap();
+    let effects = run.rerun(Some("fan.a"), at(3)).unwrap();
+    assert_eq!(dispatched(&effects), ["fan.a"]);
+    assert_eq!(run.job("fan.b").unwrap().state, JobState::Running, "the sibling is left alone");
+    assert_eq!(run.job("fan").unwrap().state, JobState::Waiting);
+}
+
+#[test]
+fn retrying_a_completed_child_that_spawned_finishes_each_parent_once() {
+    let (mut run, _) = start(FAN);
+    spawning(&mut run, "fan", &["c"], 1);
+    spawning(&mut run, "fan.c", &["g"], 2);
+    run.apply(&event(&run, "fan.c.g", 1, EventKind::Succeeded, 3), at(3)).unwrap();
+    assert_eq!(run.job("fan").unwrap().state, JobState::Completed);
+    run.apply(&event(&run, "join", 1, EventKind::Succeeded, 4), at(4)).unwrap();
+    run.apply(&event(&run, "other", 1, EventKind::Succeeded, 4), at(4)).unwrap();
+    assert_eq!(run.record().state, RunState::Succeeded);
+    // fan.c has nothing unfinished: it completes at once, then fan, then join runs again.
+    let effects = run.rerun(Some("fan.c"), at(5)).unwrap();
+    assert_eq!(dispatched(&effects), ["join"]);
+    assert_eq!(run.job("fan").unwrap().state, JobState::Completed);
+}
