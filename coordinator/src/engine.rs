@@ -789,7 +789,8 @@ impl Run {
             }
         }
         // A job cannot run again while a job it needs stays unfinished (it would wait for ever).
-        for name in &run {
+        // In dependency order, so the refusal names the first such job.
+        for name in self.all_paths().iter().filter(|name| run.contains(name.as_str())) {
             let blocking = self.definition(name).needs.iter().find(|need| {
                 self.jobs[need.as_str()].state != JobState::Completed
                     && !run.contains(need.as_str())
