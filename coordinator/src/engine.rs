@@ -615,14 +615,16 @@ impl Run {
     fn after_failure(&mut self, path: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
         let reason = format!("skipped: job `{path}` failed");
         match self.spec.on_failure {
-            // Nothing new starts; what is in flight may finish.
-            OnFailure::Stop => {
+            // Nothing new starts; what is in flight may finish. Only the first failure needs
+            // the scan: after it, `unblock` skips whatever becomes ready.
+            OnFailure::Stop if self.failed_jobs == 1 => {
                 for name in self.all_paths() {
                     if self.jobs[&name].state == JobState::Blocked {
                         self.skip(&name, &reason, now, effects);
                     }
                 }
             }
+            OnFailure::Stop => {}
             OnFailure::Continue => self.skip_downstream(path, &reason, now, effects),
         }
         self.child_finished(path, now, effects);

@@ -3,8 +3,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, kv};
 use futures::{StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use sluice_proto::messages::Versioned;
 use sluice_proto::{JobRecord, Rejection, RunId, RunRecord, decode, encode, names};
 
 use crate::engine::Effect;
@@ -190,29 +192,44 @@ pub async fn load_jobs(topology: &Topology, run: &RunRecord) -> Result<HashMap<S
 
 /// Reads every run record. Records that cannot be decoded are reported, not fatal.
 pub async fn load_all_runs(topology: &Topology) -> Result<Vec<RunRecord>, ServiceError> {
-    let keys: Vec<String> = match topology.runs.keys().await {
-        Ok(keys) => keys.try_collect().await.context("listing runs")?,
-        Err(error) => return Err(error).context("listing runs"),
+    load_all(&topology.runs).await
+}
+
+/// Reads every record of a bucket (schedules, backfills, runs). Records that cannot be
+/// decoded are reported, not fatal.
+pub async fn load_all<T: DeserializeOwned + Versioned>(store: &kv::Store) -> Result<Vec<T>, ServiceError> {
+    let keys: Vec<String> = match store.keys().await {
+        Ok(keys) => keys.try_collect().await.context("listing records")?,
+        Err(error) => return Err(error).context("listing records"),
     };
-    let store = topology.runs.clone();
-    let records: Vec<Option<RunRecord>> = futures::stream::iter(keys)
-        .map(|key| {
-            let store = store.clone();
-            async move {
-                let bytes = store.get(key.clone()).await.context(format!("reading run {key}"))?;
-                Ok::<_, ServiceError>(bytes.and_then(|bytes| match decode::<RunRecord>(&bytes) {
-                    Ok(record) => Some(record),
-                    Err(error) => {
-                        tracing::error!(run = %key, %error, "run record cannot be decoded; skipping it");
-                        None
-                    }
-                }))
-            }
+    let records: Vec<Option<T>> = futures::stream::iter(keys)
+        .map(|key| async move {
+            let bytes = store.get(key.clone()).await.context(format!("reading {key}"))?;
+            Ok::<_, ServiceError>(bytes.and_then(|bytes| match decode::<T>(&bytes) {
+                Ok(record) => Some(record),
+                Err(error) => {
+                    tracing::error!(%key, %error, "record cannot be decoded; skipping it");
+                    None
+                }
+            }))
         })
         .buffer_unordered(READ_CONCURRENCY)
         .try_collect()
         .await?;
     Ok(records.into_iter().flatten().collect())
+}
+
+/// Reads one record with its revision (for a revision-checked update); `None` if it is
+/// gone. A record that cannot be decoded is an error naming it.
+pub async fn entry<T: DeserializeOwned + Versioned>(
+    store: &kv::Store,
+    key: &str,
+) -> Result<Option<(T, u64)>, ServiceError> {
+    let Some(entry) = store.entry(key).await.context(format!("reading {key}"))? else { return Ok(None) };
+    if entry.operation != kv::Operation::Put {
+        return Ok(None);
+    }
+    Ok(Some((decode::<T>(&entry.value)?, entry.revision)))
 }
 
 /// Reads the rejected submissions, oldest first, at most `limit` of the newest.

@@ -10,8 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sluice_proto::schedule::Schedule;
 use sluice_proto::{
-    BackfillRecord, ControlAction, RunState, SCHEMA_VERSION, ScheduleRecord, Submission, WorkflowSpec, decode, encode,
-    names,
+    BackfillRecord, ControlAction, RunState, SCHEMA_VERSION, ScheduleRecord, Submission, WorkflowSpec, encode, names,
 };
 
 use crate::error::{NatsContext, ServiceError};
@@ -42,21 +41,17 @@ async fn keys(topology: &Topology, store: &kv::Store, bucket: &str) -> Result<Ve
     }
 }
 
-/// Reads a record with its revision; `None` if it is gone or unreadable (reported).
+/// A record with its revision; an unreadable one is reported and skipped, not fatal.
 async fn entry<T: serde::de::DeserializeOwned + sluice_proto::messages::Versioned>(
     store: &kv::Store,
     key: &str,
 ) -> Result<Option<(T, u64)>, ServiceError> {
-    let Some(entry) = store.entry(key).await.context(format!("reading {key}"))? else { return Ok(None) };
-    if entry.operation != kv::Operation::Put {
-        return Ok(None);
-    }
-    match decode::<T>(&entry.value) {
-        Ok(record) => Ok(Some((record, entry.revision))),
-        Err(error) => {
+    match store::entry(store, key).await {
+        Err(ServiceError::Codec(error)) => {
             tracing::error!(%error, key, "record cannot be read; skipped");
             Ok(None)
         }
+        other => other,
     }
 }
 

@@ -92,7 +92,7 @@ async fn main() -> Result<()> {
     println!("baselines: B1 {b1:.0} msg/s, B2 {b2:.3} s, B3 {:.3} ms/step", b3 * 1e3);
 
     if args.wants("W1") {
-        let w1 = measure(&args, &sluice, "W1", sizes.w1, |js| {
+        let w1 = measure(&args, &sluice, "W1", |js| {
             let yaml = workloads::independent(sizes.w1);
             async move {
                 let id = workloads::submit(&js, &yaml).await?;
@@ -106,7 +106,7 @@ async fn main() -> Result<()> {
     }
 
     if args.wants("W2") {
-        let w2 = measure(&args, &sluice, "W2", sizes.w2 + 2, |js| {
+        let w2 = measure(&args, &sluice, "W2", |js| {
             let yaml = workloads::fan_out("w2", sizes.w2, true);
             async move {
                 let id = workloads::submit(&js, &yaml).await?;
@@ -120,7 +120,7 @@ async fn main() -> Result<()> {
     }
 
     if args.wants("W3") {
-        let w3 = measure(&args, &sluice, "W3", sizes.w3, |js| {
+        let w3 = measure(&args, &sluice, "W3", |js| {
             let yaml = workloads::chain(sizes.w3);
             async move {
                 let id = workloads::submit(&js, &yaml).await?;
@@ -134,7 +134,7 @@ async fn main() -> Result<()> {
     }
 
     if args.wants("W4") {
-        let w4 = measure(&args, &sluice, "W4", sizes.w4 + 1, |js| {
+        let w4 = measure(&args, &sluice, "W4", |js| {
             let yaml = workloads::fan_out("w4", sizes.w4, false);
             async move {
                 let id = workloads::submit(&js, &yaml).await?;
@@ -151,7 +151,7 @@ async fn main() -> Result<()> {
 
     if args.wants("W5") {
         let runs = sizes.w5_runs;
-        let w5 = measure(&args, &sluice, "W5", runs * 20, |js| {
+        let w5 = measure(&args, &sluice, "W5", |js| {
             let yaml = workloads::etl();
             async move {
                 let ids = futures::future::try_join_all((0..runs).map(|_| workloads::submit(&js, &yaml))).await?;
@@ -240,7 +240,7 @@ impl Measured {
 
 /// Runs one workload on a fresh stack: `work` submits and waits; CPU and memory are read
 /// from /proc around it; dispatch latencies come from the job records.
-async fn measure<F, Fut>(args: &Args, sluice: &std::path::Path, name: &str, _jobs: usize, work: F) -> Result<Measured>
+async fn measure<F, Fut>(args: &Args, sluice: &std::path::Path, name: &str, work: F) -> Result<Measured>
 where
     F: FnOnce(async_nats::jetstream::Context) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<sluice_proto::RunRecord>>>,

@@ -101,7 +101,6 @@ pub const HEADER_TRACESTATE: &str = "tracestate";
 /// Sluice headers on job messages and events, readable even when the payload is not.
 pub const HEADER_RUN_ID: &str = "Sluice-Run-Id";
 pub const HEADER_JOB: &str = "Sluice-Job";
-pub const HEADER_ATTEMPT: &str = "Sluice-Attempt";
 /// On job messages: the dispatch series and the attempts before this dispatch, so a worker
 /// that cannot decode the payload still reports the failure against the right attempt.
 pub const HEADER_GENERATION: &str = "Sluice-Generation";

@@ -1,7 +1,7 @@
 //! Ships an attempt's log lines (exec stdout/stderr, Rust `ctx.log`) to `SLUICE_LOGS`, in
 //! batches, so they outlive the worker and `sluice logs` can follow them.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -26,33 +26,66 @@ const BATCH_LINGER: Duration = Duration::from_millis(100);
 const FLUSH_WAIT: Duration = Duration::from_secs(5);
 
 /// Where a job writes log lines. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct LogSink {
-    sender: Option<mpsc::Sender<LogLine>>,
+    /// `None`: lines are discarded (jobs called outside a worker).
+    attempt: Option<Arc<AttemptLog>>,
+}
+
+/// One attempt's log: the shipping task starts with the first line, so an attempt that
+/// logs nothing (most short jobs) costs no task and no channel.
+#[derive(Debug)]
+struct AttemptLog {
+    /// What the task needs; taken when it starts.
+    start: Mutex<Option<(jetstream::Context, LogBatch)>>,
+    sender: OnceLock<mpsc::Sender<LogLine>>,
+    task: Mutex<Option<JoinHandle<()>>>,
     dropped: Arc<AtomicU64>,
+    done: CancellationToken,
+}
+
+impl AttemptLog {
+    fn sender(&self) -> Option<&mpsc::Sender<LogLine>> {
+        if let Some(sender) = self.sender.get() {
+            return Some(sender);
+        }
+        // stdout and stderr may write their first lines at once: one of them starts the task.
+        let mut start = lock(&self.start);
+        if let Some(sender) = self.sender.get() {
+            return Some(sender);
+        }
+        let (js, batch) = start.take()?;
+        let (sender, receiver) = mpsc::channel(BUFFER_LINES);
+        let task = tokio::spawn(ship(js, receiver, self.dropped.clone(), self.done.clone(), batch));
+        *lock(&self.task) = Some(task);
+        Some(self.sender.get_or_init(|| sender))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl LogSink {
     /// A sink that discards everything (jobs called outside a worker).
     pub fn discard() -> Self {
-        Self { sender: None, dropped: Arc::new(AtomicU64::new(0)) }
+        Self::default()
     }
 
     /// Adds a line without waiting; if the buffer is full the line is dropped and counted.
     pub fn line(&self, stream: LogStream, text: &str) {
-        if let Some(sender) = &self.sender
-            && sender.try_send(line(stream, text)).is_err()
-        {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        let Some(attempt) = &self.attempt else { return };
+        if attempt.sender().is_some_and(|sender| sender.try_send(line(stream, text)).is_err()) {
+            attempt.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Adds a line, waiting for room (exec output: the process waits with it).
     pub async fn line_waiting(&self, stream: LogStream, text: &str) {
-        if let Some(sender) = &self.sender
-            && sender.send(line(stream, text)).await.is_err()
-        {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        let Some(attempt) = &self.attempt else { return };
+        let Some(sender) = attempt.sender() else { return };
+        if sender.send(line(stream, text)).await.is_err() {
+            attempt.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -65,33 +98,36 @@ fn line(stream: LogStream, text: &str) -> LogLine {
     LogLine { at: Utc::now(), stream, text: text[..end].to_owned() }
 }
 
-/// The task that publishes one attempt's lines.
+/// One attempt's log shipping.
 pub struct Shipper {
-    sink: LogSink,
-    done: CancellationToken,
-    task: JoinHandle<()>,
+    attempt: Arc<AttemptLog>,
 }
 
 impl Shipper {
-    /// Starts shipping the lines of `job`'s attempt `attempt`.
+    /// Prepares shipping the lines of `job`'s attempt `attempt` (the task starts with the
+    /// first line).
     pub fn start(js: jetstream::Context, run_id: RunId, job: String, attempt: u32) -> Self {
-        let (sender, receiver) = mpsc::channel(BUFFER_LINES);
-        let dropped = Arc::new(AtomicU64::new(0));
-        let sink = LogSink { sender: Some(sender), dropped: dropped.clone() };
-        let done = CancellationToken::new();
         let batch = LogBatch { schema_version: SCHEMA_VERSION, run_id, job, attempt, lines: Vec::new() };
-        let task = tokio::spawn(ship(js, receiver, dropped, done.clone(), batch));
-        Self { sink, done, task }
+        Self {
+            attempt: Arc::new(AttemptLog {
+                start: Mutex::new(Some((js, batch))),
+                sender: OnceLock::new(),
+                task: Mutex::new(None),
+                dropped: Arc::new(AtomicU64::new(0)),
+                done: CancellationToken::new(),
+            }),
+        }
     }
 
     pub fn sink(&self) -> LogSink {
-        self.sink.clone()
+        LogSink { attempt: Some(self.attempt.clone()) }
     }
 
     /// Waits (bounded) until every line written so far is stored; later lines are dropped.
     pub async fn finish(self) {
-        self.done.cancel();
-        if tokio::time::timeout(FLUSH_WAIT, self.task).await.is_err() {
+        self.attempt.done.cancel();
+        let Some(task) = lock(&self.attempt.task).take() else { return };
+        if tokio::time::timeout(FLUSH_WAIT, task).await.is_err() {
             tracing::warn!("log lines of an attempt were not all stored in time");
         }
     }

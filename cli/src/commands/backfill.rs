@@ -8,13 +8,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use chrono::Utc;
 use serde_json::json;
+use sluice_coordinator::store;
 use sluice_coordinator::topology::{self, Topology};
 use sluice_proto::limits::BACKFILL_WINDOWS_MAX;
 use sluice_proto::{
-    BackfillRecord, BackfillWindow, HumanDuration, Rerun, RunId, RunState, SCHEMA_VERSION, Window, decode, encode,
+    BackfillRecord, BackfillWindow, HumanDuration, Rerun, RunId, RunState, SCHEMA_VERSION, Window, encode,
 };
 
 use crate::commands::audit::{key_of, latest_by_window, parse_day, runs_of};
@@ -113,17 +114,9 @@ async fn connect(url: &str) -> Result<Topology, CliError> {
 }
 
 async fn load(topology: &Topology, id: &RunId) -> Result<(BackfillRecord, u64), CliError> {
-    let entry = topology
-        .backfills
-        .entry(id.to_string())
-        .await
-        .map_err(|error| CliError::nats(format!("reading backfill {id}: {error}")))?;
-    match entry {
-        Some(entry) if entry.operation == kv::Operation::Put => {
-            Ok((decode(&entry.value).map_err(|error| CliError::failed(error.to_string()))?, entry.revision))
-        }
-        _ => Err(CliError::usage(format!("no backfill {id} (sluice backfill list shows them)"))),
-    }
+    store::entry(&topology.backfills, &id.to_string())
+        .await?
+        .ok_or_else(|| CliError::usage(format!("no backfill {id} (sluice backfill list shows them)")))
 }
 
 async fn create(url: &str, args: BackfillArgs, format: Format) -> Result<ExitCode, CliError> {
@@ -370,18 +363,7 @@ fn show(record: &BackfillRecord, format: Format) {
 }
 
 async fn list(topology: &Topology, format: Format) -> Result<ExitCode, CliError> {
-    let keys: Vec<String> = match topology.backfills.keys().await {
-        Ok(keys) => futures::TryStreamExt::try_collect(keys).await.map_err(|e| CliError::nats(e.to_string()))?,
-        Err(error) => return Err(CliError::nats(format!("listing backfills: {error}"))),
-    };
-    let mut records = Vec::new();
-    for key in keys {
-        if let Some(bytes) = topology.backfills.get(&key).await.map_err(|e| CliError::nats(e.to_string()))?
-            && let Ok(record) = decode::<BackfillRecord>(&bytes)
-        {
-            records.push(record);
-        }
-    }
+    let mut records: Vec<BackfillRecord> = store::load_all(&topology.backfills).await?;
     records.sort_by_key(|record| std::cmp::Reverse(record.created_at));
     match format {
         Format::Json => {

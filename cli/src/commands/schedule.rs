@@ -4,12 +4,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use chrono::Utc;
 use serde_json::json;
+use sluice_coordinator::store;
 use sluice_coordinator::topology::{self, Topology};
 use sluice_proto::schedule::Schedule;
-use sluice_proto::{RunId, SCHEMA_VERSION, ScheduleRecord, Submission, WorkflowSpec, decode, encode};
+use sluice_proto::{RunId, SCHEMA_VERSION, ScheduleRecord, Submission, WorkflowSpec, encode};
 
 use crate::follow::{Finished, follow};
 use crate::output::{self, CliError, Format, print_json, table, time};
@@ -74,32 +75,16 @@ fn report(format: Format, value: &serde_json::Value, text: &str) {
 
 /// A schedule's record and revision; exit 2 naming the schedules there are when missing.
 async fn load(topology: &Topology, name: &str) -> Result<(ScheduleRecord, u64), CliError> {
-    let entry = topology.schedules.entry(name).await.map_err(|error| CliError::nats(format!("reading: {error}")))?;
-    match entry {
-        Some(entry) if entry.operation == kv::Operation::Put => {
-            Ok((decode(&entry.value).map_err(|error| CliError::failed(error.to_string()))?, entry.revision))
-        }
-        _ => {
-            let names: Vec<String> = all(topology).await?.into_iter().map(|record| record.name).collect();
-            let known = if names.is_empty() { "there are none".to_owned() } else { names.join(", ") };
-            Err(CliError::usage(format!("no schedule `{name}`; schedules: {known}")))
-        }
+    if let Some(found) = store::entry(&topology.schedules, name).await? {
+        return Ok(found);
     }
+    let names: Vec<String> = all(topology).await?.into_iter().map(|record| record.name).collect();
+    let known = if names.is_empty() { "there are none".to_owned() } else { names.join(", ") };
+    Err(CliError::usage(format!("no schedule `{name}`; schedules: {known}")))
 }
 
 async fn all(topology: &Topology) -> Result<Vec<ScheduleRecord>, CliError> {
-    let keys: Vec<String> = match topology.schedules.keys().await {
-        Ok(keys) => futures::TryStreamExt::try_collect(keys).await.map_err(|e| CliError::nats(e.to_string()))?,
-        Err(error) => return Err(CliError::nats(format!("listing schedules: {error}"))),
-    };
-    let mut records = Vec::new();
-    for key in keys {
-        if let Some(bytes) = topology.schedules.get(&key).await.map_err(|e| CliError::nats(e.to_string()))?
-            && let Ok(record) = decode::<ScheduleRecord>(&bytes)
-        {
-            records.push(record);
-        }
-    }
+    let mut records: Vec<ScheduleRecord> = store::load_all(&topology.schedules).await?;
     records.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(records)
 }
@@ -113,13 +98,7 @@ async fn apply(topology: &Topology, file: &std::path::Path, format: Format) -> R
     let (spec, yaml) = super::read_workflow(file)?;
     let schedule_spec = spec.schedule.clone().ok_or_else(|| CliError::usage("no schedule"))?;
     let now = Utc::now();
-    let existing = topology
-        .schedules
-        .entry(&spec.name)
-        .await
-        .map_err(|error| CliError::nats(format!("reading: {error}")))?
-        .filter(|entry| entry.operation == kv::Operation::Put)
-        .and_then(|entry| decode::<ScheduleRecord>(&entry.value).ok().map(|record| (record, entry.revision)));
+    let existing = store::entry::<ScheduleRecord>(&topology.schedules, &spec.name).await?;
     // An update keeps what was handled and whether it is paused: no tick runs twice, and
     // none before the schedule existed runs at all.
     let record = match &existing {
