@@ -361,7 +361,13 @@ impl Run {
                 current: job.generation,
             });
         }
-        if event.kind == EventKind::Started && record_redelivery(job, event) {
+        // The same attempt on another worker (JetStream can repeat a delivery after a crash):
+        // noted from its start, or from its outcome when the attempt already ended (a short
+        // attempt sends no start).
+        let repeats_finished = event.kind != EventKind::Started
+            && event.started_at.is_some()
+            && job.attempt_history.iter().any(|attempt| attempt.attempt == event.attempt && attempt.finished_at.is_some());
+        if (event.kind == EventKind::Started || repeats_finished) && record_redelivery(job, event) {
             return Ok(vec![self.save(&event.job)]);
         }
         if job.state.is_terminal() || job.state == JobState::Waiting {
@@ -973,17 +979,28 @@ fn record_redelivery(job: &mut JobRecord, event: &JobEvent) -> bool {
     true
 }
 
-/// Marks the attempt the event is about as finished (adding it if its start was never seen).
+/// Marks the attempt the event is about as finished (adding it if its start was never seen:
+/// short attempts send none, their outcome says when they began).
 fn close_attempt(job: &mut JobRecord, event: &JobEvent, error: Option<String>) {
     job.attempts = job.attempts.max(event.attempt);
+    let started_at = event.started_at.unwrap_or(event.at);
+    job.started_at.get_or_insert(started_at);
     match job.attempt_history.iter_mut().rev().find(|attempt| attempt.attempt == event.attempt) {
         Some(attempt) => {
             attempt.finished_at = Some(event.at);
             attempt.error = error;
+            // A worker's outcome (it says when it began) for an attempt another worker started.
+            if event.started_at.is_some()
+                && attempt.worker != event.worker
+                && !attempt.redelivered_to.contains(&event.worker)
+                && attempt.redelivered_to.len() < REDELIVERIES_KEPT
+            {
+                attempt.redelivered_to.push(event.worker.clone());
+            }
         }
         None => job.attempt_history.push(AttemptRecord {
             attempt: event.attempt,
-            started_at: event.at,
+            started_at,
             finished_at: Some(event.at),
             error,
             worker: event.worker.clone(),

@@ -486,6 +486,7 @@ impl Coordinator {
             retry_at: None,
             output: None,
             spawned: 0,
+            started_at: None,
         };
         match run.apply(&event, now) {
             Ok(effects) => self.execute(effects).await,

@@ -83,11 +83,14 @@ async fn main() -> Result<()> {
     let mut suite = Suite::new(args.quick, &sluice);
 
     let (n1, n2, n3) = (sizes.b1, sizes.b2, sizes.b3);
-    let b1 = on_fresh_server(&args, move |js| async move { baseline::b1(&js, n1).await }).await?;
+    let (b1, b1_server_cpu) = on_fresh_server(&args, move |js| async move { baseline::b1(&js, n1).await }).await?;
     suite.push(Row::new("B1", "throughput", b1, "messages/s"));
-    let b2 = on_fresh_server(&args, move |js| async move { baseline::b2(&js, n2).await }).await?;
+    if let Some(cpu) = b1_server_cpu {
+        suite.push(Row::new("B1", "nats-server CPU per 1,000 messages", cpu / n1 as f64 * 1000.0, "s"));
+    }
+    let (b2, _) = on_fresh_server(&args, move |js| async move { baseline::b2(&js, n2).await }).await?;
     suite.push(Row::new("B2", "wall time", b2, "s"));
-    let b3 = on_fresh_server(&args, move |js| async move { baseline::b3(&js, n3).await }).await?;
+    let (b3, _) = on_fresh_server(&args, move |js| async move { baseline::b3(&js, n3).await }).await?;
     suite.push(Row::new("B3", "time per step", b3 * 1e3, "ms"));
     println!("baselines: B1 {b1:.0} msg/s, B2 {b2:.3} s, B3 {:.3} ms/step", b3 * 1e3);
 
@@ -176,17 +179,20 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-/// Runs a baseline on a fresh server (or the given one).
-async fn on_fresh_server<F, Fut>(args: &Args, baseline: F) -> Result<f64>
+/// Runs a baseline on a fresh server (or the given one); returns its figure and the
+/// server's CPU seconds spent on it (when this tool started the server).
+async fn on_fresh_server<F, Fut>(args: &Args, baseline: F) -> Result<(f64, Option<f64>)>
 where
     F: FnOnce(async_nats::jetstream::Context) -> Fut,
     Fut: std::future::Future<Output = Result<f64>>,
 {
     let server = Server::start(args.nats_url.as_deref())?;
     let client = async_nats::connect(server.url()).await?;
+    let before = server.usage();
     let value = baseline(async_nats::jetstream::new(client)).await?;
+    let cpu = server.usage().zip(before).map(|(after, before)| after.cpu_seconds - before.cpu_seconds);
     drop(server);
-    Ok(value)
+    Ok((value, cpu))
 }
 
 /// What one workload measured.
@@ -197,6 +203,8 @@ struct Measured {
     coordinator_rss_at_start: u64,
     workers: stack::Usage,
     workers_cpu_at_start: f64,
+    /// The nats-server's CPU seconds during the workload (when this tool started it).
+    server_cpu: Option<f64>,
     latencies: Vec<f64>,
 }
 
@@ -227,6 +235,9 @@ impl Measured {
             per_thousand(self.workers.cpu_seconds - self.workers_cpu_at_start),
             "s",
         ));
+        if let Some(cpu) = self.server_cpu {
+            rows.push(Row::new(workload, "nats-server CPU per 1,000 jobs", per_thousand(cpu), "s"));
+        }
         rows.push(Row::new(
             workload,
             "coordinator peak RSS",
@@ -252,10 +263,12 @@ where
     stack::wait_ready(&js).await?;
     let coordinator_at_start = processes.coordinator_usage();
     let workers_at_start = processes.workers_usage();
+    let server_at_start = server.usage();
     let started = std::time::Instant::now();
     let runs = work(js.clone()).await.with_context(|| format!("workload {name}"))?;
     let coordinator = processes.coordinator_usage();
     let workers = processes.workers_usage();
+    let server_cpu = server.usage().zip(server_at_start).map(|(after, before)| after.cpu_seconds - before.cpu_seconds);
     let mut latencies = Vec::new();
     if name != "W1" && name != "W4" {
         for run in &runs {
@@ -273,6 +286,7 @@ where
         coordinator_rss_at_start: coordinator_at_start.peak_rss_bytes,
         workers,
         workers_cpu_at_start: workers_at_start.cpu_seconds,
+        server_cpu,
         latencies,
     })
 }

@@ -47,6 +47,14 @@ impl Server {
         }
     }
 
+    /// The server's CPU and memory so far (none for a server this tool did not start).
+    pub fn usage(&self) -> Option<Usage> {
+        match self {
+            Self::Own(server) => server.pid().map(usage),
+            Self::External(_) => None,
+        }
+    }
+
     pub fn url(&self) -> String {
         match self {
             Self::Own(server) => server.url(),

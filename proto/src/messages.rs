@@ -148,6 +148,10 @@ pub struct JobEvent {
     /// For `succeeded`: how many children this attempt spawned (in `sluice.spawns.…`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub spawned: u32,
+    /// For `succeeded` and `failed`: when the attempt's work began. A short attempt sends no
+    /// `started` event, so its outcome carries the start time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
 }
 versioned!(JobEvent, "job event");
 

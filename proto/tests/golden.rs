@@ -101,6 +101,7 @@ fn job_event() {
             retry_at: Some(time("2024-03-02T08:00:25Z")),
             output: None,
             spawned: 0,
+            started_at: None,
         },
     );
     check(
@@ -118,6 +119,26 @@ fn job_event() {
             retry_at: None,
             output: Some(serde_json::json!({"sensors": 2})),
             spawned: 2,
+            started_at: None,
+        },
+    );
+    // A short attempt: no `started` event was sent, its outcome carries the start time.
+    check(
+        "job_event_short",
+        JobEvent {
+            schema_version: SCHEMA_VERSION,
+            run_id: run_id(),
+            job: "load".into(),
+            attempt: 1,
+            generation: 0,
+            kind: EventKind::Succeeded,
+            at: time("2024-03-02T08:00:05.020Z"),
+            worker: "worker-1".into(),
+            error: None,
+            retry_at: None,
+            output: None,
+            spawned: 0,
+            started_at: Some(time("2024-03-02T08:00:05.001Z")),
         },
     );
     check(

@@ -2,8 +2,8 @@
 //!
 //! - [`Job`]: the trait a job implements (`perform(ctx, window, config)`), registered by
 //!   kind name in a [`Registry`]. Stock kinds: `exec`, `noop`, `sleep`, `fail` ([`kinds`]).
-//! - [`runtime`]: pulls jobs of one pool from JetStream, never more than free slots, keeps
-//!   them alive with in-progress acks, reports events, acks, retries, drains on SIGTERM.
+//! - [`runtime`]: pulls jobs of one pool from JetStream (for free slots, plus a few ahead
+//!   while jobs are short), keeps them alive with in-progress acks, reports events, acks, retries, drains on SIGTERM.
 
 pub mod job;
 pub mod kinds;

@@ -1,9 +1,13 @@
 //! The worker runtime: producer → executor → completer.
 //!
-//! - Producer ([`run`]): fetches at most as many jobs as there are free slots, so no job's
-//!   ack timer runs while it waits in a local buffer.
-//! - Executor ([`execute`]): reports the start, runs the job with its timeout and a
-//!   cancellation token, keeps the message alive with in-progress acks, catches panics.
+//! - Producer ([`run`]): fetches as many jobs as there are free slots and, while the jobs
+//!   it runs are short (done within [`START_REPORT_AFTER`]), up to `prefetch` more, so the
+//!   next short job is at hand when a slot frees up and fetches come in batches. Jobs fetched
+//!   ahead get in-progress acks while they wait, and none are fetched ahead while jobs run
+//!   long, so a busy worker does not sit on work another could run.
+//! - Executor ([`execute`]): runs the job with its timeout and a cancellation token; a job
+//!   still running after [`START_REPORT_AFTER`] reports its start; it keeps the message
+//!   alive with in-progress acks and catches panics.
 //! - Completer ([`complete`]): reports the outcome, then acks (success), NAKs with the retry
 //!   delay (retryable, attempts left) or TERMs (final). The event is always durable before
 //!   the ack, so the coordinator never misses an outcome.
@@ -11,7 +15,8 @@
 //! Shutdown: stop fetching, NAK anything fetched but not started, let running jobs finish
 //! within the grace period, then cancel the rest and hand them back (NAK, no delay).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +49,10 @@ const FETCH_WAIT: Duration = Duration::from_secs(2);
 const TIMEOUT_STOP_GRACE: Duration = Duration::from_secs(15);
 /// Default longest retry delay waited out with a NAK; longer ones become message schedules.
 pub const NAK_DELAY_MAX_DEFAULT: Duration = Duration::from_secs(30);
+/// A job still running after this reports its start with a `started` event; a shorter one
+/// sends only its outcome, which carries the start time (one durable event per job instead
+/// of two for the many short jobs of a big pipeline).
+pub const START_REPORT_AFTER: Duration = Duration::from_millis(100);
 /// Tries to publish an event before giving up on it (the message is then redelivered).
 const EVENT_PUBLISH_TRIES: u32 = 5;
 /// Slots per worker process, at most.
@@ -67,6 +76,8 @@ pub struct WorkerConfig {
     pub nak_delay_max: Duration,
     /// The pool consumer's max_deliver, when this worker creates the consumer.
     pub max_deliver: i64,
+    /// Jobs fetched beyond the free slots while jobs are short (0: only for free slots).
+    pub prefetch: usize,
 }
 
 impl WorkerConfig {
@@ -80,6 +91,7 @@ impl WorkerConfig {
             ack_wait: JOB_ACK_WAIT_DEFAULT,
             nak_delay_max: NAK_DELAY_MAX_DEFAULT,
             max_deliver: POOL_MAX_DELIVER_DEFAULT,
+            prefetch: 4,
         }
     }
 }
@@ -112,6 +124,8 @@ struct Shared {
     stops: RunStops,
     /// Job records, for the outputs of the jobs a job needs.
     job_records: jetstream::kv::Store,
+    /// Whether the last job to finish was short: only then are jobs fetched ahead.
+    short_jobs: std::sync::atomic::AtomicBool,
 }
 
 /// Pulls and runs jobs of `config.pool` until `shutdown` is cancelled, then drains.
@@ -127,6 +141,9 @@ pub async fn run(
             "concurrency must be 1 to {CONCURRENCY_MAX}, not {}",
             config.concurrency
         )));
+    }
+    if config.prefetch > CONCURRENCY_MAX {
+        return Err(WorkerError::Config(format!("prefetch must be 0 to {CONCURRENCY_MAX}, not {}", config.prefetch)));
     }
     let js = jetstream::new(client);
     let Some((mut consumer, job_records)) =
@@ -147,24 +164,23 @@ pub async fn run(
         stop_jobs: CancellationToken::new(),
         stops: RunStops::default(),
         job_records,
+        short_jobs: std::sync::atomic::AtomicBool::new(false),
     });
     let listener = tokio::spawn(listen_for_stops(shared.clone()));
-    let slots = Arc::new(Semaphore::new(shared.config.concurrency));
-    let mut running = JoinSet::new();
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => match permit { Ok(permit) => permit, Err(_) => break },
-        };
-        let mut permits = vec![first];
-        while let Ok(permit) = slots.clone().try_acquire_owned() {
-            permits.push(permit);
+    let mut producer = Producer {
+        shared: shared.clone(),
+        slots: Arc::new(Semaphore::new(shared.config.concurrency)),
+        fetched: VecDeque::new(),
+        running: JoinSet::new(),
+        shutdown: shutdown.clone(),
+    };
+    producer.run(&consumer).await;
+    let Producer { fetched, mut running, .. } = producer;
+    for message in fetched {
+        // Fetched but not started: hand it back at once.
+        if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
+            tracing::warn!(%error, "handing back a job failed; it returns after its ack wait");
         }
-        while let Some(finished) = running.try_join_next() {
-            report_panic(finished);
-        }
-        fetch_and_start(&consumer, &shared, &mut permits, &mut running, &shutdown).await;
     }
     tracing::info!(running = running.len(), grace_s = shared.config.shutdown_grace.as_secs(), "worker draining");
     let drained = tokio::time::timeout(shared.config.shutdown_grace, async {
@@ -181,6 +197,10 @@ pub async fn run(
         }
     }
     listener.abort();
+    // Acks are not confirmed one by one: send the last ones before the process ends.
+    if let Err(error) = shared.js.client().flush().await {
+        tracing::warn!(%error, "sending the last acknowledgements failed; those jobs return after their ack wait");
+    }
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -213,42 +233,105 @@ async fn open_consumer(
     }
 }
 
-/// One fetch of at most `permits.len()` jobs; each job takes a permit into its task.
-async fn fetch_and_start(
-    consumer: &PullConsumer,
-    shared: &Arc<Shared>,
-    permits: &mut Vec<OwnedSemaphorePermit>,
-    running: &mut JoinSet<()>,
-    shutdown: &CancellationToken,
-) {
-    let mut batch = match consumer.batch().max_messages(permits.len()).expires(FETCH_WAIT).messages().await {
-        Ok(batch) => batch,
-        Err(error) => {
-            tracing::warn!(%error, "fetching jobs failed; retrying");
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(FETCH_WAIT) => {}
+/// Fetches jobs and starts each on a free slot.
+struct Producer {
+    shared: Arc<Shared>,
+    slots: Arc<Semaphore>,
+    /// Fetched, waiting for a slot.
+    fetched: VecDeque<Message>,
+    running: JoinSet<()>,
+    /// Once cancelled, nothing more starts.
+    shutdown: CancellationToken,
+}
+
+impl Producer {
+    async fn run(&mut self, consumer: &PullConsumer) {
+        let shutdown = self.shutdown.clone();
+        let mut keep_alive = tokio::time::interval(self.shared.progress_interval);
+        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !shutdown.is_cancelled() {
+            self.start_fetched();
+            while let Some(finished) = self.running.try_join_next() {
+                report_panic(finished);
             }
-            return;
+            let ahead = if self.shared.short_jobs.load(Ordering::Relaxed) { self.shared.config.prefetch } else { 0 };
+            let room = (self.slots.available_permits() + ahead).saturating_sub(self.fetched.len());
+            if room > 0 {
+                self.fetch(consumer, room).await;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {}
+                permit = self.slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => self.start_one(permit),
+                    Err(_) => return,
+                },
+                _ = keep_alive.tick() => {
+                    // Jobs fetched ahead wait behind jobs that turned out long: keep them ours.
+                    for message in &self.fetched {
+                        if let Err(error) = message.ack_with(AckKind::Progress).await {
+                            tracing::warn!(%error, "in-progress ack of a waiting job failed");
+                        }
+                    }
+                }
+            }
         }
-    };
-    while let Some(item) = batch.next().await {
-        let message = match item {
-            Ok(message) => message,
+    }
+
+    /// One fetch of at most `room` jobs, starting each as soon as a slot is free.
+    async fn fetch(&mut self, consumer: &PullConsumer, room: usize) {
+        let mut batch = match consumer.batch().max_messages(room).expires(FETCH_WAIT).messages().await {
+            Ok(batch) => batch,
             Err(error) => {
-                tracing::warn!(%error, "receiving jobs failed");
+                tracing::warn!(%error, "fetching jobs failed; retrying");
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(FETCH_WAIT) => {}
+                }
                 return;
             }
         };
-        let Some(permit) = permits.pop().filter(|_| !shutdown.is_cancelled()) else {
-            // Shutting down (or, defensively, more than asked for): hand it back at once.
-            if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
-                tracing::warn!(%error, "handing back a job failed; it returns after its ack wait");
+        loop {
+            tokio::select! {
+                biased;
+                item = batch.next() => match item {
+                    Some(Ok(message)) => {
+                        self.fetched.push_back(message);
+                        self.start_fetched();
+                    }
+                    Some(Err(error)) => {
+                        tracing::warn!(%error, "receiving jobs failed");
+                        return;
+                    }
+                    None => return,
+                },
+                permit = self.slots.clone().acquire_owned(), if !self.fetched.is_empty() && !self.shutdown.is_cancelled() => {
+                    if let Ok(permit) = permit {
+                        self.start_one(permit);
+                    }
+                }
             }
-            continue;
-        };
-        let shared = shared.clone();
-        running.spawn(async move {
+        }
+    }
+
+    /// Starts fetched jobs while slots are free (none once shutting down).
+    fn start_fetched(&mut self) {
+        while !self.fetched.is_empty() {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(permit) => self.start_one(permit),
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn start_one(&mut self, permit: OwnedSemaphorePermit) {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        let Some(message) = self.fetched.pop_front() else { return };
+        let shared = self.shared.clone();
+        self.running.spawn(async move {
             execute(&shared, message, permit).await;
         });
     }
@@ -325,13 +408,6 @@ async fn execute(shared: &Shared, message: Message, slot: OwnedSemaphorePermit) 
         );
         return complete(&reporter, &message, Outcome::Failed(JobError::permanent(reason))).await;
     };
-    // The start is stored while the job runs: its acknowledgement is awaited with the
-    // outcome's, so a short job costs one round trip for both events.
-    if let Err(error) = reporter.publish_start().await {
-        tracing::warn!(%error, job = %job.job, "cannot report the start; handing the job back");
-        let _ = message.ack_with(AckKind::Nak(None)).await;
-        return;
-    }
     let cancel = shared.stop_jobs.child_token();
     let Some(_registration) = shared.stops.register(job.run_id, cancel.clone()) else {
         return complete(&reporter, &message, Outcome::Stopped).await;
@@ -359,8 +435,14 @@ async fn execute(shared: &Shared, message: Message, slot: OwnedSemaphorePermit) 
         logs: shipper.sink(),
     };
     tracing::info!(run = %job.run_id, job = %job.job, kind = %job.kind, attempt, "job started");
+    let began = std::time::Instant::now();
     let perform = AssertUnwindSafe(kind.perform(&ctx, &job.window, &job.config)).catch_unwind();
     let keep_alive = async {
+        tokio::time::sleep(START_REPORT_AFTER).await;
+        if let Err(error) = reporter.publish_start().await {
+            // Only `status` misses it: the outcome carries the start time.
+            tracing::warn!(%error, job = %job.job, "cannot report the start");
+        }
         let mut ticker = tokio::time::interval(shared.progress_interval);
         ticker.tick().await;
         loop {
@@ -392,6 +474,7 @@ async fn execute(shared: &Shared, message: Message, slot: OwnedSemaphorePermit) 
             ))))
         }
     };
+    shared.short_jobs.store(began.elapsed() < START_REPORT_AFTER, Ordering::Relaxed);
     let outcome = match result {
         _ if shared.stops.is_stopped(&job.run_id) => Outcome::Stopped,
         _ if shared.stop_jobs.is_cancelled() => Outcome::HandedBack,
@@ -527,7 +610,7 @@ async fn complete(reporter: &Reporter<'_>, message: &Message, outcome: Outcome) 
         Outcome::Stopped => {
             // The run was cancelled: the coordinator already wrote the job off.
             tracing::info!(run = %job.run_id, job = %job.job, "job stopped: its run was cancelled");
-            if let Err(error) = message.double_ack().await {
+            if let Err(error) = message.ack().await {
                 tracing::warn!(%error, job = %job.job, "acknowledging a stopped job failed");
             }
             return;
@@ -566,8 +649,10 @@ async fn complete(reporter: &Reporter<'_>, message: &Message, outcome: Outcome) 
         return;
     }
     reporter.confirm_start().await;
+    // Not confirmed: a lost ack only brings the message back after its ack wait, and the
+    // coordinator ignores the repeated attempt's outcome (its event is already stored).
     let acked = match settle {
-        Settle::Ack => message.double_ack().await,
+        Settle::Ack => message.ack().await,
         Settle::Nak(delay) => message.ack_with(AckKind::Nak(delay)).await,
         Settle::Term | Settle::Schedule(..) => message.ack_with(AckKind::Term).await,
     };
@@ -677,8 +762,10 @@ struct Reporter<'a> {
     attempt: u32,
     /// The worker slot this attempt holds, given back once its work is done.
     slot: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
-    /// The start event's acknowledgement, awaited with the outcome's.
+    /// The start event's acknowledgement (if one was sent), awaited with the outcome's.
     started: tokio::sync::Mutex<Option<jetstream::context::PublishAckFuture>>,
+    /// When this attempt began, for its outcome event.
+    began: chrono::DateTime<Utc>,
 }
 
 impl<'a> Reporter<'a> {
@@ -688,7 +775,7 @@ impl<'a> Reporter<'a> {
         attempt: u32,
         slot: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
     ) -> Self {
-        Self { shared, job, attempt, slot, started: tokio::sync::Mutex::new(None) }
+        Self { shared, job, attempt, slot, started: tokio::sync::Mutex::new(None), began: Utc::now() }
     }
 
     fn free_slot(&self) {
@@ -754,6 +841,7 @@ impl<'a> Reporter<'a> {
         );
         event.output = output;
         event.spawned = spawned;
+        event.started_at = Some(self.began);
         publish_event(&self.shared.js, &event).await
     }
 }
@@ -782,6 +870,7 @@ fn event(
         retry_at,
         output: None,
         spawned: 0,
+        started_at: None,
     }
 }
 

@@ -29,6 +29,11 @@ pub struct WorkerArgs {
     /// message schedules, so a waiting job does not keep an autoscaled pool awake.
     #[arg(long, default_value = "30s")]
     pub max_nak_delay: HumanDuration,
+    /// Jobs fetched beyond the free slots while jobs finish within 100 ms, so short jobs
+    /// come in batches (default: as many as --concurrency; 0 fetches only for free slots).
+    /// None are fetched ahead while jobs run longer.
+    #[arg(long)]
+    pub prefetch: Option<usize>,
     /// Deliveries of one job before JetStream gives up on it (set when this worker creates
     /// the pool's consumer): a backstop for jobs that kill their worker every time; such a
     /// job is dead-lettered.
@@ -38,7 +43,6 @@ pub struct WorkerArgs {
 
 /// Refuses worker settings that could only fail later, naming the flag.
 pub fn check_worker_flags(concurrency: usize, ack_wait: std::time::Duration, max_deliver: i64) -> Result<(), CliError> {
-    use sluice_worker::runtime::CONCURRENCY_MAX;
     if concurrency == 0 || concurrency > CONCURRENCY_MAX {
         return Err(CliError::usage(format!("--concurrency must be 1 to {CONCURRENCY_MAX}, not {concurrency}")));
     }
@@ -53,6 +57,8 @@ pub fn check_worker_flags(concurrency: usize, ack_wait: std::time::Duration, max
     Ok(())
 }
 
+use sluice_worker::runtime::CONCURRENCY_MAX;
+
 impl WorkerArgs {
     pub fn config(&self) -> Result<WorkerConfig, CliError> {
         check_worker_flags(self.concurrency, self.ack_wait.as_duration(), self.max_deliver)?;
@@ -62,6 +68,10 @@ impl WorkerArgs {
         config.ack_wait = self.ack_wait.as_duration();
         config.nak_delay_max = self.max_nak_delay.as_duration();
         config.max_deliver = self.max_deliver;
+        config.prefetch = self.prefetch.unwrap_or(self.concurrency);
+        if config.prefetch > CONCURRENCY_MAX {
+            return Err(CliError::usage(format!("--prefetch must be 0 to {CONCURRENCY_MAX}, not {}", config.prefetch)));
+        }
         Ok(config)
     }
 }

@@ -47,6 +47,7 @@ fn event(run: &Run, job: &str, attempt: u32, kind: EventKind, second: u32) -> Jo
         retry_at: None,
         output: None,
         spawned: 0,
+        started_at: None,
     }
 }
 
