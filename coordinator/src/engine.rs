@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sluice_proto::limits::ERROR_TEXT_MAX_BYTES;
 use sluice_proto::messages::{REDELIVERIES_KEPT, truncate_error};
-use sluice_proto::spawn::{CHILD_DEPTH_MAX, SpawnError, check_children, child_path, depth_of, parent_of};
+use sluice_proto::spawn::{CHILD_DEPTH_MAX, SpawnError, check_batches, child_path, depth_of, parent_of};
 use sluice_proto::spec::OnFailure;
 use sluice_proto::{
     AttemptRecord, ChildSpec, DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, JobSpec, JobState, RunId,
@@ -20,15 +20,19 @@ use sluice_proto::{
 
 /// What the shell must do, in order.
 #[derive(Clone, Debug, PartialEq)]
+///
+/// Small on purpose (records boxed, a dispatch named rather than built): a spawn of 100,000
+/// children yields 200,000 effects at once.
 pub enum Effect {
     /// Write a job record (KV `sluice-jobs`).
-    SaveJob(JobRecord),
+    SaveJob(Box<JobRecord>),
     /// Write the run record (KV `sluice-runs`).
-    SaveRun(RunRecord),
-    /// Publish a job to its pool, after every save before it is durable.
-    Dispatch(JobMessage),
+    SaveRun(Box<RunRecord>),
+    /// Publish this generation of a job to its pool ([`Run::dispatch_message`] builds the
+    /// message), after every save before it is durable.
+    Dispatch { run_id: RunId, job: String, generation: u32 },
     /// Keep a job whose attempts are over in the dead-letter stream.
-    DeadLetter(DeadLetter),
+    DeadLetter(Box<DeadLetter>),
     /// Remove every queued message and scheduled retry of a cancelled run, so no worker
     /// starts its jobs.
     Withdraw(RunId),
@@ -154,9 +158,10 @@ impl Run {
             }
         }
         // Blocked jobs are saved too, so `status` lists every job from the start.
-        let mut effects: Vec<Effect> = order.iter().map(|name| Effect::SaveJob(run.jobs[name].clone())).collect();
-        effects.push(Effect::SaveRun(run.record.clone()));
-        effects.extend(dispatches.into_iter().filter(|effect| matches!(effect, Effect::Dispatch(_))));
+        let mut effects: Vec<Effect> =
+            order.iter().map(|name| Effect::SaveJob(Box::new(run.jobs[name].clone()))).collect();
+        effects.push(Effect::SaveRun(Box::new(run.record.clone())));
+        effects.extend(dispatches.into_iter().filter(|effect| matches!(effect, Effect::Dispatch { .. })));
         (run, effects)
     }
 
@@ -188,7 +193,7 @@ impl Run {
             let spawned = jobs.get(parent).is_some_and(|parent| parent.children > 0);
             let Some(definition) = child.definition.clone() else { continue };
             if spawned && parent_of(&child.name) == Some(parent) {
-                definitions.insert(child.name.clone(), Arc::new(*definition));
+                definitions.insert(child.name.clone(), definition);
                 let mut child = child;
                 child.definition = None; // kept once, in `definitions`
                 jobs.insert(child.name.clone(), child);
@@ -297,9 +302,9 @@ impl Run {
     fn save(&self, path: &str) -> Effect {
         let mut record = self.jobs[path].clone();
         if let Some(definition) = self.definitions.get(path) {
-            record.definition = Some(Box::new(JobSpec::clone(definition)));
+            record.definition = Some(definition.clone());
         }
-        Effect::SaveJob(record)
+        Effect::SaveJob(Box::new(record))
     }
 
     /// How a job is defined: by the workflow, or (a child) by the job that spawned it.
@@ -343,14 +348,16 @@ impl Run {
 
     /// Applies one job event. Handling the same event twice changes nothing the second time.
     pub fn apply(&mut self, event: &JobEvent, now: DateTime<Utc>) -> Result<Vec<Effect>, Ignored> {
-        self.apply_with(event, &[], now)
+        self.apply_with(event, Vec::new(), now)
     }
 
     /// [`Run::apply`] with the children a `succeeded` event announced (`event.spawned`).
+    /// The children come in the batches they were written in, each freed as its children
+    /// become records (a spawn of 100,000 is not held twice).
     pub fn apply_with(
         &mut self,
         event: &JobEvent,
-        children: &[ChildSpec],
+        children: Vec<Vec<ChildSpec>>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Effect>, Ignored> {
         let job = self.jobs.get_mut(&event.job).ok_or_else(|| Ignored::UnknownJob(event.job.clone()))?;
@@ -388,7 +395,13 @@ impl Run {
         }
         let spawned = self.jobs[&event.job].children > 0 && event.kind == EventKind::Succeeded;
         effects.push(self.save(&event.job));
-        effects.extend(after);
+        // Appending to the shorter list: a spawn's `after` holds 200,000 effects.
+        if effects.len() <= after.len() {
+            after.splice(0..0, effects);
+            effects = after;
+        } else {
+            effects.extend(after);
+        }
         if spawned {
             // The shell keeps only the last write of each record: the parent's must follow
             // every child's, so a stored parent that counts children means they are stored.
@@ -469,24 +482,25 @@ impl Run {
     fn succeeded(
         &mut self,
         event: &JobEvent,
-        children: &[ChildSpec],
+        children: Vec<Vec<ChildSpec>>,
         now: DateTime<Utc>,
         before: &mut Vec<Effect>,
         effects: &mut Vec<Effect>,
     ) {
         let path = event.job.as_str();
+        let count: usize = children.iter().map(Vec::len).sum();
         let spawn_problem = if event.spawned == 0 {
             None
-        } else if children.len() != event.spawned as usize {
+        } else if count != event.spawned as usize {
             Some(format!(
                 "the job spawned {} children but {} could be read from the spawn stream",
                 event.spawned,
-                children.len()
+                count
             ))
         } else if depth_of(path) + 1 > CHILD_DEPTH_MAX {
             Some(SpawnError::TooDeep.to_string())
         } else {
-            check_children(children).err().map(|error| error.to_string())
+            check_batches(&children).err().map(|error| error.to_string())
         };
         if let Some(problem) = spawn_problem {
             let failure = JobEvent { kind: EventKind::Failed, error: Some(problem), retry_at: None, ..event.clone() };
@@ -497,21 +511,21 @@ impl Run {
         job.error = None;
         job.retry_at = None;
         job.output = event.output.clone();
-        if children.is_empty() {
+        if count == 0 {
             job.finished_at = Some(event.at);
             return self.complete(path, now, effects);
         }
         job.children = event.spawned;
         let run_id = self.record.id;
-        let mut paths = Vec::with_capacity(children.len());
+        let mut paths = Vec::with_capacity(count);
         // Children usually differ only in name and config: consecutive equal definitions
         // share one allocation.
         let mut previous: Option<Arc<JobSpec>> = None;
-        for child in children {
+        for child in children.into_iter().flatten() {
             let child_path = child_path(path, &child.name);
             let mut record = blank_job(run_id, &child_path);
             record.parent = Some(path.to_owned());
-            let spec = child.to_job_spec();
+            let spec = child.into_job_spec();
             let definition = match previous.take() {
                 Some(shared) if *shared == spec => shared,
                 _ => Arc::new(spec),
@@ -607,13 +621,13 @@ impl Run {
         job.retry_at = None;
         job.finished_at = Some(event.at);
         self.set_state(&event.job, JobState::Failed);
-        effects.push(Effect::DeadLetter(DeadLetter {
+        effects.push(Effect::DeadLetter(Box::new(DeadLetter {
             schema_version: SCHEMA_VERSION,
             job: self.dispatch_message(&event.job),
             reason: self.jobs[&event.job].error.clone().unwrap_or_default(),
             attempts: self.jobs[&event.job].attempt_history.clone(),
             dead_at: event.at,
-        }));
+        })));
         self.after_failure(&event.job, now, effects);
     }
 
@@ -732,7 +746,7 @@ impl Run {
         self.held.clear();
         self.record.state = RunState::Cancelled;
         self.record.finished_at = Some(now);
-        saves.push(Effect::SaveRun(self.record.clone()));
+        saves.push(Effect::SaveRun(Box::new(self.record.clone())));
         saves.push(Effect::Withdraw(self.record.id));
         saves.push(Effect::StopRun(self.record.id));
         Ok(saves)
@@ -860,22 +874,19 @@ impl Run {
             }
         }
         let mut all: Vec<Effect> = saves.iter().map(|name| self.save(name)).collect();
-        all.push(Effect::SaveRun(self.record.clone()));
+        all.push(Effect::SaveRun(Box::new(self.record.clone())));
         all.extend(effects);
         self.finish_if_done(now, &mut all);
         Ok(all)
     }
 
     fn queue(&mut self, name: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
-        let message = self.mark_queued(name, now);
-        effects.push(self.save(name));
-        effects.push(Effect::Dispatch(message));
-    }
-
-    fn mark_queued(&mut self, name: &str, now: DateTime<Utc>) -> JobMessage {
         self.set_state(name, JobState::Queued);
-        self.jobs.get_mut(name).expect("name comes from the run").queued_at = Some(now);
-        self.dispatch_message(name)
+        let job = self.jobs.get_mut(name).expect("name comes from the run");
+        job.queued_at = Some(now);
+        let generation = job.generation;
+        effects.push(self.save(name));
+        effects.push(Effect::Dispatch { run_id: self.record.id, job: name.to_owned(), generation });
     }
 
     fn skip(&mut self, name: &str, reason: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
@@ -908,7 +919,7 @@ impl Run {
             [first, second, rest @ ..] => Some(format!("jobs `{first}`, `{second}` and {} more failed", rest.len())),
         };
         self.record.finished_at = Some(now);
-        effects.push(Effect::SaveRun(self.record.clone()));
+        effects.push(Effect::SaveRun(Box::new(self.record.clone())));
     }
 
     /// The message that runs job `name` (for the first dispatch, and for re-publishing one a

@@ -294,7 +294,8 @@ impl Coordinator {
                 Vec::new()
             };
             let Some(run) = self.active.get_mut(&event.run_id) else { continue };
-            match run.apply_with(&event, &children, now) {
+            match run.apply_with(&event, children, now) {
+                Ok(more) if effects.is_empty() => effects = more,
                 Ok(more) => effects.extend(more),
                 Err(ignored) => {
                     tracing::debug!(run = %event.run_id, %ignored, "event changed nothing")
@@ -386,22 +387,33 @@ impl Coordinator {
             return Ok(());
         }
         write_all(&self.js, saves_of(&effects), &mut self.revisions).await?;
-        let mut dispatches = Vec::new();
-        for effect in &effects {
-            if let Effect::Dispatch(message) = effect
-                && let Some(run) = self.active.get(&message.run_id)
-            {
-                dispatches.push((message, run.record()));
-            }
-        }
-        // A chunk at a time: encoded messages for a 100,000-child spawn are never all in memory.
+        let dispatches: Vec<(&RunId, &str, u32)> = effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Dispatch { run_id, job, generation } => Some((run_id, job.as_str(), *generation)),
+                _ => None,
+            })
+            .collect();
+        // A chunk at a time: the messages for a 100,000-child spawn are never all in memory.
         for chunk in dispatches.chunks(store::WRITE_CHUNK) {
-            publish_jobs(&self.js, chunk, &mut self.rng).await?;
+            let messages: Vec<JobMessage> = chunk
+                .iter()
+                .filter_map(|&(run_id, job, generation)| {
+                    let message = self.active.get(run_id)?.dispatch_message(job);
+                    // A later effect dispatches the newer generation.
+                    (message.generation == generation).then_some(message)
+                })
+                .collect();
+            let batch: Vec<_> = messages
+                .iter()
+                .filter_map(|message| Some((message, self.active.get(&message.run_id)?.record())))
+                .collect();
+            publish_jobs(&self.js, &batch, &mut self.rng).await?;
         }
         let letters: Vec<&DeadLetter> = effects
             .iter()
             .filter_map(|effect| match effect {
-                Effect::DeadLetter(letter) => Some(letter),
+                Effect::DeadLetter(letter) => Some(&**letter),
                 _ => None,
             })
             .collect();

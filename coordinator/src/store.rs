@@ -24,25 +24,41 @@ const READ_CONCURRENCY: usize = 64;
 /// at a time, so memory holds one chunk of encoded records, not all of them.
 pub const WRITE_CHUNK: usize = 2048;
 
-/// The KV subject a `Save*` effect writes.
-fn save_subject(effect: &Effect) -> Option<String> {
-    match effect {
-        Effect::SaveJob(job) => Some(names::kv_subject(names::JOBS_BUCKET, &names::job_key(&job.run_id, &job.name))),
-        Effect::SaveRun(run) => Some(names::kv_subject(names::RUNS_BUCKET, &run.id.to_string())),
-        _ => None,
+/// The record a `Save*` effect writes: a run, or one job of a run (borrowed: a spawn of
+/// 100,000 children is not copied into keys).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum RecordKey<'a> {
+    Run(RunId),
+    Job(RunId, &'a str),
+}
+
+impl<'a> RecordKey<'a> {
+    fn of(effect: &'a Effect) -> Option<Self> {
+        match effect {
+            Effect::SaveJob(job) => Some(Self::Job(job.run_id, &job.name)),
+            Effect::SaveRun(run) => Some(Self::Run(run.id)),
+            _ => None,
+        }
+    }
+
+    fn subject(self) -> String {
+        match self {
+            Self::Job(run_id, path) => names::kv_subject(names::JOBS_BUCKET, &names::job_key(&run_id, path)),
+            Self::Run(id) => names::kv_subject(names::RUNS_BUCKET, &id.to_string()),
+        }
     }
 }
 
 /// The `Save*` effects to carry out: only the last write of each key (a batch may change
 /// one job several times), in the order those writes came.
-pub fn saves_of(effects: &[Effect]) -> Vec<(String, &Effect)> {
+pub fn saves_of(effects: &[Effect]) -> Vec<&Effect> {
     let mut seen = HashSet::new();
     let mut saves = Vec::new();
     for effect in effects.iter().rev() {
-        if let Some(subject) = save_subject(effect)
-            && seen.insert(subject.clone())
+        if let Some(key) = RecordKey::of(effect)
+            && seen.insert(key)
         {
-            saves.push((subject, effect));
+            saves.push(effect);
         }
     }
     saves.reverse();
@@ -54,57 +70,82 @@ pub fn saves_of(effects: &[Effect]) -> Vec<(String, &Effect)> {
 /// yet), so a coordinator that lost its leadership fails on its first stale write instead of
 /// overwriting what the new leader wrote. Records never read nor written (the jobs of a run
 /// being created) are written unconditionally, so a creation a crash interrupted can finish.
+/// Kept per run and job path (not per KV subject): one entry per job of every active run.
 #[derive(Default)]
 pub struct Revisions {
-    by_subject: HashMap<String, u64>,
+    runs: HashMap<RunId, u64>,
+    jobs: HashMap<RunId, HashMap<String, u64>>,
 }
 
 impl Revisions {
     pub fn remember_run(&mut self, id: &RunId, revision: u64) {
-        self.by_subject.insert(names::kv_subject(names::RUNS_BUCKET, &id.to_string()), revision);
+        self.runs.insert(*id, revision);
     }
 
     pub fn remember_job(&mut self, id: &RunId, job: &str, revision: u64) {
-        self.by_subject.insert(names::kv_subject(names::JOBS_BUCKET, &names::job_key(id, job)), revision);
+        self.set(RecordKey::Job(*id, job), revision);
     }
 
     /// Drops what is known of a run that left memory.
     pub fn forget_run(&mut self, run: &RunRecord) {
-        self.by_subject.remove(&names::kv_subject(names::RUNS_BUCKET, &run.id.to_string()));
-        let jobs = names::kv_subject(names::JOBS_BUCKET, &format!("{}.", run.id));
-        self.by_subject.retain(|subject, _| !subject.starts_with(&jobs));
+        self.runs.remove(&run.id);
+        self.jobs.remove(&run.id);
+    }
+
+    fn get(&self, key: RecordKey<'_>) -> Option<u64> {
+        match key {
+            RecordKey::Run(id) => self.runs.get(&id).copied(),
+            RecordKey::Job(id, path) => self.jobs.get(&id).and_then(|jobs| jobs.get(path)).copied(),
+        }
+    }
+
+    fn set(&mut self, key: RecordKey<'_>, revision: u64) {
+        match key {
+            RecordKey::Run(id) => {
+                self.runs.insert(id, revision);
+            }
+            RecordKey::Job(id, path) => {
+                let jobs = self.jobs.entry(id).or_default();
+                match jobs.get_mut(path) {
+                    Some(known) => *known = revision,
+                    None => {
+                        jobs.insert(path.to_owned(), revision);
+                    }
+                }
+            }
+        }
     }
 }
 
 /// Publishes every save, pipelined, a chunk at a time, and waits for every acknowledgement:
 /// when this returns `Ok`, every record is durable. One connection keeps them in order.
-pub async fn write_all(
-    js: &jetstream::Context,
-    saves: Vec<(String, &Effect)>,
-    revisions: &mut Revisions,
-) -> Result<(), ServiceError> {
+pub async fn write_all(js: &jetstream::Context, saves: Vec<&Effect>, revisions: &mut Revisions) -> Result<(), ServiceError> {
     for chunk in saves.chunks(WRITE_CHUNK) {
         let mut outgoing = Vec::with_capacity(chunk.len());
-        for (subject, effect) in chunk {
+        let mut keys = Vec::with_capacity(chunk.len());
+        for effect in chunk {
+            let Some(key) = RecordKey::of(effect) else { continue };
             let payload = match effect {
-                Effect::SaveJob(job) => encode(job)?,
-                Effect::SaveRun(run) => encode(run)?,
+                Effect::SaveJob(job) => encode(&**job)?,
+                Effect::SaveRun(run) => encode(&**run)?,
                 _ => continue,
             };
             let mut headers = async_nats::HeaderMap::new();
-            if let Some(expected) = revisions.by_subject.get(subject) {
+            if let Some(expected) = revisions.get(key) {
                 headers.insert(names::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
             }
+            let subject = key.subject();
             outgoing.push(Outgoing {
                 what: format!("{subject} (a newer coordinator may have taken over)"),
-                subject: subject.clone(),
+                subject,
                 headers,
                 payload: payload.into(),
             });
+            keys.push(key);
         }
         let acks = publish_all(js, outgoing).await?;
-        for ((subject, _), ack) in chunk.iter().zip(acks) {
-            revisions.by_subject.insert(subject.clone(), ack.sequence);
+        for (key, ack) in keys.into_iter().zip(acks) {
+            revisions.set(key, ack.sequence);
         }
     }
     Ok(())

@@ -239,9 +239,10 @@ pub struct JobRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
     /// For a child job: its definition (workflow jobs are defined by the run's YAML).
-    /// Boxed: most records have none, and a run may hold 100,000 records in memory.
+    /// Shared: children usually have equal definitions, and a spawn of 100,000 children
+    /// saves 100,000 records at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub definition: Option<Box<JobSpec>>,
+    pub definition: Option<std::sync::Arc<JobSpec>>,
     /// Children the job spawned; it is `waiting` until all of them are finished.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub children: u32,

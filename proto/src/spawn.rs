@@ -67,6 +67,22 @@ impl ChildSpec {
     }
 
     /// The job definition the child runs by.
+    /// [`ChildSpec::to_job_spec`], consuming the child (no copies of its fields).
+    pub fn into_job_spec(self) -> JobSpec {
+        JobSpec {
+            run: self.run,
+            description: self.description,
+            needs: Vec::new(),
+            command: self.command,
+            config: self.config,
+            pool: self.pool,
+            retry: self.retry,
+            timeout: self.timeout,
+            permanent_exit_codes: self.permanent_exit_codes,
+            max_parallel: self.max_parallel,
+        }
+    }
+
     pub fn to_job_spec(&self) -> JobSpec {
         JobSpec {
             run: self.run.clone(),
@@ -111,11 +127,17 @@ pub enum SpawnError {
 
 /// Checks a job's children: each valid, names unique, not too many.
 pub fn check_children(children: &[ChildSpec]) -> Result<(), SpawnError> {
-    if children.len() > CHILDREN_MAX {
-        return Err(SpawnError::TooMany(children.len()));
+    check_batches(std::slice::from_ref(&children))
+}
+
+/// [`check_children`] for children read in batches (as they travel in `SLUICE_SPAWNS`).
+pub fn check_batches<B: AsRef<[ChildSpec]>>(batches: &[B]) -> Result<(), SpawnError> {
+    let count = batches.iter().map(|batch| batch.as_ref().len()).sum();
+    if count > CHILDREN_MAX {
+        return Err(SpawnError::TooMany(count));
     }
-    let mut seen = std::collections::HashSet::with_capacity(children.len());
-    for child in children {
+    let mut seen = std::collections::HashSet::with_capacity(count);
+    for child in batches.iter().flat_map(|batch| batch.as_ref()) {
         let problems = child.problems();
         if !problems.is_empty() {
             return Err(SpawnError::Invalid { name: child.name.chars().take(64).collect(), problems });

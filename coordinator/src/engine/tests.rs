@@ -60,7 +60,7 @@ fn spawning(run: &mut Run, job: &str, kids: &[&str], second: u32) -> Vec<Effect>
     let mut success = event(run, job, 1, EventKind::Succeeded, second);
     success.spawned = kids.len() as u32;
     assert!(run.wants_children(&success));
-    run.apply_with(&success, &children(kids), at(second)).unwrap()
+    run.apply_with(&success, vec![children(kids)], at(second)).unwrap()
 }
 
 fn saved(effects: &[Effect]) -> Vec<String> {
@@ -77,7 +77,7 @@ fn dispatched(effects: &[Effect]) -> Vec<String> {
     effects
         .iter()
         .filter_map(|effect| match effect {
-            Effect::Dispatch(message) => Some(message.job.clone()),
+            Effect::Dispatch { job, .. } => Some(job.clone()),
             _ => None,
         })
         .collect()
@@ -93,7 +93,7 @@ fn start_saves_every_job_then_the_run_then_dispatches_roots() {
         .map(|effect| match effect {
             Effect::SaveJob(_) => "job",
             Effect::SaveRun(_) => "run",
-            Effect::Dispatch(_) => "dispatch",
+            Effect::Dispatch { .. } => "dispatch",
             _ => "other",
         })
         .collect();
@@ -350,19 +350,19 @@ impl World {
             .map(|(_, effect)| effect)
             .collect();
         let (saves, dispatches): (Vec<&Effect>, Vec<&Effect>) =
-            effects.into_iter().partition(|effect| !matches!(effect, Effect::Dispatch(_)));
+            effects.into_iter().partition(|effect| !matches!(effect, Effect::Dispatch { .. }));
         for (done, effect) in saves.iter().chain(dispatches.iter()).enumerate() {
             if done == budget {
                 return false;
             }
             match effect {
                 Effect::SaveJob(job) => {
-                    self.jobs.insert(job.name.clone(), job.clone());
+                    self.jobs.insert(job.name.clone(), JobRecord::clone(job));
                 }
                 Effect::SaveRun(run) => {
-                    self.runs.insert(run.id, run.clone());
+                    self.runs.insert(run.id, RunRecord::clone(run));
                 }
-                Effect::Dispatch(message) => self.publish(&message.job, message.generation),
+                Effect::Dispatch { job, generation, .. } => self.publish(job, *generation),
                 _ => {}
             }
         }
@@ -431,10 +431,11 @@ fn simulate(needs: Vec<Vec<usize>>, seed: u64) -> Result<(), TestCaseError> {
             let incoming = world.event_queue[index].clone();
             let before: Vec<JobRecord> = run.all_paths().iter().map(|name| run.job(name).unwrap().clone()).collect();
             let kids = if run.wants_children(&incoming) { spawns[&incoming.job].clone() } else { Vec::new() };
-            let outcome = run.apply_with(&incoming, &kids, at(clock));
+            let outcome = run.apply_with(&incoming, vec![kids.clone()], at(clock));
             if let Ok(effects) = &outcome {
                 for effect in effects {
-                    if let Effect::Dispatch(message) = effect {
+                    if let Effect::Dispatch { job, .. } = effect {
+                        let message = run.dispatch_message(job);
                         for need in &message.needs {
                             prop_assert_eq!(
                                 run.job(need).unwrap().state,
@@ -570,7 +571,7 @@ fn children_that_cannot_be_read_or_are_invalid_fail_the_parent_clearly() {
     let (mut run, _) = start(FAN);
     let mut success = event(&run, "fan", 1, EventKind::Succeeded, 1);
     success.spawned = 3;
-    run.apply_with(&success, &children(&["a", "b"]), at(1)).unwrap();
+    run.apply_with(&success, vec![children(&["a", "b"])], at(1)).unwrap();
     let fan = run.job("fan").unwrap();
     assert_eq!(fan.state, JobState::Failed);
     assert_eq!(fan.error.as_deref(), Some("the job spawned 3 children but 2 could be read from the spawn stream"));
@@ -578,7 +579,7 @@ fn children_that_cannot_be_read_or_are_invalid_fail_the_parent_clearly() {
     let (mut run, _) = start(FAN);
     let mut success = event(&run, "fan", 1, EventKind::Succeeded, 1);
     success.spawned = 2;
-    run.apply_with(&success, &children(&["a", "a"]), at(1)).unwrap();
+    run.apply_with(&success, vec![children(&["a", "a"])], at(1)).unwrap();
     assert!(run.job("fan").unwrap().error.as_deref().unwrap().contains("two children are named `a`"));
 }
 
@@ -592,7 +593,7 @@ fn restore_keeps_a_waiting_parent_and_its_children_and_drops_a_half_written_spaw
         .all_paths()
         .into_iter()
         .map(|path| match run.save(&path) {
-            Effect::SaveJob(record) => (path, record),
+            Effect::SaveJob(record) => (path, *record),
             other => panic!("not a save: {other:?}"),
         })
         .collect();
