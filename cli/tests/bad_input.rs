@@ -200,6 +200,7 @@ fn bad_worker_flags_are_refused_before_anything_starts() {
         (&["worker", "--concurrency", "0"][..], "--concurrency must be 1 to 1024, not 0"),
         (&["worker", "--max-deliver", "1"][..], "--max-deliver must be at least 2"),
         (&["worker", "--ack-wait", "0s"][..], "--ack-wait must be at least 1s"),
+        (&["worker", "--prefetch", "2000"][..], "--prefetch must be 0 to 1024, not 2000"),
         (&["dev", "--concurrency", "5000"][..], "--concurrency must be 1 to 1024, not 5000"),
     ] {
         let output = std::process::Command::new(SLUICE)

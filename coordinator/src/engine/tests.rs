@@ -167,6 +167,38 @@ fn final_failure(run: &Run, job: &str, attempt: u32, second: u32) -> JobEvent {
     event(run, job, attempt, EventKind::Failed, second)
 }
 
+/// A short attempt sends no `started`: its outcome says when it began, and `status` shows
+/// that start, not the time it ended.
+#[test]
+fn a_short_attempt_is_recorded_from_its_outcome_alone() {
+    let (mut run, _) = start("name: r\njobs:\n  a: { run: noop }\n  b: { run: noop, needs: [a] }\n");
+    let mut done = event(&run, "a", 1, EventKind::Succeeded, 5);
+    done.started_at = Some(at(3));
+    let effects = run.apply(&done, at(5)).unwrap();
+    assert_eq!(dispatched(&effects), ["b"]);
+    let a = run.job("a").unwrap();
+    assert_eq!(a.state, JobState::Completed);
+    assert_eq!((a.started_at, a.finished_at), (Some(at(3)), Some(at(5))));
+    let attempt = &a.attempt_history[0];
+    assert_eq!((attempt.attempt, attempt.started_at, attempt.finished_at), (1, at(3), Some(at(5))));
+    assert_eq!(attempt.worker, "w1");
+}
+
+/// The same attempt run by a second worker (JetStream repeated a delivery after a crash) is
+/// recorded even when neither sent a `started` event.
+#[test]
+fn a_repeated_short_attempt_on_another_worker_is_recorded() {
+    let (mut run, _) = start("name: r\njobs:\n  a: { run: noop }\n");
+    let mut first = event(&run, "a", 1, EventKind::Succeeded, 5);
+    first.started_at = Some(at(4));
+    run.apply(&first, at(5)).unwrap();
+    let mut again = first.clone();
+    again.worker = "w2".into();
+    assert!(!saved(&run.apply(&again, at(6)).unwrap()).is_empty(), "the repeat is saved");
+    assert_eq!(run.job("a").unwrap().attempt_history[0].redelivered_to, ["w2"]);
+    assert!(run.apply(&again, at(7)).is_err(), "seen once, a repeat changes nothing");
+}
+
 #[test]
 fn a_final_failure_is_dead_lettered_with_every_attempt() {
     let (mut run, _) = start("name: r\njobs:\n  a: { run: noop }\n");
