@@ -11,21 +11,24 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sluice_proto::limits::ERROR_TEXT_MAX_BYTES;
 use sluice_proto::messages::{REDELIVERIES_KEPT, truncate_error};
-use sluice_proto::spawn::{CHILD_DEPTH_MAX, SpawnError, check_batches, child_path, depth_of, parent_of};
+use sluice_proto::spawn::{CHILD_DEPTH_MAX, SpawnError, child_path, depth_of, parent_of};
 use sluice_proto::spec::OnFailure;
 use sluice_proto::{
-    AttemptRecord, ChildSpec, DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, JobSpec, JobState, RunId,
-    RunRecord, RunState, SCHEMA_VERSION, Window, WorkflowSpec,
+    AttemptRecord, DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, JobSpec, JobState, RunId, RunRecord,
+    RunState, SCHEMA_VERSION, Window, WorkflowSpec,
 };
 
 /// What the shell must do, in order.
-#[derive(Clone, Debug, PartialEq)]
 ///
-/// Small on purpose (records boxed, a dispatch named rather than built): a spawn of 100,000
-/// children yields 200,000 effects at once.
+/// Small on purpose (a job's save and dispatch name the job; the shell reads the record
+/// with [`Run::saved_record`] and builds the message with [`Run::dispatch_message`] when it
+/// gets to them, a chunk at a time): a spawn of 100,000 children yields 200,000 effects at
+/// once. The shell carries out a batch's effects before applying anything else, so what it
+/// reads is the state the engine left.
+#[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
-    /// Write a job record (KV `sluice-jobs`).
-    SaveJob(Box<JobRecord>),
+    /// Write a job's record as it is now (KV `sluice-jobs`).
+    SaveJob { run_id: RunId, job: String },
     /// Write the run record (KV `sluice-runs`).
     SaveRun(Box<RunRecord>),
     /// Publish this generation of a job to its pool ([`Run::dispatch_message`] builds the
@@ -158,8 +161,7 @@ impl Run {
             }
         }
         // Blocked jobs are saved too, so `status` lists every job from the start.
-        let mut effects: Vec<Effect> =
-            order.iter().map(|name| Effect::SaveJob(Box::new(run.jobs[name].clone()))).collect();
+        let mut effects: Vec<Effect> = order.iter().map(|name| run.save(name)).collect();
         effects.push(Effect::SaveRun(Box::new(run.record.clone())));
         effects.extend(dispatches.into_iter().filter(|effect| matches!(effect, Effect::Dispatch { .. })));
         (run, effects)
@@ -297,14 +299,19 @@ impl Run {
         self.record.state.is_terminal()
     }
 
-    /// The effect that stores a job's record as it is now (a child's with its definition:
-    /// in memory it is kept once, in `definitions`).
+    /// The effect that stores a job's record as it is now.
     fn save(&self, path: &str) -> Effect {
-        let mut record = self.jobs[path].clone();
+        Effect::SaveJob { run_id: self.record.id, job: path.to_owned() }
+    }
+
+    /// A job's record as stored (a child's with its definition: in memory it is kept once,
+    /// in `definitions`); `None` for a path the run does not have.
+    pub fn saved_record(&self, path: &str) -> Option<JobRecord> {
+        let mut record = self.jobs.get(path)?.clone();
         if let Some(definition) = self.definitions.get(path) {
             record.definition = Some(definition.clone());
         }
-        Effect::SaveJob(Box::new(record))
+        Some(record)
     }
 
     /// How a job is defined: by the workflow, or (a child) by the job that spawned it.
@@ -348,16 +355,14 @@ impl Run {
 
     /// Applies one job event. Handling the same event twice changes nothing the second time.
     pub fn apply(&mut self, event: &JobEvent, now: DateTime<Utc>) -> Result<Vec<Effect>, Ignored> {
-        self.apply_with(event, Vec::new(), now)
+        self.apply_with(event, Spawned::default(), now)
     }
 
     /// [`Run::apply`] with the children a `succeeded` event announced (`event.spawned`).
-    /// The children come in the batches they were written in, each freed as its children
-    /// become records (a spawn of 100,000 is not held twice).
     pub fn apply_with(
         &mut self,
         event: &JobEvent,
-        children: Vec<Vec<ChildSpec>>,
+        children: Spawned,
         now: DateTime<Utc>,
     ) -> Result<Vec<Effect>, Ignored> {
         let job = self.jobs.get_mut(&event.job).ok_or_else(|| Ignored::UnknownJob(event.job.clone()))?;
@@ -369,11 +374,14 @@ impl Run {
             });
         }
         // The same attempt on another worker (JetStream can repeat a delivery after a crash):
-        // noted from its start, or from its outcome when the attempt already ended (a short
-        // attempt sends no start).
+        // noted from its start, or from its outcome when the attempt already ended (in case
+        // the start was lost).
         let repeats_finished = event.kind != EventKind::Started
             && event.started_at.is_some()
-            && job.attempt_history.iter().any(|attempt| attempt.attempt == event.attempt && attempt.finished_at.is_some());
+            && job
+                .attempt_history
+                .iter()
+                .any(|attempt| attempt.attempt == event.attempt && attempt.finished_at.is_some());
         if (event.kind == EventKind::Started || repeats_finished) && record_redelivery(job, event) {
             return Ok(vec![self.save(&event.job)]);
         }
@@ -482,25 +490,24 @@ impl Run {
     fn succeeded(
         &mut self,
         event: &JobEvent,
-        children: Vec<Vec<ChildSpec>>,
+        children: Spawned,
         now: DateTime<Utc>,
         before: &mut Vec<Effect>,
         effects: &mut Vec<Effect>,
     ) {
         let path = event.job.as_str();
-        let count: usize = children.iter().map(Vec::len).sum();
+        let count = children.read;
         let spawn_problem = if event.spawned == 0 {
             None
         } else if count != event.spawned as usize {
             Some(format!(
                 "the job spawned {} children but {} could be read from the spawn stream",
-                event.spawned,
-                count
+                event.spawned, count
             ))
         } else if depth_of(path) + 1 > CHILD_DEPTH_MAX {
             Some(SpawnError::TooDeep.to_string())
         } else {
-            check_batches(&children).err().map(|error| error.to_string())
+            children.problem.as_ref().map(ToString::to_string)
         };
         if let Some(problem) = spawn_problem {
             let failure = JobEvent { kind: EventKind::Failed, error: Some(problem), retry_at: None, ..event.clone() };
@@ -518,33 +525,26 @@ impl Run {
         job.children = event.spawned;
         let run_id = self.record.id;
         let mut paths = Vec::with_capacity(count);
-        // Children usually differ only in name and config: consecutive equal definitions
-        // share one allocation.
-        let mut previous: Option<Arc<JobSpec>> = None;
-        for child in children.into_iter().flatten() {
-            let child_path = child_path(path, &child.name);
+        for (name, definition) in children.children {
+            let child_path = child_path(path, &name);
             let mut record = blank_job(run_id, &child_path);
             record.parent = Some(path.to_owned());
-            let spec = child.into_job_spec();
-            let definition = match previous.take() {
-                Some(shared) if *shared == spec => shared,
-                _ => Arc::new(spec),
-            };
-            previous = Some(definition.clone());
             self.definitions.insert(child_path.clone(), definition);
             self.jobs.insert(child_path.clone(), record);
             self.unfinished += 1;
             paths.push(child_path);
         }
         self.pending_children.insert(path.to_owned(), paths.len());
-        self.children_of.insert(path.to_owned(), paths.clone());
+        self.children_of.insert(path.to_owned(), paths);
         self.set_state(path, JobState::Waiting);
-        for child in &paths {
-            self.unblock(child, now, effects);
+        // By index, one path copied at a time: a spawn's paths are not cloned all at once.
+        for index in 0..count {
+            let child = self.children_of[path][index].clone();
+            self.unblock(&child, now, effects);
         }
         // Queued and skipped children were saved as they changed; held ones are saved here.
         // Each child is saved once, and all before the parent (see `apply_with`).
-        for child in &paths {
+        for child in &self.children_of[path] {
             if self.jobs[child].state == JobState::Blocked {
                 before.push(self.save(child));
             }
@@ -991,7 +991,7 @@ fn record_redelivery(job: &mut JobRecord, event: &JobEvent) -> bool {
 }
 
 /// Marks the attempt the event is about as finished (adding it if its start was never seen:
-/// short attempts send none, their outcome says when they began).
+/// a worker's outcome says when the attempt began).
 fn close_attempt(job: &mut JobRecord, event: &JobEvent, error: Option<String>) {
     job.attempts = job.attempts.max(event.attempt);
     let started_at = event.started_at.unwrap_or(event.at);
@@ -1019,6 +1019,9 @@ fn close_attempt(job: &mut JobRecord, event: &JobEvent, error: Option<String>) {
         }),
     }
 }
+
+mod spawned;
+pub use spawned::Spawned;
 
 #[cfg(test)]
 mod tests;

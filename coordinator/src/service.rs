@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dispatch::{
     publish_dead_letters, publish_jobs, publish_raw_dead_letter, reached_workers, stop_run, withdraw,
 };
-use crate::engine::{Effect, Run};
+use crate::engine::{Effect, Run, Spawned};
 use crate::error::{NatsContext, ServiceError};
 use crate::intake;
 use crate::leadership;
@@ -291,7 +291,7 @@ impl Coordinator {
                 spawned.push(event.clone());
                 spawns::read(&self.js, &event).await?
             } else {
-                Vec::new()
+                Spawned::default()
             };
             let Some(run) = self.active.get_mut(&event.run_id) else { continue };
             match run.apply_with(&event, children, now) {
@@ -386,7 +386,9 @@ impl Coordinator {
         if effects.is_empty() {
             return Ok(());
         }
-        write_all(&self.js, saves_of(&effects), &mut self.revisions).await?;
+        let active = &self.active;
+        let job_record = |run_id: &RunId, job: &str| active.get(run_id)?.saved_record(job);
+        write_all(&self.js, saves_of(&effects), &mut self.revisions, job_record).await?;
         let dispatches: Vec<(&RunId, &str, u32)> = effects
             .iter()
             .filter_map(|effect| match effect {

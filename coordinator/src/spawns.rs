@@ -2,21 +2,21 @@
 //! `sluice.spawns.<run>.<generation>.<attempt>.<job>` before reporting success.
 
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
-use sluice_proto::{ChildSpec, JobEvent, SpawnBatch, decode, names};
+use sluice_proto::{JobEvent, SpawnBatch, decode, names};
+
+use crate::engine::Spawned;
 
 use crate::error::{NatsContext, ServiceError};
 
-/// The children `event` announced, in the batches they were written in (so the engine can
-/// free each batch as it goes). Fewer than announced means some batch is gone (or
-/// unreadable); the engine fails the job with that.
-pub async fn read(js: &jetstream::Context, event: &JobEvent) -> Result<Vec<Vec<ChildSpec>>, ServiceError> {
+/// The children `event` announced, checked and made compact one batch at a time. Fewer than
+/// announced means some batch is gone (or unreadable); the engine fails the job with that.
+pub async fn read(js: &jetstream::Context, event: &JobEvent) -> Result<Spawned, ServiceError> {
     let subject = names::spawn_subject(&event.run_id, &event.job, event.generation, event.attempt);
     let stream = js.get_stream(names::SPAWNS_STREAM).await.context("opening stream SLUICE_SPAWNS")?;
     let wanted = event.spawned as usize;
-    let mut batches = Vec::new();
-    let mut read = 0;
+    let mut spawned = Spawned::default();
     let mut next = 1;
-    while read < wanted {
+    while spawned.read() < wanted {
         let message = match stream.direct_get_next_for_subject(subject.as_str(), Some(next)).await {
             Ok(message) => message,
             Err(error) if error.kind() == DirectGetErrorKind::NotFound => break,
@@ -24,17 +24,14 @@ pub async fn read(js: &jetstream::Context, event: &JobEvent) -> Result<Vec<Vec<C
         };
         next = message.sequence + 1;
         match decode::<SpawnBatch>(&message.payload) {
-            Ok(batch) => {
-                read += batch.children.len();
-                batches.push(batch.children);
-            }
+            Ok(batch) => spawned.add_batch(batch.children),
             Err(error) => {
                 tracing::error!(%error, job = %event.job, "a spawn batch cannot be decoded");
                 break;
             }
         }
     }
-    Ok(batches)
+    Ok(spawned.finish())
 }
 
 /// Removes an attempt's batches once its children are stored (their records are the truth

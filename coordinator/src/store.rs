@@ -35,7 +35,7 @@ enum RecordKey<'a> {
 impl<'a> RecordKey<'a> {
     fn of(effect: &'a Effect) -> Option<Self> {
         match effect {
-            Effect::SaveJob(job) => Some(Self::Job(job.run_id, &job.name)),
+            Effect::SaveJob { run_id, job } => Some(Self::Job(*run_id, job)),
             Effect::SaveRun(run) => Some(Self::Run(run.id)),
             _ => None,
         }
@@ -119,14 +119,27 @@ impl Revisions {
 
 /// Publishes every save, pipelined, a chunk at a time, and waits for every acknowledgement:
 /// when this returns `Ok`, every record is durable. One connection keeps them in order.
-pub async fn write_all(js: &jetstream::Context, saves: Vec<&Effect>, revisions: &mut Revisions) -> Result<(), ServiceError> {
+/// `job_record` reads a job's record as the engine holds it now (see [`Effect::SaveJob`]).
+pub async fn write_all(
+    js: &jetstream::Context,
+    saves: Vec<&Effect>,
+    revisions: &mut Revisions,
+    job_record: impl Fn(&RunId, &str) -> Option<JobRecord>,
+) -> Result<(), ServiceError> {
     for chunk in saves.chunks(WRITE_CHUNK) {
         let mut outgoing = Vec::with_capacity(chunk.len());
         let mut keys = Vec::with_capacity(chunk.len());
         for effect in chunk {
             let Some(key) = RecordKey::of(effect) else { continue };
             let payload = match effect {
-                Effect::SaveJob(job) => encode(&**job)?,
+                Effect::SaveJob { run_id, job } => match job_record(run_id, job) {
+                    Some(record) => encode(&record)?,
+                    None => {
+                        // The engine named a job it does not have: a bug, not a reason to stop.
+                        tracing::error!(run = %run_id, %job, "asked to save a job the run does not have");
+                        continue;
+                    }
+                },
                 Effect::SaveRun(run) => encode(&**run)?,
                 _ => continue,
             };

@@ -148,8 +148,8 @@ pub struct JobEvent {
     /// For `succeeded`: how many children this attempt spawned (in `sluice.spawns.…`).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub spawned: u32,
-    /// For `succeeded` and `failed`: when the attempt's work began. A short attempt sends no
-    /// `started` event, so its outcome carries the start time.
+    /// For `succeeded` and `failed` from a worker: when the attempt began (the attempt's
+    /// start time even if its `started` event was lost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
 }

@@ -127,17 +127,11 @@ pub enum SpawnError {
 
 /// Checks a job's children: each valid, names unique, not too many.
 pub fn check_children(children: &[ChildSpec]) -> Result<(), SpawnError> {
-    check_batches(std::slice::from_ref(&children))
-}
-
-/// [`check_children`] for children read in batches (as they travel in `SLUICE_SPAWNS`).
-pub fn check_batches<B: AsRef<[ChildSpec]>>(batches: &[B]) -> Result<(), SpawnError> {
-    let count = batches.iter().map(|batch| batch.as_ref().len()).sum();
-    if count > CHILDREN_MAX {
-        return Err(SpawnError::TooMany(count));
+    if children.len() > CHILDREN_MAX {
+        return Err(SpawnError::TooMany(children.len()));
     }
-    let mut seen = std::collections::HashSet::with_capacity(count);
-    for child in batches.iter().flat_map(|batch| batch.as_ref()) {
+    let mut seen = std::collections::HashSet::with_capacity(children.len());
+    for child in children {
         let problems = child.problems();
         if !problems.is_empty() {
             return Err(SpawnError::Invalid { name: child.name.chars().take(64).collect(), problems });

@@ -122,7 +122,7 @@ fn job_event() {
             started_at: None,
         },
     );
-    // A short attempt: no `started` event was sent, its outcome carries the start time.
+    // An outcome with the attempt's start time.
     check(
         "job_event_short",
         JobEvent {

@@ -1,8 +1,8 @@
 //! Ships an attempt's log lines (exec stdout/stderr, Rust `ctx.log`) to `SLUICE_LOGS`, in
 //! batches, so they outlive the worker and `sluice logs` can follow them.
 
-use std::sync::{Arc, Mutex, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream;

@@ -1,13 +1,12 @@
 //! The worker runtime: producer → executor → completer.
 //!
 //! - Producer ([`run`]): fetches as many jobs as there are free slots and, while the jobs
-//!   it runs are short (done within [`START_REPORT_AFTER`]), up to `prefetch` more, so the
+//!   it runs are short (done within [`SHORT_JOB`]), up to `prefetch` more, so the
 //!   next short job is at hand when a slot frees up and fetches come in batches. Jobs fetched
 //!   ahead get in-progress acks while they wait, and none are fetched ahead while jobs run
 //!   long, so a busy worker does not sit on work another could run.
-//! - Executor ([`execute`]): runs the job with its timeout and a cancellation token; a job
-//!   still running after [`START_REPORT_AFTER`] reports its start; it keeps the message
-//!   alive with in-progress acks and catches panics.
+//! - Executor ([`execute`]): reports the start, runs the job with its timeout and a
+//!   cancellation token, keeps the message alive with in-progress acks, catches panics.
 //! - Completer ([`complete`]): reports the outcome, then acks (success), NAKs with the retry
 //!   delay (retryable, attempts left) or TERMs (final). The event is always durable before
 //!   the ack, so the coordinator never misses an outcome.
@@ -16,9 +15,9 @@
 //! within the grace period, then cancel the rest and hand them back (NAK, no delay).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::Ordering;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -49,10 +48,9 @@ const FETCH_WAIT: Duration = Duration::from_secs(2);
 const TIMEOUT_STOP_GRACE: Duration = Duration::from_secs(15);
 /// Default longest retry delay waited out with a NAK; longer ones become message schedules.
 pub const NAK_DELAY_MAX_DEFAULT: Duration = Duration::from_secs(30);
-/// A job still running after this reports its start with a `started` event; a shorter one
-/// sends only its outcome, which carries the start time (one durable event per job instead
-/// of two for the many short jobs of a big pipeline).
-pub const START_REPORT_AFTER: Duration = Duration::from_millis(100);
+/// A job done within this counts as short: only while jobs are short does a worker fetch
+/// jobs ahead of its free slots.
+pub const SHORT_JOB: Duration = Duration::from_millis(100);
 /// Tries to publish an event before giving up on it (the message is then redelivered).
 const EVENT_PUBLISH_TRIES: u32 = 5;
 /// Slots per worker process, at most.
@@ -76,7 +74,9 @@ pub struct WorkerConfig {
     pub nak_delay_max: Duration,
     /// The pool consumer's max_deliver, when this worker creates the consumer.
     pub max_deliver: i64,
-    /// Jobs fetched beyond the free slots while jobs are short (0: only for free slots).
+    /// Jobs fetched beyond the free slots while jobs are short (0: only for free slots);
+    /// `sluice worker` defaults to three per slot, so a worker holds at most four jobs per
+    /// slot (Celery's default prefetch multiplier).
     pub prefetch: usize,
 }
 
@@ -91,7 +91,7 @@ impl WorkerConfig {
             ack_wait: JOB_ACK_WAIT_DEFAULT,
             nak_delay_max: NAK_DELAY_MAX_DEFAULT,
             max_deliver: POOL_MAX_DELIVER_DEFAULT,
-            prefetch: 4,
+            prefetch: 12,
         }
     }
 }
@@ -254,8 +254,7 @@ impl Producer {
             while let Some(finished) = self.running.try_join_next() {
                 report_panic(finished);
             }
-            let ahead = if self.shared.short_jobs.load(Ordering::Relaxed) { self.shared.config.prefetch } else { 0 };
-            let room = (self.slots.available_permits() + ahead).saturating_sub(self.fetched.len());
+            let room = self.room();
             if room > 0 {
                 self.fetch(consumer, room).await;
                 continue;
@@ -313,6 +312,22 @@ impl Producer {
                 }
             }
         }
+    }
+
+    /// How many jobs to fetch now. While jobs run long: one per free slot. While they are
+    /// short: enough to fill the slots and the prefetch, but only once half of that is used
+    /// up, so fetches come in batches (a pull request costs the nats-server about as much
+    /// as a hundred messages' worth of fetching in a batch; `loadtest/profile/`).
+    fn room(&self) -> usize {
+        let free = self.slots.available_permits();
+        if !self.shared.short_jobs.load(Ordering::Relaxed) || self.shared.config.prefetch == 0 {
+            return free.saturating_sub(self.fetched.len());
+        }
+        let capacity = self.shared.config.concurrency + self.shared.config.prefetch;
+        let held = (self.shared.config.concurrency - free) + self.fetched.len();
+        // A free slot with nothing fetched for it always fetches.
+        let refill = held * 2 <= capacity || (free > 0 && self.fetched.is_empty());
+        if refill { capacity - held } else { 0 }
     }
 
     /// Starts fetched jobs while slots are free (none once shutting down).
@@ -408,6 +423,14 @@ async fn execute(shared: &Shared, message: Message, slot: OwnedSemaphorePermit) 
         );
         return complete(&reporter, &message, Outcome::Failed(JobError::permanent(reason))).await;
     };
+    // The start is stored while the job runs: its acknowledgement is awaited with the
+    // outcome's. Sent before the work begins, so every execution is on record, even one
+    // whose worker dies a moment later.
+    if let Err(error) = reporter.publish_start().await {
+        tracing::warn!(%error, job = %job.job, "cannot report the start; handing the job back");
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+        return;
+    }
     let cancel = shared.stop_jobs.child_token();
     let Some(_registration) = shared.stops.register(job.run_id, cancel.clone()) else {
         return complete(&reporter, &message, Outcome::Stopped).await;
@@ -438,11 +461,6 @@ async fn execute(shared: &Shared, message: Message, slot: OwnedSemaphorePermit) 
     let began = std::time::Instant::now();
     let perform = AssertUnwindSafe(kind.perform(&ctx, &job.window, &job.config)).catch_unwind();
     let keep_alive = async {
-        tokio::time::sleep(START_REPORT_AFTER).await;
-        if let Err(error) = reporter.publish_start().await {
-            // Only `status` misses it: the outcome carries the start time.
-            tracing::warn!(%error, job = %job.job, "cannot report the start");
-        }
         let mut ticker = tokio::time::interval(shared.progress_interval);
         ticker.tick().await;
         loop {
@@ -474,7 +492,7 @@ async fn execute(shared: &Shared, message: Message, slot: OwnedSemaphorePermit) 
             ))))
         }
     };
-    shared.short_jobs.store(began.elapsed() < START_REPORT_AFTER, Ordering::Relaxed);
+    shared.short_jobs.store(began.elapsed() < SHORT_JOB, Ordering::Relaxed);
     let outcome = match result {
         _ if shared.stops.is_stopped(&job.run_id) => Outcome::Stopped,
         _ if shared.stop_jobs.is_cancelled() => Outcome::HandedBack,
@@ -762,9 +780,10 @@ struct Reporter<'a> {
     attempt: u32,
     /// The worker slot this attempt holds, given back once its work is done.
     slot: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
-    /// The start event's acknowledgement (if one was sent), awaited with the outcome's.
+    /// The start event's acknowledgement, awaited with the outcome's.
     started: tokio::sync::Mutex<Option<jetstream::context::PublishAckFuture>>,
-    /// When this attempt began, for its outcome event.
+    /// When this attempt began, for its outcome event (so the start time is known even if
+    /// the start event was lost).
     began: chrono::DateTime<Utc>,
 }
 
