@@ -125,3 +125,40 @@ jobs:
     assert_eq!(after["state"], "skipped");
     assert!(status["trace_id"].as_str().is_some_and(|id| fields[6].contains(id)), "one trace from submission to job");
 }
+
+/// A worker whose jobs were short fetches ahead; when the next jobs turn out long, what it
+/// fetched ahead goes back to the pool (as the same attempt) for an idle worker, instead of
+/// waiting behind them. Two one-slot workers, four 2-second jobs: each worker runs two.
+#[test]
+fn jobs_fetched_ahead_go_back_when_jobs_run_long() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    let workers = [stack.worker(&["--concurrency", "1"]), stack.worker(&["--concurrency", "1"])];
+    for worker in workers {
+        let log = stack.dir.path().join(format!("worker-{worker}.log"));
+        wait_until(std::time::Duration::from_secs(30), "the workers to be ready", || {
+            std::fs::read_to_string(&log).unwrap_or_default().contains("worker ready")
+        });
+    }
+    let log = stack.job_log();
+    let long: Vec<String> = (1..=4).map(|i| format!("b{i}")).collect();
+    let mut yaml = String::from("name: ahead\njobs:\n  a: { run: noop }\n");
+    for name in &long {
+        yaml.push_str(&format!("  {name}: {}\n", recording_job(&log, 2.0, &["a".to_owned()])));
+    }
+    let status = submit_and_wait(&stack, &stack.write("ahead.yaml", &yaml), 0);
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    // Each ran once (`a` is a noop: it records nothing).
+    let needs: HashMap<String, Vec<String>> = long.iter().map(|name| (name.clone(), Vec::new())).collect();
+    assert_ran_once_in_order(&log, &needs);
+    let mut per_worker: HashMap<String, usize> = HashMap::new();
+    for job in status["jobs"].as_array().unwrap().iter().filter(|job| job["name"] != "a") {
+        assert_eq!(job["attempts"], 1, "a job handed back unstarted keeps its attempt: {job:#}");
+        let history = job["attempt_history"].as_array().unwrap();
+        assert_eq!(history.len(), 1, "{job:#}");
+        *per_worker.entry(history[0]["worker"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    let mut counts: Vec<usize> = per_worker.values().copied().collect();
+    counts.sort();
+    assert_eq!(counts, [2, 2], "each worker ran two of the long jobs: {per_worker:?}");
+}

@@ -208,6 +208,12 @@ pub fn dispatch_id(run_id: &RunId, job: &str, attempt: u32, generation: u32) -> 
     format!("{run_id}.{job}.{attempt}.{generation}")
 }
 
+/// Deduplication id of a job a worker handed back unstarted (unique per hand-back: the same
+/// attempt may be handed back more than once).
+pub fn hand_back_id(run_id: &RunId, job: &str, attempt: u32, generation: u32, unique: &RunId) -> String {
+    format!("{run_id}.{job}.{attempt}.{generation}.back.{unique}")
+}
+
 /// Deduplication id of a lifecycle event, so a worker may safely re-publish one.
 pub fn event_id(run_id: &RunId, job: &str, attempt: u32, generation: u32, kind: &str) -> String {
     format!("{run_id}.{job}.{attempt}.{generation}.{kind}")

@@ -2,17 +2,19 @@
 //!
 //! - Producer ([`run`]): fetches as many jobs as there are free slots and, while the jobs
 //!   it runs are short (done within [`SHORT_JOB`]), up to `prefetch` more, so the
-//!   next short job is at hand when a slot frees up and fetches come in batches. Jobs fetched
-//!   ahead get in-progress acks while they wait, and none are fetched ahead while jobs run
-//!   long, so a busy worker does not sit on work another could run.
+//!   next short job is at hand when a slot frees up and fetches come in batches. None are
+//!   fetched ahead while jobs run long, and a job fetched ahead that waits longer than
+//!   [`FETCHED_WAIT_MAX`] goes back to the pool as the same attempt, so a busy worker does
+//!   not sit on work another could run.
 //! - Executor ([`execute`]): reports the start, runs the job with its timeout and a
 //!   cancellation token, keeps the message alive with in-progress acks, catches panics.
 //! - Completer ([`complete`]): reports the outcome, then acks (success), NAKs with the retry
 //!   delay (retryable, attempts left) or TERMs (final). The event is always durable before
 //!   the ack, so the coordinator never misses an outcome.
 //!
-//! Shutdown: stop fetching, NAK anything fetched but not started, let running jobs finish
-//! within the grace period, then cancel the rest and hand them back (NAK, no delay).
+//! Shutdown: stop fetching, hand back anything fetched but not started (as the same
+//! attempt: [`hand_back`]), let running jobs finish within the grace period, then cancel
+//! the rest and hand them back (NAK, no delay: that attempt counts).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -51,6 +53,9 @@ pub const NAK_DELAY_MAX_DEFAULT: Duration = Duration::from_secs(30);
 /// A job done within this counts as short: only while jobs are short does a worker fetch
 /// jobs ahead of its free slots.
 pub const SHORT_JOB: Duration = Duration::from_millis(100);
+/// Longest a job fetched ahead waits for a slot; then the jobs in the slots are not short
+/// after all, and it goes back to the pool (without using up an attempt) for another worker.
+pub const FETCHED_WAIT_MAX: Duration = Duration::from_secs(1);
 /// Tries to publish an event before giving up on it (the message is then redelivered).
 const EVENT_PUBLISH_TRIES: u32 = 5;
 /// Slots per worker process, at most.
@@ -176,11 +181,9 @@ pub async fn run(
     };
     producer.run(&consumer).await;
     let Producer { fetched, mut running, .. } = producer;
-    for message in fetched {
+    for (_, message) in fetched {
         // Fetched but not started: hand it back at once.
-        if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
-            tracing::warn!(%error, "handing back a job failed; it returns after its ack wait");
-        }
+        hand_back(&shared, &message).await;
     }
     tracing::info!(running = running.len(), grace_s = shared.config.shutdown_grace.as_secs(), "worker draining");
     let drained = tokio::time::timeout(shared.config.shutdown_grace, async {
@@ -237,8 +240,8 @@ async fn open_consumer(
 struct Producer {
     shared: Arc<Shared>,
     slots: Arc<Semaphore>,
-    /// Fetched, waiting for a slot.
-    fetched: VecDeque<Message>,
+    /// Fetched (when), waiting for a slot.
+    fetched: VecDeque<(tokio::time::Instant, Message)>,
     running: JoinSet<()>,
     /// Once cancelled, nothing more starts.
     shutdown: CancellationToken,
@@ -259,16 +262,18 @@ impl Producer {
                 self.fetch(consumer, room).await;
                 continue;
             }
+            let overdue = self.overdue_at();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {}
+                _ = sleep_until_some(overdue) => self.hand_back_overdue().await,
                 permit = self.slots.clone().acquire_owned() => match permit {
                     Ok(permit) => self.start_one(permit),
                     Err(_) => return,
                 },
                 _ = keep_alive.tick() => {
                     // Jobs fetched ahead wait behind jobs that turned out long: keep them ours.
-                    for message in &self.fetched {
+                    for (_, message) in &self.fetched {
                         if let Err(error) = message.ack_with(AckKind::Progress).await {
                             tracing::warn!(%error, "in-progress ack of a waiting job failed");
                         }
@@ -292,11 +297,12 @@ impl Producer {
             }
         };
         loop {
+            let overdue = self.overdue_at();
             tokio::select! {
                 biased;
                 item = batch.next() => match item {
                     Some(Ok(message)) => {
-                        self.fetched.push_back(message);
+                        self.fetched.push_back((tokio::time::Instant::now(), message));
                         self.start_fetched();
                     }
                     Some(Err(error)) => {
@@ -310,7 +316,26 @@ impl Producer {
                         self.start_one(permit);
                     }
                 }
+                _ = sleep_until_some(overdue) => self.hand_back_overdue().await,
             }
+        }
+    }
+
+    /// When the oldest fetched job will have waited [`FETCHED_WAIT_MAX`].
+    fn overdue_at(&self) -> Option<tokio::time::Instant> {
+        self.fetched.front().map(|(at, _)| *at + FETCHED_WAIT_MAX)
+    }
+
+    /// The jobs in the slots run long: stop fetching ahead, and give back what waited too
+    /// long so an idle worker can run it.
+    async fn hand_back_overdue(&mut self) {
+        self.shared.short_jobs.store(false, Ordering::Relaxed);
+        let now = tokio::time::Instant::now();
+        while let Some((at, _)) = self.fetched.front()
+            && *at + FETCHED_WAIT_MAX <= now
+        {
+            let Some((_, message)) = self.fetched.pop_front() else { break };
+            hand_back(&self.shared, &message).await;
         }
     }
 
@@ -344,7 +369,7 @@ impl Producer {
         if self.shutdown.is_cancelled() {
             return;
         }
-        let Some(message) = self.fetched.pop_front() else { return };
+        let Some((_, message)) = self.fetched.pop_front() else { return };
         let shared = self.shared.clone();
         self.running.spawn(async move {
             execute(&shared, message, permit).await;
@@ -725,6 +750,61 @@ async fn schedule_retry(
         .await
         .map_err(|error| WorkerError::nats("scheduling a retry", error))?;
     Ok(())
+}
+
+/// Gives a job that was fetched but never started back to its pool without using up an
+/// attempt (a NAK would: the attempt is the delivery count): a copy whose first delivery is
+/// the same attempt is stored, then this delivery is terminated. If the copy cannot be
+/// stored, the delivery is NAKed instead (the job still runs, one attempt later).
+async fn hand_back(shared: &Shared, message: &Message) {
+    let copied = async {
+        let job: JobMessage = decode(&message.payload).map_err(|error| WorkerError::nats("reading the job", error))?;
+        let delivered = message.info().map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX)).unwrap_or(1);
+        let attempt = job.attempt_offset.saturating_add(delivered);
+        let mut copy = job.clone();
+        copy.retry_base = Some(job.retry_base());
+        copy.attempt_offset = attempt.saturating_sub(1);
+        let mut headers = HeaderMap::new();
+        let id = names::hand_back_id(&job.run_id, &job.job, attempt, job.generation, &RunId::new());
+        headers.insert(names::HEADER_MSG_ID, id.as_str());
+        headers.insert(names::HEADER_GENERATION, job.generation.to_string().as_str());
+        headers.insert(names::HEADER_ATTEMPT_OFFSET, copy.attempt_offset.to_string().as_str());
+        for name in [names::HEADER_RUN_ID, names::HEADER_JOB, names::HEADER_TRACEPARENT, names::HEADER_TRACESTATE] {
+            if let Some(value) = header(message, name) {
+                headers.insert(name, value.as_str());
+            }
+        }
+        let payload = encode(&copy).map_err(|error| WorkerError::nats("encoding a handed-back job", error))?;
+        let subject = names::job_subject(&job.pool, &job.run_id, &job.job);
+        let ack = shared.js.publish_with_headers(subject, headers, payload.into()).await;
+        let ack = ack
+            .map_err(|error| WorkerError::nats("handing back a job", error))?
+            .await
+            .map_err(|error| WorkerError::nats("handing back a job", error))?;
+        if ack.duplicate {
+            return Err(WorkerError::nats("handing back a job", "its copy was taken for a duplicate"));
+        }
+        Ok::<_, WorkerError>(())
+    }
+    .await;
+    let settled = match copied {
+        Ok(()) => message.ack_with(AckKind::Term).await,
+        Err(error) => {
+            tracing::warn!(%error, "cannot hand back a job as it was; it returns as its next attempt");
+            message.ack_with(AckKind::Nak(None)).await
+        }
+    };
+    if let Err(error) = settled {
+        tracing::warn!(%error, "settling a handed-back job failed; it returns after its ack wait");
+    }
+}
+
+/// `sleep_until` a time, or never.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A job message that cannot be decoded: report it against the run and job named in its
