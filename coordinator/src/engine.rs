@@ -101,8 +101,6 @@ pub struct Run {
     spec: Arc<WorkflowSpec>,
     /// Every job by path: workflow jobs by name, children as `<parent>.<name>`.
     jobs: HashMap<String, JobRecord>,
-    /// Definitions of children (workflow jobs are defined by `spec`).
-    definitions: HashMap<String, Arc<JobSpec>>,
     /// Each parent's children, in the order they were spawned.
     children_of: HashMap<String, Vec<String>>,
     /// Derived from the spec: who needs each workflow job.
@@ -153,7 +151,7 @@ impl Run {
             jobs: order.clone(),
         };
         let jobs = order.iter().map(|name| (name.clone(), blank_job(new.id, name))).collect();
-        let mut run = Self::assemble(record, Arc::new(new.spec), jobs, HashMap::new());
+        let mut run = Self::assemble(record, Arc::new(new.spec), jobs);
         let mut dispatches = Vec::new();
         for name in &order {
             if run.pending_needs[name] == 0 {
@@ -189,19 +187,14 @@ impl Run {
             .collect();
         let mut children: Vec<JobRecord> = stored.into_values().filter(|job| job.parent.is_some()).collect();
         children.sort_by(|a, b| depth_of(&a.name).cmp(&depth_of(&b.name)).then_with(|| a.name.cmp(&b.name)));
-        let mut definitions = HashMap::new();
         for child in children {
             let parent = child.parent.as_deref().unwrap_or_default();
             let spawned = jobs.get(parent).is_some_and(|parent| parent.children > 0);
-            let Some(definition) = child.definition.clone() else { continue };
-            if spawned && parent_of(&child.name) == Some(parent) {
-                definitions.insert(child.name.clone(), definition);
-                let mut child = child;
-                child.definition = None; // kept once, in `definitions`
+            if child.definition.is_some() && spawned && parent_of(&child.name) == Some(parent) {
                 jobs.insert(child.name.clone(), child);
             }
         }
-        let mut run = Self::assemble(record, Arc::new(spec), jobs, definitions);
+        let mut run = Self::assemble(record, Arc::new(spec), jobs);
         let mut effects = Vec::new();
         if run.record.state == RunState::Running {
             for name in run.all_paths() {
@@ -219,12 +212,7 @@ impl Run {
         Ok((run, effects))
     }
 
-    fn assemble(
-        record: RunRecord,
-        spec: Arc<WorkflowSpec>,
-        jobs: HashMap<String, JobRecord>,
-        definitions: HashMap<String, Arc<JobSpec>>,
-    ) -> Self {
+    fn assemble(record: RunRecord, spec: Arc<WorkflowSpec>, jobs: HashMap<String, JobRecord>) -> Self {
         let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
         for (name, job) in &spec.jobs {
             for need in &job.needs {
@@ -232,7 +220,9 @@ impl Run {
             }
         }
         let mut children_of: HashMap<String, Vec<String>> = HashMap::new();
-        let mut child_paths: Vec<&String> = definitions.keys().collect();
+        // Children are the jobs with a definition of their own.
+        let mut child_paths: Vec<&String> =
+            jobs.iter().filter(|(_, job)| job.definition.is_some()).map(|(path, _)| path).collect();
         child_paths.sort();
         for path in child_paths {
             children_of.entry(group_of(path).to_owned()).or_default().push(path.clone());
@@ -270,7 +260,6 @@ impl Run {
             record,
             spec,
             jobs,
-            definitions,
             children_of,
             dependents,
             unfinished,
@@ -304,19 +293,15 @@ impl Run {
         Effect::SaveJob { run_id: self.record.id, job: path.to_owned() }
     }
 
-    /// A job's record as stored (a child's with its definition: in memory it is kept once,
-    /// in `definitions`); `None` for a path the run does not have.
+    /// A job's record as stored (a child's with its definition, shared with equal
+    /// siblings); `None` for a path the run does not have.
     pub fn saved_record(&self, path: &str) -> Option<JobRecord> {
-        let mut record = self.jobs.get(path)?.clone();
-        if let Some(definition) = self.definitions.get(path) {
-            record.definition = Some(definition.clone());
-        }
-        Some(record)
+        self.jobs.get(path).cloned()
     }
 
     /// How a job is defined: by the workflow, or (a child) by the job that spawned it.
     fn definition(&self, path: &str) -> &JobSpec {
-        match self.definitions.get(path) {
+        match self.jobs.get(path).and_then(|job| job.definition.as_deref()) {
             Some(definition) => definition,
             None => &self.spec.jobs[path],
         }
@@ -529,7 +514,7 @@ impl Run {
             let child_path = child_path(path, &name);
             let mut record = blank_job(run_id, &child_path);
             record.parent = Some(path.to_owned());
-            self.definitions.insert(child_path.clone(), definition);
+            record.definition = Some(definition);
             self.jobs.insert(child_path.clone(), record);
             self.unfinished += 1;
             paths.push(child_path);
