@@ -65,7 +65,16 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.output;
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The coordinator is one event loop and `sluice worker` runs only I/O-bound stock kinds:
+    // on one thread they skip the cross-thread wake-ups that dominate their CPU profile
+    // (docs/performance.md). Everything else may use every core.
+    let single_thread = matches!(cli.command, Command::Coordinator(_) | Command::Worker(_));
+    let mut builder = if single_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             return output::report(&CliError::failed(format!("cannot start the async runtime: {error}")), format);
