@@ -28,6 +28,29 @@ impl Finished {
     }
 }
 
+/// Follows one run to its end, as `submit --wait` does: JSON prints the final status; exit
+/// 0 if it succeeded, 1 if not; a rejected run is an error that says why.
+pub async fn follow_one(
+    js: &jetstream::Context,
+    id: RunId,
+    format: Format,
+) -> Result<std::process::ExitCode, CliError> {
+    let finished = follow(js, &[id], format).await?;
+    let Some(result) = finished.into_iter().next() else {
+        return Err(CliError::failed("the run could not be followed"));
+    };
+    match &result {
+        Finished::Rejected(id, rejection) => {
+            return Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason)));
+        }
+        Finished::Run(view) if format == Format::Json => {
+            crate::output::print_json(&crate::commands::status::view_json(view))
+        }
+        Finished::Run(_) => {}
+    }
+    Ok(if result.succeeded() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) })
+}
+
 /// Waits until every run in `ids` is finished (or rejected), printing progress in human
 /// format. Results come back in the order of `ids`.
 pub async fn follow(js: &jetstream::Context, ids: &[RunId], format: Format) -> Result<Vec<Finished>, CliError> {

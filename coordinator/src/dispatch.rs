@@ -24,10 +24,11 @@ pub async fn publish_jobs(
             names::HEADER_MSG_ID,
             names::dispatch_id(&message.run_id, &message.job, attempt, message.generation).as_str(),
         );
-        headers.insert(names::HEADER_RUN_ID, message.run_id.to_string().as_str());
-        headers.insert(names::HEADER_JOB, message.job.as_str());
-        headers.insert(names::HEADER_GENERATION, message.generation.to_string().as_str());
-        headers.insert(names::HEADER_ATTEMPT_OFFSET, message.attempt_offset.to_string().as_str());
+        for (name, value) in
+            names::job_headers(&message.run_id, &message.job, message.generation, message.attempt_offset)
+        {
+            headers.insert(name, value.as_ref());
+        }
         if let Some(parent) = run.traceparent.as_deref().and_then(TraceParent::parse) {
             headers.insert(names::HEADER_TRACEPARENT, parent.child(rng).to_string().as_str());
             if let Some(state) = &run.tracestate {

@@ -21,10 +21,12 @@ use sluice_proto::{
 /// What the shell must do, in order.
 ///
 /// Small on purpose (a job's save and dispatch name the job; the shell reads the record
-/// with [`Run::saved_record`] and builds the message with [`Run::dispatch_message`] when it
+/// with [`Run::job`] and builds the message with [`Run::dispatch_message`] when it
 /// gets to them, a chunk at a time): a spawn of 100,000 children yields 200,000 effects at
-/// once. The shell carries out a batch's effects before applying anything else, so what it
-/// reads is the state the engine left.
+/// once. The shell may apply several events before carrying out their effects together; it
+/// then writes each record's latest state at the place of its last save, which keeps the
+/// order that matters (a spawning parent after its children) as long as a spawn's effects
+/// are carried out on their own, which the shell does.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Effect {
     /// Write a job's record as it is now (KV `sluice-jobs`).
@@ -293,12 +295,6 @@ impl Run {
         Effect::SaveJob { run_id: self.record.id, job: path.to_owned() }
     }
 
-    /// A job's record as stored (a child's with its definition, shared with equal
-    /// siblings); `None` for a path the run does not have.
-    pub fn saved_record(&self, path: &str) -> Option<JobRecord> {
-        self.jobs.get(path).cloned()
-    }
-
     /// How a job is defined: by the workflow, or (a child) by the job that spawned it.
     fn definition(&self, path: &str) -> &JobSpec {
         match self.jobs.get(path).and_then(|job| job.definition.as_deref()) {
@@ -409,38 +405,27 @@ impl Run {
     fn set_state(&mut self, path: &str, state: JobState) {
         let job = self.jobs.get_mut(path).expect("path comes from the run");
         let old = std::mem::replace(&mut job.state, state);
-        let parent = job.parent.clone();
+        // A child's parent is its path's prefix (names hold no dots): no copy per change.
+        let parent = parent_of(path);
         match (old.is_in_flight(), state.is_in_flight()) {
             (false, true) => {
                 self.in_flight += 1;
-                if let Some(parent) = &parent {
-                    *self.in_flight_children.entry(parent.clone()).or_default() += 1;
-                }
+                count_child(&mut self.in_flight_children, parent, true);
             }
             (true, false) => {
                 self.in_flight -= 1;
-                if let Some(parent) = &parent
-                    && let Some(count) = self.in_flight_children.get_mut(parent)
-                {
-                    *count -= 1;
-                }
+                count_child(&mut self.in_flight_children, parent, false);
             }
             _ => {}
         }
         match (old.is_terminal(), state.is_terminal()) {
             (false, true) => {
                 self.unfinished -= 1;
-                if let Some(parent) = &parent
-                    && let Some(count) = self.pending_children.get_mut(parent)
-                {
-                    *count -= 1;
-                }
+                count_child(&mut self.pending_children, parent, false);
             }
             (true, false) => {
                 self.unfinished += 1;
-                if let Some(parent) = &parent {
-                    *self.pending_children.entry(parent.clone()).or_default() += 1;
-                }
+                count_child(&mut self.pending_children, parent, true);
             }
             _ => {}
         }
@@ -956,6 +941,20 @@ fn blank_job(run_id: RunId, name: &str) -> JobRecord {
         definition: None,
         children: 0,
         output: None,
+    }
+}
+
+/// One more (`up`) or one fewer child of `parent` in `counts`; the key is copied only the
+/// first time a parent is counted. Nothing for a workflow job (no parent).
+fn count_child(counts: &mut HashMap<String, usize>, parent: Option<&str>, up: bool) {
+    let Some(parent) = parent else { return };
+    match counts.get_mut(parent) {
+        Some(count) if up => *count += 1,
+        Some(count) => *count -= 1,
+        None if up => {
+            counts.insert(parent.to_owned(), 1);
+        }
+        None => {}
     }
 }
 

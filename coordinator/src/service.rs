@@ -40,16 +40,16 @@ const SUBMISSIONS_PREFETCH: usize = 16;
 const RESTART_DELAY_INITIAL: Duration = Duration::from_millis(200);
 const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
 
-/// Runs the coordinator until `shutdown` is cancelled: campaigns for leadership, leads
-/// while it holds the lease, and restarts from durable state after any failure (for example
-/// while the nats-server restarts). Any number may run; one leads at a time.
 /// What an operator may set on a coordinator.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Settings {
     pub logs: topology::LogRetention,
 }
 
-/// [`run_with`] default settings.
+/// Runs the coordinator until `shutdown` is cancelled: campaigns for leadership, leads
+/// while it holds the lease, and restarts from durable state after any failure (for example
+/// while the nats-server restarts). Any number may run; one leads at a time. [`run_with`]
+/// with default settings.
 pub async fn run(client: async_nats::Client, shutdown: CancellationToken) -> Result<(), ServiceError> {
     run_with(client, Settings::default(), shutdown).await
 }
@@ -287,7 +287,12 @@ impl Coordinator {
                 tracing::debug!(run = %event.run_id, job = %event.job, "event for a run that is not active");
                 continue;
             };
-            let children = if run.wants_children(&event) {
+            let spawning = run.wants_children(&event);
+            let children = if spawning {
+                // A spawn is carried out on its own: its children's records are written
+                // before the parent's, and a later event of this batch that saves a child
+                // again must not move that child's write after the parent's.
+                self.execute(std::mem::take(&mut effects)).await?;
                 spawned.push(event.clone());
                 spawns::read(&self.js, &event).await?
             } else {
@@ -295,6 +300,7 @@ impl Coordinator {
             };
             let Some(run) = self.active.get_mut(&event.run_id) else { continue };
             match run.apply_with(&event, children, now) {
+                Ok(more) if spawning => self.execute(more).await?,
                 Ok(more) if effects.is_empty() => effects = more,
                 Ok(more) => effects.extend(more),
                 Err(ignored) => {
@@ -387,7 +393,7 @@ impl Coordinator {
             return Ok(());
         }
         let active = &self.active;
-        let job_record = |run_id: &RunId, job: &str| active.get(run_id)?.saved_record(job);
+        let job_record = |run_id: &RunId, job: &str| active.get(run_id)?.job(job);
         write_all(&self.js, saves_of(&effects), &mut self.revisions, job_record).await?;
         let dispatches: Vec<(&RunId, &str, u32)> = effects
             .iter()

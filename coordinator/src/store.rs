@@ -120,11 +120,11 @@ impl Revisions {
 /// Publishes every save, pipelined, a chunk at a time, and waits for every acknowledgement:
 /// when this returns `Ok`, every record is durable. One connection keeps them in order.
 /// `job_record` reads a job's record as the engine holds it now (see [`Effect::SaveJob`]).
-pub async fn write_all(
+pub async fn write_all<'a>(
     js: &jetstream::Context,
     saves: Vec<&Effect>,
     revisions: &mut Revisions,
-    job_record: impl Fn(&RunId, &str) -> Option<JobRecord>,
+    job_record: impl Fn(&RunId, &str) -> Option<&'a JobRecord>,
 ) -> Result<(), ServiceError> {
     for chunk in saves.chunks(WRITE_CHUNK) {
         let mut outgoing = Vec::with_capacity(chunk.len());
@@ -133,7 +133,7 @@ pub async fn write_all(
             let Some(key) = RecordKey::of(effect) else { continue };
             let payload = match effect {
                 Effect::SaveJob { run_id, job } => match job_record(run_id, job) {
-                    Some(record) => encode(&record)?,
+                    Some(record) => encode(record)?,
                     None => {
                         // The engine named a job it does not have: a bug, not a reason to stop.
                         tracing::error!(run = %run_id, %job, "asked to save a job the run does not have");

@@ -95,56 +95,28 @@ async fn main() -> Result<()> {
     println!("baselines: B1 {b1:.0} msg/s, B2 {b2:.3} s, B3 {:.3} ms/step", b3 * 1e3);
 
     if args.wants("W1") {
-        let w1 = measure(&args, &sluice, "W1", |js| {
-            let yaml = workloads::independent(sizes.w1);
-            async move {
-                let id = workloads::submit(&js, &yaml).await?;
-                Ok(vec![workloads::wait_run(&js, &id).await?])
-            }
-        })
-        .await?;
+        let w1 = measure_one_run(&args, &sluice, "W1", workloads::independent(sizes.w1)).await?;
         let w1_rate = sizes.w1 as f64 / workloads::run_seconds(&w1.runs[0]);
         suite.push(Row::new("W1", "throughput", w1_rate, "jobs/s").against(b1, w1_rate / b1));
         suite.extend(w1.rows("W1", sizes.w1));
     }
 
     if args.wants("W2") {
-        let w2 = measure(&args, &sluice, "W2", |js| {
-            let yaml = workloads::fan_out("w2", sizes.w2, true);
-            async move {
-                let id = workloads::submit(&js, &yaml).await?;
-                Ok(vec![workloads::wait_run(&js, &id).await?])
-            }
-        })
-        .await?;
+        let w2 = measure_one_run(&args, &sluice, "W2", workloads::fan_out("w2", sizes.w2, true)).await?;
         let w2_wall = workloads::run_seconds(&w2.runs[0]);
         suite.push(Row::new("W2", "wall time", w2_wall, "s").against(b2, w2_wall / b2));
         suite.extend(w2.rows("W2", sizes.w2 + 2));
     }
 
     if args.wants("W3") {
-        let w3 = measure(&args, &sluice, "W3", |js| {
-            let yaml = workloads::chain(sizes.w3);
-            async move {
-                let id = workloads::submit(&js, &yaml).await?;
-                Ok(vec![workloads::wait_run(&js, &id).await?])
-            }
-        })
-        .await?;
+        let w3 = measure_one_run(&args, &sluice, "W3", workloads::chain(sizes.w3)).await?;
         let w3_step = workloads::run_seconds(&w3.runs[0]) / sizes.w3 as f64;
         suite.push(Row::new("W3", "time per step", w3_step * 1e3, "ms").against(b3 * 1e3, w3_step / b3));
         suite.extend(w3.rows("W3", sizes.w3));
     }
 
     if args.wants("W4") {
-        let w4 = measure(&args, &sluice, "W4", |js| {
-            let yaml = workloads::fan_out("w4", sizes.w4, false);
-            async move {
-                let id = workloads::submit(&js, &yaml).await?;
-                Ok(vec![workloads::wait_run(&js, &id).await?])
-            }
-        })
-        .await?;
+        let w4 = measure_one_run(&args, &sluice, "W4", workloads::fan_out("w4", sizes.w4, false)).await?;
         suite.push(Row::new("W4", "wall time", workloads::run_seconds(&w4.runs[0]), "s"));
         let per_child =
             w4.coordinator.peak_rss_bytes.saturating_sub(w4.coordinator_rss_at_start) as f64 / sizes.w4 as f64;
@@ -249,6 +221,15 @@ impl Measured {
     }
 }
 
+/// [`measure`] for a workload that is one run of `yaml`.
+async fn measure_one_run(args: &Args, sluice: &std::path::Path, name: &str, yaml: String) -> Result<Measured> {
+    measure(args, sluice, name, |js| async move {
+        let id = workloads::submit(&js, &yaml).await?;
+        Ok(vec![workloads::wait_run(&js, &id).await?])
+    })
+    .await
+}
+
 /// Runs one workload on a fresh stack: `work` submits and waits; CPU and memory are read
 /// from /proc around it; dispatch latencies come from the job records.
 async fn measure<F, Fut>(args: &Args, sluice: &std::path::Path, name: &str, work: F) -> Result<Measured>
@@ -272,7 +253,7 @@ where
     let mut latencies = Vec::new();
     if name != "W1" && name != "W4" {
         for run in &runs {
-            let jobs = workloads::job_records(&js, &run.id).await?;
+            let jobs = workloads::job_records(&js, run).await?;
             latencies.extend(workloads::dispatch_latencies(run, &jobs));
         }
     }

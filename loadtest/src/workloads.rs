@@ -4,12 +4,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use async_nats::jetstream;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
-use sluice_proto::{
-    JobRecord, RunId, RunRecord, SCHEMA_VERSION, Submission, Window, WorkflowSpec, decode, encode, names,
-};
+use sluice_proto::{JobRecord, RunId, RunRecord, SCHEMA_VERSION, Submission, Window, WorkflowSpec, decode, names};
 
 /// How long one run may take before the workload counts as failed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(900);
@@ -83,13 +80,12 @@ pub async fn submit(js: &jetstream::Context, yaml: &str) -> Result<RunId> {
         idempotency_key: None,
         submitted_at: Some(Utc::now()),
     };
-    let mut headers = async_nats::HeaderMap::new();
-    headers.insert(names::HEADER_MSG_ID, run_id.to_string().as_str());
-    js.publish_with_headers(names::SUBMIT_SUBJECT, headers, encode(&submission)?.into()).await?.await?;
+    sluice_coordinator::requests::submit(js, &submission, &run_id.to_string()).await?;
     Ok(run_id)
 }
 
-/// Waits until the run ends; it must succeed.
+/// Waits until the run ends; it must succeed. Polls every 100 ms: the figures come from the
+/// records' own timestamps, and faster polling would load the server being measured.
 pub async fn wait_run(js: &jetstream::Context, id: &RunId) -> Result<RunRecord> {
     let runs = js.get_key_value(names::RUNS_BUCKET).await.context("opening KV sluice-runs")?;
     let deadline = Instant::now() + RUN_TIMEOUT;
@@ -106,7 +102,7 @@ pub async fn wait_run(js: &jetstream::Context, id: &RunId) -> Result<RunRecord> 
         if Instant::now() > deadline {
             bail!("run {id} did not finish within {RUN_TIMEOUT:?}");
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -120,31 +116,9 @@ fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
 }
 
 /// Every job record of a run, children included.
-pub async fn job_records(js: &jetstream::Context, id: &RunId) -> Result<HashMap<String, JobRecord>> {
-    let stream = js.get_stream(format!("KV_{}", names::JOBS_BUCKET)).await?;
-    let mut consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: names::run_jobs_filter(id),
-            deliver_policy: DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        })
-        .await?;
-    let mut records = HashMap::new();
-    if consumer.info().await?.num_pending == 0 {
-        return Ok(records);
-    }
-    let mut messages = consumer.messages().await?;
-    while let Some(message) = messages.next().await {
-        let message = message?;
-        let pending = message.info().map(|info| info.pending).unwrap_or(0);
-        if let Ok(record) = decode::<JobRecord>(&message.payload) {
-            records.insert(record.name.clone(), record);
-        }
-        if pending == 0 {
-            break;
-        }
-    }
-    Ok(records)
+pub async fn job_records(js: &jetstream::Context, run: &RunRecord) -> Result<HashMap<String, JobRecord>> {
+    let topology = sluice_coordinator::topology::open(js).await?.context("Sluice's buckets are missing")?;
+    Ok(sluice_coordinator::store::load_jobs(&topology, run).await?)
 }
 
 /// Dependency finished → dependent started, in seconds, for every job that waited on

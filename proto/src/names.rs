@@ -208,10 +208,20 @@ pub fn dispatch_id(run_id: &RunId, job: &str, attempt: u32, generation: u32) -> 
     format!("{run_id}.{job}.{attempt}.{generation}")
 }
 
-/// Deduplication id of a job a worker handed back unstarted (unique per hand-back: the same
-/// attempt may be handed back more than once).
-pub fn hand_back_id(run_id: &RunId, job: &str, attempt: u32, generation: u32, unique: &RunId) -> String {
-    format!("{run_id}.{job}.{attempt}.{generation}.back.{unique}")
+/// The headers every job message carries (besides its dedup id and trace context), so a
+/// worker that cannot decode one still reports against the right run, job and attempt.
+pub fn job_headers<'a>(
+    run_id: &RunId,
+    job: &'a str,
+    generation: u32,
+    attempt_offset: u32,
+) -> [(&'static str, std::borrow::Cow<'a, str>); 4] {
+    [
+        (HEADER_RUN_ID, run_id.to_string().into()),
+        (HEADER_JOB, job.into()),
+        (HEADER_GENERATION, generation.to_string().into()),
+        (HEADER_ATTEMPT_OFFSET, attempt_offset.to_string().into()),
+    ]
 }
 
 /// Deduplication id of a lifecycle event, so a worker may safely re-publish one.

@@ -66,8 +66,7 @@ impl ChildSpec {
         }
     }
 
-    /// The job definition the child runs by.
-    /// [`ChildSpec::to_job_spec`], consuming the child (no copies of its fields).
+    /// The job definition the child runs by, consuming the child (no copies of its fields).
     pub fn into_job_spec(self) -> JobSpec {
         JobSpec {
             run: self.run,
@@ -83,6 +82,7 @@ impl ChildSpec {
         }
     }
 
+    /// The job definition the child runs by.
     pub fn to_job_spec(&self) -> JobSpec {
         JobSpec {
             run: self.run.clone(),

@@ -1,6 +1,6 @@
 //! The worker runtime: producer → executor → completer.
 //!
-//! - Producer ([`run`]): fetches as many jobs as there are free slots and, while the jobs
+//! - Producer ([`Producer`], started by [`run`]): fetches as many jobs as there are free slots and, while the jobs
 //!   it runs are short (done within [`SHORT_JOB`]), up to `prefetch` more, so the
 //!   next short job is at hand when a slot frees up and fetches come in batches. None are
 //!   fetched ahead while jobs run long, and a job fetched ahead that waits longer than
@@ -52,10 +52,10 @@ const TIMEOUT_STOP_GRACE: Duration = Duration::from_secs(15);
 pub const NAK_DELAY_MAX_DEFAULT: Duration = Duration::from_secs(30);
 /// A job done within this counts as short: only while jobs are short does a worker fetch
 /// jobs ahead of its free slots.
-pub const SHORT_JOB: Duration = Duration::from_millis(100);
+const SHORT_JOB: Duration = Duration::from_millis(100);
 /// Longest a job fetched ahead waits for a slot; then the jobs in the slots are not short
 /// after all, and it goes back to the pool (without using up an attempt) for another worker.
-pub const FETCHED_WAIT_MAX: Duration = Duration::from_secs(1);
+const FETCHED_WAIT_MAX: Duration = Duration::from_secs(1);
 /// Tries to publish an event before giving up on it (the message is then redelivered).
 const EVENT_PUBLISH_TRIES: u32 = 5;
 /// Slots per worker process, at most.
@@ -80,9 +80,15 @@ pub struct WorkerConfig {
     /// The pool consumer's max_deliver, when this worker creates the consumer.
     pub max_deliver: i64,
     /// Jobs fetched beyond the free slots while jobs are short (0: only for free slots);
-    /// `sluice worker` defaults to three per slot, so a worker holds at most four jobs per
-    /// slot (Celery's default prefetch multiplier).
+    /// [`default_prefetch`] of the concurrency by default.
     pub prefetch: usize,
+}
+
+/// Three jobs ahead per slot (at most [`CONCURRENCY_MAX`]): a worker then holds at most four
+/// jobs per slot, Celery's default prefetch multiplier. Set `prefetch` with this when
+/// changing `concurrency`.
+pub fn default_prefetch(concurrency: usize) -> usize {
+    (concurrency * 3).min(CONCURRENCY_MAX)
 }
 
 impl WorkerConfig {
@@ -96,7 +102,7 @@ impl WorkerConfig {
             ack_wait: JOB_ACK_WAIT_DEFAULT,
             nak_delay_max: NAK_DELAY_MAX_DEFAULT,
             max_deliver: POOL_MAX_DELIVER_DEFAULT,
-            prefetch: 12,
+            prefetch: default_prefetch(4),
         }
     }
 }
@@ -129,7 +135,8 @@ struct Shared {
     stops: RunStops,
     /// Job records, for the outputs of the jobs a job needs.
     job_records: jetstream::kv::Store,
-    /// Whether the last job to finish was short: only then are jobs fetched ahead.
+    /// Whether the last job to finish was short (cleared, too, when a fetched job waits too
+    /// long): only then are jobs fetched ahead.
     short_jobs: std::sync::atomic::AtomicBool,
 }
 
@@ -200,10 +207,6 @@ pub async fn run(
         }
     }
     listener.abort();
-    // Acks are not confirmed one by one: send the last ones before the process ends.
-    if let Err(error) = shared.js.client().flush().await {
-        tracing::warn!(%error, "sending the last acknowledgements failed; those jobs return after their ack wait");
-    }
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -250,8 +253,6 @@ struct Producer {
 impl Producer {
     async fn run(&mut self, consumer: &PullConsumer) {
         let shutdown = self.shutdown.clone();
-        let mut keep_alive = tokio::time::interval(self.shared.progress_interval);
-        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         while !shutdown.is_cancelled() {
             self.start_fetched();
             while let Some(finished) = self.running.try_join_next() {
@@ -271,14 +272,6 @@ impl Producer {
                     Ok(permit) => self.start_one(permit),
                     Err(_) => return,
                 },
-                _ = keep_alive.tick() => {
-                    // Jobs fetched ahead wait behind jobs that turned out long: keep them ours.
-                    for (_, message) in &self.fetched {
-                        if let Err(error) = message.ack_with(AckKind::Progress).await {
-                            tracing::warn!(%error, "in-progress ack of a waiting job failed");
-                        }
-                    }
-                }
             }
         }
     }
@@ -306,7 +299,11 @@ impl Producer {
                         self.start_fetched();
                     }
                     Some(Err(error)) => {
-                        tracing::warn!(%error, "receiving jobs failed");
+                        tracing::warn!(%error, "receiving jobs failed; retrying");
+                        tokio::select! {
+                            _ = self.shutdown.cancelled() => {}
+                            _ = tokio::time::sleep(FETCH_WAIT) => {}
+                        }
                         return;
                     }
                     None => return,
@@ -321,9 +318,15 @@ impl Producer {
         }
     }
 
-    /// When the oldest fetched job will have waited [`FETCHED_WAIT_MAX`].
+    /// How long a fetched job may wait for a slot: [`FETCHED_WAIT_MAX`], and never as long
+    /// as the consumer's ack wait (it is handed back before JetStream would redeliver it).
+    fn wait_max(&self) -> Duration {
+        FETCHED_WAIT_MAX.min(self.shared.progress_interval)
+    }
+
+    /// When the oldest fetched job will have waited [`Producer::wait_max`].
     fn overdue_at(&self) -> Option<tokio::time::Instant> {
-        self.fetched.front().map(|(at, _)| *at + FETCHED_WAIT_MAX)
+        self.fetched.front().map(|(at, _)| *at + self.wait_max())
     }
 
     /// The jobs in the slots run long: stop fetching ahead, and give back what waited too
@@ -331,8 +334,9 @@ impl Producer {
     async fn hand_back_overdue(&mut self) {
         self.shared.short_jobs.store(false, Ordering::Relaxed);
         let now = tokio::time::Instant::now();
+        let wait_max = self.wait_max();
         while let Some((at, _)) = self.fetched.front()
-            && *at + FETCHED_WAIT_MAX <= now
+            && *at + wait_max <= now
         {
             let Some((_, message)) = self.fetched.pop_front() else { break };
             hand_back(&self.shared, &message).await;
@@ -357,7 +361,7 @@ impl Producer {
 
     /// Starts fetched jobs while slots are free (none once shutting down).
     fn start_fetched(&mut self) {
-        while !self.fetched.is_empty() {
+        while !self.fetched.is_empty() && !self.shutdown.is_cancelled() {
             match self.slots.clone().try_acquire_owned() {
                 Ok(permit) => self.start_one(permit),
                 Err(_) => return,
@@ -449,8 +453,8 @@ async fn execute(shared: &Shared, message: Message, slot: OwnedSemaphorePermit) 
         return complete(&reporter, &message, Outcome::Failed(JobError::permanent(reason))).await;
     };
     // The start is stored while the job runs: its acknowledgement is awaited with the
-    // outcome's. Sent before the work begins, so every execution is on record, even one
-    // whose worker dies a moment later.
+    // outcome's. Sent before the work begins, so an execution whose worker dies once the
+    // start has left the process is still on record.
     if let Err(error) = reporter.publish_start().await {
         tracing::warn!(%error, job = %job.job, "cannot report the start; handing the job back");
         let _ = message.ack_with(AckKind::Nak(None)).await;
@@ -525,6 +529,9 @@ async fn execute(shared: &Shared, message: Message, slot: OwnedSemaphorePermit) 
         Ok(Err(error)) => Outcome::Failed(error),
         Err(panic) => Outcome::Failed(JobError::retryable(format!("job panicked: {}", panic_text(&panic)))),
     };
+    // The work is done: the slot may fetch the next job while this one's logs, children and
+    // outcome are stored (its message is still acknowledged only after its outcome is).
+    reporter.free_slot();
     shipper.finish().await;
     complete(&reporter, &message, outcome).await;
 }
@@ -682,8 +689,6 @@ async fn complete(reporter: &Reporter<'_>, message: &Message, outcome: Outcome) 
         other => other,
     };
     tracing::info!(run = %job.run_id, job = %job.job, attempt = reporter.attempt, outcome = kind.as_str(), error = error.as_deref().unwrap_or(""), "job finished");
-    // The work is done: the slot may fetch the next job while this one is settled (its
-    // message is still acknowledged only after its outcome is stored).
     reporter.free_slot();
     let (output, spawned) = handed;
     if let Err(publish_error) = reporter.publish_with(kind, error, retry_at, output, spawned).await {
@@ -727,17 +732,9 @@ async fn schedule_retry(
     at: chrono::DateTime<Utc>,
 ) -> Result<(), WorkerError> {
     let job = reporter.job;
-    let mut next = job.clone();
-    next.retry_base = Some(job.retry_base());
-    next.attempt_offset = reporter.attempt;
+    let next = copy_in_series(job, reporter.attempt);
     let payload = encode(&next).map_err(|error| WorkerError::nats("encoding a scheduled retry", error))?;
-    // Fresh headers: the original Nats-Msg-Id would make JetStream drop this as a duplicate.
-    let mut headers = HeaderMap::new();
-    for name in [names::HEADER_RUN_ID, names::HEADER_JOB, names::HEADER_TRACEPARENT, names::HEADER_TRACESTATE] {
-        if let Some(value) = header(message, name) {
-            headers.insert(name, value.as_str());
-        }
-    }
+    let mut headers = copy_headers(message, &next);
     // `@at` takes whole seconds: round up, never fire early.
     let whole_seconds = at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0);
     let due = chrono::DateTime::from_timestamp(whole_seconds, 0).unwrap_or(at);
@@ -752,43 +749,62 @@ async fn schedule_retry(
     Ok(())
 }
 
+/// A copy of `job` for a later dispatch of the same series: its first delivery is attempt
+/// `attempt_offset + 1`, and the retry policy still counts from the series' start.
+fn copy_in_series(job: &JobMessage, attempt_offset: u32) -> JobMessage {
+    let mut copy = job.clone();
+    copy.retry_base = Some(job.retry_base());
+    copy.attempt_offset = attempt_offset;
+    copy
+}
+
+/// Headers for a copy of `message` (fresh: the original `Nats-Msg-Id` would make JetStream
+/// drop the copy as a duplicate), keeping its trace context.
+fn copy_headers(message: &Message, copy: &JobMessage) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in names::job_headers(&copy.run_id, &copy.job, copy.generation, copy.attempt_offset) {
+        headers.insert(name, value.as_ref());
+    }
+    for name in [names::HEADER_TRACEPARENT, names::HEADER_TRACESTATE] {
+        if let Some(value) = header(message, name) {
+            headers.insert(name, value.as_str());
+        }
+    }
+    headers
+}
+
 /// Gives a job that was fetched but never started back to its pool without using up an
 /// attempt (a NAK would: the attempt is the delivery count): a copy whose first delivery is
-/// the same attempt is stored, then this delivery is terminated. If the copy cannot be
-/// stored, the delivery is NAKed instead (the job still runs, one attempt later).
+/// the same attempt is stored, then this delivery is terminated. The copy is stored only if
+/// this message is still the job's latest (`Nats-Expected-Last-Subject-Sequence`), so a job
+/// whose run was cancelled (its messages withdrawn) or dispatched again does not come back.
+/// If the copy cannot be stored for another reason, the delivery is NAKed (the job still
+/// runs, one attempt later).
 async fn hand_back(shared: &Shared, message: &Message) {
-    let copied = async {
-        let job: JobMessage = decode(&message.payload).map_err(|error| WorkerError::nats("reading the job", error))?;
-        let delivered = message.info().map(|info| u32::try_from(info.delivered).unwrap_or(u32::MAX)).unwrap_or(1);
+    let Ok(info) = message.info() else {
+        let _ = message.ack_with(AckKind::Nak(None)).await;
+        return;
+    };
+    let (sequence, delivered) = (info.stream_sequence, u32::try_from(info.delivered).unwrap_or(u32::MAX));
+    // Ok(true): stored; Ok(false): refused, the job was withdrawn or dispatched again.
+    let stored = async {
+        let job: JobMessage = decode(&message.payload).map_err(|error| format!("reading the job: {error}"))?;
         let attempt = job.attempt_offset.saturating_add(delivered);
-        let mut copy = job.clone();
-        copy.retry_base = Some(job.retry_base());
-        copy.attempt_offset = attempt.saturating_sub(1);
-        let mut headers = HeaderMap::new();
-        let id = names::hand_back_id(&job.run_id, &job.job, attempt, job.generation, &RunId::new());
-        headers.insert(names::HEADER_MSG_ID, id.as_str());
-        headers.insert(names::HEADER_GENERATION, job.generation.to_string().as_str());
-        headers.insert(names::HEADER_ATTEMPT_OFFSET, copy.attempt_offset.to_string().as_str());
-        for name in [names::HEADER_RUN_ID, names::HEADER_JOB, names::HEADER_TRACEPARENT, names::HEADER_TRACESTATE] {
-            if let Some(value) = header(message, name) {
-                headers.insert(name, value.as_str());
-            }
-        }
-        let payload = encode(&copy).map_err(|error| WorkerError::nats("encoding a handed-back job", error))?;
+        let copy = copy_in_series(&job, attempt.saturating_sub(1));
+        let mut headers = copy_headers(message, &copy);
+        headers.insert(names::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE, sequence.to_string().as_str());
+        let payload = encode(&copy).map_err(|error| format!("encoding the copy: {error}"))?;
         let subject = names::job_subject(&job.pool, &job.run_id, &job.job);
         let ack = shared.js.publish_with_headers(subject, headers, payload.into()).await;
-        let ack = ack
-            .map_err(|error| WorkerError::nats("handing back a job", error))?
-            .await
-            .map_err(|error| WorkerError::nats("handing back a job", error))?;
-        if ack.duplicate {
-            return Err(WorkerError::nats("handing back a job", "its copy was taken for a duplicate"));
+        match ack.map_err(|error| error.to_string())?.await {
+            Ok(_) => Ok(true),
+            Err(error) if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(false),
+            Err(error) => Err(error.to_string()),
         }
-        Ok::<_, WorkerError>(())
     }
     .await;
-    let settled = match copied {
-        Ok(()) => message.ack_with(AckKind::Term).await,
+    let settled = match stored {
+        Ok(_) => message.ack_with(AckKind::Term).await,
         Err(error) => {
             tracing::warn!(%error, "cannot hand back a job as it was; it returns as its next attempt");
             message.ack_with(AckKind::Nak(None)).await

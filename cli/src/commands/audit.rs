@@ -91,10 +91,6 @@ pub async fn run(url: &str, args: AuditArgs, format: Format) -> Result<ExitCode,
     let mut rows = Vec::new();
     for window in &windows {
         let run = latest.get(&key_of(window)).copied();
-        let jobs = match run {
-            Some(run) => store::load_jobs(&topology, run).await?,
-            None => HashMap::new(),
-        };
         if let Some(run) = run {
             for name in &run.jobs {
                 if !columns.contains(name) {
@@ -106,6 +102,10 @@ pub async fn run(url: &str, args: AuditArgs, format: Format) -> Result<ExitCode,
         if args.missing && succeeded {
             continue;
         }
+        let jobs = match run {
+            Some(run) => store::load_jobs(&topology, run).await?,
+            None => HashMap::new(),
+        };
         let cells: serde_json::Map<String, serde_json::Value> = run
             .map(|run| {
                 run.jobs

@@ -184,9 +184,7 @@ async fn create(url: &str, args: BackfillArgs, format: Format) -> Result<ExitCod
         .create(id.to_string(), payload.into())
         .await
         .map_err(|error| CliError::nats(format!("creating the backfill: {error}")))?;
-    // A rejected submission counts as failed, not skipped.
-    let rejected = |window: &&BackfillWindow| window.skip.as_deref().is_some_and(|skip| skip.starts_with("rejected"));
-    let skipped = record.windows.iter().filter(|window| window.skip.is_some() && !rejected(window)).count();
+    let skipped = skipped_windows(&record);
     if format == Format::Human {
         println!(
             "backfill {id}: {} windows of {} from {from} to {to} ({skipped} skipped), at most {} runs at once",
@@ -259,9 +257,7 @@ fn counts(record: &BackfillRecord) -> serde_json::Value {
     let count = |wanted: RunState| {
         record.windows.iter().filter(|window| window.skip.is_none() && window.state == Some(wanted)).count()
     };
-    // A rejected submission counts as failed, not skipped.
-    let rejected = |window: &&BackfillWindow| window.skip.as_deref().is_some_and(|skip| skip.starts_with("rejected"));
-    let skipped = record.windows.iter().filter(|window| window.skip.is_some() && !rejected(window)).count();
+    let skipped = skipped_windows(record);
     let running = record.windows[..submitted.min(record.windows.len())]
         .iter()
         .filter(|window| window.skip.is_none() && !window.state.is_some_and(RunState::is_terminal))
@@ -269,7 +265,7 @@ fn counts(record: &BackfillRecord) -> serde_json::Value {
     json!({
         "total": record.windows.len(),
         "succeeded": count(RunState::Succeeded),
-        "failed": count(RunState::Failed) + record.windows.iter().filter(rejected).count(),
+        "failed": count(RunState::Failed) + record.windows.iter().filter(|window| was_rejected(window)).count(),
         "cancelled": count(RunState::Cancelled),
         "running": running,
         "skipped": skipped,
@@ -406,4 +402,14 @@ async fn cancel(topology: &Topology, id: &RunId, format: Format) -> Result<ExitC
         Format::Human => println!("backfill {id} cancelled: no new windows start; running ones are being cancelled"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether the window's submission was rejected (that counts as failed, not skipped).
+fn was_rejected(window: &BackfillWindow) -> bool {
+    window.skip.as_deref().is_some_and(|skip| skip.starts_with("rejected"))
+}
+
+/// Windows the backfill skipped.
+fn skipped_windows(record: &BackfillRecord) -> usize {
+    record.windows.iter().filter(|window| window.skip.is_some() && !was_rejected(window)).count()
 }

@@ -11,7 +11,7 @@ use sluice_coordinator::topology;
 use sluice_proto::{ControlAction, JobState, RunId, RunState};
 
 use crate::commands::status::{Lookup, RunView, lookup, view_json};
-use crate::follow::follow;
+use crate::follow::follow_one;
 use crate::output::{self, CliError, Format, print_json};
 
 /// How long to wait for a coordinator to apply a request.
@@ -100,12 +100,7 @@ pub async fn retry(url: &str, args: RetryArgs, format: Format) -> Result<ExitCod
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let finished = follow(&js, &[id], format).await?;
-    let succeeded = finished.first().is_some_and(|finished| finished.succeeded());
-    if let (Format::Json, Some(crate::follow::Finished::Run(view))) = (format, finished.first()) {
-        print_json(&view_json(view));
-    }
-    Ok(if succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    follow_one(&js, id, format).await
 }
 
 /// Connects and reads the run, or explains why there is none.

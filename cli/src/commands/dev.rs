@@ -59,7 +59,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
     let coordinator = tokio::spawn(sluice_coordinator::service::run(client.clone(), shutdown.clone()));
     let mut config = WorkerConfig::new(sluice_proto::spec::DEFAULT_POOL);
     config.concurrency = args.concurrency;
-    config.prefetch = super::serve::default_prefetch(args.concurrency);
+    config.prefetch = sluice_worker::runtime::default_prefetch(args.concurrency);
     config.shutdown_grace = Duration::from_secs(5);
     let worker = tokio::spawn(sluice_worker::runtime::run(
         client.clone(),

@@ -56,7 +56,7 @@ pub async fn run(url: &str, args: LogsArgs, format: Format) -> Result<ExitCode, 
     };
     let mut consumer = stream
         .create_consumer(OrderedConfig {
-            filter_subjects: filters,
+            filter_subjects: filters.clone(),
             deliver_policy: DeliverPolicy::All,
             ..Default::default()
         })
@@ -64,6 +64,8 @@ pub async fn run(url: &str, args: LogsArgs, format: Format) -> Result<ExitCode, 
         .map_err(|error| CliError::nats(format!("reading logs: {error}")))?;
     let pending = consumer.info().await.map_err(|error| CliError::nats(format!("reading logs: {error}")))?.num_pending;
     let mut caught_up = pending == 0;
+    // The stream sequence of the last line printed.
+    let mut last_seen = 0;
     let mut run_ended = view.record.state.is_terminal();
     if caught_up && (!args.follow || run_ended) {
         return Ok(ExitCode::SUCCESS);
@@ -79,7 +81,10 @@ pub async fn run(url: &str, args: LogsArgs, format: Format) -> Result<ExitCode, 
             message = messages.next() => {
                 let Some(message) = message else { return Ok(ExitCode::SUCCESS) };
                 let message = message.map_err(|error| CliError::nats(format!("reading logs: {error}")))?;
-                caught_up = message.info().is_ok_and(|info| info.pending == 0);
+                if let Ok(info) = message.info() {
+                    caught_up = info.pending == 0;
+                    last_seen = info.stream_sequence;
+                }
                 match decode::<LogBatch>(&message.payload) {
                     Ok(batch) => print_batch(&batch, format),
                     Err(error) => eprintln!("skipping log lines that cannot be read: {error}"),
@@ -90,13 +95,31 @@ pub async fn run(url: &str, args: LogsArgs, format: Format) -> Result<ExitCode, 
                     && let Some(record) = store::load_run(topology, &id).await?
                 {
                     // A worker stores an attempt's lines before reporting it, so once the run
-                    // has ended every line is in the stream.
+                    // has ended every line is in the stream; lines stored after the last one
+                    // printed may still be on their way here.
                     run_ended = record.state.is_terminal();
+                    if run_ended {
+                        caught_up = lines_after(&stream, &filters, last_seen).await? == 0;
+                    }
                 }
             }
             _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
         }
     }
+}
+
+/// How many log batches matching `filters` the stream holds after sequence `last_seen`.
+async fn lines_after(stream: &jetstream::stream::Stream, filters: &[String], last_seen: u64) -> Result<u64, CliError> {
+    let mut consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subjects: filters.to_vec(),
+            deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: last_seen + 1 },
+            ..Default::default()
+        })
+        .await
+        .map_err(|error| CliError::nats(format!("reading logs: {error}")))?;
+    let info = consumer.info().await.map_err(|error| CliError::nats(format!("reading logs: {error}")))?;
+    Ok(info.num_pending)
 }
 
 fn print_batch(batch: &LogBatch, format: Format) {

@@ -12,7 +12,7 @@ use sluice_coordinator::topology::{self, Topology};
 use sluice_proto::schedule::Schedule;
 use sluice_proto::{RunId, SCHEMA_VERSION, ScheduleRecord, Submission, WorkflowSpec, encode};
 
-use crate::follow::{Finished, follow};
+use crate::follow::follow_one;
 use crate::output::{self, CliError, Format, print_json, table, time};
 
 #[derive(clap::Subcommand)]
@@ -258,10 +258,5 @@ async fn trigger(
     if !wait {
         return Ok(ExitCode::SUCCESS);
     }
-    let finished = follow(js, &[run_id], format).await?;
-    let succeeded = finished.first().is_some_and(Finished::succeeded);
-    if let (Format::Json, Some(Finished::Run(view))) = (format, finished.first()) {
-        print_json(&crate::commands::status::view_json(view));
-    }
-    Ok(if succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    follow_one(js, run_id, format).await
 }

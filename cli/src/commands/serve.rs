@@ -59,11 +59,6 @@ pub fn check_worker_flags(concurrency: usize, ack_wait: std::time::Duration, max
 
 use sluice_worker::runtime::CONCURRENCY_MAX;
 
-/// Three jobs ahead per slot: at most four held per slot, Celery's default multiplier.
-pub fn default_prefetch(concurrency: usize) -> usize {
-    (concurrency * 3).min(CONCURRENCY_MAX)
-}
-
 impl WorkerArgs {
     pub fn config(&self) -> Result<WorkerConfig, CliError> {
         check_worker_flags(self.concurrency, self.ack_wait.as_duration(), self.max_deliver)?;
@@ -73,7 +68,7 @@ impl WorkerArgs {
         config.ack_wait = self.ack_wait.as_duration();
         config.nak_delay_max = self.max_nak_delay.as_duration();
         config.max_deliver = self.max_deliver;
-        config.prefetch = self.prefetch.unwrap_or(default_prefetch(self.concurrency));
+        config.prefetch = self.prefetch.unwrap_or(sluice_worker::runtime::default_prefetch(self.concurrency));
         if config.prefetch > CONCURRENCY_MAX {
             return Err(CliError::usage(format!("--prefetch must be 0 to {CONCURRENCY_MAX}, not {}", config.prefetch)));
         }

@@ -12,8 +12,7 @@ use sluice_coordinator::topology;
 use sluice_proto::limits::IDEMPOTENCY_KEY_MAX_BYTES;
 use sluice_proto::{RunId, SCHEMA_VERSION, Submission, Window, WorkflowSpec, names};
 
-use crate::commands::status::view_json;
-use crate::follow::{Finished, follow};
+use crate::follow::follow_one;
 use crate::output::{self, CliError, Format, print_json};
 
 #[derive(clap::Args)]
@@ -77,18 +76,7 @@ pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
     }
-    let finished = follow(&js, &[run_id], format).await?;
-    let Some(result) = finished.into_iter().next() else {
-        return Err(CliError::failed("the run could not be followed"));
-    };
-    match &result {
-        Finished::Rejected(id, rejection) => {
-            return Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason)));
-        }
-        Finished::Run(view) if format == Format::Json => print_json(&view_json(view)),
-        Finished::Run(_) => {}
-    }
-    Ok(if result.succeeded() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    follow_one(&js, run_id, format).await
 }
 
 /// The run that holds an idempotency key, once a coordinator has claimed it.

@@ -390,7 +390,7 @@ impl World {
             }
             match effect {
                 Effect::SaveJob { job, .. } => {
-                    self.jobs.insert(job.clone(), run.saved_record(job).expect("the engine saves its own jobs"));
+                    self.jobs.insert(job.clone(), run.job(job).expect("the engine saves its own jobs").clone());
                 }
                 Effect::SaveRun(run) => {
                     self.runs.insert(run.id, RunRecord::clone(run));
@@ -626,7 +626,7 @@ fn restore_keeps_a_waiting_parent_and_its_children_and_drops_a_half_written_spaw
         .all_paths()
         .into_iter()
         .map(|path| {
-            let record = run.saved_record(&path).unwrap();
+            let record = run.job(&path).unwrap().clone();
             (path, record)
         })
         .collect();

@@ -187,7 +187,9 @@ struct AttemptFiles {
 impl AttemptFiles {
     fn create(inputs: &BTreeMap<String, serde_json::Value>) -> Result<Self, JobError> {
         let dir = std::env::temp_dir().join(format!("sluice-attempt-{}", RunId::new()));
-        std::fs::create_dir(&dir)
+        // Only this user may read the job's inputs and outputs.
+        std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+            .create(&dir)
             .map_err(|error| JobError::retryable(format!("creating {}: {error}", dir.display())))?;
         let files = Self {
             inputs: dir.join("inputs.json"),
