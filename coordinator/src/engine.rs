@@ -103,7 +103,7 @@ pub struct Run {
     spec: Arc<WorkflowSpec>,
     /// Every job by path: workflow jobs by name, children as `<parent>.<name>`.
     jobs: HashMap<String, JobRecord>,
-    /// Each parent's children, in the order they were spawned.
+    /// Each parent's children, in the order they were spawned (by name after a restart).
     children_of: HashMap<String, Vec<String>>,
     /// Derived from the spec: who needs each workflow job.
     dependents: HashMap<String, Vec<String>>,

@@ -166,12 +166,7 @@ pub async fn write_all<'a>(
 
 /// Reads one run record with its revision.
 pub async fn load_run_revision(topology: &Topology, id: &RunId) -> Result<Option<(RunRecord, u64)>, ServiceError> {
-    match topology.runs.entry(id.to_string()).await.context(format!("reading run {id}"))? {
-        Some(entry) if entry.operation == async_nats::jetstream::kv::Operation::Put => {
-            Ok(Some((decode(&entry.value)?, entry.revision)))
-        }
-        _ => Ok(None),
-    }
+    entry(&topology.runs, &id.to_string()).await
 }
 
 /// Reads every job record of a run, children included, with its revision: the latest

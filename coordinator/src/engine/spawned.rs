@@ -11,7 +11,7 @@ use sluice_proto::{ChildSpec, JobSpec};
 #[derive(Clone, Debug, Default)]
 pub struct Spawned {
     /// Each child's name and definition, in spawn order; consecutive equal definitions
-    /// share one allocation (children usually differ only in name and config).
+    /// share one allocation (children that differ only in name, as fan-outs often do).
     pub(super) children: Vec<(String, Arc<JobSpec>)>,
     /// How many children were read (also those dropped once a problem was found).
     pub(super) read: usize,

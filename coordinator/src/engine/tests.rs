@@ -247,8 +247,8 @@ fn cancel_withdraws_queued_jobs_stops_running_ones_and_ends_the_run() {
     let (mut run, _) = start(TWO_BRANCHES);
     run.apply(&event(&run, "a", 1, EventKind::Started, 1), at(1)).unwrap();
     let effects = run.cancel(at(2)).unwrap();
-    assert!(effects.contains(&Effect::Withdraw(run.id())), "b was queued: its message is withdrawn");
-    assert!(effects.contains(&Effect::StopRun(run.id())), "a runs and is told to stop");
+    assert!(effects.contains(&Effect::Withdraw(run.id())), "the run's queued messages (b's) are withdrawn");
+    assert!(effects.contains(&Effect::StopRun(run.id())), "workers are told to stop the run's running jobs (a)");
     assert_eq!(run.record().state, RunState::Cancelled);
     assert!(run.record().jobs.iter().all(|name| run.job(name).unwrap().state == JobState::Cancelled));
     assert!(matches!(
@@ -368,22 +368,11 @@ struct World {
 impl World {
     /// Executes effects as the shell does, stopping after `budget` of them (a crash).
     fn execute(&mut self, run: &Run, effects: &[Effect], budget: usize) -> bool {
-        // As the shell does: only the last write of each record, in the order of those writes.
-        let key = |effect: &Effect| match effect {
-            Effect::SaveJob { job, .. } => Some(format!("job {job}")),
-            Effect::SaveRun(run) => Some(format!("run {}", run.id)),
-            _ => None,
-        };
-        let last: HashMap<String, usize> =
-            effects.iter().enumerate().filter_map(|(index, effect)| key(effect).map(|key| (key, index))).collect();
-        let effects: Vec<&Effect> = effects
-            .iter()
-            .enumerate()
-            .filter(|(index, effect)| key(effect).is_none_or(|key| last[&key] == *index))
-            .map(|(_, effect)| effect)
-            .collect();
-        let (saves, dispatches): (Vec<&Effect>, Vec<&Effect>) =
-            effects.into_iter().partition(|effect| !matches!(effect, Effect::Dispatch { .. }));
+        // As the shell does: the last write of each record, in the order of those writes,
+        // then the dispatches.
+        let saves = crate::store::saves_of(effects);
+        let dispatches: Vec<&Effect> =
+            effects.iter().filter(|effect| matches!(effect, Effect::Dispatch { .. })).collect();
         for (done, effect) in saves.iter().chain(dispatches.iter()).enumerate() {
             if done == budget {
                 return false;
