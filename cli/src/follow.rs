@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_nats::jetstream;
 use sluice_proto::{JobState, Rejection, RunId};
 
-use crate::commands::status::{Lookup, RunView, lookup};
 use crate::output::{CliError, Format};
+use sluice_client::{Lookup, RunView, lookup};
 
 /// How often the stored state is read while following.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -76,10 +76,10 @@ pub async fn follow(js: &jetstream::Context, ids: &[RunId], format: Format) -> R
                 // A read that failed once (a stalled consumer, a reconnect) is tried again.
                 Err(error) if failures < LOOKUP_RETRIES => {
                     failures += 1;
-                    tracing::warn!(error = %error.message, "reading the run failed; trying again");
+                    tracing::warn!(%error, "reading the run failed; trying again");
                     continue;
                 }
-                Err(error) => return Err(error),
+                Err(error) => return Err(error.into()),
             };
             match found {
                 Lookup::Unknown => {

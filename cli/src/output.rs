@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use serde_json::json;
+use sluice_proto::{ControlOutcome, ControlRequest, Outcome, RefusalKind};
 
 /// `-o human` (tables) or `-o json` (stable, for scripts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -69,6 +70,33 @@ impl From<sluice_coordinator::ServiceError> for CliError {
     }
 }
 
+impl From<sluice_client::ClientError> for CliError {
+    fn from(error: sluice_client::ClientError) -> Self {
+        use sluice_client::ClientError;
+        match error {
+            ClientError::Codec(_) | ClientError::NoAnswer { .. } => Self::failed(error.to_string()),
+            _ => Self::nats(error.to_string()),
+        }
+    }
+}
+
+/// A control request's answer: `Ok` when applied; a refusal becomes the error its kind
+/// says (not found and invalid exit 2, a conflict exits 1), with the coordinator's reason.
+pub fn applied(outcome: ControlOutcome) -> Result<ControlOutcome, CliError> {
+    match (outcome.outcome, outcome.kind) {
+        (Outcome::Applied, _) => Ok(outcome),
+        (Outcome::Refused, Some(RefusalKind::Conflict)) => Err(CliError::failed(outcome.reason)),
+        (Outcome::Refused, _) => Err(CliError::usage(outcome.reason)),
+    }
+}
+
+/// Sends a control request as this CLI's identity and waits for its answer.
+pub async fn ask(js: &async_nats::jetstream::Context, request: ControlRequest) -> Result<ControlOutcome, CliError> {
+    let identity = sluice_client::requests::identity(None);
+    let request = ControlRequest { requested_by: identity.clone(), ..request };
+    Ok(sluice_client::requests::control(js, &identity, &request, sluice_client::requests::ANSWER_TIMEOUT).await?)
+}
+
 /// Prints the error where the format says and returns its exit code.
 pub fn report(error: &CliError, format: Format) -> ExitCode {
     match format {
@@ -87,7 +115,7 @@ pub fn init_logging(default_level: &str) {
 
 /// Connects, turning failure into exit code 3.
 pub async fn connect(url: &str) -> Result<async_nats::Client, CliError> {
-    sluice_worker::nats::connect(url, "sluice-cli").await.map_err(|error| CliError::nats(error.to_string()))
+    sluice_client::connect(url, "sluice-cli").await.map_err(|error| CliError::nats(error.to_string()))
 }
 
 /// Prints a JSON value on stdout.

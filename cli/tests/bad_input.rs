@@ -135,6 +135,10 @@ fn idempotency_key_creates_one_run() {
     let submit = |stack: &Stack| {
         stack.sluice_json(&["submit", file.to_str().unwrap(), "--idempotency-key", "2024-03-01-load"], 0)
     };
+    // The coordinator sets Sluice up, then goes away: submissions wait in the stream.
+    let setup = stack.coordinator();
+    wait_until_set_up(&stack);
+    stack.kill(setup);
     // The second arrives while the first still waits in the stream for a coordinator.
     let first = submit(&stack);
     let early = submit(&stack);

@@ -81,6 +81,8 @@ fn catchup_policies_decide_what_an_outage_missed() {
     use chrono::Timelike;
     let mut stack = Stack::start();
     stack.worker(&[]);
+    // Schedules are applied through a coordinator, which then goes away: the outage.
+    let first = stack.coordinator();
     let now = Utc::now();
     let minute = (now.minute() + 30) % 60;
     for catchup in ["none", "latest", "all"] {
@@ -91,6 +93,9 @@ fn catchup_policies_decide_what_an_outage_missed() {
             ),
         );
         stack.sluice_json(&["schedule", "apply", file.to_str().unwrap()], 0);
+    }
+    stack.kill(first);
+    for catchup in ["none", "latest", "all"] {
         set_handled_until(&stack, &format!("hourly-{catchup}"), now - chrono::Duration::hours(5));
     }
     stack.coordinator();

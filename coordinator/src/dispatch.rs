@@ -7,7 +7,7 @@ use rand::Rng;
 use sluice_proto::{DeadLetter, JobMessage, RunId, RunRecord, TraceParent, encode, names};
 
 use crate::error::{NatsContext, ServiceError};
-use crate::pipeline::{Outgoing, publish_all};
+use sluice_client::pipeline::{Outgoing, publish_all};
 
 /// Publishes jobs without waiting in between, then waits for every acknowledgement.
 /// `Nats-Msg-Id` makes a re-publish inside the duplicate window a no-op.

@@ -12,6 +12,8 @@ pub enum ServiceError {
     ServerVersion(String),
     #[error("{0}: no progress for 10 s")]
     Stalled(String),
+    #[error(transparent)]
+    Client(#[from] sluice_client::ClientError),
 }
 
 /// Adds context to any NATS error.

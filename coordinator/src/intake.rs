@@ -115,3 +115,35 @@ mod tests {
         assert!(rejection.reason.contains("schema_version 99"), "{}", rejection.reason);
     }
 }
+
+/// Every pool the workflow's jobs name must be declared; the refusal names the job, its
+/// pool and the pools there are.
+pub fn check_pools(spec: &WorkflowSpec, declared: &std::collections::BTreeSet<String>) -> Result<(), String> {
+    for (name, job) in &spec.jobs {
+        let pool = spec.pool_of(job);
+        if !declared.contains(&pool) {
+            let known: Vec<&str> = declared.iter().map(String::as_str).collect();
+            return Err(format!(
+                "job `{name}` runs on pool `{pool}`, which is not declared (pools: {}); declare it with `sluice pool apply {pool}`",
+                known.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    #[test]
+    fn a_job_on_an_undeclared_pool_is_named_with_the_pools_there_are() {
+        let spec =
+            WorkflowSpec::parse("name: w\njobs:\n  a: { run: noop }\n  b: { run: noop, pool: highmem }\n").unwrap();
+        let declared = std::collections::BTreeSet::from(["default".to_owned()]);
+        let error = check_pools(&spec, &declared).unwrap_err();
+        assert!(error.contains("job `b` runs on pool `highmem`, which is not declared (pools: default)"), "{error}");
+        let both = std::collections::BTreeSet::from(["default".to_owned(), "highmem".to_owned()]);
+        assert_eq!(check_pools(&spec, &both), Ok(()));
+    }
+}

@@ -2,19 +2,19 @@
 //! drives it over NATS JetStream: submission intake, event handling, dispatch, recovery.
 //!
 //! Layout: [`engine`] decides; [`intake`] checks submissions; [`store`] and [`dispatch`]
-//! write records and publish jobs ([`pipeline`] bounds what is in flight); [`spawns`] reads
-//! the children jobs spawn; [`timekeeper`] fires schedules and drives backfills;
-//! [`requests`] publishes submissions and control requests (the CLI uses it too);
-//! [`leadership`] keeps one coordinator in charge; [`topology`] creates streams and
-//! buckets; [`service`] is the loop that ties them together.
+//! write records and publish jobs; [`spawns`] reads the children jobs spawn; [`control`]
+//! applies control requests and answers each with an outcome; [`timekeeper`] fires
+//! schedules and drives backfills; [`leadership`] keeps one coordinator in charge;
+//! [`topology`] creates streams and buckets; [`service`] is the loop that ties them
+//! together. Reads and publishing helpers shared with clients live in `sluice-client`.
 
+pub mod control;
 pub mod dispatch;
 pub mod engine;
 pub mod error;
 pub mod intake;
 pub mod leadership;
-pub mod pipeline;
-pub mod requests;
+pub mod pools;
 pub mod service;
 pub mod spawns;
 pub mod store;

@@ -4,7 +4,7 @@
 //!
 //! Any NATS failure restarts the loop from durable state, so nothing lives only in memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, Message};
@@ -13,11 +13,12 @@ use futures::StreamExt;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sluice_proto::{
-    ControlAction, ControlRequest, DeadLetter, JobEvent, JobMessage, Rejection, RunId, TraceParent, decode, encode,
-    names,
+    ControlAction, ControlRequest, DeadLetter, JobEvent, JobMessage, RefusalKind, Rejection, RunId, TraceParent,
+    decode, encode, names,
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::control::{self, Answer};
 use crate::dispatch::{
     publish_dead_letters, publish_jobs, publish_raw_dead_letter, reached_workers, stop_run, withdraw,
 };
@@ -25,10 +26,12 @@ use crate::engine::{Effect, Run, Spawned};
 use crate::error::{NatsContext, ServiceError};
 use crate::intake;
 use crate::leadership;
+use crate::pools;
 use crate::spawns;
 use crate::store::{self, Revisions, saves_of, write_all};
 use crate::timekeeper;
 use crate::topology::{self, Topology};
+use sluice_client::stores;
 
 /// Most events handled (and written) as one batch.
 pub const EVENT_BATCH_MAX: usize = 512;
@@ -118,6 +121,9 @@ async fn lead(
 struct Coordinator {
     js: jetstream::Context,
     settings: Settings,
+    /// The declared pools (a submission naming another is rejected); refreshed when a
+    /// `pool apply` is applied.
+    pools: BTreeSet<String>,
     active: HashMap<RunId, Run>,
     revisions: Revisions,
     rng: StdRng,
@@ -125,11 +131,19 @@ struct Coordinator {
 
 impl Coordinator {
     fn new(js: jetstream::Context, settings: Settings) -> Self {
-        Self { js, settings, active: HashMap::new(), revisions: Revisions::default(), rng: StdRng::from_os_rng() }
+        Self {
+            js,
+            settings,
+            pools: BTreeSet::new(),
+            active: HashMap::new(),
+            revisions: Revisions::default(),
+            rng: StdRng::from_os_rng(),
+        }
     }
 
     async fn serve(&mut self, shutdown: &CancellationToken) -> Result<(), ServiceError> {
         let topology = topology::ensure_with(&self.js, self.settings.logs).await?;
+        self.pools = pools::declared(&topology).await?;
         let submit = topology::coordinator_consumer(
             &self.js,
             names::SUBMIT_STREAM,
@@ -218,7 +232,7 @@ impl Coordinator {
     async fn recover(&mut self, topology: &Topology) -> Result<(), ServiceError> {
         let now = Utc::now();
         let mut effects = Vec::new();
-        for record in store::load_all_runs(topology).await? {
+        for record in stores::load_all::<sluice_proto::RunRecord>(&topology.runs).await? {
             if !record.state.is_terminal() {
                 effects.extend(self.load(topology, &record.id, now).await?);
             }
@@ -252,7 +266,7 @@ impl Coordinator {
         now: chrono::DateTime<Utc>,
     ) -> Result<Vec<Effect>, ServiceError> {
         let Some((record, revision)) = store::load_run_revision(topology, id).await? else { return Ok(Vec::new()) };
-        let loaded = store::load_jobs_revisions(topology, &record).await?;
+        let loaded = stores::run_jobs(&self.js, id).await?;
         self.revisions.remember_run(id, revision);
         let mut jobs = HashMap::with_capacity(loaded.len());
         for (name, (job, revision)) in loaded {
@@ -320,18 +334,17 @@ impl Coordinator {
     }
 
     async fn handle_submission(&mut self, topology: &Topology, message: Message) -> Result<(), ServiceError> {
-        let header = |name: &str| {
-            message.headers.as_ref().and_then(|headers| headers.get(name)).map(|value| value.as_str().to_owned())
-        };
-        let traceparent = header(names::HEADER_TRACEPARENT)
+        let traceparent = header(&message, names::HEADER_TRACEPARENT)
             .and_then(|text| TraceParent::parse(&text))
             .unwrap_or_else(|| TraceParent::new_root(&mut self.rng));
-        let tracestate = header(names::HEADER_TRACESTATE);
+        let tracestate = header(&message, names::HEADER_TRACESTATE);
         match intake::check(&message.payload, Some(traceparent.to_string()), tracestate, Utc::now()) {
             Err(rejection) => self.reject(rejection).await?,
             Ok(new) => {
                 let id = new.id;
-                if let Some(existing) = self.claim_idempotency_key(topology, &new).await? {
+                if let Err(reason) = intake::check_pools(&new.spec, &self.pools) {
+                    self.reject(rejection_for(id, &new.spec.name, reason, message.payload.len())).await?;
+                } else if let Some(existing) = self.claim_idempotency_key(topology, &new).await? {
                     let reason = format!(
                         "duplicate submission: idempotency key {:?} already started run {existing}",
                         new.idempotency_key.unwrap_or_default()
@@ -517,46 +530,116 @@ impl Coordinator {
         }
     }
 
-    /// A user's request: cancel, retry, or replay of a dead letter. The run is loaded from
-    /// the store if it is not active (a finished run can be retried).
+    /// A client's request: applied, answered with an outcome once what it reports is
+    /// durable, then acknowledged. A redelivered request that was answered already (a crash
+    /// came between its answer and its ack) is not applied again.
     async fn handle_control(&mut self, topology: &Topology, message: Message) -> Result<(), ServiceError> {
         let request: ControlRequest = match decode(&message.payload) {
             Ok(request) => request,
             Err(error) => {
-                tracing::error!(%error, "dropping a control request that cannot be decoded");
+                tracing::error!(%error, subject = %message.subject, "a control request cannot be decoded");
+                let id = header(&message, names::HEADER_REQUEST_ID).and_then(|text| text.parse().ok());
+                if let Some(outcome) = control::unreadable(id, &error, Utc::now()) {
+                    control::answer(topology, &outcome).await?;
+                }
                 message.ack().await.context("acknowledging a control request")?;
                 return Ok(());
             }
         };
-        let id = request.run_id;
-        let now = Utc::now();
-        if !self.active.contains_key(&id) {
-            let reconcile = self.load(topology, &id, now).await?;
-            self.execute(reconcile).await?;
-            if !self.active.contains_key(&id) {
-                tracing::warn!(run = %id, "control request for a run that does not exist");
-            }
-        }
-        if let Some(run) = self.active.get_mut(&id) {
-            let outcome = match request.action {
-                ControlAction::Cancel => run.cancel(now),
-                ControlAction::Retry => run.rerun(request.job.as_deref(), now),
-            };
-            match outcome {
-                Ok(effects) => {
-                    self.execute(effects).await?;
-                    tracing::info!(run = %id, action = ?request.action, job = ?request.job, "control request applied");
-                    if let Some(sequence) = request.dead_letter {
-                        let dlq = self.js.get_stream_no_info(names::DLQ_STREAM).await.context("opening the DLQ")?;
-                        dlq.delete_message(sequence).await.context("removing a replayed dead letter")?;
-                    }
-                }
-                Err(refused) => tracing::warn!(run = %id, %refused, "control request refused"),
+        if !control::answered(topology, request.request_id).await? {
+            let now = Utc::now();
+            let answer = self.apply_control(topology, &request, now).await?;
+            tracing::info!(
+                action = request.action_name(),
+                run = ?request.run_id.map(|id| id.to_string()),
+                requested_by = %request.requested_by,
+                refused = ?answer.refused,
+                reason = %answer.reason,
+                "control request answered"
+            );
+            if let Some(outcome) = answer.outcome(&request, now) {
+                control::answer(topology, &outcome).await?;
             }
         }
         message.ack().await.context("acknowledging a control request")?;
         self.evict_finished();
         Ok(())
+    }
+
+    async fn apply_control(
+        &mut self,
+        topology: &Topology,
+        request: &ControlRequest,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Answer, ServiceError> {
+        match &request.action {
+            ControlAction::Cancel | ControlAction::Retry => self.control_run(topology, request, now).await,
+            ControlAction::DlqPurge { workflow, pool } => {
+                control::dlq_purge(topology, workflow.as_deref(), pool.as_deref()).await
+            }
+            ControlAction::ScheduleApply { workflow } => control::schedule_apply(topology, workflow, now).await,
+            ControlAction::SchedulePause { name } => control::schedule_pause(topology, name, true, now).await,
+            ControlAction::ScheduleResume { name } => control::schedule_pause(topology, name, false, now).await,
+            ControlAction::ScheduleDelete { name } => control::schedule_delete(topology, name).await,
+            ControlAction::ScheduleTrigger { name } => {
+                control::schedule_trigger(topology, name, request.run_id, now).await
+            }
+            ControlAction::BackfillCreate(backfill) => control::backfill_create(topology, backfill, now).await,
+            ControlAction::BackfillCancel { id } => control::backfill_cancel(topology, id).await,
+            ControlAction::PoolApply(settings) => {
+                let answer = pools::apply(topology, settings, now).await?;
+                self.pools = pools::declared(topology).await?;
+                Ok(answer)
+            }
+        }
+    }
+
+    /// Cancel, retry or replay of a run. The run is loaded from the store if it is not
+    /// active (a finished run can be retried).
+    async fn control_run(
+        &mut self,
+        topology: &Topology,
+        request: &ControlRequest,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Answer, ServiceError> {
+        let action = request.action_name();
+        let Some(id) = request.run_id else {
+            return Ok(Answer::refused(RefusalKind::Invalid, format!("a {action} request must name a run")));
+        };
+        let dlq = self.js.get_stream_no_info(names::DLQ_STREAM).await.context("opening the DLQ")?;
+        if let Some(sequence) = request.dead_letter
+            && !dead_letter_exists(&dlq, sequence).await?
+        {
+            return Ok(Answer::refused(
+                RefusalKind::NotFound,
+                format!("dead letter {sequence} is gone: replayed or purged already (see `sluice dlq list`)"),
+            ));
+        }
+        if !self.active.contains_key(&id) {
+            let reconcile = self.load(topology, &id, now).await?;
+            self.execute(reconcile).await?;
+        }
+        let Some(run) = self.active.get_mut(&id) else {
+            return Ok(Answer::refused(RefusalKind::NotFound, format!("no run {id}")));
+        };
+        let applied = match request.action {
+            ControlAction::Cancel => run.cancel(now),
+            _ => run.rerun(request.job.as_deref(), now),
+        };
+        let effects = match applied {
+            Ok(effects) => effects,
+            Err(refused) => return Ok(Answer::refused(control::refusal_kind(&refused), refused.to_string())),
+        };
+        let changed = saved_jobs(&effects);
+        self.execute(effects).await?;
+        if let Some(sequence) = request.dead_letter {
+            dlq.delete_message(sequence).await.context("removing a replayed dead letter")?;
+        }
+        let reason = match request.action {
+            ControlAction::Cancel => format!("run {id} cancelled: {} jobs stopped", changed.len()),
+            _ => format!("run {id}: {} jobs queued again", changed.len()),
+        };
+        Ok(Answer::applied(reason, changed).about(Some(id)))
     }
 
     /// Finished runs leave memory: a year of runs costs disk, not RAM.
@@ -570,6 +653,30 @@ impl Coordinator {
             !run.is_finished()
         });
     }
+}
+
+/// The job paths a list of effects saves: what a control request changed, in order.
+fn saved_jobs(effects: &[Effect]) -> Vec<String> {
+    saves_of(effects)
+        .into_iter()
+        .filter_map(|effect| match effect {
+            Effect::SaveJob { job, .. } => Some(job.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether the dead-letter stream still holds `sequence`.
+async fn dead_letter_exists(dlq: &jetstream::stream::Stream<()>, sequence: u64) -> Result<bool, ServiceError> {
+    match dlq.direct_get(sequence).await {
+        Ok(_) => Ok(true),
+        Err(error) if error.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(false),
+        Err(error) => Err(error).context(format!("reading dead letter {sequence}")),
+    }
+}
+
+fn header(message: &Message, name: &str) -> Option<String> {
+    message.headers.as_ref().and_then(|headers| headers.get(name)).map(|value| value.as_str().to_owned())
 }
 
 fn rejection_for(run_id: RunId, workflow: &str, reason: String, payload_bytes: usize) -> Rejection {

@@ -10,13 +10,19 @@ use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sluice_proto::schedule::Schedule;
 use sluice_proto::{
-    BackfillRecord, ControlAction, RunState, SCHEMA_VERSION, ScheduleRecord, Submission, WorkflowSpec, encode, names,
+    BackfillRecord, ControlAction, ControlRequest, RunState, SCHEMA_VERSION, ScheduleRecord, Submission, WorkflowSpec,
+    encode, names,
 };
 
+use sluice_client::{ClientError, requests, stores};
+
 use crate::error::{NatsContext, ServiceError};
-use crate::requests;
 use crate::store;
 use crate::topology::Topology;
+
+/// The identity the coordinator's own control requests go out under (a cancelled
+/// backfill cancels its runs through the same path a user's cancel takes).
+pub const COORDINATOR_IDENTITY: &str = "coordinator";
 
 /// One pass over every schedule and backfill at `now`.
 pub async fn pass(topology: &Topology, now: DateTime<Utc>) -> Result<(), ServiceError> {
@@ -46,12 +52,12 @@ async fn entry<T: serde::de::DeserializeOwned + sluice_proto::messages::Versione
     store: &kv::Store,
     key: &str,
 ) -> Result<Option<(T, u64)>, ServiceError> {
-    match store::entry(store, key).await {
-        Err(ServiceError::Codec(error)) => {
+    match stores::entry(store, key).await {
+        Err(ClientError::Codec(error)) => {
             tracing::error!(%error, key, "record cannot be read; skipped");
             Ok(None)
         }
-        other => other,
+        other => Ok(other?),
     }
 }
 
@@ -140,7 +146,7 @@ async fn backfill(topology: &Topology, key: &str, now: DateTime<Utc>) -> Result<
         }
         let state = match store::load_run(topology, &window.run_id).await? {
             Some(run) => Some(run.state),
-            None => match store::load_rejection(&topology.js, &window.run_id).await {
+            None => match stores::rejection(&topology.js, &window.run_id).await {
                 Ok(Some(rejection)) => {
                     window.skip = Some(format!("rejected: {}", rejection.reason));
                     Some(RunState::Failed)
@@ -153,7 +159,8 @@ async fn backfill(topology: &Topology, key: &str, now: DateTime<Utc>) -> Result<
             changed = true;
         }
         if cancelled && state == Some(RunState::Running) {
-            requests::control(&topology.js, window.run_id, ControlAction::Cancel, None, None).await?;
+            let cancel = ControlRequest::new(ControlAction::Cancel, Some(window.run_id), COORDINATOR_IDENTITY);
+            requests::send_control(&topology.js, COORDINATOR_IDENTITY, &cancel).await?;
         }
         if !state.is_some_and(RunState::is_terminal) {
             in_flight += 1;

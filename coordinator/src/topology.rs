@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, context::KeyValueErrorKind, kv, stream};
+use async_nats::jetstream::{self, consumer, kv, stream};
 use sluice_proto::names;
 
 use crate::error::{NatsContext, ServiceError};
@@ -54,7 +54,16 @@ fn logs_stream(retention: LogRetention) -> stream::Config {
     }
 }
 
-/// Handles to the buckets every component reads.
+/// How long the answers to control requests are kept: a client that lost its connection
+/// while waiting can still read its answer for a week.
+pub const OUTCOMES_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// How long a worker's announcement lives unless renewed (workers renew every 5 s), so a
+/// worker that died leaves the registry within this.
+pub const WORKER_ENTRY_TTL: Duration = Duration::from_secs(15);
+
+/// The coordinator's handles to the buckets it writes (it is their only writer; clients
+/// read them through `sluice_client::Stores`).
 #[derive(Clone)]
 pub struct Topology {
     pub js: jetstream::Context,
@@ -63,6 +72,9 @@ pub struct Topology {
     pub idempotency: kv::Store,
     pub schedules: kv::Store,
     pub backfills: kv::Store,
+    pub outcomes: kv::Store,
+    pub pools: kv::Store,
+    pub workers: kv::Store,
 }
 
 fn work_queue(name: &str, subjects: &str, description: &str) -> stream::Config {
@@ -130,7 +142,11 @@ async fn ensure_core(js: &jetstream::Context) -> Result<Topology, ServiceError> 
                 "Sluice ready jobs, one subject per pool, run and job",
             )
         },
-        work_queue(names::CONTROL_STREAM, names::CONTROL_SUBJECTS, "Sluice requests about runs: cancel, retry, replay"),
+        work_queue(
+            names::CONTROL_STREAM,
+            names::CONTROL_SUBJECTS,
+            "Sluice control requests: cancel, retry, replay, schedules, backfills, purges",
+        ),
         work_queue(
             names::ADVISORIES_STREAM,
             names::MAX_DELIVERIES_SUBJECTS,
@@ -194,7 +210,28 @@ async fn ensure_core(js: &jetstream::Context) -> Result<Topology, ServiceError> 
         .create_or_update_key_value(bucket(names::BACKFILLS_BUCKET, "Sluice backfills", 1))
         .await
         .context("creating KV sluice-backfills")?;
-    Ok(Topology { js: js.clone(), runs, jobs, idempotency, schedules, backfills })
+    let outcomes = js
+        .create_or_update_key_value(kv::Config {
+            max_age: OUTCOMES_MAX_AGE,
+            ..bucket(names::OUTCOMES_BUCKET, "Sluice answers to control requests", 1)
+        })
+        .await
+        .context("creating KV sluice-outcomes")?;
+    let workers = js
+        .create_or_update_key_value(kv::Config {
+            max_age: WORKER_ENTRY_TTL,
+            ..bucket(names::WORKERS_BUCKET, "Sluice live workers and coordinators", 1)
+        })
+        .await
+        .context("creating KV sluice-workers")?;
+    // Last: its `default` entry tells clients that everything else is in place.
+    let pools = js
+        .create_or_update_key_value(bucket(names::POOLS_BUCKET, "Sluice declared pools", 1))
+        .await
+        .context("creating KV sluice-pools")?;
+    let topology = Topology { js: js.clone(), runs, jobs, idempotency, schedules, backfills, outcomes, pools, workers };
+    crate::pools::ensure_declared(&topology, chrono::Utc::now()).await?;
+    Ok(topology)
 }
 
 /// The coordinator's durable consumer on a stream, created afresh for each leadership term:
@@ -226,27 +263,5 @@ pub async fn coordinator_consumer(
 
 /// Checks the server is new enough; every binary calls this at connect.
 pub fn check_server(client: &async_nats::Client) -> Result<(), ServiceError> {
-    sluice_proto::version::check_server_version(&client.server_info().version).map_err(ServiceError::ServerVersion)
-}
-
-/// Opens the buckets without creating anything (for read-only commands). `None` when
-/// Sluice was never set up on this server.
-pub async fn open(js: &jetstream::Context) -> Result<Option<Topology>, ServiceError> {
-    let open = |name: &'static str| async move {
-        match js.get_key_value(name).await {
-            Ok(store) => Ok(Some(store)),
-            Err(error) if error.kind() == KeyValueErrorKind::GetBucket => Ok(None),
-            Err(error) => Err(error).context(format!("opening KV {name}")),
-        }
-    };
-    let (Some(runs), Some(jobs), Some(idempotency), Some(schedules), Some(backfills)) = (
-        open(names::RUNS_BUCKET).await?,
-        open(names::JOBS_BUCKET).await?,
-        open(names::IDEMPOTENCY_BUCKET).await?,
-        open(names::SCHEDULES_BUCKET).await?,
-        open(names::BACKFILLS_BUCKET).await?,
-    ) else {
-        return Ok(None);
-    };
-    Ok(Some(Topology { js: js.clone(), runs, jobs, idempotency, schedules, backfills }))
+    Ok(sluice_client::connect::check_server(client)?)
 }

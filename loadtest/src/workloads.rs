@@ -80,7 +80,8 @@ pub async fn submit(js: &jetstream::Context, yaml: &str) -> Result<RunId> {
         idempotency_key: None,
         submitted_at: Some(Utc::now()),
     };
-    sluice_coordinator::requests::submit(js, &submission, &run_id.to_string()).await?;
+    sluice_client::requests::wait_until_set_up(js, sluice_client::requests::SETUP_WAIT).await?;
+    sluice_client::requests::submit(js, &submission, &run_id.to_string()).await?;
     Ok(run_id)
 }
 
@@ -117,8 +118,8 @@ fn seconds(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
 
 /// Every job record of a run, children included.
 pub async fn job_records(js: &jetstream::Context, run: &RunRecord) -> Result<HashMap<String, JobRecord>> {
-    let topology = sluice_coordinator::topology::open(js).await?.context("Sluice's buckets are missing")?;
-    Ok(sluice_coordinator::store::load_jobs(&topology, run).await?)
+    let stores = sluice_client::Stores::open(js).await?.context("Sluice's buckets are missing")?;
+    Ok(stores.jobs(&run.id).await?)
 }
 
 /// Dependency finished → dependent started, in seconds, for every job that waited on

@@ -67,3 +67,47 @@ impl<'de> Deserialize<'de> for RunId {
         text.parse().map_err(serde::de::Error::custom)
     }
 }
+
+/// A control request's id: UUIDv7 chosen by the client, the key of its answer in KV
+/// `sluice-outcomes`. Written as a string on the wire, like [`RunId`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RequestId(Uuid);
+
+impl RequestId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for RequestId {
+    type Err = RunIdError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.parse::<RunId>().map(|id| Self(id.0))
+    }
+}
+
+impl Serialize for RequestId {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&self.0.hyphenated())
+    }
+}
+
+impl<'de> Deserialize<'de> for RequestId {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}

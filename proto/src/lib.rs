@@ -7,6 +7,7 @@
 //! ([`trace`]). No I/O and no async runtime: everything here is pure and testable (the
 //! clock is always an argument).
 
+pub mod backfill;
 pub mod codec;
 pub mod cron;
 pub mod duration;
@@ -26,11 +27,11 @@ pub mod window;
 
 pub use codec::{CodecError, decode, encode};
 pub use duration::HumanDuration;
-pub use ids::RunId;
+pub use ids::{RequestId, RunId};
 pub use messages::{
-    AttemptRecord, BackfillRecord, BackfillWindow, ControlAction, ControlRequest, DeadLetter, EventKind, JobEvent,
-    JobMessage, JobRecord, LogBatch, LogLine, LogStream, Rejection, Rerun, RunRecord, SCHEMA_VERSION, ScheduleRecord,
-    Submission,
+    AttemptRecord, BackfillRecord, BackfillRequest, BackfillWindow, ControlAction, ControlOutcome, ControlRequest,
+    DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, LogBatch, LogLine, LogStream, Outcome, PoolRecord,
+    PoolSettings, RefusalKind, Rejection, Rerun, RunRecord, SCHEMA_VERSION, ScheduleRecord, Submission, WorkerRecord,
 };
 pub use retry::{Backoff, RetryPolicy};
 pub use spawn::{ChildSpec, SpawnBatch};

@@ -18,3 +18,17 @@ pub const PARAMS_MAX: usize = 256;
 pub const LOG_LINE_MAX_BYTES: usize = 16 * 1024;
 /// Most windows one backfill (or audit) covers.
 pub const BACKFILL_WINDOWS_MAX: usize = 2_000;
+/// Most names a control outcome lists in `changed` (a retry of 100,000 children lists the
+/// first ones and counts the rest in `changed_total`): an outcome stays a small KV value.
+pub const OUTCOME_CHANGED_MAX: usize = 1_000;
+/// Longest `requested_by` kept on a request and its outcome, in bytes.
+pub const REQUESTED_BY_MAX_BYTES: usize = 256;
+/// Most pools one installation may declare: each is a durable consumer and a KV record.
+pub const POOLS_MAX: usize = 256;
+/// Bounds on a pool's ack wait, in milliseconds: under a second, in-progress acks could not
+/// keep up; over 12 hours, a dead worker's job would wait half a day to run again.
+pub const POOL_ACK_WAIT_MIN_MS: u64 = 1_000;
+pub const POOL_ACK_WAIT_MAX_MS: u64 = 12 * 3600 * 1_000;
+/// Bounds on a pool's `max_deliver` backstop.
+pub const POOL_MAX_DELIVER_MIN: i64 = 2;
+pub const POOL_MAX_DELIVER_MAX: i64 = 10_000;

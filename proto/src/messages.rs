@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::ids::RunId;
+use crate::ids::{RequestId, RunId};
 use crate::retry::RetryPolicy;
 use crate::schedule::ScheduleSpec;
 use crate::spec::JobSpec;
@@ -267,11 +267,24 @@ pub struct DeadLetter {
 }
 versioned!(DeadLetter, "dead letter");
 
-/// What a user asked of a run: `sluice cancel`, `sluice retry`, `sluice dlq replay`.
+/// What a client asked of Sluice: `sluice cancel`, `retry`, `dlq replay|purge`, `schedule
+/// apply|pause|resume|delete|trigger`, `backfill` and `backfill cancel`. Clients never write
+/// Sluice's state themselves: every mutation is one of these, applied by the coordinator,
+/// which answers each with a [`ControlOutcome`] in KV `sluice-outcomes` under `request_id`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ControlRequest {
     pub schema_version: u32,
-    pub run_id: RunId,
+    /// Chosen by the client (UUIDv7): the key its answer is stored under. Absent in
+    /// requests of older clients, which get no answer.
+    #[serde(default)]
+    pub request_id: Option<RequestId>,
+    /// Who asked: the authenticated user (set by an HTTP server), the NATS user otherwise.
+    #[serde(default)]
+    pub requested_by: String,
+    /// The run the request is about: for cancel, retry and replay; for `schedule_trigger`,
+    /// the id of the run to start (chosen by the client, so it can follow it at once).
+    #[serde(default)]
+    pub run_id: Option<RunId>,
     pub action: ControlAction,
     /// For `retry` and `replay`: the one job (and what depends on it) to run again.
     #[serde(default)]
@@ -284,14 +297,225 @@ pub struct ControlRequest {
 }
 versioned!(ControlRequest, "control request");
 
-/// The actions of a [`ControlRequest`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+impl ControlRequest {
+    /// A request with a fresh id, asked now.
+    pub fn new(action: ControlAction, run_id: Option<RunId>, requested_by: impl Into<String>) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            request_id: Some(RequestId::new()),
+            requested_by: requested_by.into(),
+            run_id,
+            action,
+            job: None,
+            requested_at: Utc::now(),
+            dead_letter: None,
+        }
+    }
+
+    /// The action's name as outcomes and logs show it (`replay` is a retry of one dead
+    /// letter's job).
+    pub fn action_name(&self) -> &'static str {
+        match (&self.action, self.dead_letter) {
+            (ControlAction::Retry, Some(_)) => "replay",
+            (action, _) => action.name(),
+        }
+    }
+}
+
+/// The actions of a [`ControlRequest`]. Unit variants are plain strings on the wire
+/// (`"cancel"`), the others a map with one key (`{"schedule_pause": {"name": "w"}}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ControlAction {
     /// Stop the run: queued jobs never start, running ones are told to stop.
     Cancel,
     /// Run again what did not complete (or `job` and what depends on it).
     Retry,
+    /// Delete the dead letters that match (all without filters).
+    DlqPurge {
+        #[serde(default)]
+        workflow: Option<String>,
+        #[serde(default)]
+        pool: Option<String>,
+    },
+    /// Create or update the schedule of a workflow (its `schedule:` section), keeping what
+    /// an existing schedule already handled and whether it is paused.
+    ScheduleApply { workflow: String },
+    /// Stop firing a schedule.
+    SchedulePause { name: String },
+    /// Fire a paused schedule again, from now on.
+    ScheduleResume { name: String },
+    /// Remove a schedule (its runs stay).
+    ScheduleDelete { name: String },
+    /// Start one run of a schedule now (its id is the request's `run_id`).
+    ScheduleTrigger { name: String },
+    /// Plan and start a backfill.
+    BackfillCreate(BackfillRequest),
+    /// Stop a backfill: no new windows start, running ones are cancelled.
+    BackfillCancel { id: RunId },
+    /// Declare a pool (or change its settings): its consumer `pool-<name>` exists from then
+    /// on, so autoscalers see its lag before any worker has run. Absent settings keep what
+    /// the pool has (or the defaults, for a new pool).
+    PoolApply(PoolSettings),
+}
+
+/// What `sluice pool apply NAME` sets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolSettings {
+    pub name: String,
+    /// How long a delivered job may go without an ack or in-progress ack before JetStream
+    /// delivers it again (a worker that died).
+    #[serde(default)]
+    pub ack_wait_ms: Option<u64>,
+    /// Deliveries of one job before JetStream gives up on it (a backstop: Sluice counts
+    /// attempts itself).
+    #[serde(default)]
+    pub max_deliver: Option<i64>,
+    /// The longest timeout a job of this pool may have; longer ones are capped to it.
+    #[serde(default)]
+    pub max_timeout_ms: Option<u64>,
+}
+
+/// A declared pool, in KV `sluice-pools` under its name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolRecord {
+    pub schema_version: u32,
+    pub name: String,
+    pub ack_wait_ms: u64,
+    pub max_deliver: i64,
+    #[serde(default)]
+    pub max_timeout_ms: Option<u64>,
+    /// The kinds its workers last announced (kept while the pool is scaled to zero).
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    pub declared_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+versioned!(PoolRecord, "pool record");
+
+/// A live worker (or coordinator), in KV `sluice-workers` under `<pool>.<worker id>`
+/// (coordinators under `_coordinator.<id>`); entries expire unless renewed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRecord {
+    pub schema_version: u32,
+    pub worker_id: String,
+    /// Its pool; for a coordinator, `_coordinator`.
+    pub pool: String,
+    /// The job kinds it runs, sorted.
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// The protocol schema versions it reads.
+    #[serde(default)]
+    pub protocol_versions: Vec<u32>,
+    /// Its build (`sluice --version`).
+    pub version: String,
+    /// Jobs it runs at once, and how many it runs now.
+    #[serde(default)]
+    pub slots: u32,
+    #[serde(default)]
+    pub busy: u32,
+    pub started_at: DateTime<Utc>,
+    /// For a coordinator: whether it leads.
+    #[serde(default)]
+    pub leader: bool,
+}
+versioned!(WorkerRecord, "worker record");
+
+impl ControlAction {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Cancel => "cancel",
+            Self::Retry => "retry",
+            Self::DlqPurge { .. } => "dlq_purge",
+            Self::ScheduleApply { .. } => "schedule_apply",
+            Self::SchedulePause { .. } => "schedule_pause",
+            Self::ScheduleResume { .. } => "schedule_resume",
+            Self::ScheduleDelete { .. } => "schedule_delete",
+            Self::ScheduleTrigger { .. } => "schedule_trigger",
+            Self::BackfillCreate(_) => "backfill_create",
+            Self::BackfillCancel { .. } => "backfill_cancel",
+            Self::PoolApply(_) => "pool_apply",
+        }
+    }
+}
+
+/// What `sluice backfill FILE --from D --to D` asks for; the coordinator plans the windows
+/// from the runs it has recorded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackfillRequest {
+    /// Chosen by the client (UUIDv7), so it can show the backfill at once.
+    pub id: RunId,
+    /// The workflow YAML every window's run is submitted with.
+    pub workflow: String,
+    /// First and last day (`YYYY-MM-DD`), both included.
+    pub from: String,
+    pub to: String,
+    /// Length of each window (`1d`, `6h`, ...).
+    pub interval: String,
+    pub max_parallel_runs: u32,
+    #[serde(default)]
+    pub rerun: Rerun,
+}
+
+/// The coordinator's answer to a [`ControlRequest`], in KV `sluice-outcomes` under the
+/// request id (kept 7 days).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ControlOutcome {
+    pub schema_version: u32,
+    pub request_id: RequestId,
+    #[serde(default)]
+    pub run_id: Option<RunId>,
+    /// [`ControlRequest::action_name`].
+    pub action: String,
+    pub outcome: Outcome,
+    /// Why it was refused (absent when applied).
+    #[serde(default)]
+    pub kind: Option<RefusalKind>,
+    /// What happened, or why not, in words.
+    pub reason: String,
+    /// What the request changed: job paths queued again, dead letters deleted, the
+    /// schedule or backfill written. Bounded by [`crate::limits::OUTCOME_CHANGED_MAX`].
+    #[serde(default)]
+    pub changed: Vec<String>,
+    /// How many things changed in all (`changed` may list only the first ones).
+    #[serde(default)]
+    pub changed_total: u64,
+    #[serde(default)]
+    pub requested_by: String,
+    pub at: DateTime<Utc>,
+}
+versioned!(ControlOutcome, "control outcome");
+
+/// Whether a request took effect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Applied,
+    Refused,
+}
+
+/// Why a request was refused; decides the CLI's exit code (2 / 1 / 2) and the HTTP status
+/// (404 / 409 / 400).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    /// The run, job, dead letter, schedule or backfill does not exist.
+    NotFound,
+    /// It exists, but its state does not allow this now (a finished run cancelled, a
+    /// running run retried).
+    Conflict,
+    /// The request itself is wrong (a workflow that does not validate, a bad range).
+    Invalid,
+}
+
+impl RefusalKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotFound => "not_found",
+            Self::Conflict => "conflict",
+            Self::Invalid => "invalid",
+        }
+    }
 }
 
 /// A schedule, stored in KV `sluice-schedules` under its workflow's name.

@@ -177,10 +177,40 @@ pub fn dlq_subject(pool: &str) -> String {
     format!("sluice.dlq.{pool}")
 }
 
-/// Subject a request about `run_id` is published on.
-pub fn control_subject(run_id: &RunId) -> String {
-    format!("sluice.control.{run_id}")
+/// Subject a control request is published on: the requester's identity first (so NATS
+/// permissions can scope each identity to `sluice.control.<identity>.>`), then the run it is
+/// about, or [`CONTROL_NO_RUN`].
+pub fn control_subject(identity: &str, run_id: Option<&RunId>) -> String {
+    match run_id {
+        Some(id) => format!("sluice.control.{identity}.{id}"),
+        None => format!("sluice.control.{identity}.{CONTROL_NO_RUN}"),
+    }
 }
+
+/// The run token of a control request about no run (a schedule, a backfill, a purge).
+pub const CONTROL_NO_RUN: &str = "_";
+
+/// The identity token of control requests from a connection without a NATS user.
+pub const ANONYMOUS_IDENTITY: &str = "anonymous";
+
+/// KV bucket of declared pools, keyed by pool name.
+pub const POOLS_BUCKET: &str = "sluice-pools";
+/// KV bucket of live workers and coordinators (entries expire unless renewed).
+pub const WORKERS_BUCKET: &str = "sluice-workers";
+/// The pool token under which coordinators announce themselves in [`WORKERS_BUCKET`].
+pub const COORDINATOR_POOL_TOKEN: &str = "_coordinator";
+
+/// KV key of a worker in [`WORKERS_BUCKET`].
+pub fn worker_key(pool: &str, worker_id: &str) -> String {
+    format!("{pool}.{worker_id}")
+}
+
+/// KV bucket of the coordinator's answers to control requests, keyed by request id.
+pub const OUTCOMES_BUCKET: &str = "sluice-outcomes";
+
+/// On a control request: its id, so even a request whose payload cannot be read is
+/// answered.
+pub const HEADER_REQUEST_ID: &str = "Sluice-Request-Id";
 
 /// Subject that tells workers to stop every running job of `run_id`.
 pub fn stop_subject(run_id: &RunId) -> String {
@@ -237,4 +267,119 @@ pub fn idempotency_kv_key(key: &str) -> String {
         out.push_str(&format!("{byte:02x}"));
     }
     out
+}
+
+/// A job message's subject, read back: the inverse of [`job_subject`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobSubject<'a> {
+    pub pool: &'a str,
+    pub run_id: RunId,
+    /// The job path (a child's path holds dots).
+    pub job: &'a str,
+}
+
+/// Reads `sluice.jobs.<pool>.<run_id>.<job path>` (or the `sluice.retries.` form); `None`
+/// for any other subject.
+pub fn parse_job_subject(subject: &str) -> Option<JobSubject<'_>> {
+    let rest = subject.strip_prefix("sluice.jobs.").or_else(|| subject.strip_prefix("sluice.retries."))?;
+    let (pool, rest) = rest.split_once('.')?;
+    let (run_id, job) = rest.split_once('.')?;
+    (!pool.is_empty() && !job.is_empty()).then_some(())?;
+    Some(JobSubject { pool, run_id: run_id.parse().ok()?, job })
+}
+
+/// The pool of a dead letter's subject: the inverse of [`dlq_subject`].
+pub fn parse_dlq_subject(subject: &str) -> Option<&str> {
+    subject.strip_prefix("sluice.dlq.").filter(|pool| !pool.is_empty() && !pool.contains('.'))
+}
+
+/// The (run, job path) of an event's subject: the inverse of [`event_subject`].
+pub fn parse_event_subject(subject: &str) -> Option<(RunId, &str)> {
+    let (run_id, job) = subject.strip_prefix("sluice.events.")?.split_once('.')?;
+    if job.is_empty() {
+        return None;
+    }
+    Some((run_id.parse().ok()?, job))
+}
+
+/// The (run, job path) of a log line's subject: the inverse of [`log_subject`].
+pub fn parse_log_subject(subject: &str) -> Option<(RunId, &str)> {
+    let (run_id, job) = subject.strip_prefix("sluice.logs.")?.split_once('.')?;
+    if job.is_empty() {
+        return None;
+    }
+    Some((run_id.parse().ok()?, job))
+}
+
+/// The (identity, run) of a control request's subject: the inverse of
+/// [`control_subject`]. The run is `None` for [`CONTROL_NO_RUN`].
+pub fn parse_control_subject(subject: &str) -> Option<(&str, Option<RunId>)> {
+    let (identity, run) = subject.strip_prefix("sluice.control.")?.split_once('.')?;
+    if identity.is_empty() {
+        return None;
+    }
+    if run == CONTROL_NO_RUN {
+        return Some((identity, None));
+    }
+    Some((identity, Some(run.parse().ok()?)))
+}
+
+/// The job path of a KV key in [`JOBS_BUCKET`]: the inverse of [`job_key`].
+pub fn parse_job_key(key: &str) -> Option<(RunId, &str)> {
+    let (run_id, job) = key.split_once('.')?;
+    if job.is_empty() {
+        return None;
+    }
+    Some((run_id.parse().ok()?, job))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run() -> RunId {
+        "0190f5c2-7d3a-7b4e-8a1f-2c3d4e5f6a7b".parse().unwrap()
+    }
+
+    #[test]
+    fn job_subjects_round_trip_with_dotted_child_paths() {
+        let id = run();
+        for path in ["extract", "calibrate-all.sensor-07", "a.b.c"] {
+            let subject = job_subject("highmem", &id, path);
+            assert_eq!(parse_job_subject(&subject), Some(JobSubject { pool: "highmem", run_id: id, job: path }));
+            let retry = retry_subject("highmem", &id, path);
+            assert_eq!(parse_job_subject(&retry), Some(JobSubject { pool: "highmem", run_id: id, job: path }));
+        }
+    }
+
+    #[test]
+    fn event_log_and_key_subjects_round_trip() {
+        let id = run();
+        for path in ["a", "parent.child"] {
+            assert_eq!(parse_event_subject(&event_subject(&id, path)), Some((id, path)));
+            assert_eq!(parse_log_subject(&log_subject(&id, path)), Some((id, path)));
+            assert_eq!(parse_job_key(&job_key(&id, path)), Some((id, path)));
+        }
+    }
+
+    #[test]
+    fn dlq_and_control_subjects_round_trip() {
+        assert_eq!(parse_dlq_subject(&dlq_subject("default")), Some("default"));
+        let id = run();
+        assert_eq!(parse_control_subject(&control_subject("alice", Some(&id))), Some(("alice", Some(id))));
+        assert_eq!(parse_control_subject(&control_subject(ANONYMOUS_IDENTITY, None)), Some((ANONYMOUS_IDENTITY, None)));
+    }
+
+    #[test]
+    fn other_subjects_do_not_parse() {
+        for subject in
+            ["sluice.jobs.default", "sluice.jobs.default.not-a-uuid.a", "sluice.jobs..x.a", "other.jobs.a.b.c"]
+        {
+            assert_eq!(parse_job_subject(subject), None, "{subject}");
+        }
+        assert_eq!(parse_dlq_subject("sluice.dlq."), None);
+        assert_eq!(parse_event_subject("sluice.events.x"), None);
+        assert_eq!(parse_control_subject("sluice.control.alice"), None);
+        assert_eq!(parse_job_key("no-dot"), None);
+    }
 }

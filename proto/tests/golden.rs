@@ -9,8 +9,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_proto::messages::Versioned;
 use sluice_proto::{
-    AttemptRecord, ChildSpec, EventKind, JobEvent, JobMessage, JobRecord, JobState, LogBatch, LogLine, LogStream,
-    Rejection, RetryPolicy, RunId, RunRecord, RunState, SCHEMA_VERSION, SpawnBatch, Submission, Window, decode, encode,
+    AttemptRecord, BackfillRecord, BackfillRequest, BackfillWindow, ChildSpec, ControlAction, ControlOutcome,
+    ControlRequest, DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, JobState, LogBatch, LogLine, LogStream,
+    Outcome, RefusalKind, Rejection, RequestId, Rerun, RetryPolicy, RunId, RunRecord, RunState, SCHEMA_VERSION,
+    ScheduleRecord, SpawnBatch, Submission, Window, decode, encode,
 };
 
 fn time(text: &str) -> DateTime<Utc> {
@@ -57,31 +59,32 @@ fn submission() {
     );
 }
 
+fn job_message_value() -> JobMessage {
+    JobMessage {
+        schema_version: SCHEMA_VERSION,
+        run_id: run_id(),
+        workflow: "w".into(),
+        job: "extract".into(),
+        kind: "exec".into(),
+        command: Some(vec!["python3".into(), "etl.py".into(), "{{start}}".into()]),
+        config: serde_json::json!({"model": "v3", "threshold": 0.5}),
+        window: window(),
+        params: BTreeMap::new(),
+        pool: "default".into(),
+        attempt_offset: 0,
+        generation: 0,
+        retry: RetryPolicy::default(),
+        timeout_ms: Some(1_800_000),
+        permanent_exit_codes: vec![3],
+        // Fields added later and left empty keep the bytes of schema version 1.
+        needs: vec![],
+        retry_base: None,
+    }
+}
+
 #[test]
 fn job_message() {
-    check(
-        "job_message",
-        JobMessage {
-            schema_version: SCHEMA_VERSION,
-            run_id: run_id(),
-            workflow: "w".into(),
-            job: "extract".into(),
-            kind: "exec".into(),
-            command: Some(vec!["python3".into(), "etl.py".into(), "{{start}}".into()]),
-            config: serde_json::json!({"model": "v3", "threshold": 0.5}),
-            window: window(),
-            params: BTreeMap::new(),
-            pool: "default".into(),
-            attempt_offset: 0,
-            generation: 0,
-            retry: RetryPolicy::default(),
-            timeout_ms: Some(1_800_000),
-            permanent_exit_codes: vec![3],
-            // Fields added later and left empty keep the bytes of schema version 1.
-            needs: vec![],
-            retry_base: None,
-        },
-    );
+    check("job_message", job_message_value());
 }
 
 #[test]
@@ -239,6 +242,212 @@ fn rejection() {
             payload_bytes: 12,
         },
     );
+}
+
+fn request_id() -> RequestId {
+    "0190f5c2-7d3a-7b4e-8a1f-2c3d4e5f6a7c".parse().unwrap()
+}
+
+#[test]
+fn dead_letter() {
+    check(
+        "dead_letter",
+        DeadLetter {
+            schema_version: SCHEMA_VERSION,
+            job: job_message_value(),
+            reason: "attempts exhausted: exit code 1".into(),
+            attempts: vec![AttemptRecord {
+                attempt: 1,
+                started_at: time("2024-03-02T08:00:01Z"),
+                finished_at: Some(time("2024-03-02T08:00:02Z")),
+                error: Some("exit code 1".into()),
+                worker: "worker-1".into(),
+                redelivered_to: vec![],
+            }],
+            dead_at: time("2024-03-02T08:00:02Z"),
+        },
+    );
+}
+
+#[test]
+fn control_requests_and_outcomes() {
+    check(
+        "control_request",
+        ControlRequest {
+            schema_version: SCHEMA_VERSION,
+            request_id: Some(request_id()),
+            requested_by: "alice".into(),
+            run_id: Some(run_id()),
+            action: ControlAction::Retry,
+            job: Some("clean".into()),
+            requested_at: time("2024-03-02T08:00:00Z"),
+            dead_letter: Some(7),
+        },
+    );
+    check(
+        "control_request_schedule",
+        ControlRequest {
+            schema_version: SCHEMA_VERSION,
+            request_id: Some(request_id()),
+            requested_by: "alice".into(),
+            run_id: None,
+            action: ControlAction::SchedulePause { name: "nightly".into() },
+            job: None,
+            requested_at: time("2024-03-02T08:00:00Z"),
+            dead_letter: None,
+        },
+    );
+    check(
+        "control_request_backfill",
+        ControlRequest {
+            schema_version: SCHEMA_VERSION,
+            request_id: Some(request_id()),
+            requested_by: "alice".into(),
+            run_id: None,
+            action: ControlAction::BackfillCreate(BackfillRequest {
+                id: run_id(),
+                workflow: "name: w\njobs:\n  a: { run: noop }\n".into(),
+                from: "2024-03-01".into(),
+                to: "2024-03-31".into(),
+                interval: "1d".into(),
+                max_parallel_runs: 2,
+                rerun: Rerun::Failed,
+            }),
+            job: None,
+            requested_at: time("2024-03-02T08:00:00Z"),
+            dead_letter: None,
+        },
+    );
+    check(
+        "control_outcome",
+        ControlOutcome {
+            schema_version: SCHEMA_VERSION,
+            request_id: request_id(),
+            run_id: Some(run_id()),
+            action: "retry".into(),
+            outcome: Outcome::Refused,
+            kind: Some(RefusalKind::Conflict),
+            reason: "job `b` needs `a`, which did not complete".into(),
+            changed: vec![],
+            changed_total: 0,
+            requested_by: "alice".into(),
+            at: time("2024-03-02T08:00:01Z"),
+        },
+    );
+}
+
+/// A request from a client of schema 1 (no request id, no identity) still decodes: it is
+/// applied, and gets no answer since it names no key for one.
+#[test]
+fn a_schema_1_control_request_still_decodes() {
+    #[derive(Serialize)]
+    struct OldRequest<'a> {
+        schema_version: u32,
+        run_id: &'a str,
+        action: &'a str,
+        job: Option<&'a str>,
+        requested_at: &'a str,
+        dead_letter: Option<u64>,
+    }
+    let bytes = rmp_serde::to_vec_named(&OldRequest {
+        schema_version: 1,
+        run_id: "0190f5c2-7d3a-7b4e-8a1f-2c3d4e5f6a7b",
+        action: "cancel",
+        job: None,
+        requested_at: "2024-03-02T08:00:00Z",
+        dead_letter: None,
+    })
+    .unwrap();
+    let request: ControlRequest = decode(&bytes).unwrap();
+    assert_eq!(request.run_id, Some(run_id()));
+    assert_eq!(request.action, ControlAction::Cancel);
+    assert_eq!(request.request_id, None);
+}
+
+#[test]
+fn schedule_and_backfill_records() {
+    check(
+        "schedule_record",
+        ScheduleRecord {
+            schema_version: SCHEMA_VERSION,
+            name: "nightly".into(),
+            workflow: "name: nightly\nschedule: { cron: \"0 2 * * *\" }\njobs:\n  a: { run: noop }\n".into(),
+            schedule: serde_json::from_value(serde_json::json!({"cron": "0 2 * * *"})).unwrap(),
+            paused: false,
+            handled_until: time("2024-03-02T02:00:00Z"),
+            created_at: time("2024-03-01T00:00:00Z"),
+            updated_at: time("2024-03-01T00:00:00Z"),
+            last_tick: Some(time("2024-03-02T02:00:00Z")),
+            last_run: Some(run_id()),
+            skipped_ticks: 0,
+        },
+    );
+    check(
+        "backfill_record",
+        BackfillRecord {
+            schema_version: SCHEMA_VERSION,
+            id: run_id(),
+            workflow: "w".into(),
+            spec_yaml: "name: w\njobs:\n  a: { run: noop }\n".into(),
+            from: "2024-03-01".into(),
+            to: "2024-03-01".into(),
+            interval: "1d".into(),
+            max_parallel_runs: 2,
+            rerun: Rerun::Missing,
+            state: RunState::Running,
+            created_at: time("2024-03-02T08:00:00Z"),
+            finished_at: None,
+            windows: vec![BackfillWindow {
+                window: window(),
+                run_id: run_id(),
+                skip: None,
+                state: Some(RunState::Running),
+            }],
+            next: 1,
+        },
+    );
+}
+
+/// Every versioned message type has a golden vector: a new type without one fails here.
+#[test]
+fn every_versioned_type_has_a_golden_vector() {
+    let covered: BTreeMap<&str, &str> = BTreeMap::from([
+        ("Submission", "submission"),
+        ("JobMessage", "job_message"),
+        ("JobEvent", "job_event"),
+        ("RunRecord", "run_record"),
+        ("JobRecord", "job_record"),
+        ("DeadLetter", "dead_letter"),
+        ("ControlRequest", "control_request"),
+        ("ControlOutcome", "control_outcome"),
+        ("ScheduleRecord", "schedule_record"),
+        ("BackfillRecord", "backfill_record"),
+        ("LogBatch", "log_batch"),
+        ("Rejection", "rejection"),
+        ("SpawnBatch", "spawn_batch"),
+    ]);
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut versioned = Vec::new();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|extension| extension != "rs") {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            let line = line.trim();
+            if let Some(rest) = line.strip_prefix("versioned!(") {
+                versioned.push(rest.split(',').next().unwrap().trim().to_owned());
+            } else if let Some(rest) = line.strip_prefix("impl Versioned for ") {
+                versioned.push(rest.split_whitespace().next().unwrap().to_owned());
+            }
+        }
+    }
+    assert!(versioned.len() >= covered.len(), "found only {versioned:?}");
+    for name in &versioned {
+        let file = covered.get(name.as_str()).unwrap_or_else(|| panic!("{name} is versioned but has no golden vector"));
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{file}.msgpack"));
+        assert!(path.exists(), "{name}: {} is missing", path.display());
+    }
 }
 
 /// Readers ignore fields they do not know and fill optional ones they miss.

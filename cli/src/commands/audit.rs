@@ -5,14 +5,13 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use async_nats::jetstream;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::NaiveDate;
 use chrono_tz::Tz;
 use serde_json::json;
-use sluice_coordinator::store;
-use sluice_coordinator::topology::{self, Topology};
+use sluice_client::Stores;
 use sluice_proto::limits::BACKFILL_WINDOWS_MAX;
 use sluice_proto::window::parse_zone;
-use sluice_proto::{HumanDuration, RunRecord, RunState, Window, WorkflowSpec};
+use sluice_proto::{HumanDuration, RunState, Window, WorkflowSpec};
 
 use crate::output::{self, CliError, Format, print_json, table};
 
@@ -43,26 +42,7 @@ pub fn parse_day(flag: &str, text: &str) -> Result<NaiveDate, CliError> {
         .map_err(|_| CliError::usage(format!("{flag} `{text}` is not a day such as 2024-03-01")))
 }
 
-/// A workflow's runs, newest first.
-pub async fn runs_of(topology: &Topology, workflow: &str) -> Result<Vec<RunRecord>, CliError> {
-    let mut runs: Vec<RunRecord> =
-        store::load_all_runs(topology).await?.into_iter().filter(|run| run.workflow == workflow).collect();
-    runs.sort_by_key(|run| std::cmp::Reverse(run.created_at));
-    Ok(runs)
-}
-
-/// The newest run of each window (by its exact start and end instants).
-pub fn latest_by_window(runs: &[RunRecord]) -> HashMap<(DateTime<Utc>, DateTime<Utc>), &RunRecord> {
-    let mut latest = HashMap::new();
-    for run in runs {
-        latest.entry((run.window.start.to_utc(), run.window.end.to_utc())).or_insert(run);
-    }
-    latest
-}
-
-pub fn key_of(window: &Window) -> (DateTime<Utc>, DateTime<Utc>) {
-    (window.start.to_utc(), window.end.to_utc())
-}
+use sluice_proto::backfill::{key_of, latest_by_window};
 
 pub async fn run(url: &str, args: AuditArgs, format: Format) -> Result<ExitCode, CliError> {
     let from = parse_day("--from", &args.from)?;
@@ -71,10 +51,10 @@ pub async fn run(url: &str, args: AuditArgs, format: Format) -> Result<ExitCode,
         args.timezone.as_deref().map(parse_zone).transpose().map_err(|e| CliError::usage(e.to_string()))?;
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
-    let Some(topology) = topology::open(&js).await? else {
+    let Some(stores) = Stores::open(&js).await? else {
         return Err(CliError::usage(format!("no runs of workflow `{}` on this server", args.workflow)));
     };
-    let runs = runs_of(&topology, &args.workflow).await?;
+    let runs = stores.runs_of(&args.workflow).await?;
     let zone: Tz = match explicit_zone {
         Some(zone) => zone,
         None => runs
@@ -103,7 +83,7 @@ pub async fn run(url: &str, args: AuditArgs, format: Format) -> Result<ExitCode,
             continue;
         }
         let jobs = match run {
-            Some(run) => store::load_jobs(&topology, run).await?,
+            Some(run) => stores.jobs(&run.id).await?,
             None => HashMap::new(),
         };
         let cells: serde_json::Map<String, serde_json::Value> = run

@@ -9,21 +9,20 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use chrono::Utc;
 use serde_json::json;
-use sluice_coordinator::store;
-use sluice_coordinator::topology::{self, Topology};
+use sluice_client::Stores;
 use sluice_proto::limits::BACKFILL_WINDOWS_MAX;
 use sluice_proto::{
-    BackfillRecord, BackfillWindow, HumanDuration, Rerun, RunId, RunState, SCHEMA_VERSION, Window, encode,
+    BackfillRecord, BackfillRequest, BackfillWindow, ControlAction, ControlRequest, HumanDuration, Rerun, RunId,
+    RunState, Window,
 };
 
-use crate::commands::audit::{key_of, latest_by_window, parse_day, runs_of};
-use crate::output::{self, CliError, Format, print_json, table, time};
+use crate::commands::audit::parse_day;
+use crate::output::{self, CliError, Format, applied, ask, print_json, table, time};
 
 /// How often progress is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
-/// Most windows one backfill may run at once.
+/// Most windows one backfill may run at once (the coordinator checks it too).
 const MAX_PARALLEL_RUNS_LIMIT: u32 = 64;
 
 #[derive(clap::Args)]
@@ -85,20 +84,20 @@ enum BackfillCommand {
 pub async fn run(url: &str, args: BackfillArgs, format: Format) -> Result<ExitCode, CliError> {
     match args.command {
         Some(BackfillCommand::List) => {
-            let topology = connect(url).await?;
-            list(&topology, format).await
+            let js = connect(url).await?;
+            list(&js, format).await
         }
         Some(BackfillCommand::Status { ref id }) => {
             let id = parse_id(id)?;
-            let topology = connect(url).await?;
-            let (record, _) = load(&topology, &id).await?;
+            let js = connect(url).await?;
+            let record = load(&js, &id).await?;
             show(&record, format);
             Ok(exit_code(&record))
         }
         Some(BackfillCommand::Cancel { ref id }) => {
             let id = parse_id(id)?;
-            let topology = connect(url).await?;
-            cancel(&topology, &id, format).await
+            let js = connect(url).await?;
+            cancel(&js, &id, format).await
         }
         None => create(url, args, format).await,
     }
@@ -108,15 +107,17 @@ fn parse_id(text: &str) -> Result<RunId, CliError> {
     text.parse().map_err(|error: sluice_proto::ids::RunIdError| CliError::usage(format!("backfill id: {error}")))
 }
 
-async fn connect(url: &str) -> Result<Topology, CliError> {
-    let client = output::connect(url).await?;
-    Ok(topology::ensure(&jetstream::new(client)).await?)
+async fn connect(url: &str) -> Result<jetstream::Context, CliError> {
+    Ok(jetstream::new(output::connect(url).await?))
 }
 
-async fn load(topology: &Topology, id: &RunId) -> Result<(BackfillRecord, u64), CliError> {
-    store::entry(&topology.backfills, &id.to_string())
-        .await?
-        .ok_or_else(|| CliError::usage(format!("no backfill {id} (sluice backfill list shows them)")))
+async fn load(js: &jetstream::Context, id: &RunId) -> Result<BackfillRecord, CliError> {
+    let stores = Stores::open(js).await?;
+    let found = match &stores {
+        Some(stores) => stores.backfill(id).await?,
+        None => None,
+    };
+    found.ok_or_else(|| CliError::usage(format!("no backfill {id} (sluice backfill list shows them)")))
 }
 
 async fn create(url: &str, args: BackfillArgs, format: Format) -> Result<ExitCode, CliError> {
@@ -124,8 +125,9 @@ async fn create(url: &str, args: BackfillArgs, format: Format) -> Result<ExitCod
         CliError::usage("name a workflow file: sluice backfill FILE --from 2024-01-01 --to 2024-03-31")
     })?;
     let (spec, yaml) = super::read_workflow(file)?;
-    let from = parse_day("--from", args.from.as_deref().ok_or_else(|| CliError::usage("--from is required"))?)?;
-    let to = parse_day("--to", args.to.as_deref().ok_or_else(|| CliError::usage("--to is required"))?)?;
+    let from_text = args.from.as_deref().ok_or_else(|| CliError::usage("--from is required"))?;
+    let to_text = args.to.as_deref().ok_or_else(|| CliError::usage("--to is required"))?;
+    let (from, to) = (parse_day("--from", from_text)?, parse_day("--to", to_text)?);
     if args.max_parallel_runs == 0 || args.max_parallel_runs > MAX_PARALLEL_RUNS_LIMIT {
         return Err(CliError::usage(format!(
             "--max-parallel-runs must be 1 to {MAX_PARALLEL_RUNS_LIMIT}, not {}",
@@ -134,56 +136,22 @@ async fn create(url: &str, args: BackfillArgs, format: Format) -> Result<ExitCod
     }
     spec.resolve_params(&Default::default())
         .map_err(|error| CliError::usage(format!("{}: {error}", file.display())))?;
-    let windows = Window::range(from, to, args.interval.as_duration(), spec.zone(), BACKFILL_WINDOWS_MAX)
+    // Checked here for a quick answer; the coordinator checks again and plans the windows.
+    Window::range(from, to, args.interval.as_duration(), spec.zone(), BACKFILL_WINDOWS_MAX)
         .map_err(|error| CliError::usage(error.to_string()))?;
-    let topology = connect(url).await?;
-    let runs = runs_of(&topology, &spec.name).await?;
-    let latest = latest_by_window(&runs);
-    let rerun = Rerun::from(args.rerun);
-    let planned: Vec<BackfillWindow> = windows
-        .into_iter()
-        .map(|window| {
-            let previous = latest.get(&key_of(&window)).copied();
-            let skip = match (rerun, previous.map(|run| run.state)) {
-                (_, Some(RunState::Running)) => Some("a run of this window is running"),
-                (Rerun::Missing, Some(RunState::Succeeded)) => Some("already succeeded"),
-                (Rerun::Failed, None) => Some("never ran"),
-                (Rerun::Failed, Some(RunState::Succeeded)) => Some("already succeeded"),
-                _ => None,
-            };
-            BackfillWindow {
-                window,
-                run_id: RunId::new(),
-                skip: skip.map(|reason| {
-                    format!("{reason}{}", previous.map(|run| format!(" (run {})", run.id)).unwrap_or_default())
-                }),
-                state: None,
-            }
-        })
-        .collect();
+    let js = connect(url).await?;
     let id = RunId::new();
-    let record = BackfillRecord {
-        schema_version: SCHEMA_VERSION,
+    let request = BackfillRequest {
         id,
-        workflow: spec.name.clone(),
-        spec_yaml: yaml,
+        workflow: yaml,
         from: from.to_string(),
         to: to.to_string(),
         interval: args.interval.to_string(),
         max_parallel_runs: args.max_parallel_runs,
-        rerun,
-        state: RunState::Running,
-        created_at: Utc::now(),
-        finished_at: None,
-        windows: planned,
-        next: 0,
+        rerun: Rerun::from(args.rerun),
     };
-    let payload = encode(&record).map_err(|error| CliError::failed(error.to_string()))?;
-    topology
-        .backfills
-        .create(id.to_string(), payload.into())
-        .await
-        .map_err(|error| CliError::nats(format!("creating the backfill: {error}")))?;
+    applied(ask(&js, ControlRequest::new(ControlAction::BackfillCreate(request), None, "")).await?)?;
+    let record = load(&js, &id).await?;
     let skipped = skipped_windows(&record);
     if format == Format::Human {
         println!(
@@ -199,11 +167,11 @@ async fn create(url: &str, args: BackfillArgs, format: Format) -> Result<ExitCod
         }
         return Ok(ExitCode::SUCCESS);
     }
-    follow(&topology, &id, format).await
+    follow(&js, &id, format).await
 }
 
 /// Shows progress until the backfill ends; Ctrl-C leaves it running.
-async fn follow(topology: &Topology, id: &RunId, format: Format) -> Result<ExitCode, CliError> {
+async fn follow(js: &jetstream::Context, id: &RunId, format: Format) -> Result<ExitCode, CliError> {
     let mut ticker = tokio::time::interval(PROGRESS_EVERY);
     let tty = std::io::stdout().is_terminal();
     let mut last_line = String::new();
@@ -217,7 +185,7 @@ async fn follow(topology: &Topology, id: &RunId, format: Format) -> Result<ExitC
                 return Ok(ExitCode::SUCCESS);
             }
         }
-        let (record, _) = load(topology, id).await?;
+        let record = load(js, id).await?;
         if format == Format::Human {
             let line = progress_line(&record);
             if line != last_line {
@@ -358,9 +326,11 @@ fn show(record: &BackfillRecord, format: Format) {
     }
 }
 
-async fn list(topology: &Topology, format: Format) -> Result<ExitCode, CliError> {
-    let mut records: Vec<BackfillRecord> = store::load_all(&topology.backfills).await?;
-    records.sort_by_key(|record| std::cmp::Reverse(record.created_at));
+async fn list(js: &jetstream::Context, format: Format) -> Result<ExitCode, CliError> {
+    let records = match Stores::open(js).await? {
+        Some(stores) => stores.backfills().await?,
+        None => Vec::new(),
+    };
     match format {
         Format::Json => {
             print_json(&json!({"backfills": records.iter().map(|r| record_json(r, false)).collect::<Vec<_>>()}))
@@ -385,21 +355,12 @@ async fn list(topology: &Topology, format: Format) -> Result<ExitCode, CliError>
     Ok(ExitCode::SUCCESS)
 }
 
-async fn cancel(topology: &Topology, id: &RunId, format: Format) -> Result<ExitCode, CliError> {
-    let (mut record, revision) = load(topology, id).await?;
-    if record.state != RunState::Running {
-        return Err(CliError::failed(format!("backfill {id} is already {}", record.state.as_str())));
-    }
-    record.state = RunState::Cancelled;
-    let payload = encode(&record).map_err(|error| CliError::failed(error.to_string()))?;
-    topology
-        .backfills
-        .update(id.to_string(), payload.into(), revision)
-        .await
-        .map_err(|error| CliError::failed(format!("the backfill changed meanwhile; try again ({error})")))?;
+async fn cancel(js: &jetstream::Context, id: &RunId, format: Format) -> Result<ExitCode, CliError> {
+    load(js, id).await?;
+    let outcome = applied(ask(js, ControlRequest::new(ControlAction::BackfillCancel { id: *id }, None, "")).await?)?;
     match format {
         Format::Json => print_json(&json!({"id": id.to_string(), "state": "cancelled"})),
-        Format::Human => println!("backfill {id} cancelled: no new windows start; running ones are being cancelled"),
+        Format::Human => println!("{}", outcome.reason),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -4,18 +4,13 @@
 //! attempts, and its run resumes.
 
 use std::process::ExitCode;
-use std::time::Duration;
 
-use async_nats::jetstream::{self, stream::DirectGetErrorKind};
+use async_nats::jetstream;
 use serde_json::json;
-use sluice_proto::{ControlAction, DeadLetter, decode, names};
+use sluice_client::dead_letters::{self, DeadLetterEntry as Letter};
+use sluice_proto::{ControlAction, ControlRequest, Outcome, names};
 
-use crate::commands::control::send;
-use crate::output::{self, CliError, Format, print_json, table, time};
-
-/// Dead letters read at most by one command.
-const LETTERS_MAX: usize = 100_000;
-const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
+use crate::output::{self, CliError, Format, applied, ask, print_json, table, time};
 
 #[derive(clap::Subcommand)]
 pub enum DlqCommand {
@@ -47,41 +42,25 @@ pub struct Filters {
     pool: Option<String>,
 }
 
-/// One entry of the stream: a dead letter, or raw bytes nobody could read.
-struct Letter {
-    id: u64,
-    subject: String,
-    letter: Option<DeadLetter>,
-    reason: String,
+impl Filters {
+    fn matches(&self, letter: &Letter) -> bool {
+        letter.matches(self.workflow.as_deref(), self.pool.as_deref())
+    }
 }
 
-impl Letter {
-    fn pool(&self) -> &str {
-        self.subject.strip_prefix("sluice.dlq.").unwrap_or(&self.subject)
-    }
-
-    fn matches(&self, filters: &Filters) -> bool {
-        let workflow_ok = filters
-            .workflow
-            .as_ref()
-            .is_none_or(|workflow| self.letter.as_ref().is_some_and(|letter| &letter.job.workflow == workflow));
-        workflow_ok && filters.pool.as_ref().is_none_or(|pool| pool == self.pool())
-    }
-
-    fn summary_json(&self) -> serde_json::Value {
-        match &self.letter {
-            Some(letter) => json!({
-                "id": self.id,
-                "run_id": letter.job.run_id.to_string(),
-                "workflow": letter.job.workflow,
-                "job": letter.job.job,
-                "pool": letter.job.pool,
-                "attempts": letter.attempts.len(),
-                "reason": letter.reason,
-                "dead_at": time(Some(letter.dead_at)),
-            }),
-            None => json!({"id": self.id, "pool": self.pool(), "raw": true, "reason": self.reason}),
-        }
+fn summary_json(entry: &Letter) -> serde_json::Value {
+    match &entry.letter {
+        Some(letter) => json!({
+            "id": entry.id,
+            "run_id": letter.job.run_id.to_string(),
+            "workflow": letter.job.workflow,
+            "job": letter.job.job,
+            "pool": letter.job.pool,
+            "attempts": letter.attempts.len(),
+            "reason": letter.reason,
+            "dead_at": time(Some(letter.dead_at)),
+        }),
+        None => json!({"id": entry.id, "pool": entry.pool(), "raw": true, "reason": entry.reason}),
     }
 }
 
@@ -102,39 +81,20 @@ pub async fn run(url: &str, command: DlqCommand, format: Format) -> Result<ExitC
 }
 
 async fn load(js: &jetstream::Context) -> Result<Vec<Letter>, CliError> {
-    let Ok(stream) = js.get_stream(names::DLQ_STREAM).await else { return Ok(Vec::new()) };
-    let info =
-        stream.get_info().await.map_err(|error| CliError::nats(format!("reading the dead-letter stream: {error}")))?;
-    if info.state.messages == 0 {
-        return Ok(Vec::new());
-    }
-    let first = info.state.first_sequence.max(info.state.last_sequence.saturating_sub(LETTERS_MAX as u64 - 1));
-    let mut letters = Vec::new();
-    for id in first..=info.state.last_sequence {
-        match stream.direct_get(id).await {
-            Ok(message) => {
-                let reason_header = message.headers.get(names::HEADER_REASON).map(|value| value.as_str().to_owned());
-                let letter = decode::<DeadLetter>(&message.payload).ok();
-                let reason = letter
-                    .as_ref()
-                    .map(|letter| letter.reason.clone())
-                    .or(reason_header)
-                    .unwrap_or_else(|| "unreadable dead letter".into());
-                letters.push(Letter { id, subject: message.subject.to_string(), letter, reason });
-            }
-            Err(error) if error.kind() == DirectGetErrorKind::NotFound => {}
-            Err(error) => return Err(CliError::nats(format!("reading dead letter {id}: {error}"))),
-        }
-    }
-    Ok(letters)
+    Ok(dead_letters::load(js).await?)
+}
+
+/// One dead letter, or exit 2 when there is none with that id.
+async fn one(js: &jetstream::Context, id: u64) -> Result<Letter, CliError> {
+    dead_letters::one(js, id)
+        .await?
+        .ok_or_else(|| CliError::usage(format!("no dead letter {id} (see `sluice dlq list`)")))
 }
 
 async fn list(js: &jetstream::Context, filters: &Filters, format: Format) -> Result<ExitCode, CliError> {
-    let letters: Vec<Letter> = load(js).await?.into_iter().filter(|letter| letter.matches(filters)).collect();
+    let letters: Vec<Letter> = load(js).await?.into_iter().filter(|letter| filters.matches(letter)).collect();
     match format {
-        Format::Json => {
-            print_json(&json!({"dead_letters": letters.iter().map(Letter::summary_json).collect::<Vec<_>>()}))
-        }
+        Format::Json => print_json(&json!({"dead_letters": letters.iter().map(summary_json).collect::<Vec<_>>()})),
         Format::Human if letters.is_empty() => println!("no dead letters"),
         Format::Human => {
             let rows: Vec<Vec<String>> = letters
@@ -167,11 +127,7 @@ async fn list(js: &jetstream::Context, filters: &Filters, format: Format) -> Res
 }
 
 async fn show(js: &jetstream::Context, id: u64, format: Format) -> Result<ExitCode, CliError> {
-    let letters = load(js).await?;
-    let entry = letters
-        .iter()
-        .find(|letter| letter.id == id)
-        .ok_or_else(|| CliError::usage(format!("no dead letter {id} (see `sluice dlq list`)")))?;
+    let entry = one(js, id).await?;
     let Some(letter) = &entry.letter else {
         let value = json!({"id": id, "subject": entry.subject, "raw": true, "reason": entry.reason});
         match format {
@@ -234,18 +190,12 @@ async fn replay(
     filters: &Filters,
     format: Format,
 ) -> Result<ExitCode, CliError> {
-    let letters = load(js).await?;
-    let chosen: Vec<&Letter> = match id {
-        Some(id) => vec![
-            letters
-                .iter()
-                .find(|letter| letter.id == id)
-                .ok_or_else(|| CliError::usage(format!("no dead letter {id} (see `sluice dlq list`)")))?,
-        ],
-        None => letters.iter().filter(|letter| letter.matches(filters)).collect(),
+    let chosen: Vec<Letter> = match id {
+        Some(id) => vec![one(js, id).await?],
+        None => load(js).await?.into_iter().filter(|letter| filters.matches(letter)).collect(),
     };
-    let mut replayed = Vec::new();
-    for entry in chosen {
+    let mut answers = Vec::new();
+    for entry in &chosen {
         let Some(letter) = &entry.letter else {
             if id.is_some() {
                 return Err(CliError::usage(format!(
@@ -255,59 +205,52 @@ async fn replay(
             }
             continue;
         };
-        send(js, letter.job.run_id, ControlAction::Retry, Some(letter.job.job.clone()), Some(entry.id)).await?;
-        replayed.push((entry.id, letter));
-    }
-    // The coordinator removes each dead letter once its job is queued again.
-    let stream = js.get_stream(names::DLQ_STREAM).await.map_err(|error| CliError::nats(error.to_string()))?;
-    let deadline = tokio::time::Instant::now() + REPLAY_TIMEOUT;
-    for (id, _) in &replayed {
-        loop {
-            match stream.direct_get(*id).await {
-                Err(error) if error.kind() == DirectGetErrorKind::NotFound => break,
-                _ if tokio::time::Instant::now() >= deadline => {
-                    return Err(CliError::failed(format!(
-                        "dead letter {id} is still there after {}s: is a coordinator running? (its log says why a replay was refused)",
-                        REPLAY_TIMEOUT.as_secs()
-                    )));
-                }
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
+        // The coordinator queues the job again in a fresh series, then removes the letter.
+        let request = ControlRequest {
+            job: Some(letter.job.job.clone()),
+            dead_letter: Some(entry.id),
+            ..ControlRequest::new(ControlAction::Retry, Some(letter.job.run_id), "")
+        };
+        let outcome = ask(js, request).await?;
+        if id.is_some() {
+            applied(outcome.clone())?;
         }
+        answers.push((entry.id, letter, outcome));
     }
+    let refused = answers.iter().filter(|(_, _, outcome)| outcome.outcome == Outcome::Refused).count();
     match format {
-        Format::Json => print_json(
-            &json!({"replayed": replayed.iter().map(|(id, letter)| json!({"id": id, "run_id": letter.job.run_id.to_string(), "job": letter.job.job})).collect::<Vec<_>>()}),
-        ),
+        Format::Json => print_json(&json!({
+            "replayed": answers.iter().filter(|(_, _, outcome)| outcome.outcome == Outcome::Applied)
+                .map(|(id, letter, _)| json!({"id": id, "run_id": letter.job.run_id.to_string(), "job": letter.job.job}))
+                .collect::<Vec<_>>(),
+            "refused": answers.iter().filter(|(_, _, outcome)| outcome.outcome == Outcome::Refused)
+                .map(|(id, _, outcome)| json!({"id": id, "kind": outcome.kind.map(|kind| kind.as_str()), "reason": outcome.reason}))
+                .collect::<Vec<_>>(),
+        })),
         Format::Human => {
-            for (id, letter) in &replayed {
-                println!(
-                    "replayed dead letter {id}: job {} of run {} is queued again",
-                    letter.job.job, letter.job.run_id
-                );
+            for (id, letter, outcome) in &answers {
+                match outcome.outcome {
+                    Outcome::Applied => println!(
+                        "replayed dead letter {id}: job {} of run {} is queued again",
+                        letter.job.job, letter.job.run_id
+                    ),
+                    Outcome::Refused => println!("dead letter {id} not replayed: {}", outcome.reason),
+                }
             }
-            if replayed.is_empty() {
+            if answers.is_empty() {
                 println!("no dead letters to replay");
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if refused > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
 async fn purge(js: &jetstream::Context, filters: &Filters, format: Format) -> Result<ExitCode, CliError> {
-    let letters = load(js).await?;
-    let Ok(stream) = js.get_stream(names::DLQ_STREAM).await else { return Ok(ExitCode::SUCCESS) };
-    let mut purged = 0usize;
-    for letter in letters.iter().filter(|letter| letter.matches(filters)) {
-        stream
-            .delete_message(letter.id)
-            .await
-            .map_err(|error| CliError::nats(format!("deleting dead letter {}: {error}", letter.id)))?;
-        purged += 1;
-    }
+    let action = ControlAction::DlqPurge { workflow: filters.workflow.clone(), pool: filters.pool.clone() };
+    let outcome = applied(ask(js, ControlRequest::new(action, None, "")).await?)?;
     match format {
-        Format::Json => print_json(&json!({"purged": purged})),
-        Format::Human => println!("purged {purged} dead letters"),
+        Format::Json => print_json(&json!({"purged": outcome.changed_total})),
+        Format::Human => println!("purged {} dead letters", outcome.changed_total),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
 use futures::StreamExt;
 use serde_json::json;
-use sluice_coordinator::{store, topology};
+use sluice_client::Stores;
 use sluice_proto::{LogBatch, RunId, decode, names};
 
 use crate::commands::status::{Lookup, lookup};
@@ -72,7 +72,7 @@ pub async fn run(url: &str, args: LogsArgs, format: Format) -> Result<ExitCode, 
     }
     let mut messages = consumer.messages().await.map_err(|error| CliError::nats(format!("reading logs: {error}")))?;
     let mut check = tokio::time::interval(RUN_CHECK_EVERY);
-    let topology = topology::open(&js).await?;
+    let stores = Stores::open(&js).await?;
     loop {
         if caught_up && (!args.follow || run_ended) {
             return Ok(ExitCode::SUCCESS);
@@ -91,8 +91,8 @@ pub async fn run(url: &str, args: LogsArgs, format: Format) -> Result<ExitCode, 
                 }
             }
             _ = check.tick(), if args.follow && !run_ended => {
-                if let Some(topology) = &topology
-                    && let Some(record) = store::load_run(topology, &id).await?
+                if let Some(stores) = &stores
+                    && let Some(record) = stores.run(&id).await?
                 {
                     // A worker stores an attempt's lines before reporting it, so once the run
                     // has ended every line is in the stream; lines stored after the last one

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use async_nats::jetstream;
 use serde_json::json;
-use sluice_coordinator::{store, topology};
+use sluice_client::Stores;
 use sluice_proto::RunState;
 
 use crate::output::{self, CliError, Format, print_json, table, time};
@@ -41,8 +41,8 @@ pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, 
     if args.rejected {
         return rejected(&js, args.limit, format).await;
     }
-    let mut runs = match topology::open(&js).await? {
-        Some(topology) => store::load_all_runs(&topology).await?,
+    let mut runs = match Stores::open(&js).await? {
+        Some(stores) => stores.runs().await?,
         None => Vec::new(),
     };
     runs.retain(|run| {
@@ -81,10 +81,7 @@ pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, 
 }
 
 async fn rejected(js: &jetstream::Context, limit: usize, format: Format) -> Result<ExitCode, CliError> {
-    let mut rejections = match js.get_stream(sluice_proto::names::REJECTED_STREAM).await {
-        Ok(_) => store::load_rejections(js, limit).await?,
-        Err(_) => Vec::new(),
-    };
+    let mut rejections = sluice_client::stores::rejections(js, limit).await?;
     rejections.reverse();
     match format {
         Format::Json => print_json(&json!({"rejected": rejections.iter().map(|rejection| json!({

@@ -7,13 +7,12 @@ use std::process::ExitCode;
 use async_nats::jetstream;
 use chrono::Utc;
 use serde_json::json;
-use sluice_coordinator::store;
-use sluice_coordinator::topology::{self, Topology};
+use sluice_client::Stores;
 use sluice_proto::schedule::Schedule;
-use sluice_proto::{RunId, SCHEMA_VERSION, ScheduleRecord, Submission, WorkflowSpec, encode};
+use sluice_proto::{ControlAction, ControlRequest, RunId, ScheduleRecord, WorkflowSpec};
 
 use crate::follow::follow_one;
-use crate::output::{self, CliError, Format, print_json, table, time};
+use crate::output::{self, CliError, Format, applied, ask, print_json, table, time};
 
 #[derive(clap::Subcommand)]
 pub enum ScheduleCommand {
@@ -50,20 +49,32 @@ pub async fn run(url: &str, command: ScheduleCommand, format: Format) -> Result<
     }
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
-    let topology = topology::ensure(&js).await?;
     match command {
-        ScheduleCommand::Apply { file } => apply(&topology, &file, format).await,
-        ScheduleCommand::List => list(&topology, format).await,
-        ScheduleCommand::Pause { name } => set_paused(&topology, &name, true, format).await,
-        ScheduleCommand::Resume { name } => set_paused(&topology, &name, false, format).await,
-        ScheduleCommand::Delete { name } => {
-            load(&topology, &name).await?;
-            topology.schedules.delete(&name).await.map_err(|error| CliError::nats(format!("deleting: {error}")))?;
-            report(format, &json!({"name": name, "deleted": true}), &format!("schedule {name} deleted"));
-            Ok(ExitCode::SUCCESS)
-        }
-        ScheduleCommand::Trigger { name, wait } => trigger(&js, &topology, &name, wait, format).await,
+        ScheduleCommand::Apply { file } => apply(&js, &file, format).await,
+        ScheduleCommand::List => list(&js, format).await,
+        ScheduleCommand::Pause { name } => change(&js, ControlAction::SchedulePause { name }, format).await,
+        ScheduleCommand::Resume { name } => change(&js, ControlAction::ScheduleResume { name }, format).await,
+        ScheduleCommand::Delete { name } => change(&js, ControlAction::ScheduleDelete { name }, format).await,
+        ScheduleCommand::Trigger { name, wait } => trigger(&js, name, wait, format).await,
     }
+}
+
+/// Pause, resume or delete: the coordinator's answer says what happened.
+async fn change(js: &jetstream::Context, action: ControlAction, format: Format) -> Result<ExitCode, CliError> {
+    let name = match &action {
+        ControlAction::SchedulePause { name }
+        | ControlAction::ScheduleResume { name }
+        | ControlAction::ScheduleDelete { name } => name.clone(),
+        _ => return Err(CliError::usage("not a schedule change")),
+    };
+    let value = match &action {
+        ControlAction::SchedulePause { .. } => json!({"name": name, "paused": true}),
+        ControlAction::ScheduleResume { .. } => json!({"name": name, "paused": false}),
+        _ => json!({"name": name, "deleted": true}),
+    };
+    let outcome = applied(ask(js, ControlRequest::new(action, None, "")).await?)?;
+    report(format, &value, &outcome.reason);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn report(format: Format, value: &serde_json::Value, text: &str) {
@@ -73,20 +84,11 @@ fn report(format: Format, value: &serde_json::Value, text: &str) {
     }
 }
 
-/// A schedule's record and revision; exit 2 naming the schedules there are when missing.
-async fn load(topology: &Topology, name: &str) -> Result<(ScheduleRecord, u64), CliError> {
-    if let Some(found) = store::entry(&topology.schedules, name).await? {
-        return Ok(found);
+async fn all(js: &jetstream::Context) -> Result<Vec<ScheduleRecord>, CliError> {
+    match Stores::open(js).await? {
+        Some(stores) => Ok(stores.schedules().await?),
+        None => Ok(Vec::new()),
     }
-    let names: Vec<String> = all(topology).await?.into_iter().map(|record| record.name).collect();
-    let known = if names.is_empty() { "there are none".to_owned() } else { names.join(", ") };
-    Err(CliError::usage(format!("no schedule `{name}`; schedules: {known}")))
-}
-
-async fn all(topology: &Topology) -> Result<Vec<ScheduleRecord>, CliError> {
-    let mut records: Vec<ScheduleRecord> = store::load_all(&topology.schedules).await?;
-    records.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(records)
 }
 
 fn evaluate(record: &ScheduleRecord) -> Result<Schedule, CliError> {
@@ -94,38 +96,16 @@ fn evaluate(record: &ScheduleRecord) -> Result<Schedule, CliError> {
     Schedule::from_spec(&record.schedule, spec.timezone.as_deref()).map_err(CliError::failed)
 }
 
-async fn apply(topology: &Topology, file: &std::path::Path, format: Format) -> Result<ExitCode, CliError> {
+async fn apply(js: &jetstream::Context, file: &std::path::Path, format: Format) -> Result<ExitCode, CliError> {
     let (spec, yaml) = super::read_workflow(file)?;
-    let schedule_spec = spec.schedule.clone().ok_or_else(|| CliError::usage("no schedule"))?;
-    let now = Utc::now();
-    let existing = store::entry::<ScheduleRecord>(&topology.schedules, &spec.name).await?;
-    // An update keeps what was handled and whether it is paused: no tick runs twice, and
-    // none before the schedule existed runs at all.
-    let record = match &existing {
-        Some((old, _)) => ScheduleRecord { workflow: yaml, schedule: schedule_spec, updated_at: now, ..old.clone() },
-        None => ScheduleRecord {
-            schema_version: SCHEMA_VERSION,
-            name: spec.name.clone(),
-            workflow: yaml,
-            schedule: schedule_spec,
-            paused: false,
-            handled_until: now,
-            created_at: now,
-            updated_at: now,
-            last_tick: None,
-            last_run: None,
-            skipped_ticks: 0,
-        },
-    };
-    let payload = encode(&record).map_err(|error| CliError::failed(error.to_string()))?;
-    let written = match existing {
-        Some((_, revision)) => {
-            topology.schedules.update(&spec.name, payload.into(), revision).await.map(|_| ()).map_err(|e| e.to_string())
-        }
-        None => topology.schedules.create(&spec.name, payload.into()).await.map(|_| ()).map_err(|e| e.to_string()),
-    };
-    written.map_err(|error| CliError::failed(format!("the schedule changed meanwhile; apply again ({error})")))?;
+    applied(ask(js, ControlRequest::new(ControlAction::ScheduleApply { workflow: yaml }, None, "")).await?)?;
+    let record = Stores::open_required(js)
+        .await?
+        .schedule(&spec.name)
+        .await?
+        .ok_or_else(|| CliError::failed(format!("schedule {} was applied but cannot be read back", spec.name)))?;
     let schedule = evaluate(&record)?;
+    let now = Utc::now();
     let mut next = Vec::new();
     let mut cursor = now.max(record.handled_until);
     while next.len() < 3 {
@@ -173,9 +153,9 @@ fn record_json(record: &ScheduleRecord, schedule: &Schedule, now: chrono::DateTi
     })
 }
 
-async fn list(topology: &Topology, format: Format) -> Result<ExitCode, CliError> {
+async fn list(js: &jetstream::Context, format: Format) -> Result<ExitCode, CliError> {
     let now = Utc::now();
-    let records = all(topology).await?;
+    let records = all(js).await?;
     let mut rows = Vec::new();
     let mut values = Vec::new();
     for record in &records {
@@ -206,54 +186,13 @@ async fn list(topology: &Topology, format: Format) -> Result<ExitCode, CliError>
     Ok(ExitCode::SUCCESS)
 }
 
-async fn set_paused(topology: &Topology, name: &str, paused: bool, format: Format) -> Result<ExitCode, CliError> {
-    let (mut record, revision) = load(topology, name).await?;
-    let now = Utc::now();
-    if record.paused && !paused {
-        // Ticks while paused are not caught up: resuming means "from now on".
-        record.handled_until = now;
-    }
-    record.paused = paused;
-    record.updated_at = now;
-    let payload = encode(&record).map_err(|error| CliError::failed(error.to_string()))?;
-    topology
-        .schedules
-        .update(name, payload.into(), revision)
-        .await
-        .map_err(|error| CliError::failed(format!("the schedule changed meanwhile; try again ({error})")))?;
-    let word = if paused { "paused" } else { "resumed" };
-    report(format, &json!({"name": name, "paused": paused}), &format!("schedule {name} {word}"));
-    Ok(ExitCode::SUCCESS)
-}
-
-async fn trigger(
-    js: &jetstream::Context,
-    topology: &Topology,
-    name: &str,
-    wait: bool,
-    format: Format,
-) -> Result<ExitCode, CliError> {
-    let (record, _) = load(topology, name).await?;
-    let schedule = evaluate(&record)?;
-    let now = Utc::now();
+async fn trigger(js: &jetstream::Context, name: String, wait: bool, format: Format) -> Result<ExitCode, CliError> {
+    // The run id is chosen here, so the run can be followed as soon as it is submitted.
     let run_id = RunId::new();
-    let window = schedule.window.at(now, schedule.zone);
-    let submission = Submission {
-        schema_version: SCHEMA_VERSION,
-        run_id,
-        workflow: record.workflow.clone(),
-        window: Some(window),
-        params: Default::default(),
-        idempotency_key: None,
-        submitted_at: Some(now),
-    };
-    sluice_coordinator::requests::submit(js, &submission, &run_id.to_string()).await?;
+    let action = ControlAction::ScheduleTrigger { name: name.clone() };
+    let outcome = applied(ask(js, ControlRequest::new(action, Some(run_id), "")).await?)?;
     if !wait || format == Format::Human {
-        report(
-            format,
-            &json!({"id": run_id.to_string(), "schedule": name, "window": {"start": window.start_rfc3339(), "end": window.end_rfc3339()}}),
-            &format!("triggered run {run_id} of schedule {name} (window {window})"),
-        );
+        report(format, &json!({"id": run_id.to_string(), "schedule": name}), &outcome.reason);
     }
     if !wait {
         return Ok(ExitCode::SUCCESS);

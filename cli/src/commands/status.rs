@@ -4,50 +4,10 @@ use std::process::ExitCode;
 
 use async_nats::jetstream;
 use serde_json::json;
-use sluice_coordinator::store;
-use sluice_coordinator::topology::{self, Topology};
-use std::collections::BTreeMap;
-
-use sluice_proto::spawn::parent_of;
-use sluice_proto::{JobRecord, Rejection, RunId, RunRecord};
+pub use sluice_client::{Lookup, RunView, lookup};
+use sluice_proto::{JobRecord, RunId};
 
 use crate::output::{self, CliError, Format, print_json, short_time, table, time};
-
-/// A run with its job records: the workflow's jobs in dependency order, and every job
-/// (children included) by path.
-pub struct RunView {
-    pub record: RunRecord,
-    pub jobs: Vec<JobRecord>,
-    pub all: BTreeMap<String, JobRecord>,
-}
-
-impl RunView {
-    /// The direct children of `parent`, by name.
-    pub fn children_of<'a>(&'a self, parent: &'a str) -> impl Iterator<Item = &'a JobRecord> + 'a {
-        let prefix = format!("{parent}.");
-        self.all
-            .range(prefix.clone()..)
-            .take_while(move |(path, _)| path.starts_with(&prefix))
-            .filter(move |(path, _)| parent_of(path) == Some(parent))
-            .map(|(_, job)| job)
-    }
-
-    /// How many of `parent`'s children are in each state.
-    pub fn child_counts(&self, parent: &str) -> BTreeMap<&'static str, usize> {
-        let mut counts = BTreeMap::new();
-        for child in self.children_of(parent) {
-            *counts.entry(child.state.as_str()).or_default() += 1;
-        }
-        counts
-    }
-}
-
-/// What is known about a run id.
-pub enum Lookup {
-    Found(Box<RunView>),
-    Rejected(Rejection),
-    Unknown,
-}
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
@@ -89,29 +49,6 @@ pub async fn run(url: &str, args: StatusArgs, format: Format) -> Result<ExitCode
             "no run {id} (not submitted to this server, or no coordinator has taken it yet)"
         ))),
     }
-}
-
-/// Reads a run, or the rejection of its submission.
-pub async fn lookup(js: &jetstream::Context, id: &RunId) -> Result<Lookup, CliError> {
-    let Some(topology) = topology::open(js).await? else {
-        return Ok(Lookup::Unknown);
-    };
-    if let Some(view) = load_view(&topology, id).await? {
-        return Ok(Lookup::Found(Box::new(view)));
-    }
-    Ok(match store::load_rejection(js, id).await {
-        Ok(Some(rejection)) => Lookup::Rejected(rejection),
-        _ => Lookup::Unknown,
-    })
-}
-
-pub async fn load_view(topology: &Topology, id: &RunId) -> Result<Option<RunView>, CliError> {
-    let Some(record) = store::load_run(topology, id).await? else {
-        return Ok(None);
-    };
-    let all: BTreeMap<String, JobRecord> = store::load_jobs(topology, &record).await?.into_iter().collect();
-    let jobs = record.jobs.iter().filter_map(|name| all.get(name).cloned()).collect();
-    Ok(Some(RunView { record, jobs, all }))
 }
 
 /// The stable JSON shape of `status -o json` (documented in docs/cli.md).

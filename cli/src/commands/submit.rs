@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use async_nats::jetstream;
 use chrono::Utc;
 use serde_json::json;
-use sluice_coordinator::topology;
 use sluice_proto::limits::IDEMPOTENCY_KEY_MAX_BYTES;
 use sluice_proto::{RunId, SCHEMA_VERSION, Submission, Window, WorkflowSpec, names};
 
@@ -41,7 +40,6 @@ pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode
     let window = resolve_window(&spec, args.window.as_deref())?;
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
-    let topology = topology::ensure(&js).await?;
 
     if let Some(key) = &args.idempotency_key
         && (key.is_empty() || key.len() > IDEMPOTENCY_KEY_MAX_BYTES)
@@ -52,7 +50,7 @@ pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode
         )));
     }
     let existing = match &args.idempotency_key {
-        Some(key) => key_holder(&topology, key).await?,
+        Some(key) => key_holder(&js, key).await?,
         None => None,
     };
     let (run_id, duplicate) = match existing {
@@ -80,9 +78,11 @@ pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode
 }
 
 /// The run that holds an idempotency key, once a coordinator has claimed it.
-async fn key_holder(topology: &topology::Topology, key: &str) -> Result<Option<RunId>, CliError> {
-    Ok(topology
-        .idempotency
+async fn key_holder(js: &jetstream::Context, key: &str) -> Result<Option<RunId>, CliError> {
+    let Some(bucket) = sluice_client::stores::open_bucket(js, names::IDEMPOTENCY_BUCKET).await? else {
+        return Ok(None);
+    };
+    Ok(bucket
         .get(names::idempotency_kv_key(key))
         .await
         .map_err(|error| CliError::nats(format!("reading idempotency key: {error}")))?
@@ -115,7 +115,8 @@ pub async fn publish(
         submitted_at: Some(Utc::now()),
     };
     let dedup_id = idempotency_key.clone().unwrap_or_else(|| run_id.to_string());
-    let (sequence, duplicate) = sluice_coordinator::requests::submit(js, &submission, &dedup_id).await?;
+    sluice_client::requests::wait_until_set_up(js, sluice_client::requests::SETUP_WAIT).await?;
+    let (sequence, duplicate) = sluice_client::requests::submit(js, &submission, &dedup_id).await?;
     if !duplicate {
         return Ok(Published { run_id, duplicate: false });
     }
@@ -129,7 +130,7 @@ pub async fn publish(
     };
     let first = match (first, idempotency_key.as_deref()) {
         (Some(id), _) => Some(id),
-        (None, Some(key)) => key_holder(&topology::ensure(js).await?, key).await?,
+        (None, Some(key)) => key_holder(js, key).await?,
         (None, None) => None,
     };
     first.map(|run_id| Published { run_id, duplicate: true }).ok_or_else(|| {

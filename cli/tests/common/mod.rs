@@ -26,6 +26,14 @@ impl Stack {
         Self { nats, dir, processes: Vec::new() }
     }
 
+    /// A stack whose nats-server opens an existing JetStream store (a fixture's).
+    pub fn start_with_store(store: PathBuf) -> Self {
+        let options = sluice_local_nats::Options { store_dir: Some(store), ..Default::default() };
+        let nats = NatsServer::start(options).expect("nats-server starts on the store");
+        let dir = tempfile::Builder::new().prefix("sluice-test-").tempdir().expect("temp dir");
+        Self { nats, dir, processes: Vec::new() }
+    }
+
     pub fn url(&self) -> String {
         self.nats.url()
     }
@@ -205,6 +213,20 @@ pub fn leader_pid(stack: &Stack) -> Option<i32> {
         let holder = store.get(sluice_proto::names::LEADER_KEY).await.ok()??;
         String::from_utf8_lossy(&holder).split('/').nth(1)?.parse().ok()
     })
+}
+
+/// Waits until a coordinator has created Sluice's streams and buckets (the pool `default`
+/// is declared last).
+pub fn wait_until_set_up(stack: &Stack) {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    wait_until(Duration::from_secs(30), "a coordinator to set up the topology", || {
+        runtime.block_on(async {
+            let Ok(client) = async_nats::connect(stack.url()).await else { return false };
+            let js = async_nats::jetstream::new(client);
+            let Ok(pools) = js.get_key_value(sluice_proto::names::POOLS_BUCKET).await else { return false };
+            pools.get("default").await.is_ok_and(|entry| entry.is_some())
+        })
+    });
 }
 
 /// Longest any one `sluice` command may take in a test.

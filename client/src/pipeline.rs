@@ -8,7 +8,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishAckFuture, publish::PublishAck};
 use bytes::Bytes;
 
-use crate::error::{NatsContext, ServiceError};
+use crate::error::{ClientError, NatsContext};
 
 /// Most acknowledgements awaited at once.
 pub const WINDOW: usize = 1024;
@@ -26,7 +26,7 @@ pub struct Outgoing {
 pub async fn publish_all(
     js: &jetstream::Context,
     messages: impl IntoIterator<Item = Outgoing>,
-) -> Result<Vec<PublishAck>, ServiceError> {
+) -> Result<Vec<PublishAck>, ClientError> {
     let mut pending: VecDeque<(String, PublishAckFuture)> = VecDeque::new();
     let mut acks = Vec::new();
     for message in messages {

@@ -1,0 +1,196 @@
+//! Every mutation is a control request the coordinator applies and answers: the CLI prints
+//! the answer at once, with the exit code its kind maps to (not found and invalid 2, a
+//! conflict 1), and the answer is stored in KV `sluice-outcomes` with who asked.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use sluice_proto::{ControlOutcome, Outcome, RefusalKind, decode, names};
+
+/// A refusal must come back as fast as an answer, not after the 30 s wait for one.
+const ANSWER_WITHIN: Duration = Duration::from_secs(15);
+
+fn refused(stack: &Stack, args: &[&str], code: i32, needle: &str) {
+    let started = Instant::now();
+    let output = stack.sluice(args);
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+    assert!(stderr.contains(needle), "{args:?} should say {needle:?}: {stderr}");
+    assert!(started.elapsed() < ANSWER_WITHIN, "{args:?} took {:?}: the refusal was not answered", started.elapsed());
+}
+
+fn outcomes(stack: &Stack) -> Vec<ControlOutcome> {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        use futures::TryStreamExt;
+        let client = async_nats::connect(stack.url()).await.expect("connects");
+        let js = async_nats::jetstream::new(client);
+        let bucket = js.get_key_value(names::OUTCOMES_BUCKET).await.expect("outcomes bucket");
+        let keys: Vec<String> = bucket.keys().await.expect("keys").try_collect().await.expect("keys");
+        let mut all = Vec::new();
+        for key in keys {
+            let bytes = bucket.get(&key).await.expect("get").expect("value");
+            all.push(decode::<ControlOutcome>(&bytes).expect("an outcome decodes"));
+        }
+        all
+    })
+}
+
+#[test]
+fn refusals_are_answered_at_once_with_the_exit_code_of_their_kind() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    stack.worker(&["--concurrency", "2"]);
+    let file = stack.write(
+        "refusals.yaml",
+        "name: refusals\njobs:\n  a: { run: fail, config: { retryable: false } }\n  b: { run: noop, needs: [a] }\n",
+    );
+    let failed = submit_and_wait(&stack, &file, 1);
+    let id = failed["id"].as_str().unwrap().to_owned();
+
+    // The engine's rules, answered by the coordinator (the CLI no longer copies them).
+    refused(&stack, &["retry", &id, "--job", "b"], 1, "needs `a`, which did not complete");
+    refused(&stack, &["cancel", &id], 1, "already finished");
+    // Read-only checks stay in the CLI.
+    refused(&stack, &["retry", &id, "--job", "nope"], 2, "has no job `nope`");
+
+    // Two replays of one dead letter at once: one is applied, the other refused (it is
+    // gone), and the job runs again once.
+    let letters = stack.sluice_json(&["dlq", "list", "--workflow", "refusals"], 0);
+    let letter = letters["dead_letters"][0]["id"].to_string();
+    let replay = || stack.sluice(&["dlq", "replay", &letter, "-o", "json"]);
+    let (first, second) = std::thread::scope(|scope| {
+        let first = scope.spawn(replay);
+        let second = scope.spawn(replay);
+        (first.join().unwrap(), second.join().unwrap())
+    });
+    let mut codes = [first.status.code(), second.status.code()];
+    codes.sort();
+    assert_eq!(codes, [Some(0), Some(2)], "{}\n{}", text(&first.stderr), text(&second.stderr));
+    let loser = if first.status.success() { &second } else { &first };
+    assert!(text(&loser.stderr).contains("dead letter"), "{}", text(&loser.stderr));
+    refused(&stack, &["dlq", "replay", &letter], 2, "no dead letter");
+    let again = stack.wait_for_run(&id, Duration::from_secs(30));
+    assert_eq!(again["state"], "failed", "a fails again: {again:#}");
+    let letters = stack.sluice_json(&["dlq", "list", "--workflow", "refusals"], 0);
+    assert_eq!(letters["dead_letters"].as_array().unwrap().len(), 1, "one replay, one new dead letter: {letters:#}");
+
+    // Schedules and backfills answer the same way.
+    refused(&stack, &["schedule", "delete", "nope"], 2, "no schedule `nope`");
+    let plain = stack.write("plain.yaml", "name: plain\njobs:\n  a: { run: noop }\n");
+    let backfill = stack.sluice_json(
+        &["backfill", plain.to_str().unwrap(), "--from", "2024-03-01", "--to", "2024-03-02", "--detach"],
+        0,
+    );
+    let backfill_id = backfill["id"].as_str().unwrap().to_owned();
+    stack.sluice_json(&["backfill", "cancel", &backfill_id], 0);
+    refused(&stack, &["backfill", "cancel", &backfill_id], 1, "is already cancelled");
+
+    // Every answer is stored under its request id, with who asked.
+    let answers = outcomes(&stack);
+    let needs_first = answers
+        .iter()
+        .find(|outcome| outcome.action == "retry" && outcome.reason.contains("which did not complete"))
+        .expect("the refused retry is on record");
+    assert_eq!(needs_first.outcome, Outcome::Refused);
+    assert_eq!(needs_first.kind, Some(RefusalKind::Conflict));
+    assert_eq!(needs_first.run_id.map(|id| id.to_string()), Some(id.clone()));
+    assert_eq!(needs_first.requested_by, names::ANONYMOUS_IDENTITY);
+    let replay = answers.iter().find(|outcome| outcome.action == "replay" && outcome.outcome == Outcome::Applied);
+    assert!(replay.is_some_and(|outcome| outcome.changed.contains(&"a".to_owned())), "{answers:#?}");
+    assert!(
+        answers
+            .iter()
+            .any(|outcome| outcome.action == "backfill_cancel" && outcome.kind == Some(RefusalKind::Conflict)),
+        "{answers:#?}"
+    );
+}
+
+#[test]
+fn a_running_run_cannot_be_retried_whole_and_a_purge_is_one_request() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    stack.worker(&["--concurrency", "2"]);
+    let slow = stack.write("slow.yaml", "name: slow\njobs:\n  a: { run: sleep, config: { duration: 30s } }\n");
+    let submitted = stack.sluice_json(&["submit", slow.to_str().unwrap()], 0);
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(20), "the job to run", || {
+        let status = stack.sluice(&["status", &id, "-o", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&status.stdout)
+            .is_ok_and(|status| status["jobs"][0]["state"] == "running")
+    });
+    refused(&stack, &["retry", &id], 1, "is still running");
+    stack.sluice_json(&["cancel", &id], 0);
+
+    let failing =
+        stack.write("failing.yaml", "name: failing\njobs:\n  a: { run: fail, config: { retryable: false } }\n");
+    for _ in 0..3 {
+        submit_and_wait(&stack, &failing, 1);
+    }
+    let purged = stack.sluice_json(&["dlq", "purge", "--workflow", "failing"], 0);
+    assert_eq!(purged["purged"], 3, "{purged:#}");
+    assert!(
+        stack.sluice_json(&["dlq", "list", "--workflow", "failing"], 0)["dead_letters"].as_array().unwrap().is_empty()
+    );
+    let purge = outcomes(&stack).into_iter().find(|outcome| outcome.action == "dlq_purge").expect("purge answered");
+    assert_eq!(purge.changed_total, 3);
+}
+
+/// No client code path writes KV or streams: the CLI (outside the commands that run a
+/// coordinator or a worker) and the client crate only publish submissions and control
+/// requests, through `sluice_client::requests`.
+#[test]
+fn clients_publish_only_submissions_and_control_requests() {
+    let root = workspace_root();
+    let writes = [
+        ".put(",
+        ".create(",
+        ".update(",
+        ".delete(",
+        ".purge(",
+        "delete_message",
+        "create_stream",
+        "create_or_update",
+        "create_key_value",
+        ".publish(",
+        ".publish_with_headers(",
+        "topology::ensure",
+        "sluice_coordinator::store",
+        "sluice_coordinator::control",
+    ];
+    // What runs a coordinator or a worker in this process, and the two places that publish.
+    let allowed =
+        ["cli/src/commands/dev.rs", "cli/src/commands/serve.rs", "client/src/requests.rs", "client/src/pipeline.rs"];
+    let mut offending = Vec::new();
+    for dir in ["cli/src", "client/src"] {
+        for path in rust_files(&root.join(dir)) {
+            let relative = path.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
+            if allowed.contains(&relative.as_str()) {
+                continue;
+            }
+            let source = std::fs::read_to_string(&path).unwrap();
+            for (number, line) in source.lines().enumerate() {
+                let code = line.split("//").next().unwrap_or_default();
+                for write in writes.iter().filter(|write| code.contains(**write)) {
+                    offending.push(format!("{relative}:{}: {write}", number + 1));
+                }
+            }
+        }
+    }
+    assert!(offending.is_empty(), "client code writes state:\n{}", offending.join("\n"));
+}
+
+fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|extension| extension == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}

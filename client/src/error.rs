@@ -1,0 +1,52 @@
+//! The client's error type: what went wrong, and whether trying again may help.
+
+/// Something a client call could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answered at the URL.
+    #[error("cannot reach NATS at {url}: {source} (is a nats-server running there? `sluice dev` starts one)")]
+    Unreachable { url: String, source: async_nats::Error },
+    /// The server is older than Sluice needs.
+    #[error("{0}")]
+    ServerTooOld(String),
+    /// A NATS operation failed.
+    #[error("{context}: {source}")]
+    Nats { context: String, source: async_nats::Error },
+    /// A stored record or message could not be read or written.
+    #[error(transparent)]
+    Codec(#[from] sluice_proto::CodecError),
+    /// A read made no progress.
+    #[error("{0}: no progress for 10 s")]
+    Stalled(String),
+    /// No coordinator ever ran against this server: its streams and buckets are missing.
+    #[error(
+        "Sluice is not set up on this nats-server ({missing} is missing): start a coordinator (`sluice coordinator`, or `sluice dev`)"
+    )]
+    NotSetUp { missing: String },
+    /// A control request was stored, but no coordinator answered it in time.
+    #[error("the request ({action}) is queued, but no coordinator answered it within {waited_s}s: is one running?")]
+    NoAnswer { action: &'static str, waited_s: u64 },
+}
+
+impl ClientError {
+    /// Whether the same call may succeed later (a connection or the coordinator may come
+    /// back); a codec error or a server that is too old will not change by waiting.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Unreachable { .. } | Self::Nats { .. } | Self::Stalled(_) | Self::NoAnswer { .. } => true,
+            Self::NotSetUp { .. } => true,
+            Self::ServerTooOld(_) | Self::Codec(_) => false,
+        }
+    }
+}
+
+/// Adds context to any NATS error.
+pub trait NatsContext<T> {
+    fn context(self, context: impl Into<String>) -> Result<T, ClientError>;
+}
+
+impl<T, E: Into<async_nats::Error>> NatsContext<T> for Result<T, E> {
+    fn context(self, context: impl Into<String>) -> Result<T, ClientError> {
+        self.map_err(|source| ClientError::Nats { context: context.into(), source: source.into() })
+    }
+}

@@ -1,0 +1,285 @@
+//! Reading Sluice's durable records: runs, jobs, schedules, backfills, rejections and
+//! control outcomes. Read only: the coordinator is the one writer of all of them.
+
+use std::collections::HashMap;
+
+use async_nats::jetstream::{self, context::KeyValueErrorKind, kv};
+use futures::{StreamExt, TryStreamExt};
+use serde::de::DeserializeOwned;
+use sluice_proto::messages::Versioned;
+use sluice_proto::{
+    BackfillRecord, ControlOutcome, JobRecord, PoolRecord, Rejection, RequestId, RunId, RunRecord, ScheduleRecord,
+    WorkerRecord, decode, names,
+};
+
+use crate::error::{ClientError, NatsContext};
+
+/// Longest wait for the next record of an ordered read before it counts as stalled.
+pub const READ_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Concurrent reads when loading many records.
+const READ_CONCURRENCY: usize = 64;
+
+/// Read handles on Sluice's buckets. Opening creates nothing.
+#[derive(Clone)]
+pub struct Stores {
+    js: jetstream::Context,
+    runs: kv::Store,
+    schedules: kv::Store,
+    backfills: kv::Store,
+}
+
+impl Stores {
+    /// Opens the buckets; `None` when Sluice was never set up on this server (no
+    /// coordinator has run against it).
+    pub async fn open(js: &jetstream::Context) -> Result<Option<Self>, ClientError> {
+        let (Some(runs), Some(_jobs), Some(schedules), Some(backfills)) = (
+            open_bucket(js, names::RUNS_BUCKET).await?,
+            open_bucket(js, names::JOBS_BUCKET).await?,
+            open_bucket(js, names::SCHEDULES_BUCKET).await?,
+            open_bucket(js, names::BACKFILLS_BUCKET).await?,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(Self { js: js.clone(), runs, schedules, backfills }))
+    }
+
+    /// [`Stores::open`], with a missing setup as an error that says what to do.
+    pub async fn open_required(js: &jetstream::Context) -> Result<Self, ClientError> {
+        Self::open(js).await?.ok_or_else(|| ClientError::NotSetUp { missing: format!("KV {}", names::RUNS_BUCKET) })
+    }
+
+    pub fn js(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// One run record.
+    pub async fn run(&self, id: &RunId) -> Result<Option<RunRecord>, ClientError> {
+        Ok(entry(&self.runs, &id.to_string()).await?.map(|(record, _)| record))
+    }
+
+    /// Every job record of a run, children included, by path.
+    pub async fn jobs(&self, id: &RunId) -> Result<HashMap<String, JobRecord>, ClientError> {
+        Ok(run_jobs(&self.js, id).await?.into_iter().map(|(path, (record, _))| (path, record)).collect())
+    }
+
+    /// Every run record. Records that cannot be decoded are reported, not fatal.
+    pub async fn runs(&self) -> Result<Vec<RunRecord>, ClientError> {
+        load_all(&self.runs).await
+    }
+
+    /// A workflow's runs, newest first.
+    pub async fn runs_of(&self, workflow: &str) -> Result<Vec<RunRecord>, ClientError> {
+        let mut runs: Vec<RunRecord> = self.runs().await?.into_iter().filter(|run| run.workflow == workflow).collect();
+        runs.sort_by_key(|run| std::cmp::Reverse(run.created_at));
+        Ok(runs)
+    }
+
+    /// Every schedule, by name.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleRecord>, ClientError> {
+        let mut records: Vec<ScheduleRecord> = load_all(&self.schedules).await?;
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(records)
+    }
+
+    /// One schedule.
+    pub async fn schedule(&self, name: &str) -> Result<Option<ScheduleRecord>, ClientError> {
+        Ok(entry(&self.schedules, name).await?.map(|(record, _)| record))
+    }
+
+    /// Every backfill, newest first.
+    pub async fn backfills(&self) -> Result<Vec<BackfillRecord>, ClientError> {
+        let mut records: Vec<BackfillRecord> = load_all(&self.backfills).await?;
+        records.sort_by_key(|record| std::cmp::Reverse(record.created_at));
+        Ok(records)
+    }
+
+    /// One backfill.
+    pub async fn backfill(&self, id: &RunId) -> Result<Option<BackfillRecord>, ClientError> {
+        Ok(entry(&self.backfills, &id.to_string()).await?.map(|(record, _)| record))
+    }
+
+    /// Every declared pool, by name.
+    pub async fn pools(&self) -> Result<Vec<PoolRecord>, ClientError> {
+        let Some(bucket) = open_bucket(&self.js, names::POOLS_BUCKET).await? else { return Ok(Vec::new()) };
+        let mut pools: Vec<PoolRecord> = load_all(&bucket).await?;
+        pools.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(pools)
+    }
+
+    /// The live workers and coordinators, by pool and id.
+    pub async fn workers(&self) -> Result<Vec<WorkerRecord>, ClientError> {
+        let Some(bucket) = open_bucket(&self.js, names::WORKERS_BUCKET).await? else { return Ok(Vec::new()) };
+        let mut workers: Vec<WorkerRecord> = load_all(&bucket).await?;
+        workers.sort_by(|a, b| (&a.pool, &a.worker_id).cmp(&(&b.pool, &b.worker_id)));
+        Ok(workers)
+    }
+
+    /// A pool's work as an autoscaler sees it: jobs waiting, and jobs delivered but not yet
+    /// acknowledged; `None` when its consumer does not exist.
+    pub async fn pool_lag(&self, pool: &str) -> Result<Option<PoolLag>, ClientError> {
+        let Ok(mut stream) = self.js.get_stream(names::JOBS_STREAM).await else { return Ok(None) };
+        match stream.consumer_info(names::pool_consumer(pool)).await {
+            Ok(info) => Ok(Some(PoolLag { pending: info.num_pending, ack_pending: info.num_ack_pending as u64 })),
+            Err(error) => {
+                tracing::debug!(%error, pool, "no consumer for the pool");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The rejected submissions, oldest first, at most `limit` of the newest.
+    pub async fn rejections(&self, limit: usize) -> Result<Vec<Rejection>, ClientError> {
+        rejections(&self.js, limit).await
+    }
+
+    /// The rejection recorded for a run id, if its submission was refused.
+    pub async fn rejection(&self, id: &RunId) -> Result<Option<Rejection>, ClientError> {
+        rejection(&self.js, id).await
+    }
+}
+
+/// A pool's lag: what KEDA's nats-jetstream scaler adds up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolLag {
+    pub pending: u64,
+    pub ack_pending: u64,
+}
+
+/// The answer to a control request, if the coordinator has given it.
+pub async fn outcome(js: &jetstream::Context, id: &RequestId) -> Result<Option<ControlOutcome>, ClientError> {
+    let Some(bucket) = open_bucket(js, names::OUTCOMES_BUCKET).await? else { return Ok(None) };
+    Ok(entry(&bucket, &id.to_string()).await?.map(|(outcome, _)| outcome))
+}
+
+/// A bucket, or `None` when it does not exist.
+pub async fn open_bucket(js: &jetstream::Context, name: &str) -> Result<Option<kv::Store>, ClientError> {
+    match js.get_key_value(name).await {
+        Ok(store) => Ok(Some(store)),
+        Err(error) if error.kind() == KeyValueErrorKind::GetBucket => Ok(None),
+        Err(error) => Err(error).context(format!("opening KV {name}")),
+    }
+}
+
+/// Reads one record with its revision (for a revision-checked update); `None` if it is
+/// gone. A record that cannot be decoded is an error naming it.
+pub async fn entry<T: DeserializeOwned + Versioned>(
+    store: &kv::Store,
+    key: &str,
+) -> Result<Option<(T, u64)>, ClientError> {
+    let Some(entry) = store.entry(key).await.context(format!("reading {key}"))? else { return Ok(None) };
+    if entry.operation != kv::Operation::Put {
+        return Ok(None);
+    }
+    Ok(Some((decode::<T>(&entry.value)?, entry.revision)))
+}
+
+/// Reads every record of a bucket (schedules, backfills, runs). Records that cannot be
+/// decoded are reported, not fatal.
+pub async fn load_all<T: DeserializeOwned + Versioned>(store: &kv::Store) -> Result<Vec<T>, ClientError> {
+    let keys: Vec<String> = match store.keys().await {
+        Ok(keys) => keys.try_collect().await.context("listing records")?,
+        Err(error) => return Err(error).context("listing records"),
+    };
+    let records: Vec<Option<T>> = futures::stream::iter(keys)
+        .map(|key| async move {
+            let bytes = store.get(key.clone()).await.context(format!("reading {key}"))?;
+            Ok::<_, ClientError>(bytes.and_then(|bytes| match decode::<T>(&bytes) {
+                Ok(record) => Some(record),
+                Err(error) => {
+                    tracing::error!(%key, %error, "record cannot be decoded; skipping it");
+                    None
+                }
+            }))
+        })
+        .buffer_unordered(READ_CONCURRENCY)
+        .try_collect()
+        .await?;
+    Ok(records.into_iter().flatten().collect())
+}
+
+/// Reads every job record of a run, children included, with its revision: the latest
+/// value of each key under `<run_id>.` in KV `sluice-jobs`, in one ordered read.
+pub async fn run_jobs(js: &jetstream::Context, id: &RunId) -> Result<HashMap<String, (JobRecord, u64)>, ClientError> {
+    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+    let what = || format!("reading the jobs of run {id}");
+    let stream_name = format!("KV_{}", names::JOBS_BUCKET);
+    let stream = js.get_stream(&stream_name).await.context(format!("opening {stream_name}"))?;
+    let mut consumer = stream
+        .create_consumer(OrderedConfig {
+            filter_subject: names::run_jobs_filter(id),
+            deliver_policy: DeliverPolicy::LastPerSubject,
+            ..Default::default()
+        })
+        .await
+        .context(what())?;
+    let mut records = HashMap::new();
+    if consumer.info().await.context(what())?.num_pending == 0 {
+        return Ok(records);
+    }
+    let prefix = format!("$KV.{}.", names::JOBS_BUCKET);
+    let mut messages = consumer.messages().await.context(what())?;
+    loop {
+        // A read that stalls is an error the caller retries, never a hang.
+        let Ok(next) = tokio::time::timeout(READ_STALL, messages.next()).await else {
+            return Err(ClientError::Stalled(what()));
+        };
+        let Some(message) = next else { break };
+        let message = message.context(what())?;
+        let info = message.info().context(what())?;
+        let (revision, left) = (info.stream_sequence, info.pending);
+        let deleted = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get("KV-Operation"))
+            .is_some_and(|operation| operation.as_str() != "PUT");
+        let path = message.subject.strip_prefix(prefix.as_str()).and_then(names::parse_job_key);
+        if let Some((_, path)) = path
+            && !deleted
+        {
+            match decode::<JobRecord>(&message.payload) {
+                Ok(record) => {
+                    records.insert(path.to_owned(), (record, revision));
+                }
+                Err(error) => tracing::error!(%error, job = path, run = %id, "job record cannot be decoded; skipped"),
+            }
+        }
+        if left == 0 {
+            break;
+        }
+    }
+    Ok(records)
+}
+
+/// Reads the rejected submissions, oldest first, at most `limit` of the newest.
+pub async fn rejections(js: &jetstream::Context, limit: usize) -> Result<Vec<Rejection>, ClientError> {
+    let Ok(stream) = js.get_stream(names::REJECTED_STREAM).await else { return Ok(Vec::new()) };
+    let info = stream.get_info().await.context("reading the rejected stream")?;
+    let last = info.state.last_sequence;
+    let first = info.state.first_sequence.max(last.saturating_sub(limit as u64).saturating_add(1));
+    let mut rejections = Vec::new();
+    if info.state.messages == 0 {
+        return Ok(rejections);
+    }
+    for sequence in first..=last {
+        match stream.direct_get(sequence).await {
+            Ok(message) => match decode::<Rejection>(&message.payload) {
+                Ok(rejection) => rejections.push(rejection),
+                Err(error) => tracing::warn!(sequence, %error, "rejection record cannot be decoded"),
+            },
+            Err(error) if error.kind() == jetstream::stream::DirectGetErrorKind::NotFound => {}
+            Err(error) => return Err(error).context("reading a rejection"),
+        }
+    }
+    Ok(rejections)
+}
+
+/// The rejection recorded for a run id, if its submission was refused.
+pub async fn rejection(js: &jetstream::Context, id: &RunId) -> Result<Option<Rejection>, ClientError> {
+    let Ok(stream) = js.get_stream(names::REJECTED_STREAM).await else { return Ok(None) };
+    match stream.direct_get_last_for_subject(names::rejected_subject(Some(id))).await {
+        Ok(message) => Ok(Some(decode(&message.payload)?)),
+        Err(error) if error.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).context(format!("reading the rejection of run {id}")),
+    }
+}
