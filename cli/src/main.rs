@@ -58,6 +58,11 @@ enum Command {
     /// Inspect, replay and purge dead letters.
     #[command(subcommand)]
     Dlq(commands::dlq::DlqCommand),
+    /// Declare pools and list them: pool apply NAME, pool list.
+    #[command(subcommand)]
+    Pool(commands::pool::PoolCommand),
+    /// The live workers and coordinators.
+    Workers,
     /// Check a workflow file without running it.
     Validate { file: PathBuf },
 }
@@ -141,6 +146,14 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Dlq(command) => {
             output::init_logging("warn");
             commands::dlq::run(url, command, cli.output).await
+        }
+        Command::Pool(command) => {
+            output::init_logging("warn");
+            commands::pool::run(url, command, cli.output).await
+        }
+        Command::Workers => {
+            output::init_logging("warn");
+            commands::pool::workers(url, cli.output).await
         }
         Command::Validate { file } => commands::validate::run(&file, cli.output),
     }

@@ -118,7 +118,7 @@ impl Stores {
     /// A pool's work as an autoscaler sees it: jobs waiting, and jobs delivered but not yet
     /// acknowledged; `None` when its consumer does not exist.
     pub async fn pool_lag(&self, pool: &str) -> Result<Option<PoolLag>, ClientError> {
-        let Ok(mut stream) = self.js.get_stream(names::JOBS_STREAM).await else { return Ok(None) };
+        let Ok(stream) = self.js.get_stream(names::JOBS_STREAM).await else { return Ok(None) };
         match stream.consumer_info(names::pool_consumer(pool)).await {
             Ok(info) => Ok(Some(PoolLag { pending: info.num_pending, ack_pending: info.num_ack_pending as u64 })),
             Err(error) => {
