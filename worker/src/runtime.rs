@@ -1,10 +1,10 @@
 //! The worker runtime: producer → executor → completer.
 //!
 //! - Producer ([`Producer`], started by [`run`]): fetches as many jobs as there are free slots and, while the jobs
-//!   it runs are short (done within [`SHORT_JOB`]), up to `prefetch` more, so the
+//!   it runs are short (done within [`SHORT_JOB_MAX_MS`]), up to `prefetch` more, so the
 //!   next short job is at hand when a slot frees up and fetches come in batches. None are
 //!   fetched ahead while jobs run long, and a job fetched ahead that waits longer than
-//!   [`FETCHED_WAIT_MAX`] goes back to the pool as the same attempt, so a busy worker does
+//!   [`FETCHED_WAIT_MAX_MS`] goes back to the pool as the same attempt, so a busy worker does
 //!   not sit on work another could run.
 //! - Executor ([`execute`]): reports the start, runs the job with its timeout and a
 //!   cancellation token, keeps the message alive with in-progress acks, catches panics.
@@ -15,6 +15,9 @@
 //! Shutdown: stop fetching, hand back anything fetched but not started (as the same
 //! attempt: [`hand_back`]), let running jobs finish within the grace period, then cancel
 //! the rest and hand them back (NAK, no delay: that attempt counts).
+//!
+//! [`SHORT_JOB_MAX_MS`]: crate::limits::SHORT_JOB_MAX_MS
+//! [`FETCHED_WAIT_MAX_MS`]: crate::limits::FETCHED_WAIT_MAX_MS
 
 use std::collections::{BTreeMap, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -38,89 +41,18 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::config::{NAK_DELAY_MAX_DEFAULT, WorkerConfig, default_prefetch};
+pub use crate::error::WorkerError;
 use crate::job::{JobContext, JobError, Output};
+pub use crate::limits::CONCURRENCY_MAX;
+use crate::limits::{
+    CONSUMER_OPEN_RETRY_PAUSE_MS, EVENT_PUBLISH_BACKOFF_FIRST_MS, EVENT_PUBLISH_TRIES_MAX, FETCH_RETRY_PAUSE_MS,
+    FETCH_WAIT_MAX_MS, FETCHED_WAIT_MAX_MS, PROGRESS_INTERVAL_MIN_MS, SHORT_JOB_MAX_MS, TIMEOUT_STOP_GRACE_MS,
+};
 use crate::logs::Shipper;
-use crate::nats::{JOB_ACK_WAIT_DEFAULT, POOL_MAX_DELIVER_DEFAULT, pool_consumer};
+use crate::nats::pool_consumer;
 use crate::registry::Registry;
 use crate::stops::RunStops;
-
-/// Longest wait of one fetch for new jobs; also bounds how long shutdown waits for it.
-const FETCH_WAIT: Duration = Duration::from_secs(2);
-/// After a timeout, how long the job may take to stop before its result is ignored.
-const TIMEOUT_STOP_GRACE: Duration = Duration::from_secs(15);
-/// Default longest retry delay waited out with a NAK; longer ones become message schedules.
-pub const NAK_DELAY_MAX_DEFAULT: Duration = Duration::from_secs(30);
-/// A job done within this counts as short: only while jobs are short does a worker fetch
-/// jobs ahead of its free slots.
-const SHORT_JOB: Duration = Duration::from_millis(100);
-/// Longest a job fetched ahead waits for a slot; then the jobs in the slots are not short
-/// after all, and it goes back to the pool (without using up an attempt) for another worker.
-const FETCHED_WAIT_MAX: Duration = Duration::from_secs(1);
-/// Tries to publish an event before giving up on it (the message is then redelivered).
-const EVENT_PUBLISH_TRIES: u32 = 5;
-/// Slots per worker process, at most.
-pub const CONCURRENCY_MAX: usize = 1024;
-
-/// How a worker runs.
-#[derive(Clone, Debug)]
-pub struct WorkerConfig {
-    pub pool: String,
-    /// Jobs run at once.
-    pub concurrency: usize,
-    /// On shutdown, how long running jobs may take to finish before they are handed back.
-    pub shutdown_grace: Duration,
-    /// Shown in `status` for each attempt.
-    pub worker_id: String,
-    /// The pool consumer's ack wait, when this worker creates the consumer. Running jobs
-    /// send in-progress acks at a third of the consumer's actual ack wait.
-    pub ack_wait: Duration,
-    /// Retry delays up to this are a NAK with delay (the message stays pending, which keeps
-    /// an autoscaled pool awake); longer ones become JetStream message schedules.
-    pub nak_delay_max: Duration,
-    /// The pool consumer's max_deliver, when this worker creates the consumer.
-    pub max_deliver: i64,
-    /// Jobs fetched beyond the free slots while jobs are short (0: only for free slots);
-    /// [`default_prefetch`] of the concurrency by default.
-    pub prefetch: usize,
-}
-
-/// Three jobs ahead per slot (at most [`CONCURRENCY_MAX`]): a worker then holds at most four
-/// jobs per slot, Celery's default prefetch multiplier. Set `prefetch` with this when
-/// changing `concurrency`.
-pub fn default_prefetch(concurrency: usize) -> usize {
-    (concurrency * 3).min(CONCURRENCY_MAX)
-}
-
-impl WorkerConfig {
-    pub fn new(pool: impl Into<String>) -> Self {
-        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
-        Self {
-            pool: pool.into(),
-            concurrency: 4,
-            shutdown_grace: Duration::from_secs(30),
-            worker_id: format!("{host}-{}", std::process::id()),
-            ack_wait: JOB_ACK_WAIT_DEFAULT,
-            nak_delay_max: NAK_DELAY_MAX_DEFAULT,
-            max_deliver: POOL_MAX_DELIVER_DEFAULT,
-            prefetch: default_prefetch(4),
-        }
-    }
-}
-
-/// The worker could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("{context}: {source}")]
-    Nats { context: String, source: async_nats::Error },
-    #[error("invalid worker setting: {0}")]
-    Config(String),
-}
-
-impl WorkerError {
-    pub(crate) fn nats(context: impl Into<String>, source: impl Into<async_nats::Error>) -> Self {
-        Self::Nats { context: context.into(), source: source.into() }
-    }
-}
 
 /// What every job task shares.
 struct Shared {
@@ -147,16 +79,7 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
-    check_name("pool", &config.pool).map_err(WorkerError::Config)?;
-    if config.concurrency == 0 || config.concurrency > CONCURRENCY_MAX {
-        return Err(WorkerError::Config(format!(
-            "concurrency must be 1 to {CONCURRENCY_MAX}, not {}",
-            config.concurrency
-        )));
-    }
-    if config.prefetch > CONCURRENCY_MAX {
-        return Err(WorkerError::Config(format!("prefetch must be 0 to {CONCURRENCY_MAX}, not {}", config.prefetch)));
-    }
+    config.check()?;
     let js = jetstream::new(client);
     let Some((mut consumer, job_records)) =
         open_consumer(&js, &config.pool, (config.ack_wait, config.max_deliver), &shutdown).await
@@ -165,7 +88,7 @@ pub async fn run(
     };
     // The consumer's own ack wait counts (another worker may have created it).
     let ack_wait = consumer.info().await.map(|info| info.config.ack_wait).unwrap_or(config.ack_wait);
-    let progress_interval = (ack_wait / 3).max(Duration::from_millis(100));
+    let progress_interval = (ack_wait / 3).max(Duration::from_millis(PROGRESS_INTERVAL_MIN_MS));
     let kinds: Vec<&str> = registry.kinds().collect();
     tracing::info!(pool = %config.pool, concurrency = config.concurrency, kinds = ?kinds, worker = %config.worker_id, "worker ready");
     let shared = Arc::new(Shared {
@@ -234,7 +157,7 @@ async fn open_consumer(
         }
         tokio::select! {
             _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep(Duration::from_millis(CONSUMER_OPEN_RETRY_PAUSE_MS)) => {}
         }
     }
 }
@@ -278,13 +201,19 @@ impl Producer {
 
     /// One fetch of at most `room` jobs, starting each as soon as a slot is free.
     async fn fetch(&mut self, consumer: &PullConsumer, room: usize) {
-        let mut batch = match consumer.batch().max_messages(room).expires(FETCH_WAIT).messages().await {
+        let mut batch = match consumer
+            .batch()
+            .max_messages(room)
+            .expires(Duration::from_millis(FETCH_WAIT_MAX_MS))
+            .messages()
+            .await
+        {
             Ok(batch) => batch,
             Err(error) => {
                 tracing::warn!(%error, "fetching jobs failed; retrying");
                 tokio::select! {
                     _ = self.shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(FETCH_WAIT) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(FETCH_RETRY_PAUSE_MS)) => {}
                 }
                 return;
             }
@@ -302,7 +231,7 @@ impl Producer {
                         tracing::warn!(%error, "receiving jobs failed; retrying");
                         tokio::select! {
                             _ = self.shutdown.cancelled() => {}
-                            _ = tokio::time::sleep(FETCH_WAIT) => {}
+                            _ = tokio::time::sleep(Duration::from_millis(FETCH_RETRY_PAUSE_MS)) => {}
                         }
                         return;
                     }
@@ -318,10 +247,10 @@ impl Producer {
         }
     }
 
-    /// How long a fetched job may wait for a slot: [`FETCHED_WAIT_MAX`], and never as long
+    /// How long a fetched job may wait for a slot: [`FETCHED_WAIT_MAX_MS`], and never as long
     /// as the consumer's ack wait (it is handed back before JetStream would redeliver it).
     fn wait_max(&self) -> Duration {
-        FETCHED_WAIT_MAX.min(self.shared.progress_interval)
+        Duration::from_millis(FETCHED_WAIT_MAX_MS).min(self.shared.progress_interval)
     }
 
     /// When the oldest fetched job will have waited [`Producer::wait_max`].
@@ -512,7 +441,7 @@ async fn execute(shared: &Shared, message: Message, slot: OwnedSemaphorePermit) 
             // Let the job stop (exec: SIGTERM, then SIGKILL) before the attempt is reported.
             cancel.cancel();
             tokio::select! {
-                _ = tokio::time::timeout(TIMEOUT_STOP_GRACE, &mut perform) => {}
+                _ = tokio::time::timeout(Duration::from_millis(TIMEOUT_STOP_GRACE_MS), &mut perform) => {}
                 _ = &mut keep_alive => {}
             }
             Ok(Err(JobError::retryable(format!(
@@ -521,7 +450,7 @@ async fn execute(shared: &Shared, message: Message, slot: OwnedSemaphorePermit) 
             ))))
         }
     };
-    shared.short_jobs.store(began.elapsed() < SHORT_JOB, Ordering::Relaxed);
+    shared.short_jobs.store(began.elapsed() < Duration::from_millis(SHORT_JOB_MAX_MS), Ordering::Relaxed);
     let outcome = match result {
         _ if shared.stops.is_stopped(&job.run_id) => Outcome::Stopped,
         _ if shared.stop_jobs.is_cancelled() => Outcome::HandedBack,
@@ -733,7 +662,7 @@ async fn schedule_retry(
 ) -> Result<(), WorkerError> {
     let job = reporter.job;
     let next = copy_in_series(job, reporter.attempt);
-    let payload = encode(&next).map_err(|error| WorkerError::nats("encoding a scheduled retry", error))?;
+    let payload = encode(&next).map_err(|error| WorkerError::encode("encoding a scheduled retry", error))?;
     let mut headers = copy_headers(message, &next);
     // `@at` takes whole seconds: round up, never fire early.
     let whole_seconds = at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0);
@@ -910,7 +839,7 @@ impl<'a> Reporter<'a> {
             None,
             None,
         );
-        let payload = encode(&event).map_err(|error| WorkerError::nats("encoding an event", error))?;
+        let payload = encode(&event).map_err(|error| WorkerError::encode("encoding an event", error))?;
         let mut headers = HeaderMap::new();
         let id = names::event_id(&event.run_id, &event.job, event.attempt, event.generation, "started");
         headers.insert(names::HEADER_MSG_ID, id.as_str());
@@ -992,10 +921,10 @@ fn event(
 /// Publishes an event and waits until it is durable, retrying a few times; the
 /// `Nats-Msg-Id` makes a retry that raced a late ack harmless.
 async fn publish_event(js: &jetstream::Context, event: &JobEvent) -> Result<(), WorkerError> {
-    let payload = encode(event).map_err(|error| WorkerError::nats("encoding an event", error))?;
+    let payload = encode(event).map_err(|error| WorkerError::encode("encoding an event", error))?;
     let subject = names::event_subject(&event.run_id, &event.job);
     let id = names::event_id(&event.run_id, &event.job, event.attempt, event.generation, event.kind.as_str());
-    let mut delay = Duration::from_millis(100);
+    let mut delay = Duration::from_millis(EVENT_PUBLISH_BACKOFF_FIRST_MS);
     let mut tries = 0;
     loop {
         let mut headers = HeaderMap::new();
@@ -1009,7 +938,7 @@ async fn publish_event(js: &jetstream::Context, event: &JobEvent) -> Result<(), 
         .await;
         match result {
             Ok(_) => return Ok(()),
-            Err(error) if tries + 1 >= EVENT_PUBLISH_TRIES => {
+            Err(error) if tries + 1 >= EVENT_PUBLISH_TRIES_MAX => {
                 return Err(WorkerError::nats(format!("publishing a {} event", event.kind.as_str()), error));
             }
             Err(error) => tracing::warn!(%error, "publishing an event failed; retrying"),
