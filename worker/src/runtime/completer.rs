@@ -1,5 +1,7 @@
-//! Settles an attempt: decides what becomes of it ([`settle`], pure), stores what a success
-//! hands on, reports the outcome, then acks, NAKs, schedules a retry or TERMs the message.
+//! The completer: turns an attempt's outcome into its event and its ack, NAK, retry or TERM.
+//!
+//! [`settle`] decides (pure); the completer stores what a success hands on, reports the
+//! outcome, then settles the message.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,6 @@
-//! Runs one attempt of a job and says how it ended, as one [`Attempt`] value; settling it is
-//! the completer's work.
+//! The executor: runs one attempt of a job and returns how it ended as one [`Attempt`].
+//!
+//! It settles nothing: acks, NAKs and events are the completer's work.
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;

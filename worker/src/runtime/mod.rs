@@ -1,5 +1,4 @@
-//! The worker runtime: a producer fetches jobs, an executor runs each attempt, a completer
-//! settles it.
+//! The worker runtime: producer → executor → completer, wired together by [`run`].
 //!
 //! - Producer (`producer.rs`): fetches as many jobs as there are free slots and, while the
 //!   jobs it runs are short (done within [`SHORT_JOB_MAX_MS`]), up to `prefetch` more, so

@@ -1,5 +1,6 @@
-//! Fetches jobs for free slots (and, while jobs are short, a few ahead), starts each on a
-//! slot, and hands back jobs fetched ahead that waited too long.
+//! The producer: fetches jobs for free slots, starts them, hands back what waited too long.
+//!
+//! While jobs are short it also fetches a few ahead ([`FetchPolicy`] decides how many).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
