@@ -2,18 +2,29 @@
 //!
 //! - [`Job`]: the trait a job implements (`perform(ctx, window, config)`), registered by
 //!   kind name in a [`Registry`]. Stock kinds: `exec`, `noop`, `sleep`, `fail` ([`kinds`]).
-//! - [`runtime`]: pulls jobs of one pool from JetStream (for free slots, plus a few ahead
-//!   while jobs are short), keeps them alive with in-progress acks, reports events, acks, retries, drains on SIGTERM.
+//! - [`runtime`]: pulls jobs of one pool from JetStream and runs them, a producer →
+//!   executor → completer pipeline: the producer (`runtime/producer.rs`) fetches for free
+//!   slots, plus a few ahead while jobs are short; the executor (`runtime/executor.rs`) runs
+//!   one attempt with in-progress acks and returns how it ended; the completer
+//!   (`runtime/completer.rs`) reports it (`runtime/reporter.rs`) and acks, retries or
+//!   terminates the message. It drains on SIGTERM.
+//! - [`WorkerConfig`] ([`config`]) says how a worker runs; [`limits`] names every fixed
+//!   bound; [`WorkerError`] ([`error`]) says whether a failure may pass; [`nats`] connects
+//!   and opens a pool's consumer.
 
+pub mod config;
+pub mod error;
 pub mod job;
 pub mod kinds;
+pub mod limits;
 pub mod logs;
 pub mod nats;
 pub mod registry;
 pub mod runtime;
 pub mod stops;
 
+pub use config::WorkerConfig;
+pub use error::WorkerError;
 pub use job::{Job, JobContext, JobError, Output};
 pub use registry::Registry;
-pub use runtime::{WorkerConfig, WorkerError};
 pub use sluice_proto::{ChildSpec, Window};

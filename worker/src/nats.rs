@@ -5,17 +5,9 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer};
 use sluice_proto::names;
 
-use crate::runtime::WorkerError;
-
-/// Default time a job's message may go without an ack or in-progress ack before JetStream
-/// redelivers it; running jobs send in-progress acks at a third of this.
-pub const JOB_ACK_WAIT_DEFAULT: Duration = Duration::from_secs(30);
-/// Default deliveries of one job message before JetStream gives up on it (a backstop: Sluice
-/// counts attempts itself and allows at most 100, plus hand-backs on shutdown). Reaching it
-/// sends a MAX_DELIVERIES advisory, which the coordinator turns into a dead letter.
-pub const POOL_MAX_DELIVER_DEFAULT: i64 = 120;
-/// Jobs a pool may have delivered and not yet acknowledged, across all its workers.
-pub const POOL_MAX_ACK_PENDING: i64 = 10_000;
+pub use crate::config::{JOB_ACK_WAIT_DEFAULT, POOL_MAX_DELIVER_DEFAULT};
+use crate::error::WorkerError;
+pub use crate::limits::POOL_MAX_ACK_PENDING;
 
 /// Connects with a name that shows in the server's connection list, and checks the server
 /// version (Sluice needs 2.14 or newer). Fails at once when nothing answers; once connected,

@@ -40,7 +40,7 @@ pub struct Exec {
 
 impl Default for Exec {
     fn default() -> Self {
-        Self { kill_grace: Duration::from_secs(10) }
+        Self { kill_grace: Duration::from_millis(crate::limits::EXEC_KILL_GRACE_MS) }
     }
 }
 

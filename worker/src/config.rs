@@ -1,0 +1,128 @@
+//! How a worker runs: [`WorkerConfig`], its defaults and the check of its settings.
+
+use std::time::Duration;
+
+use sluice_proto::limits::RETRY_MAX_ATTEMPTS_LIMIT;
+use sluice_proto::spec::check_name;
+
+use crate::error::WorkerError;
+use crate::limits::{CONCURRENCY_MAX, PREFETCH_MAX};
+
+/// Jobs run at once, unless set.
+pub const CONCURRENCY_DEFAULT: usize = 4;
+/// Jobs fetched ahead per slot while jobs are short: a worker then holds at most four jobs
+/// per slot, Celery's default prefetch multiplier.
+pub const PREFETCH_PER_SLOT_DEFAULT: usize = 3;
+/// How long running jobs may take to finish on shutdown before they are handed back.
+pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
+/// Default time a job's message may go without an ack or in-progress ack before JetStream
+/// redelivers it; running jobs send in-progress acks at a third of this.
+pub const JOB_ACK_WAIT_DEFAULT: Duration = Duration::from_secs(30);
+/// Default longest retry delay waited out with a NAK; longer ones become message schedules.
+pub const NAK_DELAY_MAX_DEFAULT: Duration = Duration::from_secs(30);
+/// Default deliveries of one job message before JetStream gives up on it (a backstop: Sluice
+/// counts attempts itself and allows at most 100, plus hand-backs on shutdown). Reaching it
+/// sends a MAX_DELIVERIES advisory, which the coordinator turns into a dead letter.
+pub const POOL_MAX_DELIVER_DEFAULT: i64 = 120;
+
+// JetStream's backstop must not cut short the attempts Sluice itself allows.
+const _: () = assert!(POOL_MAX_DELIVER_DEFAULT > RETRY_MAX_ATTEMPTS_LIMIT as i64);
+// The defaults are settings `check` accepts.
+const _: () = assert!(CONCURRENCY_DEFAULT >= 1 && CONCURRENCY_DEFAULT <= CONCURRENCY_MAX);
+const _: () = assert!(CONCURRENCY_DEFAULT * PREFETCH_PER_SLOT_DEFAULT <= PREFETCH_MAX);
+
+/// How a worker runs.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    pub pool: String,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// On shutdown, how long running jobs may take to finish before they are handed back.
+    pub shutdown_grace: Duration,
+    /// Shown in `status` for each attempt.
+    pub worker_id: String,
+    /// The pool consumer's ack wait, when this worker creates the consumer. Running jobs
+    /// send in-progress acks at a third of the consumer's actual ack wait.
+    pub ack_wait: Duration,
+    /// Retry delays up to this are a NAK with delay (the message stays pending, which keeps
+    /// an autoscaled pool awake); longer ones become JetStream message schedules.
+    pub nak_delay_max: Duration,
+    /// The pool consumer's max_deliver, when this worker creates the consumer.
+    pub max_deliver: i64,
+    /// Jobs fetched beyond the free slots while jobs are short (0: only for free slots);
+    /// [`default_prefetch`] of the concurrency by default.
+    pub prefetch: usize,
+}
+
+/// Three jobs ahead per slot (at most [`PREFETCH_MAX`]): a worker then holds at most four
+/// jobs per slot, Celery's default prefetch multiplier. Set `prefetch` with this when
+/// changing `concurrency`.
+pub fn default_prefetch(concurrency: usize) -> usize {
+    concurrency.saturating_mul(PREFETCH_PER_SLOT_DEFAULT).min(PREFETCH_MAX)
+}
+
+impl WorkerConfig {
+    pub fn new(pool: impl Into<String>) -> Self {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+        Self {
+            pool: pool.into(),
+            concurrency: CONCURRENCY_DEFAULT,
+            shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
+            worker_id: format!("{host}-{}", std::process::id()),
+            ack_wait: JOB_ACK_WAIT_DEFAULT,
+            nak_delay_max: NAK_DELAY_MAX_DEFAULT,
+            max_deliver: POOL_MAX_DELIVER_DEFAULT,
+            prefetch: default_prefetch(CONCURRENCY_DEFAULT),
+        }
+    }
+
+    /// Refuses settings the runtime cannot honour; the message names the setting.
+    pub fn check(&self) -> Result<(), WorkerError> {
+        check_name("pool", &self.pool).map_err(WorkerError::Config)?;
+        if self.concurrency == 0 || self.concurrency > CONCURRENCY_MAX {
+            return Err(WorkerError::Config(format!(
+                "concurrency must be 1 to {CONCURRENCY_MAX}, not {}",
+                self.concurrency
+            )));
+        }
+        if self.prefetch > PREFETCH_MAX {
+            return Err(WorkerError::Config(format!("prefetch must be 0 to {PREFETCH_MAX}, not {}", self.prefetch)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_prefetch_is_three_per_slot_up_to_the_limit() {
+        assert_eq!(default_prefetch(4), 12);
+        assert_eq!(default_prefetch(1), 3);
+        assert_eq!(default_prefetch(CONCURRENCY_MAX), PREFETCH_MAX);
+        assert_eq!(default_prefetch(usize::MAX), PREFETCH_MAX);
+    }
+
+    #[test]
+    fn the_defaults_pass_the_check() {
+        assert!(WorkerConfig::new("default").check().is_ok());
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused_by_name() {
+        let refused = |change: fn(&mut WorkerConfig)| {
+            let mut config = WorkerConfig::new("default");
+            change(&mut config);
+            config.check().map_err(|error| error.to_string())
+        };
+        let zero = refused(|config| config.concurrency = 0);
+        assert_eq!(zero, Err("invalid worker setting: concurrency must be 1 to 1024, not 0".into()));
+        let many = refused(|config| config.concurrency = CONCURRENCY_MAX + 1);
+        assert_eq!(many, Err("invalid worker setting: concurrency must be 1 to 1024, not 1025".into()));
+        let prefetch = refused(|config| config.prefetch = PREFETCH_MAX + 1);
+        assert_eq!(prefetch, Err("invalid worker setting: prefetch must be 0 to 1024, not 1025".into()));
+        assert!(refused(|config| config.pool = "no spaces".into()).is_err());
+        assert_eq!(refused(|config| config.prefetch = PREFETCH_MAX), Ok(()));
+    }
+}

@@ -1,0 +1,41 @@
+//! Named limits of the worker runtime: each bounds work, waiting or memory, with the reason.
+
+/// Slots per worker process, at most: bounds the tasks (and exec processes) one worker runs.
+pub const CONCURRENCY_MAX: usize = 1024;
+/// Jobs fetched ahead of the free slots, at most: a worker holds at most twice
+/// [`CONCURRENCY_MAX`] jobs, so one worker cannot take a whole pool's pending work.
+pub const PREFETCH_MAX: usize = CONCURRENCY_MAX;
+/// Jobs a pool may have delivered and not yet acknowledged, across all its workers.
+pub const POOL_MAX_ACK_PENDING: i64 = 10_000;
+/// Longest wait of one fetch for new jobs; also bounds how long shutdown waits for it.
+pub const FETCH_WAIT_MAX_MS: u64 = 2_000;
+/// After a fetch fails, how long before the next one, so a lost server is not hammered.
+pub const FETCH_RETRY_PAUSE_MS: u64 = FETCH_WAIT_MAX_MS;
+/// A job done within this counts as short: only while jobs are short does a worker fetch
+/// jobs ahead of its free slots.
+pub const SHORT_JOB_MAX_MS: u64 = 100;
+/// Longest a job fetched ahead waits for a slot; then the jobs in the slots are not short
+/// after all, and it goes back to the pool (without using up an attempt) for another worker.
+pub const FETCHED_WAIT_MAX_MS: u64 = 1_000;
+/// Shortest interval between in-progress acks, so a tiny ack wait cannot flood the server.
+pub const PROGRESS_INTERVAL_MIN_MS: u64 = 100;
+/// How long an exec job's process group gets between SIGTERM and SIGKILL when the job is
+/// cancelled or times out: room to clean up, but a hung process still dies.
+pub const EXEC_KILL_GRACE_MS: u64 = 10_000;
+/// After a timeout, how long the job may take to stop before its result is ignored.
+pub const TIMEOUT_STOP_GRACE_MS: u64 = 15_000;
+/// Tries to publish an event before giving up on it (the message is then redelivered).
+pub const EVENT_PUBLISH_TRIES_MAX: u32 = 5;
+/// Pause after the first failed event publish; it doubles with each further try.
+pub const EVENT_PUBLISH_BACKOFF_FIRST_MS: u64 = 100;
+/// Pause between tries to open the pool's consumer while no coordinator has created it.
+pub const CONSUMER_OPEN_RETRY_PAUSE_MS: u64 = 1_000;
+
+// A job fetched ahead must be able to wait for several short jobs before it counts as stuck.
+const _: () = assert!(SHORT_JOB_MAX_MS * 2 <= FETCHED_WAIT_MAX_MS);
+// Everything one worker may hold (its slots and its prefetch) fits the pool's ack-pending limit.
+const _: () = assert!(CONCURRENCY_MAX + PREFETCH_MAX <= POOL_MAX_ACK_PENDING as usize);
+// An event that cannot be published at once gets at least one more try.
+const _: () = assert!(EVENT_PUBLISH_TRIES_MAX >= 2);
+// A timed-out exec job is SIGKILLed before the worker stops waiting for it.
+const _: () = assert!(TIMEOUT_STOP_GRACE_MS > EXEC_KILL_GRACE_MS);

@@ -1,0 +1,237 @@
+//! The executor: runs one attempt of a job and returns how it ended as one [`Attempt`].
+//!
+//! It settles nothing: acks, NAKs and events are the completer's work.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, Message};
+use futures::FutureExt;
+use sluice_proto::{ChildSpec, HumanDuration, JobMessage, JobRecord, decode, names};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
+
+use super::Shared;
+use super::delivery::{delivered, header};
+use super::producer::FetchPolicy;
+use super::reporter::Reporter;
+use crate::job::{Job, JobContext, JobError, Output};
+use crate::limits::TIMEOUT_STOP_GRACE_MS;
+use crate::logs::{LogSink, Shipper};
+
+/// How one delivery ended: the executor's only result, and the completer's only input.
+pub(crate) enum Attempt {
+    /// The message cannot be decoded: nothing ran.
+    Undecodable { delivered: u32, reason: String },
+    /// The job was read; `outcome` says how its attempt ended. (Boxed: the attempt is
+    /// moved between executor and completer, and the job message is large.)
+    Read { reporter: Box<Reporter>, outcome: Outcome },
+}
+
+/// How an attempt of a job that was read ended.
+pub(crate) enum Outcome {
+    /// The work succeeded; its output and children are still to be checked and stored.
+    Succeeded(Output, Vec<ChildSpec>),
+    /// The work failed (or could not start: attempts over, inputs unreadable, a timeout).
+    Failed(JobError),
+    /// No kind of that name is registered here: the reason names the kinds that are.
+    UnknownKind(String),
+    /// The start could not be reported: nothing ran, and the delivery goes back as it came.
+    Unreported,
+    /// The worker is shutting down: give the job back without using up an attempt's delay.
+    HandedBack,
+    /// Its run was cancelled before or while it ran.
+    Stopped,
+}
+
+/// Runs one delivery; `slot` is given back as soon as the work is done (storing the
+/// outcome and confirming the ack do not hold a slot).
+pub(crate) async fn execute(shared: &Arc<Shared>, message: &Message, slot: OwnedSemaphorePermit) -> Attempt {
+    let delivered = delivered(message);
+    let job: JobMessage = match decode(&message.payload) {
+        Ok(job) => job,
+        Err(error) => return Attempt::Undecodable { delivered, reason: error.to_string() },
+    };
+    let attempt = job.attempt_offset.saturating_add(delivered);
+    let reporter = Box::new(Reporter::new(shared.clone(), job, attempt, slot));
+    let outcome = run_attempt(shared, message, &reporter).await;
+    Attempt::Read { reporter, outcome }
+}
+
+/// Checks that the attempt may run, reports its start, runs it and ships its logs.
+async fn run_attempt(shared: &Shared, message: &Message, reporter: &Reporter) -> Outcome {
+    let (job, attempt) = (&reporter.job, reporter.attempt);
+    if shared.stops.is_stopped(&job.run_id) {
+        return Outcome::Stopped;
+    }
+    if let Some(reason) = attempts_over(job, attempt) {
+        return Outcome::Failed(JobError::permanent(reason));
+    }
+    let Some(kind) = shared.registry.get(&job.kind) else {
+        return Outcome::UnknownKind(unknown_kind(shared, job));
+    };
+    // The start is stored while the job runs: its acknowledgement is awaited with the
+    // outcome's. Sent before the work begins, so an execution whose worker dies once the
+    // start has left the process is still on record.
+    if let Err(error) = reporter.publish_start().await {
+        tracing::warn!(%error, job = %job.job, "cannot report the start; handing the job back");
+        return Outcome::Unreported;
+    }
+    let cancel = shared.stop_jobs.child_token();
+    let Some(_registration) = shared.stops.register(job.run_id, cancel.clone()) else {
+        return Outcome::Stopped;
+    };
+    let inputs = match read_inputs(shared, job).await {
+        Ok(inputs) => inputs,
+        Err(error) => return Outcome::Failed(error),
+    };
+    let shipper = Shipper::start(shared.js.clone(), job.run_id, job.job.clone(), attempt);
+    let ctx = context(shared, message, reporter, inputs, cancel, shipper.sink());
+    tracing::info!(run = %job.run_id, job = %job.job, kind = %job.kind, attempt, "job started");
+    let began = std::time::Instant::now();
+    let result = perform(shared, message, job, kind.as_ref(), &ctx).await;
+    shared.short_jobs.store(FetchPolicy::is_short(began.elapsed()), Ordering::Relaxed);
+    let outcome = outcome_of(shared, job, result, &ctx);
+    // The work is done: the slot may fetch the next job while this one's logs, children and
+    // outcome are stored (its message is still acknowledged only after its outcome is).
+    reporter.free_slot();
+    shipper.finish().await;
+    outcome
+}
+
+/// Why attempt `attempt` may not run: past `max_attempts`, which only a worker that
+/// stopped mid-attempt without reporting leads to.
+fn attempts_over(job: &JobMessage, attempt: u32) -> Option<String> {
+    let max_attempt = job.retry_base().saturating_add(job.retry.max_attempts);
+    (attempt > max_attempt).then(|| {
+        format!(
+            "attempt {attempt} exceeds max_attempts ({}): a worker stopped during attempt {} without reporting",
+            job.retry.max_attempts,
+            attempt - 1
+        )
+    })
+}
+
+fn unknown_kind(shared: &Shared, job: &JobMessage) -> String {
+    let kinds: Vec<&str> = shared.registry.kinds().collect();
+    format!("unknown job kind `{}`: workers of pool `{}` serve {}", job.kind, shared.config.pool, kinds.join(", "))
+}
+
+/// The outputs of the jobs `job` needs, from their records.
+async fn read_inputs(shared: &Shared, job: &JobMessage) -> Result<BTreeMap<String, serde_json::Value>, JobError> {
+    let mut inputs = BTreeMap::new();
+    for need in &job.needs {
+        let entry = shared.job_records.get(names::job_key(&job.run_id, need)).await.map_err(|error| {
+            JobError::retryable(format!("reading the output of `{need}`, which this job needs: {error}"))
+        })?;
+        let record = entry.map(|bytes| decode::<JobRecord>(&bytes)).transpose().map_err(|error| {
+            JobError::permanent(format!("the record of `{need}`, which this job needs, cannot be read: {error}"))
+        })?;
+        if let Some(output) = record.and_then(|record| record.output) {
+            inputs.insert(need.clone(), output);
+        }
+    }
+    Ok(inputs)
+}
+
+fn context(
+    shared: &Shared,
+    message: &Message,
+    reporter: &Reporter,
+    inputs: BTreeMap<String, serde_json::Value>,
+    cancel: CancellationToken,
+    logs: LogSink,
+) -> JobContext {
+    let job = &reporter.job;
+    JobContext {
+        run_id: job.run_id,
+        workflow: job.workflow.clone(),
+        job: job.job.clone(),
+        attempt: reporter.attempt,
+        generation: job.generation,
+        params: job.params.clone(),
+        command: job.command.clone(),
+        permanent_exit_codes: job.permanent_exit_codes.clone(),
+        worker_id: shared.config.worker_id.clone(),
+        traceparent: header(message, names::HEADER_TRACEPARENT),
+        tracestate: header(message, names::HEADER_TRACESTATE),
+        inputs,
+        cancel,
+        children: Default::default(),
+        logs,
+    }
+}
+
+/// The job's result (`Err`: it panicked), within its timeout, while in-progress acks keep
+/// its message alive. A timed-out job is cancelled and given [`TIMEOUT_STOP_GRACE_MS`] to
+/// stop (exec: SIGTERM, then SIGKILL) before the attempt is reported.
+async fn perform(
+    shared: &Shared,
+    message: &Message,
+    job: &JobMessage,
+    kind: &dyn Job,
+    ctx: &JobContext,
+) -> std::thread::Result<Result<Output, JobError>> {
+    let perform = AssertUnwindSafe(kind.perform(ctx, &job.window, &job.config)).catch_unwind();
+    let keep_alive = keep_alive(shared.progress_interval, message, &job.job);
+    tokio::pin!(perform, keep_alive);
+    let timeout = job.timeout_ms.map(Duration::from_millis).unwrap_or(Duration::MAX);
+    tokio::select! {
+        result = &mut perform => return result,
+        _ = sleep_for(timeout) => {}
+        _ = &mut keep_alive => unreachable!("the keep-alive loop never ends"),
+    }
+    ctx.cancel.cancel();
+    tokio::select! {
+        _ = tokio::time::timeout(Duration::from_millis(TIMEOUT_STOP_GRACE_MS), &mut perform) => {}
+        _ = &mut keep_alive => {}
+    }
+    Ok(Err(JobError::retryable(format!("timed out after {}", HumanDuration::from_duration(timeout)))))
+}
+
+/// Sends an in-progress ack every `interval`, for ever.
+async fn keep_alive(interval: Duration, message: &Message, job: &str) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        if let Err(error) = message.ack_with(AckKind::Progress).await {
+            tracing::warn!(%error, job, "in-progress ack failed");
+        }
+    }
+}
+
+/// What the job's result means, given what happened around it meanwhile.
+fn outcome_of(
+    shared: &Shared,
+    job: &JobMessage,
+    result: std::thread::Result<Result<Output, JobError>>,
+    ctx: &JobContext,
+) -> Outcome {
+    match result {
+        _ if shared.stops.is_stopped(&job.run_id) => Outcome::Stopped,
+        _ if shared.stop_jobs.is_cancelled() => Outcome::HandedBack,
+        Ok(Ok(output)) => Outcome::Succeeded(output, ctx.take_children()),
+        Ok(Err(error)) => Outcome::Failed(error),
+        Err(panic) => Outcome::Failed(JobError::retryable(format!("job panicked: {}", panic_text(&panic)))),
+    }
+}
+
+/// `tokio::time::sleep` that accepts "for ever".
+async fn sleep_for(duration: Duration) {
+    match tokio::time::Instant::now().checked_add(duration) {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|text| (*text).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_owned())
+}
