@@ -138,6 +138,61 @@ fn a_running_run_cannot_be_retried_whole_and_a_purge_is_one_request() {
     assert_eq!(purge.changed_total, 3);
 }
 
+/// A pool exists once declared: its consumer is there before any worker has run (what an
+/// autoscaler needs to scale it up from zero), and a submission naming another pool is
+/// rejected with the pools there are.
+#[test]
+fn pools_are_declared_before_their_workers_and_undeclared_ones_are_refused() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    let listed = stack.sluice_json(&["pool", "list"], 0);
+    let names: Vec<&str> =
+        listed["pools"].as_array().unwrap().iter().map(|pool| pool["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["default"], "default is always declared: {listed:#}");
+
+    let flow = stack.write("gpu.yaml", "name: gpu-flow\njobs:\n  train: { run: noop, pool: gpu }\n");
+    let rejected = stack.sluice(&["submit", flow.to_str().unwrap(), "--wait"]);
+    assert_eq!(rejected.status.code(), Some(1), "{}", text(&rejected.stderr));
+    assert!(
+        text(&rejected.stderr).contains("job `train` runs on pool `gpu`, which is not declared (pools: default)"),
+        "{}",
+        text(&rejected.stderr)
+    );
+
+    let declared = stack.sluice_json(&["pool", "apply", "gpu", "--ack-wait", "45s", "--max-timeout", "2h"], 0);
+    assert_eq!(declared["name"], "gpu");
+    assert_eq!(declared["ack_wait_ms"], 45_000);
+    assert_eq!(declared["max_timeout_ms"], 7_200_000);
+    assert_eq!(declared["consumer"], "pool-gpu");
+    assert_eq!(declared["workers"], 0);
+    // The consumer exists with the pool's settings before any worker of the pool ran.
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let ack_wait = runtime.block_on(async {
+        let client = async_nats::connect(stack.url()).await.expect("connects");
+        let js = async_nats::jetstream::new(client);
+        let mut stream = js.get_stream(names::JOBS_STREAM).await.expect("jobs stream");
+        stream.consumer_info("pool-gpu").await.expect("the pool's consumer exists").config.ack_wait
+    });
+    assert_eq!(ack_wait, Duration::from_secs(45));
+    // Work for the pool waits in its consumer: what KEDA reads as lag.
+    let submitted = stack.sluice_json(&["submit", flow.to_str().unwrap()], 0);
+    let id = submitted["id"].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(20), "the job to wait in pool-gpu", || {
+        stack.sluice_json(&["pool", "list"], 0)["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|pool| pool["name"] == "gpu" && pool["pending"] == 1)
+    });
+    stack.worker(&["--pool", "gpu"]);
+    assert_eq!(stack.wait_for_run(&id, Duration::from_secs(30))["state"], "succeeded");
+
+    // Bad settings are refused by the coordinator, naming the setting.
+    refused(&stack, &["pool", "apply", "gpu", "--max-deliver", "1"], 2, "--max-deliver must be 2 to 10000, not 1");
+    refused(&stack, &["pool", "apply", "gpu", "--ack-wait", "10ms"], 2, "--ack-wait must be 1s to 12h");
+    refused(&stack, &["pool", "apply", "no.dots"], 2, "pool name `no.dots`");
+}
+
 /// No client code path writes KV or streams: the CLI (outside the commands that run a
 /// coordinator or a worker) and the client crate only publish submissions and control
 /// requests, through `sluice_client::requests`.

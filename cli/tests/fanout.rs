@@ -193,6 +193,8 @@ fn a_job_for_a_pool_without_workers_waits_queued_until_one_starts() {
     let mut stack = Stack::start();
     stack.coordinator();
     stack.worker(&[]);
+    // Pools exist once declared; declaring one creates its consumer before any worker runs.
+    stack.sluice_json(&["pool", "apply", "highmem"], 0);
     let flow = stack.write(
         "pools.yaml",
         "name: pools\njobs:\n  light: { run: noop }\n  heavy: { run: noop, pool: highmem }\n  after: { run: noop, needs: [heavy] }\n",

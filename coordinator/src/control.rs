@@ -124,11 +124,9 @@ pub async fn schedule_apply(topology: &Topology, yaml: &str, now: DateTime<Utc>)
     let payload = encode(&record)?;
     let what = format!("writing schedule {}", spec.name);
     match existing {
-        Some((_, revision)) => {
-            drop(topology.schedules.update(&spec.name, payload.into(), revision).await.context(what)?)
-        }
-        None => drop(topology.schedules.create(&spec.name, payload.into()).await.context(what)?),
-    }
+        Some((_, revision)) => topology.schedules.update(&spec.name, payload.into(), revision).await.context(what)?,
+        None => topology.schedules.create(&spec.name, payload.into()).await.context(what)?,
+    };
     Ok(Answer::applied(format!("schedule {} {verb}", spec.name), vec![spec.name]))
 }
 

@@ -8,6 +8,7 @@
 //! [`topology`] creates streams and buckets; [`service`] is the loop that ties them
 //! together. Reads and publishing helpers shared with clients live in `sluice-client`.
 
+pub mod announce;
 pub mod control;
 pub mod dispatch;
 pub mod engine;

@@ -115,11 +115,9 @@ pub async fn apply(topology: &Topology, settings: &PoolSettings, now: DateTime<U
 async fn write(topology: &Topology, record: &PoolRecord, revision: Option<u64>) -> Result<(), ServiceError> {
     let what = format!("writing pool {}", record.name);
     match revision {
-        Some(revision) => {
-            drop(topology.pools.update(&record.name, encode(record)?.into(), revision).await.context(what)?)
-        }
-        None => drop(topology.pools.create(&record.name, encode(record)?.into()).await.context(what)?),
-    }
+        Some(revision) => topology.pools.update(&record.name, encode(record)?.into(), revision).await.context(what)?,
+        None => topology.pools.create(&record.name, encode(record)?.into()).await.context(what)?,
+    };
     ensure_consumer(topology, record).await
 }
 

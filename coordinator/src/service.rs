@@ -5,6 +5,8 @@
 //! Any NATS failure restarts the loop from durable state, so nothing lives only in memory.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, Message};
@@ -18,6 +20,7 @@ use sluice_proto::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::announce;
 use crate::control::{self, Answer};
 use crate::dispatch::{
     publish_dead_letters, publish_jobs, publish_raw_dead_letter, reached_workers, stop_run, withdraw,
@@ -37,6 +40,8 @@ use sluice_client::stores;
 pub const EVENT_BATCH_MAX: usize = 512;
 /// How often schedules and backfills are looked at (a tick fires within about this).
 const TIMEKEEPER_EVERY: Duration = Duration::from_secs(1);
+/// Timekeeper ticks between copies of the workers' kinds into the pool records.
+const POOL_KINDS_EVERY_TICKS: u32 = 5;
 /// Submissions pulled ahead of handling; each waits its turn within the ack wait.
 const SUBMISSIONS_PREFETCH: usize = 16;
 /// Pause before restarting after a failure, doubling up to the maximum.
@@ -67,10 +72,28 @@ pub async fn run_with(
     // `host/pid/unique`: says which process leads.
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "coordinator".into());
     let holder = format!("{host}/{}/{}", std::process::id(), RunId::new());
+    // Its registry id: the holder without the separators a KV key cannot hold.
+    let id: String = holder.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+    let leading = Arc::new(AtomicBool::new(false));
+    let announcer =
+        tokio::spawn(announce::coordinator(jetstream::new(client.clone()), id, leading.clone(), shutdown.clone()));
+    let result = campaign(&client, &holder, settings, &leading, &shutdown).await;
+    let _ = announcer.await;
+    result
+}
+
+/// Leads whenever it holds the lease, restarting from durable state after a failure.
+async fn campaign(
+    client: &async_nats::Client,
+    holder: &str,
+    settings: Settings,
+    leading: &AtomicBool,
+    shutdown: &CancellationToken,
+) -> Result<(), ServiceError> {
     let mut delay = RESTART_DELAY_INITIAL;
     loop {
         let js = jetstream::new(client.clone());
-        let outcome = lead(&js, &holder, settings, &shutdown).await;
+        let outcome = lead(&js, holder, settings, leading, shutdown).await;
         if shutdown.is_cancelled() {
             return Ok(());
         }
@@ -79,8 +102,8 @@ pub async fn run_with(
             Err(error) => {
                 tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "coordinator loop failed; restarting from durable state");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(delay) => {}
                 }
                 delay = (delay * 2).min(RESTART_DELAY_MAX);
             }
@@ -93,11 +116,13 @@ async fn lead(
     js: &jetstream::Context,
     holder: &str,
     settings: Settings,
+    leading: &AtomicBool,
     shutdown: &CancellationToken,
 ) -> Result<(), ServiceError> {
     let leases = leadership::bucket(js).await?;
     let Some(mut lease) = leadership::acquire(&leases, holder, shutdown).await else { return Ok(()) };
     tracing::info!(%holder, "leading: this coordinator advances runs");
+    leading.store(true, Ordering::Relaxed);
     let lost = shutdown.child_token();
     let stop_renewing = CancellationToken::new();
     let keeper = {
@@ -108,6 +133,7 @@ async fn lead(
         })
     };
     let served = Coordinator::new(js.clone(), settings).serve(&lost).await;
+    leading.store(false, Ordering::Relaxed);
     stop_renewing.cancel();
     if let Ok(lease) = keeper.await {
         lease.release().await;
@@ -200,12 +226,19 @@ impl Coordinator {
             .ready_chunks(EVENT_BATCH_MAX);
         tracing::info!(active_runs = self.active.len(), "coordinator ready");
         let mut clock = tokio::time::interval(TIMEKEEPER_EVERY);
+        let mut ticks = 0u32;
         clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ok(()),
-                _ = clock.tick() => timekeeper::pass(&topology, Utc::now()).await?,
+                _ = clock.tick() => {
+                    timekeeper::pass(&topology, Utc::now()).await?;
+                    ticks = ticks.wrapping_add(1);
+                    if ticks.is_multiple_of(POOL_KINDS_EVERY_TICKS) {
+                        announce::record_pool_kinds(&topology).await?;
+                    }
+                }
                 batch = events.next() => {
                     let batch = batch.ok_or_else(|| ended("events"))?;
                     let messages = batch.into_iter().collect::<Result<Vec<_>, _>>().context("receiving events")?;

@@ -49,6 +49,7 @@ pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode
             key.len()
         )));
     }
+    warn_about_unannounced_kinds(&js, &spec).await;
     let existing = match &args.idempotency_key {
         Some(key) => key_holder(&js, key).await?,
         None => None,
@@ -75,6 +76,35 @@ pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode
         return Ok(ExitCode::SUCCESS);
     }
     follow_one(&js, run_id, format).await
+}
+
+/// Warns (stderr, never fatal) about jobs whose kind is not among their pool's
+/// last-announced kinds: they would wait for a worker that can run them, or be
+/// dead-lettered as an unknown kind.
+async fn warn_about_unannounced_kinds(js: &jetstream::Context, spec: &WorkflowSpec) {
+    let Ok(Some(stores)) = sluice_client::Stores::open(js).await else { return };
+    let Ok(pools) = stores.pools().await else { return };
+    for warning in unannounced_kinds(spec, &pools) {
+        eprintln!("warning: {warning}");
+    }
+}
+
+/// The jobs whose kind their pool's workers did not announce (pools no worker announced
+/// yet are not judged).
+pub fn unannounced_kinds(spec: &WorkflowSpec, pools: &[sluice_proto::PoolRecord]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (name, job) in &spec.jobs {
+        let pool = spec.pool_of(job);
+        let Some(record) = pools.iter().find(|record| record.name == pool) else { continue };
+        if !record.kinds.is_empty() && !record.kinds.contains(&job.run) {
+            warnings.push(format!(
+                "job `{name}` has kind `{}`, which the workers of pool `{pool}` do not run (they run {})",
+                job.run,
+                record.kinds.join(", ")
+            ));
+        }
+    }
+    warnings
 }
 
 /// The run that holds an idempotency key, once a coordinator has claimed it.
@@ -159,5 +189,33 @@ pub fn resolve_window(spec: &WorkflowSpec, text: Option<&str>) -> Result<Window,
             Window::parse(text, spec.zone(), now).map_err(|error| CliError::usage(format!("--window: {error}")))
         }
         None => Ok(Window::previous_day(spec.zone(), now)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kind_the_pool_does_not_run_is_named_and_silent_pools_are_not_judged() {
+        let spec = WorkflowSpec::parse(
+            "name: w\njobs:\n  a: { run: noop }\n  b: { run: calibrate }\n  c: { run: train, pool: gpu }\n",
+        )
+        .unwrap();
+        let pool = |name: &str, kinds: &[&str]| sluice_proto::PoolRecord {
+            schema_version: SCHEMA_VERSION,
+            name: name.into(),
+            ack_wait_ms: 30_000,
+            max_deliver: 120,
+            max_timeout_ms: None,
+            kinds: kinds.iter().map(|kind| kind.to_string()).collect(),
+            declared_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        let warnings = unannounced_kinds(&spec, &[pool("default", &["exec", "noop"]), pool("gpu", &[])]);
+        assert_eq!(
+            warnings,
+            ["job `b` has kind `calibrate`, which the workers of pool `default` do not run (they run exec, noop)"]
+        );
     }
 }

@@ -1,0 +1,124 @@
+//! The coordinator's entry in the registry (KV `sluice-workers`, key
+//! `_coordinator.<id>`), renewed while it runs, saying whether it leads; and the pools'
+//! last-announced kinds, copied from the workers' entries into the pool records (which do
+//! not expire), so `submit` can warn about a kind even while a pool is scaled to zero.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::Utc;
+use sluice_client::stores;
+use sluice_proto::{PoolRecord, SCHEMA_VERSION, WorkerRecord, encode, names};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ServiceError;
+use crate::topology::Topology;
+
+/// How often the coordinator renews its entry (the bucket expires entries after 15 s).
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+const _: () = assert!(ANNOUNCE_EVERY.as_secs() * 3 <= crate::topology::WORKER_ENTRY_TTL.as_secs());
+
+/// Announces the coordinator every [`ANNOUNCE_EVERY`] until `shutdown`, then removes its
+/// entry. `leading` is written by the leadership loop. Failures are logged, never fatal.
+pub async fn coordinator(js: jetstream::Context, id: String, leading: Arc<AtomicBool>, shutdown: CancellationToken) {
+    let started_at = Utc::now();
+    let key = names::worker_key(names::COORDINATOR_POOL_TOKEN, &id);
+    let mut ticker = tokio::time::interval(ANNOUNCE_EVERY);
+    let mut bucket = None;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = ticker.tick() => {}
+        }
+        if bucket.is_none() {
+            bucket = stores::open_bucket(&js, names::WORKERS_BUCKET).await.ok().flatten();
+        }
+        let Some(store) = &bucket else { continue };
+        let record = WorkerRecord {
+            schema_version: SCHEMA_VERSION,
+            worker_id: id.clone(),
+            pool: names::COORDINATOR_POOL_TOKEN.to_owned(),
+            kinds: Vec::new(),
+            protocol_versions: vec![SCHEMA_VERSION],
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            slots: 0,
+            busy: 0,
+            started_at,
+            leader: leading.load(Ordering::Relaxed),
+        };
+        match encode(&record) {
+            Ok(payload) => {
+                if let Err(error) = store.put(&key, payload.into()).await {
+                    tracing::debug!(%error, "cannot announce the coordinator; trying again later");
+                }
+            }
+            Err(error) => tracing::error!(%error, "cannot encode the coordinator's announcement"),
+        }
+    }
+    if let Some(store) = &bucket
+        && let Err(error) = store.delete(&key).await
+    {
+        tracing::debug!(%error, "cannot remove the coordinator's announcement");
+    }
+}
+
+/// The kinds each pool's live workers announce (by decision, all of a pool's workers serve
+/// the same kinds; the first entry's stand for the pool).
+pub fn kinds_by_pool(workers: &[WorkerRecord]) -> BTreeMap<&str, &[String]> {
+    let mut kinds = BTreeMap::new();
+    for worker in workers.iter().filter(|worker| worker.pool != names::COORDINATOR_POOL_TOKEN) {
+        kinds.entry(worker.pool.as_str()).or_insert(worker.kinds.as_slice());
+    }
+    kinds
+}
+
+/// Copies the live workers' kinds into their pools' records where they changed.
+pub async fn record_pool_kinds(topology: &Topology) -> Result<(), ServiceError> {
+    let workers: Vec<WorkerRecord> = stores::load_all(&topology.workers).await?;
+    for (pool, kinds) in kinds_by_pool(&workers) {
+        let Some((mut record, revision)) = stores::entry::<PoolRecord>(&topology.pools, pool).await? else { continue };
+        if record.kinds == kinds {
+            continue;
+        }
+        record.kinds = kinds.to_vec();
+        record.updated_at = Utc::now();
+        // A pool changed meanwhile (a `pool apply`) is looked at again next time.
+        if let Err(error) = topology.pools.update(pool, encode(&record)?.into(), revision).await {
+            tracing::debug!(%error, pool, "pool changed meanwhile; its kinds are recorded next time");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(pool: &str, kinds: &[&str]) -> WorkerRecord {
+        WorkerRecord {
+            schema_version: SCHEMA_VERSION,
+            worker_id: format!("{pool}-1"),
+            pool: pool.into(),
+            kinds: kinds.iter().map(|kind| kind.to_string()).collect(),
+            protocol_versions: vec![SCHEMA_VERSION],
+            version: "0".into(),
+            slots: 4,
+            busy: 0,
+            started_at: Utc::now(),
+            leader: false,
+        }
+    }
+
+    #[test]
+    fn each_pool_gets_its_workers_kinds_and_coordinators_are_not_a_pool() {
+        let workers =
+            [worker("default", &["exec", "noop"]), worker("rust", &["calibrate"]), worker("_coordinator", &[])];
+        let kinds = kinds_by_pool(&workers);
+        assert_eq!(kinds.len(), 2);
+        assert_eq!(kinds["default"], ["exec", "noop"]);
+        assert_eq!(kinds["rust"], ["calibrate"]);
+    }
+}
