@@ -170,7 +170,7 @@ fn pools_are_declared_before_their_workers_and_undeclared_ones_are_refused() {
     let ack_wait = runtime.block_on(async {
         let client = async_nats::connect(stack.url()).await.expect("connects");
         let js = async_nats::jetstream::new(client);
-        let mut stream = js.get_stream(names::JOBS_STREAM).await.expect("jobs stream");
+        let stream = js.get_stream(names::JOBS_STREAM).await.expect("jobs stream");
         stream.consumer_info("pool-gpu").await.expect("the pool's consumer exists").config.ack_wait
     });
     assert_eq!(ack_wait, Duration::from_secs(45));

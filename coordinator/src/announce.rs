@@ -75,8 +75,23 @@ pub fn kinds_by_pool(workers: &[WorkerRecord]) -> BTreeMap<&str, &[String]> {
     kinds
 }
 
-/// Copies the live workers' kinds into their pools' records where they changed.
-pub async fn record_pool_kinds(topology: &Topology) -> Result<(), ServiceError> {
+/// The newest schema every live worker of each pool reads: what the coordinator may
+/// dispatch to it (an older worker would hand a newer job back unread). Pools without live
+/// workers are absent: they get the current schema.
+pub fn schema_by_pool(workers: &[WorkerRecord]) -> BTreeMap<String, u32> {
+    let mut schemas = BTreeMap::new();
+    for worker in workers.iter().filter(|worker| worker.pool != names::COORDINATOR_POOL_TOKEN) {
+        // A worker that lists no versions predates the list: it reads schema 1.
+        let newest = worker.protocol_versions.iter().copied().max().unwrap_or(1).min(SCHEMA_VERSION);
+        let schema = schemas.entry(worker.pool.clone()).or_insert(newest);
+        *schema = (*schema).min(newest);
+    }
+    schemas
+}
+
+/// Reads the registry: copies the live workers' kinds into their pools' records where they
+/// changed, and returns the schema each pool's workers read.
+pub async fn refresh_pools(topology: &Topology) -> Result<BTreeMap<String, u32>, ServiceError> {
     let workers: Vec<WorkerRecord> = stores::load_all(&topology.workers).await?;
     for (pool, kinds) in kinds_by_pool(&workers) {
         let Some((mut record, revision)) = stores::entry::<PoolRecord>(&topology.pools, pool).await? else { continue };
@@ -90,7 +105,7 @@ pub async fn record_pool_kinds(topology: &Topology) -> Result<(), ServiceError> 
             tracing::debug!(%error, pool, "pool changed meanwhile; its kinds are recorded next time");
         }
     }
-    Ok(())
+    Ok(schema_by_pool(&workers))
 }
 
 #[cfg(test)]
@@ -120,5 +135,19 @@ mod tests {
         assert_eq!(kinds.len(), 2);
         assert_eq!(kinds["default"], ["exec", "noop"]);
         assert_eq!(kinds["rust"], ["calibrate"]);
+    }
+
+    #[test]
+    fn a_pool_gets_the_newest_schema_all_its_live_workers_read() {
+        let mut old = worker("default", &["noop"]);
+        old.protocol_versions = vec![1];
+        let mut unlisted = worker("legacy", &["noop"]);
+        unlisted.protocol_versions = vec![];
+        let workers = [old, worker("default", &["noop"]), worker("rust", &["calibrate"]), unlisted];
+        let schemas = schema_by_pool(&workers);
+        assert_eq!(schemas["default"], 1, "one old worker holds the pool back");
+        assert_eq!(schemas["rust"], SCHEMA_VERSION);
+        assert_eq!(schemas["legacy"], 1);
+        assert!(!schemas.contains_key("gpu"), "a pool without workers is not held back");
     }
 }

@@ -1,6 +1,8 @@
 //! Publishing ready jobs to their pools, and finding out after a restart whether a `queued`
 //! job's message really reached JetStream.
 
+use std::collections::BTreeMap;
+
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use rand::Rng;
@@ -10,10 +12,13 @@ use crate::error::{NatsContext, ServiceError};
 use sluice_client::pipeline::{Outgoing, publish_all};
 
 /// Publishes jobs without waiting in between, then waits for every acknowledgement.
-/// `Nats-Msg-Id` makes a re-publish inside the duplicate window a no-op.
+/// `Nats-Msg-Id` makes a re-publish inside the duplicate window a no-op. Each job is
+/// encoded at the schema its pool's live workers read (`pool_schemas`; the current one for
+/// a pool not listed), so a pool mid-upgrade keeps running.
 pub async fn publish_jobs(
     js: &jetstream::Context,
     jobs: &[(&JobMessage, &RunRecord)],
+    pool_schemas: &BTreeMap<String, u32>,
     rng: &mut (impl Rng + Send),
 ) -> Result<usize, ServiceError> {
     let mut outgoing = Vec::with_capacity(jobs.len());
@@ -38,11 +43,22 @@ pub async fn publish_jobs(
         outgoing.push(Outgoing {
             subject: names::job_subject(&message.pool, &message.run_id, &message.job),
             headers,
-            payload: encode(message)?.into(),
+            payload: encode_for_pool(message, pool_schemas)?.into(),
             what: format!("job {} of run {}", message.job, message.run_id),
         });
     }
     Ok(publish_all(js, outgoing).await?.len())
+}
+
+/// A job message at the schema its pool reads. Only a pool with older workers pays for a
+/// copy; the layout of a job message is the same at schemas 1 and 2.
+fn encode_for_pool(message: &JobMessage, pool_schemas: &BTreeMap<String, u32>) -> Result<Vec<u8>, ServiceError> {
+    match pool_schemas.get(&message.pool) {
+        Some(&schema) if schema != message.schema_version => {
+            Ok(encode(&JobMessage { schema_version: schema, ..message.clone() })?)
+        }
+        _ => Ok(encode(message)?),
+    }
 }
 
 /// Whether a `queued` job needs no re-publish: its message is still in the jobs stream, or
@@ -56,7 +72,13 @@ pub async fn reached_workers(js: &jetstream::Context, message: &JobMessage) -> R
         return Ok(true);
     }
     let events = js.get_stream_no_info(names::EVENTS_STREAM).await.context("opening the events stream")?;
-    present(events.direct_get_last_for_subject(names::event_subject(&message.run_id, &message.job)).await)
+    if present(
+        events.direct_get_last_for_subject(names::event_subject(&message.pool, &message.run_id, &message.job)).await,
+    )? {
+        return Ok(true);
+    }
+    // An event a schema-1 worker stored before an upgrade.
+    present(events.direct_get_last_for_subject(names::compat::event_subject(&message.run_id, &message.job)).await)
 }
 
 fn present<T>(result: Result<T, jetstream::stream::DirectGetError>) -> Result<bool, ServiceError> {
@@ -78,7 +100,7 @@ pub async fn publish_dead_letters(js: &jetstream::Context, letters: &[&DeadLette
         headers.insert(names::HEADER_RUN_ID, job.run_id.to_string().as_str());
         headers.insert(names::HEADER_JOB, job.job.as_str());
         outgoing.push(Outgoing {
-            subject: names::dlq_subject(&job.pool),
+            subject: names::dlq_subject(&job.pool, Some(&job.run_id), Some(&job.job)),
             headers,
             payload: encode(*letter)?.into(),
             what: format!("the dead letter of job {} of run {}", job.job, job.run_id),
@@ -110,7 +132,7 @@ pub async fn stop_run(js: &jetstream::Context, run_id: &RunId) -> Result<(), Ser
 /// and its first subject in headers.
 pub async fn publish_raw_dead_letter(
     js: &jetstream::Context,
-    pool: &str,
+    original: Option<&names::JobSubject<'_>>,
     original_subject: &str,
     payload: bytes::Bytes,
     reason: &str,
@@ -119,7 +141,14 @@ pub async fn publish_raw_dead_letter(
     headers.insert(names::HEADER_REASON, reason);
     headers.insert(names::HEADER_ORIGINAL_SUBJECT, original_subject);
     let ack = js
-        .publish_with_headers(names::dlq_subject(pool), headers, payload)
+        .publish_with_headers(
+            match original {
+                Some(job) => names::dlq_subject(job.pool, Some(&job.run_id), Some(job.job)),
+                None => names::dlq_subject(sluice_proto::spec::DEFAULT_POOL, None, None),
+            },
+            headers,
+            payload,
+        )
         .await
         .context("dead-lettering a raw job")?;
     ack.await.context("confirming a raw dead letter")?;

@@ -21,14 +21,14 @@ pub const CAMPAIGN_EVERY: Duration = Duration::from_millis(500);
 const _: () = assert!(LEASE_RENEW_EVERY.as_millis() * 3 <= LEASE_TTL.as_millis());
 
 /// The lease bucket (created with the TTL as its max age).
-pub async fn bucket(js: &jetstream::Context) -> Result<kv::Store, ServiceError> {
+pub async fn bucket(js: &jetstream::Context, replicas: usize) -> Result<kv::Store, ServiceError> {
     js.create_or_update_key_value(kv::Config {
         bucket: names::LEADER_BUCKET.to_owned(),
         description: "Sluice coordinator leadership lease".to_owned(),
         history: 1,
         max_age: LEASE_TTL,
         storage: jetstream::stream::StorageType::File,
-        num_replicas: 1,
+        num_replicas: replicas,
         ..Default::default()
     })
     .await

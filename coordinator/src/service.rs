@@ -4,7 +4,7 @@
 //!
 //! Any NATS failure restarts the loop from durable state, so nothing lives only in memory.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -51,7 +51,7 @@ const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
 /// What an operator may set on a coordinator.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Settings {
-    pub logs: topology::LogRetention,
+    pub topology: topology::TopologySettings,
 }
 
 /// Runs the coordinator until `shutdown` is cancelled: campaigns for leadership, leads
@@ -119,7 +119,7 @@ async fn lead(
     leading: &AtomicBool,
     shutdown: &CancellationToken,
 ) -> Result<(), ServiceError> {
-    let leases = leadership::bucket(js).await?;
+    let leases = leadership::bucket(js, settings.topology.replicas).await?;
     let Some(mut lease) = leadership::acquire(&leases, holder, shutdown).await else { return Ok(()) };
     tracing::info!(%holder, "leading: this coordinator advances runs");
     leading.store(true, Ordering::Relaxed);
@@ -150,6 +150,9 @@ struct Coordinator {
     /// The declared pools (a submission naming another is rejected); refreshed when a
     /// `pool apply` is applied.
     pools: BTreeSet<String>,
+    /// The schema each pool's live workers read (from the registry, every few seconds):
+    /// jobs are dispatched at it, so workers not yet upgraded can read them.
+    pool_schemas: BTreeMap<String, u32>,
     active: HashMap<RunId, Run>,
     revisions: Revisions,
     rng: StdRng,
@@ -161,6 +164,7 @@ impl Coordinator {
             js,
             settings,
             pools: BTreeSet::new(),
+            pool_schemas: BTreeMap::new(),
             active: HashMap::new(),
             revisions: Revisions::default(),
             rng: StdRng::from_os_rng(),
@@ -168,8 +172,9 @@ impl Coordinator {
     }
 
     async fn serve(&mut self, shutdown: &CancellationToken) -> Result<(), ServiceError> {
-        let topology = topology::ensure_with(&self.js, self.settings.logs).await?;
+        let topology = topology::ensure_with(&self.js, self.settings.topology).await?;
         self.pools = pools::declared(&topology).await?;
+        self.pool_schemas = announce::refresh_pools(&topology).await?;
         let submit = topology::coordinator_consumer(
             &self.js,
             names::SUBMIT_STREAM,
@@ -236,7 +241,7 @@ impl Coordinator {
                     timekeeper::pass(&topology, Utc::now()).await?;
                     ticks = ticks.wrapping_add(1);
                     if ticks.is_multiple_of(POOL_KINDS_EVERY_TICKS) {
-                        announce::record_pool_kinds(&topology).await?;
+                        self.pool_schemas = announce::refresh_pools(&topology).await?;
                     }
                 }
                 batch = events.next() => {
@@ -284,7 +289,7 @@ impl Coordinator {
             tracing::warn!(jobs = lost.len(), "re-publishing queued jobs a crash kept from their pools");
             let records: HashMap<RunId, _> = self.active.iter().map(|(id, run)| (*id, run.record().clone())).collect();
             let batch: Vec<_> = lost.iter().map(|message| (message, &records[&message.run_id])).collect();
-            publish_jobs(&self.js, &batch, &mut self.rng).await?;
+            publish_jobs(&self.js, &batch, &self.pool_schemas, &mut self.rng).await?;
         }
         self.evict_finished();
         Ok(())
@@ -462,7 +467,7 @@ impl Coordinator {
                 .iter()
                 .filter_map(|message| Some((message, self.active.get(&message.run_id)?.record())))
                 .collect();
-            publish_jobs(&self.js, &batch, &mut self.rng).await?;
+            publish_jobs(&self.js, &batch, &self.pool_schemas, &mut self.rng).await?;
         }
         let letters: Vec<&DeadLetter> = effects
             .iter()
@@ -513,9 +518,16 @@ impl Coordinator {
             match decode::<JobMessage>(&stored.payload) {
                 Ok(job) => self.fail_finally(topology, &job, advisory.deliveries, reason).await?,
                 Err(error) => {
-                    let pool = stored.subject.split('.').nth(2).unwrap_or(sluice_proto::spec::DEFAULT_POOL);
+                    let original = names::parse_job_subject(&stored.subject);
                     let reason = format!("{reason}; the job message cannot be decoded: {error}");
-                    publish_raw_dead_letter(&self.js, pool, &stored.subject, stored.payload.clone(), &reason).await?;
+                    publish_raw_dead_letter(
+                        &self.js,
+                        original.as_ref(),
+                        &stored.subject,
+                        stored.payload.clone(),
+                        &reason,
+                    )
+                    .await?;
                 }
             }
             jobs.delete_message(advisory.stream_seq).await.context("removing a job that reached max_deliver")?;

@@ -104,55 +104,65 @@ fn bucket(name: &str, description: &str, history: i64) -> kv::Config {
     }
 }
 
-/// Creates every stream and bucket that is missing (and updates them to the current
-/// settings); the logs stream keeps the retention it has (the coordinator sets it).
-pub async fn ensure(js: &jetstream::Context) -> Result<Topology, ServiceError> {
-    // Create, never update: a coordinator may be setting its retention at this moment.
-    if js.get_stream(names::LOGS_STREAM).await.is_err()
-        && let Err(error) = js.create_stream(logs_stream(LogRetention::default())).await
-        && js.get_stream(names::LOGS_STREAM).await.is_err()
-    {
-        return Err(error).context("creating stream SLUICE_LOGS");
+/// What an operator sets on the topology.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopologySettings {
+    pub logs: LogRetention,
+    /// Replicas of every stream and bucket (`--stream-replicas`): 1 on one nats-server, 3 on
+    /// a cluster, so a node can be lost without losing a write.
+    pub replicas: usize,
+}
+
+impl Default for TopologySettings {
+    fn default() -> Self {
+        Self { logs: LogRetention::default(), replicas: 1 }
     }
-    ensure_core(js).await
 }
 
-/// The coordinator's [`ensure`]: applies its log retention too.
-pub async fn ensure_with(js: &jetstream::Context, logs: LogRetention) -> Result<Topology, ServiceError> {
-    ensure_logs(js, logs).await?;
-    ensure_core(js).await
+/// Most replicas a stream may have (JetStream's own limit).
+pub const STREAM_REPLICAS_MAX: usize = 5;
+
+/// Creates every stream and bucket that is missing (and updates them to the current
+/// settings), with the default settings: what `sluice dev` and tests use.
+pub async fn ensure(js: &jetstream::Context) -> Result<Topology, ServiceError> {
+    ensure_with(js, TopologySettings::default()).await
 }
 
-async fn ensure_logs(js: &jetstream::Context, retention: LogRetention) -> Result<(), ServiceError> {
-    js.create_or_update_stream(logs_stream(retention)).await.context("creating stream SLUICE_LOGS")?;
-    Ok(())
+/// Creates or updates every stream, bucket and declared pool's consumer.
+pub async fn ensure_with(js: &jetstream::Context, settings: TopologySettings) -> Result<Topology, ServiceError> {
+    let replicas = settings.replicas;
+    let logs = stream::Config { num_replicas: replicas, ..logs_stream(settings.logs) };
+    js.create_or_update_stream(logs).await.context("creating stream SLUICE_LOGS")?;
+    ensure_core(js, replicas).await
 }
 
-async fn ensure_core(js: &jetstream::Context) -> Result<Topology, ServiceError> {
+async fn ensure_core(js: &jetstream::Context, replicas: usize) -> Result<Topology, ServiceError> {
+    let queue = |name, subjects, description| stream::Config {
+        num_replicas: replicas,
+        ..work_queue(name, subjects, description)
+    };
+    let kv_bucket =
+        |name, description, history| kv::Config { num_replicas: replicas, ..bucket(name, description, history) };
     let streams = [
-        work_queue(names::SUBMIT_STREAM, names::SUBMIT_SUBJECT, "Sluice workflow submissions"),
+        queue(names::SUBMIT_STREAM, names::SUBMIT_SUBJECT, "Sluice workflow submissions"),
         stream::Config {
             // Retries due later than a NAK delay should wait are scheduled messages on
             // `sluice.retries.>` (outside every pool's filter) that JetStream turns into jobs.
             subjects: vec![names::JOBS_SUBJECTS.to_owned(), names::RETRIES_SUBJECTS.to_owned()],
             allow_message_schedules: true,
-            ..work_queue(
-                names::JOBS_STREAM,
-                names::JOBS_SUBJECTS,
-                "Sluice ready jobs, one subject per pool, run and job",
-            )
+            ..queue(names::JOBS_STREAM, names::JOBS_SUBJECTS, "Sluice ready jobs, one subject per pool, run and job")
         },
-        work_queue(
+        queue(
             names::CONTROL_STREAM,
             names::CONTROL_SUBJECTS,
             "Sluice control requests: cancel, retry, replay, schedules, backfills, purges",
         ),
-        work_queue(
+        queue(
             names::ADVISORIES_STREAM,
             names::MAX_DELIVERIES_SUBJECTS,
             "Jobs that reached max_deliver (their workers kept dying)",
         ),
-        work_queue(names::EVENTS_STREAM, names::EVENTS_SUBJECTS, "Sluice job lifecycle events"),
+        queue(names::EVENTS_STREAM, names::EVENTS_SUBJECTS, "Sluice job lifecycle events"),
         stream::Config {
             name: names::DLQ_STREAM.to_owned(),
             description: Some("Sluice dead letters: jobs whose attempts are over, until replayed or purged".to_owned()),
@@ -161,6 +171,7 @@ async fn ensure_core(js: &jetstream::Context) -> Result<Topology, ServiceError> 
             storage: stream::StorageType::File,
             duplicate_window: DUPLICATE_WINDOW,
             allow_direct: true,
+            num_replicas: replicas,
             ..Default::default()
         },
         stream::Config {
@@ -172,6 +183,7 @@ async fn ensure_core(js: &jetstream::Context) -> Result<Topology, ServiceError> 
             max_age: SPAWNS_MAX_AGE,
             duplicate_window: DUPLICATE_WINDOW,
             allow_direct: true,
+            num_replicas: replicas,
             ..Default::default()
         },
         stream::Config {
@@ -183,6 +195,7 @@ async fn ensure_core(js: &jetstream::Context) -> Result<Topology, ServiceError> 
             max_age: REJECTED_MAX_AGE,
             max_bytes: REJECTED_MAX_BYTES,
             allow_direct: true,
+            num_replicas: replicas,
             ..Default::default()
         },
     ];
@@ -191,42 +204,42 @@ async fn ensure_core(js: &jetstream::Context) -> Result<Topology, ServiceError> 
         js.create_or_update_stream(config).await.context(format!("creating stream {name}"))?;
     }
     let runs = js
-        .create_or_update_key_value(bucket(names::RUNS_BUCKET, "Sluice run records", 1))
+        .create_or_update_key_value(kv_bucket(names::RUNS_BUCKET, "Sluice run records", 1))
         .await
         .context("creating KV sluice-runs")?;
     let jobs = js
-        .create_or_update_key_value(bucket(names::JOBS_BUCKET, "Sluice job records", 1))
+        .create_or_update_key_value(kv_bucket(names::JOBS_BUCKET, "Sluice job records", 1))
         .await
         .context("creating KV sluice-jobs")?;
     let idempotency = js
-        .create_or_update_key_value(bucket(names::IDEMPOTENCY_BUCKET, "Sluice idempotency keys", 1))
+        .create_or_update_key_value(kv_bucket(names::IDEMPOTENCY_BUCKET, "Sluice idempotency keys", 1))
         .await
         .context("creating KV sluice-idempotency")?;
     let schedules = js
-        .create_or_update_key_value(bucket(names::SCHEDULES_BUCKET, "Sluice schedules", 1))
+        .create_or_update_key_value(kv_bucket(names::SCHEDULES_BUCKET, "Sluice schedules", 1))
         .await
         .context("creating KV sluice-schedules")?;
     let backfills = js
-        .create_or_update_key_value(bucket(names::BACKFILLS_BUCKET, "Sluice backfills", 1))
+        .create_or_update_key_value(kv_bucket(names::BACKFILLS_BUCKET, "Sluice backfills", 1))
         .await
         .context("creating KV sluice-backfills")?;
     let outcomes = js
         .create_or_update_key_value(kv::Config {
             max_age: OUTCOMES_MAX_AGE,
-            ..bucket(names::OUTCOMES_BUCKET, "Sluice answers to control requests", 1)
+            ..kv_bucket(names::OUTCOMES_BUCKET, "Sluice answers to control requests", 1)
         })
         .await
         .context("creating KV sluice-outcomes")?;
     let workers = js
         .create_or_update_key_value(kv::Config {
             max_age: WORKER_ENTRY_TTL,
-            ..bucket(names::WORKERS_BUCKET, "Sluice live workers and coordinators", 1)
+            ..kv_bucket(names::WORKERS_BUCKET, "Sluice live workers and coordinators", 1)
         })
         .await
         .context("creating KV sluice-workers")?;
     // Last: its `default` entry tells clients that everything else is in place.
     let pools = js
-        .create_or_update_key_value(bucket(names::POOLS_BUCKET, "Sluice declared pools", 1))
+        .create_or_update_key_value(kv_bucket(names::POOLS_BUCKET, "Sluice declared pools", 1))
         .await
         .context("creating KV sluice-pools")?;
     let topology = Topology { js: js.clone(), runs, jobs, idempotency, schedules, backfills, outcomes, pools, workers };

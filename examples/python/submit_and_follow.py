@@ -19,7 +19,7 @@ import msgpack
 import nats
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def uuid7() -> str:

@@ -14,8 +14,10 @@ use crate::spec::JobSpec;
 use crate::state::{JobState, RunState};
 use crate::window::Window;
 
-/// The schema version this build writes and the newest it reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The schema version this build writes and the newest it reads. Version 2 changed the
+/// subject layout (pool first, job path last; `names`); records and messages read the
+/// same, so version 1 ones still decode.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// A message type with a schema version and a name for error messages.
 pub trait Versioned {

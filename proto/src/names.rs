@@ -139,24 +139,38 @@ pub fn pool_consumer(pool: &str) -> String {
     format!("pool-{pool}")
 }
 
+// Subjects (schema 2): fixed tokens first (pool, run, generation, attempt), the dotted job
+// path last, so NATS permissions can scope a role to one pool (`sluice.events.<pool>.>`) and
+// a reader can pick one attempt's lines. `compat` reads the schema-1 layout.
+
 /// Subject a worker publishes a job's lifecycle events on.
-pub fn event_subject(run_id: &RunId, job: &str) -> String {
-    format!("sluice.events.{run_id}.{job}")
+pub fn event_subject(pool: &str, run_id: &RunId, job: &str) -> String {
+    format!("sluice.events.{pool}.{run_id}.{job}")
 }
 
 /// Subject of one attempt's spawn batches. The job path goes last: it may hold dots.
-pub fn spawn_subject(run_id: &RunId, job: &str, generation: u32, attempt: u32) -> String {
-    format!("sluice.spawns.{run_id}.{generation}.{attempt}.{job}")
+pub fn spawn_subject(pool: &str, run_id: &RunId, job: &str, generation: u32, attempt: u32) -> String {
+    format!("sluice.spawns.{pool}.{run_id}.{generation}.{attempt}.{job}")
 }
 
-/// Subject a job's log lines are kept on.
-pub fn log_subject(run_id: &RunId, job: &str) -> String {
-    format!("sluice.logs.{run_id}.{job}")
+/// The spawn batches of one attempt in any pool (a reader that does not know the pool).
+pub fn spawn_filter(run_id: &RunId, job: &str, generation: u32, attempt: u32) -> String {
+    format!("sluice.spawns.*.{run_id}.{generation}.{attempt}.{job}")
 }
 
-/// Subject filter of every log line of a run.
+/// Subject one attempt's log lines are kept on.
+pub fn log_subject(pool: &str, run_id: &RunId, attempt: u32, job: &str) -> String {
+    format!("sluice.logs.{pool}.{run_id}.{attempt}.{job}")
+}
+
+/// Subject filters of every log line of a run (every pool, attempt and job).
 pub fn run_logs_filter(run_id: &RunId) -> String {
-    format!("sluice.logs.{run_id}.>")
+    format!("sluice.logs.*.{run_id}.>")
+}
+
+/// Subject filters of the log lines of one job and its children, every attempt.
+pub fn job_logs_filters(run_id: &RunId, job: &str) -> [String; 2] {
+    [format!("sluice.logs.*.{run_id}.*.{job}"), format!("sluice.logs.*.{run_id}.*.{job}.>")]
 }
 
 /// Subject filter of every job record of a run in KV (children included).
@@ -172,10 +186,24 @@ pub fn rejected_subject(run_id: Option<&RunId>) -> String {
     }
 }
 
-/// Subject a dead letter of `pool` is kept on.
-pub fn dlq_subject(pool: &str) -> String {
-    format!("sluice.dlq.{pool}")
+/// Subject a dead letter of a job is kept on. A message nobody could read names no run or
+/// job: [`UNKNOWN_TOKEN`] stands in.
+pub fn dlq_subject(pool: &str, run_id: Option<&RunId>, job: Option<&str>) -> String {
+    let run = run_id.map(RunId::to_string).unwrap_or_else(|| UNKNOWN_TOKEN.to_owned());
+    format!("sluice.dlq.{pool}.{run}.{}", job.unwrap_or(UNKNOWN_TOKEN))
 }
+
+/// Whether `path` can end a subject as a job path: dot-separated names of
+/// `[A-Za-z0-9_-]` (what [`crate::spec`] allows), nothing empty, no wildcards.
+pub fn is_subject_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.split('.').all(|token| {
+            !token.is_empty() && token.bytes().all(|byte| byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-')
+        })
+}
+
+/// The token in a subject that stands for a run or job nobody could read.
+pub const UNKNOWN_TOKEN: &str = "_";
 
 /// Subject a control request is published on: the requester's identity first (so NATS
 /// permissions can scope each identity to `sluice.control.<identity>.>`), then the run it is
@@ -288,27 +316,87 @@ pub fn parse_job_subject(subject: &str) -> Option<JobSubject<'_>> {
     Some(JobSubject { pool, run_id: run_id.parse().ok()?, job })
 }
 
-/// The pool of a dead letter's subject: the inverse of [`dlq_subject`].
+/// The pool of a dead letter's subject: the inverse of [`dlq_subject`] (and of the
+/// schema-1 `sluice.dlq.<pool>`).
 pub fn parse_dlq_subject(subject: &str) -> Option<&str> {
-    subject.strip_prefix("sluice.dlq.").filter(|pool| !pool.is_empty() && !pool.contains('.'))
+    let rest = subject.strip_prefix("sluice.dlq.")?;
+    let pool = rest.split('.').next()?;
+    (!pool.is_empty()).then_some(pool)
 }
 
-/// The (run, job path) of an event's subject: the inverse of [`event_subject`].
-pub fn parse_event_subject(subject: &str) -> Option<(RunId, &str)> {
-    let (run_id, job) = subject.strip_prefix("sluice.events.")?.split_once('.')?;
-    if job.is_empty() {
-        return None;
-    }
-    Some((run_id.parse().ok()?, job))
+/// A job-scoped subject read back: pool, run and job path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scoped<'a> {
+    pub pool: &'a str,
+    pub run_id: RunId,
+    pub job: &'a str,
 }
 
-/// The (run, job path) of a log line's subject: the inverse of [`log_subject`].
-pub fn parse_log_subject(subject: &str) -> Option<(RunId, &str)> {
-    let (run_id, job) = subject.strip_prefix("sluice.logs.")?.split_once('.')?;
-    if job.is_empty() {
+/// Reads `<prefix><pool>.<run_id>.<job path>`.
+fn parse_scoped<'a>(subject: &'a str, prefix: &str) -> Option<Scoped<'a>> {
+    let rest = subject.strip_prefix(prefix)?;
+    let (pool, rest) = rest.split_once('.')?;
+    let (run_id, job) = rest.split_once('.')?;
+    if pool.is_empty() || job.is_empty() {
         return None;
     }
-    Some((run_id.parse().ok()?, job))
+    Some(Scoped { pool, run_id: run_id.parse().ok()?, job })
+}
+
+/// The pool, run and job path of an event's subject: the inverse of [`event_subject`].
+pub fn parse_event_subject(subject: &str) -> Option<Scoped<'_>> {
+    parse_scoped(subject, "sluice.events.")
+}
+
+/// The pool, run and job path of a dead letter of a job: the inverse of [`dlq_subject`].
+pub fn parse_dlq_job_subject(subject: &str) -> Option<Scoped<'_>> {
+    parse_scoped(subject, "sluice.dlq.")
+}
+
+/// A log subject read back: pool, run, attempt and job path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogSubject<'a> {
+    pub pool: &'a str,
+    pub run_id: RunId,
+    pub attempt: u32,
+    pub job: &'a str,
+}
+
+/// Reads a log line's subject: the inverse of [`log_subject`].
+pub fn parse_log_subject(subject: &str) -> Option<LogSubject<'_>> {
+    let rest = subject.strip_prefix("sluice.logs.")?;
+    let (pool, rest) = rest.split_once('.')?;
+    let (run_id, rest) = rest.split_once('.')?;
+    let (attempt, job) = rest.split_once('.')?;
+    if pool.is_empty() || job.is_empty() {
+        return None;
+    }
+    Some(LogSubject { pool, run_id: run_id.parse().ok()?, attempt: attempt.parse().ok()?, job })
+}
+
+/// The schema-1 subject layout (run first, no pool), still read so that a store written by
+/// an older version finishes its runs: events, spawn batches and log lines stored before
+/// an upgrade. Nothing writes it any more.
+pub mod compat {
+    use crate::ids::RunId;
+
+    /// A schema-1 event subject: `sluice.events.<run_id>.<job>`.
+    pub fn event_subject(run_id: &RunId, job: &str) -> String {
+        format!("sluice.events.{run_id}.{job}")
+    }
+
+    /// A schema-1 spawn subject: `sluice.spawns.<run_id>.<generation>.<attempt>.<job>`.
+    pub fn spawn_subject(run_id: &RunId, job: &str, generation: u32, attempt: u32) -> String {
+        format!("sluice.spawns.{run_id}.{generation}.{attempt}.{job}")
+    }
+
+    /// Schema-1 filters of a run's log lines (`sluice.logs.<run_id>.<job>`), or of one job's.
+    pub fn logs_filters(run_id: &RunId, job: Option<&str>) -> Vec<String> {
+        match job {
+            None => vec![format!("sluice.logs.{run_id}.>")],
+            Some(job) => vec![format!("sluice.logs.{run_id}.{job}"), format!("sluice.logs.{run_id}.{job}.>")],
+        }
+    }
 }
 
 /// The (identity, run) of a control request's subject: the inverse of
@@ -353,21 +441,37 @@ mod tests {
     }
 
     #[test]
-    fn event_log_and_key_subjects_round_trip() {
+    fn event_log_dlq_and_key_subjects_round_trip() {
         let id = run();
         for path in ["a", "parent.child"] {
-            assert_eq!(parse_event_subject(&event_subject(&id, path)), Some((id, path)));
-            assert_eq!(parse_log_subject(&log_subject(&id, path)), Some((id, path)));
+            let scoped = Scoped { pool: "gpu", run_id: id, job: path };
+            assert_eq!(parse_event_subject(&event_subject("gpu", &id, path)), Some(scoped.clone()));
+            assert_eq!(parse_dlq_job_subject(&dlq_subject("gpu", Some(&id), Some(path))), Some(scoped));
+            let log = LogSubject { pool: "gpu", run_id: id, attempt: 3, job: path };
+            assert_eq!(parse_log_subject(&log_subject("gpu", &id, 3, path)), Some(log));
             assert_eq!(parse_job_key(&job_key(&id, path)), Some((id, path)));
         }
+        assert_eq!(dlq_subject("default", None, None), "sluice.dlq.default._._");
     }
 
     #[test]
-    fn dlq_and_control_subjects_round_trip() {
-        assert_eq!(parse_dlq_subject(&dlq_subject("default")), Some("default"));
+    fn filters_match_what_the_formatters_write() {
         let id = run();
-        assert_eq!(parse_control_subject(&control_subject("alice", Some(&id))), Some(("alice", Some(id))));
-        assert_eq!(parse_control_subject(&control_subject(ANONYMOUS_IDENTITY, None)), Some((ANONYMOUS_IDENTITY, None)));
+        let matches = |filter: &str, subject: &str| {
+            let (filter, subject): (Vec<&str>, Vec<&str>) = (filter.split('.').collect(), subject.split('.').collect());
+            filter.iter().enumerate().all(|(i, token)| match *token {
+                ">" => subject.len() > i,
+                "*" => i < subject.len(),
+                token => subject.get(i) == Some(&token),
+            }) && (filter.last() == Some(&">") || filter.len() == subject.len())
+        };
+        assert!(matches(&run_logs_filter(&id), &log_subject("p", &id, 1, "a.b")));
+        let [own, children] = job_logs_filters(&id, "a");
+        assert!(matches(&own, &log_subject("p", &id, 2, "a")));
+        assert!(matches(&children, &log_subject("p", &id, 2, "a.child")));
+        assert!(!matches(&own, &log_subject("p", &id, 2, "ab")));
+        assert!(matches(&spawn_filter(&id, "a.b", 1, 2), &spawn_subject("p", &id, "a.b", 1, 2)));
+        assert!(matches(&pool_filter("p"), &job_subject("p", &id, "a")));
     }
 
     #[test]
@@ -379,6 +483,8 @@ mod tests {
         }
         assert_eq!(parse_dlq_subject("sluice.dlq."), None);
         assert_eq!(parse_event_subject("sluice.events.x"), None);
+        let id = run();
+        assert_eq!(parse_event_subject(&compat::event_subject(&id, "a")), None, "schema 1 has no pool token");
         assert_eq!(parse_control_subject("sluice.control.alice"), None);
         assert_eq!(parse_job_key("no-dot"), None);
     }

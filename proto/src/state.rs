@@ -8,10 +8,14 @@
 //!          │                                                └──ok, spawned children──▶ waiting
 //!          │                                  waiting ──all children completed──▶ completed
 //!          │                                          └──a child did not complete──▶ failed
-//!          └──a dependency failed──▶ skipped
+//!          └──a dependency failed──▶ skipped          cancel: any unfinished job ──▶ cancelled
 //! run:  running ──every job completed──▶ succeeded
-//!          └──a job failed, nothing left running──▶ failed
+//!          ├──a job failed, nothing left running──▶ failed
+//!          └──sluice cancel──▶ cancelled
 //! ```
+//!
+//! docs/architecture.md draws the same diagrams; `tests/state_diagrams.rs` checks that both
+//! name every state.
 
 use serde::{Deserialize, Serialize};
 

@@ -37,7 +37,7 @@ pub struct LogSink {
 #[derive(Debug)]
 struct AttemptLog {
     /// What the task needs; taken when it starts.
-    start: Mutex<Option<(jetstream::Context, LogBatch)>>,
+    start: Mutex<Option<(jetstream::Context, String, LogBatch)>>,
     sender: OnceLock<mpsc::Sender<LogLine>>,
     task: Mutex<Option<JoinHandle<()>>>,
     dropped: Arc<AtomicU64>,
@@ -54,9 +54,9 @@ impl AttemptLog {
         if let Some(sender) = self.sender.get() {
             return Some(sender);
         }
-        let (js, batch) = start.take()?;
+        let (js, subject, batch) = start.take()?;
         let (sender, receiver) = mpsc::channel(BUFFER_LINES);
-        let task = tokio::spawn(ship(js, receiver, self.dropped.clone(), self.done.clone(), batch));
+        let task = tokio::spawn(ship(js, subject, receiver, self.dropped.clone(), self.done.clone(), batch));
         *lock(&self.task) = Some(task);
         Some(self.sender.get_or_init(|| sender))
     }
@@ -106,11 +106,12 @@ pub struct Shipper {
 impl Shipper {
     /// Prepares shipping the lines of `job`'s attempt `attempt` (the task starts with the
     /// first line).
-    pub fn start(js: jetstream::Context, run_id: RunId, job: String, attempt: u32) -> Self {
+    pub fn start(js: jetstream::Context, pool: &str, run_id: RunId, job: String, attempt: u32) -> Self {
+        let subject = names::log_subject(pool, &run_id, attempt, &job);
         let batch = LogBatch { schema_version: SCHEMA_VERSION, run_id, job, attempt, lines: Vec::new() };
         Self {
             attempt: Arc::new(AttemptLog {
-                start: Mutex::new(Some((js, batch))),
+                start: Mutex::new(Some((js, subject, batch))),
                 sender: OnceLock::new(),
                 task: Mutex::new(None),
                 dropped: Arc::new(AtomicU64::new(0)),
@@ -135,12 +136,12 @@ impl Shipper {
 
 async fn ship(
     js: jetstream::Context,
+    subject: String,
     mut receiver: mpsc::Receiver<LogLine>,
     dropped: Arc<AtomicU64>,
     done: CancellationToken,
     mut batch: LogBatch,
 ) {
-    let subject = names::log_subject(&batch.run_id, &batch.job);
     let mut reported_drops = 0;
     // Once the attempt is over, only what is already buffered goes out.
     let mut finishing = false;

@@ -39,17 +39,16 @@ pub async fn run(url: &str, args: LogsArgs, format: Format) -> Result<ExitCode, 
         }
         Lookup::Unknown => return Err(CliError::usage(format!("no run {id}"))),
     };
-    let filters = match &args.job {
+    // Lines in the schema-2 layout, and lines a schema-1 worker stored before an upgrade.
+    let mut filters = match &args.job {
         None => vec![names::run_logs_filter(&id)],
-        Some(job) if view.all.contains_key(job) => {
-            let subject = names::log_subject(&id, job);
-            vec![format!("{subject}.>"), subject]
-        }
+        Some(job) if view.all.contains_key(job) => names::job_logs_filters(&id, job).to_vec(),
         Some(job) => {
             let names: Vec<&str> = view.jobs.iter().map(|job| job.name.as_str()).collect();
             return Err(CliError::usage(format!("run {id} has no job `{job}`; its jobs are {}", names.join(", "))));
         }
     };
+    filters.extend(names::compat::logs_filters(&id, args.job.as_deref()));
     let stream = match js.get_stream(names::LOGS_STREAM).await {
         Ok(stream) => stream,
         Err(_) => return Ok(ExitCode::SUCCESS), // nothing was ever logged on this server

@@ -84,16 +84,29 @@ pub struct CoordinatorArgs {
     /// Most job log data kept, in MiB; the oldest lines go first.
     #[arg(long, default_value_t = 1024)]
     pub logs_max_mib: u32,
+    /// Replicas of every stream and bucket: 1 on one nats-server, 3 on a cluster.
+    #[arg(long, default_value_t = 1)]
+    pub stream_replicas: usize,
 }
 
 pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, CliError> {
     if args.logs_max_age.as_duration() < Duration::from_secs(60) || args.logs_max_mib == 0 {
         return Err(CliError::usage("--logs-max-age must be at least 1m and --logs-max-mib at least 1"));
     }
+    let max_replicas = sluice_coordinator::topology::STREAM_REPLICAS_MAX;
+    if args.stream_replicas == 0 || args.stream_replicas > max_replicas {
+        return Err(CliError::usage(format!(
+            "--stream-replicas must be 1 to {max_replicas}, not {}",
+            args.stream_replicas
+        )));
+    }
     let settings = sluice_coordinator::service::Settings {
-        logs: sluice_coordinator::topology::LogRetention {
-            max_age: args.logs_max_age.as_duration(),
-            max_bytes: i64::from(args.logs_max_mib) * 1024 * 1024,
+        topology: sluice_coordinator::topology::TopologySettings {
+            logs: sluice_coordinator::topology::LogRetention {
+                max_age: args.logs_max_age.as_duration(),
+                max_bytes: i64::from(args.logs_max_mib) * 1024 * 1024,
+            },
+            replicas: args.stream_replicas,
         },
     };
     let client = output::connect(url).await?;

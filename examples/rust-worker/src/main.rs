@@ -78,7 +78,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let mut args = std::env::args().skip(1);
     let mut url = std::env::var("SLUICE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
-    let mut pool = "default".to_owned();
+    // Its own pool: the stock worker's pool `default` serves other kinds.
+    let mut pool = "rust".to_owned();
     while let Some(flag) = args.next() {
         let value = args.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {

@@ -17,6 +17,17 @@ async fn a_workflow_using_calibrate_succeeds_on_the_example_worker() {
     let topology = sluice_coordinator::topology::ensure(&js).await.unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let coordinator = tokio::spawn(sluice_coordinator::service::run(client.clone(), shutdown.clone()));
+    // The example worker serves its own pool, declared like any other.
+    let declare = sluice_proto::ControlRequest::new(
+        sluice_proto::ControlAction::PoolApply(sluice_proto::PoolSettings {
+            name: "rust".into(),
+            ..Default::default()
+        }),
+        None,
+        "test",
+    );
+    let declared = sluice_client::requests::control(&js, "test", &declare, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(declared.outcome, sluice_proto::Outcome::Applied, "{declared:?}");
     let mut worker = Command::new(env!("CARGO_BIN_EXE_sluice-example-worker"))
         .args(["--nats-url", &server.url()])
         .stdout(Stdio::null())
@@ -65,8 +76,10 @@ async fn a_workflow_using_calibrate_succeeds_on_the_example_worker() {
     assert_eq!(child.output.unwrap()["sensor"], "sensor-007");
     // `ctx.log` lines are kept in the logs stream, with the attempt.
     let logs = js.get_stream(names::LOGS_STREAM).await.unwrap();
-    let stored =
-        logs.get_last_raw_message_by_subject(&names::log_subject(&run_id, "per-sensor.sensor-007")).await.unwrap();
+    let stored = logs
+        .get_last_raw_message_by_subject(&names::log_subject("rust", &run_id, 1, "per-sensor.sensor-007"))
+        .await
+        .unwrap();
     let batch: LogBatch = decode(&stored.payload).unwrap();
     assert_eq!(batch.attempt, 1);
     assert!(batch.lines[0].text.starts_with("calibrating sensor sensor-007 with model v3"), "{batch:?}");

@@ -269,7 +269,7 @@ async fn hand_on(
 /// until all are stored.
 async fn store_children(reporter: &Reporter, children: Vec<ChildSpec>) -> Result<(), JobError> {
     let job = &reporter.job;
-    let subject = names::spawn_subject(&job.run_id, &job.job, job.generation, reporter.attempt);
+    let subject = names::spawn_subject(&job.pool, &job.run_id, &job.job, job.generation, reporter.attempt);
     let mut acks = Vec::new();
     let mut batch = SpawnBatch {
         schema_version: SCHEMA_VERSION,
@@ -338,7 +338,7 @@ async fn undecodable(shared: &Shared, message: &Message, delivered: u32, reason:
     tracing::error!(subject = %message.subject, %reason, "job message cannot be decoded");
     if let Some(mut event) = event_from_headers(message, delivered, &shared.config.worker_id) {
         event.error = Some(error_text(format!("job message cannot be decoded: {reason}")));
-        if let Err(error) = publish_event(&shared.js, &event).await {
+        if let Err(error) = publish_event(&shared.js, &shared.config.pool, &event).await {
             tracing::error!(%error, "cannot report the undecodable job; it will be redelivered");
             return;
         }
@@ -368,7 +368,10 @@ async fn raw_dead_letter(shared: &Shared, message: &Message, reason: &str) -> Re
     let mut headers = HeaderMap::new();
     headers.insert(names::HEADER_REASON, format!("job message cannot be decoded: {reason}").as_str());
     headers.insert(names::HEADER_ORIGINAL_SUBJECT, message.subject.as_str());
-    let subject = names::dlq_subject(&shared.config.pool);
+    // The headers may still name the run and job when the payload cannot be read.
+    let run_id = header(message, names::HEADER_RUN_ID).and_then(|text| text.parse::<sluice_proto::RunId>().ok());
+    let job = header(message, names::HEADER_JOB).filter(|job| names::is_subject_path(job));
+    let subject = names::dlq_subject(&shared.config.pool, run_id.as_ref(), job.as_deref());
     let ack = shared.js.publish_with_headers(subject, headers, message.payload.clone()).await;
     ack.map_err(|error| WorkerError::nats("dead-lettering an undecodable job", error))?
         .await

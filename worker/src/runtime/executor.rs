@@ -88,7 +88,7 @@ async fn run_attempt(shared: &Shared, message: &Message, reporter: &Reporter) ->
         Ok(inputs) => inputs,
         Err(error) => return Outcome::Failed(error),
     };
-    let shipper = Shipper::start(shared.js.clone(), job.run_id, job.job.clone(), attempt);
+    let shipper = Shipper::start(shared.js.clone(), &shared.config.pool, job.run_id, job.job.clone(), attempt);
     let ctx = context(shared, message, reporter, inputs, cancel, shipper.sink());
     tracing::info!(run = %job.run_id, job = %job.job, kind = %job.kind, attempt, "job started");
     let began = std::time::Instant::now();

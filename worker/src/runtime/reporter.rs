@@ -58,7 +58,11 @@ impl Reporter {
         let ack = self
             .shared
             .js
-            .publish_with_headers(names::event_subject(&event.run_id, &event.job), headers, payload.into())
+            .publish_with_headers(
+                names::event_subject(&self.shared.config.pool, &event.run_id, &event.job),
+                headers,
+                payload.into(),
+            )
             .await
             .map_err(|error| WorkerError::nats("publishing a start event", error))?;
         *self.started.lock().await = Some(ack);
@@ -82,7 +86,7 @@ impl Reporter {
         event.output = report.output;
         event.spawned = report.spawned;
         event.started_at = Some(self.began);
-        publish_event(&self.shared.js, &event).await
+        publish_event(&self.shared.js, &self.shared.config.pool, &event).await
     }
 
     fn event(&self, kind: EventKind, error: Option<String>, retry_at: Option<DateTime<Utc>>) -> JobEvent {
@@ -127,9 +131,9 @@ pub(crate) fn event(
 
 /// Publishes an event and waits until it is durable, retrying a few times; the
 /// `Nats-Msg-Id` makes a retry that raced a late ack harmless.
-pub(crate) async fn publish_event(js: &jetstream::Context, event: &JobEvent) -> Result<(), WorkerError> {
+pub(crate) async fn publish_event(js: &jetstream::Context, pool: &str, event: &JobEvent) -> Result<(), WorkerError> {
     let payload = encode(event).map_err(|error| WorkerError::encode("encoding an event", error))?;
-    let subject = names::event_subject(&event.run_id, &event.job);
+    let subject = names::event_subject(pool, &event.run_id, &event.job);
     let id = names::event_id(&event.run_id, &event.job, event.attempt, event.generation, event.kind.as_str());
     let mut delay = Duration::from_millis(EVENT_PUBLISH_BACKOFF_FIRST_MS);
     let mut tries = 0;
