@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::dispatch::{
     publish_dead_letters, publish_jobs, publish_raw_dead_letter, reached_workers, stop_run, withdraw,
 };
-use crate::engine::{Effect, Run, Spawned};
+use crate::engine::{Effect, Input, Run};
 use crate::error::{NatsContext, ServiceError};
 use crate::intake;
 use crate::leadership;
@@ -283,29 +283,34 @@ impl Coordinator {
                     continue;
                 }
             };
-            let Some(run) = self.active.get(&event.run_id) else {
-                tracing::debug!(run = %event.run_id, job = %event.job, "event for a run that is not active");
+            let run_id = event.run_id;
+            let Some(run) = self.active.get_mut(&run_id) else {
+                tracing::debug!(run = %run_id, job = %event.job, "event for a run that is not active");
                 continue;
             };
-            let spawning = run.wants_children(&event);
-            let children = if spawning {
+            let mut more = match run.apply(Input::Event(event), now) {
+                Ok(more) => more,
+                Err(ignored) => {
+                    tracing::debug!(run = %run_id, %ignored, "event changed nothing");
+                    continue;
+                }
+            };
+            if let Some(event) = children_wanted(&mut more) {
                 // A spawn is carried out on its own: its children's records are written
                 // before the parent's, and a later event of this batch that saves a child
                 // again must not move that child's write after the parent's.
                 self.execute(std::mem::take(&mut effects)).await?;
-                spawned.push(event.clone());
-                spawns::read(&self.js, &event).await?
-            } else {
-                Spawned::default()
-            };
-            let Some(run) = self.active.get_mut(&event.run_id) else { continue };
-            match run.apply_with(&event, children, now) {
-                Ok(more) if spawning => self.execute(more).await?,
-                Ok(more) if effects.is_empty() => effects = more,
-                Ok(more) => effects.extend(more),
-                Err(ignored) => {
-                    tracing::debug!(run = %event.run_id, %ignored, "event changed nothing")
+                spawned.push(JobEvent::clone(&event));
+                let children = spawns::read(&self.js, &event).await?;
+                let Some(run) = self.active.get_mut(&run_id) else { continue };
+                match run.apply(Input::ChildrenRead { event, children }, now) {
+                    Ok(more) => self.execute(more).await?,
+                    Err(ignored) => tracing::debug!(run = %run_id, %ignored, "event changed nothing"),
                 }
+            } else if effects.is_empty() {
+                effects = more;
+            } else {
+                effects.extend(more);
             }
         }
         self.execute(effects).await?;
@@ -493,22 +498,14 @@ impl Coordinator {
             self.execute(reconcile).await?;
         }
         let Some(run) = self.active.get_mut(&job.run_id) else { return Ok(()) };
-        let event = JobEvent {
-            schema_version: sluice_proto::SCHEMA_VERSION,
-            run_id: job.run_id,
+        let input = Input::DeliveriesExhausted {
             job: job.job.clone(),
-            attempt: job.attempt_offset.saturating_add(u32::try_from(deliveries).unwrap_or(u32::MAX)),
             generation: job.generation,
-            kind: sluice_proto::EventKind::Failed,
-            at: now,
-            worker: "jetstream".to_owned(),
-            error: Some(reason),
-            retry_at: None,
-            output: None,
-            spawned: 0,
-            started_at: None,
+            attempt_offset: job.attempt_offset,
+            deliveries,
+            reason,
         };
-        match run.apply(&event, now) {
+        match run.apply(input, now) {
             Ok(effects) => self.execute(effects).await,
             Err(ignored) => {
                 tracing::info!(run = %job.run_id, %ignored, "the job that reached max_deliver had already finished");
@@ -538,10 +535,11 @@ impl Coordinator {
             }
         }
         if let Some(run) = self.active.get_mut(&id) {
-            let outcome = match request.action {
-                ControlAction::Cancel => run.cancel(now),
-                ControlAction::Retry => run.rerun(request.job.as_deref(), now),
+            let input = match request.action {
+                ControlAction::Cancel => Input::Cancel,
+                ControlAction::Retry => Input::Rerun { only: request.job.clone() },
             };
+            let outcome = run.apply(input, now);
             match outcome {
                 Ok(effects) => {
                     self.execute(effects).await?;
@@ -580,6 +578,18 @@ fn rejection_for(run_id: RunId, workflow: &str, reason: String, payload_bytes: u
         workflow: Some(workflow.to_owned()),
         reason,
         payload_bytes: payload_bytes as u64,
+    }
+}
+
+/// The success whose children the engine asks for, when that is what `effects` say (an
+/// [`Effect::ReadChildren`] always comes alone).
+fn children_wanted(effects: &mut Vec<Effect>) -> Option<Box<JobEvent>> {
+    if !matches!(effects.as_slice(), [Effect::ReadChildren(_)]) {
+        return None;
+    }
+    match effects.pop() {
+        Some(Effect::ReadChildren(event)) => Some(event),
+        _ => None,
     }
 }
 
