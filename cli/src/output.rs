@@ -75,6 +75,7 @@ impl From<sluice_client::ClientError> for CliError {
         use sluice_client::ClientError;
         match error {
             ClientError::Codec(_) | ClientError::NoAnswer { .. } => Self::failed(error.to_string()),
+            ClientError::Invalid(_) => Self::usage(error.to_string()),
             _ => Self::nats(error.to_string()),
         }
     }

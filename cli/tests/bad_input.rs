@@ -86,6 +86,7 @@ fn malformed_submissions_are_recorded_and_later_ones_still_run() {
             params: Default::default(),
             idempotency_key: None,
             submitted_at: None,
+            origin: None,
         };
         js.publish(names::SUBMIT_SUBJECT, encode(&invalid).unwrap().into()).await.unwrap().await.unwrap();
     });
@@ -184,6 +185,30 @@ fn runs_lists_newest_first_with_filters() {
     let bad_state = stack.sluice(&["runs", "--state", "done"]);
     assert_eq!(bad_state.status.code(), Some(2));
     assert!(text(&bad_state.stderr).contains("unknown state `done`"));
+
+    // Pages through the index: two, then the rest, then nothing more.
+    let page = stack.sluice_json(&["runs", "--limit", "2"], 0);
+    let first_page: Vec<&str> =
+        page["runs"].as_array().unwrap().iter().map(|run| run["id"].as_str().unwrap()).collect();
+    assert_eq!(first_page, ids[..2]);
+    let cursor = page["next"].as_str().expect("a cursor to the older runs").to_owned();
+    let rest = stack.sluice_json(&["runs", "--limit", "2", "--cursor", &cursor], 0);
+    assert_eq!(rest["runs"][0]["id"], ids[2]);
+    assert!(rest["next"].is_null(), "{rest:#}");
+    let by_workflow = stack.sluice_json(&["runs", "--workflow", "ok", "--origin", "manual"], 0);
+    assert_eq!(by_workflow["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(by_workflow["runs"][0]["origin"], "manual");
+    let running = stack.sluice_json(&["runs", "--state", "running"], 0);
+    assert!(running["runs"].as_array().unwrap().is_empty(), "{running:#}");
+    for (args, needle) in [
+        (vec!["runs", "--cursor", "nope"], "is not a cursor"),
+        (vec!["runs", "--origin", "cron"], "origin `cron` is not"),
+        (vec!["runs", "--limit", "0"], "--limit must be 1 to 1000"),
+    ] {
+        let output = stack.sluice(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(text(&output.stderr).contains(needle), "{args:?}: {}", text(&output.stderr));
+    }
 }
 
 #[test]

@@ -37,6 +37,10 @@ fn a_schema_1_store_is_restored_and_its_runs_finish() {
     let b = &in_flight["jobs"][1];
     assert_eq!(b["attempts"], 1, "the old attempt is not run again: {b:#}");
 
+    // The old runs are indexed once, at the first start: `runs` lists them.
+    let listed = stack.sluice_json(&["runs", "--workflow", "upgrade-in-flight"], 0);
+    assert_eq!(listed["runs"][0]["id"], run("in_flight_run").as_str(), "{listed:#}");
+
     // A submission that waited in the stream becomes a run.
     let pending = stack.wait_for_run(&run("pending_run"), Duration::from_secs(60));
     assert_eq!(pending["state"], "succeeded", "{pending:#}");

@@ -20,6 +20,7 @@ pub async fn submit_and_follow(url: &str, yaml: &str) -> Result<RunView, Box<dyn
         params: Default::default(),
         idempotency_key: None,
         submitted_at: Some(chrono::Utc::now()),
+        origin: None,
     };
     // A coordinator started a moment ago may still be creating Sluice's streams.
     sluice_client::requests::wait_until_set_up(&js, sluice_client::requests::SETUP_WAIT).await?;

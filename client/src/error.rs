@@ -23,6 +23,9 @@ pub enum ClientError {
         "Sluice is not set up on this nats-server ({missing} is missing): start a coordinator (`sluice coordinator`, or `sluice dev`)"
     )]
     NotSetUp { missing: String },
+    /// The caller's input is wrong (a cursor, a range, a run id suffix); says what.
+    #[error("{0}")]
+    Invalid(String),
     /// A control request was stored, but no coordinator answered it in time.
     #[error("the request ({action}) is queued, but no coordinator answered it within {waited_s}s: is one running?")]
     NoAnswer { action: &'static str, waited_s: u64 },
@@ -35,7 +38,7 @@ impl ClientError {
         match self {
             Self::Unreachable { .. } | Self::Nats { .. } | Self::Stalled(_) | Self::NoAnswer { .. } => true,
             Self::NotSetUp { .. } => true,
-            Self::ServerTooOld(_) | Self::Codec(_) => false,
+            Self::ServerTooOld(_) | Self::Codec(_) | Self::Invalid(_) => false,
         }
     }
 }

@@ -5,6 +5,8 @@
 //! - [`stores`]: read runs, jobs, schedules, backfills, rejections and control outcomes;
 //!   [`view`]: a run with its jobs as `sluice status` shows it; [`dead_letters`]: the
 //!   dead-letter stream;
+//! - [`runs`]: list runs a page at a time through the run index (newest first; by
+//!   workflow, origin, state; by window day; by id suffix);
 //! - [`requests`]: submit a workflow, and send control requests (cancel, retry, replay,
 //!   schedules, backfills, purges) that the coordinator answers;
 //! - [`pipeline`]: pipelined publishing with bounded acknowledgements in flight.
@@ -25,6 +27,7 @@ pub mod dead_letters;
 pub mod error;
 pub mod pipeline;
 pub mod requests;
+pub mod runs;
 pub mod stores;
 pub mod view;
 

@@ -207,6 +207,7 @@ pub async fn schedule_trigger(
         params: Default::default(),
         idempotency_key: None,
         submitted_at: Some(now),
+        origin: Some(sluice_proto::messages::schedule_origin(name)),
     };
     requests::submit(&topology.js, &submission, &run_id.to_string()).await?;
     Ok(Answer::applied(

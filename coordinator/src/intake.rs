@@ -48,6 +48,8 @@ pub fn check(
             format!("idempotency_key must be 1 to {IDEMPOTENCY_KEY_MAX_BYTES} bytes"),
         ));
     }
+    let origin = submission.origin.unwrap_or_else(|| sluice_proto::messages::ORIGIN_MANUAL.to_owned());
+    sluice_proto::messages::check_origin(&origin).map_err(|reason| reject(run_id, workflow.clone(), reason))?;
     let window = match submission.window {
         Some(window) => Window::new(window.start, window.end)
             .map_err(|error| reject(run_id, workflow.clone(), error.to_string()))?,
@@ -60,6 +62,7 @@ pub fn check(
         window,
         params,
         idempotency_key: submission.idempotency_key,
+        origin,
         traceparent,
         tracestate,
     })
@@ -82,6 +85,7 @@ mod tests {
             params: BTreeMap::new(),
             idempotency_key: None,
             submitted_at: Some(DateTime::parse_from_rfc3339("2024-03-11T10:00:00Z").unwrap().to_utc()),
+            origin: None,
         }
     }
 

@@ -13,6 +13,7 @@ pub mod control;
 pub mod dispatch;
 pub mod engine;
 pub mod error;
+pub mod index;
 pub mod intake;
 pub mod leadership;
 pub mod pools;

@@ -4,7 +4,7 @@
 //!
 //! Any NATS failure restarts the loop from durable state, so nothing lives only in memory.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -25,8 +25,9 @@ use crate::control::{self, Answer};
 use crate::dispatch::{
     publish_dead_letters, publish_jobs, publish_raw_dead_letter, reached_workers, stop_run, withdraw,
 };
-use crate::engine::{Effect, Run, Spawned};
+use crate::engine::{Effect, Input, NotApplied, Run};
 use crate::error::{NatsContext, ServiceError};
+use crate::index::{self, Index};
 use crate::intake;
 use crate::leadership;
 use crate::pools;
@@ -132,7 +133,10 @@ async fn lead(
             lease
         })
     };
-    let served = Coordinator::new(js.clone(), settings).serve(&lost).await;
+    let served = match topology::ensure_with(js, settings.topology).await {
+        Ok(topology) => Coordinator::new(js.clone(), &topology).serve(&topology, &lost).await,
+        Err(error) => Err(error),
+    };
     leading.store(false, Ordering::Relaxed);
     stop_renewing.cancel();
     if let Ok(lease) = keeper.await {
@@ -146,7 +150,10 @@ async fn lead(
 
 struct Coordinator {
     js: jetstream::Context,
-    settings: Settings,
+    /// The run index's writer (chains and the running set), this term's.
+    index: Index,
+    /// Runs that were running while in memory: when they end, the index records it.
+    ran: HashSet<RunId>,
     /// The declared pools (a submission naming another is rejected); refreshed when a
     /// `pool apply` is applied.
     pools: BTreeSet<String>,
@@ -159,10 +166,11 @@ struct Coordinator {
 }
 
 impl Coordinator {
-    fn new(js: jetstream::Context, settings: Settings) -> Self {
+    fn new(js: jetstream::Context, topology: &Topology) -> Self {
         Self {
             js,
-            settings,
+            index: Index::new(topology),
+            ran: HashSet::new(),
             pools: BTreeSet::new(),
             pool_schemas: BTreeMap::new(),
             active: HashMap::new(),
@@ -171,8 +179,8 @@ impl Coordinator {
         }
     }
 
-    async fn serve(&mut self, shutdown: &CancellationToken) -> Result<(), ServiceError> {
-        let topology = topology::ensure_with(&self.js, self.settings.topology).await?;
+    async fn serve(&mut self, topology: &Topology, shutdown: &CancellationToken) -> Result<(), ServiceError> {
+        let topology = topology.clone();
         self.pools = pools::declared(&topology).await?;
         self.pool_schemas = announce::refresh_pools(&topology).await?;
         let submit = topology::coordinator_consumer(
@@ -270,10 +278,8 @@ impl Coordinator {
     async fn recover(&mut self, topology: &Topology) -> Result<(), ServiceError> {
         let now = Utc::now();
         let mut effects = Vec::new();
-        for record in stores::load_all::<sluice_proto::RunRecord>(&topology.runs).await? {
-            if !record.state.is_terminal() {
-                effects.extend(self.load(topology, &record.id, now).await?);
-            }
+        for id in index::running_runs(topology, &mut self.index).await? {
+            effects.extend(self.load(topology, &id, now).await?);
         }
         self.execute(effects).await?;
         let mut lost = Vec::new();
@@ -291,7 +297,7 @@ impl Coordinator {
             let batch: Vec<_> = lost.iter().map(|message| (message, &records[&message.run_id])).collect();
             publish_jobs(&self.js, &batch, &self.pool_schemas, &mut self.rng).await?;
         }
-        self.evict_finished();
+        self.evict_finished().await?;
         Ok(())
     }
 
@@ -313,6 +319,9 @@ impl Coordinator {
         }
         match Run::restore(record, jobs, now) {
             Ok((run, reconcile)) => {
+                if !run.record().state.is_terminal() {
+                    self.ran.insert(*id);
+                }
                 self.active.insert(*id, run);
                 Ok(reconcile)
             }
@@ -335,29 +344,34 @@ impl Coordinator {
                     continue;
                 }
             };
-            let Some(run) = self.active.get(&event.run_id) else {
-                tracing::debug!(run = %event.run_id, job = %event.job, "event for a run that is not active");
+            let run_id = event.run_id;
+            let Some(run) = self.active.get_mut(&run_id) else {
+                tracing::debug!(run = %run_id, job = %event.job, "event for a run that is not active");
                 continue;
             };
-            let spawning = run.wants_children(&event);
-            let children = if spawning {
+            let mut more = match run.apply(Input::Event(event), now) {
+                Ok(more) => more,
+                Err(ignored) => {
+                    tracing::debug!(run = %run_id, %ignored, "event changed nothing");
+                    continue;
+                }
+            };
+            if let Some(event) = children_wanted(&mut more) {
                 // A spawn is carried out on its own: its children's records are written
                 // before the parent's, and a later event of this batch that saves a child
                 // again must not move that child's write after the parent's.
                 self.execute(std::mem::take(&mut effects)).await?;
-                spawned.push(event.clone());
-                spawns::read(&self.js, &event).await?
-            } else {
-                Spawned::default()
-            };
-            let Some(run) = self.active.get_mut(&event.run_id) else { continue };
-            match run.apply_with(&event, children, now) {
-                Ok(more) if spawning => self.execute(more).await?,
-                Ok(more) if effects.is_empty() => effects = more,
-                Ok(more) => effects.extend(more),
-                Err(ignored) => {
-                    tracing::debug!(run = %event.run_id, %ignored, "event changed nothing")
+                spawned.push(JobEvent::clone(&event));
+                let children = spawns::read(&self.js, &event).await?;
+                let Some(run) = self.active.get_mut(&run_id) else { continue };
+                match run.apply(Input::ChildrenRead { event, children }, now) {
+                    Ok(more) => self.execute(more).await?,
+                    Err(ignored) => tracing::debug!(run = %run_id, %ignored, "event changed nothing"),
                 }
+            } else if effects.is_empty() {
+                effects = more;
+            } else {
+                effects.extend(more);
             }
         }
         self.execute(effects).await?;
@@ -367,7 +381,7 @@ impl Coordinator {
         for event in &spawned {
             spawns::forget(&self.js, event).await;
         }
-        self.evict_finished();
+        self.evict_finished().await?;
         Ok(())
     }
 
@@ -394,6 +408,9 @@ impl Coordinator {
                 } else {
                     let workflow = new.spec.name.clone();
                     let (run, effects) = Run::start(new, Utc::now());
+                    // Indexed before its record exists: a stored run is always listed.
+                    self.index.running(run.record(), true).await?;
+                    self.ran.insert(id);
                     // The run record must not exist yet (its jobs may, from a creation a crash cut short).
                     self.revisions.remember_run(&id, 0);
                     self.active.insert(id, run);
@@ -403,7 +420,7 @@ impl Coordinator {
             }
         }
         message.ack().await.context("acknowledging a submission")?;
-        self.evict_finished();
+        self.evict_finished().await?;
         Ok(())
     }
 
@@ -533,7 +550,7 @@ impl Coordinator {
             jobs.delete_message(advisory.stream_seq).await.context("removing a job that reached max_deliver")?;
         }
         message.ack().await.context("acknowledging an advisory")?;
-        self.evict_finished();
+        self.evict_finished().await?;
         Ok(())
     }
 
@@ -551,22 +568,14 @@ impl Coordinator {
             self.execute(reconcile).await?;
         }
         let Some(run) = self.active.get_mut(&job.run_id) else { return Ok(()) };
-        let event = JobEvent {
-            schema_version: sluice_proto::SCHEMA_VERSION,
-            run_id: job.run_id,
+        let input = Input::DeliveriesExhausted {
             job: job.job.clone(),
-            attempt: job.attempt_offset.saturating_add(u32::try_from(deliveries).unwrap_or(u32::MAX)),
             generation: job.generation,
-            kind: sluice_proto::EventKind::Failed,
-            at: now,
-            worker: "jetstream".to_owned(),
-            error: Some(reason),
-            retry_at: None,
-            output: None,
-            spawned: 0,
-            started_at: None,
+            attempt_offset: job.attempt_offset,
+            deliveries,
+            reason,
         };
-        match run.apply(&event, now) {
+        match run.apply(input, now) {
             Ok(effects) => self.execute(effects).await,
             Err(ignored) => {
                 tracing::info!(run = %job.run_id, %ignored, "the job that reached max_deliver had already finished");
@@ -607,7 +616,7 @@ impl Coordinator {
             }
         }
         message.ack().await.context("acknowledging a control request")?;
-        self.evict_finished();
+        self.evict_finished().await?;
         Ok(())
     }
 
@@ -667,15 +676,25 @@ impl Coordinator {
         let Some(run) = self.active.get_mut(&id) else {
             return Ok(Answer::refused(RefusalKind::NotFound, format!("no run {id}")));
         };
-        let applied = match request.action {
-            ControlAction::Cancel => run.cancel(now),
-            _ => run.rerun(request.job.as_deref(), now),
+        let input = match request.action {
+            ControlAction::Cancel => Input::Cancel,
+            _ => Input::Rerun { only: request.job.clone() },
         };
-        let effects = match applied {
+        let effects = match run.apply(input, now) {
             Ok(effects) => effects,
-            Err(refused) => return Ok(Answer::refused(control::refusal_kind(&refused), refused.to_string())),
+            Err(NotApplied::Refused(refused)) => {
+                return Ok(Answer::refused(control::refusal_kind(&refused), refused.to_string()));
+            }
+            // A control input is refused or applied; nothing else comes back.
+            Err(NotApplied::Ignored(ignored)) => {
+                return Ok(Answer::refused(RefusalKind::Conflict, ignored.to_string()));
+            }
         };
         let changed = saved_jobs(&effects);
+        // A finished run retried runs again: back in the running set before its record says so.
+        if run.record().state == sluice_proto::RunState::Running && self.ran.insert(id) {
+            self.index.running(run.record(), false).await?;
+        }
         self.execute(effects).await?;
         if let Some(sequence) = request.dead_letter {
             dlq.delete_message(sequence).await.context("removing a replayed dead letter")?;
@@ -688,15 +707,20 @@ impl Coordinator {
     }
 
     /// Finished runs leave memory: a year of runs costs disk, not RAM.
-    fn evict_finished(&mut self) {
-        let revisions = &mut self.revisions;
-        self.active.retain(|id, run| {
-            if run.is_finished() {
-                tracing::info!(run = %id, workflow = %run.record().workflow, state = run.record().state.as_str(), "run finished");
-                revisions.forget_run(run.record());
+    /// The index records the end of the runs that ran here (their final records are
+    /// stored by now), and they leave memory.
+    async fn evict_finished(&mut self) -> Result<(), ServiceError> {
+        let finished: Vec<RunId> = self.active.iter().filter(|(_, run)| run.is_finished()).map(|(id, _)| *id).collect();
+        for id in finished {
+            let Some(run) = self.active.remove(&id) else { continue };
+            let record = run.record();
+            tracing::info!(run = %id, workflow = %record.workflow, state = record.state.as_str(), "run finished");
+            self.revisions.forget_run(record);
+            if self.ran.remove(&id) {
+                self.index.finished(record).await?;
             }
-            !run.is_finished()
-        });
+        }
+        Ok(())
     }
 }
 
@@ -732,6 +756,18 @@ fn rejection_for(run_id: RunId, workflow: &str, reason: String, payload_bytes: u
         workflow: Some(workflow.to_owned()),
         reason,
         payload_bytes: payload_bytes as u64,
+    }
+}
+
+/// The success whose children the engine asks for, when that is what `effects` say (an
+/// [`Effect::ReadChildren`] always comes alone).
+fn children_wanted(effects: &mut Vec<Effect>) -> Option<Box<JobEvent>> {
+    if !matches!(effects.as_slice(), [Effect::ReadChildren(_)]) {
+        return None;
+    }
+    match effects.pop() {
+        Some(Effect::ReadChildren(event)) => Some(event),
+        _ => None,
     }
 }
 

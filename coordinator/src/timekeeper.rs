@@ -95,6 +95,7 @@ async fn schedule(topology: &Topology, name: &str, now: DateTime<Utc>) -> Result
             params: Default::default(),
             idempotency_key: Some(key.clone()),
             submitted_at: Some(*tick),
+            origin: Some(sluice_proto::messages::schedule_origin(name)),
         };
         let (_, duplicate) = requests::submit(&topology.js, &submission, &key).await?;
         record.last_tick = Some(*tick);
@@ -181,6 +182,7 @@ async fn backfill(topology: &Topology, key: &str, now: DateTime<Utc>) -> Result<
             params: Default::default(),
             idempotency_key: None,
             submitted_at: Some(now),
+            origin: Some(sluice_proto::messages::backfill_origin(&record.id)),
         };
         requests::submit(&topology.js, &submission, &window.run_id.to_string()).await?;
         in_flight += 1;

@@ -75,6 +75,7 @@ pub struct Topology {
     pub outcomes: kv::Store,
     pub pools: kv::Store,
     pub workers: kv::Store,
+    pub active: kv::Store,
 }
 
 fn work_queue(name: &str, subjects: &str, description: &str) -> stream::Config {
@@ -187,6 +188,17 @@ async fn ensure_core(js: &jetstream::Context, replicas: usize) -> Result<Topolog
             ..Default::default()
         },
         stream::Config {
+            name: names::INDEX_STREAM.to_owned(),
+            description: Some("Sluice run index: lists by workflow, origin, state, window day, id suffix".to_owned()),
+            subjects: vec![names::INDEX_SUBJECTS.to_owned()],
+            retention: stream::RetentionPolicy::Limits,
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            allow_direct: true,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        stream::Config {
             name: names::REJECTED_STREAM.to_owned(),
             description: Some("Sluice submissions that were refused, with the reason".to_owned()),
             subjects: vec![names::REJECTED_SUBJECTS.to_owned()],
@@ -237,12 +249,17 @@ async fn ensure_core(js: &jetstream::Context, replicas: usize) -> Result<Topolog
         })
         .await
         .context("creating KV sluice-workers")?;
+    let active = js
+        .create_or_update_key_value(kv_bucket(names::ACTIVE_BUCKET, "Sluice running runs (what a new leader loads)", 1))
+        .await
+        .context("creating KV sluice-active")?;
     // Last: its `default` entry tells clients that everything else is in place.
     let pools = js
         .create_or_update_key_value(kv_bucket(names::POOLS_BUCKET, "Sluice declared pools", 1))
         .await
         .context("creating KV sluice-pools")?;
-    let topology = Topology { js: js.clone(), runs, jobs, idempotency, schedules, backfills, outcomes, pools, workers };
+    let topology =
+        Topology { js: js.clone(), runs, jobs, idempotency, schedules, backfills, outcomes, pools, workers, active };
     crate::pools::ensure_declared(&topology, chrono::Utc::now()).await?;
     Ok(topology)
 }

@@ -79,6 +79,7 @@ pub async fn submit(js: &jetstream::Context, yaml: &str) -> Result<RunId> {
         params: Default::default(),
         idempotency_key: None,
         submitted_at: Some(Utc::now()),
+        origin: None,
     };
     sluice_client::requests::wait_until_set_up(js, sluice_client::requests::SETUP_WAIT).await?;
     sluice_client::requests::submit(js, &submission, &run_id.to_string()).await?;

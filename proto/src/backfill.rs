@@ -80,6 +80,7 @@ mod tests {
             traceparent: None,
             tracestate: None,
             jobs: Vec::new(),
+            origin: "manual".into(),
         }
     }
 

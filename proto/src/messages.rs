@@ -56,8 +56,44 @@ pub struct Submission {
     pub idempotency_key: Option<String>,
     #[serde(default)]
     pub submitted_at: Option<DateTime<Utc>>,
+    /// Where the run comes from: `manual` (the default), `schedule:<name>` or
+    /// `backfill:<id>`; runs can be listed by it ([`check_origin`] says what is valid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 versioned!(Submission, "submission");
+
+/// The origin of a run submitted by hand.
+pub const ORIGIN_MANUAL: &str = "manual";
+
+/// The origin of a schedule's runs.
+pub fn schedule_origin(schedule: &str) -> String {
+    format!("schedule:{schedule}")
+}
+
+/// The origin of a backfill's runs.
+pub fn backfill_origin(backfill: &RunId) -> String {
+    format!("backfill:{backfill}")
+}
+
+/// An origin is `manual`, `schedule:<name>` or `backfill:<run id>`; it becomes a subject
+/// token of the run index, so nothing else is accepted.
+pub fn check_origin(origin: &str) -> Result<(), String> {
+    let valid = match origin.split_once(':') {
+        None => origin == ORIGIN_MANUAL,
+        Some(("schedule", name)) => crate::spec::check_name("schedule", name).is_ok(),
+        Some(("backfill", id)) => id.parse::<RunId>().is_ok(),
+        Some(_) => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "origin `{}` is not `manual`, `schedule:<name>` or `backfill:<id>`",
+            origin.chars().take(80).collect::<String>()
+        ))
+    }
+}
 
 /// A ready job, published by the coordinator to `sluice.jobs.<pool>.<run_id>.<job>`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -188,8 +224,37 @@ pub struct RunRecord {
     /// Job names in dependency order; each has a record in KV `sluice-jobs`.
     #[serde(default)]
     pub jobs: Vec<String>,
+    /// Where it comes from: `manual`, `schedule:<name>` or `backfill:<id>`.
+    #[serde(default = "manual_origin")]
+    pub origin: String,
 }
 versioned!(RunRecord, "run record");
+
+fn manual_origin() -> String {
+    ORIGIN_MANUAL.to_owned()
+}
+
+/// One entry of the run index (stream `SLUICE_INDEX`): a run as it was created, or as it
+/// entered a final state. Entries of a chain point to the one before (`previous`, a stream
+/// sequence), so the newest N of any list cost N reads whatever the history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunIndexEntry {
+    pub schema_version: u32,
+    pub run_id: RunId,
+    pub workflow: String,
+    pub window_start: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub origin: String,
+    /// For an entry of a state chain: the state entered, and when.
+    #[serde(default)]
+    pub state: Option<RunState>,
+    #[serde(default)]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// The stream sequence of the previous entry of the same chain.
+    #[serde(default)]
+    pub previous: Option<u64>,
+}
+versioned!(RunIndexEntry, "run index entry");
 
 /// One attempt of a job, as `status` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -221,6 +221,51 @@ pub const CONTROL_NO_RUN: &str = "_";
 /// The identity token of control requests from a connection without a NATS user.
 pub const ANONYMOUS_IDENTITY: &str = "anonymous";
 
+/// Limits stream of the run index: chains of entries per list (every run, a workflow's, an
+/// origin's, a final state's), runs by workflow and window day, and by id suffix.
+pub const INDEX_STREAM: &str = "SLUICE_INDEX";
+/// Subjects of [`INDEX_STREAM`].
+pub const INDEX_SUBJECTS: &str = "sluice.index.>";
+/// The chain of every run, newest last.
+pub const INDEX_ALL_SUBJECT: &str = "sluice.index.all";
+
+/// The chain of a workflow's runs.
+pub fn index_workflow_subject(workflow: &str) -> String {
+    format!("sluice.index.workflow.{workflow}")
+}
+
+/// The chain of the runs of one origin (`manual`, `schedule:<name>`, `backfill:<id>`).
+pub fn index_origin_subject(origin: &str) -> String {
+    format!("sluice.index.origin.{origin}")
+}
+
+/// The chain of the runs that entered a final state.
+pub fn index_state_subject(state: &str) -> String {
+    format!("sluice.index.state.{state}")
+}
+
+/// A workflow's runs whose window starts on `day` (UTC, `YYYYMMDD`).
+pub fn index_window_subject(workflow: &str, day: chrono::NaiveDate) -> String {
+    format!("sluice.index.window.{workflow}.{}", day.format("%Y%m%d"))
+}
+
+/// How many hex digits of a run id's end its suffix subject holds: 65,536 subjects, so at
+/// a million runs a suffix lookup reads about 15 entries.
+pub const INDEX_SUFFIX_DIGITS: usize = 4;
+
+/// The runs whose id ends with these hex digits (`suffix` holds at least
+/// [`INDEX_SUFFIX_DIGITS`] of them).
+pub fn index_suffix_subject(suffix: &str) -> String {
+    format!("sluice.index.suffix.{}", &suffix[suffix.len().saturating_sub(INDEX_SUFFIX_DIGITS)..])
+}
+
+/// KV bucket of the runs that are running (keys: run ids): what a new leader loads, instead
+/// of every run ever made. A key is written before its run's record and deleted after the
+/// run's final record, so it is a superset of the running runs.
+pub const ACTIVE_BUCKET: &str = "sluice-active";
+/// The key in [`ACTIVE_BUCKET`] saying that the runs of an older store were indexed.
+pub const ACTIVE_INDEXED_KEY: &str = "_indexed";
+
 /// KV bucket of declared pools, keyed by pool name.
 pub const POOLS_BUCKET: &str = "sluice-pools";
 /// KV bucket of live workers and coordinators (entries expire unless renewed).

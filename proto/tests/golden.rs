@@ -11,8 +11,8 @@ use sluice_proto::messages::Versioned;
 use sluice_proto::{
     AttemptRecord, BackfillRecord, BackfillRequest, BackfillWindow, ChildSpec, ControlAction, ControlOutcome,
     ControlRequest, DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, JobState, LogBatch, LogLine, LogStream,
-    Outcome, PoolRecord, RefusalKind, Rejection, RequestId, Rerun, RetryPolicy, RunId, RunRecord, RunState,
-    SCHEMA_VERSION, ScheduleRecord, SpawnBatch, Submission, Window, WorkerRecord, decode, encode,
+    Outcome, PoolRecord, RefusalKind, Rejection, RequestId, Rerun, RetryPolicy, RunId, RunIndexEntry, RunRecord,
+    RunState, SCHEMA_VERSION, ScheduleRecord, SpawnBatch, Submission, Window, WorkerRecord, decode, encode,
 };
 
 fn time(text: &str) -> DateTime<Utc> {
@@ -75,6 +75,25 @@ fn submission() {
             params: BTreeMap::from([("region".into(), "eu".into())]),
             idempotency_key: Some("2024-03-01".into()),
             submitted_at: Some(time("2024-03-02T08:00:00Z")),
+            origin: None,
+        },
+    );
+}
+
+#[test]
+fn run_index_entry() {
+    check(
+        "run_index_entry",
+        RunIndexEntry {
+            schema_version: SCHEMA_VERSION,
+            run_id: run_id(),
+            workflow: "w".into(),
+            window_start: time("2024-03-01T08:00:00Z"),
+            created_at: time("2024-03-02T08:00:00Z"),
+            origin: "backfill:0190f5c2-7d3a-7b4e-8a1f-2c3d4e5f6a7b".into(),
+            state: Some(RunState::Failed),
+            finished_at: Some(time("2024-03-02T08:01:00Z")),
+            previous: Some(41),
         },
     );
 }
@@ -216,6 +235,7 @@ fn run_and_job_records() {
             traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
             tracestate: None,
             jobs: vec!["a".into()],
+            origin: "manual".into(),
         },
     );
     check(
@@ -479,6 +499,7 @@ fn every_versioned_type_has_a_golden_vector() {
         ("SpawnBatch", "spawn_batch"),
         ("PoolRecord", "pool_record"),
         ("WorkerRecord", "worker_record"),
+        ("RunIndexEntry", "run_index_entry"),
     ]);
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut versioned = Vec::new();

@@ -1,11 +1,12 @@
-//! `sluice runs`: runs newest first, filtered by workflow or state; `--rejected` lists
-//! submissions that were refused, with the reason.
+//! `sluice runs`: runs newest first, filtered by workflow, state or origin, a page at a
+//! time through the run index (`sluice_client::runs`); `--rejected` lists submissions that
+//! were refused, with the reason.
 
 use std::process::ExitCode;
 
 use async_nats::jetstream;
 use serde_json::json;
-use sluice_client::Stores;
+use sluice_client::runs::{PAGE_MAX, RunFilter};
 use sluice_proto::RunState;
 
 use crate::output::{self, CliError, Format, print_json, table, time};
@@ -18,12 +19,18 @@ pub struct RunsArgs {
     /// Only runs in this state: running, succeeded, failed, cancelled.
     #[arg(long)]
     state: Option<String>,
+    /// Only runs of this origin: `manual`, `schedule:NAME` or `backfill:ID`.
+    #[arg(long)]
+    origin: Option<String>,
     /// List rejected submissions instead.
     #[arg(long)]
     rejected: bool,
-    /// At most this many (newest first).
+    /// At most this many (newest first); the JSON output's `next` continues the list.
     #[arg(long, default_value_t = 50)]
     limit: usize,
+    /// Continue after an earlier page (its `next`).
+    #[arg(long)]
+    cursor: Option<String>,
 }
 
 pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, CliError> {
@@ -36,21 +43,20 @@ pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, 
             })
         })
         .transpose()?;
+    if let Some(origin) = &args.origin {
+        sluice_proto::messages::check_origin(origin).map_err(|error| CliError::usage(format!("--origin: {error}")))?;
+    }
+    if args.limit == 0 || args.limit > PAGE_MAX {
+        return Err(CliError::usage(format!("--limit must be 1 to {PAGE_MAX}, not {}", args.limit)));
+    }
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
     if args.rejected {
         return rejected(&js, args.limit, format).await;
     }
-    let mut runs = match Stores::open(&js).await? {
-        Some(stores) => stores.runs().await?,
-        None => Vec::new(),
-    };
-    runs.retain(|run| {
-        args.workflow.as_ref().is_none_or(|workflow| &run.workflow == workflow)
-            && state.is_none_or(|state| run.state == state)
-    });
-    runs.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(b.id.cmp(&a.id)));
-    runs.truncate(args.limit);
+    let filter = RunFilter { workflow: args.workflow.clone(), state, origin: args.origin.clone() };
+    let page = sluice_client::runs::list(&js, &filter, args.limit, args.cursor.as_deref()).await?;
+    let runs = page.runs;
     match format {
         Format::Json => print_json(&json!({"runs": runs.iter().map(|run| json!({
             "id": run.id.to_string(),
@@ -58,8 +64,9 @@ pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, 
             "state": run.state.as_str(),
             "window": {"start": run.window.start_rfc3339(), "end": run.window.end_rfc3339()},
             "created_at": time(Some(run.created_at)),
+            "origin": run.origin,
             "finished_at": time(run.finished_at),
-        })).collect::<Vec<_>>()})),
+        })).collect::<Vec<_>>(), "next": page.next})),
         Format::Human if runs.is_empty() => println!("no runs"),
         Format::Human => {
             let rows: Vec<Vec<String>> = runs
@@ -75,6 +82,9 @@ pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, 
                 })
                 .collect();
             println!("{}", table(&["RUN", "WORKFLOW", "STATE", "WINDOW", "CREATED"], &rows));
+            if let Some(next) = &page.next {
+                println!("older runs: sluice runs --cursor {next} (with the same filters)");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -143,6 +143,7 @@ pub async fn publish(
         params,
         idempotency_key: idempotency_key.clone(),
         submitted_at: Some(Utc::now()),
+        origin: None,
     };
     let dedup_id = idempotency_key.clone().unwrap_or_else(|| run_id.to_string());
     sluice_client::requests::wait_until_set_up(js, sluice_client::requests::SETUP_WAIT).await?;

@@ -46,6 +46,7 @@ async fn a_workflow_using_calibrate_succeeds_on_the_example_worker() {
         params: Default::default(),
         idempotency_key: None,
         submitted_at: None,
+        origin: None,
     };
     js.publish(names::SUBMIT_SUBJECT, encode(&submission).unwrap().into()).await.unwrap().await.unwrap();
 

@@ -1,0 +1,238 @@
+//! Listing runs through the run index (stream `SLUICE_INDEX`, KV `sluice-active`, written
+//! by the coordinator): the newest runs, of a workflow, of an origin or in a state, a page
+//! at a time; a workflow's runs by window day; a run by the end of its id. Each costs what
+//! it returns, not the history: a chain is walked from its newest entry backwards.
+
+use std::collections::HashSet;
+
+use async_nats::jetstream::{self, stream::DirectGetErrorKind};
+use chrono::NaiveDate;
+use futures::TryStreamExt;
+use sluice_proto::{RunId, RunIndexEntry, RunRecord, RunState, decode, names};
+
+use crate::error::{ClientError, NatsContext};
+use crate::stores::{Stores, open_bucket};
+
+/// Most runs one page may hold.
+pub const PAGE_MAX: usize = 1_000;
+/// Most index entries one page reads before it returns what it found (with a cursor), so a
+/// filter that matches little never reads the whole history at once.
+pub const SCAN_MAX_ENTRIES: usize = 10_000;
+/// Most days one window-range listing covers.
+pub const WINDOW_DAYS_MAX: i64 = 3_660;
+
+/// What to list; absent fields match every run.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunFilter {
+    pub workflow: Option<String>,
+    pub state: Option<RunState>,
+    /// `manual`, `schedule:<name>`, `backfill:<id>`.
+    pub origin: Option<String>,
+}
+
+/// One page of runs, newest first, and where the next one starts.
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub runs: Vec<RunRecord>,
+    /// Opaque: pass it back for the next (older) page; `None` when this was the last.
+    pub next: Option<String>,
+}
+
+/// The newest runs that match, `limit` at most, from `cursor` (a previous page's `next`).
+pub async fn list(
+    js: &jetstream::Context,
+    filter: &RunFilter,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<Page, ClientError> {
+    let Some(stores) = Stores::open(js).await? else { return Ok(Page::default()) };
+    if filter.state == Some(RunState::Running) {
+        return running(js, &stores, filter, limit, cursor).await;
+    }
+    let Ok(stream) = js.get_stream_no_info(names::INDEX_STREAM).await else { return Ok(Page::default()) };
+    let chain = chain_of(filter);
+    let mut next = match cursor {
+        Some(text) => Some(parse_cursor(text)?),
+        None => head(&stream, &chain).await?,
+    };
+    let limit = limit.clamp(1, PAGE_MAX);
+    let mut seen = HashSet::new();
+    let mut runs = Vec::new();
+    let mut scanned = 0;
+    while let Some(sequence) = next {
+        if runs.len() == limit || scanned == SCAN_MAX_ENTRIES {
+            return Ok(Page { runs, next: Some(sequence.to_string()) });
+        }
+        scanned += 1;
+        let Some(entry) = entry(&stream, sequence).await? else { break };
+        next = entry.previous;
+        if !seen.insert(entry.run_id) {
+            continue;
+        }
+        let Some(run) = stores.run(&entry.run_id).await? else { continue };
+        if matches(&run, filter) && is_current(&entry, &run) {
+            runs.push(run);
+        }
+    }
+    Ok(Page { runs, next: None })
+}
+
+/// The chain that holds every run the filter may match, the narrowest first.
+fn chain_of(filter: &RunFilter) -> String {
+    match (&filter.workflow, &filter.origin, filter.state) {
+        (_, Some(origin), _) => names::index_origin_subject(origin),
+        (Some(workflow), _, _) => names::index_workflow_subject(workflow),
+        (None, None, Some(state)) => names::index_state_subject(state.as_str()),
+        (None, None, None) => names::INDEX_ALL_SUBJECT.to_owned(),
+    }
+}
+
+fn matches(run: &RunRecord, filter: &RunFilter) -> bool {
+    filter.workflow.as_ref().is_none_or(|workflow| &run.workflow == workflow)
+        && filter.state.is_none_or(|state| run.state == state)
+        && filter.origin.as_ref().is_none_or(|origin| &run.origin == origin)
+}
+
+/// An entry of a state chain stands for the run only while the run is still in that end
+/// (a run retried and ended again has a newer entry).
+fn is_current(entry: &RunIndexEntry, run: &RunRecord) -> bool {
+    entry.state.is_none() || (entry.state == Some(run.state) && entry.finished_at == run.finished_at)
+}
+
+/// The running runs (KV `sluice-active`), newest first; the cursor is the last run id shown.
+async fn running(
+    js: &jetstream::Context,
+    stores: &Stores,
+    filter: &RunFilter,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<Page, ClientError> {
+    let after: Option<RunId> = cursor.map(|text| text.parse().map_err(|_| bad_cursor(text))).transpose()?;
+    let mut ids = running_ids(js).await?;
+    // UUIDv7 ids sort by creation time.
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let mut runs = Vec::new();
+    let limit = limit.clamp(1, PAGE_MAX);
+    for id in ids.into_iter().filter(|id| after.is_none_or(|after| *id < after)) {
+        if runs.len() == limit {
+            let last = runs.last().map(|run: &RunRecord| run.id.to_string());
+            return Ok(Page { runs, next: last });
+        }
+        if let Some(run) = stores.run(&id).await?
+            && matches(&run, filter)
+        {
+            runs.push(run);
+        }
+    }
+    Ok(Page { runs, next: None })
+}
+
+/// The ids in KV `sluice-active`: every running run (and, briefly, some that just ended).
+pub async fn running_ids(js: &jetstream::Context) -> Result<Vec<RunId>, ClientError> {
+    let Some(active) = open_bucket(js, names::ACTIVE_BUCKET).await? else { return Ok(Vec::new()) };
+    let keys: Vec<String> = match active.keys().await {
+        Ok(keys) => keys.try_collect().await.context("listing the running runs")?,
+        Err(error) => return Err(error).context("listing the running runs"),
+    };
+    Ok(keys.iter().filter_map(|key| key.parse().ok()).collect())
+}
+
+/// A workflow's runs whose window starts on the days `from` to `to` (UTC, both included),
+/// newest first.
+pub async fn by_window_days(
+    js: &jetstream::Context,
+    workflow: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<RunRecord>, ClientError> {
+    let days = (to - from).num_days();
+    if !(0..=WINDOW_DAYS_MAX).contains(&days) {
+        return Err(ClientError::Invalid(format!(
+            "a window range covers 1 to {WINDOW_DAYS_MAX} days, not {from}..{to}"
+        )));
+    }
+    let (Some(stores), Ok(stream)) = (Stores::open(js).await?, js.get_stream_no_info(names::INDEX_STREAM).await) else {
+        return Ok(Vec::new());
+    };
+    let mut seen = HashSet::new();
+    let mut runs = Vec::new();
+    for day in from.iter_days().take(days as usize + 1) {
+        for entry in entries_of(&stream, &names::index_window_subject(workflow, day)).await? {
+            if seen.insert(entry.run_id)
+                && let Some(run) = stores.run(&entry.run_id).await?
+            {
+                runs.push(run);
+            }
+        }
+    }
+    runs.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+    Ok(runs)
+}
+
+/// The runs whose id ends with `suffix` (hex digits, at least
+/// [`names::INDEX_SUFFIX_DIGITS`] of them; hyphens are ignored).
+pub async fn by_suffix(js: &jetstream::Context, suffix: &str) -> Result<Vec<RunId>, ClientError> {
+    let digits: String = suffix.chars().filter(|c| *c != '-').collect::<String>().to_ascii_lowercase();
+    if digits.len() < names::INDEX_SUFFIX_DIGITS || !digits.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+        return Err(ClientError::Invalid(format!(
+            "`{suffix}` is not the end of a run id: give at least {} hex digits",
+            names::INDEX_SUFFIX_DIGITS
+        )));
+    }
+    let Ok(stream) = js.get_stream_no_info(names::INDEX_STREAM).await else { return Ok(Vec::new()) };
+    let mut ids: Vec<RunId> = entries_of(&stream, &names::index_suffix_subject(&digits))
+        .await?
+        .into_iter()
+        .map(|entry| entry.run_id)
+        .filter(|id| id.to_string().replace('-', "").ends_with(&digits))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// Every entry stored on one subject, oldest first.
+async fn entries_of(stream: &jetstream::stream::Stream<()>, subject: &str) -> Result<Vec<RunIndexEntry>, ClientError> {
+    let mut entries = Vec::new();
+    let mut next = 1;
+    loop {
+        match stream.direct_get_next_for_subject(subject, Some(next)).await {
+            Ok(message) => {
+                next = message.sequence + 1;
+                match decode::<RunIndexEntry>(&message.payload) {
+                    Ok(entry) => entries.push(entry),
+                    Err(error) => tracing::warn!(%error, subject, "an index entry cannot be read; skipped"),
+                }
+            }
+            Err(error) if error.kind() == DirectGetErrorKind::NotFound => return Ok(entries),
+            Err(error) => return Err(error).context(format!("reading the run index ({subject})")),
+        }
+    }
+}
+
+async fn head(stream: &jetstream::stream::Stream<()>, subject: &str) -> Result<Option<u64>, ClientError> {
+    match stream.direct_get_last_for_subject(subject).await {
+        Ok(message) => Ok(Some(message.sequence)),
+        Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).context(format!("reading the run index ({subject})")),
+    }
+}
+
+async fn entry(stream: &jetstream::stream::Stream<()>, sequence: u64) -> Result<Option<RunIndexEntry>, ClientError> {
+    match stream.direct_get(sequence).await {
+        Ok(message) => Ok(Some(decode(&message.payload)?)),
+        Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).context("reading the run index"),
+    }
+}
+
+fn parse_cursor(text: &str) -> Result<u64, ClientError> {
+    text.parse().map_err(|_| bad_cursor(text))
+}
+
+fn bad_cursor(text: &str) -> ClientError {
+    ClientError::Invalid(format!(
+        "`{}` is not a cursor from an earlier page",
+        text.chars().take(40).collect::<String>()
+    ))
+}

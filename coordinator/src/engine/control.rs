@@ -1,0 +1,200 @@
+//! What users ask of a run: cancel it, or run again what did not complete (retry, replay).
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, Utc};
+use sluice_proto::spawn::parent_of;
+use sluice_proto::{JobState, RunState};
+
+use super::transitions::Transitions;
+use super::{Effect, Refused, Run};
+
+/// The jobs a rerun touches.
+#[derive(Debug, Default)]
+struct Plan {
+    /// Run again from scratch, in a new generation.
+    run: BTreeSet<String>,
+    /// Parents that wait again for their children.
+    wait: BTreeSet<String>,
+    /// Every job looked at (`run`, `wait`, and completed children left as they are).
+    seen: BTreeSet<String>,
+}
+
+impl Run {
+    /// `sluice cancel`: queued jobs are withdrawn, running ones told to stop, and the run
+    /// ends `cancelled` at once (late events of its jobs change nothing).
+    pub(super) fn cancel(&mut self, now: DateTime<Utc>) -> Result<Vec<Effect>, Refused> {
+        if self.record.state.is_terminal() {
+            return Err(Refused::Finished { run_id: self.record.id, state: self.record.state.as_str() });
+        }
+        let mut saves = Vec::new();
+        for name in self.all_paths() {
+            if self.jobs[&name].state.is_terminal() {
+                continue;
+            }
+            self.transition(&name, |job| job.cancel(now));
+            saves.push(self.save(&name));
+        }
+        self.held.clear();
+        self.record.state = RunState::Cancelled;
+        self.record.finished_at = Some(now);
+        saves.push(Effect::SaveRun(Box::new(self.record.clone())));
+        saves.push(Effect::Withdraw(self.record.id));
+        saves.push(Effect::StopRun(self.record.id));
+        Ok(saves)
+    }
+
+    /// `sluice retry` and dead-letter replays: runs again the jobs that did not complete
+    /// (or `only` and what needs it), each in a new generation with fresh attempts, keeping
+    /// completed work. A job that spawned children is not run again itself: its children
+    /// that did not complete are, and it waits for them again. The run is `running` again
+    /// and can still succeed. A refusal changes nothing.
+    pub(super) fn rerun(&mut self, only: Option<&str>, now: DateTime<Utc>) -> Result<Vec<Effect>, Refused> {
+        let targets = self.rerun_targets(only)?;
+        let plan = self.plan(targets, only.is_some());
+        self.check_plan(&plan)?;
+        let order: Vec<String> = self.all_paths().into_iter().filter(|name| plan.seen.contains(name)).collect();
+        let saves = self.reset(&plan, &order);
+        self.record.state = RunState::Running;
+        self.record.finished_at = None;
+        self.record.error = None;
+        let mut effects = Vec::new();
+        for name in &order {
+            if plan.run.contains(name) && self.pending_needs.get(name).copied().unwrap_or(0) == 0 {
+                self.ready(name, now, &mut effects);
+            }
+        }
+        for name in order.iter().rev() {
+            if plan.wait.contains(name) && self.pending_children.get(name).copied().unwrap_or(0) == 0 {
+                self.finish_parent(name, now, &mut effects);
+            }
+        }
+        // Written in this order so a crash at any point leaves a store that restores to a
+        // run that can go on: the run record first (a run `running` again with its jobs as
+        // they were just ends again), then the jobs from the last in dependency order to the
+        // first (a dependent is reset before what it needs, children before their parent),
+        // then what the rerun queued.
+        let mut all = vec![Effect::SaveRun(Box::new(self.record.clone()))];
+        all.extend(saves.iter().rev().map(|name| self.save(name)));
+        all.extend(effects);
+        self.finish_if_done(now, &mut all);
+        Ok(all)
+    }
+
+    /// Where a rerun starts: `only` (which must be finished), or every workflow job that did
+    /// not complete of a finished run.
+    fn rerun_targets(&self, only: Option<&str>) -> Result<Vec<String>, Refused> {
+        let run_id = self.record.id;
+        match only {
+            Some(job) => {
+                let record = self.jobs.get(job).ok_or_else(|| Refused::UnknownJob { run_id, job: job.to_owned() })?;
+                if !record.state.is_terminal() {
+                    return Err(Refused::InFlight { job: job.to_owned(), state: record.state.as_str() });
+                }
+                Ok(vec![job.to_owned()])
+            }
+            None if !self.record.state.is_terminal() => Err(Refused::StillRunning { run_id }),
+            None => {
+                let unfinished: Vec<String> = self
+                    .record
+                    .jobs
+                    .iter()
+                    .filter(|name| self.jobs[*name].state != JobState::Completed)
+                    .cloned()
+                    .collect();
+                if unfinished.is_empty() {
+                    return Err(Refused::NothingToRetry { run_id });
+                }
+                Ok(unfinished)
+            }
+        }
+    }
+
+    /// Everything a rerun of `todo` touches. Everything downstream of a finished job runs
+    /// again too, and its ancestors wait again (a job still waiting has neither started
+    /// dependents nor finished ancestors).
+    fn plan(&self, mut todo: Vec<String>, only: bool) -> Plan {
+        let mut plan = Plan::default();
+        while let Some(name) = todo.pop() {
+            if !plan.seen.insert(name.clone()) {
+                continue;
+            }
+            let job = &self.jobs[&name];
+            if job.state.is_terminal() {
+                todo.extend(self.dependents.get(&name).cloned().unwrap_or_default());
+                if let Some(parent) = parent_of(&name) {
+                    todo.push(parent.to_owned());
+                }
+            }
+            if job.children > 0 {
+                // A finished parent's unfinished children run again; a parent still waiting
+                // keeps its other children as they are.
+                if job.state.is_terminal() {
+                    let children = self.children_of.get(&name).map(Vec::as_slice).unwrap_or_default();
+                    todo.extend(
+                        children.iter().filter(|child| self.jobs[*child].state != JobState::Completed).cloned(),
+                    );
+                }
+                plan.wait.insert(name);
+            } else if only || job.state != JobState::Completed || parent_of(&name).is_none() {
+                plan.run.insert(name);
+            }
+        }
+        plan
+    }
+
+    /// Refuses a plan that would leave a job waiting for ever, or touch a job in flight.
+    fn check_plan(&self, plan: &Plan) -> Result<(), Refused> {
+        // A job cannot run (or wait for its children) again while a job it needs stays
+        // unfinished. In dependency order, so the refusal names the first such job.
+        let touched = |name: &&String| plan.run.contains(name.as_str()) || plan.wait.contains(name.as_str());
+        for name in self.all_paths().iter().filter(touched) {
+            let blocking = self.definition(name).needs.iter().find(|need| {
+                self.jobs[need.as_str()].state != JobState::Completed
+                    && !plan.run.contains(need.as_str())
+                    && !plan.wait.contains(need.as_str())
+            });
+            if let Some(need) = blocking {
+                return Err(Refused::NeedsFirst { job: name.clone(), need: need.clone() });
+            }
+        }
+        let busy = plan.run.iter().chain(&plan.wait).find(|name| {
+            let state = self.jobs[*name].state;
+            !state.is_terminal() && state != JobState::Waiting
+        });
+        match busy {
+            Some(busy) => Err(Refused::InFlight { job: busy.clone(), state: self.jobs[busy].state.as_str() }),
+            None => Ok(()),
+        }
+    }
+
+    /// Moves every job of the plan to its new state, in `order`, and recounts what the
+    /// workflow jobs among them need. Returns the jobs changed, in that order.
+    fn reset(&mut self, plan: &Plan, order: &[String]) -> Vec<String> {
+        let mut changed = Vec::new();
+        for name in order {
+            if plan.run.contains(name) {
+                self.transition(name, |job| job.reset_for_rerun());
+            } else if plan.wait.contains(name) {
+                self.transition(name, |job| job.wait_again());
+            } else {
+                continue;
+            }
+            changed.push(name.clone());
+        }
+        // A held entry of a job that runs again is stale: the job is held again (or queued)
+        // when it is ready in its new generation.
+        for queue in self.held.values_mut() {
+            queue.retain(|name| !plan.run.contains(name));
+        }
+        self.held.retain(|_, queue| !queue.is_empty());
+        for name in order {
+            if let Some(job) = self.spec.jobs.get(name) {
+                let pending =
+                    job.needs.iter().filter(|need| self.jobs[need.as_str()].state != JobState::Completed).count();
+                self.pending_needs.insert(name.clone(), pending);
+            }
+        }
+        changed
+    }
+}

@@ -1,0 +1,286 @@
+//! What workers and JetStream report about attempts: each report screened for repeats and
+//! stale generations, then turned into its job's transition.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sluice_proto::limits::ERROR_TEXT_MAX_BYTES;
+use sluice_proto::messages::truncate_error;
+use sluice_proto::spawn::{CHILD_DEPTH_MAX, SpawnError, child_path, depth_of};
+use sluice_proto::{DeadLetter, EventKind, JobEvent, JobRecord, JobSpec, JobState, SCHEMA_VERSION};
+
+use super::lifecycle::blank_job;
+use super::transitions::{AttemptEnd, Transitions, note_redelivery};
+use super::{Effect, Ignored, Run, Spawned};
+
+/// The worker named in the attempt history when JetStream, not a worker, ended an attempt.
+pub(super) const JETSTREAM_WORKER: &str = "jetstream";
+
+/// One report about an attempt: a worker's event, or JetStream giving up on its message.
+#[derive(Clone, Copy, Debug)]
+struct Report<'a> {
+    job: &'a str,
+    generation: u32,
+    kind: EventKind,
+    attempt: u32,
+    /// When the reported thing happened (the start, or the end).
+    at: DateTime<Utc>,
+    /// When the attempt began, if an outcome says.
+    started_at: Option<DateTime<Utc>>,
+    worker: &'a str,
+}
+
+impl<'a> Report<'a> {
+    fn of(event: &'a JobEvent) -> Self {
+        Self {
+            job: &event.job,
+            generation: event.generation,
+            kind: event.kind,
+            attempt: event.attempt,
+            at: event.at,
+            started_at: event.started_at,
+            worker: &event.worker,
+        }
+    }
+
+    fn end(&self) -> AttemptEnd<'a> {
+        AttemptEnd { attempt: self.attempt, at: self.at, started_at: self.started_at, worker: self.worker }
+    }
+}
+
+/// Whether the job's history holds `attempt` as finished.
+fn finished(job: &JobRecord, attempt: u32) -> bool {
+    job.attempt_history.iter().any(|record| record.attempt == attempt && record.finished_at.is_some())
+}
+
+impl Run {
+    /// A worker's event; `children` once read for a success that spawned some.
+    pub(super) fn on_event(
+        &mut self,
+        event: JobEvent,
+        children: Option<Spawned>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Effect>, Ignored> {
+        let report = Report::of(&event);
+        if let Some(noted) = self.screen(&report)? {
+            return Ok(noted);
+        }
+        match (event.kind, children) {
+            (EventKind::Started, _) => {
+                self.started(&report)?;
+                Ok(self.settle(report.job, Vec::new(), Vec::new(), false, now))
+            }
+            (EventKind::Succeeded, None) if event.spawned > 0 => Ok(vec![Effect::ReadChildren(Box::new(event))]),
+            (EventKind::Succeeded, Some(children)) if event.spawned > 0 => {
+                Ok(self.spawn_succeeded(&report, &event, children, now))
+            }
+            (EventKind::Succeeded, _) => {
+                let end = report.end();
+                self.transition(report.job, |job| job.succeed(&end, event.output.clone()));
+                let mut after = Vec::new();
+                self.on_completed(report.job, now, &mut after);
+                Ok(self.settle(report.job, Vec::new(), after, false, now))
+            }
+            (EventKind::Failed, _) => {
+                let error = event.error.as_deref().unwrap_or("failed without a message");
+                Ok(self.attempt_failed(&report, error, event.retry_at, now))
+            }
+        }
+    }
+
+    /// JetStream gave up on `job`'s message: its attempt `attempt` fails with no retry, as its
+    /// worker would have reported.
+    pub(super) fn on_deliveries_exhausted(
+        &mut self,
+        job: &str,
+        generation: u32,
+        attempt: u32,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Effect>, Ignored> {
+        let report = Report {
+            job,
+            generation,
+            kind: EventKind::Failed,
+            attempt,
+            at: now,
+            started_at: None,
+            worker: JETSTREAM_WORKER,
+        };
+        if let Some(noted) = self.screen(&report)? {
+            return Ok(noted);
+        }
+        Ok(self.attempt_failed(&report, &reason, None, now))
+    }
+
+    /// What a report changes before its kind matters: nothing (`Err`) when it is stale or a
+    /// repeat; only a note (`Ok(Some)`) when it is the same attempt delivered to another
+    /// worker (noted from its start, or from its outcome once the attempt ended, in case the
+    /// start was lost); otherwise `Ok(None)` and the report goes on.
+    fn screen(&mut self, report: &Report<'_>) -> Result<Option<Vec<Effect>>, Ignored> {
+        let path = report.job;
+        let job = self.jobs.get_mut(path).ok_or_else(|| Ignored::UnknownJob(path.to_owned()))?;
+        if report.generation < job.generation {
+            return Err(Ignored::StaleGeneration {
+                job: path.to_owned(),
+                event: report.generation,
+                current: job.generation,
+            });
+        }
+        let starts = report.kind == EventKind::Started;
+        let repeats_finished = !starts && report.started_at.is_some() && finished(job, report.attempt);
+        if (starts || repeats_finished) && note_redelivery(job, report.attempt, report.worker) {
+            return Ok(Some(vec![self.save(path)]));
+        }
+        if job.state.is_terminal() || job.state == JobState::Waiting {
+            return Err(Ignored::AlreadyFinished { job: path.to_owned(), state: job.state.as_str() });
+        }
+        if !starts && finished(job, report.attempt) {
+            return Err(Ignored::Duplicate { job: path.to_owned(), attempt: report.attempt });
+        }
+        Ok(None)
+    }
+
+    fn started(&mut self, report: &Report<'_>) -> Result<(), Ignored> {
+        let job = &self.jobs[report.job];
+        // An older attempt's late start, or this attempt's start seen again.
+        if report.attempt < job.attempts || job.attempt_history.iter().any(|attempt| attempt.attempt == report.attempt)
+        {
+            return Err(Ignored::Duplicate { job: report.job.to_owned(), attempt: report.attempt });
+        }
+        self.transition(report.job, |job| job.start_attempt(report.attempt, report.at, report.worker));
+        Ok(())
+    }
+
+    /// The job's save, placed after `before` and before `after` (appending to the shorter
+    /// list: a spawn's `after` holds 200,000 effects), then held jobs given free slots and
+    /// the run ended if nothing is left. A spawning parent is saved once more at the end: the
+    /// shell keeps only the last write of each record, and the parent's must follow every
+    /// child's, so a stored parent that counts children means they are stored.
+    fn settle(
+        &mut self,
+        path: &str,
+        mut before: Vec<Effect>,
+        mut after: Vec<Effect>,
+        spawned: bool,
+        now: DateTime<Utc>,
+    ) -> Vec<Effect> {
+        before.push(self.save(path));
+        let mut effects = if before.len() <= after.len() {
+            after.splice(0..0, before);
+            after
+        } else {
+            before.extend(after);
+            before
+        };
+        if spawned {
+            effects.push(self.save(path));
+        }
+        self.fill_slots(now, &mut effects);
+        self.finish_if_done(now, &mut effects);
+        effects
+    }
+
+    /// An attempt failed: another is due at `retry_at`, or the job fails finally and is
+    /// dead-lettered.
+    fn attempt_failed(
+        &mut self,
+        report: &Report<'_>,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Vec<Effect> {
+        let error = truncate_error(error, ERROR_TEXT_MAX_BYTES);
+        let end = report.end();
+        let mut after = Vec::new();
+        match retry_at {
+            Some(retry_at) => self.transition(report.job, |job| job.retry_later(&end, error, retry_at)),
+            None => {
+                self.transition(report.job, |job| job.fail(&end, error));
+                after.push(self.dead_letter(report.job, report.at));
+                self.after_failure(report.job, now, &mut after);
+            }
+        }
+        self.settle(report.job, Vec::new(), after, false, now)
+    }
+
+    fn dead_letter(&self, path: &str, at: DateTime<Utc>) -> Effect {
+        let job = &self.jobs[path];
+        Effect::DeadLetter(Box::new(DeadLetter {
+            schema_version: SCHEMA_VERSION,
+            job: self.dispatch_message(path),
+            reason: job.error.clone().unwrap_or_default(),
+            attempts: job.attempt_history.clone(),
+            dead_at: at,
+        }))
+    }
+
+    /// A success that spawned children: the job waits for them, or fails when they cannot
+    /// all be taken.
+    fn spawn_succeeded(
+        &mut self,
+        report: &Report<'_>,
+        event: &JobEvent,
+        children: Spawned,
+        now: DateTime<Utc>,
+    ) -> Vec<Effect> {
+        if let Some(problem) = spawn_problem(event, &children) {
+            return self.attempt_failed(report, &problem, None, now);
+        }
+        let end = report.end();
+        self.transition(report.job, |job| job.wait_for_children(&end, event.output.clone(), event.spawned));
+        let mut before = Vec::new();
+        let mut after = Vec::new();
+        self.add_children(report.job, children.children, now, &mut before, &mut after);
+        self.settle(report.job, before, after, true, now)
+    }
+
+    /// Creates a record per child of `parent` and queues (or holds) each. Queued and skipped
+    /// children are saved in `effects` as they change; held ones in `before`. Each child is
+    /// saved once, and all before the parent (see [`Run::settle`]).
+    fn add_children(
+        &mut self,
+        parent: &str,
+        children: Vec<(String, Arc<JobSpec>)>,
+        now: DateTime<Utc>,
+        before: &mut Vec<Effect>,
+        effects: &mut Vec<Effect>,
+    ) {
+        let run_id = self.record.id;
+        let mut paths = Vec::with_capacity(children.len());
+        for (name, definition) in children {
+            let path = child_path(parent, &name);
+            let mut record = blank_job(run_id, &path);
+            record.parent = Some(parent.to_owned());
+            record.definition = Some(definition);
+            self.jobs.insert(path.clone(), record);
+            self.unfinished += 1;
+            paths.push(path);
+        }
+        let count = paths.len();
+        self.pending_children.insert(parent.to_owned(), count);
+        self.children_of.insert(parent.to_owned(), paths);
+        // By index, one path copied at a time: a spawn's paths are not cloned all at once.
+        for index in 0..count {
+            let child = self.children_of[parent][index].clone();
+            self.unblock(&child, now, effects);
+        }
+        for child in &self.children_of[parent] {
+            if self.jobs[child].state == JobState::Blocked {
+                before.push(self.save(child));
+            }
+        }
+    }
+}
+
+/// Why the children `event` announced cannot all be taken, if they cannot.
+fn spawn_problem(event: &JobEvent, children: &Spawned) -> Option<String> {
+    let count = children.read;
+    if count != event.spawned as usize {
+        Some(format!("the job spawned {} children but {} could be read from the spawn stream", event.spawned, count))
+    } else if depth_of(&event.job) + 1 > CHILD_DEPTH_MAX {
+        Some(SpawnError::TooDeep.to_string())
+    } else {
+        children.problem.as_ref().map(ToString::to_string)
+    }
+}

@@ -1,0 +1,297 @@
+//! The DAG engine: a deterministic state machine for one run. One input in, effects out; no
+//! I/O, no clock reads (time arrives as an argument), no randomness, no hash order in what
+//! it returns.
+//!
+//! A run is created with [`Run::start`] or rebuilt with [`Run::restore`]; from then on every
+//! change goes through [`Run::apply`] with an [`Input`]. The shell ([`crate::service`])
+//! executes the `Save` effects in list order, waits until all are durable, then publishes the
+//! `Dispatch` effects: state is always written before it is acted on. When the engine needs
+//! something only the shell can fetch (a spawn's children), it asks with an effect and gets
+//! the answer as another input. In debug builds every apply ends with
+//! [`Run::check_invariants`], which re-derives every counter from the records.
+//!
+//! Files by concern: `lifecycle` (creation and restore), `events` (what workers and
+//! JetStream report about attempts), `progress` (what follows: dependents, parents, limits,
+//! the run's end), `control` (cancel and rerun), `transitions` (each job state change and the
+//! counters it moves), `invariants`, `spawned` (children as read).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use sluice_proto::spawn::parent_of;
+use sluice_proto::{
+    DeadLetter, JobEvent, JobMessage, JobRecord, JobSpec, JobState, RunId, RunRecord, SCHEMA_VERSION, Window,
+    WorkflowSpec,
+};
+
+mod control;
+mod events;
+mod invariants;
+mod lifecycle;
+mod progress;
+mod spawned;
+mod transitions;
+
+pub use spawned::Spawned;
+
+/// Everything that can change a run, once it exists.
+#[derive(Debug)]
+pub enum Input {
+    /// A worker's report on an attempt (`started`, `succeeded`, `failed`). A success that
+    /// announces children (`spawned > 0`) is answered with [`Effect::ReadChildren`] alone and
+    /// changes nothing until its [`Input::ChildrenRead`] comes.
+    Event(JobEvent),
+    /// The children a success spawned, read as an [`Effect::ReadChildren`] asked, with that
+    /// effect's event.
+    ChildrenRead { event: Box<JobEvent>, children: Spawned },
+    /// JetStream gave up on a job's message after `deliveries` deliveries (its workers kept
+    /// dying before they could report): the attempt `attempt_offset + deliveries` fails with
+    /// `reason` and no attempt follows.
+    DeliveriesExhausted { job: String, generation: u32, attempt_offset: u32, deliveries: u64, reason: String },
+    /// `sluice cancel`.
+    Cancel,
+    /// `sluice retry` (every job that did not complete, or `only` a job and what needs it) and
+    /// dead-letter replays (`only` the dead-lettered job).
+    Rerun { only: Option<String> },
+}
+
+/// What the shell must do, in order.
+///
+/// Small on purpose (a job's save and dispatch name the job; the shell reads the record
+/// with [`Run::job`] and builds the message with [`Run::dispatch_message`] when it
+/// gets to them, a chunk at a time): a spawn of 100,000 children yields 200,000 effects at
+/// once. The shell may apply several inputs before carrying out their effects together; it
+/// then writes each record's latest state at the place of its last save, which keeps the
+/// order that matters (a spawning parent after its children) as long as the effects of an
+/// [`Input::ChildrenRead`] are carried out on their own, which the shell does.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Effect {
+    /// Write a job's record as it is now (KV `sluice-jobs`).
+    SaveJob { run_id: RunId, job: String },
+    /// Write the run record (KV `sluice-runs`).
+    SaveRun(Box<RunRecord>),
+    /// Publish this generation of a job to its pool ([`Run::dispatch_message`] builds the
+    /// message), after every save before it is durable.
+    Dispatch { run_id: RunId, job: String, generation: u32 },
+    /// Keep a job whose attempts are over in the dead-letter stream.
+    DeadLetter(Box<DeadLetter>),
+    /// Remove every queued message and scheduled retry of a cancelled run, so no worker
+    /// starts its jobs.
+    Withdraw(RunId),
+    /// Tell workers to stop every running job of a cancelled run.
+    StopRun(RunId),
+    /// Read the children this success announced (`event.spawned` of them, from
+    /// `sluice.spawns.…` of its run, job, generation and attempt) and apply them as
+    /// [`Input::ChildrenRead`] with this event. Always the only effect of its input: first
+    /// carry out the effects of earlier inputs, then the children's, on their own (a
+    /// spawn's children are written before the parent that counts them).
+    ReadChildren(Box<JobEvent>),
+}
+
+/// Why a user's request about a run was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("run {run_id} already finished: {state}")]
+    Finished { run_id: RunId, state: &'static str },
+    #[error("run {run_id} is still running; retry works on finished runs (or name a failed job with --job)")]
+    StillRunning { run_id: RunId },
+    #[error("run {run_id} succeeded: nothing to retry (name a job with --job to run it again)")]
+    NothingToRetry { run_id: RunId },
+    #[error("run {run_id} has no job `{job}`")]
+    UnknownJob { run_id: RunId, job: String },
+    #[error("job `{job}` is {state}; only finished jobs can run again")]
+    InFlight { job: String, state: &'static str },
+    #[error("job `{job}` needs `{need}`, which did not complete: retry `{need}` (or the whole run) instead")]
+    NeedsFirst { job: String, need: String },
+}
+
+/// Why an event changed nothing. Not an error: duplicates and stale events are expected.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Ignored {
+    #[error("event for job `{0}`, which this run does not have")]
+    UnknownJob(String),
+    #[error("job `{job}` is already {state}")]
+    AlreadyFinished { job: String, state: &'static str },
+    #[error("job `{job}` attempt {attempt} already seen")]
+    Duplicate { job: String, attempt: u32 },
+    #[error("job `{job}` event from generation {event}, current is {current}")]
+    StaleGeneration { job: String, event: u32, current: u32 },
+}
+
+/// Why an input changed nothing: an event [`Ignored`] (expected), or a user's request
+/// [`Refused`] (the user is told why).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotApplied {
+    #[error(transparent)]
+    Ignored(#[from] Ignored),
+    #[error(transparent)]
+    Refused(#[from] Refused),
+}
+
+/// A run could not be rebuilt from its stored records.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("run {run_id} cannot be restored: {reason}")]
+pub struct RestoreError {
+    pub run_id: RunId,
+    pub reason: String,
+}
+
+/// Everything a new run needs, already validated.
+#[derive(Debug)]
+pub struct NewRun {
+    pub id: RunId,
+    pub spec: WorkflowSpec,
+    pub spec_yaml: String,
+    pub window: Window,
+    pub params: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+    /// `manual`, `schedule:<name>` or `backfill:<id>` (checked at intake).
+    pub origin: String,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+/// One run's state. Owned by the coordinator's single event loop.
+///
+/// Every counter below is derived from `jobs` and kept true by [`Run::transition`];
+/// [`Run::check_invariants`] derives them again and compares.
+#[derive(Clone, Debug)]
+pub struct Run {
+    record: RunRecord,
+    spec: Arc<WorkflowSpec>,
+    /// Every job by path: workflow jobs by name, children as `<parent>.<name>`. Looked up,
+    /// never iterated where the order would show (see [`Run::all_paths`]).
+    jobs: HashMap<String, JobRecord>,
+    /// Each parent's children, in the order they were spawned (by name after a restart).
+    children_of: HashMap<String, Vec<String>>,
+    /// Derived from the spec: who needs each workflow job, in the spec's order.
+    dependents: HashMap<String, Vec<String>>,
+    /// Jobs not yet terminal; the run ends when this reaches zero.
+    unfinished: usize,
+    /// Jobs that failed finally; any makes the run fail.
+    failed_jobs: usize,
+    /// Per workflow job, how many of the jobs it needs have not completed: a job is queued
+    /// when this reaches zero, without rescanning its needs on every completion.
+    pending_needs: HashMap<String, usize>,
+    /// Per parent, how many of its children are not finished.
+    pending_children: HashMap<String, usize>,
+    /// Jobs queued, running or retrying (what `max_parallel` of the run limits).
+    in_flight: usize,
+    /// The same, per parent, for its children (what a job's `max_parallel` limits).
+    in_flight_children: HashMap<String, usize>,
+    /// Jobs ready to go but over a `max_parallel` limit, first come first served, grouped
+    /// by parent ("" for workflow jobs) so a full parent does not hold up the others.
+    /// Entries of jobs no longer `blocked` are stale and dropped when reached.
+    held: BTreeMap<String, VecDeque<String>>,
+}
+
+/// The group a held job waits in: its parent, or "" for a workflow job.
+fn group_of(path: &str) -> &str {
+    parent_of(path).unwrap_or("")
+}
+
+impl Run {
+    /// Applies one input. Handling the same event twice changes nothing the second time; an
+    /// input that changes nothing says why ([`NotApplied`]) and leaves the run as it was.
+    pub fn apply(&mut self, input: Input, now: DateTime<Utc>) -> Result<Vec<Effect>, NotApplied> {
+        let outcome = match input {
+            Input::Event(event) => self.on_event(event, None, now).map_err(NotApplied::from),
+            Input::ChildrenRead { event, children } => {
+                self.on_event(*event, Some(children), now).map_err(NotApplied::from)
+            }
+            Input::DeliveriesExhausted { job, generation, attempt_offset, deliveries, reason } => {
+                let attempt = attempt_offset.saturating_add(u32::try_from(deliveries).unwrap_or(u32::MAX));
+                self.on_deliveries_exhausted(&job, generation, attempt, reason, now).map_err(NotApplied::from)
+            }
+            Input::Cancel => self.cancel(now).map_err(NotApplied::from),
+            Input::Rerun { only } => self.rerun(only.as_deref(), now).map_err(NotApplied::from),
+        };
+        #[cfg(debug_assertions)]
+        self.check_invariants();
+        outcome
+    }
+
+    pub fn id(&self) -> RunId {
+        self.record.id
+    }
+
+    pub fn record(&self) -> &RunRecord {
+        &self.record
+    }
+
+    pub fn job(&self, name: &str) -> Option<&JobRecord> {
+        self.jobs.get(name)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.record.state.is_terminal()
+    }
+
+    /// Every job path: each workflow job in dependency order, followed by its subtree.
+    pub fn all_paths(&self) -> Vec<String> {
+        let mut paths = Vec::with_capacity(self.jobs.len());
+        let mut stack: Vec<&String> = self.record.jobs.iter().rev().collect();
+        while let Some(path) = stack.pop() {
+            paths.push(path.clone());
+            if let Some(children) = self.children_of.get(path.as_str()) {
+                stack.extend(children.iter().rev());
+            }
+        }
+        paths
+    }
+
+    /// Jobs in `queued` state, in [`Run::all_paths`] order: after a restart the shell checks
+    /// each was really published.
+    pub fn queued_jobs(&self) -> impl Iterator<Item = &JobRecord> {
+        self.all_paths()
+            .into_iter()
+            .filter_map(move |path| self.jobs.get(&path))
+            .filter(|job| job.state == JobState::Queued)
+    }
+
+    /// The message that runs job `name` (for the first dispatch, and for re-publishing one a
+    /// crash may have lost).
+    pub fn dispatch_message(&self, name: &str) -> JobMessage {
+        let spec = self.definition(name);
+        let job = &self.jobs[name];
+        JobMessage {
+            schema_version: SCHEMA_VERSION,
+            run_id: self.record.id,
+            workflow: self.record.workflow.clone(),
+            job: name.to_owned(),
+            kind: spec.run.clone(),
+            command: spec.command.clone(),
+            config: spec.config.clone().unwrap_or(serde_json::Value::Null),
+            window: self.record.window,
+            params: self.record.params.clone(),
+            pool: self.spec.pool_of(spec),
+            attempt_offset: job.attempt_offset,
+            retry_base: Some(job.attempt_offset),
+            generation: job.generation,
+            retry: self.spec.retry_of(spec),
+            timeout_ms: self
+                .spec
+                .timeout_of(spec)
+                .map(|timeout| u64::try_from(timeout.as_duration().as_millis()).unwrap_or(u64::MAX)),
+            permanent_exit_codes: spec.permanent_exit_codes.clone(),
+            needs: spec.needs.clone(),
+        }
+    }
+
+    /// The effect that stores a job's record as it is now.
+    fn save(&self, path: &str) -> Effect {
+        Effect::SaveJob { run_id: self.record.id, job: path.to_owned() }
+    }
+
+    /// How a job is defined: by the workflow, or (a child) by the job that spawned it.
+    fn definition(&self, path: &str) -> &JobSpec {
+        match self.jobs.get(path).and_then(|job| job.definition.as_deref()) {
+            Some(definition) => definition,
+            None => &self.spec.jobs[path],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

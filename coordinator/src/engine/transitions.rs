@@ -1,0 +1,293 @@
+//! Each change of a job's state: a method on the record that sets exactly its fields and
+//! asserts the states it may come from, and [`Run::transition`], which moves the counters.
+
+use chrono::{DateTime, Utc};
+use sluice_proto::messages::REDELIVERIES_KEPT;
+use sluice_proto::spawn::parent_of;
+use sluice_proto::{AttemptRecord, JobRecord, JobState};
+
+use super::Run;
+
+/// How an attempt ended, as its worker (or JetStream) reported it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct AttemptEnd<'a> {
+    pub attempt: u32,
+    /// When it ended.
+    pub at: DateTime<Utc>,
+    /// When it began, if the report says (a worker's outcome does; its start may be lost).
+    pub started_at: Option<DateTime<Utc>>,
+    pub worker: &'a str,
+}
+
+/// The transitions of a job record. Each sets `state` and exactly the fields listed.
+pub(super) trait Transitions {
+    /// `blocked` → `queued`: `queued_at`.
+    fn queue(&mut self, now: DateTime<Utc>);
+    /// `queued`/`running`/`retrying` → `running`: `attempts`, `retry_at`, `started_at` (the
+    /// first), a new attempt in `attempt_history`.
+    fn start_attempt(&mut self, attempt: u32, at: DateTime<Utc>, worker: &str);
+    /// Attempt succeeded, no children → `completed`: the attempt closed, `error`,
+    /// `retry_at`, `output`, `finished_at`.
+    fn succeed(&mut self, end: &AttemptEnd<'_>, output: Option<serde_json::Value>);
+    /// Attempt succeeded with `children` → `waiting`: the attempt closed, `error`,
+    /// `retry_at`, `output`, `children`.
+    fn wait_for_children(&mut self, end: &AttemptEnd<'_>, output: Option<serde_json::Value>, children: u32);
+    /// Attempt failed, another due at `retry_at` → `retrying`: the attempt closed, `error`,
+    /// `retry_at`.
+    fn retry_later(&mut self, end: &AttemptEnd<'_>, error: String, retry_at: DateTime<Utc>);
+    /// Attempt failed, none follows → `failed`: the attempt closed, `error`, `retry_at`,
+    /// `finished_at`.
+    fn fail(&mut self, end: &AttemptEnd<'_>, error: String);
+    /// `waiting` → `completed`, every child completed: `finished_at`.
+    fn complete_children(&mut self, now: DateTime<Utc>);
+    /// `waiting` → `failed`, some child did not complete: `error`, `finished_at`.
+    fn fail_children(&mut self, error: String, now: DateTime<Utc>);
+    /// `blocked` (or `waiting` again for what it needs) → `skipped`: `error` (why),
+    /// `finished_at`.
+    fn skip(&mut self, reason: String, now: DateTime<Utc>);
+    /// Any unfinished state → `cancelled`: `error`, `retry_at`, `finished_at`.
+    fn cancel(&mut self, now: DateTime<Utc>);
+    /// Finished → `blocked` in a new generation with fresh attempts: `generation`,
+    /// `attempt_offset`, and `error`, `retry_at`, `queued_at`, `started_at`, `finished_at`,
+    /// `output` cleared.
+    fn reset_for_rerun(&mut self);
+    /// Finished or `waiting` → `waiting` for its children again: `error`, `finished_at`.
+    fn wait_again(&mut self);
+}
+
+fn assert_attempt_may_end(job: &JobRecord) {
+    debug_assert!(job.state.is_in_flight(), "job `{}` ends an attempt while {}", job.name, job.state.as_str());
+}
+
+impl Transitions for JobRecord {
+    fn queue(&mut self, now: DateTime<Utc>) {
+        debug_assert_eq!(self.state, JobState::Blocked, "job `{}` queued", self.name);
+        self.state = JobState::Queued;
+        self.queued_at = Some(now);
+    }
+
+    fn start_attempt(&mut self, attempt: u32, at: DateTime<Utc>, worker: &str) {
+        debug_assert!(self.state.is_in_flight(), "job `{}` starts while {}", self.name, self.state.as_str());
+        debug_assert!(attempt >= self.attempts, "job `{}` starts attempt {attempt} after {}", self.name, self.attempts);
+        self.state = JobState::Running;
+        self.attempts = attempt;
+        self.retry_at = None;
+        self.started_at.get_or_insert(at);
+        self.attempt_history.push(AttemptRecord {
+            attempt,
+            started_at: at,
+            finished_at: None,
+            error: None,
+            worker: worker.to_owned(),
+            redelivered_to: Vec::new(),
+        });
+    }
+
+    fn succeed(&mut self, end: &AttemptEnd<'_>, output: Option<serde_json::Value>) {
+        assert_attempt_may_end(self);
+        self.state = JobState::Completed;
+        close_attempt(self, end, None);
+        self.error = None;
+        self.retry_at = None;
+        self.output = output;
+        self.finished_at = Some(end.at);
+    }
+
+    fn wait_for_children(&mut self, end: &AttemptEnd<'_>, output: Option<serde_json::Value>, children: u32) {
+        assert_attempt_may_end(self);
+        debug_assert!(children > 0, "job `{}` waits for no children", self.name);
+        self.state = JobState::Waiting;
+        close_attempt(self, end, None);
+        self.error = None;
+        self.retry_at = None;
+        self.output = output;
+        self.children = children;
+    }
+
+    fn retry_later(&mut self, end: &AttemptEnd<'_>, error: String, retry_at: DateTime<Utc>) {
+        assert_attempt_may_end(self);
+        self.state = JobState::Retrying;
+        close_attempt(self, end, Some(error.clone()));
+        self.error = Some(error);
+        self.retry_at = Some(retry_at);
+    }
+
+    fn fail(&mut self, end: &AttemptEnd<'_>, error: String) {
+        assert_attempt_may_end(self);
+        self.state = JobState::Failed;
+        close_attempt(self, end, Some(error.clone()));
+        self.error = Some(error);
+        self.retry_at = None;
+        self.finished_at = Some(end.at);
+    }
+
+    fn complete_children(&mut self, now: DateTime<Utc>) {
+        debug_assert_eq!(self.state, JobState::Waiting, "job `{}` completes its children", self.name);
+        self.state = JobState::Completed;
+        self.finished_at = Some(now);
+    }
+
+    fn fail_children(&mut self, error: String, now: DateTime<Utc>) {
+        debug_assert_eq!(self.state, JobState::Waiting, "job `{}` fails by its children", self.name);
+        self.state = JobState::Failed;
+        self.error = Some(error);
+        self.finished_at = Some(now);
+    }
+
+    fn skip(&mut self, reason: String, now: DateTime<Utc>) {
+        debug_assert!(
+            matches!(self.state, JobState::Blocked | JobState::Waiting),
+            "job `{}` skipped while {}",
+            self.name,
+            self.state.as_str()
+        );
+        self.state = JobState::Skipped;
+        self.error = Some(reason);
+        self.finished_at = Some(now);
+    }
+
+    fn cancel(&mut self, now: DateTime<Utc>) {
+        debug_assert!(!self.state.is_terminal(), "job `{}` cancelled while {}", self.name, self.state.as_str());
+        self.state = JobState::Cancelled;
+        self.error = Some("cancelled by a user".to_owned());
+        self.retry_at = None;
+        self.finished_at = Some(now);
+    }
+
+    fn reset_for_rerun(&mut self) {
+        debug_assert!(self.state.is_terminal(), "job `{}` runs again while {}", self.name, self.state.as_str());
+        self.state = JobState::Blocked;
+        self.generation += 1;
+        self.attempt_offset = self.attempts;
+        self.error = None;
+        self.retry_at = None;
+        self.queued_at = None;
+        self.started_at = None;
+        self.finished_at = None;
+        self.output = None;
+    }
+
+    fn wait_again(&mut self) {
+        debug_assert!(
+            self.state.is_terminal() || self.state == JobState::Waiting,
+            "job `{}` waits again while {}",
+            self.name,
+            self.state.as_str()
+        );
+        debug_assert!(self.children > 0, "job `{}` waits again for no children", self.name);
+        self.state = JobState::Waiting;
+        self.error = None;
+        self.finished_at = None;
+    }
+}
+
+/// Marks the attempt `end` is about as finished (adding it if its start was never seen: a
+/// worker's outcome says when the attempt began). Sets `attempts`, `started_at` (the first)
+/// and that attempt in `attempt_history`.
+fn close_attempt(job: &mut JobRecord, end: &AttemptEnd<'_>, error: Option<String>) {
+    job.attempts = job.attempts.max(end.attempt);
+    let started_at = end.started_at.unwrap_or(end.at);
+    job.started_at.get_or_insert(started_at);
+    match job.attempt_history.iter_mut().rev().find(|attempt| attempt.attempt == end.attempt) {
+        Some(attempt) => {
+            attempt.finished_at = Some(end.at);
+            attempt.error = error;
+            // A worker's outcome (it says when it began) for an attempt another worker started.
+            if end.started_at.is_some()
+                && attempt.worker != end.worker
+                && !attempt.redelivered_to.iter().any(|worker| worker == end.worker)
+                && attempt.redelivered_to.len() < REDELIVERIES_KEPT
+            {
+                attempt.redelivered_to.push(end.worker.to_owned());
+            }
+        }
+        None => job.attempt_history.push(AttemptRecord {
+            attempt: end.attempt,
+            started_at,
+            finished_at: Some(end.at),
+            error,
+            worker: end.worker.to_owned(),
+            redelivered_to: Vec::new(),
+        }),
+    }
+}
+
+/// Notes that an attempt already started was delivered to `worker` too. Returns whether
+/// that is news (a repeat of the same start changes nothing). The state stays as it is.
+pub(super) fn note_redelivery(job: &mut JobRecord, attempt: u32, worker: &str) -> bool {
+    let Some(attempt) = job.attempt_history.iter_mut().find(|record| record.attempt == attempt) else {
+        return false;
+    };
+    if attempt.worker == worker
+        || attempt.redelivered_to.iter().any(|seen| seen == worker)
+        || attempt.redelivered_to.len() >= REDELIVERIES_KEPT
+    {
+        return false;
+    }
+    attempt.redelivered_to.push(worker.to_owned());
+    true
+}
+
+impl Run {
+    /// Applies one transition to job `path` and moves every counter its state change moves.
+    pub(super) fn transition<R>(&mut self, path: &str, change: impl FnOnce(&mut JobRecord) -> R) -> R {
+        let job = self.jobs.get_mut(path).expect("path comes from the run");
+        let old = job.state;
+        let result = change(job);
+        let new = job.state;
+        self.count_state_change(path, old, new);
+        result
+    }
+
+    /// Keeps the counters true when job `path` goes from `old` to `new`.
+    fn count_state_change(&mut self, path: &str, old: JobState, new: JobState) {
+        // A child's parent is its path's prefix (names hold no dots): no copy per change.
+        let parent = parent_of(path);
+        match (old.is_in_flight(), new.is_in_flight()) {
+            (false, true) => {
+                self.in_flight += 1;
+                count_child(&mut self.in_flight_children, parent, true);
+            }
+            (true, false) => {
+                self.in_flight -= 1;
+                count_child(&mut self.in_flight_children, parent, false);
+            }
+            _ => {}
+        }
+        match (old.is_terminal(), new.is_terminal()) {
+            (false, true) => {
+                self.unfinished -= 1;
+                count_child(&mut self.pending_children, parent, false);
+            }
+            (true, false) => {
+                self.unfinished += 1;
+                count_child(&mut self.pending_children, parent, true);
+            }
+            _ => {}
+        }
+        match (old == JobState::Failed, new == JobState::Failed) {
+            (false, true) => self.failed_jobs += 1,
+            (true, false) => self.failed_jobs -= 1,
+            _ => {}
+        }
+    }
+}
+
+/// One more (`up`) or one fewer child of `parent` in `counts`; the key is copied only the
+/// first time a parent is counted. Nothing for a workflow job (no parent).
+fn count_child(counts: &mut std::collections::HashMap<String, usize>, parent: Option<&str>, up: bool) {
+    let Some(parent) = parent else { return };
+    match counts.get_mut(parent) {
+        Some(count) if up => *count += 1,
+        Some(count) => {
+            debug_assert!(*count > 0, "a count of `{parent}`'s children below zero");
+            *count -= 1;
+        }
+        None => {
+            debug_assert!(up, "a count of `{parent}`'s children below zero");
+            if up {
+                counts.insert(parent.to_owned(), 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! The run index, written by the coordinator alone: stream `SLUICE_INDEX` holds chains of
+//! entries (every run, each workflow's, each origin's, each final state's), a workflow's
+//! runs by window day, and runs by id suffix; KV `sluice-active` holds the running runs, so
+//! listing the newest runs and starting a new leader cost what they return, not the whole
+//! history. `sluice_client::runs` reads it.
+//!
+//! Order: a run's entries and its `sluice-active` key are stored before its record, and the
+//! key is deleted after its final record; so a run that exists is indexed, and every
+//! running run is in `sluice-active` (readers skip entries of runs that never came to be).
+
+use std::collections::HashMap;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, kv};
+use futures::TryStreamExt;
+use sluice_client::pipeline::{Outgoing, publish_all};
+use sluice_client::stores;
+use sluice_proto::{RunId, RunIndexEntry, RunRecord, SCHEMA_VERSION, encode, names};
+
+use crate::error::{NatsContext, ServiceError};
+use crate::topology::Topology;
+
+/// Chain heads remembered (a workflow's, an origin's, a state's): beyond this the cache is
+/// cleared, and the next appends read their heads from the stream.
+const HEADS_CACHED_MAX: usize = 4096;
+
+/// The coordinator's writer of the index; one per leadership term.
+pub struct Index {
+    js: jetstream::Context,
+    active: kv::Store,
+    /// The last sequence of each chain this writer read or wrote.
+    heads: HashMap<String, u64>,
+}
+
+impl Index {
+    pub fn new(topology: &Topology) -> Self {
+        Self { js: topology.js.clone(), active: topology.active.clone(), heads: HashMap::new() }
+    }
+
+    /// Indexes a run being created (or made to run again): its `sluice-active` key and,
+    /// when new, its entries. Call before writing its record.
+    pub async fn running(&mut self, run: &RunRecord, new: bool) -> Result<(), ServiceError> {
+        self.active.put(run.id.to_string(), bytes::Bytes::new()).await.context("marking a run active")?;
+        if !new {
+            return Ok(());
+        }
+        let entry = entry_of(run);
+        let chains = [
+            names::INDEX_ALL_SUBJECT.to_owned(),
+            names::index_workflow_subject(&run.workflow),
+            names::index_origin_subject(&run.origin),
+        ];
+        let plain = [
+            names::index_window_subject(&run.workflow, run.window.start.to_utc().date_naive()),
+            names::index_suffix_subject(&run.id.to_string()),
+        ];
+        self.append(&entry, &chains, &plain).await
+    }
+
+    /// Indexes a run that ended: an entry in its state's chain, then its `sluice-active` key
+    /// goes. Call after writing its final record.
+    pub async fn finished(&mut self, run: &RunRecord) -> Result<(), ServiceError> {
+        let entry = RunIndexEntry { state: Some(run.state), finished_at: run.finished_at, ..entry_of(run) };
+        self.append(&entry, &[names::index_state_subject(run.state.as_str())], &[]).await?;
+        self.active.delete(run.id.to_string()).await.context("marking a run finished")?;
+        Ok(())
+    }
+
+    /// Appends `entry` to each chain (pointing to the chain's previous entry, and expecting
+    /// it to be the last: another writer appending means this one is stale, and its term
+    /// ends) and to each plain subject, pipelined; returns once all are stored.
+    async fn append(&mut self, entry: &RunIndexEntry, chains: &[String], plain: &[String]) -> Result<(), ServiceError> {
+        if self.heads.len() > HEADS_CACHED_MAX {
+            self.heads.clear();
+        }
+        let mut outgoing = Vec::with_capacity(chains.len() + plain.len());
+        for subject in chains {
+            let previous = self.head(subject).await?;
+            let mut headers = msg_id(&entry.run_id, subject, entry.state.map(|state| state.as_str()));
+            headers.insert(names::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE, previous.unwrap_or(0).to_string().as_str());
+            let payload = encode(&RunIndexEntry { previous, ..entry.clone() })?;
+            outgoing.push(Outgoing {
+                subject: subject.clone(),
+                headers,
+                payload: payload.into(),
+                what: subject.clone(),
+            });
+        }
+        for subject in plain {
+            let payload = encode(entry)?;
+            let headers = msg_id(&entry.run_id, subject, None);
+            outgoing.push(Outgoing {
+                subject: subject.clone(),
+                headers,
+                payload: payload.into(),
+                what: subject.clone(),
+            });
+        }
+        let acks = publish_all(&self.js, outgoing).await;
+        let acks = match acks {
+            Ok(acks) => acks,
+            Err(error) => {
+                // A head this writer remembered may be stale: read them again next time.
+                self.heads.clear();
+                return Err(error.into());
+            }
+        };
+        for (subject, ack) in chains.iter().zip(acks) {
+            self.heads.insert(subject.clone(), ack.sequence);
+        }
+        Ok(())
+    }
+
+    /// The last sequence of a chain, from memory or the stream.
+    async fn head(&mut self, subject: &str) -> Result<Option<u64>, ServiceError> {
+        if let Some(&sequence) = self.heads.get(subject) {
+            return Ok(Some(sequence));
+        }
+        let stream = self.js.get_stream_no_info(names::INDEX_STREAM).await.context("opening the run index")?;
+        match stream.direct_get_last_for_subject(subject).await {
+            Ok(message) => {
+                self.heads.insert(subject.to_owned(), message.sequence);
+                Ok(Some(message.sequence))
+            }
+            Err(error) if error.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(error) => Err(error).context(format!("reading the head of {subject}")),
+        }
+    }
+}
+
+fn entry_of(run: &RunRecord) -> RunIndexEntry {
+    RunIndexEntry {
+        schema_version: SCHEMA_VERSION,
+        run_id: run.id,
+        workflow: run.workflow.clone(),
+        window_start: run.window.start.to_utc(),
+        created_at: run.created_at,
+        origin: run.origin.clone(),
+        state: None,
+        finished_at: None,
+        previous: None,
+    }
+}
+
+/// One id per (run, subject, state): a repeat after a crash is dropped by JetStream.
+fn msg_id(run_id: &RunId, subject: &str, state: Option<&str>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let id = format!("{subject}.{run_id}.{}", state.unwrap_or("created"));
+    headers.insert(names::HEADER_MSG_ID, id.as_str());
+    headers
+}
+
+/// The runs a new leader loads: the keys of `sluice-active`. A store written before the
+/// index existed (schema 1) is indexed first, once: every run, in creation order.
+pub async fn running_runs(topology: &Topology, index: &mut Index) -> Result<Vec<RunId>, ServiceError> {
+    if topology.active.get(names::ACTIVE_INDEXED_KEY).await.context("reading the run index marker")?.is_none() {
+        index_every_run(topology, index).await?;
+    }
+    let keys: Vec<String> = match topology.active.keys().await {
+        Ok(keys) => keys.try_collect().await.context("listing the running runs")?,
+        Err(error) => return Err(error).context("listing the running runs"),
+    };
+    Ok(keys.iter().filter_map(|key| key.parse().ok()).collect())
+}
+
+/// Indexes every stored run (the upgrade from a store without an index), then sets the
+/// marker. Safe to repeat: entries carry message ids, readers skip duplicates.
+async fn index_every_run(topology: &Topology, index: &mut Index) -> Result<(), ServiceError> {
+    let mut runs: Vec<RunRecord> = stores::load_all(&topology.runs).await?;
+    runs.sort_by(|a, b| (a.created_at, a.id).cmp(&(b.created_at, b.id)));
+    if !runs.is_empty() {
+        tracing::info!(runs = runs.len(), "indexing the runs of an older store (once)");
+    }
+    for run in &runs {
+        index.running(run, true).await?;
+        if run.state.is_terminal() {
+            index.finished(run).await?;
+        }
+    }
+    topology
+        .active
+        .put(names::ACTIVE_INDEXED_KEY, SCHEMA_VERSION.to_string().into())
+        .await
+        .context("marking the runs indexed")?;
+    Ok(())
+}
