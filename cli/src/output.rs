@@ -119,6 +119,30 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, CliError> {
     sluice_client::connect(url, "sluice-cli").await.map_err(|error| CliError::nats(error.to_string()))
 }
 
+/// A run id as a user gives it: whole, or the end of one (at least 4 hex digits; UUIDv7
+/// ids begin with their time, so ends tell runs apart), looked up in the run index. An
+/// end that matches several runs is refused, naming them.
+pub async fn resolve_run(js: &async_nats::jetstream::Context, text: &str) -> Result<sluice_proto::RunId, CliError> {
+    if let Ok(id) = text.parse() {
+        return Ok(id);
+    }
+    let matches = sluice_client::runs::by_suffix(js, text.trim()).await.map_err(|error| match error {
+        sluice_client::ClientError::Invalid(_) => CliError::usage(format!(
+            "`{text}` is neither a run id (a UUID such as 0190f5c2-7d3a-7b4e-8a1f-2c3d4e5f6a7b) nor the end of one (4 or more hex digits)"
+        )),
+        other => other.into(),
+    })?;
+    match matches.as_slice() {
+        [id] => Ok(*id),
+        [] => Err(CliError::usage(format!("no run id ends with `{text}`"))),
+        several => Err(CliError::usage(format!(
+            "`{text}` ends {} run ids: {}; give more of it",
+            several.len(),
+            several.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        ))),
+    }
+}
+
 /// Prints a JSON value on stdout.
 pub fn print_json(value: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());

@@ -186,6 +186,16 @@ fn runs_lists_newest_first_with_filters() {
     assert_eq!(bad_state.status.code(), Some(2));
     assert!(text(&bad_state.stderr).contains("unknown state `done`"));
 
+    // A run is found by the end of its id; an end shared by no run, or not hex, is refused.
+    let whole = ids[0].to_owned();
+    let by_end = stack.sluice_json(&["status", &whole[whole.len() - 8..]], 0);
+    assert_eq!(by_end["id"], whole.as_str());
+    for (end, needle) in [("zzzz", "is neither a run id"), ("ab", "is neither a run id")] {
+        let output = stack.sluice(&["status", end]);
+        assert_eq!(output.status.code(), Some(2), "{end}");
+        assert!(text(&output.stderr).contains(needle), "{end}: {}", text(&output.stderr));
+    }
+
     // Pages through the index: two, then the rest, then nothing more.
     let page = stack.sluice_json(&["runs", "--limit", "2"], 0);
     let first_page: Vec<&str> =

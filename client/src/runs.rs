@@ -169,6 +169,20 @@ pub async fn by_window_days(
     Ok(runs)
 }
 
+/// A workflow's runs whose window starts on the local days `from` to `to` in any zone
+/// (the UTC days one either side are read too: zones are within 14 hours of UTC), newest
+/// first. Callers match windows exactly.
+pub async fn by_local_days(
+    js: &jetstream::Context,
+    workflow: &str,
+    from: NaiveDate,
+    to: NaiveDate,
+) -> Result<Vec<RunRecord>, ClientError> {
+    let before = from.pred_opt().unwrap_or(from);
+    let after = to.succ_opt().unwrap_or(to);
+    by_window_days(js, workflow, before, after).await
+}
+
 /// The runs whose id ends with `suffix` (hex digits, at least
 /// [`names::INDEX_SUFFIX_DIGITS`] of them; hyphens are ignored).
 pub async fn by_suffix(js: &jetstream::Context, suffix: &str) -> Result<Vec<RunId>, ClientError> {

@@ -63,16 +63,10 @@ impl Stores {
         Ok(run_jobs(&self.js, id).await?.into_iter().map(|(path, (record, _))| (path, record)).collect())
     }
 
-    /// Every run record. Records that cannot be decoded are reported, not fatal.
-    pub async fn runs(&self) -> Result<Vec<RunRecord>, ClientError> {
+    /// Every run record ever made: a full scan, for tools and migrations. Listings go
+    /// through [`crate::runs`], which reads only what it returns.
+    pub async fn every_run(&self) -> Result<Vec<RunRecord>, ClientError> {
         load_all(&self.runs).await
-    }
-
-    /// A workflow's runs, newest first.
-    pub async fn runs_of(&self, workflow: &str) -> Result<Vec<RunRecord>, ClientError> {
-        let mut runs: Vec<RunRecord> = self.runs().await?.into_iter().filter(|run| run.workflow == workflow).collect();
-        runs.sort_by_key(|run| std::cmp::Reverse(run.created_at));
-        Ok(runs)
     }
 
     /// Every schedule, by name.

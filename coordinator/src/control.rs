@@ -249,12 +249,12 @@ pub async fn backfill_create(
         Ok(checked) => checked,
         Err(reason) => return Ok(Answer::refused(RefusalKind::Invalid, reason)),
     };
-    let mut runs: Vec<sluice_proto::RunRecord> = stores::load_all::<sluice_proto::RunRecord>(&topology.runs)
-        .await?
-        .into_iter()
-        .filter(|run| run.workflow == spec.name)
-        .collect();
-    runs.sort_by_key(|run| std::cmp::Reverse(run.created_at));
+    // The runs recorded for the range's days, through the index (not every run ever made).
+    let (Some(first), Some(last)) = (windows.first(), windows.last()) else {
+        return Ok(Answer::refused(RefusalKind::Invalid, "the range has no windows"));
+    };
+    let (from, to) = (first.start.date_naive(), last.start.date_naive());
+    let runs = sluice_client::runs::by_local_days(&topology.js, &spec.name, from, to).await?;
     let record = BackfillRecord {
         schema_version: SCHEMA_VERSION,
         id: request.id,

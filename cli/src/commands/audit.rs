@@ -54,15 +54,20 @@ pub async fn run(url: &str, args: AuditArgs, format: Format) -> Result<ExitCode,
     let Some(stores) = Stores::open(&js).await? else {
         return Err(CliError::usage(format!("no runs of workflow `{}` on this server", args.workflow)));
     };
-    let runs = stores.runs_of(&args.workflow).await?;
     let zone: Tz = match explicit_zone {
         Some(zone) => zone,
-        None => runs
-            .first()
-            .and_then(|run| WorkflowSpec::parse(&run.spec_yaml).ok())
-            .map(|spec| spec.zone())
-            .unwrap_or(chrono_tz::UTC),
+        None => {
+            let filter = sluice_client::runs::RunFilter { workflow: Some(args.workflow.clone()), ..Default::default() };
+            let newest = sluice_client::runs::list(&js, &filter, 1, None).await?;
+            newest
+                .runs
+                .first()
+                .and_then(|run| WorkflowSpec::parse(&run.spec_yaml).ok())
+                .map(|spec| spec.zone())
+                .unwrap_or(chrono_tz::UTC)
+        }
     };
+    let runs = sluice_client::runs::by_local_days(&js, &args.workflow, from, to).await?;
     let windows = Window::range(from, to, args.interval.as_duration(), zone, BACKFILL_WINDOWS_MAX)
         .map_err(|error| CliError::usage(error.to_string()))?;
     let latest = latest_by_window(&runs);

@@ -69,9 +69,9 @@ pub async fn retry(url: &str, args: RetryArgs, format: Format) -> Result<ExitCod
 
 /// Connects and reads the run, or explains why there is none.
 pub async fn open_run(url: &str, run: &str) -> Result<(jetstream::Context, RunView), CliError> {
-    let id: RunId = run.parse().map_err(|error: sluice_proto::ids::RunIdError| CliError::usage(error.to_string()))?;
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
+    let id: RunId = output::resolve_run(&js, run).await?;
     match lookup(&js, &id).await? {
         Lookup::Found(view) => Ok((js, *view)),
         Lookup::Rejected(rejection) => Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason))),

@@ -28,10 +28,9 @@ pub struct LogsArgs {
 }
 
 pub async fn run(url: &str, args: LogsArgs, format: Format) -> Result<ExitCode, CliError> {
-    let id: RunId =
-        args.run.parse().map_err(|error: sluice_proto::ids::RunIdError| CliError::usage(error.to_string()))?;
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
+    let id: RunId = output::resolve_run(&js, &args.run).await?;
     let view = match lookup(&js, &id).await? {
         Lookup::Found(view) => view,
         Lookup::Rejected(rejection) => {

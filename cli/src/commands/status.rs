@@ -19,10 +19,9 @@ pub struct StatusArgs {
 }
 
 pub async fn run(url: &str, args: StatusArgs, format: Format) -> Result<ExitCode, CliError> {
-    let id: RunId =
-        args.run.parse().map_err(|error: sluice_proto::ids::RunIdError| CliError::usage(error.to_string()))?;
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
+    let id: RunId = output::resolve_run(&js, &args.run).await?;
     match lookup(&js, &id).await? {
         Lookup::Found(view) => {
             match (&args.job, format) {
