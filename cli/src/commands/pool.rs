@@ -61,7 +61,9 @@ pub async fn run(url: &str, command: PoolCommand, format: Format) -> Result<Exit
 /// `pool list` (or, with `only`, the one pool `pool apply` declared).
 async fn list(js: &jetstream::Context, format: Format, only: Option<&str>) -> Result<ExitCode, CliError> {
     let Some(stores) = Stores::open(js).await? else {
-        return Err(CliError::nats(sluice_client::ClientError::NotSetUp { missing: "KV sluice-runs".into() }.to_string()));
+        return Err(CliError::nats(
+            sluice_client::ClientError::NotSetUp { missing: "KV sluice-runs".into() }.to_string(),
+        ));
     };
     let workers = stores.workers().await?;
     let mut values = Vec::new();
@@ -93,14 +95,20 @@ async fn list(js: &jetstream::Context, format: Format, only: Option<&str>) -> Re
                         pool["name"].as_str().unwrap_or_default().to_owned(),
                         format!("{}s", pool["ack_wait_ms"].as_u64().unwrap_or(0) / 1000),
                         number("max_deliver"),
-                        pool["max_timeout_ms"].as_u64().map(|ms| format!("{}s", ms / 1000)).unwrap_or_else(|| "-".into()),
+                        pool["max_timeout_ms"]
+                            .as_u64()
+                            .map(|ms| format!("{}s", ms / 1000))
+                            .unwrap_or_else(|| "-".into()),
                         number("pending"),
                         number("ack_pending"),
                         number("workers"),
                     ]
                 })
                 .collect();
-            println!("{}", table(&["POOL", "ACK WAIT", "MAX DELIVER", "MAX TIMEOUT", "PENDING", "ACK PENDING", "WORKERS"], &rows));
+            println!(
+                "{}",
+                table(&["POOL", "ACK WAIT", "MAX DELIVER", "MAX TIMEOUT", "PENDING", "ACK PENDING", "WORKERS"], &rows)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -136,7 +144,13 @@ pub async fn workers(url: &str, format: Format) -> Result<ExitCode, CliError> {
                     } else {
                         format!("{}/{} busy", worker.busy, worker.slots)
                     };
-                    vec![worker.pool.clone(), worker.worker_id.clone(), role, worker.kinds.join(","), worker.version.clone()]
+                    vec![
+                        worker.pool.clone(),
+                        worker.worker_id.clone(),
+                        role,
+                        worker.kinds.join(","),
+                        worker.version.clone(),
+                    ]
                 })
                 .collect();
             println!("{}", table(&["POOL", "ID", "SLOTS", "KINDS", "VERSION"], &rows));

@@ -47,6 +47,7 @@ impl Completer for InlineCompleter {
     async fn complete(&self, message: Message, attempt: Attempt) {
         match attempt {
             Attempt::Undecodable { delivered, reason } => undecodable(&self.shared, &message, delivered, reason).await,
+            Attempt::NewerSchema { version } => newer_schema(&self.shared, &message, version).await,
             Attempt::Read { reporter, outcome } => complete_read(&self.shared, &reporter, &message, outcome).await,
         }
     }
@@ -61,6 +62,8 @@ pub(crate) enum Ending {
     Failed { retryable: bool },
     /// The message cannot be decoded.
     Undecodable,
+    /// The job is of a newer schema than this worker reads.
+    NewerSchema,
     /// No kind of that name is registered.
     UnknownKind,
     /// The worker shut down while the job ran.
@@ -73,9 +76,10 @@ pub(crate) enum Ending {
 
 impl Ending {
     /// Whether this ending is reported with an event: a stopped job's run is already
-    /// written off, and an unreported start leaves nothing to report.
+    /// written off, an unreported start leaves nothing to report, and a job of a newer
+    /// schema is not this worker's to report on (no attempt of it ran).
     fn is_reported(self) -> bool {
-        !matches!(self, Self::Stopped | Self::Unreported)
+        !matches!(self, Self::Stopped | Self::Unreported | Self::NewerSchema)
     }
 }
 
@@ -144,8 +148,9 @@ pub(crate) fn settle(
 ) -> Settlement {
     match ending {
         Ending::Succeeded | Ending::Stopped => Settlement::Ack,
-        // Given back as it came: another worker may take it at once.
-        Ending::HandedBack | Ending::Unreported => Settlement::Nak { delay: None, retry_at: now },
+        // Given back as it came: another worker may take it at once. A job of a newer schema
+        // is never dead-lettered for that: a worker that reads it runs it.
+        Ending::HandedBack | Ending::Unreported | Ending::NewerSchema => Settlement::Nak { delay: None, retry_at: now },
         Ending::Failed { retryable: false } | Ending::Undecodable | Ending::UnknownKind => Settlement::Term,
         Ending::Failed { retryable: true } => match series {
             Some(series) if series.policy.allows_another_after(series.attempt) => {
@@ -351,6 +356,20 @@ async fn undecodable(shared: &Shared, message: &Message, delivered: u32, reason:
     acknowledge(message, settlement, message.subject.as_str()).await;
 }
 
+/// A job of a newer schema than this build reads: handed back untouched (a NAK without
+/// delay), with no event and no dead letter, so no attempt of it is recorded and a worker
+/// that reads its schema runs it. The coordinator dispatches a new schema to a pool only
+/// once every live worker of the pool announces it, so this is the rare worker that is late.
+async fn newer_schema(shared: &Shared, message: &Message, version: u32) {
+    tracing::warn!(
+        subject = %message.subject,
+        version,
+        "job has schema_version {version}; this worker reads versions up to {SCHEMA_VERSION}: handing it back untouched (upgrade this worker)"
+    );
+    let settlement = settle(None, Ending::NewerSchema, shared.config.nak_delay_max, Utc::now(), &mut rand::rng());
+    acknowledge(message, settlement, message.subject.as_str()).await;
+}
+
 /// A failed event for the run and job an unreadable message's headers name, if they do.
 fn event_from_headers(message: &Message, delivered: u32, worker: &str) -> Option<sluice_proto::JobEvent> {
     let run_id = header(message, names::HEADER_RUN_ID).and_then(|text| text.parse::<RunId>().ok())?;
@@ -425,6 +444,15 @@ mod tests {
         // Even on the last attempt: the worker, not the job, gave up.
         assert_eq!(settle_with(&policy(), 3, Ending::HandedBack, 0), at_once);
         assert_eq!(settle_with(&policy(), 1, Ending::Unreported, 0), at_once);
+    }
+
+    #[test]
+    fn a_job_of_a_newer_schema_goes_back_at_once_without_an_event_even_past_its_attempts() {
+        let at_once = Settlement::Nak { delay: None, retry_at: now() };
+        let unread = settle(None, Ending::NewerSchema, NAK_DELAY_MAX, now(), &mut StdRng::seed_from_u64(0));
+        assert_eq!(unread, at_once);
+        assert_eq!(settle_with(&policy(), 99, Ending::NewerSchema, 0), at_once);
+        assert!(!Ending::NewerSchema.is_reported(), "no event: no attempt is charged");
     }
 
     #[test]
@@ -561,9 +589,10 @@ mod tests {
     }
 
     #[test]
-    fn only_stopped_and_unreported_attempts_go_without_an_event() {
+    fn only_stopped_unreported_and_newer_schema_attempts_go_without_an_event() {
         assert!(!Ending::Stopped.is_reported());
         assert!(!Ending::Unreported.is_reported());
+        assert!(!Ending::NewerSchema.is_reported());
         for ending in [
             Ending::Succeeded,
             Ending::Failed { retryable: true },
