@@ -237,8 +237,6 @@ fn unreachable_nats_exits_3_with_a_clear_message() {
 fn bad_worker_flags_are_refused_before_anything_starts() {
     for (args, expected) in [
         (&["worker", "--concurrency", "0"][..], "--concurrency must be 1 to 1024, not 0"),
-        (&["worker", "--max-deliver", "1"][..], "--max-deliver must be at least 2"),
-        (&["worker", "--ack-wait", "0s"][..], "--ack-wait must be at least 1s"),
         (&["worker", "--prefetch", "2000"][..], "--prefetch must be 0 to 1024, not 2000"),
         (&["dev", "--concurrency", "5000"][..], "--concurrency must be 1 to 1024, not 5000"),
     ] {
@@ -252,4 +250,35 @@ fn bad_worker_flags_are_refused_before_anything_starts() {
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn pool_settings_moved_from_the_worker_and_bad_ones_are_refused_naming_the_flag() {
+    // The pool's ack wait and max deliveries belong to its declaration, not to a worker.
+    for flag in ["--ack-wait", "--max-deliver"] {
+        let output = std::process::Command::new(SLUICE)
+            .args(["worker", flag, "5"])
+            .args(["--nats-url", "nats://127.0.0.1:1"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains(flag), "{flag}: {stderr}");
+    }
+    let mut stack = Stack::start();
+    stack.coordinator();
+    for (args, expected) in [
+        (&["pool", "apply", "default", "--max-deliver", "1"][..], "--max-deliver must be 2 to 10000, not 1"),
+        (&["pool", "apply", "default", "--ack-wait", "0s"][..], "--ack-wait must be"),
+    ] {
+        let output = stack.sluice(args);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    // Nothing changed: the pool keeps its settings.
+    let pools = stack.sluice_json(&["pool", "list"], 0);
+    let default = pools["pools"].as_array().unwrap().iter().find(|pool| pool["name"] == "default").unwrap();
+    assert_eq!((default["ack_wait_ms"].as_u64(), default["max_deliver"].as_u64()), (Some(30_000), Some(120)));
 }

@@ -100,7 +100,8 @@ fn read_log(path: &std::path::Path) -> Attempts {
 fn nothing_is_lost_or_run_twice_while_workers_coordinators_and_nats_are_killed() {
     let mut stack = Stack::start();
     let mut coordinators = [stack.coordinator(), stack.coordinator()];
-    let worker_args = ["--concurrency", "6", "--ack-wait", "2s", "--shutdown-grace", "1s"];
+    stack.sluice_json(&["pool", "apply", "default", "--ack-wait", "2s"], 0);
+    let worker_args = ["--concurrency", "6", "--shutdown-grace", "1s"];
     let mut workers = [stack.worker(&worker_args), stack.worker(&worker_args)];
     let log = stack.job_log();
     let log_text = log.display().to_string();

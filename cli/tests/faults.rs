@@ -109,7 +109,8 @@ fn worker_sigterm_past_its_grace_hands_the_job_back_to_another_worker() {
 fn a_job_longer_than_the_ack_wait_is_kept_alive_and_runs_once() {
     let mut stack = Stack::start();
     stack.coordinator();
-    stack.worker(&["--ack-wait", "1s"]);
+    stack.sluice_json(&["pool", "apply", "default", "--ack-wait", "1s"], 0);
+    stack.worker(&[]);
     let log = stack.job_log();
     let yaml = format!("name: long\njobs:\n  long: {}\n", recording_job(&log, 3.5, &[]));
     let file = stack.write("long.yaml", &yaml);
@@ -123,8 +124,8 @@ fn a_job_longer_than_the_ack_wait_is_kept_alive_and_runs_once() {
 fn a_job_that_kills_every_worker_is_dead_lettered_through_the_max_deliveries_advisory() {
     let mut stack = Stack::start();
     stack.coordinator();
-    let worker_args = ["--max-deliver", "2", "--ack-wait", "1s"];
-    let mut worker = stack.worker(&worker_args);
+    stack.sluice_json(&["pool", "apply", "default", "--max-deliver", "2", "--ack-wait", "1s"], 0);
+    let mut worker = stack.worker(&[]);
     let file = stack.write(
         "poison.yaml",
         "name: poison\njobs:\n  poison: { run: exec, retry: { max_attempts: 5 }, command: [sh, -c, 'kill -9 $PPID'] }\n",
@@ -141,7 +142,7 @@ fn a_job_that_kills_every_worker_is_dead_lettered_through_the_max_deliveries_adv
         if !stack.is_running(worker) {
             deaths += 1;
             assert!(deaths <= 4, "JetStream kept delivering the job");
-            worker = stack.worker(&worker_args);
+            worker = stack.worker(&[]);
         }
         std::thread::sleep(Duration::from_millis(100));
     };

@@ -18,8 +18,7 @@ use crate::error::ServiceError;
 use crate::topology::Topology;
 
 /// How often the coordinator renews its entry (the bucket expires entries after 15 s).
-pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
-const _: () = assert!(ANNOUNCE_EVERY.as_secs() * 3 <= crate::topology::WORKER_ENTRY_TTL.as_secs());
+pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(sluice_proto::limits::WORKER_ANNOUNCE_INTERVAL_MS);
 
 /// Announces the coordinator every [`ANNOUNCE_EVERY`] until `shutdown`, then removes its
 /// entry. `leading` is written by the leadership loop. Failures are logged, never fatal.

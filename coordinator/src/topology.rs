@@ -60,7 +60,7 @@ pub const OUTCOMES_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// How long a worker's announcement lives unless renewed (workers renew every 5 s), so a
 /// worker that died leaves the registry within this.
-pub const WORKER_ENTRY_TTL: Duration = Duration::from_secs(15);
+pub const WORKER_ENTRY_TTL: Duration = Duration::from_millis(sluice_proto::limits::WORKER_ENTRY_TTL_MS);
 
 /// The coordinator's handles to the buckets it writes (it is their only writer; clients
 /// read them through `sluice_client::Stores`).

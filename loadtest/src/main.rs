@@ -241,7 +241,7 @@ where
     let processes = Processes::start(sluice, &server.url(), 1, SLOTS)?;
     let client = async_nats::connect(server.url()).await?;
     let js = async_nats::jetstream::new(client);
-    stack::wait_ready(&js).await?;
+    stack::wait_ready(&js, processes.workers.len()).await?;
     let coordinator_at_start = processes.coordinator_usage();
     let workers_at_start = processes.workers_usage();
     let server_at_start = server.usage();

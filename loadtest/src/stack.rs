@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use futures::TryStreamExt;
 use sluice_local_nats::NatsServer;
 
 /// CPU time and peak memory of one process, read from /proc.
@@ -115,14 +116,16 @@ impl Drop for Processes {
     }
 }
 
-/// Waits until the coordinator has created Sluice's streams and a worker its consumer.
-pub async fn wait_ready(js: &async_nats::jetstream::Context) -> Result<()> {
+/// Waits until the coordinator has set Sluice up (streams, buckets, the pool `default` and
+/// its consumer) and `workers` workers of `default` have announced themselves.
+pub async fn wait_ready(js: &async_nats::jetstream::Context, workers: usize) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ready = match js.get_stream(sluice_proto::names::JOBS_STREAM).await {
             Ok(stream) => {
                 stream.consumer_info(sluice_proto::names::pool_consumer("default")).await.is_ok()
                     && js.get_key_value(sluice_proto::names::RUNS_BUCKET).await.is_ok()
+                    && live_workers(js).await >= workers
             }
             Err(_) => false,
         };
@@ -130,10 +133,18 @@ pub async fn wait_ready(js: &async_nats::jetstream::Context) -> Result<()> {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("the coordinator and worker did not start within 30 s");
+            bail!("the coordinator and {workers} workers did not start within 30 s");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The workers of pool `default` in the registry (0 while it cannot be read).
+async fn live_workers(js: &async_nats::jetstream::Context) -> usize {
+    let Ok(bucket) = js.get_key_value(sluice_proto::names::WORKERS_BUCKET).await else { return 0 };
+    let Ok(keys) = bucket.keys().await else { return 0 };
+    let keys: Vec<String> = keys.try_collect().await.unwrap_or_default();
+    keys.iter().filter(|key| key.starts_with("default.")).count()
 }
 
 /// The `sluice` binary: `--sluice`, else next to this one.

@@ -32,3 +32,11 @@ pub const POOL_ACK_WAIT_MAX_MS: u64 = 12 * 3600 * 1_000;
 /// Bounds on a pool's `max_deliver` backstop.
 pub const POOL_MAX_DELIVER_MIN: i64 = 2;
 pub const POOL_MAX_DELIVER_MAX: i64 = 10_000;
+/// How long an entry of KV `sluice-workers` lives unless renewed, in milliseconds: a worker
+/// that died drops out of `sluice workers` this long after its last announcement.
+pub const WORKER_ENTRY_TTL_MS: u64 = 15_000;
+/// How often a live worker renews its entry, in milliseconds: two renewals may be lost before
+/// the entry expires.
+pub const WORKER_ANNOUNCE_INTERVAL_MS: u64 = 5_000;
+
+const _: () = assert!(WORKER_ANNOUNCE_INTERVAL_MS * 3 <= WORKER_ENTRY_TTL_MS);

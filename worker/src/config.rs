@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use sluice_proto::limits::RETRY_MAX_ATTEMPTS_LIMIT;
 use sluice_proto::spec::check_name;
 
 use crate::error::WorkerError;
@@ -15,18 +14,12 @@ pub const CONCURRENCY_DEFAULT: usize = 4;
 pub const PREFETCH_PER_SLOT_DEFAULT: usize = 3;
 /// How long running jobs may take to finish on shutdown before they are handed back.
 pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
-/// Default time a job's message may go without an ack or in-progress ack before JetStream
-/// redelivers it; running jobs send in-progress acks at a third of this.
-pub const JOB_ACK_WAIT_DEFAULT: Duration = Duration::from_secs(30);
 /// Default longest retry delay waited out with a NAK; longer ones become message schedules.
 pub const NAK_DELAY_MAX_DEFAULT: Duration = Duration::from_secs(30);
-/// Default deliveries of one job message before JetStream gives up on it (a backstop: Sluice
-/// counts attempts itself and allows at most 100, plus hand-backs on shutdown). Reaching it
-/// sends a MAX_DELIVERIES advisory, which the coordinator turns into a dead letter.
-pub const POOL_MAX_DELIVER_DEFAULT: i64 = 120;
+/// How long a worker waits, once Sluice is set up, for its pool to be declared before it
+/// refuses to start (a pool declared meanwhile, by `sluice pool apply`, is served).
+pub const POOL_WAIT_DEFAULT: Duration = Duration::from_secs(10);
 
-// JetStream's backstop must not cut short the attempts Sluice itself allows.
-const _: () = assert!(POOL_MAX_DELIVER_DEFAULT > RETRY_MAX_ATTEMPTS_LIMIT as i64);
 // The defaults are settings `check` accepts.
 const _: () = assert!(CONCURRENCY_DEFAULT >= 1 && CONCURRENCY_DEFAULT <= CONCURRENCY_MAX);
 const _: () = assert!(CONCURRENCY_DEFAULT * PREFETCH_PER_SLOT_DEFAULT <= PREFETCH_MAX);
@@ -41,14 +34,13 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Shown in `status` for each attempt.
     pub worker_id: String,
-    /// The pool consumer's ack wait, when this worker creates the consumer. Running jobs
-    /// send in-progress acks at a third of the consumer's actual ack wait.
-    pub ack_wait: Duration,
     /// Retry delays up to this are a NAK with delay (the message stays pending, which keeps
     /// an autoscaled pool awake); longer ones become JetStream message schedules.
     pub nak_delay_max: Duration,
-    /// The pool consumer's max_deliver, when this worker creates the consumer.
-    pub max_deliver: i64,
+    /// Once Sluice is set up, how long to wait for the pool to be declared before refusing
+    /// to start. (The pool's ack wait and max deliveries are its declaration's, read from
+    /// its consumer: `sluice pool apply`.)
+    pub pool_wait: Duration,
     /// Jobs fetched beyond the free slots while jobs are short (0: only for free slots);
     /// [`default_prefetch`] of the concurrency by default.
     pub prefetch: usize,
@@ -69,24 +61,21 @@ impl WorkerConfig {
             concurrency: CONCURRENCY_DEFAULT,
             shutdown_grace: SHUTDOWN_GRACE_DEFAULT,
             worker_id: format!("{host}-{}", std::process::id()),
-            ack_wait: JOB_ACK_WAIT_DEFAULT,
             nak_delay_max: NAK_DELAY_MAX_DEFAULT,
-            max_deliver: POOL_MAX_DELIVER_DEFAULT,
+            pool_wait: POOL_WAIT_DEFAULT,
             prefetch: default_prefetch(CONCURRENCY_DEFAULT),
         }
     }
 
     /// Refuses settings the runtime cannot honour; the message names the setting.
     pub fn check(&self) -> Result<(), WorkerError> {
-        check_name("pool", &self.pool).map_err(WorkerError::Config)?;
+        let invalid = |problem: String| WorkerError::Config(format!("invalid worker setting: {problem}"));
+        check_name("pool", &self.pool).map_err(invalid)?;
         if self.concurrency == 0 || self.concurrency > CONCURRENCY_MAX {
-            return Err(WorkerError::Config(format!(
-                "concurrency must be 1 to {CONCURRENCY_MAX}, not {}",
-                self.concurrency
-            )));
+            return Err(invalid(format!("concurrency must be 1 to {CONCURRENCY_MAX}, not {}", self.concurrency)));
         }
         if self.prefetch > PREFETCH_MAX {
-            return Err(WorkerError::Config(format!("prefetch must be 0 to {PREFETCH_MAX}, not {}", self.prefetch)));
+            return Err(invalid(format!("prefetch must be 0 to {PREFETCH_MAX}, not {}", self.prefetch)));
         }
         Ok(())
     }

@@ -11,8 +11,9 @@ pub enum WorkerError {
     /// A message could not be encoded: the same value fails the same way every time.
     #[error("{context}: {source}")]
     Encode { context: &'static str, source: CodecError },
-    /// A setting is out of range: the worker does not start.
-    #[error("invalid worker setting: {0}")]
+    /// A setting is out of range, its pool is not declared, or the pool's live workers serve
+    /// other kinds: the worker does not start.
+    #[error("{0}")]
     Config(String),
 }
 
@@ -52,7 +53,7 @@ mod tests {
     fn messages_say_what_failed() {
         let nats = WorkerError::nats("opening stream SLUICE_JOBS", std::io::Error::other("timed out"));
         assert_eq!(nats.to_string(), "opening stream SLUICE_JOBS: timed out");
-        let config = WorkerError::Config("prefetch must be 0 to 1024, not 2000".into());
-        assert_eq!(config.to_string(), "invalid worker setting: prefetch must be 0 to 1024, not 2000");
+        let config = WorkerError::Config("pool `gpu` is not declared".into());
+        assert_eq!(config.to_string(), "pool `gpu` is not declared");
     }
 }

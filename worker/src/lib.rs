@@ -7,10 +7,12 @@
 //!   slots, plus a few ahead while jobs are short; the executor (`runtime/executor.rs`) runs
 //!   one attempt with in-progress acks and returns how it ended; the completer
 //!   (`runtime/completer.rs`) reports it (`runtime/reporter.rs`) and acks, retries or
-//!   terminates the message. It drains on SIGTERM.
+//!   terminates the message. It drains on SIGTERM. The worker announces itself in KV
+//!   `sluice-workers` while it runs (`runtime/announce.rs`) and refuses to start in a pool
+//!   that is not declared or whose live workers serve other kinds.
 //! - [`WorkerConfig`] ([`config`]) says how a worker runs; [`limits`] names every fixed
 //!   bound; [`WorkerError`] ([`error`]) says whether a failure may pass; [`nats`] connects
-//!   and opens a pool's consumer.
+//!   and opens a pool's consumer (created by the coordinator when the pool is declared).
 
 pub mod config;
 pub mod error;

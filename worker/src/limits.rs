@@ -5,7 +5,9 @@ pub const CONCURRENCY_MAX: usize = 1024;
 /// Jobs fetched ahead of the free slots, at most: a worker holds at most twice
 /// [`CONCURRENCY_MAX`] jobs, so one worker cannot take a whole pool's pending work.
 pub const PREFETCH_MAX: usize = CONCURRENCY_MAX;
-/// Jobs a pool may have delivered and not yet acknowledged, across all its workers.
+/// Jobs a pool may have delivered and not yet acknowledged, across all its workers: the
+/// coordinator sets it on every pool's consumer (`POOL_MAX_ACK_PENDING` in
+/// coordinator/src/pools.rs, the same value); a worker only checks its own bounds against it.
 pub const POOL_MAX_ACK_PENDING: i64 = 10_000;
 /// Longest wait of one fetch for new jobs; also bounds how long shutdown waits for it.
 pub const FETCH_WAIT_MAX_MS: u64 = 2_000;
@@ -28,7 +30,7 @@ pub const TIMEOUT_STOP_GRACE_MS: u64 = 15_000;
 pub const EVENT_PUBLISH_TRIES_MAX: u32 = 5;
 /// Pause after the first failed event publish; it doubles with each further try.
 pub const EVENT_PUBLISH_BACKOFF_FIRST_MS: u64 = 100;
-/// Pause between tries to open the pool's consumer while no coordinator has created it.
+/// Pause between tries to open the pool while no coordinator has set Sluice up or declared it.
 pub const CONSUMER_OPEN_RETRY_PAUSE_MS: u64 = 1_000;
 
 // A job fetched ahead must be able to wait for several short jobs before it counts as stuck.
@@ -39,3 +41,8 @@ const _: () = assert!(CONCURRENCY_MAX + PREFETCH_MAX <= POOL_MAX_ACK_PENDING as 
 const _: () = assert!(EVENT_PUBLISH_TRIES_MAX >= 2);
 // A timed-out exec job is SIGKILLed before the worker stops waiting for it.
 const _: () = assert!(TIMEOUT_STOP_GRACE_MS > EXEC_KILL_GRACE_MS);
+
+/// How long a job of a newer schema waits before it is offered again: long enough that a
+/// pool whose workers are all older does not spin through its deliveries, short enough that
+/// an upgraded worker soon gets it.
+pub const NEWER_SCHEMA_NAK_DELAY_MS: u64 = 5_000;

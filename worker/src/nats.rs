@@ -1,13 +1,15 @@
-//! Connecting to NATS and opening a pool's consumer.
+//! Connecting to NATS, and opening a pool's consumer (the coordinator creates it).
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer};
-use sluice_proto::names;
+use std::collections::BTreeSet;
 
-pub use crate::config::{JOB_ACK_WAIT_DEFAULT, POOL_MAX_DELIVER_DEFAULT};
+use async_nats::jetstream::{self, consumer};
+use futures::TryStreamExt;
+use sluice_proto::names;
+use sluice_proto::spec::DEFAULT_POOL;
+
 use crate::error::WorkerError;
-pub use crate::limits::POOL_MAX_ACK_PENDING;
 
 /// Connects with a name that shows in the server's connection list, and checks the server
 /// version (Sluice needs 2.14 or newer). Fails at once when nothing answers; once connected,
@@ -33,36 +35,28 @@ pub enum ConnectError {
     TooOld(String),
 }
 
-/// The pool's durable pull consumer (created if missing). The jobs stream is the
-/// coordinator's to create. `ack_wait` and `max_deliver` apply when this call creates the
-/// consumer; an existing consumer keeps its own.
-pub async fn pool_consumer(
-    js: &jetstream::Context,
-    pool: &str,
-    ack_wait: Duration,
-    max_deliver: i64,
-) -> Result<consumer::PullConsumer, WorkerError> {
+/// Opens the pool's durable pull consumer `pool-<pool>`. The coordinator creates it when the
+/// pool is declared (`sluice pool apply`); a worker never creates or changes it, so the
+/// pool's ack wait and max deliveries are the coordinator's settings. Fails when it is missing.
+pub async fn pool_consumer(js: &jetstream::Context, pool: &str) -> Result<consumer::PullConsumer, WorkerError> {
     let stream = js
-        .get_stream(names::JOBS_STREAM)
+        .get_stream_no_info(names::JOBS_STREAM)
         .await
         .map_err(|error| WorkerError::nats(format!("opening stream {}", names::JOBS_STREAM), error))?;
     let durable = names::pool_consumer(pool);
-    let config = consumer::pull::Config {
-        durable_name: Some(durable.clone()),
-        description: Some(format!("Sluice workers of pool {pool}")),
-        filter_subject: names::pool_filter(pool),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait,
-        // Attempts are counted by Sluice (a worker refuses attempts past max_attempts); this
-        // only catches a job whose every delivery kills its worker.
-        max_deliver,
-        max_ack_pending: POOL_MAX_ACK_PENDING,
-        deliver_policy: consumer::DeliverPolicy::All,
-        // No inactive_threshold: an idle pool (scaled to zero) keeps its consumer.
-        ..Default::default()
+    stream.get_consumer(&durable).await.map_err(|error| WorkerError::nats(format!("opening consumer {durable}"), error))
+}
+
+/// The declared pools, from KV `sluice-pools`: `None` while no coordinator has set Sluice up
+/// (the bucket or its `default` entry is missing).
+pub async fn declared_pools(js: &jetstream::Context) -> Result<Option<BTreeSet<String>>, WorkerError> {
+    let context = || format!("reading KV {}", names::POOLS_BUCKET);
+    let pools = match js.get_key_value(names::POOLS_BUCKET).await {
+        Ok(pools) => pools,
+        Err(error) if error.kind() == jetstream::context::KeyValueErrorKind::GetBucket => return Ok(None),
+        Err(error) => return Err(WorkerError::nats(context(), error)),
     };
-    stream
-        .get_or_create_consumer(&durable, config)
-        .await
-        .map_err(|error| WorkerError::nats(format!("creating consumer {durable}"), error))
+    let keys = pools.keys().await.map_err(|error| WorkerError::nats(context(), error))?;
+    let names: BTreeSet<String> = keys.try_collect().await.map_err(|error| WorkerError::nats(context(), error))?;
+    Ok(names.contains(DEFAULT_POOL).then_some(names))
 }

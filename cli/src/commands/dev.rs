@@ -36,8 +36,7 @@ pub struct DevArgs {
 
 pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
     // Validate everything before starting anything.
-    let defaults = WorkerConfig::new(sluice_proto::spec::DEFAULT_POOL);
-    super::serve::check_worker_flags(args.concurrency, defaults.ack_wait, defaults.max_deliver)?;
+    super::serve::check_worker_flags(args.concurrency)?;
     let workflows = args.files.iter().map(|file| super::read_workflow(file)).collect::<Result<Vec<_>, _>>()?;
     let mut server = NatsServer::start(Options {
         port: Some(args.port),

@@ -21,10 +21,6 @@ pub struct WorkerArgs {
     /// On SIGTERM, how long running jobs may take to finish before they are handed back.
     #[arg(long, default_value = "30s")]
     pub shutdown_grace: HumanDuration,
-    /// Ack wait of the pool's consumer, set when this worker creates it: a job whose worker
-    /// stops answering is redelivered after this. Running jobs extend it every third of it.
-    #[arg(long, default_value = "30s")]
-    pub ack_wait: HumanDuration,
     /// Retry delays up to this wait as a NAK with delay; longer ones become JetStream
     /// message schedules, so a waiting job does not keep an autoscaled pool awake.
     #[arg(long, default_value = "30s")]
@@ -34,40 +30,32 @@ pub struct WorkerArgs {
     /// slots). None are fetched ahead while jobs run longer.
     #[arg(long)]
     pub prefetch: Option<usize>,
-    /// Deliveries of one job before JetStream gives up on it (set when this worker creates
-    /// the pool's consumer): a backstop for jobs that kill their worker every time; such a
-    /// job is dead-lettered.
-    #[arg(long, default_value_t = sluice_worker::nats::POOL_MAX_DELIVER_DEFAULT)]
-    pub max_deliver: i64,
+    /// Once Sluice is set up, how long to wait (in milliseconds) for the pool to be declared
+    /// before exiting with status 2. For tests and scripts that declare the pool later.
+    #[arg(long, hide = true, env = "SLUICE_POOL_WAIT_MS", default_value_t = POOL_WAIT_DEFAULT.as_millis() as u64)]
+    pub pool_wait_ms: u64,
 }
 
-/// Refuses worker settings that could only fail later, naming the flag.
-pub fn check_worker_flags(concurrency: usize, ack_wait: std::time::Duration, max_deliver: i64) -> Result<(), CliError> {
+/// Refuses worker settings that could only fail later, naming the flag. (The pool's ack
+/// wait and max deliveries are set where it is declared: `sluice pool apply`.)
+pub fn check_worker_flags(concurrency: usize) -> Result<(), CliError> {
     if concurrency == 0 || concurrency > CONCURRENCY_MAX {
         return Err(CliError::usage(format!("--concurrency must be 1 to {CONCURRENCY_MAX}, not {concurrency}")));
-    }
-    if ack_wait < std::time::Duration::from_secs(1) {
-        return Err(CliError::usage("--ack-wait must be at least 1s"));
-    }
-    if max_deliver != -1 && max_deliver < 2 {
-        return Err(CliError::usage(format!(
-            "--max-deliver must be at least 2 (or -1 for no limit), not {max_deliver}"
-        )));
     }
     Ok(())
 }
 
+use sluice_worker::config::POOL_WAIT_DEFAULT;
 use sluice_worker::runtime::CONCURRENCY_MAX;
 
 impl WorkerArgs {
     pub fn config(&self) -> Result<WorkerConfig, CliError> {
-        check_worker_flags(self.concurrency, self.ack_wait.as_duration(), self.max_deliver)?;
+        check_worker_flags(self.concurrency)?;
         let mut config = WorkerConfig::new(self.pool.clone());
         config.concurrency = self.concurrency;
         config.shutdown_grace = self.shutdown_grace.as_duration();
-        config.ack_wait = self.ack_wait.as_duration();
         config.nak_delay_max = self.max_nak_delay.as_duration();
-        config.max_deliver = self.max_deliver;
+        config.pool_wait = Duration::from_millis(self.pool_wait_ms);
         config.prefetch = self.prefetch.unwrap_or(sluice_worker::runtime::default_prefetch(self.concurrency));
         if config.prefetch > CONCURRENCY_MAX {
             return Err(CliError::usage(format!("--prefetch must be 0 to {CONCURRENCY_MAX}, not {}", config.prefetch)));

@@ -21,6 +21,7 @@ use super::executor::{Attempt, Outcome};
 use super::reporter::{Report, Reporter, error_text, event, publish_event};
 use crate::error::WorkerError;
 use crate::job::{JobError, Output};
+use crate::limits::NEWER_SCHEMA_NAK_DELAY_MS;
 
 /// Turns an attempt into its event and the settlement of its message. A trait, so that
 /// settling can be batched without the executor knowing.
@@ -47,6 +48,7 @@ impl Completer for InlineCompleter {
     async fn complete(&self, message: Message, attempt: Attempt) {
         match attempt {
             Attempt::Undecodable { delivered, reason } => undecodable(&self.shared, &message, delivered, reason).await,
+            Attempt::NewerSchema { version } => newer_schema(&self.shared, &message, version).await,
             Attempt::Read { reporter, outcome } => complete_read(&self.shared, &reporter, &message, outcome).await,
         }
     }
@@ -61,6 +63,8 @@ pub(crate) enum Ending {
     Failed { retryable: bool },
     /// The message cannot be decoded.
     Undecodable,
+    /// The job is of a newer schema than this worker reads.
+    NewerSchema,
     /// No kind of that name is registered.
     UnknownKind,
     /// The worker shut down while the job ran.
@@ -73,9 +77,10 @@ pub(crate) enum Ending {
 
 impl Ending {
     /// Whether this ending is reported with an event: a stopped job's run is already
-    /// written off, and an unreported start leaves nothing to report.
+    /// written off, an unreported start leaves nothing to report, and a job of a newer
+    /// schema is not this worker's to report on (no attempt of it ran).
     fn is_reported(self) -> bool {
-        !matches!(self, Self::Stopped | Self::Unreported)
+        !matches!(self, Self::Stopped | Self::Unreported | Self::NewerSchema)
     }
 }
 
@@ -146,6 +151,12 @@ pub(crate) fn settle(
         Ending::Succeeded | Ending::Stopped => Settlement::Ack,
         // Given back as it came: another worker may take it at once.
         Ending::HandedBack | Ending::Unreported => Settlement::Nak { delay: None, retry_at: now },
+        // Never dead-lettered for that: a worker that reads it runs it. Not at once, though:
+        // if only old workers are up, an immediate NAK would spin through its deliveries.
+        Ending::NewerSchema => {
+            let delay = Duration::from_millis(NEWER_SCHEMA_NAK_DELAY_MS);
+            Settlement::Nak { delay: Some(delay), retry_at: now + delay }
+        }
         Ending::Failed { retryable: false } | Ending::Undecodable | Ending::UnknownKind => Settlement::Term,
         Ending::Failed { retryable: true } => match series {
             Some(series) if series.policy.allows_another_after(series.attempt) => {
@@ -351,6 +362,20 @@ async fn undecodable(shared: &Shared, message: &Message, delivered: u32, reason:
     acknowledge(message, settlement, message.subject.as_str()).await;
 }
 
+/// A job of a newer schema than this build reads: handed back untouched (a NAK without
+/// delay), with no event and no dead letter, so no attempt of it is recorded and a worker
+/// that reads its schema runs it. The coordinator dispatches a new schema to a pool only
+/// once every live worker of the pool announces it, so this is the rare worker that is late.
+async fn newer_schema(shared: &Shared, message: &Message, version: u32) {
+    tracing::warn!(
+        subject = %message.subject,
+        version,
+        "job has schema_version {version}; this worker reads versions up to {SCHEMA_VERSION}: handing it back untouched (upgrade this worker)"
+    );
+    let settlement = settle(None, Ending::NewerSchema, shared.config.nak_delay_max, Utc::now(), &mut rand::rng());
+    acknowledge(message, settlement, message.subject.as_str()).await;
+}
+
 /// A failed event for the run and job an unreadable message's headers name, if they do.
 fn event_from_headers(message: &Message, delivered: u32, worker: &str) -> Option<sluice_proto::JobEvent> {
     let run_id = header(message, names::HEADER_RUN_ID).and_then(|text| text.parse::<RunId>().ok())?;
@@ -428,6 +453,16 @@ mod tests {
         // Even on the last attempt: the worker, not the job, gave up.
         assert_eq!(settle_with(&policy(), 3, Ending::HandedBack, 0), at_once);
         assert_eq!(settle_with(&policy(), 1, Ending::Unreported, 0), at_once);
+    }
+
+    #[test]
+    fn a_job_of_a_newer_schema_goes_back_after_a_pause_without_an_event_even_past_its_attempts() {
+        let delay = Duration::from_millis(NEWER_SCHEMA_NAK_DELAY_MS);
+        let later = Settlement::Nak { delay: Some(delay), retry_at: now() + delay };
+        let unread = settle(None, Ending::NewerSchema, NAK_DELAY_MAX, now(), &mut StdRng::seed_from_u64(0));
+        assert_eq!(unread, later);
+        assert_eq!(settle_with(&policy(), 99, Ending::NewerSchema, 0), later);
+        assert!(!Ending::NewerSchema.is_reported(), "no event: no attempt is charged");
     }
 
     #[test]
@@ -564,9 +599,10 @@ mod tests {
     }
 
     #[test]
-    fn only_stopped_and_unreported_attempts_go_without_an_event() {
+    fn only_stopped_unreported_and_newer_schema_attempts_go_without_an_event() {
         assert!(!Ending::Stopped.is_reported());
         assert!(!Ending::Unreported.is_reported());
+        assert!(!Ending::NewerSchema.is_reported());
         for ending in [
             Ending::Succeeded,
             Ending::Failed { retryable: true },

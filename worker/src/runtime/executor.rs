@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{AckKind, Message};
 use futures::FutureExt;
-use sluice_proto::{ChildSpec, HumanDuration, JobMessage, JobRecord, decode, names};
+use sluice_proto::{ChildSpec, CodecError, HumanDuration, JobMessage, JobRecord, SCHEMA_VERSION, decode, names};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
@@ -26,6 +26,9 @@ use crate::logs::{LogSink, Shipper};
 pub(crate) enum Attempt {
     /// The message cannot be decoded: nothing ran.
     Undecodable { delivered: u32, reason: String },
+    /// The job is of a newer schema than this build reads (`schema_version` = `version`):
+    /// nothing ran, and it goes back untouched for a worker that reads it.
+    NewerSchema { version: u32 },
     /// The job was read; `outcome` says how its attempt ended. (Boxed: the attempt is
     /// moved between executor and completer, and the job message is large.)
     Read { reporter: Box<Reporter>, outcome: Outcome },
@@ -53,12 +56,23 @@ pub(crate) async fn execute(shared: &Arc<Shared>, message: &Message, slot: Owned
     let delivered = delivered(message);
     let job: JobMessage = match decode(&message.payload) {
         Ok(job) => job,
-        Err(error) => return Attempt::Undecodable { delivered, reason: error.to_string() },
+        Err(error) => return unreadable(delivered, error),
     };
     let attempt = job.attempt_offset.saturating_add(delivered);
     let reporter = Box::new(Reporter::new(shared.clone(), job, attempt, slot));
     let outcome = run_attempt(shared, message, &reporter).await;
     Attempt::Read { reporter, outcome }
+}
+
+/// A delivery whose job cannot be read: one of a newer schema than
+/// [`SCHEMA_VERSION`] is not this worker's to judge; anything else is undecodable.
+pub(crate) fn unreadable(delivered: u32, error: CodecError) -> Attempt {
+    match error {
+        CodecError::UnsupportedVersion { found, .. } if found > SCHEMA_VERSION => {
+            Attempt::NewerSchema { version: found }
+        }
+        error => Attempt::Undecodable { delivered, reason: error.to_string() },
+    }
 }
 
 /// Checks that the attempt may run, reports its start, runs it and ships its logs.
@@ -234,4 +248,25 @@ fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
         .map(|text| (*text).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_of_a_newer_schema_is_handed_back_not_judged_undecodable() {
+        let newer = CodecError::UnsupportedVersion { what: "job message", found: SCHEMA_VERSION + 1 };
+        assert!(matches!(unreadable(3, newer), Attempt::NewerSchema { version } if version == SCHEMA_VERSION + 1));
+    }
+
+    #[test]
+    fn a_job_of_no_schema_or_unreadable_bytes_is_undecodable() {
+        let zero = CodecError::UnsupportedVersion { what: "job message", found: 0 };
+        assert!(
+            matches!(unreadable(2, zero), Attempt::Undecodable { delivered: 2, reason } if reason.contains("schema_version 0"))
+        );
+        let Err(garbage) = decode::<JobMessage>(b"\xc1") else { panic!("0xc1 is not MessagePack") };
+        assert!(matches!(unreadable(1, garbage), Attempt::Undecodable { delivered: 1, .. }));
+    }
 }

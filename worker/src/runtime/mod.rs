@@ -22,19 +22,22 @@
 //! [`SHORT_JOB_MAX_MS`]: crate::limits::SHORT_JOB_MAX_MS
 //! [`FETCHED_WAIT_MAX_MS`]: crate::limits::FETCHED_WAIT_MAX_MS
 
+mod announce;
 mod completer;
 mod delivery;
 mod executor;
 mod producer;
 mod reporter;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use sluice_proto::{RunId, names};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -42,9 +45,10 @@ pub use crate::config::{NAK_DELAY_MAX_DEFAULT, WorkerConfig, default_prefetch};
 pub use crate::error::WorkerError;
 pub use crate::limits::CONCURRENCY_MAX;
 use crate::limits::{CONSUMER_OPEN_RETRY_PAUSE_MS, PROGRESS_INTERVAL_MIN_MS};
-use crate::nats::pool_consumer;
+use crate::nats::{declared_pools, pool_consumer};
 use crate::registry::Registry;
 use crate::stops::RunStops;
+use announce::{Announcer, check_kinds, live_workers};
 use completer::{Completer, InlineCompleter};
 use producer::{Producer, report_panic};
 
@@ -56,6 +60,8 @@ struct Shared {
     config: WorkerConfig,
     /// In-progress acks are sent this often while a job runs.
     progress_interval: Duration,
+    /// The worker's `config.concurrency` slots: a job holds one while its work runs.
+    slots: Arc<Semaphore>,
     /// Cancelled by [`run`] when the shutdown grace period is over.
     stop_jobs: CancellationToken,
     /// Running jobs by run, for stopping a cancelled run's jobs (written by the stop listener).
@@ -68,6 +74,9 @@ struct Shared {
 }
 
 /// Pulls and runs jobs of `config.pool` until `shutdown` is cancelled, then drains.
+///
+/// Fails with [`WorkerError::Config`] when the pool is not declared within
+/// `config.pool_wait` (once Sluice is set up), or when its live workers serve other kinds.
 pub async fn run(
     client: async_nats::Client,
     registry: Registry,
@@ -76,34 +85,42 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     config.check()?;
     let js = jetstream::new(client);
-    let Some((mut consumer, job_records)) =
-        open_consumer(&js, &config.pool, (config.ack_wait, config.max_deliver), &shutdown).await
-    else {
+    let kinds: Vec<String> = registry.kinds().map(str::to_owned).collect();
+    let Some(opened) = open(&js, &config, &kinds, &shutdown).await? else {
         return Ok(());
     };
-    // The consumer's own ack wait counts (another worker may have created it).
-    let ack_wait = consumer.info().await.map(|info| info.config.ack_wait).unwrap_or(config.ack_wait);
+    // The pool's ack wait is its declaration's, on its consumer.
+    let ack_wait = opened.consumer.cached_info().config.ack_wait;
     let progress_interval = (ack_wait / 3).max(Duration::from_millis(PROGRESS_INTERVAL_MIN_MS));
-    let kinds: Vec<&str> = registry.kinds().collect();
-    tracing::info!(pool = %config.pool, concurrency = config.concurrency, kinds = ?kinds, worker = %config.worker_id, "worker ready");
+    tracing::info!(pool = %config.pool, concurrency = config.concurrency, kinds = ?kinds, worker = %config.worker_id, ack_wait_ms = ack_wait.as_millis() as u64, "worker ready");
+    let slots = Arc::new(Semaphore::new(config.concurrency));
+    let announcer = Announcer::new(opened.workers, &config, kinds, slots.clone());
     let shared = Arc::new(Shared {
         js,
         registry,
         config,
         progress_interval,
+        slots,
         stop_jobs: CancellationToken::new(),
         stops: RunStops::default(),
-        job_records,
+        job_records: opened.job_records,
         short_jobs: AtomicBool::new(false),
     });
+    let stop_announcing = CancellationToken::new();
+    let announcing = tokio::spawn(announcer.run(stop_announcing.clone()));
     let listener = tokio::spawn(listen_for_stops(shared.clone()));
     let completer: Arc<dyn Completer> = Arc::new(InlineCompleter::new(shared.clone()));
     let mut producer = Producer::new(shared.clone(), completer, shutdown);
-    producer.run(&consumer).await;
+    producer.run(&opened.consumer).await;
     // Fetched but not started: handed back at once.
     let running = producer.finish().await;
     drain(&shared, running).await;
     listener.abort();
+    // Still announced while draining; gone once nothing runs.
+    stop_announcing.cancel();
+    if let Err(error) = announcing.await {
+        tracing::warn!(%error, "the announcer failed; this worker's entry expires on its own");
+    }
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -127,32 +144,87 @@ async fn drain(shared: &Shared, mut running: JoinSet<()>) {
     }
 }
 
-/// The pool's consumer and the job records bucket, once a coordinator has created them.
-async fn open_consumer(
+/// What a worker needs from NATS before it fetches.
+struct Opened {
+    consumer: PullConsumer,
+    /// KV `sluice-jobs`: the outputs of the jobs a job needs.
+    job_records: jetstream::kv::Store,
+    /// KV `sluice-workers`: the registry.
+    workers: jetstream::kv::Store,
+}
+
+/// How far opening the pool got.
+enum Step {
+    Opened(Box<Opened>),
+    /// No coordinator has set Sluice up yet: wait for one, however long.
+    NotSetUp,
+    /// Sluice is set up, and these are its pools; the worker's is not among them.
+    Undeclared(BTreeSet<String>),
+}
+
+/// Opens the pool's consumer and the buckets, and checks the pool's live workers' kinds.
+/// Waits while Sluice is not set up or NATS fails; waits at most `config.pool_wait` for an
+/// undeclared pool. `None`: shut down while waiting.
+async fn open(
     js: &jetstream::Context,
-    pool: &str,
-    (ack_wait, max_deliver): (Duration, i64),
+    config: &WorkerConfig,
+    kinds: &[String],
     shutdown: &CancellationToken,
-) -> Option<(PullConsumer, jetstream::kv::Store)> {
+) -> Result<Option<Box<Opened>>, WorkerError> {
+    let mut undeclared_since: Option<Instant> = None;
+    let mut told_not_set_up = false;
     loop {
-        let opened = match pool_consumer(js, pool, ack_wait, max_deliver).await {
-            Ok(consumer) => match js.get_key_value(names::JOBS_BUCKET).await {
-                Ok(records) => Ok((consumer, records)),
-                Err(error) => Err(WorkerError::nats("opening KV sluice-jobs", error)),
-            },
-            Err(error) => Err(error),
-        };
-        match opened {
-            Ok(opened) => return Some(opened),
-            Err(error) => {
-                tracing::warn!(%error, "cannot open the pool's consumer yet (has a coordinator started?); retrying")
+        let mut pause = Duration::from_millis(CONSUMER_OPEN_RETRY_PAUSE_MS);
+        match try_open(js, config, kinds).await {
+            Ok(Step::Opened(opened)) => return Ok(Some(opened)),
+            Ok(Step::NotSetUp) => {
+                if !std::mem::replace(&mut told_not_set_up, true) {
+                    tracing::warn!("Sluice is not set up yet (has a coordinator started?); waiting");
+                }
             }
+            Ok(Step::Undeclared(pools)) => {
+                let since = *undeclared_since.get_or_insert_with(|| {
+                    tracing::warn!(pool = %config.pool, wait_ms = config.pool_wait.as_millis() as u64, "waiting for pool {} to be declared", config.pool);
+                    Instant::now()
+                });
+                let waited = since.elapsed();
+                if waited >= config.pool_wait {
+                    return Err(WorkerError::Config(undeclared(&config.pool, &pools)));
+                }
+                pause = pause.min(config.pool_wait - waited);
+            }
+            Err(error) if error.is_retryable() => {
+                tracing::warn!(%error, "cannot open the pool yet; retrying");
+            }
+            Err(error) => return Err(error),
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return None,
-            _ = tokio::time::sleep(Duration::from_millis(CONSUMER_OPEN_RETRY_PAUSE_MS)) => {}
+            _ = shutdown.cancelled() => return Ok(None),
+            _ = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+async fn try_open(js: &jetstream::Context, config: &WorkerConfig, kinds: &[String]) -> Result<Step, WorkerError> {
+    let Some(pools) = declared_pools(js).await? else { return Ok(Step::NotSetUp) };
+    if !pools.contains(&config.pool) {
+        return Ok(Step::Undeclared(pools));
+    }
+    let consumer = pool_consumer(js, &config.pool).await?;
+    let bucket = |name: &'static str| async move {
+        js.get_key_value(name).await.map_err(|error| WorkerError::nats(format!("opening KV {name}"), error))
+    };
+    let job_records = bucket(names::JOBS_BUCKET).await?;
+    let workers = bucket(names::WORKERS_BUCKET).await?;
+    let live = live_workers(&workers, &config.pool).await?;
+    check_kinds(&config.pool, &config.worker_id, kinds, &live).map_err(WorkerError::Config)?;
+    Ok(Step::Opened(Box::new(Opened { consumer, job_records, workers })))
+}
+
+/// Why a worker of an undeclared pool does not start, with the pools there are.
+fn undeclared(pool: &str, pools: &BTreeSet<String>) -> String {
+    let pools: Vec<&str> = pools.iter().map(String::as_str).collect();
+    format!("pool `{pool}` is not declared: declare it with `sluice pool apply {pool}` (pools: {})", pools.join(", "))
 }
 
 /// Stops the running jobs of runs the coordinator announces as cancelled.
@@ -173,5 +245,19 @@ async fn listen_for_stops(shared: Arc<Shared>) {
             }
             _ => tracing::warn!(subject = %announcement.subject, "ignoring a stop announcement without a run id"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_undeclared_pool_is_named_with_how_to_declare_it_and_the_pools_there_are() {
+        let pools: BTreeSet<String> = ["default".to_owned(), "gpu".to_owned()].into();
+        assert_eq!(
+            undeclared("highmem", &pools),
+            "pool `highmem` is not declared: declare it with `sluice pool apply highmem` (pools: default, gpu)"
+        );
     }
 }

@@ -91,7 +91,7 @@ impl Producer {
     pub(crate) fn new(shared: Arc<Shared>, completer: Arc<dyn Completer>, shutdown: CancellationToken) -> Self {
         let config = &shared.config;
         let policy = FetchPolicy::new(config.concurrency, config.prefetch, shared.progress_interval);
-        let slots = Arc::new(Semaphore::new(config.concurrency));
+        let slots = shared.slots.clone();
         Self { shared, completer, policy, slots, fetched: VecDeque::new(), running: JoinSet::new(), shutdown }
     }
 
