@@ -71,6 +71,16 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
         args.concurrency
     );
 
+    // `dev` declares the pools its workflows name (elsewhere that is `sluice pool apply`).
+    let pools: std::collections::BTreeSet<String> =
+        workflows.iter().flat_map(|(spec, _)| spec.jobs.values().map(|job| spec.pool_of(job))).collect();
+    for pool in pools.into_iter().filter(|pool| pool != sluice_proto::spec::DEFAULT_POOL) {
+        let settings = sluice_proto::PoolSettings { name: pool.clone(), ..Default::default() };
+        let request = sluice_proto::ControlRequest::new(sluice_proto::ControlAction::PoolApply(settings), None, "");
+        crate::output::applied(crate::output::ask(&js, request).await?)?;
+        println!("declared pool {pool} (no worker of `dev` serves it: start one with `sluice worker --pool {pool}`)");
+    }
+
     let mut ids = Vec::new();
     for ((spec, yaml), file) in workflows.into_iter().zip(&args.files) {
         let window = resolve_window(&spec, None)?;
