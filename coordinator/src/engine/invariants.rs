@@ -17,8 +17,9 @@ struct ChildCounts {
 
 impl Run {
     /// Panics, naming the first difference, when a counter disagrees with the records or
-    /// the records break a rule the engine keeps. Runs after every input in debug builds and
-    /// at every step of the simulation; costs one pass over the run's jobs.
+    /// the records break a rule the engine keeps. Runs after inputs in debug builds (see
+    /// [`super::CHECKED_JOBS_PER_INPUT_MAX`]) and at every step of the simulation; costs a
+    /// few passes over the run's jobs.
     pub fn check_invariants(&self) {
         self.check_run_counters();
         self.check_children();

@@ -134,6 +134,8 @@ impl Run {
             in_flight,
             in_flight_children,
             held: BTreeMap::new(),
+            #[cfg(debug_assertions)]
+            inputs_unchecked: 0,
         }
     }
 }

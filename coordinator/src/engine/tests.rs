@@ -510,6 +510,142 @@ fn retrying_a_completed_child_that_spawned_finishes_each_parent_once() {
     assert_eq!(run.job("fan").unwrap().state, JobState::Completed);
 }
 
+// ---- the inputs that replaced the shell's peeking and inventing ----
+
+#[test]
+fn a_spawning_success_asks_for_its_children_and_changes_nothing_until_they_come() {
+    let (mut run, _) = start(FAN);
+    let mut success = event(&run, "fan", 1, EventKind::Succeeded, 1);
+    success.spawned = 2;
+    let before = run.job("fan").unwrap().clone();
+    let asked = run.apply(ev(&success), at(1)).unwrap();
+    assert_eq!(asked, [Effect::ReadChildren(Box::new(success.clone()))]);
+    assert_eq!(run.job("fan").unwrap(), &before, "nothing changes before the children are read");
+    read(&mut run, success.clone(), children(&["a", "b"]), 1).unwrap();
+    assert_eq!(run.job("fan").unwrap().state, JobState::Waiting);
+    // Delivered again once its children are taken: ignored, not asked for again.
+    assert!(matches!(run.apply(ev(&success), at(2)), Err(NotApplied::Ignored(Ignored::AlreadyFinished { .. }))));
+    assert!(matches!(
+        read(&mut run, success, children(&["a", "b"]), 2),
+        Err(NotApplied::Ignored(Ignored::AlreadyFinished { .. }))
+    ));
+}
+
+fn exhausted(job: &str, generation: u32, attempt_offset: u32, deliveries: u64) -> Input {
+    Input::DeliveriesExhausted {
+        job: job.to_owned(),
+        generation,
+        attempt_offset,
+        deliveries,
+        reason: format!("JetStream gave up after {deliveries} deliveries"),
+    }
+}
+
+#[test]
+fn exhausted_deliveries_fail_the_attempt_jetstream_gave_up_on_and_dead_letter_the_job() {
+    let (mut run, _) = start(DIAMOND);
+    run.apply(ev(&event(&run, "a", 1, EventKind::Started, 1)), at(1)).unwrap();
+    let effects = run.apply(exhausted("a", 0, 0, 3), at(5)).unwrap();
+    let a = run.job("a").unwrap();
+    assert_eq!(a.state, JobState::Failed);
+    assert_eq!(a.attempts, 3, "attempt = offset + deliveries");
+    let last = a.attempt_history.last().unwrap();
+    assert_eq!((last.attempt, last.worker.as_str(), last.finished_at), (3, "jetstream", Some(at(5))));
+    assert_eq!(a.error.as_deref(), Some("JetStream gave up after 3 deliveries"));
+    assert!(effects.iter().any(|effect| matches!(effect, Effect::DeadLetter(letter) if letter.job.job == "a")));
+    assert_eq!(run.record().state, RunState::Failed, "b, c and d are skipped");
+    assert!(matches!(
+        run.apply(exhausted("a", 0, 0, 3), at(6)),
+        Err(NotApplied::Ignored(Ignored::AlreadyFinished { .. }))
+    ));
+    run.apply(Input::Rerun { only: None }, at(7)).unwrap();
+    assert!(matches!(
+        run.apply(exhausted("a", 0, 0, 3), at(8)),
+        Err(NotApplied::Ignored(Ignored::StaleGeneration { .. }))
+    ));
+}
+
+// ---- reruns: what the simulation found ----
+
+#[test]
+fn a_rerun_writes_the_run_record_first_then_its_jobs_from_the_last() {
+    let (mut run, _) = start(DIAMOND);
+    run.apply(ev(&final_failure(&run, "a", 1, 1)), at(1)).unwrap();
+    let effects = run.apply(Input::Rerun { only: None }, at(2)).unwrap();
+    assert!(matches!(&effects[0], Effect::SaveRun(record) if record.state == RunState::Running));
+    // A crash after any prefix leaves dependents reset before what they need (`a` is saved
+    // again as it is queued; the shell writes each record's last save).
+    assert_eq!(saved(&effects), ["d", "c", "b", "a", "a"]);
+    assert_eq!(dispatched(&effects), ["a"]);
+}
+
+#[test]
+fn with_on_failure_stop_a_rerun_job_skipped_for_another_failure_skips_what_needs_it() {
+    let yaml = "name: s
+jobs:
+  a: { run: noop }
+  b: { run: noop, needs: [a] }
+  c: { run: noop, needs: [b] }
+  f: { run: noop }
+";
+    let (mut run, _) = start(yaml);
+    for (job, second) in [("a", 1), ("b", 2), ("c", 3)] {
+        run.apply(ev(&event(&run, job, 1, EventKind::Succeeded, second)), at(second)).unwrap();
+    }
+    run.apply(ev(&final_failure(&run, "f", 1, 4)), at(4)).unwrap();
+    assert_eq!(run.record().state, RunState::Failed);
+    run.apply(rerun("a"), at(5)).unwrap();
+    let mut again = event(&run, "a", 2, EventKind::Succeeded, 6);
+    again.generation = 1;
+    run.apply(ev(&again), at(6)).unwrap();
+    assert_eq!(run.job("b").unwrap().state, JobState::Skipped, "f failed: nothing new starts");
+    assert_eq!(run.job("c").unwrap().state, JobState::Skipped, "and c does not wait for ever");
+    assert_eq!(run.record().state, RunState::Failed);
+}
+
+const PARENT_DOWNSTREAM: &str = "name: p
+jobs:
+  a: { run: noop }
+  p: { run: noop, needs: [a] }
+  d: { run: noop, needs: [p] }
+";
+
+#[test]
+fn a_parent_downstream_of_a_rerun_waits_for_what_it_needs_before_it_completes() {
+    let (mut run, _) = start(PARENT_DOWNSTREAM);
+    run.apply(ev(&event(&run, "a", 1, EventKind::Succeeded, 1)), at(1)).unwrap();
+    spawning(&mut run, "p", &["c"], 2);
+    run.apply(ev(&event(&run, "p.c", 1, EventKind::Succeeded, 3)), at(3)).unwrap();
+    run.apply(ev(&event(&run, "d", 1, EventKind::Succeeded, 4)), at(4)).unwrap();
+    assert_eq!(run.record().state, RunState::Succeeded);
+
+    let effects = run.apply(rerun("a"), at(5)).unwrap();
+    assert_eq!(dispatched(&effects), ["a"], "d waits for p, which waits for a");
+    assert_eq!(run.job("p").unwrap().state, JobState::Waiting);
+    assert_eq!(run.job("d").unwrap().state, JobState::Blocked);
+    let mut again = event(&run, "a", 2, EventKind::Succeeded, 6);
+    again.generation = 1;
+    let effects = run.apply(ev(&again), at(6)).unwrap();
+    assert_eq!(run.job("p").unwrap().state, JobState::Completed, "its children are still complete");
+    assert_eq!(dispatched(&effects), ["d"]);
+}
+
+#[test]
+fn a_rerun_whose_waiting_parent_needs_an_unfinished_job_is_refused() {
+    let (mut run, _) = start(PARENT_DOWNSTREAM);
+    run.apply(ev(&event(&run, "a", 1, EventKind::Succeeded, 1)), at(1)).unwrap();
+    spawning(&mut run, "p", &["c"], 2);
+    run.apply(Input::Cancel, at(3)).unwrap();
+    assert_eq!(run.job("p.c").unwrap().state, JobState::Cancelled);
+    run.apply(rerun("a"), at(4)).unwrap();
+    run.apply(Input::Cancel, at(5)).unwrap();
+    assert_eq!(run.job("a").unwrap().state, JobState::Cancelled);
+    assert_eq!(
+        run.apply(rerun("p.c"), at(6)),
+        Err(NotApplied::Refused(Refused::NeedsFirst { job: "p".into(), need: "a".into() }))
+    );
+}
+
 mod invariants;
 mod simulation;
 mod transitions;
