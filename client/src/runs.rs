@@ -165,7 +165,7 @@ pub async fn by_window_days(
             }
         }
     }
-    runs.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+    runs.sort_by_key(|run| std::cmp::Reverse((run.created_at, run.id)));
     Ok(runs)
 }
 

@@ -167,7 +167,7 @@ pub async fn running_runs(topology: &Topology, index: &mut Index) -> Result<Vec<
 /// marker. Safe to repeat: entries carry message ids, readers skip duplicates.
 async fn index_every_run(topology: &Topology, index: &mut Index) -> Result<(), ServiceError> {
     let mut runs: Vec<RunRecord> = stores::load_all(&topology.runs).await?;
-    runs.sort_by(|a, b| (a.created_at, a.id).cmp(&(b.created_at, b.id)));
+    runs.sort_by_key(|run| (run.created_at, run.id));
     if !runs.is_empty() {
         tracing::info!(runs = runs.len(), "indexing the runs of an older store (once)");
     }
