@@ -66,6 +66,12 @@ impl Index {
         Ok(())
     }
 
+    /// Drops a run from the running set (one whose record was never written).
+    pub async fn forget(&mut self, id: &RunId) -> Result<(), ServiceError> {
+        self.active.delete(id.to_string()).await.context("dropping a run from the running set")?;
+        Ok(())
+    }
+
     /// Appends `entry` to each chain (pointing to the chain's previous entry, and expecting
     /// it to be the last: another writer appending means this one is stale, and its term
     /// ends) and to each plain subject, pipelined; returns once all are stored.

@@ -280,6 +280,15 @@ impl Coordinator {
         let mut effects = Vec::new();
         for id in index::running_runs(topology, &mut self.index).await? {
             effects.extend(self.load(topology, &id, now).await?);
+            if self.active.contains_key(&id) {
+                // A crash between a run's final record and its index update: the eviction
+                // below finishes that update.
+                self.ran.insert(id);
+            } else if store::load_run(topology, &id).await?.is_none() {
+                // A key written for a run whose record never came to be (a run that cannot be
+                // restored keeps its key, and is tried again by the next leader).
+                self.index.forget(&id).await?;
+            }
         }
         self.execute(effects).await?;
         let mut lost = Vec::new();

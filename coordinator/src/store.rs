@@ -119,39 +119,60 @@ pub async fn write_all<'a>(
     job_record: impl Fn(&RunId, &str) -> Option<&'a JobRecord>,
 ) -> Result<(), ServiceError> {
     for chunk in saves.chunks(WRITE_CHUNK) {
-        let mut outgoing = Vec::with_capacity(chunk.len());
-        let mut keys = Vec::with_capacity(chunk.len());
-        for effect in chunk {
-            let Some(key) = RecordKey::of(effect) else { continue };
-            let payload = match effect {
-                Effect::SaveJob { run_id, job } => match job_record(run_id, job) {
-                    Some(record) => encode(record)?,
-                    None => {
-                        // The engine named a job it does not have: a bug, not a reason to stop.
-                        tracing::error!(run = %run_id, %job, "asked to save a job the run does not have");
-                        continue;
-                    }
-                },
-                Effect::SaveRun(run) => encode(&**run)?,
-                _ => continue,
-            };
-            let mut headers = async_nats::HeaderMap::new();
-            if let Some(expected) = revisions.get(key) {
-                headers.insert(names::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
-            }
-            let subject = key.subject();
-            outgoing.push(Outgoing {
-                what: format!("{subject} (a newer coordinator may have taken over)"),
-                subject,
-                headers,
-                payload: payload.into(),
-            });
-            keys.push(key);
+        // Run and job records live in two streams, which JetStream stores independently: a
+        // switch from one to the other waits until what came before is stored, so readers
+        // never see a record before the ones the engine ordered ahead of it (a new run's
+        // jobs before the run, a rerun's run before its jobs).
+        for segment in chunk.chunk_by(|a, b| is_run(a) == is_run(b)) {
+            write_segment(js, segment, revisions, &job_record).await?;
         }
-        let acks = publish_all(js, outgoing).await?;
-        for (key, ack) in keys.into_iter().zip(acks) {
-            revisions.set(key, ack.sequence);
+    }
+    Ok(())
+}
+
+fn is_run(effect: &Effect) -> bool {
+    matches!(effect, Effect::SaveRun(_))
+}
+
+/// Publishes saves of one stream, pipelined, and remembers their revisions.
+async fn write_segment<'a>(
+    js: &jetstream::Context,
+    segment: &[&Effect],
+    revisions: &mut Revisions,
+    job_record: &impl Fn(&RunId, &str) -> Option<&'a JobRecord>,
+) -> Result<(), ServiceError> {
+    let mut outgoing = Vec::with_capacity(segment.len());
+    let mut keys = Vec::with_capacity(segment.len());
+    for effect in segment {
+        let Some(key) = RecordKey::of(effect) else { continue };
+        let payload = match effect {
+            Effect::SaveJob { run_id, job } => match job_record(run_id, job) {
+                Some(record) => encode(record)?,
+                None => {
+                    // The engine named a job it does not have: a bug, not a reason to stop.
+                    tracing::error!(run = %run_id, %job, "asked to save a job the run does not have");
+                    continue;
+                }
+            },
+            Effect::SaveRun(run) => encode(&**run)?,
+            _ => continue,
+        };
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(expected) = revisions.get(key) {
+            headers.insert(names::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE, expected.to_string().as_str());
         }
+        let subject = key.subject();
+        outgoing.push(Outgoing {
+            what: format!("{subject} (a newer coordinator may have taken over)"),
+            subject,
+            headers,
+            payload: payload.into(),
+        });
+        keys.push(key);
+    }
+    let acks = publish_all(js, outgoing).await?;
+    for (key, ack) in keys.into_iter().zip(acks) {
+        revisions.set(key, ack.sequence);
     }
     Ok(())
 }
