@@ -63,12 +63,6 @@ impl Stores {
         Ok(run_jobs(&self.js, id).await?.into_iter().map(|(path, (record, _))| (path, record)).collect())
     }
 
-    /// Every run record ever made: a full scan, for tools and migrations. Listings go
-    /// through [`crate::runs`], which reads only what it returns.
-    pub async fn every_run(&self) -> Result<Vec<RunRecord>, ClientError> {
-        load_all(&self.runs).await
-    }
-
     /// Every schedule, by name.
     pub async fn schedules(&self) -> Result<Vec<ScheduleRecord>, ClientError> {
         let mut records: Vec<ScheduleRecord> = load_all(&self.schedules).await?;

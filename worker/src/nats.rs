@@ -1,7 +1,5 @@
 //! Connecting to NATS, and opening a pool's consumer (the coordinator creates it).
 
-use std::time::Duration;
-
 use std::collections::BTreeSet;
 
 use async_nats::jetstream::{self, consumer};
@@ -11,29 +9,9 @@ use sluice_proto::spec::DEFAULT_POOL;
 
 use crate::error::WorkerError;
 
-/// Connects with a name that shows in the server's connection list, and checks the server
-/// version (Sluice needs 2.14 or newer). Fails at once when nothing answers; once connected,
-/// the client reconnects for ever (a nats-server restart is survived).
-pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, ConnectError> {
-    let client = async_nats::ConnectOptions::new()
-        .name(name)
-        .max_reconnects(None)
-        .connection_timeout(Duration::from_secs(5))
-        .connect(url)
-        .await
-        .map_err(|source| ConnectError::Unreachable { url: url.to_owned(), source: source.into() })?;
-    sluice_proto::version::check_server_version(&client.server_info().version).map_err(ConnectError::TooOld)?;
-    Ok(client)
-}
-
-/// Connecting failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
-    #[error("cannot reach NATS at {url}: {source} (is a nats-server running there? `sluice dev` starts one)")]
-    Unreachable { url: String, source: async_nats::Error },
-    #[error("{0}")]
-    TooOld(String),
-}
+/// Connecting (and the server version check) is the client crate's: one way for every
+/// binary.
+pub use sluice_client::connect::connect;
 
 /// Opens the pool's durable pull consumer `pool-<pool>`. The coordinator creates it when the
 /// pool is declared (`sluice pool apply`); a worker never creates or changes it, so the
