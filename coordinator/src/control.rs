@@ -11,7 +11,7 @@ use sluice_proto::{
     RunId, RunState, SCHEMA_VERSION, ScheduleRecord, Submission, Window, WorkflowSpec, encode, names,
 };
 
-use crate::error::{NatsContext, ServiceError};
+use crate::error::{NatsContext, ServiceError, revision_checked};
 use crate::topology::Topology;
 
 /// Most windows of one backfill in flight at once.
@@ -124,7 +124,9 @@ pub async fn schedule_apply(topology: &Topology, yaml: &str, now: DateTime<Utc>)
     let payload = encode(&record)?;
     let what = format!("writing schedule {}", spec.name);
     match existing {
-        Some((_, revision)) => topology.schedules.update(&spec.name, payload.into(), revision).await.context(what)?,
+        Some((_, revision)) => {
+            revision_checked(topology.schedules.update(&spec.name, payload.into(), revision).await, what)?
+        }
         None => topology.schedules.create(&spec.name, payload.into()).await.context(what)?,
     };
     Ok(Answer::applied(format!("schedule {} {verb}", spec.name), vec![spec.name]))
@@ -161,11 +163,8 @@ pub async fn schedule_pause(
     }
     record.paused = paused;
     record.updated_at = now;
-    topology
-        .schedules
-        .update(name, encode(&record)?.into(), revision)
-        .await
-        .context(format!("writing schedule {name}"))?;
+    let written = topology.schedules.update(name, encode(&record)?.into(), revision).await;
+    revision_checked(written, format!("writing schedule {name}"))?;
     let word = if paused { "paused" } else { "resumed" };
     Ok(Answer::applied(format!("schedule {name} {word}"), vec![name.to_owned()]))
 }
@@ -302,11 +301,8 @@ pub async fn backfill_cancel(topology: &Topology, id: &RunId) -> Result<Answer, 
         ));
     }
     record.state = RunState::Cancelled;
-    topology
-        .backfills
-        .update(id.to_string(), encode(&record)?.into(), revision)
-        .await
-        .context(format!("cancelling backfill {id}"))?;
+    let written = topology.backfills.update(id.to_string(), encode(&record)?.into(), revision).await;
+    revision_checked(written, format!("cancelling backfill {id}"))?;
     Ok(Answer::applied(
         format!("backfill {id} cancelled: no new windows start; running ones are being cancelled"),
         vec![id.to_string()],

@@ -14,6 +14,36 @@ pub enum ServiceError {
     Stalled(String),
     #[error(transparent)]
     Client(#[from] sluice_client::ClientError),
+    /// A revision-checked write lost to another write of the same record (the timekeeper
+    /// and the loop both write schedules, backfills and pools): read it again and redo.
+    #[error("{what}: the record changed while it was being written")]
+    Changed { what: String },
+}
+
+impl ServiceError {
+    /// Whether trying again (reading state afresh) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Nats { .. } | Self::Stalled(_) | Self::Changed { .. } => true,
+            Self::Codec(_) | Self::ServerVersion(_) => false,
+            Self::Client(error) => error.is_retryable(),
+        }
+    }
+}
+
+/// The result of a revision-checked KV write: losing to another write is
+/// [`ServiceError::Changed`], anything else a NATS failure.
+pub fn revision_checked<T>(
+    result: Result<T, async_nats::jetstream::kv::UpdateError>,
+    what: impl Into<String>,
+) -> Result<T, ServiceError> {
+    use async_nats::jetstream::kv::UpdateErrorKind;
+    match result {
+        Err(error) if error.kind() == UpdateErrorKind::WrongLastRevision => {
+            Err(ServiceError::Changed { what: what.into() })
+        }
+        other => other.context(what),
+    }
 }
 
 /// Adds context to any NATS error.

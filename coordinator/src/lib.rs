@@ -1,21 +1,24 @@
 //! sluice-coordinator: the DAG [`engine`] (a pure state machine) and the [`service`] that
 //! drives it over NATS JetStream: submission intake, event handling, dispatch, recovery.
 //!
-//! Layout: [`engine`] decides; [`intake`] checks submissions; [`store`] and [`dispatch`]
-//! write records and publish jobs; [`spawns`] reads the children jobs spawn; [`control`]
-//! applies control requests and answers each with an outcome; [`timekeeper`] fires
-//! schedules and drives backfills; [`leadership`] keeps one coordinator in charge;
-//! [`topology`] creates streams and buckets; [`service`] is the loop that ties them
-//! together. Reads and publishing helpers shared with clients live in `sluice-client`.
+//! Layout: [`engine`] decides; [`inbox`] is everything the leader's loop receives;
+//! [`intake`] checks submissions; [`outbox`] carries out the engine's effects through
+//! [`store`] (records) and [`dispatch`] (jobs, dead letters); [`spawns`] reads the
+//! children jobs spawn; [`control`] applies control requests and answers each with an
+//! outcome; [`timekeeper`] fires schedules and drives backfills (a task of its own each
+//! leadership term); [`leadership`] keeps one coordinator in charge; [`topology`] creates
+//! streams and buckets; [`service`] is the loop that ties them together. Reads and publishing helpers shared with clients live in `sluice-client`.
 
 pub mod announce;
 pub mod control;
 pub mod dispatch;
 pub mod engine;
 pub mod error;
+pub mod inbox;
 pub mod index;
 pub mod intake;
 pub mod leadership;
+pub mod outbox;
 pub mod pools;
 pub mod service;
 pub mod spawns;

@@ -16,7 +16,7 @@ use sluice_proto::spec::{DEFAULT_POOL, check_name};
 use sluice_proto::{PoolRecord, PoolSettings, RefusalKind, SCHEMA_VERSION, encode, names};
 
 use crate::control::Answer;
-use crate::error::{NatsContext, ServiceError};
+use crate::error::{NatsContext, ServiceError, revision_checked};
 use crate::topology::Topology;
 
 /// A new pool's ack wait: a job whose worker stops answering is delivered again after this.
@@ -115,7 +115,9 @@ pub async fn apply(topology: &Topology, settings: &PoolSettings, now: DateTime<U
 async fn write(topology: &Topology, record: &PoolRecord, revision: Option<u64>) -> Result<(), ServiceError> {
     let what = format!("writing pool {}", record.name);
     match revision {
-        Some(revision) => topology.pools.update(&record.name, encode(record)?.into(), revision).await.context(what)?,
+        Some(revision) => {
+            revision_checked(topology.pools.update(&record.name, encode(record)?.into(), revision).await, what)?
+        }
         None => topology.pools.create(&record.name, encode(record)?.into()).await.context(what)?,
     };
     ensure_consumer(topology, record).await

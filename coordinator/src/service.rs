@@ -1,50 +1,45 @@
 //! The coordinator service: the thin shell around the [`crate::engine`]. One task owns every
-//! active run; it reads submissions and events from JetStream, applies them to the engine,
-//! writes the resulting records, publishes dispatches, and only then acknowledges.
+//! active run: it takes one item at a time from the [`Inbox`] (events, advisories, control
+//! requests, submissions, reports of the term's tasks), turns it into an engine input,
+//! applies it, has the [`Outbox`] write the resulting records and publish the dispatches,
+//! and only then acknowledges. The [`crate::timekeeper`] runs beside it, one task per
+//! leadership term.
 //!
 //! Any NATS failure restarts the loop from durable state, so nothing lives only in memory.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, Message};
 use chrono::Utc;
-use futures::StreamExt;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use sluice_proto::{
-    ControlAction, ControlRequest, DeadLetter, JobEvent, JobMessage, RefusalKind, Rejection, RunId, TraceParent,
-    decode, encode, names,
+    ControlAction, ControlRequest, JobEvent, JobMessage, RefusalKind, Rejection, RunId, TraceParent, decode, encode,
+    names,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::announce;
 use crate::control::{self, Answer};
-use crate::dispatch::{
-    publish_dead_letters, publish_jobs, publish_raw_dead_letter, reached_workers, stop_run, withdraw,
-};
+use crate::dispatch::{publish_raw_dead_letter, reached_workers};
 use crate::engine::{Effect, Input, NotApplied, Run};
 use crate::error::{NatsContext, ServiceError};
+use crate::inbox::{Consumers, Inbound};
 use crate::index::{self, Index};
 use crate::intake;
 use crate::leadership;
+use crate::outbox::Outbox;
 use crate::pools;
 use crate::spawns;
-use crate::store::{self, Revisions, saves_of, write_all};
+use crate::store::{self, saves_of};
 use crate::timekeeper;
 use crate::topology::{self, Topology};
 use sluice_client::stores;
 
-/// Most events handled (and written) as one batch.
-pub const EVENT_BATCH_MAX: usize = 512;
-/// How often schedules and backfills are looked at (a tick fires within about this).
-const TIMEKEEPER_EVERY: Duration = Duration::from_secs(1);
-/// Timekeeper ticks between copies of the workers' kinds into the pool records.
-const POOL_KINDS_EVERY_TICKS: u32 = 5;
-/// Submissions pulled ahead of handling; each waits its turn within the ack wait.
-const SUBMISSIONS_PREFETCH: usize = 16;
+/// Times a control request is redone from a fresh read when its revision-checked write
+/// loses to another (then the term restarts, and the request is delivered again).
+const CHANGED_REDO_MAX: u32 = 5;
 /// Pause before restarting after a failure, doubling up to the maximum.
 const RESTART_DELAY_INITIAL: Duration = Duration::from_millis(200);
 const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
@@ -157,119 +152,58 @@ struct Coordinator {
     /// The declared pools (a submission naming another is rejected); refreshed when a
     /// `pool apply` is applied.
     pools: BTreeSet<String>,
-    /// The schema each pool's live workers read (from the registry, every few seconds):
-    /// jobs are dispatched at it, so workers not yet upgraded can read them.
-    pool_schemas: BTreeMap<String, u32>,
     active: HashMap<RunId, Run>,
-    revisions: Revisions,
-    rng: StdRng,
+    outbox: Outbox,
 }
 
 impl Coordinator {
     fn new(js: jetstream::Context, topology: &Topology) -> Self {
         Self {
-            js,
             index: Index::new(topology),
             ran: HashSet::new(),
             pools: BTreeSet::new(),
-            pool_schemas: BTreeMap::new(),
             active: HashMap::new(),
-            revisions: Revisions::default(),
-            rng: StdRng::from_os_rng(),
+            outbox: Outbox::new(js.clone()),
+            js,
         }
     }
 
-    async fn serve(&mut self, topology: &Topology, shutdown: &CancellationToken) -> Result<(), ServiceError> {
+    async fn serve(&mut self, topology: &Topology, term: &CancellationToken) -> Result<(), ServiceError> {
         let topology = topology.clone();
         self.pools = pools::declared(&topology).await?;
-        self.pool_schemas = announce::refresh_pools(&topology).await?;
-        let submit = topology::coordinator_consumer(
-            &self.js,
-            names::SUBMIT_STREAM,
-            names::SUBMIT_CONSUMER,
-            names::SUBMIT_SUBJECT,
-        )
-        .await?;
-        let events = topology::coordinator_consumer(
-            &self.js,
-            names::EVENTS_STREAM,
-            names::EVENTS_CONSUMER,
-            names::EVENTS_SUBJECTS,
-        )
-        .await?;
-        let control = topology::coordinator_consumer(
-            &self.js,
-            names::CONTROL_STREAM,
-            names::CONTROL_CONSUMER,
-            names::CONTROL_SUBJECTS,
-        )
-        .await?;
-        let advisories = topology::coordinator_consumer(
-            &self.js,
-            names::ADVISORIES_STREAM,
-            names::ADVISORIES_CONSUMER,
-            names::MAX_DELIVERIES_SUBJECTS,
-        )
-        .await?;
+        self.outbox.pool_schemas = announce::refresh_pools(&topology).await?;
+        let consumers = Consumers::create(&self.js).await?;
         self.recover(&topology).await?;
-        let mut advisories = advisories
-            .stream()
-            .max_messages_per_batch(SUBMISSIONS_PREFETCH)
-            .messages()
-            .await
-            .context("subscribing to advisories")?;
-        let mut requests = control
-            .stream()
-            .max_messages_per_batch(SUBMISSIONS_PREFETCH)
-            .messages()
-            .await
-            .context("subscribing to control requests")?;
-        let mut submissions = submit
-            .stream()
-            .max_messages_per_batch(SUBMISSIONS_PREFETCH)
-            .messages()
-            .await
-            .context("subscribing to submissions")?;
-        let mut events = events
-            .stream()
-            .max_messages_per_batch(EVENT_BATCH_MAX)
-            .messages()
-            .await
-            .context("subscribing to events")?
-            .ready_chunks(EVENT_BATCH_MAX);
+        // `reports` stays here for the whole term, so the inbox never sees its tasks end.
+        let (mut inbox, reports) = consumers.subscribe().await?;
+        // The timekeeper lives exactly as long as this term: it stops when serving ends, by
+        // any path, before another term can start one of its own.
+        let tasks = term.child_token();
+        let _stop_tasks = tasks.clone().drop_guard();
+        tokio::spawn(timekeeper::keep(topology.clone(), reports.clone(), tasks));
         tracing::info!(active_runs = self.active.len(), "coordinator ready");
-        let mut clock = tokio::time::interval(TIMEKEEPER_EVERY);
-        let mut ticks = 0u32;
-        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            let inbound = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = clock.tick() => {
-                    timekeeper::pass(&topology, Utc::now()).await?;
-                    ticks = ticks.wrapping_add(1);
-                    if ticks.is_multiple_of(POOL_KINDS_EVERY_TICKS) {
-                        self.pool_schemas = announce::refresh_pools(&topology).await?;
-                    }
-                }
-                batch = events.next() => {
-                    let batch = batch.ok_or_else(|| ended("events"))?;
-                    let messages = batch.into_iter().collect::<Result<Vec<_>, _>>().context("receiving events")?;
-                    self.handle_events(messages).await?;
-                }
-                advisory = advisories.next() => {
-                    let advisory = advisory.ok_or_else(|| ended("advisories"))?.context("receiving an advisory")?;
-                    self.handle_max_deliveries(&topology, advisory).await?;
-                }
-                request = requests.next() => {
-                    let request = request.ok_or_else(|| ended("control requests"))?.context("receiving a control request")?;
-                    self.handle_control(&topology, request).await?;
-                }
-                submission = submissions.next() => {
-                    let submission = submission.ok_or_else(|| ended("submissions"))?.context("receiving a submission")?;
-                    self.handle_submission(&topology, submission).await?;
-                }
+                _ = term.cancelled() => return Ok(()),
+                inbound = inbox.next() => inbound?,
+            };
+            self.handle(&topology, inbound).await?;
+        }
+    }
+
+    /// One item of the inbox, through the engine and the outbox.
+    async fn handle(&mut self, topology: &Topology, inbound: Inbound) -> Result<(), ServiceError> {
+        match inbound {
+            Inbound::Events(messages) => self.handle_events(messages).await,
+            Inbound::Advisory(message) => self.handle_max_deliveries(topology, message).await,
+            Inbound::Control(message) => self.handle_control(topology, message).await,
+            Inbound::Submission(message) => self.handle_submission(topology, message).await,
+            Inbound::PoolSchemas(schemas) => {
+                self.outbox.pool_schemas = schemas;
+                Ok(())
             }
+            Inbound::TaskFailed(error) => Err(error),
         }
     }
 
@@ -302,9 +236,7 @@ impl Coordinator {
         }
         if !lost.is_empty() {
             tracing::warn!(jobs = lost.len(), "re-publishing queued jobs a crash kept from their pools");
-            let records: HashMap<RunId, _> = self.active.iter().map(|(id, run)| (*id, run.record().clone())).collect();
-            let batch: Vec<_> = lost.iter().map(|message| (message, &records[&message.run_id])).collect();
-            publish_jobs(&self.js, &batch, &self.pool_schemas, &mut self.rng).await?;
+            self.outbox.dispatch(&lost, &self.active).await?;
         }
         self.evict_finished().await?;
         Ok(())
@@ -320,10 +252,10 @@ impl Coordinator {
     ) -> Result<Vec<Effect>, ServiceError> {
         let Some((record, revision)) = store::load_run_revision(topology, id).await? else { return Ok(Vec::new()) };
         let loaded = stores::run_jobs(&self.js, id).await?;
-        self.revisions.remember_run(id, revision);
+        self.outbox.revisions.remember_run(id, revision);
         let mut jobs = HashMap::with_capacity(loaded.len());
         for (name, (job, revision)) in loaded {
-            self.revisions.remember_job(id, &name, revision);
+            self.outbox.revisions.remember_job(id, &name, revision);
             jobs.insert(name, job);
         }
         match Run::restore(record, jobs, now) {
@@ -397,7 +329,7 @@ impl Coordinator {
     async fn handle_submission(&mut self, topology: &Topology, message: Message) -> Result<(), ServiceError> {
         let traceparent = header(&message, names::HEADER_TRACEPARENT)
             .and_then(|text| TraceParent::parse(&text))
-            .unwrap_or_else(|| TraceParent::new_root(&mut self.rng));
+            .unwrap_or_else(|| TraceParent::new_root(&mut self.outbox.rng));
         let tracestate = header(&message, names::HEADER_TRACESTATE);
         match intake::check(&message.payload, Some(traceparent.to_string()), tracestate, Utc::now()) {
             Err(rejection) => self.reject(rejection).await?,
@@ -421,7 +353,7 @@ impl Coordinator {
                     self.index.running(run.record(), true).await?;
                     self.ran.insert(id);
                     // The run record must not exist yet (its jobs may, from a creation a crash cut short).
-                    self.revisions.remember_run(&id, 0);
+                    self.outbox.revisions.remember_run(&id, 0);
                     self.active.insert(id, run);
                     self.execute(effects).await?;
                     tracing::info!(run = %id, %workflow, trace_id = %traceparent.trace_id_hex(), "run started");
@@ -464,53 +396,9 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Writes every save, then publishes every dispatch.
+    /// Carries out effects of the active runs.
     async fn execute(&mut self, effects: Vec<Effect>) -> Result<(), ServiceError> {
-        if effects.is_empty() {
-            return Ok(());
-        }
-        let active = &self.active;
-        let job_record = |run_id: &RunId, job: &str| active.get(run_id)?.job(job);
-        write_all(&self.js, saves_of(&effects), &mut self.revisions, job_record).await?;
-        let dispatches: Vec<(&RunId, &str, u32)> = effects
-            .iter()
-            .filter_map(|effect| match effect {
-                Effect::Dispatch { run_id, job, generation } => Some((run_id, job.as_str(), *generation)),
-                _ => None,
-            })
-            .collect();
-        // A chunk at a time: the messages for a 100,000-child spawn are never all in memory.
-        for chunk in dispatches.chunks(store::WRITE_CHUNK) {
-            let messages: Vec<JobMessage> = chunk
-                .iter()
-                .filter_map(|&(run_id, job, generation)| {
-                    let message = self.active.get(run_id)?.dispatch_message(job);
-                    // A later effect dispatches the newer generation.
-                    (message.generation == generation).then_some(message)
-                })
-                .collect();
-            let batch: Vec<_> = messages
-                .iter()
-                .filter_map(|message| Some((message, self.active.get(&message.run_id)?.record())))
-                .collect();
-            publish_jobs(&self.js, &batch, &self.pool_schemas, &mut self.rng).await?;
-        }
-        let letters: Vec<&DeadLetter> = effects
-            .iter()
-            .filter_map(|effect| match effect {
-                Effect::DeadLetter(letter) => Some(&**letter),
-                _ => None,
-            })
-            .collect();
-        publish_dead_letters(&self.js, &letters).await?;
-        for effect in &effects {
-            match effect {
-                Effect::Withdraw(run_id) => withdraw(&self.js, run_id).await?,
-                Effect::StopRun(run_id) => stop_run(&self.js, run_id).await?,
-                _ => {}
-            }
-        }
-        Ok(())
+        self.outbox.carry_out(effects, &self.active).await
     }
 
     /// JetStream gave up on a job message (its workers kept dying before they could report):
@@ -611,7 +499,17 @@ impl Coordinator {
         };
         if !control::answered(topology, request.request_id).await? {
             let now = Utc::now();
-            let answer = self.apply_control(topology, &request, now).await?;
+            let mut redone = 0;
+            let answer = loop {
+                match self.apply_control(topology, &request, now).await {
+                    // The timekeeper wrote the same schedule, backfill or pool meanwhile.
+                    Err(ServiceError::Changed { what }) if redone < CHANGED_REDO_MAX => {
+                        tracing::debug!(%what, "redoing a control request from a fresh read");
+                        redone += 1;
+                    }
+                    other => break other?,
+                }
+            };
             tracing::info!(
                 action = request.action_name(),
                 run = ?request.run_id.map(|id| id.to_string()),
@@ -724,7 +622,7 @@ impl Coordinator {
             let Some(run) = self.active.remove(&id) else { continue };
             let record = run.record();
             tracing::info!(run = %id, workflow = %record.workflow, state = record.state.as_str(), "run finished");
-            self.revisions.forget_run(record);
+            self.outbox.revisions.forget_run(record);
             if self.ran.remove(&id) {
                 self.index.finished(record).await?;
             }
@@ -778,8 +676,4 @@ fn children_wanted(effects: &mut Vec<Effect>) -> Option<Box<JobEvent>> {
         Some(Effect::ReadChildren(event)) => Some(event),
         _ => None,
     }
-}
-
-fn ended(what: &str) -> ServiceError {
-    ServiceError::Nats { context: format!("the {what} subscription ended"), source: "subscription closed".into() }
 }

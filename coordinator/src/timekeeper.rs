@@ -4,6 +4,14 @@
 //! restart or two coordinators overlapping never make two runs of one tick or window.
 //! Every decision about time is in [`sluice_proto::schedule`], which takes the clock as an
 //! argument.
+//!
+//! It runs as a task of its own for each leadership term ([`keep`]), beside the loop that
+//! handles events, so a long pass (many schedules, wide backfills) never holds events up.
+//! Its writes to schedule, backfill and pool records are revision-checked like the loop's
+//! own: when both change one record at once, the later write reads it again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use chrono::{DateTime, Utc};
@@ -16,9 +24,61 @@ use sluice_proto::{
 
 use sluice_client::{ClientError, requests, stores};
 
+use tokio_util::sync::CancellationToken;
+
+use crate::announce;
 use crate::error::{NatsContext, ServiceError};
+use crate::inbox::{Inbound, Reports};
 use crate::store;
 use crate::topology::Topology;
+
+/// How often schedules and backfills are looked at (a tick fires within about this).
+pub const EVERY: Duration = Duration::from_secs(1);
+/// Passes between copies of the workers' kinds into the pool records (and the pools'
+/// schemas sent to the loop).
+const POOL_KINDS_EVERY_PASSES: u32 = 5;
+
+/// The timekeeper of one leadership term: a [`pass`] every [`EVERY`], and every few passes
+/// the pools' kinds and schemas refreshed from the registry, until `term` is cancelled (a
+/// pass in progress stops at once). A failure is reported to the loop, which ends the term.
+pub async fn keep(topology: Topology, reports: Reports, term: CancellationToken) {
+    let mut clock = tokio::time::interval(EVERY);
+    clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut passes = 0u32;
+    loop {
+        let done = tokio::select! {
+            _ = term.cancelled() => return,
+            done = async {
+                clock.tick().await;
+                tick(&topology, passes).await
+            } => done,
+        };
+        let report = match done {
+            Ok(None) => None,
+            Ok(Some(schemas)) => Some(Inbound::PoolSchemas(schemas)),
+            Err(error) => Some(Inbound::TaskFailed(error)),
+        };
+        let failed = matches!(report, Some(Inbound::TaskFailed(_)));
+        if let Some(report) = report
+            && reports.send(report).await.is_err()
+        {
+            return;
+        }
+        if failed {
+            return;
+        }
+        passes = passes.wrapping_add(1);
+    }
+}
+
+/// One pass at the current time; every few passes, the pools' schemas too.
+async fn tick(topology: &Topology, passes: u32) -> Result<Option<BTreeMap<String, u32>>, ServiceError> {
+    pass(topology, Utc::now()).await?;
+    if (passes + 1).is_multiple_of(POOL_KINDS_EVERY_PASSES) {
+        return Ok(Some(announce::refresh_pools(topology).await?));
+    }
+    Ok(None)
+}
 
 /// The identity the coordinator's own control requests go out under (a cancelled
 /// backfill cancels its runs through the same path a user's cancel takes).

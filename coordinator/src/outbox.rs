@@ -1,0 +1,90 @@
+//! Carries out what the engine decided: every save is written (revision-checked, in the
+//! engine's order), then every dispatch, dead letter, withdrawal and stop is published.
+//! It owns the writer's state: the revisions the next writes are checked against, and the
+//! schema each pool's workers read.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_nats::jetstream;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use sluice_proto::{DeadLetter, JobMessage, RunId};
+
+use crate::dispatch::{publish_dead_letters, publish_jobs, stop_run, withdraw};
+use crate::engine::{Effect, Run};
+use crate::error::ServiceError;
+use crate::store::{self, Revisions, saves_of, write_all};
+
+pub struct Outbox {
+    pub js: jetstream::Context,
+    /// The revision each run and job record was last written at, by this term.
+    pub revisions: Revisions,
+    /// The schema each pool's live workers read (from the registry, every few seconds):
+    /// jobs are dispatched at it, so workers not yet upgraded can read them.
+    pub pool_schemas: BTreeMap<String, u32>,
+    /// Trace span ids of dispatches.
+    pub rng: StdRng,
+}
+
+impl Outbox {
+    pub fn new(js: jetstream::Context) -> Self {
+        Self { js, revisions: Revisions::default(), pool_schemas: BTreeMap::new(), rng: StdRng::from_os_rng() }
+    }
+
+    /// Writes every save, then publishes every dispatch. `active` holds the runs the
+    /// effects came from (records are read from it a chunk at a time, when written).
+    pub async fn carry_out(&mut self, effects: Vec<Effect>, active: &HashMap<RunId, Run>) -> Result<(), ServiceError> {
+        if effects.is_empty() {
+            return Ok(());
+        }
+        let job_record = |run_id: &RunId, job: &str| active.get(run_id)?.job(job);
+        write_all(&self.js, saves_of(&effects), &mut self.revisions, job_record).await?;
+        let dispatches: Vec<(&RunId, &str, u32)> = effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::Dispatch { run_id, job, generation } => Some((run_id, job.as_str(), *generation)),
+                _ => None,
+            })
+            .collect();
+        // A chunk at a time: the messages for a 100,000-child spawn are never all in memory.
+        for chunk in dispatches.chunks(store::WRITE_CHUNK) {
+            let messages: Vec<JobMessage> = chunk
+                .iter()
+                .filter_map(|&(run_id, job, generation)| {
+                    let message = active.get(run_id)?.dispatch_message(job);
+                    // A later effect dispatches the newer generation.
+                    (message.generation == generation).then_some(message)
+                })
+                .collect();
+            self.dispatch(&messages, active).await?;
+        }
+        let letters: Vec<&DeadLetter> = effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::DeadLetter(letter) => Some(&**letter),
+                _ => None,
+            })
+            .collect();
+        publish_dead_letters(&self.js, &letters).await?;
+        for effect in &effects {
+            match effect {
+                Effect::Withdraw(run_id) => withdraw(&self.js, run_id).await?,
+                Effect::StopRun(run_id) => stop_run(&self.js, run_id).await?,
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes job messages of active runs to their pools, at the schema each pool reads.
+    pub async fn dispatch(
+        &mut self,
+        messages: &[JobMessage],
+        active: &HashMap<RunId, Run>,
+    ) -> Result<(), ServiceError> {
+        let batch: Vec<_> =
+            messages.iter().filter_map(|message| Some((message, active.get(&message.run_id)?.record()))).collect();
+        publish_jobs(&self.js, &batch, &self.pool_schemas, &mut self.rng).await?;
+        Ok(())
+    }
+}
