@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use sluice_proto::limits::IDEMPOTENCY_KEY_MAX_BYTES;
+use sluice_proto::limits::{IDEMPOTENCY_KEY_MAX_BYTES, TRACESTATE_MAX_BYTES};
 use sluice_proto::{Rejection, RunId, SCHEMA_VERSION, Submission, Window, WorkflowSpec, decode};
 
 use crate::engine::NewRun;
@@ -48,6 +48,8 @@ pub fn check(
             format!("idempotency_key must be 1 to {IDEMPOTENCY_KEY_MAX_BYTES} bytes"),
         ));
     }
+    // An over-long tracestate is dropped, not stored (W3C: vendors may drop it).
+    let tracestate = tracestate.filter(|state| state.len() <= TRACESTATE_MAX_BYTES);
     let origin = submission.origin.unwrap_or_else(|| sluice_proto::messages::ORIGIN_MANUAL.to_owned());
     sluice_proto::messages::check_origin(&origin).map_err(|reason| reject(run_id, workflow.clone(), reason))?;
     let window = match submission.window {

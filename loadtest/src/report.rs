@@ -44,6 +44,10 @@ const TARGETS: &[(&str, &str, Target, &str)] = &[
     ("W3", "time per step", Target::RatioAtMost(4.0), "≤ 4× B3"),
     // The row is in MiB; the 150 MB is 150,000,000 bytes = 143.05 MiB.
     ("W4", "coordinator peak RSS", Target::ValueAtMost(150e6 / 1048576.0), "≤ 150 MB"),
+    // W6's baseline is the same query's p95 on the smaller store (1,000 runs; 100,000 after).
+    ("W6", "newest 50 p95", Target::RatioAtMost(1.5), "≤ 1.5× at 1,000 runs"),
+    ("W6", "workflow's newest 50 p95", Target::RatioAtMost(1.5), "≤ 1.5× at 1,000 runs"),
+    ("W6", "window range p95", Target::RatioAtMost(1.5), "≤ 1.5× at 1,000 runs"),
 ];
 
 #[derive(Clone, Copy)]

@@ -1,7 +1,54 @@
 //! Named limits on everything that comes from outside: each bounds memory or work.
 
 /// Largest workflow YAML accepted, in bytes.
-pub const WORKFLOW_YAML_MAX_BYTES: usize = 1024 * 1024;
+pub const WORKFLOW_YAML_MAX_BYTES: usize = 512 * 1024;
+/// Largest one job's definition may be once YAML aliases are expanded (its JSON form), in
+/// bytes: it travels in every job message of the job.
+pub const JOB_DEFINITION_MAX_BYTES: usize = 128 * 1024;
+/// Largest all of a workflow's job definitions may be together once aliases are expanded,
+/// in bytes: what one run holds in the coordinator's memory (a 2 KB YAML can alias to GBs).
+pub const WORKFLOW_EXPANDED_MAX_BYTES: usize = 8 * 1024 * 1024;
+/// Longest one `--param` value, and all params of a run together, in bytes: they travel in
+/// every job message of the run.
+pub const PARAM_VALUE_MAX_BYTES: usize = 1024;
+pub const PARAMS_MAX_BYTES: usize = 16 * 1024;
+/// Longest W3C `tracestate` kept from a submission (the W3C limit); a longer one is dropped.
+pub const TRACESTATE_MAX_BYTES: usize = 512;
+/// Longest worker id kept in a job's attempts; longer ones keep their start.
+pub const WORKER_NAME_MAX_BYTES: usize = 256;
+/// Attempts a job record (and a dead letter) keeps: the first, and the latest this many;
+/// the ones between are counted in `attempts_omitted`.
+pub const ATTEMPTS_KEPT_LATEST: usize = 20;
+
+/// The smallest `max_payload` a nats-server must allow, in bytes (its default, 1 MiB): every
+/// message and record Sluice writes is bounded below it by the limits here.
+pub const SERVER_MAX_PAYLOAD_MIN_BYTES: usize = 1024 * 1024;
+/// Room every bound below leaves for names, ids, timestamps and encoding overhead, in bytes.
+pub const RECORD_OVERHEAD_BYTES: usize = 16 * 1024;
+/// Largest job message: one definition, the run's params, and small fields.
+pub const JOB_MESSAGE_MAX_BYTES: usize = JOB_DEFINITION_MAX_BYTES + PARAMS_MAX_BYTES + RECORD_OVERHEAD_BYTES;
+/// Largest one kept attempt: its error, its worker and the workers it was redelivered to.
+pub const ATTEMPT_RECORD_MAX_BYTES: usize =
+    ERROR_TEXT_MAX_BYTES + WORKER_NAME_MAX_BYTES * (1 + crate::messages::REDELIVERIES_KEPT) + 64;
+/// Largest attempt history (the first and the latest [`ATTEMPTS_KEPT_LATEST`]).
+pub const ATTEMPT_HISTORY_MAX_BYTES: usize = (1 + ATTEMPTS_KEPT_LATEST) * ATTEMPT_RECORD_MAX_BYTES;
+/// Largest job record: its history, error, output and (a child's) definition.
+pub const JOB_RECORD_MAX_BYTES: usize = ATTEMPT_HISTORY_MAX_BYTES
+    + ERROR_TEXT_MAX_BYTES
+    + crate::spawn::OUTPUT_MAX_BYTES
+    + JOB_DEFINITION_MAX_BYTES
+    + RECORD_OVERHEAD_BYTES;
+/// Largest dead letter: the job message, its history and the reason.
+pub const DEAD_LETTER_MAX_BYTES: usize =
+    JOB_MESSAGE_MAX_BYTES + ATTEMPT_HISTORY_MAX_BYTES + ERROR_TEXT_MAX_BYTES + RECORD_OVERHEAD_BYTES;
+/// Largest run record, checked at intake (its YAML and job names are what grow).
+pub const RUN_RECORD_MAX_BYTES: usize = SERVER_MAX_PAYLOAD_MIN_BYTES - 64 * 1024;
+
+// Every stored value and message fits the smallest server Sluice runs on.
+const _: () = assert!(JOB_MESSAGE_MAX_BYTES < SERVER_MAX_PAYLOAD_MIN_BYTES);
+const _: () = assert!(JOB_RECORD_MAX_BYTES < SERVER_MAX_PAYLOAD_MIN_BYTES);
+const _: () = assert!(DEAD_LETTER_MAX_BYTES < SERVER_MAX_PAYLOAD_MIN_BYTES);
+const _: () = assert!(WORKFLOW_YAML_MAX_BYTES + PARAMS_MAX_BYTES + RECORD_OVERHEAD_BYTES < RUN_RECORD_MAX_BYTES);
 /// Most jobs a workflow may declare.
 pub const WORKFLOW_JOBS_MAX: usize = 20_000;
 /// Longest job, pool or workflow name; names become NATS subject tokens and KV keys.

@@ -316,8 +316,41 @@ pub struct JobRecord {
     /// The JSON output of its successful attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<serde_json::Value>,
+    /// Attempts left out of `attempt_history` (it keeps the first and the latest
+    /// [`crate::limits::ATTEMPTS_KEPT_LATEST`]), so the record stays bounded.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts_omitted: u32,
 }
 versioned!(JobRecord, "job record");
+
+impl JobRecord {
+    /// Adds an attempt to the history, leaving out the oldest but the first when it is full.
+    pub fn push_attempt(&mut self, attempt: AttemptRecord) {
+        if self.attempt_history.len() > crate::limits::ATTEMPTS_KEPT_LATEST {
+            self.attempt_history.remove(1);
+            self.attempts_omitted = self.attempts_omitted.saturating_add(1);
+        }
+        self.attempt_history.push(attempt);
+    }
+}
+
+/// A worker id as kept in a record: at most [`crate::limits::WORKER_NAME_MAX_BYTES`], its start
+/// (events come from outside; a forged 600 KB id must not grow a record).
+pub fn bounded_worker(worker: &str) -> String {
+    truncate_start(worker, crate::limits::WORKER_NAME_MAX_BYTES)
+}
+
+/// Keeps the first `max_bytes` of `text`, on a character boundary.
+pub fn truncate_start(text: &str, max_bytes: usize) -> String {
+    if text.len() <= max_bytes {
+        return text.to_owned();
+    }
+    let mut end = max_bytes;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
 
 /// A job whose attempts are over, kept in stream `SLUICE_DLQ` until replayed or purged.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -327,10 +360,14 @@ pub struct DeadLetter {
     pub job: JobMessage,
     /// Why no further attempt was made.
     pub reason: String,
-    /// Every attempt, with its error.
+    /// The job's attempts, with their errors: the first and the latest
+    /// [`crate::limits::ATTEMPTS_KEPT_LATEST`].
     #[serde(default)]
     pub attempts: Vec<AttemptRecord>,
     pub dead_at: DateTime<Utc>,
+    /// Attempts left out of `attempts`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts_omitted: u32,
 }
 versioned!(DeadLetter, "dead letter");
 

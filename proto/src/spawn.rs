@@ -151,6 +151,17 @@ pub fn parse_child_lines(text: &str, what: &str) -> Result<Vec<ChildSpec>, Spawn
         if line.trim().is_empty() {
             continue;
         }
+        if line.len() > crate::limits::JOB_DEFINITION_MAX_BYTES {
+            return Err(SpawnError::Line {
+                what: what.to_owned(),
+                line: index + 1,
+                message: format!(
+                    "the child's definition is {} bytes; the limit is {}",
+                    line.len(),
+                    crate::limits::JOB_DEFINITION_MAX_BYTES
+                ),
+            });
+        }
         let child: ChildSpec = serde_json::from_str(line).map_err(|error| SpawnError::Line {
             what: what.to_owned(),
             line: index + 1,

@@ -11,7 +11,11 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde::{Deserialize, Serialize};
 
 use crate::duration::HumanDuration;
-use crate::limits::{NAME_MAX_CHARS, PARAMS_MAX, WORKFLOW_JOBS_MAX, WORKFLOW_YAML_MAX_BYTES};
+use crate::limits::{
+    JOB_DEFINITION_MAX_BYTES, NAME_MAX_CHARS, PARAM_VALUE_MAX_BYTES, PARAMS_MAX, PARAMS_MAX_BYTES,
+    RECORD_OVERHEAD_BYTES, RUN_RECORD_MAX_BYTES, WORKFLOW_EXPANDED_MAX_BYTES, WORKFLOW_JOBS_MAX,
+    WORKFLOW_YAML_MAX_BYTES,
+};
 use crate::placeholder;
 use crate::retry::RetryPolicy;
 use crate::schedule::{Schedule, ScheduleSpec};
@@ -154,7 +158,23 @@ impl WorkflowSpec {
         }
         let spec: Self = serde_saphyr::from_str(yaml).map_err(|error| SpecError::Yaml(error.to_string()))?;
         spec.validate()?;
+        let record_bytes = spec.run_record_bytes(yaml.len());
+        if record_bytes > RUN_RECORD_MAX_BYTES {
+            let problem = format!(
+                "a run's record would be up to {record_bytes} bytes (the YAML, the list of its {} job names and params); the limit is {RUN_RECORD_MAX_BYTES}: use fewer or shorter job names",
+                spec.jobs.len()
+            );
+            return Err(SpecError::Invalid { workflow: spec.name.clone(), problems: vec![problem] });
+        }
         Ok(spec)
+    }
+
+    /// A bound on a run record of this workflow: what grows with the input is its YAML, the
+    /// list of its jobs and its params (at most [`PARAMS_MAX_BYTES`]); the rest fits in
+    /// [`RECORD_OVERHEAD_BYTES`].
+    pub fn run_record_bytes(&self, yaml_bytes: usize) -> usize {
+        let names: usize = self.jobs.keys().map(|name| name.len() + 2).sum();
+        yaml_bytes + names + PARAMS_MAX_BYTES + PARAMS_MAX * 8 + RECORD_OVERHEAD_BYTES
     }
 
     /// Every problem at once, so a user fixes them in one round.
@@ -191,6 +211,7 @@ impl WorkflowSpec {
         for (name, job) in &self.jobs {
             validate_job(name, job, &self.jobs, &mut problems);
         }
+        check_expanded_sizes(&self.jobs, &mut problems);
         if problems.is_empty()
             && let Some(cycle) = self.find_cycle()
         {
@@ -316,6 +337,15 @@ impl WorkflowSpec {
         if params.len() > PARAMS_MAX {
             problems.push(format!("{} params given; the limit is {PARAMS_MAX}", params.len()));
         }
+        for (name, value) in &params {
+            if value.len() > PARAM_VALUE_MAX_BYTES {
+                problems.push(format!("param `{name}` is {} bytes; the limit is {PARAM_VALUE_MAX_BYTES}", value.len()));
+            }
+        }
+        let total: usize = params.iter().map(|(name, value)| name.len() + value.len()).sum();
+        if total > PARAMS_MAX_BYTES {
+            problems.push(format!("the params are {total} bytes together; the limit is {PARAMS_MAX_BYTES}"));
+        }
         for name in overrides.keys() {
             if let Err(problem) = check_name("param", name) {
                 problems.push(problem);
@@ -330,6 +360,34 @@ impl WorkflowSpec {
         }
         if problems.is_empty() { Ok(params) } else { Err(SpecError::Invalid { workflow: self.name.clone(), problems }) }
     }
+}
+
+/// The size of each job's definition, and of all of them, once YAML aliases are expanded:
+/// a small YAML can alias one `config` into megabytes, and every job message carries its
+/// job's definition.
+fn check_expanded_sizes(jobs: &IndexMap<String, JobSpec>, problems: &mut Vec<String>) {
+    let mut total = 0usize;
+    for (name, job) in jobs {
+        let bytes = definition_bytes(job);
+        total = total.saturating_add(bytes);
+        if bytes > JOB_DEFINITION_MAX_BYTES {
+            problems.push(format!(
+                "job `{name}`: its definition is {bytes} bytes once YAML aliases are expanded, {} over the limit of {JOB_DEFINITION_MAX_BYTES}",
+                bytes - JOB_DEFINITION_MAX_BYTES
+            ));
+        }
+        if total > WORKFLOW_EXPANDED_MAX_BYTES {
+            problems.push(format!(
+                "the jobs' definitions pass {WORKFLOW_EXPANDED_MAX_BYTES} bytes together once YAML aliases are expanded (at job `{name}`)"
+            ));
+            return;
+        }
+    }
+}
+
+/// A job definition's size as it travels (its JSON form).
+pub fn definition_bytes(job: &JobSpec) -> usize {
+    serde_json::to_vec(job).map(|bytes| bytes.len()).unwrap_or(usize::MAX)
 }
 
 pub(crate) fn validate_job(name: &str, job: &JobSpec, jobs: &IndexMap<String, JobSpec>, problems: &mut Vec<String>) {

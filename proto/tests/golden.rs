@@ -265,6 +265,7 @@ fn run_and_job_records() {
             definition: None,
             children: 0,
             output: None,
+            attempts_omitted: 0,
         },
     );
 }
@@ -305,6 +306,7 @@ fn dead_letter() {
                 redelivered_to: vec![],
             }],
             dead_at: time("2024-03-02T08:00:02Z"),
+            attempts_omitted: 0,
         },
     );
 }

@@ -56,7 +56,7 @@ fn summary_json(entry: &Letter) -> serde_json::Value {
             "workflow": letter.job.workflow,
             "job": letter.job.job,
             "pool": letter.job.pool,
-            "attempts": letter.attempts.len(),
+            "attempts": letter.attempts.len() + letter.attempts_omitted as usize,
             "reason": letter.reason,
             "dead_at": time(Some(letter.dead_at)),
         }),
@@ -106,7 +106,7 @@ async fn list(js: &jetstream::Context, filters: &Filters, format: Format) -> Res
                         letter.job.workflow.clone(),
                         letter.job.job.clone(),
                         letter.job.pool.clone(),
-                        letter.attempts.len().to_string(),
+                        (letter.attempts.len() + letter.attempts_omitted as usize).to_string(),
                         entry.reason.lines().next().unwrap_or_default().to_owned(),
                     ],
                     None => vec![
@@ -162,6 +162,7 @@ async fn show(js: &jetstream::Context, id: u64, format: Format) -> Result<ExitCo
             "max_attempts": job.retry.max_attempts, "timeout_ms": job.timeout_ms,
         },
         "attempts": attempts,
+        "attempts_omitted": letter.attempts_omitted,
     });
     match format {
         Format::Json => print_json(&value),

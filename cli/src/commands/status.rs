@@ -100,6 +100,7 @@ fn job_json(view: &RunView, job: &JobRecord) -> serde_json::Value {
             "worker": attempt.worker,
             "redelivered_to": attempt.redelivered_to,
         })).collect::<Vec<_>>(),
+        "attempts_omitted": job.attempts_omitted,
     })
 }
 
@@ -176,7 +177,10 @@ fn one_job_text(view: &RunView, job: &JobRecord) -> String {
     if let Some(output) = &job.output {
         out.push_str(&format!("output    {}\n", first_line(&output.to_string())));
     }
-    for attempt in &job.attempt_history {
+    for (index, attempt) in job.attempt_history.iter().enumerate() {
+        if index == 1 && job.attempts_omitted > 0 {
+            out.push_str(&format!("… {} attempts omitted (the first and the latest are kept)\n", job.attempts_omitted));
+        }
         out.push_str(&format!(
             "attempt {} on {}: {} → {}{}\n",
             attempt.attempt,

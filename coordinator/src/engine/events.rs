@@ -53,6 +53,12 @@ fn finished(job: &JobRecord, attempt: u32) -> bool {
     job.attempt_history.iter().any(|record| record.attempt == attempt && record.finished_at.is_some())
 }
 
+/// Whether `attempt` is one the history left out (between the first and the latest kept).
+fn omitted(job: &JobRecord, attempt: u32) -> bool {
+    job.attempts_omitted > 0
+        && matches!(job.attempt_history.as_slice(), [first, second, ..] if attempt > first.attempt && attempt < second.attempt)
+}
+
 impl Run {
     /// A worker's event; `children` once read for a success that spawned some.
     pub(super) fn on_event(
@@ -128,6 +134,10 @@ impl Run {
             });
         }
         let starts = report.kind == EventKind::Started;
+        if omitted(job, report.attempt) {
+            // A late report of an attempt the bounded history no longer holds: long over.
+            return Err(Ignored::Duplicate { job: path.to_owned(), attempt: report.attempt });
+        }
         let repeats_finished = !starts && report.started_at.is_some() && finished(job, report.attempt);
         if (starts || repeats_finished) && note_redelivery(job, report.attempt, report.worker) {
             return Ok(Some(vec![self.save(path)]));
@@ -212,6 +222,7 @@ impl Run {
             reason: job.error.clone().unwrap_or_default(),
             attempts: job.attempt_history.clone(),
             dead_at: at,
+            attempts_omitted: job.attempts_omitted,
         }))
     }
 

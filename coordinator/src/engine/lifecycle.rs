@@ -210,5 +210,6 @@ pub(super) fn blank_job(run_id: RunId, name: &str) -> JobRecord {
         definition: None,
         children: 0,
         output: None,
+        attempts_omitted: 0,
     }
 }

@@ -2,7 +2,7 @@
 //! asserts the states it may come from, and [`Run::transition`], which moves the counters.
 
 use chrono::{DateTime, Utc};
-use sluice_proto::messages::REDELIVERIES_KEPT;
+use sluice_proto::messages::{REDELIVERIES_KEPT, bounded_worker};
 use sluice_proto::spawn::parent_of;
 use sluice_proto::{AttemptRecord, JobRecord, JobState};
 
@@ -73,12 +73,12 @@ impl Transitions for JobRecord {
         self.attempts = attempt;
         self.retry_at = None;
         self.started_at.get_or_insert(at);
-        self.attempt_history.push(AttemptRecord {
+        self.push_attempt(AttemptRecord {
             attempt,
             started_at: at,
             finished_at: None,
             error: None,
-            worker: worker.to_owned(),
+            worker: bounded_worker(worker),
             redelivered_to: Vec::new(),
         });
     }
@@ -193,20 +193,21 @@ fn close_attempt(job: &mut JobRecord, end: &AttemptEnd<'_>, error: Option<String
             attempt.finished_at = Some(end.at);
             attempt.error = error;
             // A worker's outcome (it says when it began) for an attempt another worker started.
+            let worker = bounded_worker(end.worker);
             if end.started_at.is_some()
-                && attempt.worker != end.worker
-                && !attempt.redelivered_to.iter().any(|worker| worker == end.worker)
+                && attempt.worker != worker
+                && !attempt.redelivered_to.contains(&worker)
                 && attempt.redelivered_to.len() < REDELIVERIES_KEPT
             {
-                attempt.redelivered_to.push(end.worker.to_owned());
+                attempt.redelivered_to.push(worker);
             }
         }
-        None => job.attempt_history.push(AttemptRecord {
+        None => job.push_attempt(AttemptRecord {
             attempt: end.attempt,
             started_at,
             finished_at: Some(end.at),
             error,
-            worker: end.worker.to_owned(),
+            worker: bounded_worker(end.worker),
             redelivered_to: Vec::new(),
         }),
     }
@@ -218,13 +219,14 @@ pub(super) fn note_redelivery(job: &mut JobRecord, attempt: u32, worker: &str) -
     let Some(attempt) = job.attempt_history.iter_mut().find(|record| record.attempt == attempt) else {
         return false;
     };
+    let worker = bounded_worker(worker);
     if attempt.worker == worker
-        || attempt.redelivered_to.iter().any(|seen| seen == worker)
+        || attempt.redelivered_to.contains(&worker)
         || attempt.redelivered_to.len() >= REDELIVERIES_KEPT
     {
         return false;
     }
-    attempt.redelivered_to.push(worker.to_owned());
+    attempt.redelivered_to.push(worker);
     true
 }
 
