@@ -10,7 +10,6 @@
 
 mod baseline;
 mod report;
-mod stack;
 mod workloads;
 
 use std::path::PathBuf;
@@ -18,8 +17,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Parser;
 
+use sluice_testkit::{Server, Stack, Usage, wait};
+
 use crate::report::{Row, Suite};
-use crate::stack::{Processes, Server};
 
 #[derive(Parser)]
 #[command(name = "sluice-loadtest", about = "Sluice against the raw JetStream floor, in one run")]
@@ -75,10 +75,13 @@ impl Sizes {
 /// Worker slots in total, for every workload (W1 asks for four).
 const SLOTS: usize = 4;
 
+/// How long the coordinator and the worker of a workload may take to start.
+const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let sluice = stack::find_sluice(args.sluice.clone())?;
+    let sluice = sluice_testkit::find_sluice(args.sluice.clone())?;
     let sizes = Sizes::new(args.quick);
     let mut suite = Suite::new(args.quick, &sluice);
 
@@ -170,10 +173,10 @@ where
 /// What one workload measured.
 struct Measured {
     runs: Vec<sluice_proto::RunRecord>,
-    coordinator: stack::Usage,
+    coordinator: Usage,
     coordinator_cpu_at_start: f64,
     coordinator_rss_at_start: u64,
-    workers: stack::Usage,
+    workers: Usage,
     workers_cpu_at_start: f64,
     /// The nats-server's CPU seconds during the workload (when this tool started it).
     server_cpu: Option<f64>,
@@ -237,19 +240,22 @@ where
     F: FnOnce(async_nats::jetstream::Context) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<sluice_proto::RunRecord>>>,
 {
-    let server = Server::start(args.nats_url.as_deref())?;
-    let processes = Processes::start(sluice, &server.url(), 1, SLOTS)?;
-    let client = async_nats::connect(server.url()).await?;
-    let js = async_nats::jetstream::new(client);
-    stack::wait_ready(&js, processes.workers.len()).await?;
-    let coordinator_at_start = processes.coordinator_usage();
-    let workers_at_start = processes.workers_usage();
-    let server_at_start = server.usage();
+    let mut stack = Stack::builder(sluice).nats_url(args.nats_url.clone()).log_filter("warn").start()?;
+    let coordinator_process = stack.coordinator();
+    let worker_processes = [stack.worker(&["--concurrency", &SLOTS.to_string()])];
+    let js = sluice_testkit::connect(&stack.url()).await?;
+    // Set up (streams, buckets, the pool `default` and its consumer), and the workers in
+    // the registry.
+    wait::workers(&js, "default", worker_processes.len(), READY_TIMEOUT).await?;
+    let coordinator_at_start = stack.usage(coordinator_process);
+    let workers_at_start = stack.usage_of(&worker_processes);
+    let server_at_start = stack.nats.usage();
     let started = std::time::Instant::now();
     let runs = work(js.clone()).await.with_context(|| format!("workload {name}"))?;
-    let coordinator = processes.coordinator_usage();
-    let workers = processes.workers_usage();
-    let server_cpu = server.usage().zip(server_at_start).map(|(after, before)| after.cpu_seconds - before.cpu_seconds);
+    let coordinator = stack.usage(coordinator_process);
+    let workers = stack.usage_of(&worker_processes);
+    let server_cpu =
+        stack.nats.usage().zip(server_at_start).map(|(after, before)| after.cpu_seconds - before.cpu_seconds);
     let mut latencies = Vec::new();
     if name != "W1" && name != "W4" {
         for run in &runs {
@@ -258,8 +264,7 @@ where
         }
     }
     println!("{name}: {:.1} s", started.elapsed().as_secs_f64());
-    drop(processes);
-    drop(server);
+    drop(stack);
     Ok(Measured {
         runs,
         coordinator,

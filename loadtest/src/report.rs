@@ -70,7 +70,7 @@ impl Suite {
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
             .map(|kib| (kib / 1048576.0 * 10.0).round() / 10.0);
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().map(|text| text.trim().to_owned());
-        let nats = sluice_local_nats::find_binary()
+        let nats = sluice_testkit::local_nats::find_binary()
             .ok()
             .and_then(|path| std::process::Command::new(path).arg("--version").output().ok())
             .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned());

@@ -1,12 +1,12 @@
 //! The Sluice workloads, each on a fresh stack, timed by the run records' own timestamps.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
-use sluice_proto::{JobRecord, RunId, RunRecord, SCHEMA_VERSION, Submission, Window, WorkflowSpec, decode, names};
+use sluice_proto::{JobRecord, RunId, RunRecord, Submission, Window, WorkflowSpec};
 
 /// How long one run may take before the workload counts as failed.
 const RUN_TIMEOUT: Duration = Duration::from_secs(900);
@@ -69,43 +69,19 @@ pub fn etl() -> String {
 
 /// Publishes a submission of `yaml` for a fixed day; returns its run id.
 pub async fn submit(js: &jetstream::Context, yaml: &str) -> Result<RunId> {
-    let run_id = RunId::new();
     let window = Window::parse("2024-03-01", sluice_proto::window::parse_zone("UTC")?, Utc::now())?;
-    let submission = Submission {
-        schema_version: SCHEMA_VERSION,
-        run_id,
-        workflow: yaml.to_owned(),
-        window: Some(window),
-        params: Default::default(),
-        idempotency_key: None,
-        submitted_at: Some(Utc::now()),
-        origin: None,
-    };
-    sluice_client::requests::wait_until_set_up(js, sluice_client::requests::SETUP_WAIT).await?;
-    sluice_client::requests::submit(js, &submission, &run_id.to_string()).await?;
-    Ok(run_id)
+    let submission = Submission { window: Some(window), ..sluice_testkit::workflow::submission(yaml) };
+    sluice_testkit::workflow::submit(js, &submission).await
 }
 
-/// Waits until the run ends; it must succeed. Polls every 100 ms: the figures come from the
-/// records' own timestamps, and faster polling would load the server being measured.
+/// Waits until the run ends, pushed by a KV watch on its record (no polling that would load
+/// the server being measured); it must succeed.
 pub async fn wait_run(js: &jetstream::Context, id: &RunId) -> Result<RunRecord> {
-    let runs = js.get_key_value(names::RUNS_BUCKET).await.context("opening KV sluice-runs")?;
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    loop {
-        if let Some(bytes) = runs.get(id.to_string()).await?
-            && let Ok(record) = decode::<RunRecord>(&bytes)
-            && record.state.is_terminal()
-        {
-            if record.state != sluice_proto::RunState::Succeeded {
-                bail!("run {id} ended {}: {}", record.state.as_str(), record.error.unwrap_or_default());
-            }
-            return Ok(record);
-        }
-        if Instant::now() > deadline {
-            bail!("run {id} did not finish within {RUN_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let record = sluice_testkit::wait::run_record_end(js, id, RUN_TIMEOUT).await?;
+    if record.state != sluice_proto::RunState::Succeeded {
+        bail!("run {id} ended {}: {}", record.state.as_str(), record.error.unwrap_or_default());
     }
+    Ok(record)
 }
 
 /// Seconds from a run's creation to its end, by its own record.
