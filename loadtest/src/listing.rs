@@ -144,7 +144,11 @@ async fn time_queries(js: &jetstream::Context, seeded: usize) -> Result<Latencie
         let ranged = runs::by_window_days(js, &workflow, from, to).await?;
         let range_took = started.elapsed().as_secs_f64();
         if page.runs.len() != 50 || mine.runs.len() != 50 || mine.runs.iter().any(|run| run.workflow != workflow) {
-            bail!("listing returned {} newest runs and {} of {workflow}, not 50 each", page.runs.len(), mine.runs.len());
+            bail!(
+                "listing returned {} newest runs and {} of {workflow}, not 50 each",
+                page.runs.len(),
+                mine.runs.len()
+            );
         }
         if ranged.len() != RANGE_DAYS as usize {
             bail!("{workflow}'s runs in {from}..{to}: {} found, {RANGE_DAYS} seeded", ranged.len());

@@ -4,11 +4,12 @@
 //!     sluice-loadtest [--quick] [--nats-url URL] [--sluice PATH] [--out bench/results.json]
 //!                     [--doc docs/performance.md]
 //!
-//! Each baseline (B1–B3, async-nats directly) and each workload (W1–W5, the real `sluice
+//! Each baseline (B1–B3, async-nats directly) and each workload (W1–W6, the real `sluice
 //! coordinator` and `sluice worker` processes) runs on a fresh nats-server with file
 //! storage, unless `--nats-url` names one.
 
 mod baseline;
+mod listing;
 mod report;
 mod workloads;
 
@@ -60,14 +61,26 @@ struct Sizes {
     w3: usize,
     w4: usize,
     w5_runs: usize,
+    /// W6: runs in the store at the first and the second measurement.
+    w6: (usize, usize),
 }
 
 impl Sizes {
     fn new(quick: bool) -> Self {
         if quick {
-            Self { b1: 2_000, b2: 200, b3: 50, w1: 2_000, w2: 200, w3: 50, w4: 5_000, w5_runs: 10 }
+            Self { b1: 2_000, b2: 200, b3: 50, w1: 2_000, w2: 200, w3: 50, w4: 5_000, w5_runs: 10, w6: (500, 1_500) }
         } else {
-            Self { b1: 20_000, b2: 2_000, b3: 200, w1: 20_000, w2: 2_000, w3: 200, w4: 100_000, w5_runs: 50 }
+            Self {
+                b1: 20_000,
+                b2: 2_000,
+                b3: 200,
+                w1: 20_000,
+                w2: 2_000,
+                w3: 200,
+                w4: 100_000,
+                w5_runs: 50,
+                w6: (1_000, 100_000),
+            }
         }
     }
 }
@@ -146,6 +159,32 @@ async fn main() -> Result<()> {
         let mut latencies: Vec<f64> = w5.runs.iter().map(workloads::run_seconds).collect();
         suite.push(Row::new("W5", "run latency p99", workloads::quantile(&mut latencies, 0.99), "s"));
         suite.extend(w5.rows("W5", runs * 20));
+    }
+
+    if args.wants("W6") {
+        let (small, large) = sizes.w6;
+        let mut stack = Stack::builder(&sluice).nats_url(args.nats_url.clone()).log_filter("warn").start()?;
+        let coordinator = stack.coordinator();
+        stack.worker(&["--concurrency", &SLOTS.to_string()]);
+        let js = sluice_testkit::connect(&stack.url()).await?;
+        wait::workers(&js, "default", 1, READY_TIMEOUT).await?;
+        let started = std::time::Instant::now();
+        let w6 = listing::w6(&js, small, large).await.context("workload W6")?;
+        println!("W6: {:.1} s", started.elapsed().as_secs_f64());
+        for (metric, at_small, at_large) in [
+            ("newest 50 p95", w6.small.newest, w6.large.newest),
+            ("workflow's newest 50 p95", w6.small.workflow_newest, w6.large.workflow_newest),
+            ("window range p95", w6.small.window_range, w6.large.window_range),
+        ] {
+            suite.push(Row::new("W6", metric, at_large * 1e3, "ms").against(at_small * 1e3, at_large / at_small));
+        }
+        suite.push(
+            Row::new("W6", "runs in the store", large as f64, "runs")
+                .against(small as f64, large as f64 / small as f64),
+        );
+        suite.push(Row::new("W6", "seeding rate", w6.seed_rate, "runs/s"));
+        let usage = stack.usage(coordinator);
+        suite.push(Row::new("W6", "coordinator peak RSS", usage.peak_rss_bytes as f64 / 1048576.0, "MiB"));
     }
 
     suite.write(&args.out, args.doc.as_deref())?;

@@ -46,6 +46,9 @@ fn the_quick_suite_runs_every_baseline_and_workload() {
         ("W4", "coordinator peak RSS"),
         ("W5", "run latency p99"),
         ("W5", "dispatch latency p99"),
+        ("W6", "newest 50 p95"),
+        ("W6", "workflow's newest 50 p95"),
+        ("W6", "window range p95"),
     ] {
         let row = rows
             .iter()
