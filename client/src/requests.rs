@@ -55,8 +55,17 @@ pub async fn submit(
     headers.insert(names::HEADER_MSG_ID, dedup_id);
     headers.insert(names::HEADER_TRACEPARENT, TraceParent::new_root(&mut rand::rng()).to_string().as_str());
     let what = format!("the submission of run {}", submission.run_id);
+    let payload = encode(submission)?;
+    // Said here, naming the sizes, rather than as the client's bare "max payload exceeded".
+    let max_payload = js.client().server_info().max_payload;
+    if payload.len() > max_payload {
+        return Err(ClientError::Invalid(format!(
+            "{what} is {} bytes; this nats-server accepts messages of up to {max_payload} bytes (its max_payload)",
+            payload.len()
+        )));
+    }
     let ack = js
-        .publish_with_headers(names::SUBMIT_SUBJECT, headers, encode(submission)?.into())
+        .publish_with_headers(names::SUBMIT_SUBJECT, headers, payload.into())
         .await
         .context(format!("publishing {what}"))?
         .await

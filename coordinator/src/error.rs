@@ -20,15 +20,81 @@ pub enum ServiceError {
     Changed { what: String },
 }
 
+/// What a failure means for the input being handled (DESIGN decision 9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The input can never be written or read as it is (too large for the server, not
+    /// decodable, not a valid subject): its run fails or it is rejected, with the reason, and
+    /// the input is acknowledged, so it cannot stall what comes after it.
+    Deterministic,
+    /// The server or the network (timeouts, lost connections, no responders, a full store,
+    /// JetStream not ready): the term restarts from durable state after a backoff; no job is
+    /// charged for it.
+    Transient,
+    /// Another coordinator wrote meanwhile (a wrong last sequence): this term ends.
+    Fencing,
+}
+
 impl ServiceError {
     /// Whether trying again (reading state afresh) may succeed.
     pub fn is_retryable(&self) -> bool {
+        self.class() == ErrorClass::Transient
+    }
+
+    /// The error's class, from the table in [`classify_nats`] for NATS failures.
+    pub fn class(&self) -> ErrorClass {
         match self {
-            Self::Nats { .. } | Self::Stalled(_) | Self::Changed { .. } => true,
-            Self::Codec(_) | Self::ServerVersion(_) => false,
-            Self::Client(error) => error.is_retryable(),
+            Self::Nats { source, .. } => classify_nats(source.as_ref()),
+            Self::Codec(_) => ErrorClass::Deterministic,
+            Self::ServerVersion(_) | Self::Stalled(_) | Self::Changed { .. } => ErrorClass::Transient,
+            Self::Client(sluice_client::ClientError::Nats { source, .. }) => classify_nats(source.as_ref()),
+            Self::Client(error) if error.is_retryable() => ErrorClass::Transient,
+            Self::Client(_) => ErrorClass::Deterministic,
         }
     }
+}
+
+/// The error-class table for NATS failures: the JetStream error codes and client error
+/// kinds anywhere in the error's chain decide; anything not listed is transient.
+///
+/// | failure                                        | class         |
+/// |------------------------------------------------|---------------|
+/// | client: max payload exceeded                   | deterministic |
+/// | JetStream 10054: message size exceeds maximum  | deterministic |
+/// | JetStream 10071 / wrong last sequence/revision | fencing       |
+/// | timeout, connection, no responders, 10047 full | transient     |
+pub fn classify_nats(error: &(dyn std::error::Error + 'static)) -> ErrorClass {
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+    use async_nats::jetstream::{ErrorCode, kv};
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if let Some(error) = error.downcast_ref::<async_nats::jetstream::Error>() {
+            match error.error_code() {
+                ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM => return ErrorClass::Deterministic,
+                ErrorCode::STREAM_WRONG_LAST_SEQUENCE => return ErrorClass::Fencing,
+                _ => {}
+            }
+        }
+        if let Some(error) = error.downcast_ref::<PublishError>() {
+            match error.kind() {
+                PublishErrorKind::MaxPayloadExceeded => return ErrorClass::Deterministic,
+                PublishErrorKind::WrongLastSequence => return ErrorClass::Fencing,
+                _ => {}
+            }
+        }
+        if let Some(error) = error.downcast_ref::<async_nats::PublishError>()
+            && error.kind() == async_nats::client::PublishErrorKind::MaxPayloadExceeded
+        {
+            return ErrorClass::Deterministic;
+        }
+        if let Some(error) = error.downcast_ref::<kv::UpdateError>()
+            && error.kind() == kv::UpdateErrorKind::WrongLastRevision
+        {
+            return ErrorClass::Fencing;
+        }
+        current = error.source();
+    }
+    ErrorClass::Transient
 }
 
 /// The result of a revision-checked KV write: losing to another write is

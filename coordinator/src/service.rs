@@ -24,7 +24,7 @@ use crate::announce;
 use crate::control::{self, Answer};
 use crate::dispatch::{publish_raw_dead_letter, reached_workers};
 use crate::engine::{Effect, Input, NotApplied, Run};
-use crate::error::{NatsContext, ServiceError};
+use crate::error::{ErrorClass, NatsContext, ServiceError};
 use crate::inbox::{Consumers, Inbound};
 use crate::index::{self, Index};
 use crate::intake;
@@ -348,21 +348,50 @@ impl Coordinator {
                     tracing::debug!(run = %id, "submission already accepted");
                 } else {
                     let workflow = new.spec.name.clone();
-                    let (run, effects) = Run::start(new, Utc::now());
-                    // Indexed before its record exists: a stored run is always listed.
-                    self.index.running(run.record(), true).await?;
-                    self.ran.insert(id);
-                    // The run record must not exist yet (its jobs may, from a creation a crash cut short).
-                    self.outbox.revisions.remember_run(&id, 0);
-                    self.active.insert(id, run);
-                    self.execute(effects).await?;
-                    tracing::info!(run = %id, %workflow, trace_id = %traceparent.trace_id_hex(), "run started");
+                    match self.start(new).await {
+                        Ok(()) => {
+                            tracing::info!(run = %id, %workflow, trace_id = %traceparent.trace_id_hex(), "run started")
+                        }
+                        // Bounded by construction, so this is a backstop: the one input that
+                        // cannot be stored is rejected, and what comes after it goes on.
+                        Err(error) if error.class() == ErrorClass::Deterministic => {
+                            tracing::error!(run = %id, %error, "a run that cannot be stored is rejected");
+                            self.abandon(&id).await?;
+                            let reason = format!("the run cannot be stored: {error}");
+                            self.reject(rejection_for(id, &workflow, reason, message.payload.len())).await?;
+                        }
+                        Err(error) => return Err(error),
+                    }
                 }
             }
         }
         message.ack().await.context("acknowledging a submission")?;
         self.evict_finished().await?;
         Ok(())
+    }
+
+    /// Creates a run: indexed, its records written, its first jobs dispatched.
+    async fn start(&mut self, new: crate::engine::NewRun) -> Result<(), ServiceError> {
+        let id = new.id;
+        let (run, effects) = Run::start(new, Utc::now());
+        // Indexed before its record exists: a stored run is always listed.
+        self.index.running(run.record(), true).await?;
+        self.ran.insert(id);
+        // The run record must not exist yet (its jobs may, from a creation a crash cut short).
+        self.outbox.revisions.remember_run(&id, 0);
+        self.active.insert(id, run);
+        self.execute(effects).await
+    }
+
+    /// Forgets a run whose creation failed for good. Its record is written after its jobs'
+    /// (and the check of the run's size at intake makes it fit), so it was not stored;
+    /// job records written before the failure stay orphaned, out of every listing.
+    async fn abandon(&mut self, id: &RunId) -> Result<(), ServiceError> {
+        if let Some(run) = self.active.remove(id) {
+            self.outbox.revisions.forget_run(run.record());
+        }
+        self.ran.remove(id);
+        self.index.forget(id).await
     }
 
     /// Claims the submission's idempotency key for its run. Returns the other run that

@@ -6,6 +6,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use sluice_proto::names;
 
+use sluice_proto::limits::SERVER_MAX_PAYLOAD_MIN_BYTES;
+
 use crate::error::{NatsContext, ServiceError};
 
 /// How long JetStream remembers a `Nats-Msg-Id`; covers a coordinator restart between
@@ -291,7 +293,32 @@ pub async fn coordinator_consumer(
     stream.create_consumer(config).await.context(format!("creating consumer {durable}"))
 }
 
-/// Checks the server is new enough; every binary calls this at connect.
+/// Checks the server is new enough, and lets through every message and record Sluice's
+/// limits allow (they are bounded below [`SERVER_MAX_PAYLOAD_MIN_BYTES`], so no write can
+/// fail for its size).
 pub fn check_server(client: &async_nats::Client) -> Result<(), ServiceError> {
-    Ok(sluice_client::connect::check_server(client)?)
+    sluice_client::connect::check_server(client)?;
+    check_max_payload(client.server_info().max_payload)
+}
+
+fn check_max_payload(max_payload: usize) -> Result<(), ServiceError> {
+    if max_payload < SERVER_MAX_PAYLOAD_MIN_BYTES {
+        return Err(ServiceError::ServerVersion(format!(
+            "the nats-server allows messages of {max_payload} bytes (max_payload); the coordinator needs at least {SERVER_MAX_PAYLOAD_MIN_BYTES} (the default): raise max_payload in the server's configuration"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_server_that_cannot_carry_the_largest_record_is_refused_saying_why() {
+        let error = super::check_max_payload(256 * 1024).unwrap_err().to_string();
+        assert!(
+            error.contains("allows messages of 262144 bytes (max_payload)") && error.contains("at least 1048576"),
+            "{error}"
+        );
+        assert!(super::check_max_payload(8 * 1024 * 1024).is_ok());
+    }
 }

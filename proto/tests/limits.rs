@@ -202,3 +202,17 @@ fn the_largest_records_each_limit_allows_fit_their_bounds_and_the_server() {
         assert!(bytes < SERVER_MAX_PAYLOAD_MIN_BYTES, "{what}: {bytes} bytes");
     }
 }
+
+#[test]
+fn docs_limits_names_every_limit_of_the_contract() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(root.join("src/limits.rs")).unwrap();
+    let doc = std::fs::read_to_string(root.join("../docs/limits.md")).unwrap();
+    let missing: Vec<&str> = source
+        .lines()
+        .filter_map(|line| line.strip_prefix("pub const "))
+        .filter_map(|rest| rest.split(':').next())
+        .filter(|name| !doc.contains(&format!("`{name}`")))
+        .collect();
+    assert!(missing.is_empty(), "docs/limits.md does not name {missing:?}");
+}

@@ -99,9 +99,11 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
     };
     let client = output::connect(url).await?;
     let shutdown = on_signal();
-    sluice_coordinator::service::run_with(client, settings, shutdown)
-        .await
-        .map_err(|error| CliError::failed(error.to_string()))?;
+    sluice_coordinator::service::run_with(client, settings, shutdown).await.map_err(|error| match error {
+        // A server this coordinator cannot run on: a configuration to fix, not a failure.
+        sluice_coordinator::ServiceError::ServerVersion(_) => CliError::usage(error.to_string()),
+        _ => CliError::failed(error.to_string()),
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
