@@ -120,6 +120,23 @@ pub async fn withdraw(js: &jetstream::Context, run_id: &RunId) -> Result<(), Ser
     Ok(())
 }
 
+/// Deletes the dead letters of `jobs` of a run (every one of the run's when `None`).
+pub async fn resolve_dead_letters(
+    js: &jetstream::Context,
+    run_id: &RunId,
+    jobs: Option<&[String]>,
+) -> Result<(), ServiceError> {
+    let stream = js.get_stream_no_info(names::DLQ_STREAM).await.context("opening the DLQ")?;
+    let filters = match jobs {
+        None => vec![names::dlq_run_filter(run_id)],
+        Some(jobs) => jobs.iter().map(|job| names::dlq_job_filter(run_id, job)).collect(),
+    };
+    for filter in filters {
+        stream.purge().filter(filter).await.context(format!("resolving dead letters of run {run_id}"))?;
+    }
+    Ok(())
+}
+
 /// Tells every worker to stop the running jobs of `run_id` (core NATS: a worker that misses
 /// it finishes the job, whose late event changes nothing).
 pub async fn stop_run(js: &jetstream::Context, run_id: &RunId) -> Result<(), ServiceError> {

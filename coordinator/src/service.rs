@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, Message};
 use chrono::Utc;
 use sluice_proto::{
-    ControlAction, ControlRequest, JobEvent, JobMessage, RefusalKind, Rejection, RunId, TraceParent, decode, encode,
-    names,
+    ControlAction, ControlRequest, DeadLetter, JobEvent, JobMessage, RefusalKind, Rejection, RunId, TraceParent,
+    decode, encode, names,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -597,14 +597,18 @@ impl Coordinator {
             return Ok(Answer::refused(RefusalKind::Invalid, format!("a {action} request must name a run")));
         };
         let dlq = self.js.get_stream_no_info(names::DLQ_STREAM).await.context("opening the DLQ")?;
-        if let Some(sequence) = request.dead_letter
-            && !dead_letter_exists(&dlq, sequence).await?
-        {
-            return Ok(Answer::refused(
-                RefusalKind::NotFound,
-                format!("dead letter {sequence} is gone: replayed or purged already (see `sluice dlq list`)"),
-            ));
-        }
+        let letter = match request.dead_letter {
+            Some(sequence) => match dead_letter(&dlq, sequence).await? {
+                Some(letter) => Some((sequence, letter)),
+                None => {
+                    return Ok(Answer::refused(
+                        RefusalKind::NotFound,
+                        format!("dead letter {sequence} is gone: replayed or purged already (see `sluice dlq list`)"),
+                    ));
+                }
+            },
+            None => None,
+        };
         if !self.active.contains_key(&id) {
             let reconcile = self.load(topology, &id, now).await?;
             self.execute(reconcile).await?;
@@ -612,6 +616,19 @@ impl Coordinator {
         let Some(run) = self.active.get_mut(&id) else {
             return Ok(Answer::refused(RefusalKind::NotFound, format!("no run {id}")));
         };
+        // A dead letter left behind by a crash after its job ran again stands for attempts
+        // that are no longer the job's: replaying it would run finished work again.
+        if let Some((sequence, Some(letter))) = &letter
+            && let Some(job) = run.job(&letter.job.job)
+            && job.generation > letter.job.generation
+        {
+            let refusal = format!(
+                "dead letter {sequence} is resolved: job `{}` ran again since (now generation {})",
+                letter.job.job, job.generation
+            );
+            forget_dead_letter(&dlq, *sequence).await?;
+            return Ok(Answer::refused(RefusalKind::Conflict, refusal));
+        }
         let input = match request.action {
             ControlAction::Cancel => Input::Cancel,
             _ => Input::Rerun { only: request.job.clone() },
@@ -632,8 +649,9 @@ impl Coordinator {
             self.index.running(run.record(), false).await?;
         }
         self.execute(effects).await?;
-        if let Some(sequence) = request.dead_letter {
-            dlq.delete_message(sequence).await.context("removing a replayed dead letter")?;
+        if let Some((sequence, _)) = letter {
+            // Usually resolved with its job's other dead letters already.
+            forget_dead_letter(&dlq, sequence).await?;
         }
         let reason = match request.action {
             ControlAction::Cancel => format!("run {id} cancelled: {} jobs stopped", changed.len()),
@@ -671,12 +689,34 @@ fn saved_jobs(effects: &[Effect]) -> Vec<String> {
         .collect()
 }
 
-/// Whether the dead-letter stream still holds `sequence`.
-async fn dead_letter_exists(dlq: &jetstream::stream::Stream<()>, sequence: u64) -> Result<bool, ServiceError> {
+/// The dead letter at `sequence`: `None` when it is gone, `Some(None)` when it is there but
+/// raw (a job nobody could read).
+async fn dead_letter(
+    dlq: &jetstream::stream::Stream<()>,
+    sequence: u64,
+) -> Result<Option<Option<DeadLetter>>, ServiceError> {
     match dlq.direct_get(sequence).await {
-        Ok(_) => Ok(true),
-        Err(error) if error.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(false),
+        Ok(stored) => Ok(Some(decode::<DeadLetter>(&stored.payload).ok())),
+        Err(error) if error.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
         Err(error) => Err(error).context(format!("reading dead letter {sequence}")),
+    }
+}
+
+/// Deletes a dead letter; one already gone is fine (two replays, a purge meanwhile).
+async fn forget_dead_letter(dlq: &jetstream::stream::Stream<()>, sequence: u64) -> Result<(), ServiceError> {
+    use jetstream::stream::DeleteMessageErrorKind;
+    match dlq.delete_message(sequence).await {
+        Ok(_) => Ok(()),
+        // "no message found", or "sequence not found" (as a failed delete).
+        Err(error)
+            if matches!(error.kind(), DeleteMessageErrorKind::JetStream(ref js)
+                if js.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND
+                    || (js.error_code() == jetstream::ErrorCode::STREAM_MESSAGE_DELETE_FAILED
+                        && (js.to_string().contains("no message found") || js.to_string().contains("not found")))) =>
+        {
+            Ok(())
+        }
+        Err(error) => Err(error).context(format!("removing dead letter {sequence}")),
     }
 }
 

@@ -361,6 +361,16 @@ pub fn parse_job_subject(subject: &str) -> Option<JobSubject<'_>> {
     Some(JobSubject { pool, run_id: run_id.parse().ok()?, job })
 }
 
+/// Every dead letter of job `job` of a run, on any pool (a filter).
+pub fn dlq_job_filter(run_id: &RunId, job: &str) -> String {
+    format!("sluice.dlq.*.{run_id}.{job}")
+}
+
+/// Every dead letter of a run, on any pool (a filter).
+pub fn dlq_run_filter(run_id: &RunId) -> String {
+    format!("sluice.dlq.*.{run_id}.>")
+}
+
 /// The pool of a dead letter's subject: the inverse of [`dlq_subject`] (and of the
 /// schema-1 `sluice.dlq.<pool>`).
 pub fn parse_dlq_subject(subject: &str) -> Option<&str> {

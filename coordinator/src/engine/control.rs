@@ -54,6 +54,9 @@ impl Run {
         let plan = self.plan(targets, only.is_some());
         self.check_plan(&plan)?;
         let order: Vec<String> = self.all_paths().into_iter().filter(|name| plan.seen.contains(name)).collect();
+        // The jobs whose attempts were over: the ones that may have dead letters.
+        let dead: Vec<String> =
+            order.iter().filter(|name| self.jobs[*name].state == JobState::Failed).cloned().collect();
         let saves = self.reset(&plan, &order);
         self.record.state = RunState::Running;
         self.record.finished_at = None;
@@ -76,6 +79,11 @@ impl Run {
         // then what the rerun queued.
         let mut all = vec![Effect::SaveRun(Box::new(self.record.clone()))];
         all.extend(saves.iter().rev().map(|name| self.save(name)));
+        if !dead.is_empty() {
+            // A whole-run retry runs every failed job again: one purge covers them.
+            let jobs = only.is_some().then_some(dead);
+            all.push(Effect::ResolveDeadLetters { run_id: self.record.id, jobs });
+        }
         all.extend(effects);
         self.finish_if_done(now, &mut all);
         Ok(all)

@@ -82,6 +82,10 @@ pub enum Effect {
     Withdraw(RunId),
     /// Tell workers to stop every running job of a cancelled run.
     StopRun(RunId),
+    /// Delete the dead letters of jobs that run again (`None`: every job of the run), after
+    /// the saves that say so: a dead letter stands for a job whose attempts are over, and
+    /// replaying one whose job has moved on would run finished work again.
+    ResolveDeadLetters { run_id: RunId, jobs: Option<Vec<String>> },
     /// Read the children this success announced (`event.spawned` of them, from
     /// `sluice.spawns.…` of its run, job, generation and attempt) and apply them as
     /// [`Input::ChildrenRead`] with this event. Always the only effect of its input: first
