@@ -144,6 +144,15 @@ pub struct Schedule {
 impl Schedule {
     /// Checks a `schedule:` section; `workflow_zone` is the workflow's `timezone`.
     pub fn from_spec(spec: &ScheduleSpec, workflow_zone: Option<&str>) -> Result<Self, String> {
+        // Decision 12: windows follow the workflow's zone and ticks the schedule's; two
+        // different zones would give scheduled runs other days than backfills and audits.
+        if let (Some(schedule), Some(workflow)) = (spec.timezone.as_deref(), workflow_zone)
+            && schedule != workflow
+        {
+            return Err(format!(
+                "timezone `{schedule}` differs from the workflow's timezone `{workflow}`: set the zone once (the workflow's `timezone:` is also the schedule's)"
+            ));
+        }
         let cron: Cron = spec.cron.parse().map_err(|error: crate::cron::CronError| error.to_string())?;
         let zone_name = spec.timezone.as_deref().or(workflow_zone).unwrap_or("UTC");
         let zone = parse_zone(zone_name).map_err(|error| error.to_string())?;

@@ -312,8 +312,14 @@ impl WorkflowSpec {
     }
 
     /// The zone windows are computed in.
+    /// The zone windows are computed in: the workflow's `timezone`, else its schedule's (one
+    /// zone for scheduled runs, backfills and audits alike), else UTC.
     pub fn zone(&self) -> Tz {
-        self.timezone.as_deref().and_then(|zone| parse_zone(zone).ok()).unwrap_or(chrono_tz::UTC)
+        self.timezone
+            .as_deref()
+            .or_else(|| self.schedule.as_ref().and_then(|schedule| schedule.timezone.as_deref()))
+            .and_then(|zone| parse_zone(zone).ok())
+            .unwrap_or(chrono_tz::UTC)
     }
 
     pub fn pool_of(&self, job: &JobSpec) -> String {

@@ -166,3 +166,19 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_schedule_zone_that_differs_from_the_workflows_is_refused_naming_both() {
+    let yaml = "name: w\ntimezone: Europe/Berlin\nschedule: { cron: \"30 2 * * *\", timezone: America/Los_Angeles }\njobs:\n  a: { run: noop }\n";
+    let error = WorkflowSpec::parse(yaml).unwrap_err().to_string();
+    assert!(
+        error.contains("timezone `America/Los_Angeles` differs from the workflow's timezone `Europe/Berlin`"),
+        "{error}"
+    );
+    let same = "name: w\ntimezone: Europe/Berlin\nschedule: { cron: \"30 2 * * *\", timezone: Europe/Berlin }\njobs:\n  a: { run: noop }\n";
+    assert_eq!(WorkflowSpec::parse(same).unwrap().zone().name(), "Europe/Berlin");
+    // A workflow without a zone takes its schedule's: backfills and audits use the same days.
+    let only_schedule =
+        "name: w\nschedule: { cron: \"30 2 * * *\", timezone: America/Los_Angeles }\njobs:\n  a: { run: noop }\n";
+    assert_eq!(WorkflowSpec::parse(only_schedule).unwrap().zone().name(), "America/Los_Angeles");
+}
