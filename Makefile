@@ -13,6 +13,7 @@ build:
 	$(CARGO) build --workspace
 
 demo: tools
+	@echo "Building sluice: the first build compiles every dependency and takes a few minutes; later ones take seconds."
 	$(CARGO) build -p sluice
 	./target/debug/sluice dev examples/workflows/etl-daily.yaml examples/workflows/sensors-fanout.yaml
 

@@ -44,7 +44,7 @@ pub async fn follow_one(
             return Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason)));
         }
         Finished::Run(view) if format == Format::Json => {
-            crate::output::print_json(&crate::commands::status::view_json(view))
+            crate::output::print_json(&crate::commands::status::view_json(view))?
         }
         Finished::Run(_) => {}
     }
@@ -84,7 +84,7 @@ pub async fn follow(js: &jetstream::Context, ids: &[RunId], format: Format) -> R
             match found {
                 Lookup::Unknown => {
                     if !waiting_said && polls > QUIET_POLLS && format == Format::Human {
-                        eprintln!("waiting for a coordinator to accept the submission…");
+                        crate::output::errln("waiting for a coordinator to accept the submission…");
                         waiting_said = true;
                     }
                 }
@@ -93,12 +93,12 @@ pub async fn follow(js: &jetstream::Context, ids: &[RunId], format: Format) -> R
                 }
                 Lookup::Found(view) => {
                     if format == Format::Human {
-                        print_changes(&view, &mut seen, label_runs);
+                        print_changes(&view, &mut seen, label_runs)?;
                     }
                     if view.record.state.is_terminal() {
                         if format == Format::Human {
                             let prefix = if label_runs { format!("{} ", view.record.workflow) } else { String::new() };
-                            println!("{prefix}run {} {}", view.record.id, view.record.state.as_str());
+                            outln!("{prefix}run {} {}", view.record.id, view.record.state.as_str())?;
                         }
                         finished.insert(*id, Finished::Run(view));
                     }
@@ -109,7 +109,11 @@ pub async fn follow(js: &jetstream::Context, ids: &[RunId], format: Format) -> R
     Ok(ids.iter().filter_map(|id| finished.remove(id)).collect())
 }
 
-fn print_changes(view: &RunView, seen: &mut HashMap<(RunId, String), (JobState, u32)>, label_runs: bool) {
+fn print_changes(
+    view: &RunView,
+    seen: &mut HashMap<(RunId, String), (JobState, u32)>,
+    label_runs: bool,
+) -> Result<(), CliError> {
     for job in &view.jobs {
         let key = (view.record.id, job.name.clone());
         let now = (job.state, job.attempts);
@@ -130,6 +134,7 @@ fn print_changes(view: &RunView, seen: &mut HashMap<(RunId, String), (JobState, 
             }
             _ => String::new(),
         };
-        println!("{clock}  {prefix}{:<24} {:<10}{attempt}{error}", job.name, job.state.as_str());
+        outln!("{clock}  {prefix}{:<24} {:<10}{attempt}{error}", job.name, job.state.as_str())?;
     }
+    Ok(())
 }

@@ -1,6 +1,17 @@
 //! `sluice`: one command for users and operators. Exit codes: 0 success, 1 the run or
 //! operation failed, 2 bad input or usage, 3 NATS unreachable or refused.
 
+/// `println!` through [`output::out`]: stdout that nobody reads ends the command quietly
+/// instead of panicking. Returns a `Result` for `?`.
+macro_rules! outln {
+    () => {
+        $crate::output::out("")
+    };
+    ($($arg:tt)*) => {
+        $crate::output::out(format_args!($($arg)*))
+    };
+}
+
 mod commands;
 mod follow;
 mod output;

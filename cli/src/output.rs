@@ -1,6 +1,8 @@
 //! How the CLI reports: errors with exit codes (JSON on stderr with `-o json`), logging,
 //! and small formatting helpers shared by the commands.
 
+use std::fmt;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
@@ -23,6 +25,9 @@ pub enum ErrorKind {
     Usage,
     /// NATS unreachable or refused: exit 3.
     Nats,
+    /// Whoever read stdout stopped reading (`sluice runs | head -1`): the command ends
+    /// quietly with exit 0, as a Unix filter does.
+    StdoutClosed,
 }
 
 impl ErrorKind {
@@ -31,6 +36,7 @@ impl ErrorKind {
             Self::Failed => 1,
             Self::Usage => 2,
             Self::Nats => 3,
+            Self::StdoutClosed => 0,
         }
     }
     fn name(self) -> &'static str {
@@ -38,6 +44,7 @@ impl ErrorKind {
             Self::Failed => "failed",
             Self::Usage => "usage",
             Self::Nats => "nats",
+            Self::StdoutClosed => "stdout_closed",
         }
     }
 }
@@ -100,18 +107,55 @@ pub async fn ask(js: &async_nats::jetstream::Context, request: ControlRequest) -
 
 /// Prints the error where the format says and returns its exit code.
 pub fn report(error: &CliError, format: Format) -> ExitCode {
-    match format {
-        Format::Human => eprintln!("error: {}", error.message),
-        Format::Json => eprintln!("{}", json!({"error": {"kind": error.kind.name(), "message": error.message}})),
+    match (error.kind, format) {
+        (ErrorKind::StdoutClosed, _) => {}
+        (_, Format::Human) => errln(format_args!("error: {}", error.message)),
+        (_, Format::Json) => {
+            errln(format_args!("{}", json!({"error": {"kind": error.kind.name(), "message": error.message}})))
+        }
     }
     ExitCode::from(error.kind.code())
 }
 
-/// Logs to stderr; `RUST_LOG` overrides the default level.
+/// Writes a line to stdout. Every command's stdout goes through here (clippy refuses
+/// `println!` in this crate, see clippy.toml): a reader that stopped reading (`| head`)
+/// becomes [`ErrorKind::StdoutClosed`], which unwinds the command like any error (so `dev`
+/// still stops its stack) and exits 0 without a word. The alternative, SIGPIPE's default
+/// action, would kill the process where it stands: `dev` would leave its nats-server
+/// running, a worker its jobs.
+pub fn out(line: impl fmt::Display) -> Result<(), CliError> {
+    write_stdout(format_args!("{line}\n"))
+}
+
+/// Writes to stdout without a newline and flushes (a progress bar redrawn with `\r`).
+pub fn out_partial(text: impl fmt::Display) -> Result<(), CliError> {
+    write_stdout(format_args!("{text}"))
+}
+
+fn write_stdout(text: fmt::Arguments) -> Result<(), CliError> {
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_fmt(text).and_then(|()| stdout.flush()).map_err(|error| match error.kind() {
+        std::io::ErrorKind::BrokenPipe => CliError { kind: ErrorKind::StdoutClosed, message: String::new() },
+        _ => CliError::failed(format!("cannot write to stdout: {error}")),
+    })
+}
+
+/// Writes a line to stderr; a stderr nobody reads is no reason to fail (nor to panic, as
+/// `eprintln!` would).
+pub fn errln(line: impl fmt::Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// Logs to stderr; `RUST_LOG` overrides the default level. Colours only on a terminal: a
+/// log file or a pipe gets plain text.
 pub fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 }
 
 /// Connects, turning failure into exit code 3.
@@ -123,7 +167,8 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, CliError> {
 /// ids begin with their time, so ends tell runs apart), looked up in the run index. An
 /// end that matches several runs is refused, naming them.
 pub async fn resolve_run(js: &async_nats::jetstream::Context, text: &str) -> Result<sluice_proto::RunId, CliError> {
-    if let Ok(id) = text.parse() {
+    if let Ok(id) = text.parse::<sluice_proto::RunId>() {
+        id.check_v7().map_err(CliError::usage)?;
         return Ok(id);
     }
     let matches = sluice_client::runs::by_suffix(js, text.trim()).await.map_err(|error| match error {
@@ -143,9 +188,10 @@ pub async fn resolve_run(js: &async_nats::jetstream::Context, text: &str) -> Res
     }
 }
 
-/// Prints a JSON value on stdout.
-pub fn print_json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+/// Prints a JSON value on stdout, its keys in the order they were inserted (serde_json's
+/// `preserve_order`), which is the order docs/cli.md documents.
+pub fn print_json(value: &serde_json::Value) -> Result<(), CliError> {
+    out(serde_json::to_string_pretty(value).unwrap_or_default())
 }
 
 /// RFC 3339 UTC with seconds, as every JSON timestamp.

@@ -6,10 +6,14 @@ use crate::error::ClientError;
 
 /// How long the first connection may take before the URL counts as unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the JetStream check waits for its answer. A server answers at once, with its
+/// account info or "no responders"; an identity not allowed `$JS.API.INFO` gets no answer
+/// at all, and that is no reason to refuse it, so silence only delays by this much.
+pub const JETSTREAM_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Connects with a name that shows in the server's connection list, and checks the server
-/// version (Sluice needs 2.14 or newer). Fails at once when nothing answers; once connected,
-/// the client reconnects for ever (a nats-server restart is survived).
+/// Connects with a name that shows in the server's connection list, and checks the server:
+/// version 2.14 or newer, with JetStream. Fails at once when nothing answers; once
+/// connected, the client reconnects for ever (a nats-server restart is survived).
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, ClientError> {
     let client = async_nats::ConnectOptions::new()
         .name(name)
@@ -19,7 +23,36 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Client
         .await
         .map_err(|source| ClientError::Unreachable { url: url.to_owned(), source: source.into() })?;
     check_server(&client)?;
+    check_jetstream(&client).await?;
     Ok(client)
+}
+
+/// Asks the server for JetStream account info (`$JS.API.INFO`): a server started without
+/// `-js` (or an account without JetStream) says so, and every command would otherwise fail
+/// later with a misleading reason ("no runs", "not set up").
+pub async fn check_jetstream(client: &async_nats::Client) -> Result<(), ClientError> {
+    use async_nats::jetstream::ErrorCode;
+    use async_nats::jetstream::context::AccountErrorKind;
+    let mut js = async_nats::jetstream::new(client.clone());
+    js.set_timeout(JETSTREAM_CHECK_TIMEOUT);
+    match js.query_account().await {
+        Ok(_) => Ok(()),
+        Err(error) => match error.kind() {
+            AccountErrorKind::JetStreamUnavailable => Err(ClientError::NoJetStream),
+            AccountErrorKind::JetStream(api)
+                if api.error_code() == ErrorCode::JETSTREAM_NOT_ENABLED
+                    || api.error_code() == ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT =>
+            {
+                Err(ClientError::NoJetStream)
+            }
+            // Anything else (no answer, a server still starting) is for the command's own
+            // calls to report.
+            _ => {
+                tracing::debug!(%error, "the JetStream check got no clear answer");
+                Ok(())
+            }
+        },
+    }
 }
 
 /// Checks the connected server is new enough.

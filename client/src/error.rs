@@ -9,6 +9,9 @@ pub enum ClientError {
     /// The server is older than Sluice needs.
     #[error("{0}")]
     ServerTooOld(String),
+    /// The server runs without JetStream, which holds everything Sluice keeps.
+    #[error("this nats-server has no JetStream: start it with `-js`")]
+    NoJetStream,
     /// A NATS operation failed.
     #[error("{context}: {source}")]
     Nats { context: String, source: async_nats::Error },
@@ -38,7 +41,7 @@ impl ClientError {
         match self {
             Self::Unreachable { .. } | Self::Nats { .. } | Self::Stalled(_) | Self::NoAnswer { .. } => true,
             Self::NotSetUp { .. } => true,
-            Self::ServerTooOld(_) | Self::Codec(_) | Self::Invalid(_) => false,
+            Self::ServerTooOld(_) | Self::NoJetStream | Self::Codec(_) | Self::Invalid(_) => false,
         }
     }
 }

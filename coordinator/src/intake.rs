@@ -35,6 +35,7 @@ pub fn check(
         reject(run_id, None, error.to_string())
     })?;
     let run_id = Some(submission.run_id);
+    submission.run_id.check_v7().map_err(|reason| reject(run_id, None, format!("run_id: {reason}")))?;
     let spec = WorkflowSpec::parse(&submission.workflow).map_err(|error| reject(run_id, None, error.to_string()))?;
     let workflow = Some(spec.name.clone());
     let params =
@@ -111,6 +112,32 @@ mod tests {
         let rejection = check(&encode(&bad).unwrap(), None, None, Utc::now()).unwrap_err();
         assert_eq!(rejection.run_id, Some(bad.run_id));
         assert!(rejection.reason.contains("job `a`: needs itself"), "{}", rejection.reason);
+    }
+
+    #[test]
+    fn a_bad_field_is_named_in_the_rejection() {
+        let run_id = RunId::new();
+        let payload = rmp_serde::to_vec_named(&serde_json::json!({
+            "schema_version": SCHEMA_VERSION, "run_id": run_id.to_string(),
+            "workflow": "name: w\njobs:\n  a: { run: noop }\n", "submitted_at": "yesterday",
+        }))
+        .unwrap();
+        let rejection = check(&payload, None, None, Utc::now()).unwrap_err();
+        assert_eq!(rejection.run_id, Some(run_id));
+        assert!(
+            rejection.reason.starts_with("not a valid submission message: field `submitted_at`: "),
+            "{}",
+            rejection.reason
+        );
+    }
+
+    #[test]
+    fn a_run_id_that_is_not_a_uuid_v7_is_refused() {
+        let mut v4 = submission("name: w\njobs:\n  a: { run: noop }\n");
+        v4.run_id = "9b2e4c1a-3f5d-4e6a-8b7c-1d2e3f4a5b6c".parse().unwrap();
+        let rejection = check(&encode(&v4).unwrap(), None, None, Utc::now()).unwrap_err();
+        assert_eq!(rejection.run_id, Some(v4.run_id));
+        assert!(rejection.reason.contains("is a UUID of version 4, not a run id"), "{}", rejection.reason);
     }
 
     #[test]

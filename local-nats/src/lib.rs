@@ -29,8 +29,10 @@ pub enum LocalNatsError {
     NotFound,
     #[error("cannot start {binary}: {source}")]
     Spawn { binary: String, source: std::io::Error },
-    #[error("nats-server did not become ready: {output}")]
-    NotReady { output: String },
+    /// `fatal` is the server's own reason (its `[FTL]` line, such as "address already in
+    /// use"), put first so it is not lost in the output after it.
+    #[error("{}", not_ready(.fatal, .output))]
+    NotReady { fatal: Option<String>, output: String },
     #[error("cannot create a store directory: {0}")]
     Store(std::io::Error),
 }
@@ -44,6 +46,9 @@ pub struct Options {
     pub monitor_port: Option<u16>,
     /// JetStream store; `None` makes a temporary one, removed on drop.
     pub store_dir: Option<PathBuf>,
+    /// Start without JetStream (`-js` left out): only to test how Sluice reports a server
+    /// set up that way.
+    pub without_jetstream: bool,
 }
 
 /// A running nats-server, stopped when dropped.
@@ -53,6 +58,7 @@ pub struct NatsServer {
     port: u16,
     monitor_port: Option<u16>,
     store_dir: PathBuf,
+    jetstream: bool,
     _temporary: Option<tempfile::TempDir>,
 }
 
@@ -87,6 +93,7 @@ impl NatsServer {
                 port,
                 monitor_port: options.monitor_port,
                 store_dir: store_dir.clone(),
+                jetstream: !options.without_jetstream,
                 _temporary: None,
             };
             match server.launch() {
@@ -102,19 +109,19 @@ impl NatsServer {
 
     fn launch(&mut self) -> Result<(), LocalNatsError> {
         let mut command = Command::new(&self.binary);
-        command
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(&self.store_dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        if self.jetstream {
+            command.arg("-js");
+        }
+        command.arg("-sd").arg(&self.store_dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         if let Some(monitor) = self.monitor_port {
             command.args(["-m", &monitor.to_string()]);
         }
         let mut child = command
             .spawn()
             .map_err(|source| LocalNatsError::Spawn { binary: self.binary.display().to_string(), source })?;
-        let stderr = child.stderr.take().ok_or_else(|| LocalNatsError::NotReady { output: "no output".into() })?;
+        let stderr =
+            child.stderr.take().ok_or_else(|| LocalNatsError::NotReady { fatal: None, output: "no output".into() })?;
         let (ready_tx, ready_rx) = mpsc::channel();
         // Reads the log until "Server is ready", then keeps draining so the pipe never fills.
         std::thread::spawn(move || {
@@ -145,12 +152,15 @@ impl NatsServer {
             Ok(Err(output)) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                Err(LocalNatsError::NotReady { output })
+                Err(LocalNatsError::NotReady { fatal: fatal_line(&output), output })
             }
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                Err(LocalNatsError::NotReady { output: format!("no \"Server is ready\" within {READY_TIMEOUT:?}") })
+                Err(LocalNatsError::NotReady {
+                    fatal: Some(format!("no \"Server is ready\" within {READY_TIMEOUT:?}")),
+                    output: String::new(),
+                })
             }
         }
     }
@@ -201,6 +211,29 @@ impl Drop for NatsServer {
     }
 }
 
+fn not_ready(fatal: &Option<String>, output: &str) -> String {
+    let mut text = String::from("nats-server did not start");
+    if let Some(fatal) = fatal {
+        text.push_str(": ");
+        text.push_str(fatal);
+    }
+    if !output.is_empty() {
+        text.push_str("\nits output:\n");
+        text.push_str(output);
+    }
+    text
+}
+
+/// The reason in nats-server's fatal log line (`... [FTL] Error listening on port: ...`).
+fn fatal_line(output: &str) -> Option<String> {
+    output.lines().find_map(|line| line.split_once("[FTL] ").map(|(_, reason)| reason.trim().to_owned()))
+}
+
+/// Whether a failed start was the port being taken (the one failure `--port` fixes).
+pub fn is_port_taken(error: &LocalNatsError) -> bool {
+    matches!(error, LocalNatsError::NotReady { fatal: Some(fatal), .. } if fatal.contains("address already in use"))
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -235,6 +268,16 @@ pub fn find_binary() -> Result<PathBuf, LocalNatsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_taken_port_is_the_reason_given_first() {
+        let first = NatsServer::start_temporary().unwrap();
+        let Err(error) = NatsServer::start(Options { port: Some(first.port()), ..Default::default() }) else {
+            panic!("a second server started on port {}", first.port());
+        };
+        assert!(error.to_string().starts_with("nats-server did not start: Error listening on port"), "{error}");
+        assert!(is_port_taken(&error), "{error}");
+    }
 
     #[test]
     fn starts_restarts_and_stops_a_server_that_accepts_connections() {

@@ -11,8 +11,13 @@ use crate::messages::{SCHEMA_VERSION, Versioned};
 pub enum CodecError {
     #[error("cannot encode {what}: {source}")]
     Encode { what: &'static str, source: rmp_serde::encode::Error },
-    #[error("not a valid {what} message: {source}")]
-    Decode { what: &'static str, source: rmp_serde::decode::Error },
+    #[error("not a valid {what} message: {}{source}", field_prefix(.field))]
+    Decode {
+        what: &'static str,
+        /// Where in the message the problem is (`submitted_at`, `window.start`), when known.
+        field: Option<String>,
+        source: rmp_serde::decode::Error,
+    },
     #[error("{what} has schema_version {found}; this build reads versions up to {SCHEMA_VERSION}")]
     UnsupportedVersion { what: &'static str, found: u32 },
 }
@@ -26,15 +31,27 @@ pub fn encode<T: Serialize + Versioned>(message: &T) -> Result<Vec<u8>, CodecErr
 /// message of a newer schema is `UnsupportedVersion` even when its layout no longer fits
 /// this build's type (a reader hands such a message on untouched instead of rejecting it).
 pub fn decode<T: DeserializeOwned + Versioned>(bytes: &[u8]) -> Result<T, CodecError> {
-    let message: T = rmp_serde::from_slice(bytes).map_err(|source| match schema_version_of(bytes) {
-        Some(found) if found > SCHEMA_VERSION => CodecError::UnsupportedVersion { what: T::WHAT, found },
-        _ => CodecError::Decode { what: T::WHAT, source },
-    })?;
+    // The path names the field a bad value is in: "submitted_at: input contains invalid
+    // characters" says what to fix, the bare parser message does not.
+    let mut deserializer = rmp_serde::Deserializer::from_read_ref(bytes);
+    let message: T =
+        serde_path_to_error::deserialize(&mut deserializer).map_err(|error| match schema_version_of(bytes) {
+            Some(found) if found > SCHEMA_VERSION => CodecError::UnsupportedVersion { what: T::WHAT, found },
+            _ => {
+                let path = error.path().to_string();
+                let field = (!path.is_empty() && path != "?" && path != ".").then_some(path);
+                CodecError::Decode { what: T::WHAT, field, source: error.into_inner() }
+            }
+        })?;
     let found = message.schema_version();
     if found == 0 || found > SCHEMA_VERSION {
         return Err(CodecError::UnsupportedVersion { what: T::WHAT, found });
     }
     Ok(message)
+}
+
+fn field_prefix(field: &Option<String>) -> String {
+    field.as_ref().map(|field| format!("field `{field}`: ")).unwrap_or_default()
 }
 
 /// The `schema_version` field of a MessagePack map, if it has one (whatever else it holds).
@@ -76,6 +93,19 @@ mod tests {
         let relaid = rmp_serde::to_vec_named(&serde_json::json!({"schema_version": newer, "pool": 7})).unwrap();
         let error = decode::<WorkerRecord>(&relaid).unwrap_err();
         assert!(matches!(error, CodecError::UnsupportedVersion { found, .. } if found == newer), "{error}");
+    }
+
+    #[test]
+    fn a_bad_value_names_its_field() {
+        let bad = rmp_serde::to_vec_named(&serde_json::json!({
+            "schema_version": SCHEMA_VERSION, "worker_id": "w-1", "pool": "default", "kinds": [],
+            "protocol_versions": [1], "version": "0", "slots": 1, "busy": 0, "started_at": "yesterday",
+        }))
+        .unwrap();
+        let error = decode::<WorkerRecord>(&bad).unwrap_err();
+        assert!(error.to_string().starts_with("not a valid worker record message: field `started_at`: "), "{error}");
+        let error = decode::<WorkerRecord>(b"\xc1 not msgpack").unwrap_err();
+        assert!(!error.to_string().contains("field"), "{error}");
     }
 
     #[test]

@@ -20,6 +20,24 @@ impl RunId {
     pub fn as_uuid(&self) -> &Uuid {
         &self.0
     }
+
+    /// Whether this is a UUIDv7, as every run id Sluice makes: time-ordered, so listings
+    /// sort by it and the end of one tells runs apart. Ids of other versions are refused
+    /// where they come in (a submission, a `RUN` argument).
+    pub fn is_v7(&self) -> bool {
+        self.0.get_version_num() == 7
+    }
+
+    /// Why this id is not a run id, if it is not a UUIDv7.
+    pub fn check_v7(&self) -> Result<(), String> {
+        if self.is_v7() {
+            return Ok(());
+        }
+        Err(format!(
+            "`{self}` is a UUID of version {}, not a run id: run ids are UUIDv7 (they begin with their creation time)",
+            self.0.get_version_num()
+        ))
+    }
 }
 
 impl Default for RunId {
@@ -104,5 +122,19 @@ impl FromStr for RequestId {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         text.parse::<RunId>().map(|id| Self(id.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_uuid_v7_ids_are_run_ids() {
+        let v7: RunId = "0190f5c2-7d3a-7b4e-8a1f-2c3d4e5f6a7b".parse().unwrap();
+        assert!(v7.is_v7() && v7.check_v7().is_ok() && RunId::new().is_v7());
+        let v4: RunId = "9b2e4c1a-3f5d-4e6a-8b7c-1d2e3f4a5b6c".parse().unwrap();
+        let error = v4.check_v7().unwrap_err();
+        assert!(error.contains("`9b2e4c1a-3f5d-4e6a-8b7c-1d2e3f4a5b6c` is a UUID of version 4"), "{error}");
     }
 }

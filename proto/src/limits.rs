@@ -63,6 +63,9 @@ pub const ERROR_TEXT_MAX_BYTES: usize = 4096;
 pub const PARAMS_MAX: usize = 256;
 /// Longest log line kept; longer lines keep their start.
 pub const LOG_LINE_MAX_BYTES: usize = 16 * 1024;
+/// Most days `--window last Nd` covers: ten years, far more than any one run processes,
+/// and small enough that the date arithmetic never leaves chrono's range.
+pub const WINDOW_LAST_DAYS_MAX: u64 = 3_660;
 /// Most windows one backfill (or audit) covers.
 pub const BACKFILL_WINDOWS_MAX: usize = 2_000;
 /// Most names a control outcome lists in `changed` (a retry of 100,000 children lists the

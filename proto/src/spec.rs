@@ -25,6 +25,9 @@ use crate::window::parse_zone;
 pub const DEFAULT_POOL: &str = "default";
 /// The kind that runs a command.
 pub const EXEC_KIND: &str = "exec";
+/// The kinds every stock worker (`sluice worker`, `sluice dev`) runs, sorted; Rust workers
+/// may register more.
+pub const STOCK_KINDS: [&str; 4] = ["exec", "fail", "noop", "sleep"];
 
 /// A workflow: named jobs and what each needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,7 +97,7 @@ pub struct JobSpec {
     #[serde(default)]
     pub needs: Vec<String>,
     /// For `exec`: the program and its arguments (no shell).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "command_list")]
     pub command: Option<Vec<String>>,
     #[serde(default)]
     pub config: Option<serde_json::Value>,
@@ -407,6 +410,12 @@ pub(crate) fn validate_job(name: &str, job: &JobSpec, jobs: &IndexMap<String, Jo
     match (&job.command, job.run == EXEC_KIND) {
         (None, true) => problem("`run: exec` needs a `command:` list, e.g. [python3, etl.py, \"{{start}}\"]".into()),
         (Some(command), true) if command.is_empty() => problem("`command:` is empty".into()),
+        // Only `exec` runs a command, so a kind given one is most likely a guess (`shell`).
+        (Some(_), false) if !STOCK_KINDS.contains(&job.run.as_str()) => problem(format!(
+            "unknown kind `{}` (`run:`): a `command:` runs with `run: exec`; the stock kinds are {}",
+            job.run,
+            STOCK_KINDS.join(", ")
+        )),
         (Some(_), false) => problem(format!("`command:` is only used by `run: exec`, not by `run: {}`", job.run)),
         _ => {}
     }
@@ -449,6 +458,42 @@ pub(crate) fn validate_job(name: &str, job: &JobSpec, jobs: &IndexMap<String, Jo
             problem(format!("needs `{need}`, which is not a job of this workflow{}", suggestion(need, jobs.keys())));
         }
     }
+}
+
+/// `command:` as a list; a string gets an error that says so (it would not go through a
+/// shell, so splitting it here would only guess).
+fn command_list<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<String>>, D::Error> {
+    struct Visitor;
+    impl<'de> serde::de::Visitor<'de> for Visitor {
+        type Value = Option<Vec<String>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of the program and its arguments")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+            deserializer.deserialize_any(self)
+        }
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Self::Value, E> {
+            let words: Vec<String> = text.split_whitespace().map(|word| format!("{word:?}")).collect();
+            Err(E::custom(format!(
+                "`command:` must be a list of the program and its arguments, e.g. [{}], not the string {text:?} (no shell runs it)",
+                words.join(", ")
+            )))
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut args = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(256));
+            while let Some(arg) = seq.next_element::<String>()? {
+                args.push(arg);
+            }
+            Ok(Some(args))
+        }
+    }
+    deserializer.deserialize_option(Visitor)
 }
 
 /// ` (did you mean `x`?)` for a near miss.

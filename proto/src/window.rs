@@ -7,6 +7,8 @@ use chrono::{DateTime, Days, FixedOffset, LocalResult, NaiveDate, SecondsFormat,
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
+use crate::limits::WINDOW_LAST_DAYS_MAX;
+
 /// A half-open interval of time, `[start, end)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
@@ -18,13 +20,25 @@ pub struct Window {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WindowError {
     #[error(
-        "invalid window `{text}`: write a day (2024-03-01), `yesterday`, `today`, or START..END in RFC 3339 (2024-03-01T00:00:00Z..2024-03-02T00:00:00Z)"
+        "invalid window `{text}`: write a day (2024-03-01), `yesterday`, `today`, `last 7d`, DAY..DAY (2024-03-01..2024-03-07), or START..END in RFC 3339 (2024-03-01T00:00:00Z..2024-03-02T00:00:00Z)"
     )]
     Unreadable { text: String },
+    #[error("invalid window `{text}`: {reason}")]
+    NoSuchDay { text: String, reason: String },
+    #[error(
+        "invalid window `{text}`: a range is two days (2024-03-01..2024-03-07) or two RFC 3339 times (2024-03-01T00:00:00Z..2024-03-02T00:00:00Z), not a day and a time"
+    )]
+    MixedRange { text: String },
+    #[error(
+        "invalid window `{text}`: write `last Nd` with N whole days from 1 to {WINDOW_LAST_DAYS_MAX}, e.g. `last 7d`"
+    )]
+    BadLast { text: String },
     #[error("invalid window `{text}`: {part} `{value}` is not an RFC 3339 time such as 2024-03-01T00:00:00Z")]
     BadTime { text: String, part: &'static str, value: String },
     #[error("invalid window: end {end} is not after start {start}")]
     Empty { start: String, end: String },
+    #[error("invalid window: the last day {to} is before the first day {from}")]
+    BackwardDays { from: NaiveDate, to: NaiveDate },
     #[error("unknown time zone `{0}`: use an IANA name such as UTC, Europe/Berlin or America/Los_Angeles")]
     UnknownZone(String),
     #[error("{0}")]
@@ -45,29 +59,57 @@ impl Window {
         Ok(Self { start, end })
     }
 
-    /// Reads what a user types after `--window`, relative to `now`, in zone `zone`.
+    /// Reads what a user types after `--window`, relative to `now`, in zone `zone`: a day,
+    /// `today`, `yesterday`, `last Nd` (the N whole days before today), DAY..DAY (both
+    /// included) or START..END (RFC 3339 times, offsets kept).
     pub fn parse(text: &str, zone: Tz, now: DateTime<Utc>) -> Result<Self, WindowError> {
         let trimmed = text.trim();
+        let shown = || trimmed.chars().take(120).collect::<String>();
         let today = now.with_timezone(&zone).date_naive();
         match trimmed {
             "today" => return Ok(Self::day(today, zone)),
             "yesterday" => return Ok(Self::day(today.pred_opt().unwrap_or(today), zone)),
             _ => {}
         }
+        if let Some(count) = trimmed.strip_prefix("last") {
+            let days = count
+                .trim()
+                .strip_suffix('d')
+                .and_then(|digits| digits.parse::<u64>().ok())
+                .filter(|days| (1..=WINDOW_LAST_DAYS_MAX).contains(days))
+                .ok_or_else(|| WindowError::BadLast { text: shown() })?;
+            let first =
+                today.checked_sub_days(Days::new(days)).ok_or_else(|| WindowError::BadLast { text: shown() })?;
+            return Ok(Self { start: local_midnight(first, zone), end: local_midnight(today, zone) });
+        }
         if let Some((start, end)) = trimmed.split_once("..") {
-            let parse = |part, value: &str| {
-                DateTime::parse_from_rfc3339(value.trim()).map_err(|_| WindowError::BadTime {
-                    text: trimmed.chars().take(120).collect(),
-                    part,
-                    value: value.chars().take(60).collect(),
-                })
+            let (start, end) = (start.trim(), end.trim());
+            return match (looks_like_day(start), looks_like_day(end)) {
+                (true, true) => {
+                    let (from, to) = (parse_day(start, &shown)?, parse_day(end, &shown)?);
+                    if to < from {
+                        return Err(WindowError::BackwardDays { from, to });
+                    }
+                    let after = to.checked_add_days(Days::new(1)).unwrap_or(to);
+                    Ok(Self { start: local_midnight(from, zone), end: local_midnight(after, zone) })
+                }
+                (false, false) => {
+                    let parse = |part, value: &str| {
+                        DateTime::parse_from_rfc3339(value).map_err(|_| WindowError::BadTime {
+                            text: shown(),
+                            part,
+                            value: value.chars().take(60).collect(),
+                        })
+                    };
+                    Self::new(parse("start", start)?, parse("end", end)?)
+                }
+                _ => Err(WindowError::MixedRange { text: shown() }),
             };
-            return Self::new(parse("start", start)?, parse("end", end)?);
         }
-        if let Ok(date) = NaiveDate::parse_from_str(trimmed, "%Y-%m-%d") {
-            return Ok(Self::day(date, zone));
+        if looks_like_day(trimmed) {
+            return Ok(Self::day(parse_day(trimmed, &shown)?, zone));
         }
-        Err(WindowError::Unreadable { text: trimmed.chars().take(120).collect() })
+        Err(WindowError::Unreadable { text: shown() })
     }
 
     /// The calendar day `date` in `zone`: local midnight to the next local midnight (23 or
@@ -149,6 +191,39 @@ impl fmt::Display for Window {
     }
 }
 
+/// `YYYY-MM-DD` in shape (the digits may still name no day).
+pub fn looks_like_day(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() == 10
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(i, byte)| if i == 4 || i == 7 { *byte == b'-' } else { byte.is_ascii_digit() })
+}
+
+/// A `YYYY-MM-DD` day; one that does not exist (2024-02-30) says why.
+fn parse_day(day: &str, shown: &dyn Fn() -> String) -> Result<NaiveDate, WindowError> {
+    NaiveDate::parse_from_str(day, "%Y-%m-%d")
+        .map_err(|_| WindowError::NoSuchDay { text: shown(), reason: why_no_such_day(day) })
+}
+
+/// Why a `YYYY-MM-DD` text names no day: the month, or how many days its month has.
+pub fn why_no_such_day(day: &str) -> String {
+    let field = |range: std::ops::Range<usize>| day.get(range).and_then(|digits| digits.parse::<u32>().ok());
+    let (Some(year), Some(month), Some(date)) = (field(0..4), field(5..7), field(8..10)) else {
+        return format!("{day} is not a day such as 2024-03-01");
+    };
+    let Some(first) = NaiveDate::from_ymd_opt(year as i32, month, 1) else {
+        return format!("{day} does not exist: there is no month {month:02} (months are 01 to 12)");
+    };
+    let next = first.checked_add_months(chrono::Months::new(1)).unwrap_or(first);
+    let length = (next - first).num_days();
+    if date == 0 {
+        return format!("{day} does not exist: days of a month start at 01");
+    }
+    format!("{day} does not exist: {} has {length} days", first.format("%B %Y"))
+}
+
 fn render(time: &DateTime<FixedOffset>) -> String {
     time.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
@@ -216,6 +291,55 @@ mod tests {
         assert!(Window::range(to, from, std::time::Duration::from_secs(86_400), zone, 100).is_err());
         let error = Window::range(from, to, std::time::Duration::from_secs(60), zone, 100).unwrap_err();
         assert!(error.to_string().contains("more than 100 windows"));
+    }
+
+    #[test]
+    fn a_range_of_days_includes_both_in_the_zone() {
+        let zone = parse_zone("America/Los_Angeles").unwrap();
+        let week = Window::parse("2024-03-04..2024-03-10", zone, now()).unwrap();
+        assert_eq!(week.to_string(), "2024-03-04T00:00:00-08:00..2024-03-11T00:00:00-07:00");
+        let one = Window::parse(" 2024-03-01 .. 2024-03-01 ", chrono_tz::UTC, now()).unwrap();
+        assert_eq!(one, Window::parse("2024-03-01", chrono_tz::UTC, now()).unwrap());
+        let backwards = Window::parse("2024-03-02..2024-03-01", chrono_tz::UTC, now()).unwrap_err();
+        assert_eq!(backwards.to_string(), "invalid window: the last day 2024-03-01 is before the first day 2024-03-02");
+    }
+
+    #[test]
+    fn a_range_of_a_day_and_a_time_is_refused() {
+        for text in ["2024-03-01..2024-03-02T00:00:00Z", "2024-03-01T00:00:00Z..2024-03-02"] {
+            let error = Window::parse(text, chrono_tz::UTC, now()).unwrap_err();
+            assert!(matches!(error, WindowError::MixedRange { .. }), "{text}: {error}");
+            assert!(error.to_string().contains("not a day and a time"), "{error}");
+        }
+    }
+
+    #[test]
+    fn last_n_days_are_the_whole_days_before_today_in_the_zone() {
+        let zone = parse_zone("America/Los_Angeles").unwrap();
+        // now() is 2024-03-11 03:00 in Los Angeles: today is the 11th.
+        let week = Window::parse("last 7d", zone, now()).unwrap();
+        assert_eq!(week.to_string(), "2024-03-04T00:00:00-08:00..2024-03-11T00:00:00-07:00");
+        assert_eq!(Window::parse("last 1d", zone, now()).unwrap(), Window::previous_day(zone, now()));
+        assert_eq!(Window::parse("last7d", zone, now()).unwrap(), week);
+        for bad in ["last 0d", "last 7h", "last week", "last d", "last 99999d"] {
+            let error = Window::parse(bad, zone, now()).unwrap_err();
+            assert!(matches!(error, WindowError::BadLast { .. }), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_day_that_does_not_exist_says_so() {
+        let error = Window::parse("2024-02-30", chrono_tz::UTC, now()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "invalid window `2024-02-30`: 2024-02-30 does not exist: February 2024 has 29 days"
+        );
+        let error = Window::parse("2023-02-29..2023-03-01", chrono_tz::UTC, now()).unwrap_err();
+        assert!(error.to_string().contains("2023-02-29 does not exist: February 2023 has 28 days"), "{error}");
+        let error = Window::parse("2024-13-01", chrono_tz::UTC, now()).unwrap_err();
+        assert!(error.to_string().contains("there is no month 13"), "{error}");
+        let error = Window::parse("2024-04-00", chrono_tz::UTC, now()).unwrap_err();
+        assert!(error.to_string().contains("start at 01"), "{error}");
     }
 
     #[test]

@@ -25,6 +25,11 @@ impl Server {
         Self::own(NatsServer::start(Options { store_dir: Some(store), ..Default::default() }))
     }
 
+    /// A fresh server without JetStream.
+    pub fn without_jetstream() -> Result<Self> {
+        Self::own(NatsServer::start(Options { without_jetstream: true, ..Default::default() }))
+    }
+
     /// A server someone else runs; this one never starts or stops it.
     pub fn external(url: &str) -> Self {
         Self { own: None, url: url.to_owned() }

@@ -36,6 +36,8 @@ enum Nats {
     Temporary,
     Store(PathBuf),
     External(String),
+    /// A temporary server started without JetStream (`-js` left out).
+    WithoutJetStream,
 }
 
 /// How to start a [`Stack`]: [`Stack::builder`].
@@ -52,6 +54,12 @@ impl StackBuilder {
     /// temporary one.
     pub fn store(mut self, dir: PathBuf) -> Self {
         self.nats = Nats::Store(dir);
+        self
+    }
+
+    /// A temporary nats-server without JetStream: what a misconfigured server looks like.
+    pub fn without_jetstream(mut self) -> Self {
+        self.nats = Nats::WithoutJetStream;
         self
     }
 
@@ -92,6 +100,7 @@ impl StackBuilder {
         let nats = match self.nats {
             Nats::Temporary => Server::temporary()?,
             Nats::Store(dir) => Server::with_store(dir)?,
+            Nats::WithoutJetStream => Server::without_jetstream()?,
             Nats::External(url) => Server::external(&url),
         };
         let dir =

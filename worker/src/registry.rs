@@ -41,3 +41,13 @@ impl Registry {
         self.kinds.keys().map(String::as_str)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// `validate` names the stock kinds from proto's list: it must be what a stock worker runs.
+    #[test]
+    fn the_stock_kinds_are_the_ones_proto_lists() {
+        let registry = super::Registry::with_stock_kinds();
+        assert_eq!(registry.kinds().collect::<Vec<_>>(), sluice_proto::spec::STOCK_KINDS);
+    }
+}

@@ -38,8 +38,14 @@ pub struct AuditArgs {
 
 /// Reads `--from`/`--to`, naming the flag when it is not a date.
 pub fn parse_day(flag: &str, text: &str) -> Result<NaiveDate, CliError> {
-    NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
-        .map_err(|_| CliError::usage(format!("{flag} `{text}` is not a day such as 2024-03-01")))
+    let text = text.trim();
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        if sluice_proto::window::looks_like_day(text) {
+            CliError::usage(format!("{flag}: {}", sluice_proto::window::why_no_such_day(text)))
+        } else {
+            CliError::usage(format!("{flag} `{text}` is not a day such as 2024-03-01"))
+        }
+    })
 }
 
 use sluice_proto::backfill::{key_of, latest_by_window};
@@ -110,15 +116,14 @@ pub async fn run(url: &str, args: AuditArgs, format: Format) -> Result<ExitCode,
     match format {
         Format::Json => print_json(&json!({"workflow": args.workflow, "windows": rows})),
         Format::Human => print_grid(&args.workflow, &rows, &columns, args.missing),
-    }
+    }?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_grid(workflow: &str, rows: &[serde_json::Value], columns: &[String], missing: bool) {
+fn print_grid(workflow: &str, rows: &[serde_json::Value], columns: &[String], missing: bool) -> Result<(), CliError> {
     if rows.is_empty() {
         let what = if missing { "every window has a successful run" } else { "no windows" };
-        println!("{workflow}: {what}");
-        return;
+        return outln!("{workflow}: {what}");
     }
     let mut headers = vec!["WINDOW", "RUN STATE", "RUN"];
     headers.extend(columns.iter().map(String::as_str));
@@ -137,5 +142,5 @@ fn print_grid(workflow: &str, rows: &[serde_json::Value], columns: &[String], mi
             line
         })
         .collect();
-    println!("{}", table(&headers, &lines));
+    outln!("{}", table(&headers, &lines))
 }

@@ -3,7 +3,6 @@
 //! creates it and shows its progress. `list`, `status ID`, `cancel ID`.
 
 use std::io::IsTerminal;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -91,7 +90,7 @@ pub async fn run(url: &str, args: BackfillArgs, format: Format) -> Result<ExitCo
             let id = parse_id(id)?;
             let js = connect(url).await?;
             let record = load(&js, &id).await?;
-            show(&record, format);
+            show(&record, format)?;
             Ok(exit_code(&record))
         }
         Some(BackfillCommand::Cancel { ref id }) => {
@@ -154,16 +153,16 @@ async fn create(url: &str, args: BackfillArgs, format: Format) -> Result<ExitCod
     let record = load(&js, &id).await?;
     let skipped = skipped_windows(&record);
     if format == Format::Human {
-        println!(
+        outln!(
             "backfill {id}: {} windows of {} from {from} to {to} ({skipped} skipped), at most {} runs at once",
             record.windows.len(),
             spec.name,
             args.max_parallel_runs
-        );
+        )?;
     }
     if args.detach {
         if format == Format::Json {
-            print_json(&json!({"id": id.to_string(), "windows": record.windows.len(), "skipped": skipped}));
+            print_json(&json!({"id": id.to_string(), "windows": record.windows.len(), "skipped": skipped}))?;
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -180,7 +179,7 @@ async fn follow(js: &jetstream::Context, id: &RunId, format: Format) -> Result<E
             _ = ticker.tick() => {}
             _ = tokio::signal::ctrl_c() => {
                 if format == Format::Human {
-                    println!("\nthe backfill goes on: sluice backfill status {id}  (stop it: sluice backfill cancel {id})");
+                    outln!("\nthe backfill goes on: sluice backfill status {id}  (stop it: sluice backfill cancel {id})")?;
                 }
                 return Ok(ExitCode::SUCCESS);
             }
@@ -190,10 +189,9 @@ async fn follow(js: &jetstream::Context, id: &RunId, format: Format) -> Result<E
             let line = progress_line(&record);
             if line != last_line {
                 if tty {
-                    print!("\r{line}");
-                    let _ = std::io::stdout().flush();
+                    output::out_partial(format_args!("\r{line}"))?;
                 } else {
-                    println!("{line}");
+                    outln!("{line}")?;
                 }
                 last_line = line;
             }
@@ -201,11 +199,11 @@ async fn follow(js: &jetstream::Context, id: &RunId, format: Format) -> Result<E
         if record.finished_at.is_some() {
             if format == Format::Human {
                 if tty {
-                    println!();
+                    outln!()?;
                 }
-                println!("backfill {id} {}", record.state.as_str());
+                outln!("backfill {id} {}", record.state.as_str())?;
             } else {
-                show(&record, format);
+                show(&record, format)?;
             }
             return Ok(exit_code(&record));
         }
@@ -293,11 +291,11 @@ fn record_json(record: &BackfillRecord, with_windows: bool) -> serde_json::Value
     value
 }
 
-fn show(record: &BackfillRecord, format: Format) {
+fn show(record: &BackfillRecord, format: Format) -> Result<(), CliError> {
     match format {
         Format::Json => print_json(&record_json(record, true)),
         Format::Human => {
-            println!(
+            outln!(
                 "backfill  {}\nworkflow  {}\nstate     {}\nrange     {} to {} every {}\n{}\n",
                 record.id,
                 record.workflow,
@@ -306,7 +304,7 @@ fn show(record: &BackfillRecord, format: Format) {
                 record.to,
                 record.interval,
                 progress_line(record)
-            );
+            )?;
             let value = record_json(record, true);
             let rows: Vec<Vec<String>> = value["windows"]
                 .as_array()
@@ -321,7 +319,7 @@ fn show(record: &BackfillRecord, format: Format) {
                     ]
                 })
                 .collect();
-            println!("{}", table(&["WINDOW", "STATE", "RUN", "SKIPPED BECAUSE"], &rows));
+            outln!("{}", table(&["WINDOW", "STATE", "RUN", "SKIPPED BECAUSE"], &rows))
         }
     }
 }
@@ -335,7 +333,7 @@ async fn list(js: &jetstream::Context, format: Format) -> Result<ExitCode, CliEr
         Format::Json => {
             print_json(&json!({"backfills": records.iter().map(|r| record_json(r, false)).collect::<Vec<_>>()}))
         }
-        Format::Human if records.is_empty() => println!("no backfills"),
+        Format::Human if records.is_empty() => outln!("no backfills"),
         Format::Human => {
             let rows: Vec<Vec<String>> = records
                 .iter()
@@ -349,9 +347,9 @@ async fn list(js: &jetstream::Context, format: Format) -> Result<ExitCode, CliEr
                     ]
                 })
                 .collect();
-            println!("{}", table(&["ID", "WORKFLOW", "STATE", "RANGE", "PROGRESS"], &rows));
+            outln!("{}", table(&["ID", "WORKFLOW", "STATE", "RANGE", "PROGRESS"], &rows))
         }
-    }
+    }?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -360,8 +358,8 @@ async fn cancel(js: &jetstream::Context, id: &RunId, format: Format) -> Result<E
     let outcome = applied(ask(js, ControlRequest::new(ControlAction::BackfillCancel { id: *id }, None, "")).await?)?;
     match format {
         Format::Json => print_json(&json!({"id": id.to_string(), "state": "cancelled"})),
-        Format::Human => println!("{}", outcome.reason),
-    }
+        Format::Human => outln!("{}", outcome.reason),
+    }?;
     Ok(ExitCode::SUCCESS)
 }
 

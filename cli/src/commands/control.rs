@@ -21,10 +21,10 @@ pub async fn cancel(url: &str, run: &str, format: Format) -> Result<ExitCode, Cl
         return Err(CliError::failed(format!("run {id} was cancelled but cannot be read back")));
     };
     match format {
-        Format::Json => print_json(&view_json(&done)),
+        Format::Json => print_json(&view_json(&done))?,
         Format::Human => {
             let stopped = done.jobs.iter().filter(|job| job.state == JobState::Cancelled).count();
-            println!("run {id} cancelled: {stopped} jobs cancelled");
+            outln!("run {id} cancelled: {stopped} jobs cancelled")?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -54,13 +54,13 @@ pub async fn retry(url: &str, args: RetryArgs, format: Format) -> Result<ExitCod
     let request = ControlRequest { job: args.job.clone(), ..ControlRequest::new(ControlAction::Retry, Some(id), "") };
     let outcome = applied(ask(&js, request).await?)?;
     if format == Format::Human {
-        println!("retrying run {id}: {}", outcome.changed.join(", "));
+        outln!("retrying run {id}: {}", outcome.changed.join(", "))?;
     }
     if !args.wait {
         if format == Format::Json {
             print_json(
                 &json!({"id": id.to_string(), "retrying": outcome.changed, "request_id": outcome.request_id.to_string()}),
-            );
+            )?;
         }
         return Ok(ExitCode::SUCCESS);
     }

@@ -2,7 +2,8 @@
 //! in `.sluice/dev/`), a coordinator and a worker, submits the given workflows, shows their
 //! progress, then keeps the stack up for other `sluice` commands until Ctrl-C.
 
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -38,20 +39,50 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
     // Validate everything before starting anything.
     super::serve::check_worker_flags(args.concurrency)?;
     let workflows = args.files.iter().map(|file| super::read_workflow(file)).collect::<Result<Vec<_>, _>>()?;
+    // Held until this process ends: a second `dev` on the same store would share it with
+    // this one's nats-server and wedge both.
+    let _lock = DataDirLock::take(&args.data_dir)?;
     let mut server = NatsServer::start(Options {
         port: Some(args.port),
         monitor_port: None,
         store_dir: Some(args.data_dir.clone()),
+        without_jetstream: false,
     })
-    .map_err(|error| {
-        CliError::nats(format!(
-            "starting nats-server on 127.0.0.1:{}: {error} (is port {} taken? try --port)",
-            args.port, args.port
-        ))
-    })?;
+    .map_err(|error| start_error(&error, args.port))?;
     let url = server.url();
-    println!("nats-server   {url}  (data in {})", args.data_dir.display());
-    let client = crate::output::connect(&url).await?;
+    let result = with_stack(&url, &args, workflows).await;
+    server.stop();
+    // stdout may be gone (that is one way here); the end is still worth a line if not.
+    let _ = outln!("stopped");
+    result
+}
+
+/// Why nats-server did not start, its own reason first; the `--port` hint only when the
+/// port was the problem.
+fn start_error(error: &sluice_local_nats::LocalNatsError, port: u16) -> CliError {
+    use sluice_local_nats::LocalNatsError;
+    match error {
+        LocalNatsError::NotReady { fatal: Some(fatal), .. } if sluice_local_nats::is_port_taken(error) => {
+            CliError::nats(format!(
+                "nats-server cannot listen on 127.0.0.1:{port}: {fatal} (another server has the port: give this one another with --port)"
+            ))
+        }
+        LocalNatsError::NotReady { fatal: Some(fatal), .. } => {
+            CliError::nats(format!("nats-server cannot start on 127.0.0.1:{port}: {fatal}"))
+        }
+        other => CliError::nats(format!("starting nats-server on 127.0.0.1:{port}: {other}")),
+    }
+}
+
+/// Runs the coordinator and the worker against the server at `url`, submits and follows
+/// the workflows, and stops both however that ended (an error, a closed stdout, Ctrl-C).
+async fn with_stack(
+    url: &str,
+    args: &DevArgs,
+    workflows: Vec<(sluice_proto::WorkflowSpec, String)>,
+) -> Result<ExitCode, CliError> {
+    outln!("nats-server   {url}  (data in {})", args.data_dir.display())?;
+    let client = crate::output::connect(url).await?;
     let js = jetstream::new(client.clone());
     sluice_coordinator::topology::ensure(&js).await?;
     let shutdown = on_signal();
@@ -66,10 +97,28 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
         config,
         shutdown.clone(),
     ));
-    println!(
+    let result = session(&js, url, args, workflows, &shutdown).await;
+    shutdown.cancel();
+    let _ = outln!("stopping…");
+    let _ = worker.await;
+    let _ = coordinator.await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
+    result
+}
+
+/// What `dev` does once the stack is up: declare pools, submit, follow, then wait for
+/// Ctrl-C (unless `--exit-when-done`).
+async fn session(
+    js: &jetstream::Context,
+    url: &str,
+    args: &DevArgs,
+    workflows: Vec<(sluice_proto::WorkflowSpec, String)>,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<ExitCode, CliError> {
+    outln!(
         "coordinator   running\nworker        pool default, {} slots, kinds exec noop sleep fail\n",
         args.concurrency
-    );
+    )?;
 
     // `dev` declares the pools its workflows name (elsewhere that is `sluice pool apply`).
     let pools: std::collections::BTreeSet<String> =
@@ -77,46 +126,81 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
     for pool in pools.into_iter().filter(|pool| pool != sluice_proto::spec::DEFAULT_POOL) {
         let settings = sluice_proto::PoolSettings { name: pool.clone(), ..Default::default() };
         let request = sluice_proto::ControlRequest::new(sluice_proto::ControlAction::PoolApply(settings), None, "");
-        crate::output::applied(crate::output::ask(&js, request).await?)?;
-        println!("declared pool {pool} (no worker of `dev` serves it: start one with `sluice worker --pool {pool}`)");
+        crate::output::applied(crate::output::ask(js, request).await?)?;
+        outln!("declared pool {pool} (no worker of `dev` serves it: start one with `sluice worker --pool {pool}`)")?;
     }
 
     let mut ids = Vec::new();
     for ((spec, yaml), file) in workflows.into_iter().zip(&args.files) {
         let window = resolve_window(&spec, None)?;
-        let id = publish(&js, yaml, window, Default::default(), None).await?.run_id;
-        println!("submitted {} as run {id} (window {window})", file.display());
+        let id = publish(js, yaml, window, Default::default(), None).await?.run_id;
+        outln!("submitted {} as run {id} (window {window})", file.display())?;
         ids.push(id);
     }
     let mut all_succeeded = true;
     if !ids.is_empty() {
         let outcome = tokio::select! {
-            outcome = follow(&js, &ids, Format::Human) => Some(outcome?),
+            outcome = follow(js, &ids, Format::Human) => Some(outcome?),
             _ = shutdown.cancelled() => None,
         };
         for finished in outcome.iter().flatten() {
             all_succeeded &= finished.succeeded();
             match finished {
-                Finished::Run(view) => println!("\n{}", view_text(view)),
-                Finished::Rejected(id, rejection) => {
-                    println!("\nrun {id} was rejected: {}", rejection.reason)
-                }
+                Finished::Run(view) => outln!("\n{}", view_text(view))?,
+                Finished::Rejected(id, rejection) => outln!("\nrun {id} was rejected: {}", rejection.reason)?,
             }
         }
     }
     if !args.exit_when_done && !shutdown.is_cancelled() {
-        println!(
+        outln!(
             "\nThe stack stays up. In another terminal:\n  export SLUICE_NATS_URL={url}\n  ./target/debug/sluice runs\n  ./target/debug/sluice submit examples/workflows/etl-daily.yaml --window 2024-03-01 --wait\n  ./target/debug/sluice logs RUN_ID --follow\nCtrl-C stops everything."
-        );
+        )?;
         shutdown.cancelled().await;
     }
-    shutdown.cancel();
-    println!("stopping…");
-    let _ = worker.await;
-    let _ = coordinator.await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
-    drop(client);
-    server.stop();
-    println!("stopped");
     Ok(if all_succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// `LOCK_FILE` in the data directory, locked (flock) while this `dev` runs; it holds the
+/// pid for the message another `dev` gives. The lock goes with the process, however it
+/// ends, so a crashed `dev` leaves nothing to clean up.
+struct DataDirLock {
+    _file: std::fs::File,
+}
+
+const LOCK_FILE: &str = "sluice-dev.lock";
+
+impl DataDirLock {
+    fn take(dir: &Path) -> Result<Self, CliError> {
+        let cannot = |error: std::io::Error| CliError::failed(format!("cannot lock {}: {error}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(cannot)?;
+        let path = dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(cannot)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let by = match holder.trim().parse::<u32>() {
+                    Ok(pid) => format!("another `sluice dev` (pid {pid})"),
+                    Err(_) => "another `sluice dev`".to_owned(),
+                };
+                return Err(CliError::usage(format!(
+                    "the data directory {} is in use by {by}: stop it, or give this one its own --data-dir (and --port)",
+                    dir.display()
+                )));
+            }
+            Err(std::fs::TryLockError::Error(error)) => return Err(cannot(error)),
+        }
+        file.set_len(0)
+            .and_then(|()| write!(file, "{}", std::process::id()))
+            .and_then(|()| file.flush())
+            .map_err(cannot)?;
+        Ok(Self { _file: file })
+    }
 }

@@ -95,7 +95,7 @@ async fn list(js: &jetstream::Context, filters: &Filters, format: Format) -> Res
     let letters: Vec<Letter> = load(js).await?.into_iter().filter(|letter| filters.matches(letter)).collect();
     match format {
         Format::Json => print_json(&json!({"dead_letters": letters.iter().map(summary_json).collect::<Vec<_>>()})),
-        Format::Human if letters.is_empty() => println!("no dead letters"),
+        Format::Human if letters.is_empty() => outln!("no dead letters"),
         Format::Human => {
             let rows: Vec<Vec<String>> = letters
                 .iter()
@@ -120,9 +120,9 @@ async fn list(js: &jetstream::Context, filters: &Filters, format: Format) -> Res
                     ],
                 })
                 .collect();
-            println!("{}", table(&["ID", "RUN", "WORKFLOW", "JOB", "POOL", "ATTEMPTS", "REASON"], &rows));
+            outln!("{}", table(&["ID", "RUN", "WORKFLOW", "JOB", "POOL", "ATTEMPTS", "REASON"], &rows))
         }
-    }
+    }?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -133,9 +133,9 @@ async fn show(js: &jetstream::Context, id: u64, format: Format) -> Result<ExitCo
         match format {
             Format::Json => print_json(&value),
             Format::Human => {
-                println!("dead letter {id} on {} (raw, unreadable)\nreason: {}", entry.subject, entry.reason)
+                outln!("dead letter {id} on {} (raw, unreadable)\nreason: {}", entry.subject, entry.reason)
             }
-        }
+        }?;
         return Ok(ExitCode::SUCCESS);
     };
     let attempts: Vec<serde_json::Value> = letter
@@ -165,20 +165,25 @@ async fn show(js: &jetstream::Context, id: u64, format: Format) -> Result<ExitCo
         "attempts_omitted": letter.attempts_omitted,
     });
     match format {
-        Format::Json => print_json(&value),
+        Format::Json => print_json(&value)?,
         Format::Human => {
-            println!(
+            outln!(
                 "dead letter {id}\nrun       {}\nworkflow  {}\njob       {} (kind {}, pool {})\nreason    {}\n",
-                job.run_id, job.workflow, job.job, job.kind, job.pool, letter.reason
-            );
+                job.run_id,
+                job.workflow,
+                job.job,
+                job.kind,
+                job.pool,
+                letter.reason
+            )?;
             for attempt in &letter.attempts {
-                println!(
+                outln!(
                     "attempt {} on {} at {}: {}",
                     attempt.attempt,
                     attempt.worker,
                     time(Some(attempt.started_at)).as_str().unwrap_or_default(),
                     attempt.error.as_deref().unwrap_or("-")
-                );
+                )?;
             }
         }
     }
@@ -227,19 +232,20 @@ async fn replay(
             "refused": answers.iter().filter(|(_, _, outcome)| outcome.outcome == Outcome::Refused)
                 .map(|(id, _, outcome)| json!({"id": id, "kind": outcome.kind.map(|kind| kind.as_str()), "reason": outcome.reason}))
                 .collect::<Vec<_>>(),
-        })),
+        }))?,
         Format::Human => {
             for (id, letter, outcome) in &answers {
                 match outcome.outcome {
-                    Outcome::Applied => println!(
+                    Outcome::Applied => outln!(
                         "replayed dead letter {id}: job {} of run {} is queued again",
-                        letter.job.job, letter.job.run_id
+                        letter.job.job,
+                        letter.job.run_id
                     ),
-                    Outcome::Refused => println!("dead letter {id} not replayed: {}", outcome.reason),
-                }
+                    Outcome::Refused => outln!("dead letter {id} not replayed: {}", outcome.reason),
+                }?;
             }
             if answers.is_empty() {
-                println!("no dead letters to replay");
+                outln!("no dead letters to replay")?;
             }
         }
     }
@@ -251,7 +257,7 @@ async fn purge(js: &jetstream::Context, filters: &Filters, format: Format) -> Re
     let outcome = applied(ask(js, ControlRequest::new(action, None, "")).await?)?;
     match format {
         Format::Json => print_json(&json!({"purged": outcome.changed_total})),
-        Format::Human => println!("purged {} dead letters", outcome.changed_total),
-    }
+        Format::Human => outln!("purged {} dead letters", outcome.changed_total),
+    }?;
     Ok(ExitCode::SUCCESS)
 }

@@ -84,8 +84,8 @@ pub async fn run(url: &str, args: LogsArgs, format: Format) -> Result<ExitCode, 
                     last_seen = info.stream_sequence;
                 }
                 match decode::<LogBatch>(&message.payload) {
-                    Ok(batch) => print_batch(&batch, format),
-                    Err(error) => eprintln!("skipping log lines that cannot be read: {error}"),
+                    Ok(batch) => print_batch(&batch, format)?,
+                    Err(error) => output::errln(format_args!("skipping log lines that cannot be read: {error}")),
                 }
             }
             _ = check.tick(), if args.follow && !run_ended => {
@@ -120,11 +120,11 @@ async fn lines_after(stream: &jetstream::stream::Stream, filters: &[String], las
     Ok(info.num_pending)
 }
 
-fn print_batch(batch: &LogBatch, format: Format) {
+fn print_batch(batch: &LogBatch, format: Format) -> Result<(), CliError> {
     for line in &batch.lines {
         match format {
             // One JSON object per line, so `--follow -o json` streams.
-            Format::Json => println!(
+            Format::Json => outln!(
                 "{}",
                 json!({
                     "at": output::time(Some(line.at)),
@@ -134,7 +134,7 @@ fn print_batch(batch: &LogBatch, format: Format) {
                     "text": line.text,
                 })
             ),
-            Format::Human => println!(
+            Format::Human => outln!(
                 "{} {}#{} {:<6} {}",
                 output::time(Some(line.at)).as_str().unwrap_or_default(),
                 batch.job,
@@ -142,6 +142,7 @@ fn print_batch(batch: &LogBatch, format: Format) {
                 line.stream.as_str(),
                 line.text
             ),
-        }
+        }?;
     }
+    Ok(())
 }

@@ -49,7 +49,7 @@ pub async fn run(url: &str, command: PoolCommand, format: Format) -> Result<Exit
             match format {
                 Format::Json => list(&js, format, outcome.changed.first().map(String::as_str)).await,
                 Format::Human => {
-                    println!("{}", outcome.reason);
+                    outln!("{}", outcome.reason)?;
                     Ok(ExitCode::SUCCESS)
                 }
             }
@@ -103,12 +103,12 @@ async fn list(js: &jetstream::Context, format: Format, only: Option<&str>) -> Re
                     ]
                 })
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 table(&["POOL", "ACK WAIT", "MAX DELIVER", "MAX TIMEOUT", "PENDING", "ACK PENDING", "WORKERS"], &rows)
-            );
+            )
         }
-    }
+    }?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -132,7 +132,7 @@ pub async fn workers(url: &str, format: Format) -> Result<ExitCode, CliError> {
             "started_at": time(Some(worker.started_at)),
             "leader": worker.leader,
         })).collect::<Vec<_>>()})),
-        Format::Human if workers.is_empty() => println!("no live workers"),
+        Format::Human if workers.is_empty() => outln!("no live workers"),
         Format::Human => {
             let rows: Vec<Vec<String>> = workers
                 .iter()
@@ -151,8 +151,8 @@ pub async fn workers(url: &str, format: Format) -> Result<ExitCode, CliError> {
                     ]
                 })
                 .collect();
-            println!("{}", table(&["POOL", "ID", "SLOTS", "KINDS", "VERSION"], &rows));
+            outln!("{}", table(&["POOL", "ID", "SLOTS", "KINDS", "VERSION"], &rows))
         }
-    }
+    }?;
     Ok(ExitCode::SUCCESS)
 }

@@ -64,10 +64,10 @@ pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, 
             "state": run.state.as_str(),
             "window": {"start": run.window.start_rfc3339(), "end": run.window.end_rfc3339()},
             "created_at": time(Some(run.created_at)),
-            "origin": run.origin,
             "finished_at": time(run.finished_at),
-        })).collect::<Vec<_>>(), "next": page.next})),
-        Format::Human if runs.is_empty() => println!("no runs"),
+            "origin": run.origin,
+        })).collect::<Vec<_>>(), "next": page.next}))?,
+        Format::Human if runs.is_empty() => outln!("no runs")?,
         Format::Human => {
             let rows: Vec<Vec<String>> = runs
                 .iter()
@@ -81,9 +81,9 @@ pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, 
                     ]
                 })
                 .collect();
-            println!("{}", table(&["RUN", "WORKFLOW", "STATE", "WINDOW", "CREATED"], &rows));
+            outln!("{}", table(&["RUN", "WORKFLOW", "STATE", "WINDOW", "CREATED"], &rows))?;
             if let Some(next) = &page.next {
-                println!("older runs: sluice runs --cursor {next} (with the same filters)");
+                outln!("older runs: sluice runs --cursor {next} (with the same filters)")?;
             }
         }
     }
@@ -100,18 +100,18 @@ async fn rejected(js: &jetstream::Context, limit: usize, format: Format) -> Resu
             "workflow": rejection.workflow,
             "reason": rejection.reason,
             "payload_bytes": rejection.payload_bytes,
-        })).collect::<Vec<_>>()})),
-        Format::Human if rejections.is_empty() => println!("no rejected submissions"),
+        })).collect::<Vec<_>>()}))?,
+        Format::Human if rejections.is_empty() => outln!("no rejected submissions")?,
         Format::Human => {
             for rejection in &rejections {
-                println!(
+                outln!(
                     "{}  run {}  workflow {}  ({} bytes)\n  {}\n",
                     time(Some(rejection.received_at)).as_str().unwrap_or_default(),
                     rejection.run_id.map(|id| id.to_string()).unwrap_or_else(|| "unknown".into()),
                     rejection.workflow.as_deref().unwrap_or("unknown"),
                     rejection.payload_bytes,
                     rejection.reason.replace('\n', "\n  ")
-                );
+                )?;
             }
         }
     }

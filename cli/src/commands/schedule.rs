@@ -47,6 +47,15 @@ pub async fn run(url: &str, command: ScheduleCommand, format: Format) -> Result<
             )));
         }
     }
+    if let ScheduleCommand::Pause { name }
+    | ScheduleCommand::Resume { name }
+    | ScheduleCommand::Delete { name }
+    | ScheduleCommand::Trigger { name, .. } = &command
+    {
+        // A schedule is named after its workflow: a name that breaks the naming rule names
+        // no schedule, whatever the server holds.
+        sluice_proto::spec::check_name("schedule", name).map_err(CliError::usage)?;
+    }
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
     match command {
@@ -73,14 +82,14 @@ async fn change(js: &jetstream::Context, action: ControlAction, format: Format) 
         _ => json!({"name": name, "deleted": true}),
     };
     let outcome = applied(ask(js, ControlRequest::new(action, None, "")).await?)?;
-    report(format, &value, &outcome.reason);
+    report(format, &value, &outcome.reason)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn report(format: Format, value: &serde_json::Value, text: &str) {
+fn report(format: Format, value: &serde_json::Value, text: &str) -> Result<(), CliError> {
     match format {
         Format::Json => print_json(value),
-        Format::Human => println!("{text}"),
+        Format::Human => outln!("{text}"),
     }
 }
 
@@ -114,9 +123,9 @@ async fn apply(js: &jetstream::Context, file: &std::path::Path, format: Format) 
         cursor = tick;
     }
     match format {
-        Format::Json => print_json(&record_json(&record, &schedule, now)),
+        Format::Json => print_json(&record_json(&record, &schedule, now))?,
         Format::Human => {
-            println!(
+            outln!(
                 "schedule {}: `{}` in {}, window {}, catchup {}{}",
                 record.name,
                 record.schedule.cron,
@@ -124,13 +133,13 @@ async fn apply(js: &jetstream::Context, file: &std::path::Path, format: Format) 
                 record.schedule.window,
                 schedule.catchup,
                 if record.paused { " (paused)" } else { "" }
-            );
+            )?;
             for tick in next {
-                println!(
+                outln!(
                     "  next: {} (window {})",
                     tick.with_timezone(&schedule.zone).to_rfc3339(),
                     schedule.window.at(tick, schedule.zone)
-                );
+                )?;
             }
         }
     }
@@ -175,14 +184,11 @@ async fn list(js: &jetstream::Context, format: Format) -> Result<ExitCode, CliEr
     }
     match format {
         Format::Json => print_json(&json!({"schedules": values})),
-        Format::Human if rows.is_empty() => println!("no schedules (add one: sluice schedule apply FILE)"),
+        Format::Human if rows.is_empty() => outln!("no schedules (add one: sluice schedule apply FILE)"),
         Format::Human => {
-            println!(
-                "{}",
-                table(&["NAME", "CRON", "TIMEZONE", "WINDOW", "CATCHUP", "STATE", "NEXT", "LAST RUN"], &rows)
-            )
+            outln!("{}", table(&["NAME", "CRON", "TIMEZONE", "WINDOW", "CATCHUP", "STATE", "NEXT", "LAST RUN"], &rows))
         }
-    }
+    }?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -192,7 +198,7 @@ async fn trigger(js: &jetstream::Context, name: String, wait: bool, format: Form
     let action = ControlAction::ScheduleTrigger { name: name.clone() };
     let outcome = applied(ask(js, ControlRequest::new(action, Some(run_id), "")).await?)?;
     if !wait || format == Format::Human {
-        report(format, &json!({"id": run_id.to_string(), "schedule": name}), &outcome.reason);
+        report(format, &json!({"id": run_id.to_string(), "schedule": name}), &outcome.reason)?;
     }
     if !wait {
         return Ok(ExitCode::SUCCESS);

@@ -25,8 +25,8 @@ pub async fn run(url: &str, args: StatusArgs, format: Format) -> Result<ExitCode
     match lookup(&js, &id).await? {
         Lookup::Found(view) => {
             match (&args.job, format) {
-                (None, Format::Json) => print_json(&view_json(&view)),
-                (None, Format::Human) => println!("{}", view_text(&view)),
+                (None, Format::Json) => print_json(&view_json(&view))?,
+                (None, Format::Human) => outln!("{}", view_text(&view))?,
                 (Some(path), _) => {
                     let Some(job) = view.all.get(path) else {
                         let names: Vec<&str> = view.jobs.iter().map(|job| job.name.as_str()).collect();
@@ -37,8 +37,8 @@ pub async fn run(url: &str, args: StatusArgs, format: Format) -> Result<ExitCode
                     };
                     match format {
                         Format::Json => print_json(&one_job_json(&view, job)),
-                        Format::Human => println!("{}", one_job_text(&view, job)),
-                    }
+                        Format::Human => outln!("{}", one_job_text(&view, job)),
+                    }?
                 }
             }
             Ok(ExitCode::SUCCESS)

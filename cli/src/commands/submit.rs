@@ -18,7 +18,8 @@ use crate::output::{self, CliError, Format, print_json};
 pub struct SubmitArgs {
     /// Workflow YAML file.
     file: PathBuf,
-    /// Window to process: a day (2024-03-01), `yesterday`, `today`, or START..END (RFC 3339).
+    /// Window to process: a day (2024-03-01), `yesterday`, `today`, `last 7d`, DAY..DAY (both
+    /// included), or START..END (RFC 3339).
     /// Default: the previous full day in the workflow's time zone.
     #[arg(long)]
     window: Option<String>,
@@ -63,14 +64,14 @@ pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode
     };
     if format == Format::Human {
         if duplicate {
-            println!("already submitted with this idempotency key: run {run_id}");
+            outln!("already submitted with this idempotency key: run {run_id}")?;
         } else {
-            println!("submitted run {run_id} (workflow {}, window {window})", spec.name);
+            outln!("submitted run {run_id} (workflow {}, window {window})", spec.name)?;
         }
     } else if !args.wait {
         print_json(
             &json!({"id": run_id.to_string(), "workflow": spec.name, "window": {"start": window.start_rfc3339(), "end": window.end_rfc3339()}, "duplicate": duplicate}),
-        );
+        )?;
     }
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
@@ -85,7 +86,7 @@ async fn warn_about_unannounced_kinds(js: &jetstream::Context, spec: &WorkflowSp
     let Ok(Some(stores)) = sluice_client::Stores::open(js).await else { return };
     let Ok(pools) = stores.pools().await else { return };
     for warning in unannounced_kinds(spec, &pools) {
-        eprintln!("warning: {warning}");
+        output::errln(format_args!("warning: {warning}"));
     }
 }
 

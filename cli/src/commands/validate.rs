@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
-use crate::output::{CliError, Format, print_json};
+use sluice_proto::spec::STOCK_KINDS;
+
+use crate::output::{CliError, Format, errln, print_json};
 
 pub fn run(file: &Path, format: Format) -> Result<ExitCode, CliError> {
     let (spec, _) = super::read_workflow(file)?;
@@ -14,13 +16,22 @@ pub fn run(file: &Path, format: Format) -> Result<ExitCode, CliError> {
         Format::Json => print_json(
             &json!({"file": file.display().to_string(), "workflow": spec.name, "valid": true, "jobs": order}),
         ),
-        Format::Human => println!(
+        Format::Human => outln!(
             "{}: workflow `{}` is valid: {} jobs, in order {}",
             file.display(),
             spec.name,
             order.len(),
             order.join(", ")
         ),
+    }?;
+    for (name, job) in &spec.jobs {
+        if !STOCK_KINDS.contains(&job.run.as_str()) {
+            errln(format_args!(
+                "warning: job `{name}` has kind `{}`, which is not a stock kind ({}): only a Rust worker that registers it runs it",
+                job.run,
+                STOCK_KINDS.join(", ")
+            ));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

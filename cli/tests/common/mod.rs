@@ -2,6 +2,8 @@
 //! nats-server plus real `sluice coordinator` / `sluice worker` processes), with the helpers
 //! the tests share. Everything but the binary's path and the working directory is testkit's.
 #![allow(dead_code, unused_imports)]
+// Test output goes to the test runner, not to a user's pipe (clippy.toml bans these in `sluice`).
+#![allow(clippy::disallowed_macros)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,6 +21,16 @@ pub struct Stack(sluice_testkit::Stack);
 impl Stack {
     pub fn start() -> Self {
         Self::build(sluice_testkit::Stack::builder(SLUICE))
+    }
+
+    /// A stack whose nats-server runs without JetStream (started without `-js`).
+    pub fn start_without_jetstream() -> Self {
+        Self::build(sluice_testkit::Stack::builder(SLUICE).without_jetstream())
+    }
+
+    /// What a process the stack started wrote to stdout and stderr so far.
+    pub fn process_log(&self, process: usize) -> String {
+        self.log(process)
     }
 
     /// A stack whose nats-server opens an existing JetStream store (a fixture's).

@@ -182,3 +182,25 @@ fn a_schedule_zone_that_differs_from_the_workflows_is_refused_naming_both() {
         "name: w\nschedule: { cron: \"30 2 * * *\", timezone: America/Los_Angeles }\njobs:\n  a: { run: noop }\n";
     assert_eq!(WorkflowSpec::parse(only_schedule).unwrap().zone().name(), "America/Los_Angeles");
 }
+
+#[test]
+fn a_command_given_as_a_string_must_be_a_list() {
+    let message = invalid("name: w\njobs:\n  a: { run: exec, command: \"echo hi\" }\n");
+    assert!(message.contains("`command:` must be a list"), "{message}");
+    assert!(message.contains(r#"["echo", "hi"]"#), "{message}");
+    let spec = WorkflowSpec::parse(
+        "name: w\njobs:\n  a: { run: exec, command: [sleep, 1] }\n  b: { run: noop, command: null }\n",
+    )
+    .unwrap();
+    assert_eq!(spec.jobs["a"].command.as_deref(), Some(&["sleep".to_owned(), "1".to_owned()][..]));
+    assert_eq!(spec.jobs["b"].command, None);
+}
+
+#[test]
+fn an_unknown_kind_with_a_command_is_named_with_the_stock_kinds() {
+    let message = invalid("name: w\njobs:\n  a: { run: shell, command: [echo, hi] }\n");
+    assert!(message.contains("unknown kind `shell`"), "{message}");
+    assert!(message.contains("exec, fail, noop, sleep"), "{message}");
+    let message = invalid("name: w\njobs:\n  a: { run: sleep, command: [echo, hi] }\n");
+    assert!(message.contains("only used by `run: exec`, not by `run: sleep`"), "{message}");
+}
