@@ -198,7 +198,8 @@ fn json_keeps_the_documented_key_order() {
             "retry_at",
             "output",
             "children",
-            "attempt_history"
+            "attempt_history",
+            "attempts_omitted"
         ]
     );
     assert_eq!(
