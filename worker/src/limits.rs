@@ -24,6 +24,13 @@ pub const PROGRESS_INTERVAL_MIN_MS: u64 = 100;
 /// How long an exec job's process group gets between SIGTERM and SIGKILL when the job is
 /// cancelled or times out: room to clean up, but a hung process still dies.
 pub const EXEC_KILL_GRACE_MS: u64 = 10_000;
+/// After SIGKILL to an exec job's group, how long to wait for it to go before the attempt
+/// ends anyway (a process in uninterruptible sleep dies only when its I/O returns).
+pub const EXEC_KILLED_WAIT_MS: u64 = 1_000;
+/// Longest pause between checks whether an exec job's group is empty while it is being
+/// stopped: the checks start at 5 ms and double, so a group that goes at once is seen at
+/// once, and one that takes the whole grace costs few reads of /proc.
+pub const EXEC_GROUP_CHECK_MAX_MS: u64 = 200;
 /// After a timeout, how long the job may take to stop before its result is ignored.
 pub const TIMEOUT_STOP_GRACE_MS: u64 = 15_000;
 /// Tries to publish an event before giving up on it (the message is then redelivered).
@@ -39,8 +46,8 @@ const _: () = assert!(SHORT_JOB_MAX_MS * 2 <= FETCHED_WAIT_MAX_MS);
 const _: () = assert!(CONCURRENCY_MAX + PREFETCH_MAX <= POOL_MAX_ACK_PENDING as usize);
 // An event that cannot be published at once gets at least one more try.
 const _: () = assert!(EVENT_PUBLISH_TRIES_MAX >= 2);
-// A timed-out exec job is SIGKILLed before the worker stops waiting for it.
-const _: () = assert!(TIMEOUT_STOP_GRACE_MS > EXEC_KILL_GRACE_MS);
+// A timed-out exec job is SIGKILLed, and seen gone, before the worker stops waiting for it.
+const _: () = assert!(TIMEOUT_STOP_GRACE_MS > EXEC_KILL_GRACE_MS + EXEC_KILLED_WAIT_MS);
 
 /// How long a job of a newer schema waits before it is offered again: long enough that a
 /// pool whose workers are all older does not spin through its deliveries, short enough that

@@ -8,8 +8,12 @@
 //! needs, by name), `SLUICE_OUTPUT_FILE` (write a JSON value there to hand it on) and
 //! `SLUICE_SPAWN_FILE` (write one JSON child job per line to fan out). stdout and stderr
 //! go to the job's log. Exit code 0 is success; exit code 78 (or one listed in the job's
-//! `permanent_exit_codes`) is a permanent failure, any other a retryable one. On cancellation the process gets SIGTERM, then
-//! SIGKILL after a grace period.
+//! `permanent_exit_codes`) is a permanent failure, any other a retryable one.
+//!
+//! Each attempt runs in a process group of its own (`group.rs`): on cancellation or timeout
+//! the group gets SIGTERM, then SIGKILL after a grace period; what the program leaves
+//! running in it when it exits is stopped the same way; a watchdog kills the group if the
+//! worker dies. Processes that leave the group (`setsid`, daemons) are not tracked.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -17,8 +21,6 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use sluice_proto::placeholder;
 use sluice_proto::spawn::parse_child_lines;
 use sluice_proto::spec::EXEC_PERMANENT_EXIT_CODE;
@@ -26,6 +28,7 @@ use sluice_proto::{ChildSpec, LogStream, RunId, Window};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
+use super::group::Watchdog;
 use crate::job::{Job, JobContext, JobError, Output};
 use crate::logs::LogSink;
 
@@ -34,7 +37,7 @@ const STDERR_TAIL_LINES: usize = 20;
 
 /// Runs `command` from the job spec.
 pub struct Exec {
-    /// Time between SIGTERM and SIGKILL when a job is cancelled.
+    /// Time between SIGTERM and SIGKILL when a job's process group is stopped.
     pub kill_grace: Duration,
 }
 
@@ -92,23 +95,30 @@ impl Job for Exec {
                 process.env(name, value);
             }
         }
-        die_with_this_process(&mut process);
-        let mut child =
-            process.spawn().map_err(|error| JobError::permanent(format!("cannot start `{}`: {error}", args[0])))?;
+        let watchdog = Watchdog::start()
+            .map_err(|error| JobError::retryable(format!("cannot start a watchdog for `{}`: {error}", args[0])))?;
+        let mut group = watchdog
+            .spawn(&mut process)
+            .map_err(|error| JobError::permanent(format!("cannot start `{}`: {error}", args[0])))?;
         let logs = ctx.log_sink();
         let stdout =
-            child.stdout.take().map(|out| tokio::spawn(forward_lines(out, logs.clone(), LogStream::Stdout, 0)));
-        let stderr = child
+            group.child.stdout.take().map(|out| tokio::spawn(forward_lines(out, logs.clone(), LogStream::Stdout, 0)));
+        let stderr = group
+            .child
             .stderr
             .take()
             .map(|err| tokio::spawn(forward_lines(err, logs.clone(), LogStream::Stderr, STDERR_TAIL_LINES)));
         let status = tokio::select! {
-            status = child.wait() => status.map_err(|error| JobError::retryable(format!("waiting for `{}`: {error}", args[0])))?,
+            status = group.wait() => status.map_err(|error| JobError::retryable(format!("waiting for `{}`: {error}", args[0])))?,
             _ = ctx.cancelled() => {
-                terminate(&mut child, self.kill_grace).await;
+                group.stop(self.kill_grace).await;
                 return Err(JobError::retryable(format!("`{}` was stopped: the attempt was cancelled", args[0])));
             }
         };
+        // Nothing outlives the attempt; and what is left may hold the output pipes open.
+        if group.stop_leftovers(self.kill_grace).await {
+            ctx.log(format!("`{}` exited leaving processes in its group: they were stopped", args[0]));
+        }
         if let Some(task) = stdout {
             let _ = task.await;
         }
@@ -140,20 +150,6 @@ impl Job for Exec {
         Err(JobError { message, retryable: !permanent })
     }
 }
-
-/// Makes the job's process get SIGKILL if the worker dies (SIGKILL, OOM): a job must not
-/// outlive its worker, or its redelivery would run beside it.
-#[cfg(target_os = "linux")]
-fn die_with_this_process(command: &mut Command) {
-    // SAFETY: the closure runs in the child between fork and exec and only calls prctl(2),
-    // which is async-signal-safe; it touches no memory shared with the parent.
-    unsafe {
-        command.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from));
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn die_with_this_process(_command: &mut Command) {}
 
 /// Sends each line of the process's output to the job's log, keeping the last `keep` lines.
 async fn forward_lines(
@@ -235,17 +231,6 @@ impl Drop for AttemptFiles {
     }
 }
 
-/// SIGTERM, then SIGKILL if the process outlives the grace period.
-async fn terminate(child: &mut tokio::process::Child, grace: Duration) {
-    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
-            return;
-        }
-    }
-    let _ = child.kill().await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,14 +295,51 @@ mod tests {
         assert!(error.message.contains("cannot start `/nonexistent/program`"), "{}", error.message);
     }
 
+    /// The pids a job's script wrote to `file` (space-separated), once it has.
+    fn pids_in(file: &Path) -> Vec<i32> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(file)
+                && text.ends_with('\n')
+            {
+                return text.split_whitespace().map(|pid| pid.parse().unwrap()).collect();
+            }
+            assert!(std::time::Instant::now() < deadline, "the job did not write {}", file.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Gone, or a zombie (dead; its parent is gone and init may not reap it).
+    fn is_dead(pid: i32) -> bool {
+        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+            Err(_) => true,
+        }
+    }
+
+    /// Waits at most `within` for every one of `pids` to be dead.
+    fn all_dead_within(pids: &[i32], within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if pids.iter().all(|pid| is_dead(*pid)) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
-    fn the_process_dies_with_its_worker() {
-        // A child "worker" runs an exec job, then is SIGKILLed: the job's process must go too.
+    fn the_processes_die_with_their_worker() {
+        // A child "worker" runs an exec job whose shell starts a grandchild, then is
+        // SIGKILLed: the watchdog must take the whole group with it.
         let dir = tempfile_dir();
-        let pid_file = dir.join("job.pid");
+        let pid_file = dir.join("worker-killed.pids");
         if std::env::var_os("SLUICE_EXEC_TEST_CHILD").is_some() {
             let runtime = tokio::runtime::Runtime::new().unwrap();
-            let script = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+            let script = format!("sleep 60 & echo $$ $! > {}; wait", pid_file.display());
             let _ = runtime.block_on(Exec::default().perform(
                 &ctx(&["sh", "-c", &script]),
                 &window(),
@@ -326,29 +348,16 @@ mod tests {
             return;
         }
         let mut worker = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "kinds::exec::tests::the_process_dies_with_its_worker", "--nocapture"])
+            .args(["--exact", "kinds::exec::tests::the_processes_die_with_their_worker", "--nocapture"])
             .env("SLUICE_EXEC_TEST_CHILD", "1")
             .env("SLUICE_EXEC_TEST_DIR", &dir)
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        let pid = loop {
-            if let Ok(text) = std::fs::read_to_string(&pid_file)
-                && !text.trim().is_empty()
-            {
-                break text.trim().to_owned();
-            }
-            assert!(std::time::Instant::now() < deadline, "the job did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let pids = pids_in(&pid_file);
+        assert_eq!(pids.len(), 2);
         worker.kill().unwrap();
         worker.wait().unwrap();
-        let gone = (0..200).any(|_| {
-            std::thread::sleep(Duration::from_millis(20));
-            !std::path::Path::new(&format!("/proc/{pid}")).exists()
-                || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| stat.contains(") Z "))
-        });
-        assert!(gone, "job process {pid} outlived its worker");
+        assert!(all_dead_within(&pids, Duration::from_secs(2)), "processes {pids:?} outlived their worker");
     }
 
     fn tempfile_dir() -> std::path::PathBuf {
@@ -357,6 +366,80 @@ mod tests {
             .unwrap_or_else(|| std::env::temp_dir().join(format!("sluice-exec-test-{}", std::process::id())));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// Runs `command` with `kill_grace` until `ready` holds what it writes, then cancels it;
+    /// returns the result and how long the stop took.
+    async fn cancel_when_written(
+        command: &[&str],
+        kill_grace: Duration,
+        ready: &Path,
+    ) -> (Result<Output, JobError>, Duration) {
+        let context = ctx(command);
+        let token = context.cancellation_token();
+        let exec = Exec { kill_grace };
+        let running = tokio::spawn(async move { exec.perform(&context, &window(), &serde_json::Value::Null).await });
+        let ready = ready.to_owned();
+        tokio::task::spawn_blocking(move || pids_in(&ready)).await.unwrap();
+        let began = std::time::Instant::now();
+        token.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(20), running).await.expect("stopped in time").unwrap();
+        (result, began.elapsed())
+    }
+
+    #[tokio::test]
+    async fn cancellation_sigkills_the_group_after_the_grace_when_it_ignores_sigterm() {
+        let pid_file = tempfile_dir().join("ignores-term.pids");
+        let script = format!("trap '' TERM; sleep 60 & echo $$ $! > {}; wait", pid_file.display());
+        let grace = Duration::from_millis(300);
+        let (result, took) = cancel_when_written(&["sh", "-c", &script], grace, &pid_file).await;
+        assert!(result.unwrap_err().message.contains("was stopped"));
+        assert!(took >= grace, "SIGKILL came before the grace period was over ({took:?})");
+        let pids = pids_in(&pid_file);
+        assert!(all_dead_within(&pids, Duration::from_secs(1)), "processes {pids:?} outlived the grace");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_group_has_the_grace_even_when_its_leader_dies_at_once() {
+        // The leader (a shell) dies of SIGTERM at once; the grandchild cleans up on SIGTERM,
+        // which takes a while, and must not be SIGKILLed meanwhile.
+        let dir = tempfile_dir();
+        let (ready, cleaned) = (dir.join("cleanup.pid"), dir.join("cleanup.done"));
+        let grandchild = format!(
+            "trap 'sleep 0.3; echo cleaned > {}; exit 0' TERM; sleep 60 & echo $$ > {}; wait",
+            cleaned.display(),
+            ready.display()
+        );
+        let (result, took) = cancel_when_written(
+            &["sh", "-c", "sh -c \"$1\" & wait", "sh", &grandchild],
+            Duration::from_secs(8),
+            &ready,
+        )
+        .await;
+        assert!(result.is_err());
+        assert_eq!(std::fs::read_to_string(&cleaned).unwrap_or_default(), "cleaned\n", "the grandchild was cut short");
+        assert!(
+            took < Duration::from_secs(6),
+            "the stop waited for the whole grace ({took:?}) though the group was gone"
+        );
+        assert!(all_dead_within(&pids_in(&ready), Duration::from_secs(1)));
+    }
+
+    #[tokio::test]
+    async fn what_a_job_leaves_running_is_stopped_when_it_exits() {
+        // The background process holds the output pipe: left alone, it would hold the attempt
+        // for a minute.
+        let pid_file = tempfile_dir().join("leftover.pid");
+        let script = format!("sleep 60 & echo $! > {}", pid_file.display());
+        let result = tokio::time::timeout(
+            Duration::from_secs(5),
+            Exec::default().perform(&ctx(&["sh", "-c", &script]), &window(), &serde_json::Value::Null),
+        )
+        .await
+        .expect("the attempt ended without waiting for what it left running");
+        assert_eq!(result, Ok(Output::none()));
+        let pids = pids_in(&pid_file);
+        assert!(all_dead_within(&pids, Duration::from_secs(1)), "process {pids:?} outlived its attempt");
     }
 
     #[tokio::test]

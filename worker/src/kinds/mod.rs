@@ -1,6 +1,7 @@
 //! Stock job kinds every worker serves.
 
 mod exec;
+mod group;
 mod simple;
 
 pub use exec::Exec;

@@ -181,7 +181,7 @@ fn context(
 
 /// The job's result (`Err`: it panicked), within its timeout, while in-progress acks keep
 /// its message alive. A timed-out job is cancelled and given [`TIMEOUT_STOP_GRACE_MS`] to
-/// stop (exec: SIGTERM, then SIGKILL) before the attempt is reported.
+/// stop (exec: SIGTERM to its process group, then SIGKILL) before the attempt is reported.
 async fn perform(
     shared: &Shared,
     message: &Message,
