@@ -20,6 +20,27 @@ use sluice_proto::{RunId, RunIndexEntry, RunRecord, SCHEMA_VERSION, encode, name
 use crate::error::{NatsContext, ServiceError};
 use crate::topology::Topology;
 
+/// What happens to a run's key in KV `sluice-active`.
+enum ActiveChange {
+    Mark,
+    Clear,
+}
+
+/// A write of a run's running-set key, as a message for a pipelined round (a KV put is a
+/// publish to its subject; a delete, an empty one with the KV delete marker).
+fn active_key(id: &RunId, change: ActiveChange) -> Outgoing {
+    let mut headers = HeaderMap::new();
+    if let ActiveChange::Clear = change {
+        headers.insert(names::HEADER_KV_OPERATION, names::KV_OPERATION_DELETE);
+    }
+    Outgoing {
+        subject: names::kv_subject(names::ACTIVE_BUCKET, &id.to_string()),
+        headers,
+        payload: bytes::Bytes::new(),
+        what: format!("the running-set key of run {id}"),
+    }
+}
+
 /// Chain heads remembered (a workflow's, an origin's, a state's): beyond this the cache is
 /// cleared, and the next appends read their heads from the stream.
 const HEADS_CACHED_MAX: usize = 4096;
@@ -40,8 +61,8 @@ impl Index {
     /// Indexes a run being created (or made to run again): its `sluice-active` key and,
     /// when new, its entries. Call before writing its record.
     pub async fn running(&mut self, run: &RunRecord, new: bool) -> Result<(), ServiceError> {
-        self.active.put(run.id.to_string(), bytes::Bytes::new()).await.context("marking a run active")?;
         if !new {
+            self.active.put(run.id.to_string(), bytes::Bytes::new()).await.context("marking a run active")?;
             return Ok(());
         }
         let entry = entry_of(run);
@@ -54,16 +75,17 @@ impl Index {
             names::index_window_subject(&run.workflow, run.window.start.to_utc().date_naive()),
             names::index_suffix_subject(&run.id.to_string()),
         ];
-        self.append(&entry, &chains, &plain).await
+        // The running-set key goes in the same pipelined round as the entries: one round
+        // trip before the run's record, not two.
+        self.append(&entry, &chains, &plain, Some(active_key(&run.id, ActiveChange::Mark))).await
     }
 
     /// Indexes a run that ended: an entry in its state's chain, then its `sluice-active` key
     /// goes. Call after writing its final record.
     pub async fn finished(&mut self, run: &RunRecord) -> Result<(), ServiceError> {
         let entry = RunIndexEntry { state: Some(run.state), finished_at: run.finished_at, ..entry_of(run) };
-        self.append(&entry, &[names::index_state_subject(run.state.as_str())], &[]).await?;
-        self.active.delete(run.id.to_string()).await.context("marking a run finished")?;
-        Ok(())
+        let state_chain = [names::index_state_subject(run.state.as_str())];
+        self.append(&entry, &state_chain, &[], Some(active_key(&run.id, ActiveChange::Clear))).await
     }
 
     /// Drops a run from the running set (one whose record was never written).
@@ -75,7 +97,13 @@ impl Index {
     /// Appends `entry` to each chain (pointing to the chain's previous entry, and expecting
     /// it to be the last: another writer appending means this one is stale, and its term
     /// ends) and to each plain subject, pipelined; returns once all are stored.
-    async fn append(&mut self, entry: &RunIndexEntry, chains: &[String], plain: &[String]) -> Result<(), ServiceError> {
+    async fn append(
+        &mut self,
+        entry: &RunIndexEntry,
+        chains: &[String],
+        plain: &[String],
+        active: Option<Outgoing>,
+    ) -> Result<(), ServiceError> {
         if self.heads.len() > HEADS_CACHED_MAX {
             self.heads.clear();
         }
@@ -102,6 +130,8 @@ impl Index {
                 what: subject.clone(),
             });
         }
+        // Last, so the chains' acknowledgements come first (they are zipped with `chains`).
+        outgoing.extend(active);
         let acks = publish_all(&self.js, outgoing).await;
         let acks = match acks {
             Ok(acks) => acks,

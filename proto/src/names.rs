@@ -128,6 +128,10 @@ pub const HEADER_SCHEDULE_TARGET: &str = "Nats-Schedule-Target";
 pub const HEADER_REASON: &str = "Sluice-Reason";
 /// The subject a raw dead letter was first published on.
 pub const HEADER_ORIGINAL_SUBJECT: &str = "Sluice-Original-Subject";
+/// JetStream KV's operation header and its delete marker: a delete written as a message of
+/// a pipelined round (what `kv::Store::delete` sends).
+pub const HEADER_KV_OPERATION: &str = "KV-Operation";
+pub const KV_OPERATION_DELETE: &str = "DEL";
 
 /// Filter of the pool's consumer: every job of that pool.
 pub fn pool_filter(pool: &str) -> String {
