@@ -8,7 +8,7 @@ use common::*;
 use sluice_proto::limits::{
     ATTEMPTS_KEPT_LATEST, JOB_DEFINITION_MAX_BYTES, WORKER_NAME_MAX_BYTES, WORKFLOW_YAML_MAX_BYTES,
 };
-use sluice_proto::{EventKind, JobEvent, RunId, SCHEMA_VERSION, Submission, encode, names};
+use sluice_proto::{EventKind, JobEvent, RunId, SCHEMA_VERSION, encode, names};
 
 const BYSTANDER: &str = "name: bystander\njobs:\n  a: { run: noop }\n  b: { run: noop, needs: [a] }\n";
 
@@ -27,26 +27,10 @@ fn alias_bomb() -> String {
 
 /// Publishes a submission the way a client that skipped `validate` would.
 fn publish_raw(stack: &Stack, workflow: &str) -> RunId {
-    let run_id = RunId::new();
-    let submission = Submission {
-        schema_version: SCHEMA_VERSION,
-        run_id,
-        workflow: workflow.to_owned(),
-        window: None,
-        params: Default::default(),
-        idempotency_key: None,
-        submitted_at: None,
-        origin: None,
-    };
     stack.block_on(async {
         let js = sluice_testkit::connect(&stack.url()).await.expect("connect");
-        js.publish(names::SUBMIT_SUBJECT, encode(&submission).expect("encode").into())
-            .await
-            .expect("publish")
-            .await
-            .expect("stored");
-    });
-    run_id
+        sluice_testkit::workflow::submit(&js, &sluice_testkit::workflow::submission(workflow)).await.expect("stored")
+    })
 }
 
 #[test]
@@ -78,7 +62,6 @@ fn inputs_past_their_limits_are_refused_where_they_enter_and_a_bystander_finishe
     );
 
     // Sent anyway, past the CLI: the coordinator rejects them and goes on.
-    stack.wait_until_set_up(std::time::Duration::from_secs(30)).expect("set up");
     let bomb_run = publish_raw(&stack, &bomb);
     let huge_run = publish_raw(&stack, &huge);
     let bystander = stack.write("bystander.yaml", BYSTANDER);
