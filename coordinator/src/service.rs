@@ -383,9 +383,10 @@ impl Coordinator {
         self.execute(effects).await
     }
 
-    /// Forgets a run whose creation failed for good. Its record is written after its jobs'
-    /// (and the check of the run's size at intake makes it fit), so it was not stored;
-    /// job records written before the failure stay orphaned, out of every listing.
+    /// Forgets a run whose creation failed for good (a write too large for the server). Its
+    /// record is the last of its saves, and its dispatches are bounded below any server the
+    /// coordinator runs on, so no run record was stored; job records written before the
+    /// failure stay orphaned, out of every listing (index readers skip runs that never were).
     async fn abandon(&mut self, id: &RunId) -> Result<(), ServiceError> {
         if let Some(run) = self.active.remove(id) {
             self.outbox.revisions.forget_run(run.record());
