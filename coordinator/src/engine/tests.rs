@@ -696,3 +696,18 @@ fn exhausted_deliveries_close_the_open_attempt_as_worker_lost() {
     assert_eq!(attempt_end(&run, "a", 1), (Some(at(5)), Some(WORKER_LOST.to_owned())));
     assert_eq!(attempt_end(&run, "a", 3).1.as_deref(), Some("JetStream gave up after 3 deliveries"));
 }
+
+#[test]
+fn the_late_outcome_of_an_attempt_closed_as_worker_lost_still_counts() {
+    let (mut run, _) = start(DIAMOND);
+    run.apply(ev(&event(&run, "a", 1, EventKind::Started, 1)), at(1)).unwrap();
+    let mut again = event(&run, "a", 2, EventKind::Started, 3);
+    again.worker = "w2".into();
+    run.apply(ev(&again), at(3)).unwrap();
+    // The first worker was only slow: its success ends the job, as before attempt 2 began.
+    let mut success = event(&run, "a", 1, EventKind::Succeeded, 4);
+    success.started_at = Some(at(1));
+    run.apply(ev(&success), at(4)).unwrap();
+    assert_eq!(run.job("a").unwrap().state, JobState::Completed);
+    assert_eq!(attempt_end(&run, "a", 1), (Some(at(4)), None), "the real outcome replaces `worker lost`");
+}
