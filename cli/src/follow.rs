@@ -130,7 +130,7 @@ fn print_changes(
         let attempt = if job.attempts > 0 { format!("  attempt {}", job.attempts) } else { String::new() };
         let error = match (job.state, &job.error) {
             (JobState::Failed | JobState::Retrying | JobState::Skipped, Some(error)) => {
-                format!("  {}", error.lines().next().unwrap_or_default())
+                format!("  {}", crate::output::error_line(error))
             }
             _ => String::new(),
         };

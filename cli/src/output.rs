@@ -232,3 +232,62 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     out
 }
+
+/// The longest line a one-line view shows of an error or an output.
+const ONE_LINE_CHARS: usize = 100;
+
+/// How an exec job's error introduces the end of its stderr (worker/src/kinds/exec.rs).
+const STDERR_TAIL: &str = "; stderr ends with:";
+
+/// The first line of `text`, at most [`ONE_LINE_CHARS`] characters.
+pub fn first_line(text: &str) -> String {
+    clip(text.lines().next().unwrap_or_default())
+}
+
+/// An error in one line (status tables, `submit --wait`, `dlq list`): its first line, but for
+/// an exec error quoting its stderr the head and the last non-empty stderr line, since the
+/// first line alone ends at "stderr ends with:" and says nothing.
+pub fn error_line(text: &str) -> String {
+    let Some((head, tail)) = text.split_once(STDERR_TAIL) else {
+        return first_line(text);
+    };
+    let head = head.lines().next().unwrap_or_default();
+    match tail.lines().rev().map(str::trim).find(|line| !line.is_empty()) {
+        Some(last) => clip(&format!("{head}: {last}")),
+        None => clip(head),
+    }
+}
+
+fn clip(line: &str) -> String {
+    if line.chars().count() > ONE_LINE_CHARS {
+        format!("{}…", line.chars().take(ONE_LINE_CHARS).collect::<String>())
+    } else {
+        line.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exec_error_shows_its_head_and_last_non_empty_stderr_line() {
+        let error = "`python3` exited with code 1; stderr ends with:\nTraceback (most recent call last):\n  File \"x.py\", line 1\nValueError: bad row 7\n\n  \n";
+        assert_eq!(error_line(error), "`python3` exited with code 1: ValueError: bad row 7");
+    }
+
+    #[test]
+    fn an_exec_error_with_a_blank_stderr_tail_shows_its_head() {
+        assert_eq!(error_line("`sh` exited with code 2; stderr ends with:\n\n"), "`sh` exited with code 2");
+    }
+
+    #[test]
+    fn other_errors_show_their_first_line_clipped() {
+        assert_eq!(error_line("boom\nmore"), "boom");
+        assert_eq!(error_line(""), "");
+        let long = "x".repeat(150);
+        assert_eq!(error_line(&long), format!("{}…", "x".repeat(ONE_LINE_CHARS)));
+        let exec = format!("`sh` exited with code 1; stderr ends with:\n{long}");
+        assert_eq!(error_line(&exec).chars().count(), ONE_LINE_CHARS + 1, "clipped after the join");
+    }
+}

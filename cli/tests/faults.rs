@@ -153,3 +153,40 @@ fn a_job_that_kills_every_worker_is_dead_lettered_through_the_max_deliveries_adv
     assert_eq!(letters["dead_letters"][0]["job"], "poison");
     assert_eq!(deaths, 2, "each delivery killed a worker");
 }
+
+#[test]
+fn a_worker_killed_mid_job_leaves_its_attempt_closed_as_worker_lost_and_status_shows_the_last_stderr_line() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    // A short ack wait: the killed worker's message comes back within a second.
+    stack.sluice_json(&["pool", "apply", "default", "--ack-wait", "1s"], 0);
+    let worker = stack.worker(&[]);
+    // The first attempt runs until its worker is killed; the second fails with a traceback.
+    let script = "if [ \"$SLUICE_ATTEMPT\" = 1 ]; then sleep 20; else echo 'Traceback (most recent call last):' >&2; echo 'ValueError: bad row 7' >&2; echo >&2; exit 1; fi";
+    let yaml = format!(
+        "name: lost\njobs:\n  lost: {{ run: exec, retry: {{ max_attempts: 2 }}, command: [sh, -c, {}] }}\n",
+        serde_json::to_string(script).unwrap()
+    );
+    let file = stack.write("lost.yaml", &yaml);
+    let run_id = submit(&stack, &file);
+    // Killed only once its start is stored, so attempt 1 is in the history and left open.
+    wait_until(Duration::from_secs(30), "attempt 1's start to be stored", || {
+        let output = stack.sluice(&["status", &run_id, "-o", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&output.stdout)
+            .is_ok_and(|status| status["jobs"][0]["attempt_history"][0]["attempt"] == 1)
+    });
+    stack.kill(worker);
+    stack.worker(&[]);
+    let status = stack.wait_for_run(&run_id, Duration::from_secs(60));
+    assert_eq!(status["state"], "failed", "{status:#}");
+    let job = &status["jobs"][0];
+    let first = &job["attempt_history"][0];
+    assert_eq!(first["error"], "worker lost", "{job:#}");
+    assert!(first["finished_at"].is_string(), "{job:#}");
+    let second = &job["attempt_history"][1];
+    assert_eq!(second["attempt"], 2, "{job:#}");
+    assert!(second["error"].as_str().unwrap().contains("Traceback"), "JSON keeps the whole error: {job:#}");
+    let human = text(&stack.sluice(&["status", &run_id]).stdout);
+    assert!(human.contains("`sh` exited with code 1: ValueError: bad row 7"), "{human}");
+    assert!(human.contains("    attempt 1 on ") && human.contains("worker lost"), "{human}");
+}

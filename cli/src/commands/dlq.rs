@@ -107,7 +107,7 @@ async fn list(js: &jetstream::Context, filters: &Filters, format: Format) -> Res
                         letter.job.job.clone(),
                         letter.job.pool.clone(),
                         (letter.attempts.len() + letter.attempts_omitted as usize).to_string(),
-                        entry.reason.lines().next().unwrap_or_default().to_owned(),
+                        crate::output::error_line(&entry.reason),
                     ],
                     None => vec![
                         entry.id.to_string(),

@@ -7,7 +7,7 @@ use serde_json::json;
 pub use sluice_client::{Lookup, RunView, lookup};
 use sluice_proto::{JobRecord, RunId};
 
-use crate::output::{self, CliError, Format, print_json, short_time, table, time};
+use crate::output::{self, CliError, Format, error_line, first_line, print_json, short_time, table, time};
 
 #[derive(clap::Args)]
 pub struct StatusArgs {
@@ -140,7 +140,7 @@ fn jobs_table<'a>(view: &RunView, jobs: impl Iterator<Item = &'a JobRecord>) -> 
             if with_children {
                 row.push(children_text(view, job));
             }
-            row.push(job.error.as_deref().map(first_line).unwrap_or_default());
+            row.push(job.error.as_deref().map(error_line).unwrap_or_default());
             row
         })
         .collect();
@@ -149,7 +149,42 @@ fn jobs_table<'a>(view: &RunView, jobs: impl Iterator<Item = &'a JobRecord>) -> 
         headers.push("CHILDREN");
     }
     headers.push("ERROR");
-    table(&headers, &rows)
+    // The table's lines are its header and a line per job (no cell holds a newline); each
+    // job tried more than once is followed by its attempts, indented, so a retry or a lost
+    // worker shows without `--job`.
+    let rendered = table(&headers, &rows);
+    let mut lines = rendered.lines();
+    let mut out = lines.next().unwrap_or_default().to_owned();
+    for (job, line) in jobs.iter().zip(lines) {
+        out.push('\n');
+        out.push_str(line);
+        if job.attempt_history.len() > 1 {
+            for attempt in attempt_lines(job) {
+                out.push_str("\n    ");
+                out.push_str(&attempt);
+            }
+        }
+    }
+    out
+}
+
+/// A line per attempt in `job`'s history, with a note where attempts were left out.
+fn attempt_lines(job: &JobRecord) -> Vec<String> {
+    let mut out = Vec::new();
+    for (index, attempt) in job.attempt_history.iter().enumerate() {
+        if index == 1 && job.attempts_omitted > 0 {
+            out.push(format!("… {} attempts omitted (the first and the latest are kept)", job.attempts_omitted));
+        }
+        out.push(format!(
+            "attempt {} on {}: {} → {}{}",
+            attempt.attempt,
+            attempt.worker,
+            short_time(Some(attempt.started_at)),
+            short_time(attempt.finished_at),
+            attempt.error.as_deref().map(|error| format!("  {}", error_line(error))).unwrap_or_default()
+        ));
+    }
+    out
 }
 
 /// `200: 198 completed, 2 failed`.
@@ -172,23 +207,14 @@ fn one_job_text(view: &RunView, job: &JobRecord) -> String {
         job.attempts
     );
     if let Some(error) = &job.error {
-        out.push_str(&format!("error     {}\n", first_line(error)));
+        out.push_str(&format!("error     {}\n", error_line(error)));
     }
     if let Some(output) = &job.output {
         out.push_str(&format!("output    {}\n", first_line(&output.to_string())));
     }
-    for (index, attempt) in job.attempt_history.iter().enumerate() {
-        if index == 1 && job.attempts_omitted > 0 {
-            out.push_str(&format!("… {} attempts omitted (the first and the latest are kept)\n", job.attempts_omitted));
-        }
-        out.push_str(&format!(
-            "attempt {} on {}: {} → {}{}\n",
-            attempt.attempt,
-            attempt.worker,
-            short_time(Some(attempt.started_at)),
-            short_time(attempt.finished_at),
-            attempt.error.as_deref().map(|error| format!("  {}", first_line(error))).unwrap_or_default()
-        ));
+    for line in attempt_lines(job) {
+        out.push_str(&line);
+        out.push('\n');
     }
     if job.children > 0 {
         out.push_str(&format!("children  {}\n\n", children_text(view, job)));
@@ -203,13 +229,4 @@ fn one_job_text(view: &RunView, job: &JobRecord) -> String {
         }
     }
     out
-}
-
-fn first_line(text: &str) -> String {
-    let line = text.lines().next().unwrap_or_default();
-    if line.chars().count() > 100 {
-        format!("{}…", line.chars().take(100).collect::<String>())
-    } else {
-        line.to_owned()
-    }
 }

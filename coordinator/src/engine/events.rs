@@ -10,7 +10,7 @@ use sluice_proto::spawn::{CHILD_DEPTH_MAX, SpawnError, child_path, depth_of};
 use sluice_proto::{DeadLetter, EventKind, JobEvent, JobRecord, JobSpec, JobState, SCHEMA_VERSION};
 
 use super::lifecycle::blank_job;
-use super::transitions::{AttemptEnd, Transitions, note_redelivery};
+use super::transitions::{AttemptEnd, Transitions, WORKER_LOST, note_redelivery};
 use super::{Effect, Ignored, Run, Spawned};
 
 /// The worker named in the attempt history when JetStream, not a worker, ended an attempt.
@@ -48,9 +48,12 @@ impl<'a> Report<'a> {
     }
 }
 
-/// Whether the job's history holds `attempt` as finished.
+/// Whether the job's history holds `attempt` as finished. One closed as [`WORKER_LOST`] is not:
+/// its worker may only have been slow, and its real outcome, when it comes, still counts.
 fn finished(job: &JobRecord, attempt: u32) -> bool {
-    job.attempt_history.iter().any(|record| record.attempt == attempt && record.finished_at.is_some())
+    job.attempt_history.iter().any(|record| {
+        record.attempt == attempt && record.finished_at.is_some() && record.error.as_deref() != Some(WORKER_LOST)
+    })
 }
 
 /// Whether `attempt` is one the history left out (between the first and the latest kept).

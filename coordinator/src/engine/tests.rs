@@ -8,6 +8,7 @@ use sluice_proto::{
     ChildSpec, EventKind, JobEvent, JobRecord, JobState, RunId, RunState, SCHEMA_VERSION, Window, WorkflowSpec,
 };
 
+use super::transitions::WORKER_LOST;
 use super::*;
 
 fn at(second: u32) -> DateTime<Utc> {
@@ -649,3 +650,64 @@ fn a_rerun_whose_waiting_parent_needs_an_unfinished_job_is_refused() {
 mod invariants;
 mod simulation;
 mod transitions;
+
+/// Attempt `attempt` of `job` in the history: (finished_at, error).
+fn attempt_end(run: &Run, job: &str, attempt: u32) -> (Option<DateTime<Utc>>, Option<String>) {
+    let record = run.job(job).unwrap().attempt_history.iter().find(|record| record.attempt == attempt).unwrap();
+    (record.finished_at, record.error.clone())
+}
+
+#[test]
+fn a_redelivered_start_closes_the_open_attempt_before_it_as_worker_lost() {
+    let (mut run, _) = start(DIAMOND);
+    run.apply(ev(&event(&run, "a", 1, EventKind::Started, 1)), at(1)).unwrap();
+    let mut again = event(&run, "a", 2, EventKind::Started, 7);
+    again.worker = "w2".into();
+    run.apply(ev(&again), at(8)).unwrap();
+    assert_eq!(attempt_end(&run, "a", 1), (Some(at(7)), Some(WORKER_LOST.to_owned())));
+    assert_eq!(attempt_end(&run, "a", 2), (None, None), "the new attempt is open");
+    run.apply(ev(&event(&run, "a", 2, EventKind::Succeeded, 9)), at(9)).unwrap();
+    assert_eq!(attempt_end(&run, "a", 1).1.as_deref(), Some(WORKER_LOST), "kept after the outcome");
+    assert_eq!(attempt_end(&run, "a", 2), (Some(at(9)), None));
+}
+
+#[test]
+fn a_later_attempts_outcome_closes_the_open_attempt_but_not_a_finished_one() {
+    let (mut run, _) = start(DIAMOND);
+    let mut failed = event(&run, "a", 1, EventKind::Failed, 2);
+    failed.retry_at = Some(at(3));
+    run.apply(ev(&event(&run, "a", 1, EventKind::Started, 1)), at(1)).unwrap();
+    run.apply(ev(&failed), at(2)).unwrap();
+    run.apply(ev(&event(&run, "a", 2, EventKind::Started, 4)), at(4)).unwrap();
+    // Attempt 3's start was lost; its outcome (saying when it began) is the first word of it.
+    let mut third = event(&run, "a", 3, EventKind::Succeeded, 9);
+    third.started_at = Some(at(6));
+    run.apply(ev(&third), at(9)).unwrap();
+    assert_eq!(attempt_end(&run, "a", 1), (Some(at(2)), Some("boom".to_owned())), "a reported end stays");
+    assert_eq!(attempt_end(&run, "a", 2), (Some(at(9)), Some(WORKER_LOST.to_owned())));
+    assert_eq!(attempt_end(&run, "a", 3), (Some(at(9)), None));
+}
+
+#[test]
+fn exhausted_deliveries_close_the_open_attempt_as_worker_lost() {
+    let (mut run, _) = start(DIAMOND);
+    run.apply(ev(&event(&run, "a", 1, EventKind::Started, 1)), at(1)).unwrap();
+    run.apply(exhausted("a", 0, 0, 3), at(5)).unwrap();
+    assert_eq!(attempt_end(&run, "a", 1), (Some(at(5)), Some(WORKER_LOST.to_owned())));
+    assert_eq!(attempt_end(&run, "a", 3).1.as_deref(), Some("JetStream gave up after 3 deliveries"));
+}
+
+#[test]
+fn the_late_outcome_of_an_attempt_closed_as_worker_lost_still_counts() {
+    let (mut run, _) = start(DIAMOND);
+    run.apply(ev(&event(&run, "a", 1, EventKind::Started, 1)), at(1)).unwrap();
+    let mut again = event(&run, "a", 2, EventKind::Started, 3);
+    again.worker = "w2".into();
+    run.apply(ev(&again), at(3)).unwrap();
+    // The first worker was only slow: its success ends the job, as before attempt 2 began.
+    let mut success = event(&run, "a", 1, EventKind::Succeeded, 4);
+    success.started_at = Some(at(1));
+    run.apply(ev(&success), at(4)).unwrap();
+    assert_eq!(run.job("a").unwrap().state, JobState::Completed);
+    assert_eq!(attempt_end(&run, "a", 1), (Some(at(4)), None), "the real outcome replaces `worker lost`");
+}

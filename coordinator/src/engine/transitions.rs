@@ -8,6 +8,10 @@ use sluice_proto::{AttemptRecord, JobRecord, JobState};
 
 use super::Run;
 
+/// The error of an attempt whose worker never reported its end: a later attempt of the job
+/// (or JetStream's last-delivery advisory) shows the worker stopped, so it is closed as lost.
+pub(crate) const WORKER_LOST: &str = "worker lost";
+
 /// How an attempt ended, as its worker (or JetStream) reported it.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct AttemptEnd<'a> {
@@ -73,6 +77,7 @@ impl Transitions for JobRecord {
         self.attempts = attempt;
         self.retry_at = None;
         self.started_at.get_or_insert(at);
+        close_lost_attempts(self, attempt, at);
         self.push_attempt(AttemptRecord {
             attempt,
             started_at: at,
@@ -188,6 +193,7 @@ fn close_attempt(job: &mut JobRecord, end: &AttemptEnd<'_>, error: Option<String
     job.attempts = job.attempts.max(end.attempt);
     let started_at = end.started_at.unwrap_or(end.at);
     job.started_at.get_or_insert(started_at);
+    close_lost_attempts(job, end.attempt, end.at);
     match job.attempt_history.iter_mut().rev().find(|attempt| attempt.attempt == end.attempt) {
         Some(attempt) => {
             attempt.finished_at = Some(end.at);
@@ -210,6 +216,19 @@ fn close_attempt(job: &mut JobRecord, end: &AttemptEnd<'_>, error: Option<String
             worker: bounded_worker(end.worker),
             redelivered_to: Vec::new(),
         }),
+    }
+}
+
+/// Closes every attempt before `later` still open in the history as [`WORKER_LOST`] at `at`:
+/// the job moved on to a later attempt, so no outcome of those will come. Otherwise they would
+/// show no end for ever.
+fn close_lost_attempts(job: &mut JobRecord, later: u32, at: DateTime<Utc>) {
+    for attempt in
+        job.attempt_history.iter_mut().filter(|record| record.attempt < later && record.finished_at.is_none())
+    {
+        // Workers' clocks differ: an end is never shown before its start.
+        attempt.finished_at = Some(at.max(attempt.started_at));
+        attempt.error = Some(WORKER_LOST.to_owned());
     }
 }
 
