@@ -41,7 +41,7 @@ pub async fn run(url: &str, command: ScheduleCommand, format: Format) -> Result<
         let (spec, _) = super::read_workflow(file)?;
         if spec.schedule.is_none() {
             return Err(CliError::usage(format!(
-                "{}: workflow `{}` has no `schedule:` section, e.g. schedule: {{ cron: \"30 2 * * *\", timezone: America/Los_Angeles, window: yesterday }}",
+                "{}: workflow `{}` has no `schedule:` section, e.g. schedule: {{ cron: \"30 2 * * *\", window: yesterday }} (on the workflow's timezone)",
                 file.display(),
                 spec.name
             )));
