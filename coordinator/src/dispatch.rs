@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
+use futures::{StreamExt, TryStreamExt};
 use rand::Rng;
 use sluice_proto::{DeadLetter, JobMessage, RunId, RunRecord, TraceParent, encode, names};
 
@@ -120,6 +121,9 @@ pub async fn withdraw(js: &jetstream::Context, run_id: &RunId) -> Result<(), Ser
     Ok(())
 }
 
+/// Purges of dead letters in flight at once.
+const PURGES_IN_FLIGHT: usize = 64;
+
 /// Deletes the dead letters of `jobs` of a run (every one of the run's when `None`).
 pub async fn resolve_dead_letters(
     js: &jetstream::Context,
@@ -131,9 +135,15 @@ pub async fn resolve_dead_letters(
         None => vec![names::dlq_run_filter(run_id)],
         Some(jobs) => jobs.iter().map(|job| names::dlq_job_filter(run_id, job)).collect(),
     };
-    for filter in filters {
-        stream.purge().filter(filter).await.context(format!("resolving dead letters of run {run_id}"))?;
-    }
+    // Concurrently: a retry of a spawn may resolve thousands of children's dead letters.
+    futures::stream::iter(filters)
+        .map(|filter| {
+            let stream = &stream;
+            async move { stream.purge().filter(filter).await.context(format!("resolving dead letters of run {run_id}")) }
+        })
+        .buffer_unordered(PURGES_IN_FLIGHT)
+        .try_collect::<Vec<_>>()
+        .await?;
     Ok(())
 }
 

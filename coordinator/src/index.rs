@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream;
 use futures::TryStreamExt;
 use sluice_client::pipeline::{Outgoing, publish_all};
 use sluice_client::stores;
@@ -48,21 +48,20 @@ const HEADS_CACHED_MAX: usize = 4096;
 /// The coordinator's writer of the index; one per leadership term.
 pub struct Index {
     js: jetstream::Context,
-    active: kv::Store,
     /// The last sequence of each chain this writer read or wrote.
     heads: HashMap<String, u64>,
 }
 
 impl Index {
     pub fn new(topology: &Topology) -> Self {
-        Self { js: topology.js.clone(), active: topology.active.clone(), heads: HashMap::new() }
+        Self { js: topology.js.clone(), heads: HashMap::new() }
     }
 
     /// Indexes a run being created (or made to run again): its `sluice-active` key and,
     /// when new, its entries. Call before writing its record.
     pub async fn running(&mut self, run: &RunRecord, new: bool) -> Result<(), ServiceError> {
         if !new {
-            self.active.put(run.id.to_string(), bytes::Bytes::new()).await.context("marking a run active")?;
+            publish_all(&self.js, [active_key(&run.id, ActiveChange::Mark)]).await?;
             return Ok(());
         }
         let entry = entry_of(run);
@@ -90,7 +89,7 @@ impl Index {
 
     /// Drops a run from the running set (one whose record was never written).
     pub async fn forget(&mut self, id: &RunId) -> Result<(), ServiceError> {
-        self.active.delete(id.to_string()).await.context("dropping a run from the running set")?;
+        publish_all(&self.js, [active_key(id, ActiveChange::Clear)]).await?;
         Ok(())
     }
 
@@ -120,13 +119,13 @@ impl Index {
                 what: subject.clone(),
             });
         }
+        let plain_payload = bytes::Bytes::from(encode(entry)?);
         for subject in plain {
-            let payload = encode(entry)?;
             let headers = msg_id(&entry.run_id, subject, None);
             outgoing.push(Outgoing {
                 subject: subject.clone(),
                 headers,
-                payload: payload.into(),
+                payload: plain_payload.clone(),
                 what: subject.clone(),
             });
         }

@@ -336,20 +336,21 @@ impl JobRecord {
 
 /// A worker id as kept in a record: at most [`crate::limits::WORKER_NAME_MAX_BYTES`], its start
 /// (events come from outside; a forged 600 KB id must not grow a record).
-pub fn bounded_worker(worker: &str) -> String {
+pub fn bounded_worker(worker: &str) -> std::borrow::Cow<'_, str> {
     truncate_start(worker, crate::limits::WORKER_NAME_MAX_BYTES)
 }
 
-/// Keeps the first `max_bytes` of `text`, on a character boundary.
-pub fn truncate_start(text: &str, max_bytes: usize) -> String {
+/// Keeps the first `max_bytes` of `text`, on a character boundary (borrowed when it fits:
+/// every event names its worker, and almost none is too long).
+pub fn truncate_start(text: &str, max_bytes: usize) -> std::borrow::Cow<'_, str> {
     if text.len() <= max_bytes {
-        return text.to_owned();
+        return std::borrow::Cow::Borrowed(text);
     }
     let mut end = max_bytes;
     while !text.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}…", &text[..end])
+    std::borrow::Cow::Owned(format!("{}…", &text[..end]))
 }
 
 /// A job whose attempts are over, kept in stream `SLUICE_DLQ` until replayed or purged.

@@ -83,7 +83,7 @@ impl Transitions for JobRecord {
             started_at: at,
             finished_at: None,
             error: None,
-            worker: bounded_worker(worker),
+            worker: bounded_worker(worker).into_owned(),
             redelivered_to: Vec::new(),
         });
     }
@@ -202,10 +202,10 @@ fn close_attempt(job: &mut JobRecord, end: &AttemptEnd<'_>, error: Option<String
             let worker = bounded_worker(end.worker);
             if end.started_at.is_some()
                 && attempt.worker != worker
-                && !attempt.redelivered_to.contains(&worker)
+                && !attempt.redelivered_to.iter().any(|seen| *seen == worker)
                 && attempt.redelivered_to.len() < REDELIVERIES_KEPT
             {
-                attempt.redelivered_to.push(worker);
+                attempt.redelivered_to.push(worker.into_owned());
             }
         }
         None => job.push_attempt(AttemptRecord {
@@ -213,7 +213,7 @@ fn close_attempt(job: &mut JobRecord, end: &AttemptEnd<'_>, error: Option<String
             started_at,
             finished_at: Some(end.at),
             error,
-            worker: bounded_worker(end.worker),
+            worker: bounded_worker(end.worker).into_owned(),
             redelivered_to: Vec::new(),
         }),
     }
@@ -240,12 +240,12 @@ pub(super) fn note_redelivery(job: &mut JobRecord, attempt: u32, worker: &str) -
     };
     let worker = bounded_worker(worker);
     if attempt.worker == worker
-        || attempt.redelivered_to.contains(&worker)
+        || attempt.redelivered_to.iter().any(|seen| *seen == worker)
         || attempt.redelivered_to.len() >= REDELIVERIES_KEPT
     {
         return false;
     }
-    attempt.redelivered_to.push(worker);
+    attempt.redelivered_to.push(worker.into_owned());
     true
 }
 

@@ -362,8 +362,8 @@ async fn undecodable(shared: &Shared, message: &Message, delivered: u32, reason:
     acknowledge(message, settlement, message.subject.as_str()).await;
 }
 
-/// A job of a newer schema than this build reads: handed back untouched (a NAK without
-/// delay), with no event and no dead letter, so no attempt of it is recorded and a worker
+/// A job of a newer schema than this build reads: handed back untouched (a NAK after
+/// `NEWER_SCHEMA_NAK_DELAY_MS`, so it does not come straight back), with no event and no dead letter, so no attempt of it is recorded and a worker
 /// that reads its schema runs it. The coordinator dispatches a new schema to a pool only
 /// once every live worker of the pool announces it, so this is the rare worker that is late.
 async fn newer_schema(shared: &Shared, message: &Message, version: u32) {
