@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, Message};
 use chrono::Utc;
 use sluice_proto::{
-    ControlAction, ControlRequest, DeadLetter, JobEvent, JobMessage, RefusalKind, Rejection, RunId, TraceParent,
-    decode, encode, names,
+    ControlAction, ControlRequest, DeadLetter, EventKind, JobEvent, JobMessage, RefusalKind, Rejection, RunId,
+    TraceParent, decode, encode, names,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -195,7 +195,7 @@ impl Coordinator {
     /// One item of the inbox, through the engine and the outbox.
     async fn handle(&mut self, topology: &Topology, inbound: Inbound) -> Result<(), ServiceError> {
         match inbound {
-            Inbound::Events(messages) => self.handle_events(messages).await,
+            Inbound::Events(messages) => self.handle_events(topology, messages).await,
             Inbound::Advisory(message) => self.handle_max_deliveries(topology, message).await,
             Inbound::Control(message) => self.handle_control(topology, message).await,
             Inbound::Submission(message) => self.handle_submission(topology, message).await,
@@ -273,7 +273,7 @@ impl Coordinator {
         }
     }
 
-    async fn handle_events(&mut self, messages: Vec<Message>) -> Result<(), ServiceError> {
+    async fn handle_events(&mut self, topology: &Topology, messages: Vec<Message>) -> Result<(), ServiceError> {
         let now = Utc::now();
         let mut effects = Vec::new();
         let mut spawned = Vec::new();
@@ -286,8 +286,13 @@ impl Coordinator {
                 }
             };
             let run_id = event.run_id;
+            // A worker's report of an attempt in a run that has ended (it ran beside or after
+            // the attempt that ended its job): loaded, so the attempt is on record.
+            if !self.active.contains_key(&run_id) && (event.kind == EventKind::Started || event.started_at.is_some()) {
+                effects.extend(self.load(topology, &run_id, now).await?);
+            }
             let Some(run) = self.active.get_mut(&run_id) else {
-                tracing::debug!(run = %run_id, job = %event.job, "event for a run that is not active");
+                tracing::debug!(run = %run_id, job = %event.job, "event for a run that is not stored");
                 continue;
             };
             let mut more = match run.apply(Input::Event(event), now) {

@@ -336,6 +336,13 @@ pub fn event_id(run_id: &RunId, job: &str, attempt: u32, generation: u32, kind: 
     format!("{run_id}.{job}.{attempt}.{generation}.{kind}")
 }
 
+/// Deduplication id of a `started` event: per worker, so two workers that both start the
+/// same attempt (its first start was lost, or a nats-server crash lost consumer state) are
+/// both on record, not one dropped as the other's duplicate.
+pub fn start_event_id(run_id: &RunId, job: &str, attempt: u32, generation: u32, worker: &str) -> String {
+    format!("{run_id}.{job}.{attempt}.{generation}.started.{worker}")
+}
+
 /// Hex form of an idempotency key, usable as a KV key whatever bytes it holds.
 pub fn idempotency_kv_key(key: &str) -> String {
     let mut out = String::with_capacity(key.len() * 2 + 2);

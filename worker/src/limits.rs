@@ -33,10 +33,11 @@ pub const EXEC_KILLED_WAIT_MS: u64 = 1_000;
 pub const EXEC_GROUP_CHECK_MAX_MS: u64 = 200;
 /// After a timeout, how long the job may take to stop before its result is ignored.
 pub const TIMEOUT_STOP_GRACE_MS: u64 = 15_000;
-/// Tries to publish an event before giving up on it (the message is then redelivered).
-pub const EVENT_PUBLISH_TRIES_MAX: u32 = 5;
 /// Pause after the first failed event publish; it doubles with each further try.
 pub const EVENT_PUBLISH_BACKOFF_FIRST_MS: u64 = 100;
+/// Longest pause between tries to store an event: an outcome is retried until it is stored
+/// (or the worker's grace is over), so once NATS is back it is stored within this.
+pub const EVENT_PUBLISH_BACKOFF_MAX_MS: u64 = 2_000;
 /// Pause between tries to open the pool while no coordinator has set Sluice up or declared it.
 pub const CONSUMER_OPEN_RETRY_PAUSE_MS: u64 = 1_000;
 
@@ -44,8 +45,7 @@ pub const CONSUMER_OPEN_RETRY_PAUSE_MS: u64 = 1_000;
 const _: () = assert!(SHORT_JOB_MAX_MS * 2 <= FETCHED_WAIT_MAX_MS);
 // Everything one worker may hold (its slots and its prefetch) fits the pool's ack-pending limit.
 const _: () = assert!(CONCURRENCY_MAX + PREFETCH_MAX <= POOL_MAX_ACK_PENDING as usize);
-// An event that cannot be published at once gets at least one more try.
-const _: () = assert!(EVENT_PUBLISH_TRIES_MAX >= 2);
+const _: () = assert!(EVENT_PUBLISH_BACKOFF_FIRST_MS <= EVENT_PUBLISH_BACKOFF_MAX_MS);
 // A timed-out exec job is SIGKILLed, and seen gone, before the worker stops waiting for it.
 const _: () = assert!(TIMEOUT_STOP_GRACE_MS > EXEC_KILL_GRACE_MS + EXEC_KILLED_WAIT_MS);
 

@@ -10,7 +10,7 @@ use sluice_proto::spawn::{CHILD_DEPTH_MAX, SpawnError, child_path, depth_of};
 use sluice_proto::{DeadLetter, EventKind, JobEvent, JobRecord, JobSpec, JobState, SCHEMA_VERSION};
 
 use super::lifecycle::blank_job;
-use super::transitions::{AttemptEnd, Transitions, WORKER_LOST, note_redelivery};
+use super::transitions::{AttemptEnd, Transitions, WORKER_LOST, note_redelivery, record_late_attempt};
 use super::{Effect, Ignored, Run, Spawned};
 
 /// The worker named in the attempt history when JetStream, not a worker, ended an attempt.
@@ -146,6 +146,11 @@ impl Run {
             return Ok(Some(vec![self.save(path)]));
         }
         if job.state.is_terminal() || job.state == JobState::Waiting {
+            // An attempt that ran although the job had ended (its redelivery came before the
+            // outcome that ended it was stored): on record, though it changes nothing else.
+            if record_late_attempt(job, report.kind, report.attempt, report.at, report.started_at, report.worker) {
+                return Ok(Some(vec![self.save(path)]));
+            }
             return Err(Ignored::AlreadyFinished { job: path.to_owned(), state: job.state.as_str() });
         }
         if !starts && finished(job, report.attempt) {

@@ -47,8 +47,9 @@ pub enum Input {
     /// effect's event.
     ChildrenRead { event: Box<JobEvent>, children: Spawned },
     /// JetStream gave up on a job's message after `deliveries` deliveries (its workers kept
-    /// dying before they could report): the attempt `attempt_offset + deliveries` fails with
-    /// `reason` and no attempt follows.
+    /// dying before they could report): the attempt on record that never reported (or, if
+    /// none is open, the next one) fails with `reason` and no attempt follows. Deliveries are
+    /// not attempts (decision 8): `deliveries` is only for the reason.
     DeliveriesExhausted { job: String, generation: u32, attempt_offset: u32, deliveries: u64, reason: String },
     /// `sluice cancel`.
     Cancel,
@@ -212,8 +213,10 @@ impl Run {
             Input::ChildrenRead { event, children } => {
                 self.on_event(*event, Some(children), now).map_err(NotApplied::from)
             }
-            Input::DeliveriesExhausted { job, generation, attempt_offset, deliveries, reason } => {
-                let attempt = attempt_offset.saturating_add(u32::try_from(deliveries).unwrap_or(u32::MAX));
+            Input::DeliveriesExhausted { job, generation, attempt_offset, deliveries: _, reason } => {
+                let attempt = self.jobs.get(&job).map_or(attempt_offset.saturating_add(1), |record| {
+                    transitions::exhausted_attempt(record, attempt_offset)
+                });
                 self.on_deliveries_exhausted(&job, generation, attempt, reason, now).map_err(NotApplied::from)
             }
             Input::Cancel => self.cancel(now).map_err(NotApplied::from),

@@ -272,6 +272,14 @@ fn cancel_withdraws_queued_jobs_stops_running_ones_and_ends_the_run() {
     assert!(effects.contains(&Effect::StopRun(run.id())), "workers are told to stop the run's running jobs (a)");
     assert_eq!(run.record().state, RunState::Cancelled);
     assert!(run.record().jobs.iter().all(|name| run.job(name).unwrap().state == JobState::Cancelled));
+    // a's worker finished before it heard of the cancel: on record, not applied.
+    let late = run.apply(ev(&event(&run, "a", 1, EventKind::Succeeded, 3)), at(3)).unwrap();
+    assert!(late.iter().any(|effect| matches!(effect, Effect::SaveJob { job, .. } if job == "a")));
+    assert_eq!(run.job("a").unwrap().state, JobState::Cancelled);
+    assert_eq!(
+        attempt_end(&run, "a", 1),
+        (Some(at(3)), Some("succeeded after the job had already ended (cancelled): not applied".to_owned()))
+    );
     assert!(matches!(
         run.apply(ev(&event(&run, "a", 1, EventKind::Succeeded, 3)), at(3)),
         Err(NotApplied::Ignored(Ignored::AlreadyFinished { .. }))
@@ -545,18 +553,22 @@ fn exhausted(job: &str, generation: u32, attempt_offset: u32, deliveries: u64) -
 #[test]
 fn exhausted_deliveries_fail_the_attempt_jetstream_gave_up_on_and_dead_letter_the_job() {
     let (mut run, _) = start(DIAMOND);
+    let mut failed = event(&run, "a", 1, EventKind::Failed, 2);
+    failed.retry_at = Some(at(3));
     run.apply(ev(&event(&run, "a", 1, EventKind::Started, 1)), at(1)).unwrap();
-    let effects = run.apply(exhausted("a", 0, 0, 3), at(5)).unwrap();
+    run.apply(ev(&failed), at(2)).unwrap();
+    // Attempt 2 never got its start stored: the deliveries that failed are not attempts.
+    let effects = run.apply(exhausted("a", 0, 0, 7), at(5)).unwrap();
     let a = run.job("a").unwrap();
     assert_eq!(a.state, JobState::Failed);
-    assert_eq!(a.attempts, 3, "attempt = offset + deliveries");
+    assert_eq!(a.attempts, 2, "the attempt after the last on record, not offset + deliveries");
     let last = a.attempt_history.last().unwrap();
-    assert_eq!((last.attempt, last.worker.as_str(), last.finished_at), (3, "jetstream", Some(at(5))));
-    assert_eq!(a.error.as_deref(), Some("JetStream gave up after 3 deliveries"));
+    assert_eq!((last.attempt, last.worker.as_str(), last.finished_at), (2, "jetstream", Some(at(5))));
+    assert_eq!(a.error.as_deref(), Some("JetStream gave up after 7 deliveries"));
     assert!(effects.iter().any(|effect| matches!(effect, Effect::DeadLetter(letter) if letter.job.job == "a")));
     assert_eq!(run.record().state, RunState::Failed, "b, c and d are skipped");
     assert!(matches!(
-        run.apply(exhausted("a", 0, 0, 3), at(6)),
+        run.apply(exhausted("a", 0, 0, 7), at(6)),
         Err(NotApplied::Ignored(Ignored::AlreadyFinished { .. }))
     ));
     run.apply(Input::Rerun { only: None }, at(7)).unwrap();
@@ -689,12 +701,48 @@ fn a_later_attempts_outcome_closes_the_open_attempt_but_not_a_finished_one() {
 }
 
 #[test]
-fn exhausted_deliveries_close_the_open_attempt_as_worker_lost() {
+fn exhausted_deliveries_end_the_attempt_on_record_that_never_reported() {
     let (mut run, _) = start(DIAMOND);
     run.apply(ev(&event(&run, "a", 1, EventKind::Started, 1)), at(1)).unwrap();
     run.apply(exhausted("a", 0, 0, 3), at(5)).unwrap();
-    assert_eq!(attempt_end(&run, "a", 1), (Some(at(5)), Some(WORKER_LOST.to_owned())));
-    assert_eq!(attempt_end(&run, "a", 3).1.as_deref(), Some("JetStream gave up after 3 deliveries"));
+    let a = run.job("a").unwrap();
+    assert_eq!((a.attempts, a.attempt_history.len()), (1, 1), "three deliveries, one attempt on record");
+    assert_eq!(attempt_end(&run, "a", 1), (Some(at(5)), Some("JetStream gave up after 3 deliveries".to_owned())));
+}
+
+#[test]
+fn an_attempt_that_ran_after_its_job_ended_is_on_record_and_changes_nothing_else() {
+    let (mut run, _) = start(DIAMOND);
+    run.apply(ev(&event(&run, "a", 1, EventKind::Started, 1)), at(1)).unwrap();
+    let mut success = event(&run, "a", 1, EventKind::Succeeded, 2);
+    success.started_at = Some(at(1));
+    run.apply(ev(&success), at(2)).unwrap();
+    // A redelivery during an outage ran it again before attempt 1's outcome was stored.
+    let mut again = event(&run, "a", 2, EventKind::Started, 3);
+    again.worker = "w2".into();
+    let effects = run.apply(ev(&again), at(3)).unwrap();
+    assert!(dispatched(&effects).is_empty());
+    let mut failure = event(&run, "a", 2, EventKind::Failed, 4);
+    (failure.worker, failure.started_at) = ("w2".into(), Some(at(3)));
+    run.apply(ev(&failure), at(4)).unwrap();
+    let a = run.job("a").unwrap();
+    assert_eq!((a.state, a.attempts, a.output.clone()), (JobState::Completed, 2, None));
+    assert_eq!(
+        attempt_end(&run, "a", 2),
+        (Some(at(4)), Some("failed after the job had already ended (completed): not applied".to_owned()))
+    );
+    // Its repeats change nothing; nor does an attempt whose start was lost that says nothing of when it began.
+    assert!(matches!(run.apply(ev(&failure), at(5)), Err(NotApplied::Ignored(_))));
+    assert!(matches!(
+        run.apply(ev(&event(&run, "a", 3, EventKind::Failed, 5)), at(5)),
+        Err(NotApplied::Ignored(Ignored::AlreadyFinished { .. }))
+    ));
+    // One whose start was lost, reported by its outcome, is on record too.
+    let mut lost_start = event(&run, "a", 3, EventKind::Succeeded, 6);
+    lost_start.started_at = Some(at(5));
+    run.apply(ev(&lost_start), at(6)).unwrap();
+    assert_eq!(run.job("a").unwrap().attempts, 3);
+    assert_eq!(run.record().state, RunState::Running, "b and c run on a's first success");
 }
 
 #[test]

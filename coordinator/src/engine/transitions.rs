@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sluice_proto::messages::{REDELIVERIES_KEPT, bounded_worker};
 use sluice_proto::spawn::parent_of;
-use sluice_proto::{AttemptRecord, JobRecord, JobState};
+use sluice_proto::{AttemptRecord, EventKind, JobRecord, JobState};
 
 use super::Run;
 
@@ -229,6 +229,63 @@ fn close_lost_attempts(job: &mut JobRecord, later: u32, at: DateTime<Utc>) {
         // Workers' clocks differ: an end is never shown before its start.
         attempt.finished_at = Some(at.max(attempt.started_at));
         attempt.error = Some(WORKER_LOST.to_owned());
+    }
+}
+
+/// Records an attempt of a job that had already ended (`completed`, `failed`, `skipped`,
+/// `cancelled` or `waiting`) when it was reported: a start of an attempt after the last one
+/// on record, or the outcome of such an attempt (or of one whose start was lost). The state
+/// and the job's outcome stay as they are; the attempt's `error` says its result was not
+/// applied. Returns whether the history changed.
+pub(super) fn record_late_attempt(
+    job: &mut JobRecord,
+    kind: EventKind,
+    attempt: u32,
+    at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    worker: &str,
+) -> bool {
+    let ended = format!("the job had already ended ({})", job.state.as_str());
+    if let Some(record) = job.attempt_history.iter_mut().find(|record| record.attempt == attempt) {
+        // The attempt that ended the job is closed; one still open ran beside or after it.
+        if kind == EventKind::Started || record.finished_at.is_some() {
+            return false;
+        }
+        record.finished_at = Some(at.max(record.started_at));
+        record.error = Some(format!("{} after {ended}: not applied", kind.as_str()));
+        return true;
+    }
+    if attempt <= job.attempts || (kind != EventKind::Started && started_at.is_none()) {
+        return false;
+    }
+    let (started, finished, error) = match kind {
+        // A cancelled job's worker stops what it runs, and does not report it.
+        EventKind::Started if job.state == JobState::Cancelled => {
+            (at, Some(at), Some(format!("started after {ended}: stopped")))
+        }
+        EventKind::Started => (at, None, None),
+        kind => (started_at.unwrap_or(at), Some(at), Some(format!("{} after {ended}: not applied", kind.as_str()))),
+    };
+    job.attempts = attempt;
+    job.push_attempt(AttemptRecord {
+        attempt,
+        started_at: started,
+        finished_at: finished.map(|finished| finished.max(started)),
+        error,
+        worker: bounded_worker(worker).into_owned(),
+        redelivered_to: Vec::new(),
+    });
+    true
+}
+
+/// The attempt JetStream's last-delivery advisory ends: the latest on record if it never
+/// reported, otherwise the one after the last on record (its start was never stored).
+pub(super) fn exhausted_attempt(job: &JobRecord, attempt_offset: u32) -> u32 {
+    match job.attempt_history.last() {
+        Some(last) if last.finished_at.is_none() && last.attempt == job.attempts && job.attempts > attempt_offset => {
+            last.attempt
+        }
+        _ => job.attempts.max(attempt_offset).saturating_add(1),
     }
 }
 

@@ -18,7 +18,7 @@ use sluice_proto::{ChildSpec, EventKind, JobMessage, RetryPolicy, RunId, SCHEMA_
 use super::Shared;
 use super::delivery::{copy_headers, copy_in_series, header};
 use super::executor::{Attempt, Outcome};
-use super::reporter::{Report, Reporter, error_text, event, publish_event};
+use super::reporter::{Report, Reporter, error_text, event, store_event};
 use crate::error::WorkerError;
 use crate::job::{JobError, Output};
 use crate::limits::NEWER_SCHEMA_NAK_DELAY_MS;
@@ -49,6 +49,23 @@ impl Completer for InlineCompleter {
         match attempt {
             Attempt::Undecodable { delivered, reason } => undecodable(&self.shared, &message, delivered, reason).await,
             Attempt::NewerSchema { version } => newer_schema(&self.shared, &message, version).await,
+            Attempt::Held { job } => {
+                tracing::info!(job, "redelivered while it runs here: the running attempt settles it");
+            }
+            Attempt::Deferred { job, worker } => {
+                tracing::info!(
+                    job,
+                    worker,
+                    "redelivered while its last attempt is with a live worker: offered again later"
+                );
+                let delay = self.shared.ack_wait;
+                let settlement = Settlement::Nak { delay: Some(delay), retry_at: Utc::now() + delay };
+                acknowledge(&message, settlement, &job).await;
+            }
+            Attempt::Ended { job, why } => {
+                tracing::info!(job, why, "redelivered after it ended: acknowledged, nothing run again");
+                acknowledge(&message, Settlement::Ack, &job).await;
+            }
             Attempt::Read { reporter, outcome } => complete_read(&self.shared, &reporter, &message, outcome).await,
         }
     }
@@ -198,8 +215,8 @@ async fn complete_read(shared: &Shared, reporter: &Reporter, message: &Message, 
     tracing::info!(run = %job.run_id, job = %job.job, attempt = reporter.attempt, outcome = kind.as_str(), error, "job finished");
     reporter.free_slot();
     report.retry_at = settlement.retry_at();
-    if let Err(publish_error) = reporter.publish_outcome(kind, report).await {
-        // Without the event the coordinator cannot move on: let JetStream redeliver.
+    if let Err(publish_error) = reporter.store_outcome(message, kind, report).await {
+        // Only at shutdown: the job is redelivered, and its stored start charges this attempt.
         tracing::error!(error = %publish_error, job = %job.job, "cannot report the outcome; the job will be redelivered");
         return;
     }
@@ -349,7 +366,7 @@ async fn undecodable(shared: &Shared, message: &Message, delivered: u32, reason:
     tracing::error!(subject = %message.subject, %reason, "job message cannot be decoded");
     if let Some(mut event) = event_from_headers(message, delivered, &shared.config.worker_id) {
         event.error = Some(error_text(format!("job message cannot be decoded: {reason}")));
-        if let Err(error) = publish_event(&shared.js, &shared.config.pool, &event).await {
+        if let Err(error) = store_event(shared, message, &event).await {
             tracing::error!(%error, "cannot report the undecodable job; it will be redelivered");
             return;
         }

@@ -1,7 +1,9 @@
 //! Reading a delivered job message, and copying a job for a later dispatch of its series.
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::Message;
+use std::time::Duration;
+
+use async_nats::jetstream::{AckKind, Message};
 use sluice_proto::{JobMessage, names};
 
 /// A header's value as text, if the message has it.
@@ -36,4 +38,17 @@ pub(crate) fn copy_headers(message: &Message, copy: &JobMessage) -> HeaderMap {
         }
     }
     headers
+}
+
+/// Sends an in-progress ack every `interval`, for ever: while a job runs, and while its
+/// start or outcome waits to be stored, so JetStream does not redeliver it meanwhile.
+pub(crate) async fn keep_alive(interval: Duration, message: &Message, job: &str) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        if let Err(error) = message.ack_with(AckKind::Progress).await {
+            tracing::debug!(%error, job, "in-progress ack failed");
+        }
+    }
 }

@@ -8,15 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_nats::jetstream::{AckKind, Message};
+use async_nats::jetstream::Message;
 use futures::FutureExt;
 use sluice_proto::{ChildSpec, CodecError, HumanDuration, JobMessage, JobRecord, SCHEMA_VERSION, decode, names};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::delivery::{delivered, header};
+use super::delivery::{delivered, header, keep_alive};
 use super::producer::FetchPolicy;
+use super::redelivery::{Plan, on_record, plan};
 use super::reporter::Reporter;
 use crate::job::{Job, JobContext, JobError, Output};
 use crate::limits::TIMEOUT_STOP_GRACE_MS;
@@ -29,6 +30,13 @@ pub(crate) enum Attempt {
     /// The job is of a newer schema than this build reads (`schema_version` = `version`):
     /// nothing ran, and it goes back untouched for a worker that reads it.
     NewerSchema { version: u32 },
+    /// A redelivery of `job` that this worker is running still: nothing to do here.
+    Held { job: String },
+    /// A redelivery of `job` whose last attempt is still with `worker`, alive: it comes back
+    /// after the ack wait if that worker has not reported by then.
+    Deferred { job: String, worker: String },
+    /// A redelivery of `job` whose outcome is stored already (`why`): nothing ran again.
+    Ended { job: String, why: String },
     /// The job was read; `outcome` says how its attempt ended. (Boxed: the attempt is
     /// moved between executor and completer, and the job message is large.)
     Read { reporter: Box<Reporter>, outcome: Outcome },
@@ -42,7 +50,8 @@ pub(crate) enum Outcome {
     Failed(JobError),
     /// No kind of that name is registered here: the reason names the kinds that are.
     UnknownKind(String),
-    /// The start could not be reported: nothing ran, and the delivery goes back as it came.
+    /// The start could not be stored before the worker's grace ran out: nothing ran, and
+    /// the delivery goes back as it came.
     Unreported,
     /// The worker is shutting down: give the job back without using up an attempt's delay.
     HandedBack,
@@ -58,10 +67,86 @@ pub(crate) async fn execute(shared: &Arc<Shared>, message: &Message, slot: Owned
         Ok(job) => job,
         Err(error) => return unreadable(delivered, error),
     };
-    let attempt = job.attempt_offset.saturating_add(delivered);
-    let reporter = Box::new(Reporter::new(shared.clone(), job, attempt, slot));
-    let outcome = run_attempt(shared, message, &reporter).await;
+    let Some(holding) = shared.held.hold(&job) else {
+        // JetStream redelivered a job this worker is still on (its in-progress acks did not
+        // arrive, e.g. during an outage): the attempt here settles the message.
+        return Attempt::Held { job: job.job };
+    };
+    // A first delivery is the attempt after the offset, its start pipelined with the work; a
+    // redelivery's attempt comes from what is on record, and is stored before it runs.
+    let (attempt, start) = if delivered <= 1 {
+        (job.attempt_offset.saturating_add(1), Start::Pipelined)
+    } else {
+        match redelivered(shared, message, &job).await {
+            Some(Plan::Run { open: Some(worker), .. }) if is_alive(shared, &worker).await => {
+                return Attempt::Deferred { job: job.job, worker };
+            }
+            Some(Plan::Run { attempt, .. }) => (attempt, Start::Stored),
+            Some(Plan::Ended { why }) => return Attempt::Ended { job: job.job, why },
+            // Shut down while the records could not be read: back as it came.
+            None => (job.attempt_offset.saturating_add(1), Start::GiveBack),
+        }
+    };
+    let reporter = Box::new(Reporter::new(shared.clone(), job, attempt, slot, holding));
+    let outcome = match start {
+        Start::GiveBack => Outcome::Unreported,
+        start => run_attempt(shared, message, &reporter, start).await,
+    };
     Attempt::Read { reporter, outcome }
+}
+
+/// Whether `worker`, which started a job's last attempt and has not reported it, is another
+/// live worker of the pool: then an outage kept its in-progress acks and its report back, and
+/// it reports once it can; running the job here would run it twice.
+async fn is_alive(shared: &Shared, worker: &str) -> bool {
+    if worker == shared.config.worker_id {
+        return false;
+    }
+    match shared.workers.get(names::worker_key(&shared.config.pool, worker)).await {
+        Ok(entry) => entry.is_some(),
+        // Unknown: running it is the safe side (a second execution is on record).
+        Err(error) => {
+            tracing::warn!(%error, worker, "cannot tell whether a worker is alive; running its job here");
+            false
+        }
+    }
+}
+
+/// How an attempt's start is put on record.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// Published as the work begins, its storing awaited with the outcome's.
+    Pipelined,
+    /// Stored before the work begins.
+    Stored,
+    /// Not at all: the delivery goes back untouched.
+    GiveBack,
+}
+
+/// What the records say of a redelivered job, read however long NATS fails (the message
+/// kept alive meanwhile); `None` when the worker's grace ran out first.
+async fn redelivered(shared: &Shared, message: &Message, job: &JobMessage) -> Option<Plan> {
+    let reading = async {
+        let mut pause = Duration::from_millis(crate::limits::EVENT_PUBLISH_BACKOFF_FIRST_MS);
+        loop {
+            match on_record(&shared.js, &shared.job_records, job).await {
+                Ok((last, record)) => return Some(plan(job, last.as_ref(), record.as_ref())),
+                Err(error) => {
+                    tracing::warn!(%error, job = %job.job, "cannot read a redelivered job's records; retrying")
+                }
+            }
+            tokio::select! {
+                _ = shared.stop_jobs.cancelled() => return None,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_millis(crate::limits::EVENT_PUBLISH_BACKOFF_MAX_MS));
+        }
+    };
+    tokio::pin!(reading);
+    tokio::select! {
+        plan = &mut reading => plan,
+        _ = keep_alive(shared.progress_interval, message, &job.job) => unreachable!("the keep-alive loop never ends"),
+    }
 }
 
 /// A delivery whose job cannot be read: one of a newer schema than
@@ -76,7 +161,7 @@ pub(crate) fn unreadable(delivered: u32, error: CodecError) -> Attempt {
 }
 
 /// Checks that the attempt may run, reports its start, runs it and ships its logs.
-async fn run_attempt(shared: &Shared, message: &Message, reporter: &Reporter) -> Outcome {
+async fn run_attempt(shared: &Shared, message: &Message, reporter: &Reporter, start: Start) -> Outcome {
     let (job, attempt) = (&reporter.job, reporter.attempt);
     if shared.stops.is_stopped(&job.run_id) {
         return Outcome::Stopped;
@@ -87,11 +172,20 @@ async fn run_attempt(shared: &Shared, message: &Message, reporter: &Reporter) ->
     let Some(kind) = shared.registry.get(&job.kind) else {
         return Outcome::UnknownKind(unknown_kind(shared, job));
     };
-    // The start is stored while the job runs: its acknowledgement is awaited with the
-    // outcome's. Sent before the work begins, so an execution whose worker dies once the
-    // start has left the process is still on record.
-    if let Err(error) = reporter.publish_start().await {
-        tracing::warn!(%error, job = %job.job, "cannot report the start; handing the job back");
+    // A first delivery's start is stored while the job runs (its acknowledgement is awaited
+    // with the outcome's), sent before the work begins, so an execution whose worker dies
+    // once the start has left the process is on record. A redelivery's, or one that cannot
+    // be sent, is stored first.
+    let pipelined = start == Start::Pipelined
+        && match reporter.publish_start().await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, job = %job.job, "cannot send the start; storing it before the job runs");
+                false
+            }
+        };
+    if !pipelined && let Err(error) = reporter.store_start(message).await {
+        tracing::warn!(%error, job = %job.job, "the start was not stored; handing the job back");
         return Outcome::Unreported;
     }
     let cancel = shared.stop_jobs.child_token();
@@ -204,18 +298,6 @@ async fn perform(
         _ = &mut keep_alive => {}
     }
     Ok(Err(JobError::retryable(format!("timed out after {}", HumanDuration::from_duration(timeout)))))
-}
-
-/// Sends an in-progress ack every `interval`, for ever.
-async fn keep_alive(interval: Duration, message: &Message, job: &str) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.tick().await;
-    loop {
-        ticker.tick().await;
-        if let Err(error) = message.ack_with(AckKind::Progress).await {
-            tracing::warn!(%error, job, "in-progress ack failed");
-        }
-    }
 }
 
 /// What the job's result means, given what happened around it meanwhile.

@@ -26,7 +26,9 @@ mod announce;
 mod completer;
 mod delivery;
 mod executor;
+mod held;
 mod producer;
+mod redelivery;
 mod reporter;
 
 use std::collections::BTreeSet;
@@ -50,6 +52,7 @@ use crate::registry::Registry;
 use crate::stops::RunStops;
 use announce::{Announcer, check_kinds, live_workers};
 use completer::{Completer, InlineCompleter};
+use held::HeldJobs;
 use producer::{Producer, report_panic};
 
 /// What every job task shares. Set up by [`run`] before any task starts; after that only
@@ -58,6 +61,8 @@ struct Shared {
     js: jetstream::Context,
     registry: Registry,
     config: WorkerConfig,
+    /// The pool's ack wait: a redelivery deferred for a live worker comes back after it.
+    ack_wait: Duration,
     /// In-progress acks are sent this often while a job runs.
     progress_interval: Duration,
     /// The worker's `config.concurrency` slots: a job holds one while its work runs.
@@ -66,8 +71,12 @@ struct Shared {
     stop_jobs: CancellationToken,
     /// Running jobs by run, for stopping a cancelled run's jobs (written by the stop listener).
     stops: RunStops,
-    /// Job records, for the outputs of the jobs a job needs.
+    /// Job records, for the outputs of the jobs a job needs (and a redelivery's attempts).
     job_records: jetstream::kv::Store,
+    /// The jobs being run here, so a redelivery of one is not run twice by this worker.
+    held: HeldJobs,
+    /// KV `sluice-workers`: whether the worker of a redelivered job's open attempt is alive.
+    workers: jetstream::kv::Store,
     /// Whether the last job to finish was short: only then are jobs fetched ahead. Set by
     /// executors when a job ends; cleared by the producer when a fetched job waits too long.
     short_jobs: AtomicBool,
@@ -94,16 +103,19 @@ pub async fn run(
     let progress_interval = (ack_wait / 3).max(Duration::from_millis(PROGRESS_INTERVAL_MIN_MS));
     tracing::info!(pool = %config.pool, concurrency = config.concurrency, kinds = ?kinds, worker = %config.worker_id, ack_wait_ms = ack_wait.as_millis() as u64, "worker ready");
     let slots = Arc::new(Semaphore::new(config.concurrency));
-    let announcer = Announcer::new(opened.workers, &config, kinds, slots.clone());
+    let announcer = Announcer::new(opened.workers.clone(), &config, kinds, slots.clone());
     let shared = Arc::new(Shared {
         js,
         registry,
         config,
+        ack_wait,
         progress_interval,
         slots,
         stop_jobs: CancellationToken::new(),
         stops: RunStops::default(),
         job_records: opened.job_records,
+        held: HeldJobs::default(),
+        workers: opened.workers,
         short_jobs: AtomicBool::new(false),
     });
     let stop_announcing = CancellationToken::new();

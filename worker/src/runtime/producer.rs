@@ -236,23 +236,28 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 }
 
 /// Gives a job that was fetched but never started back to its pool without using up an
-/// attempt (a NAK would: the attempt is the delivery count): a copy whose first delivery is
-/// the same attempt is stored, then this delivery is terminated. The copy is stored only if
+/// attempt. A first delivery's next delivery would be planned from the records (see
+/// `redelivery`), costing reads and a stored start; instead a copy is stored whose first
+/// delivery is the same attempt, then this delivery is terminated. The copy is stored only if
 /// this message is still the job's latest (`Nats-Expected-Last-Subject-Sequence`), so a job
 /// whose run was cancelled (its messages withdrawn) or dispatched again does not come back.
-/// If the copy cannot be stored for another reason, the delivery is NAKed (the job still
-/// runs, one attempt later).
+/// A redelivery, or a job whose copy cannot be stored, is NAKed: its next delivery's attempt
+/// comes from what is on record, so nothing is charged either way.
 pub(crate) async fn hand_back(shared: &Shared, message: &Message) {
-    let Ok(info) = message.info() else {
-        let _ = message.ack_with(AckKind::Nak(None)).await;
-        return;
+    let sequence = match message.info() {
+        Ok(info) if info.delivered <= 1 => info.stream_sequence,
+        _ => {
+            if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
+                tracing::warn!(%error, "handing back a job failed; it returns after its ack wait");
+            }
+            return;
+        }
     };
-    let (sequence, delivered) = (info.stream_sequence, u32::try_from(info.delivered).unwrap_or(u32::MAX));
-    let settled = match store_copy(shared, message, sequence, delivered).await {
+    let settled = match store_copy(shared, message, sequence).await {
         // Stored, or refused because the job was withdrawn or dispatched again.
         Ok(_) => message.ack_with(AckKind::Term).await,
         Err(error) => {
-            tracing::warn!(%error, "cannot hand back a job as it was; it returns as its next attempt");
+            tracing::warn!(%error, "cannot hand back a job as a copy; NAKed instead");
             message.ack_with(AckKind::Nak(None)).await
         }
     };
@@ -263,10 +268,9 @@ pub(crate) async fn hand_back(shared: &Shared, message: &Message) {
 
 /// Stores the copy [`hand_back`] gives back: `Ok(true)` stored; `Ok(false)` refused, the
 /// message at `sequence` is no longer the job's latest.
-async fn store_copy(shared: &Shared, message: &Message, sequence: u64, delivered: u32) -> Result<bool, String> {
+async fn store_copy(shared: &Shared, message: &Message, sequence: u64) -> Result<bool, String> {
     let job: JobMessage = decode(&message.payload).map_err(|error| format!("reading the job: {error}"))?;
-    let attempt = job.attempt_offset.saturating_add(delivered);
-    let copy = copy_in_series(&job, attempt.saturating_sub(1));
+    let copy = copy_in_series(&job, job.attempt_offset);
     let mut headers = copy_headers(message, &copy);
     headers.insert(names::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE, sequence.to_string().as_str());
     let payload = encode(&copy).map_err(|error| format!("encoding the copy: {error}"))?;

@@ -1,19 +1,23 @@
-//! Publishing an attempt's events: its start (not waited for) and its outcome (durable).
+//! Publishing an attempt's events: its start (pipelined on a first delivery, stored first on
+//! a redelivery) and its outcome (stored before the message is settled).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::{self, context::PublishAckFuture};
+use async_nats::jetstream::{self, Message, context::PublishAckFuture};
 use chrono::{DateTime, Utc};
 use sluice_proto::limits::ERROR_TEXT_MAX_BYTES;
 use sluice_proto::messages::truncate_error;
 use sluice_proto::{EventKind, JobEvent, JobMessage, RunId, SCHEMA_VERSION, encode, names};
 use tokio::sync::OwnedSemaphorePermit;
+use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::delivery::keep_alive;
+use super::held::Holding;
 use crate::error::WorkerError;
-use crate::limits::{EVENT_PUBLISH_BACKOFF_FIRST_MS, EVENT_PUBLISH_TRIES_MAX};
+use crate::limits::{EVENT_PUBLISH_BACKOFF_FIRST_MS, EVENT_PUBLISH_BACKOFF_MAX_MS};
 
 /// One attempt of a job: what its events say, and the worker slot it holds.
 pub(crate) struct Reporter {
@@ -27,6 +31,8 @@ pub(crate) struct Reporter {
     /// When this attempt began, for its outcome event (so the start time is known even if
     /// the start event was lost).
     began: DateTime<Utc>,
+    /// The job is held by this worker until its message is settled.
+    _holding: Holding,
 }
 
 /// What an outcome event says besides its kind.
@@ -38,9 +44,15 @@ pub(crate) struct Report {
 }
 
 impl Reporter {
-    pub(crate) fn new(shared: Arc<Shared>, job: JobMessage, attempt: u32, slot: OwnedSemaphorePermit) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        job: JobMessage,
+        attempt: u32,
+        slot: OwnedSemaphorePermit,
+        holding: Holding,
+    ) -> Self {
         let (slot, started) = (Mutex::new(Some(slot)), tokio::sync::Mutex::new(None));
-        Self { shared, job, attempt, slot, started, began: Utc::now() }
+        Self { shared, job, attempt, slot, started, began: Utc::now(), _holding: holding }
     }
 
     /// Gives the slot back (once the work is done: settling does not hold a slot).
@@ -48,13 +60,13 @@ impl Reporter {
         drop(self.slot.lock().unwrap_or_else(PoisonError::into_inner).take());
     }
 
-    /// Publishes the start without waiting for JetStream to store it.
+    /// Publishes the start without waiting for JetStream to store it (a first delivery's
+    /// start is pipelined with the work).
     pub(crate) async fn publish_start(&self) -> Result<(), WorkerError> {
         let event = self.event(EventKind::Started, None, None);
         let payload = encode(&event).map_err(|error| WorkerError::encode("encoding an event", error))?;
         let mut headers = HeaderMap::new();
-        let id = names::event_id(&event.run_id, &event.job, event.attempt, event.generation, "started");
-        headers.insert(names::HEADER_MSG_ID, id.as_str());
+        headers.insert(names::HEADER_MSG_ID, message_id(&event).as_str());
         let ack = self
             .shared
             .js
@@ -69,6 +81,12 @@ impl Reporter {
         Ok(())
     }
 
+    /// Stores the start before the work begins (a redelivery's, or one that could not be
+    /// sent), keeping `message` alive meanwhile: a job runs only once its attempt is on record.
+    pub(crate) async fn store_start(&self, message: &Message) -> Result<(), WorkerError> {
+        store_event(&self.shared, message, &self.event(EventKind::Started, None, None)).await
+    }
+
     /// Waits for the start event to be stored (it was published first, on the same
     /// connection, so it is stored before the outcome); a lost start only costs `status`
     /// the attempt's start time.
@@ -80,13 +98,18 @@ impl Reporter {
         }
     }
 
-    /// Publishes the attempt's outcome and waits until it is durable.
-    pub(crate) async fn publish_outcome(&self, kind: EventKind, report: Report) -> Result<(), WorkerError> {
+    /// Stores the attempt's outcome, keeping `message` alive until it is stored.
+    pub(crate) async fn store_outcome(
+        &self,
+        message: &Message,
+        kind: EventKind,
+        report: Report,
+    ) -> Result<(), WorkerError> {
         let mut event = self.event(kind, report.error, report.retry_at);
         event.output = report.output;
         event.spawned = report.spawned;
         event.started_at = Some(self.began);
-        publish_event(&self.shared.js, &self.shared.config.pool, &event).await
+        store_event(&self.shared, message, &event).await
     }
 
     fn event(&self, kind: EventKind, error: Option<String>, retry_at: Option<DateTime<Utc>>) -> JobEvent {
@@ -129,33 +152,72 @@ pub(crate) fn event(
     }
 }
 
-/// Publishes an event and waits until it is durable, retrying a few times; the
-/// `Nats-Msg-Id` makes a retry that raced a late ack harmless.
-pub(crate) async fn publish_event(js: &jetstream::Context, pool: &str, event: &JobEvent) -> Result<(), WorkerError> {
-    let payload = encode(event).map_err(|error| WorkerError::encode("encoding an event", error))?;
+/// The `Nats-Msg-Id` of an event: a re-published one is dropped as a duplicate.
+fn message_id(event: &JobEvent) -> String {
+    match event.kind {
+        EventKind::Started => {
+            names::start_event_id(&event.run_id, &event.job, event.attempt, event.generation, &event.worker)
+        }
+        kind => names::event_id(&event.run_id, &event.job, event.attempt, event.generation, kind.as_str()),
+    }
+}
+
+/// Publishes `event` and waits until it is stored, however long NATS cannot store it (an
+/// outage, a full store), while `message` is kept alive with in-progress acks, so JetStream
+/// does not give the job to another worker meanwhile (decision 8). Gives up only when the
+/// worker's shutdown grace is over; the job is then redelivered.
+pub(crate) async fn store_event(shared: &Shared, message: &Message, event: &JobEvent) -> Result<(), WorkerError> {
+    let storing = publish_until_stored(&shared.js, &shared.config.pool, event, &shared.stop_jobs);
+    tokio::pin!(storing);
+    tokio::select! {
+        result = &mut storing => result,
+        _ = keep_alive(shared.progress_interval, message, &event.job) => unreachable!("the keep-alive loop never ends"),
+    }
+}
+
+/// Publishes until JetStream acknowledges; the `Nats-Msg-Id` makes a retry that raced a late
+/// ack harmless. Pauses double from [`EVENT_PUBLISH_BACKOFF_FIRST_MS`] up to
+/// [`EVENT_PUBLISH_BACKOFF_MAX_MS`]; `stop` ends the tries.
+async fn publish_until_stored(
+    js: &jetstream::Context,
+    pool: &str,
+    event: &JobEvent,
+    stop: &CancellationToken,
+) -> Result<(), WorkerError> {
+    let payload = bytes::Bytes::from(encode(event).map_err(|error| WorkerError::encode("encoding an event", error))?);
     let subject = names::event_subject(pool, &event.run_id, &event.job);
-    let id = names::event_id(&event.run_id, &event.job, event.attempt, event.generation, event.kind.as_str());
+    let id = message_id(event);
+    let what = || format!("storing a {} event of `{}`", event.kind.as_str(), event.job);
     let mut delay = Duration::from_millis(EVENT_PUBLISH_BACKOFF_FIRST_MS);
-    let mut tries = 0;
+    let mut tries = 0u64;
     loop {
+        tries += 1;
         let mut headers = HeaderMap::new();
         headers.insert(names::HEADER_MSG_ID, id.as_str());
         let result = async {
-            js.publish_with_headers(subject.clone(), headers, payload.clone().into())
+            js.publish_with_headers(subject.clone(), headers, payload.clone())
                 .await?
                 .await
                 .map_err(async_nats::Error::from)
         }
         .await;
-        match result {
-            Ok(_) => return Ok(()),
-            Err(error) if tries + 1 >= EVENT_PUBLISH_TRIES_MAX => {
-                return Err(WorkerError::nats(format!("publishing a {} event", event.kind.as_str()), error));
+        let error = match result {
+            Ok(_) => {
+                if tries > 1 {
+                    tracing::info!(job = %event.job, tries, "{} succeeded after all", what());
+                }
+                return Ok(());
             }
-            Err(error) => tracing::warn!(%error, "publishing an event failed; retrying"),
+            Err(error) => error,
+        };
+        // The first failure and then every tenth: an outage must not flood the log.
+        if tries % 10 == 1 {
+            tracing::warn!(%error, job = %event.job, tries, "{} failed; the job is kept and the event retried", what());
         }
-        tries += 1;
-        tokio::time::sleep(delay).await;
-        delay *= 2;
+        tokio::select! {
+            _ = stop.cancelled() => return Err(WorkerError::nats(format!("{}: gave up at shutdown", what()), error)),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_millis(EVENT_PUBLISH_BACKOFF_MAX_MS));
     }
 }
