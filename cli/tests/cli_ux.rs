@@ -183,7 +183,19 @@ fn json_keeps_the_documented_key_order() {
     let status = stack.wait_for_run(id, Duration::from_secs(60));
     assert_eq!(
         keys(&status),
-        ["id", "workflow", "state", "window", "params", "created_at", "finished_at", "error", "trace_id", "jobs"]
+        [
+            "id",
+            "workflow",
+            "state",
+            "window",
+            "params",
+            "created_at",
+            "finished_at",
+            "error",
+            "trace_id",
+            "spec_hash",
+            "jobs"
+        ]
     );
     let job = &status["jobs"][0];
     assert_eq!(
@@ -204,7 +216,7 @@ fn json_keeps_the_documented_key_order() {
     );
     assert_eq!(
         keys(&job["attempt_history"][0]),
-        ["attempt", "started_at", "finished_at", "error", "worker", "redelivered_to"]
+        ["attempt", "started_at", "finished_at", "error", "worker", "redelivered_to", "spec_hash"]
     );
     let runs = stack.sluice_json(&["runs"], 0);
     assert_eq!(keys(&runs), ["runs", "next"]);

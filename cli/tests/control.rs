@@ -249,3 +249,63 @@ fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// README step 5: fix the command, then retry or replay with `--spec`; without it the run
+/// keeps its spec. Changes beyond the definitions of what runs again are refused.
+#[test]
+fn retry_and_replay_with_a_new_spec_run_the_fixed_definitions_and_refuse_other_changes() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    stack.worker(&[]);
+    let broken = "name: fixable\njobs:\n  extract: { run: exec, command: [sh, -c, 'echo extracted'] }\n  load: { run: exec, needs: [extract], retry: { max_attempts: 1 }, command: [sh, -c, 'exit 3'] }\n";
+    let file = stack.write("fixable.yaml", broken);
+    let failed = submit_and_wait(&stack, &file, 1);
+    let id = failed["id"].as_str().unwrap().to_owned();
+    // Without --spec the old command runs again.
+    let again = stack.sluice_json(&["retry", &id, "--wait"], 1);
+    assert_eq!(again["state"], "failed", "{again:#}");
+
+    let refusals = [
+        (broken.replace("  load:", "  audit: { run: noop }\n  load:"), "it adds job `audit`"),
+        (broken.replace("needs: [extract], ", ""), "it changes what job `load` needs"),
+        (broken.replace("'echo extracted'", "'echo again'"), "it changes job `extract`, which does not run again"),
+        (broken.replace("name: fixable", "name: other"), "the run's workflow is `fixable`, the new spec's `other`"),
+    ];
+    for (index, (yaml, needle)) in refusals.iter().enumerate() {
+        let spec = stack.write(&format!("refused-{index}.yaml"), yaml);
+        refused(&stack, &["retry", &id, "--spec", spec.to_str().unwrap()], 2, needle);
+    }
+    let not_yaml = stack.write("not-yaml.yaml", "jobs: [");
+    refused(&stack, &["retry", &id, "--spec", not_yaml.to_str().unwrap()], 2, "not-yaml.yaml");
+
+    let fixed = broken.replace("'exit 3'", "'echo loaded'");
+    let spec = stack.write("fixed.yaml", &fixed);
+    let retried = stack.sluice_json(&["retry", &id, "--spec", spec.to_str().unwrap(), "--wait"], 0);
+    assert_eq!(retried["state"], "succeeded", "{retried:#}");
+    let status = stack.sluice_json(&["status", &id], 0);
+    let (old_hash, new_hash) = (sluice_proto::WorkflowSpec::hash(broken), sluice_proto::WorkflowSpec::hash(&fixed));
+    assert_eq!(status["spec_hash"], new_hash.as_str(), "{status:#}");
+    let load = status["jobs"].as_array().unwrap().iter().find(|job| job["name"] == "load").unwrap();
+    let ran_with: Vec<&str> = load["attempt_history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|attempt| attempt["spec_hash"].as_str().unwrap())
+        .collect();
+    assert_eq!(ran_with, [old_hash.as_str(), old_hash.as_str(), new_hash.as_str()], "{load:#}");
+    let human = text(&stack.sluice(&["status", &id, "--job", "load"]).stdout);
+    assert!(human.contains(&format!("(spec {})", &old_hash[..12])), "older attempts name their spec: {human}");
+
+    // A dead letter replayed with a fixed spec.
+    let doomed = stack.write("doomed.yaml", &broken.replace("name: fixable", "name: replayable"));
+    let failed = submit_and_wait(&stack, &doomed, 1);
+    let run = failed["id"].as_str().unwrap().to_owned();
+    let letters = stack.sluice_json(&["dlq", "list"], 0);
+    let letter =
+        letters["dead_letters"].as_array().unwrap().iter().find(|letter| letter["run_id"] == run.as_str()).unwrap();
+    let letter_id = letter["id"].to_string();
+    let replay_fix = stack.write("replay-fix.yaml", &fixed.replace("name: fixable", "name: replayable"));
+    stack.sluice_json(&["dlq", "replay", &letter_id, "--spec", replay_fix.to_str().unwrap()], 0);
+    let status = stack.wait_for_run(&run, Duration::from_secs(30));
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+}

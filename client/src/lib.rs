@@ -9,6 +9,7 @@
 //!   workflow, origin, state; by window day; by id suffix);
 //! - [`requests`]: submit a workflow, and send control requests (cancel, retry, replay,
 //!   schedules, backfills, purges) that the coordinator answers;
+//! - [`specs`]: workflow specs, stored once by hash;
 //! - [`pipeline`]: pipelined publishing with bounded acknowledgements in flight.
 //!
 //! The client writes nothing but submissions and control requests: the coordinator is the
@@ -28,6 +29,7 @@ pub mod error;
 pub mod pipeline;
 pub mod requests;
 pub mod runs;
+pub mod specs;
 pub mod stores;
 pub mod view;
 

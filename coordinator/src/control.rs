@@ -359,6 +359,7 @@ pub fn refusal_kind(refused: &crate::engine::Refused) -> RefusalKind {
     use crate::engine::Refused;
     match refused {
         Refused::UnknownJob { .. } => RefusalKind::NotFound,
+        Refused::SpecChange { .. } => RefusalKind::Invalid,
         Refused::Finished { .. }
         | Refused::StillRunning { .. }
         | Refused::NothingToRetry { .. }

@@ -61,6 +61,7 @@ pub fn check(
     Ok(NewRun {
         id: submission.run_id,
         spec,
+        spec_hash: WorkflowSpec::hash(&submission.workflow),
         spec_yaml: submission.workflow,
         window,
         params,

@@ -22,6 +22,7 @@ pub mod outbox;
 pub mod pools;
 pub mod service;
 pub mod spawns;
+pub mod specs;
 pub mod store;
 pub mod timekeeper;
 pub mod topology;

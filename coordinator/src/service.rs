@@ -16,14 +16,14 @@ use async_nats::jetstream::{self, Message};
 use chrono::Utc;
 use sluice_proto::{
     ControlAction, ControlRequest, DeadLetter, EventKind, JobEvent, JobMessage, RefusalKind, Rejection, RunId,
-    TraceParent, decode, encode, names,
+    TraceParent, WorkflowSpec, decode, encode, names,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::announce;
 use crate::control::{self, Answer};
 use crate::dispatch::{publish_raw_dead_letter, reached_workers};
-use crate::engine::{Effect, Input, NotApplied, Run};
+use crate::engine::{Effect, Input, NewSpec, NotApplied, Run};
 use crate::error::{ErrorClass, NatsContext, ServiceError};
 use crate::inbox::{Consumers, Inbound};
 use crate::index::{self, Index};
@@ -32,6 +32,7 @@ use crate::leadership;
 use crate::outbox::Outbox;
 use crate::pools;
 use crate::spawns;
+use crate::specs::{self, StoredSpecs, Unreadable};
 use crate::store::{self, saves_of};
 use crate::timekeeper;
 use crate::topology::{self, Topology};
@@ -154,6 +155,8 @@ struct Coordinator {
     pools: BTreeSet<String>,
     active: HashMap<RunId, Run>,
     outbox: Outbox,
+    /// The specs known to be in `sluice-specs`.
+    specs: StoredSpecs,
 }
 
 impl Coordinator {
@@ -164,6 +167,7 @@ impl Coordinator {
             pools: BTreeSet::new(),
             active: HashMap::new(),
             outbox: Outbox::new(js.clone()),
+            specs: StoredSpecs::default(),
             js,
         }
     }
@@ -258,7 +262,15 @@ impl Coordinator {
             self.outbox.revisions.remember_job(id, &name, revision);
             jobs.insert(name, job);
         }
-        match Run::restore(record, jobs, now) {
+        let spec = match specs::of_run(topology, &record).await {
+            Ok(spec) => spec,
+            Err(Unreadable::Failed(error)) => return Err(error),
+            Err(Unreadable::Broken(reason)) => {
+                tracing::error!(run = %id, %reason, "run cannot be restored (its spec); leaving it as stored");
+                return Ok(Vec::new());
+            }
+        };
+        match Run::restore(record, spec, jobs, now) {
             Ok((run, reconcile)) => {
                 if !run.record().state.is_terminal() {
                     self.ran.insert(*id);
@@ -353,7 +365,7 @@ impl Coordinator {
                     tracing::debug!(run = %id, "submission already accepted");
                 } else {
                     let workflow = new.spec.name.clone();
-                    match self.start(new).await {
+                    match self.start(topology, new).await {
                         Ok(()) => {
                             tracing::info!(run = %id, %workflow, trace_id = %traceparent.trace_id_hex(), "run started")
                         }
@@ -376,8 +388,10 @@ impl Coordinator {
     }
 
     /// Creates a run: indexed, its records written, its first jobs dispatched.
-    async fn start(&mut self, new: crate::engine::NewRun) -> Result<(), ServiceError> {
+    async fn start(&mut self, topology: &Topology, new: crate::engine::NewRun) -> Result<(), ServiceError> {
         let id = new.id;
+        // Stored before any record names it.
+        self.specs.put(topology, &new.spec_hash, &new.spec_yaml).await?;
         let (run, effects) = Run::start(new, Utc::now());
         // Indexed before its record exists: a stored run is always listed.
         self.index.running(run.record(), true).await?;
@@ -635,9 +649,16 @@ impl Coordinator {
             forget_dead_letter(&dlq, *sequence).await?;
             return Ok(Answer::refused(RefusalKind::Conflict, refusal));
         }
+        let spec = match &request.spec {
+            Some(yaml) if request.action != ControlAction::Cancel => match new_spec(yaml, &self.pools) {
+                Ok(spec) => Some((spec, yaml)),
+                Err(reason) => return Ok(Answer::refused(RefusalKind::Invalid, reason)),
+            },
+            _ => None,
+        };
         let input = match request.action {
             ControlAction::Cancel => Input::Cancel,
-            _ => Input::Rerun { only: request.job.clone() },
+            _ => Input::Rerun { only: request.job.clone(), spec: spec.as_ref().map(|(spec, _)| spec.clone()) },
         };
         let effects = match run.apply(input, now) {
             Ok(effects) => effects,
@@ -648,6 +669,13 @@ impl Coordinator {
             Err(NotApplied::Ignored(ignored)) => {
                 return Ok(Answer::refused(RefusalKind::Conflict, ignored.to_string()));
             }
+        };
+        if let Some((spec, yaml)) = &spec {
+            // Before the run record that names it is saved.
+            self.specs.put(topology, &spec.hash, yaml).await?;
+        }
+        let Some(run) = self.active.get_mut(&id) else {
+            return Ok(Answer::refused(RefusalKind::NotFound, format!("no run {id}")));
         };
         let changed = saved_jobs(&effects);
         // A finished run retried runs again: back in the running set before its record says so.
@@ -682,6 +710,13 @@ impl Coordinator {
         }
         Ok(())
     }
+}
+
+/// A `--spec` for a rerun, parsed and checked as a submission's would be.
+fn new_spec(yaml: &str, pools: &BTreeSet<String>) -> Result<NewSpec, String> {
+    let spec = WorkflowSpec::parse(yaml).map_err(|error| format!("--spec: {error}"))?;
+    intake::check_pools(&spec, pools).map_err(|reason| format!("--spec: {reason}"))?;
+    Ok(NewSpec { spec: Arc::new(spec), hash: WorkflowSpec::hash(yaml) })
 }
 
 /// The job paths a list of effects saves: what a control request changed, in order.

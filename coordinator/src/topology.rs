@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, kv, stream};
+use async_nats::jetstream::{self, consumer, kv, object_store, stream};
 use sluice_proto::names;
 
 use sluice_proto::limits::SERVER_MAX_PAYLOAD_MIN_BYTES;
@@ -78,6 +78,8 @@ pub struct Topology {
     pub pools: kv::Store,
     pub workers: kv::Store,
     pub active: kv::Store,
+    /// Object store `sluice-specs`: each spec once, under its hash.
+    pub specs: object_store::ObjectStore,
 }
 
 fn work_queue(name: &str, subjects: &str, description: &str) -> stream::Config {
@@ -255,13 +257,34 @@ async fn ensure_core(js: &jetstream::Context, replicas: usize) -> Result<Topolog
         .create_or_update_key_value(kv_bucket(names::ACTIVE_BUCKET, "Sluice running runs (what a new leader loads)", 1))
         .await
         .context("creating KV sluice-active")?;
+    let specs = js
+        .create_object_store(object_store::Config {
+            bucket: names::SPECS_BUCKET.to_owned(),
+            description: Some("Sluice workflow specs, each once, by content hash".to_owned()),
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            ..Default::default()
+        })
+        .await
+        .context(format!("creating object store {}", names::SPECS_BUCKET))?;
     // Last: its `default` entry tells clients that everything else is in place.
     let pools = js
         .create_or_update_key_value(kv_bucket(names::POOLS_BUCKET, "Sluice declared pools", 1))
         .await
         .context("creating KV sluice-pools")?;
-    let topology =
-        Topology { js: js.clone(), runs, jobs, idempotency, schedules, backfills, outcomes, pools, workers, active };
+    let topology = Topology {
+        js: js.clone(),
+        runs,
+        jobs,
+        idempotency,
+        schedules,
+        backfills,
+        outcomes,
+        pools,
+        workers,
+        active,
+        specs,
+    };
     crate::pools::ensure_declared(&topology, chrono::Utc::now()).await?;
     Ok(topology)
 }

@@ -299,7 +299,8 @@ where
     if name != "W1" && name != "W4" {
         for run in &runs {
             let jobs = workloads::job_records(&js, run).await?;
-            latencies.extend(workloads::dispatch_latencies(run, &jobs));
+            let yaml = sluice_client::specs::of_run(&js, run).await?;
+            latencies.extend(workloads::dispatch_latencies(&yaml, &jobs));
         }
     }
     println!("{name}: {:.1} s", started.elapsed().as_secs_f64());

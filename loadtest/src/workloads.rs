@@ -101,8 +101,9 @@ pub async fn job_records(js: &jetstream::Context, run: &RunRecord) -> Result<Has
 
 /// Dependency finished → dependent started, in seconds, for every job that waited on
 /// another: its `needs`, or (a child) its parent's successful attempt.
-pub fn dispatch_latencies(run: &RunRecord, jobs: &HashMap<String, JobRecord>) -> Vec<f64> {
-    let Ok(spec) = WorkflowSpec::parse(&run.spec_yaml) else { return Vec::new() };
+/// `spec_yaml` is the run's spec.
+pub fn dispatch_latencies(spec_yaml: &str, jobs: &HashMap<String, JobRecord>) -> Vec<f64> {
+    let Ok(spec) = WorkflowSpec::parse(spec_yaml) else { return Vec::new() };
     let mut latencies = Vec::new();
     for job in jobs.values() {
         let Some(started) = job.attempt_history.first().map(|attempt| attempt.started_at) else { continue };

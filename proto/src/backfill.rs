@@ -70,6 +70,7 @@ mod tests {
             id: RunId::new(),
             workflow: "w".into(),
             spec_yaml: String::new(),
+            spec_hash: None,
             window,
             params: Default::default(),
             state,

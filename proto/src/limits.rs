@@ -27,9 +27,12 @@ pub const SERVER_MAX_PAYLOAD_MIN_BYTES: usize = 1024 * 1024;
 pub const RECORD_OVERHEAD_BYTES: usize = 16 * 1024;
 /// Largest job message: one definition, the run's params, and small fields.
 pub const JOB_MESSAGE_MAX_BYTES: usize = JOB_DEFINITION_MAX_BYTES + PARAMS_MAX_BYTES + RECORD_OVERHEAD_BYTES;
-/// Largest one kept attempt: its error, its worker and the workers it was redelivered to.
+/// A spec's hash as records keep it: SHA-256 in hex.
+pub const SPEC_HASH_BYTES: usize = 64;
+/// Largest one kept attempt: its error, its worker, the workers it was redelivered to and the
+/// hash of its spec.
 pub const ATTEMPT_RECORD_MAX_BYTES: usize =
-    ERROR_TEXT_MAX_BYTES + WORKER_NAME_MAX_BYTES * (1 + crate::messages::REDELIVERIES_KEPT) + 64;
+    ERROR_TEXT_MAX_BYTES + WORKER_NAME_MAX_BYTES * (1 + crate::messages::REDELIVERIES_KEPT) + SPEC_HASH_BYTES + 64;
 /// Largest attempt history (the first and the latest [`ATTEMPTS_KEPT_LATEST`]).
 pub const ATTEMPT_HISTORY_MAX_BYTES: usize = (1 + ATTEMPTS_KEPT_LATEST) * ATTEMPT_RECORD_MAX_BYTES;
 /// Largest job record: its history, error, output and (a child's) definition.

@@ -203,8 +203,13 @@ pub struct RunRecord {
     pub schema_version: u32,
     pub id: RunId,
     pub workflow: String,
-    /// The YAML the run was submitted with; retries and replays use this copy.
+    /// The YAML, in records written before specs were stored by hash (empty since).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub spec_yaml: String,
+    /// The spec the run's jobs are dispatched with: its hash in [`crate::names::SPECS_BUCKET`].
+    /// The submitted one, or the one a `retry --spec` or `dlq replay --spec` brought.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
     pub window: Window,
     #[serde(default)]
     pub params: BTreeMap<String, String>,
@@ -271,6 +276,9 @@ pub struct AttemptRecord {
     /// same delivery count, e.g. after a nats-server crash lost consumer state).
     #[serde(default)]
     pub redelivered_to: Vec<String>,
+    /// The hash of the spec the attempt ran with (absent in records from before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec_hash: Option<String>,
 }
 
 /// Redeliveries of one attempt kept in its record, at most.
@@ -399,6 +407,10 @@ pub struct ControlRequest {
     /// job is queued again.
     #[serde(default)]
     pub dead_letter: Option<u64>,
+    /// For `retry` and `replay`: a new YAML for what runs again (`--spec`). It may change only
+    /// the definitions of the jobs that run again; the run keeps it from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
 }
 versioned!(ControlRequest, "control request");
 
@@ -414,6 +426,7 @@ impl ControlRequest {
             job: None,
             requested_at: Utc::now(),
             dead_letter: None,
+            spec: None,
         }
     }
 

@@ -73,6 +73,9 @@ pub const STOP_SUBJECTS: &str = "sluice.stop.>";
 pub const RUNS_BUCKET: &str = "sluice-runs";
 /// KV bucket of job records, keyed by `<run_id>.<job>`.
 pub const JOBS_BUCKET: &str = "sluice-jobs";
+/// Object store of workflow specs, each stored once under its content hash
+/// ([`crate::WorkflowSpec::hash`]); run records and attempts refer to hashes (decision 10).
+pub const SPECS_BUCKET: &str = "sluice-specs";
 /// KV bucket holding the coordinator leadership lease (entries expire: see `LEASE_TTL`).
 pub const LEADER_BUCKET: &str = "sluice-leader";
 /// The lease's key.

@@ -155,6 +155,13 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
 
 impl WorkflowSpec {
     /// Parses and validates workflow YAML.
+    /// The content hash a spec is stored under in [`crate::names::SPECS_BUCKET`]: SHA-256 of
+    /// the YAML as submitted, in lowercase hex (64 characters).
+    pub fn hash(yaml: &str) -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(yaml.as_bytes()).iter().map(|byte| format!("{byte:02x}")).collect()
+    }
+
     pub fn parse(yaml: &str) -> Result<Self, SpecError> {
         if yaml.len() > WORKFLOW_YAML_MAX_BYTES {
             return Err(SpecError::TooLarge { bytes: yaml.len() });
@@ -516,6 +523,74 @@ fn edit_distance(a: &str, b: &str) -> usize {
         previous = current;
     }
     previous[b.len()]
+}
+
+impl WorkflowSpec {
+    /// What a rerun with `new` (`retry --spec`, `dlq replay --spec`) would change that it may
+    /// not, one sentence each (empty: the rerun may use it). Only the definitions (`run`,
+    /// `command`, `config`, `pool`, `retry`, `timeout`, exit codes, limits) of the jobs that
+    /// run again (`reruns`) may change, and descriptions; adding or removing jobs, changing
+    /// what a job needs, and changing the workflow's own settings are refused, naming them.
+    pub fn rerun_changes(&self, new: &WorkflowSpec, reruns: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut problems = Vec::new();
+        if new.name != self.name {
+            problems.push(format!("the run's workflow is `{}`, the new spec's `{}`", self.name, new.name));
+        }
+        let settings = [
+            ("timezone", self.timezone != new.timezone),
+            ("params", self.params != new.params),
+            ("defaults", self.defaults != new.defaults),
+            ("on_failure", self.on_failure != new.on_failure),
+            ("max_parallel", self.max_parallel != new.max_parallel),
+            ("schedule", self.schedule != new.schedule),
+        ];
+        let changed: Vec<&str> = settings.iter().filter(|(_, changed)| *changed).map(|(name, _)| *name).collect();
+        if !changed.is_empty() {
+            problems.push(format!("it changes the workflow's {}", quoted(&changed)));
+        }
+        let added: Vec<&str> =
+            new.jobs.keys().filter(|name| !self.jobs.contains_key(*name)).map(String::as_str).collect();
+        if !added.is_empty() {
+            problems.push(format!("it adds {}", jobs_named(&added)));
+        }
+        let removed: Vec<&str> =
+            self.jobs.keys().filter(|name| !new.jobs.contains_key(*name)).map(String::as_str).collect();
+        if !removed.is_empty() {
+            problems.push(format!("it removes {}", jobs_named(&removed)));
+        }
+        let (mut needs, mut kept) = (Vec::new(), Vec::new());
+        for (name, old) in &self.jobs {
+            let Some(job) = new.jobs.get(name) else { continue };
+            if job.needs != old.needs {
+                needs.push(name.as_str());
+            } else if !reruns(name) && definition(job) != definition(old) {
+                kept.push(name.as_str());
+            }
+        }
+        if !needs.is_empty() {
+            let verb = if needs.len() == 1 { "needs" } else { "need" };
+            problems.push(format!("it changes what {} {verb}", jobs_named(&needs)));
+        }
+        if !kept.is_empty() {
+            let verb = if kept.len() == 1 { "does" } else { "do" };
+            problems.push(format!("it changes {}, which {verb} not run again", jobs_named(&kept)));
+        }
+        problems
+    }
+}
+
+/// A job's definition as a rerun compares it: what it runs, not what it needs or says.
+fn definition(job: &JobSpec) -> JobSpec {
+    JobSpec { needs: Vec::new(), description: None, ..job.clone() }
+}
+
+fn quoted(names: &[&str]) -> String {
+    names.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", ")
+}
+
+fn jobs_named(names: &[&str]) -> String {
+    let word = if names.len() == 1 { "job" } else { "jobs" };
+    format!("{word} {}", quoted(names))
 }
 
 impl fmt::Display for WorkflowSpec {

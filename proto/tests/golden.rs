@@ -225,6 +225,7 @@ fn run_and_job_records() {
             id: run_id(),
             workflow: "w".into(),
             spec_yaml: "name: w\njobs:\n  a: { run: noop }\n".into(),
+            spec_hash: None,
             window: window(),
             params: BTreeMap::new(),
             state: RunState::Running,
@@ -260,6 +261,7 @@ fn run_and_job_records() {
                 error: None,
                 worker: "worker-1".into(),
                 redelivered_to: vec![],
+                spec_hash: None,
             }],
             parent: None,
             definition: None,
@@ -304,6 +306,7 @@ fn dead_letter() {
                 error: Some("exit code 1".into()),
                 worker: "worker-1".into(),
                 redelivered_to: vec![],
+                spec_hash: None,
             }],
             dead_at: time("2024-03-02T08:00:02Z"),
             attempts_omitted: 0,
@@ -324,6 +327,7 @@ fn control_requests_and_outcomes() {
             job: Some("clean".into()),
             requested_at: time("2024-03-02T08:00:00Z"),
             dead_letter: Some(7),
+            spec: None,
         },
     );
     check(
@@ -337,6 +341,7 @@ fn control_requests_and_outcomes() {
             job: None,
             requested_at: time("2024-03-02T08:00:00Z"),
             dead_letter: None,
+            spec: None,
         },
     );
     check(
@@ -358,6 +363,7 @@ fn control_requests_and_outcomes() {
             job: None,
             requested_at: time("2024-03-02T08:00:00Z"),
             dead_letter: None,
+            spec: None,
         },
     );
     check(

@@ -89,6 +89,7 @@ fn attempt(number: u32, error_bytes: usize) -> AttemptRecord {
         error: Some("e".repeat(error_bytes)),
         worker: "w".repeat(WORKER_NAME_MAX_BYTES),
         redelivered_to: vec!["r".repeat(WORKER_NAME_MAX_BYTES); REDELIVERIES_KEPT],
+        spec_hash: Some(sluice_proto::WorkflowSpec::hash("name: w")),
     }
 }
 

@@ -65,12 +65,11 @@ pub async fn run(url: &str, args: AuditArgs, format: Format) -> Result<ExitCode,
         None => {
             let filter = sluice_client::runs::RunFilter { workflow: Some(args.workflow.clone()), ..Default::default() };
             let newest = sluice_client::runs::list(&js, &filter, 1, None).await?;
-            newest
-                .runs
-                .first()
-                .and_then(|run| WorkflowSpec::parse(&run.spec_yaml).ok())
-                .map(|spec| spec.zone())
-                .unwrap_or(chrono_tz::UTC)
+            let yaml = match newest.runs.first() {
+                Some(run) => Some(sluice_client::specs::of_run(&js, run).await?),
+                None => None,
+            };
+            yaml.and_then(|yaml| WorkflowSpec::parse(&yaml).ok()).map(|spec| spec.zone()).unwrap_or(chrono_tz::UTC)
         }
     };
     let runs = sluice_client::runs::by_local_days(&js, &args.workflow, from, to).await?;

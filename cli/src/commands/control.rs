@@ -40,6 +40,12 @@ pub struct RetryArgs {
     /// Follow the run to its end; exit 0 only if it succeeded.
     #[arg(long)]
     wait: bool,
+    /// Take the definitions of the jobs that run again from this workflow file (a fixed
+    /// command, config, retry, timeout or pool). Adding or removing jobs, changing `needs`,
+    /// or changing a job that does not run again is refused, naming the jobs. Without it the
+    /// run keeps the spec it has.
+    #[arg(long, value_name = "FILE")]
+    spec: Option<std::path::PathBuf>,
 }
 
 pub async fn retry(url: &str, args: RetryArgs, format: Format) -> Result<ExitCode, CliError> {
@@ -51,7 +57,9 @@ pub async fn retry(url: &str, args: RetryArgs, format: Format) -> Result<ExitCod
         let names: Vec<&str> = view.jobs.iter().map(|job| job.name.as_str()).collect();
         return Err(CliError::usage(format!("run {id} has no job `{job}`; its jobs are {}", names.join(", "))));
     }
-    let request = ControlRequest { job: args.job.clone(), ..ControlRequest::new(ControlAction::Retry, Some(id), "") };
+    let spec = args.spec.as_deref().map(super::read_workflow).transpose()?.map(|(_, yaml)| yaml);
+    let request =
+        ControlRequest { job: args.job.clone(), spec, ..ControlRequest::new(ControlAction::Retry, Some(id), "") };
     let outcome = applied(ask(&js, request).await?)?;
     if format == Format::Human {
         outln!("retrying run {id}: {}", outcome.changed.join(", "))?;

@@ -27,6 +27,10 @@ pub enum DlqCommand {
         all: bool,
         #[command(flatten)]
         filters: Filters,
+        /// Take the definitions of the jobs that run again from this workflow file, as
+        /// `retry --spec` does (`--workflow` stays a filter).
+        #[arg(long, value_name = "FILE")]
+        spec: Option<std::path::PathBuf>,
     },
     /// Delete dead letters that match the filters (all of them without filters).
     Purge(Filters),
@@ -73,8 +77,12 @@ pub async fn run(url: &str, command: DlqCommand, format: Format) -> Result<ExitC
         DlqCommand::Replay { id: Some(_), filters, .. } if filters.workflow.is_some() || filters.pool.is_some() => {
             Err(CliError::usage("--workflow and --pool go with --all, not with a dead letter ID"))
         }
-        DlqCommand::Replay { id: Some(id), .. } => replay(&js, Some(id), &Filters::default(), format).await,
-        DlqCommand::Replay { id: None, all: true, filters } => replay(&js, None, &filters, format).await,
+        DlqCommand::Replay { id: Some(id), spec, .. } => {
+            replay(&js, Some(id), &Filters::default(), spec_of(spec.as_deref())?, format).await
+        }
+        DlqCommand::Replay { id: None, all: true, filters, spec } => {
+            replay(&js, None, &filters, spec_of(spec.as_deref())?, format).await
+        }
         DlqCommand::Replay { .. } => Err(CliError::usage("name a dead letter (`sluice dlq replay ID`) or use --all")),
         DlqCommand::Purge(filters) => purge(&js, &filters, format).await,
     }
@@ -190,10 +198,16 @@ async fn show(js: &jetstream::Context, id: u64, format: Format) -> Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
+/// The YAML of a `--spec` file, checked as `validate` would.
+fn spec_of(file: Option<&std::path::Path>) -> Result<Option<String>, CliError> {
+    Ok(file.map(super::read_workflow).transpose()?.map(|(_, yaml)| yaml))
+}
+
 async fn replay(
     js: &jetstream::Context,
     id: Option<u64>,
     filters: &Filters,
+    spec: Option<String>,
     format: Format,
 ) -> Result<ExitCode, CliError> {
     let chosen: Vec<Letter> = match id {
@@ -215,6 +229,7 @@ async fn replay(
         let request = ControlRequest {
             job: Some(letter.job.job.clone()),
             dead_letter: Some(entry.id),
+            spec: spec.clone(),
             ..ControlRequest::new(ControlAction::Retry, Some(letter.job.run_id), "")
         };
         let outcome = ask(js, request).await?;

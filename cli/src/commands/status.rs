@@ -63,6 +63,7 @@ pub fn view_json(view: &RunView) -> serde_json::Value {
         "finished_at": time(record.finished_at),
         "error": record.error,
         "trace_id": record.traceparent.as_deref().and_then(sluice_proto::TraceParent::parse).map(|parent| parent.trace_id_hex()),
+        "spec_hash": record.spec_hash,
         "jobs": view.jobs.iter().map(|job| job_json(view, job)).collect::<Vec<_>>(),
     })
 }
@@ -99,6 +100,7 @@ fn job_json(view: &RunView, job: &JobRecord) -> serde_json::Value {
             "error": attempt.error,
             "worker": attempt.worker,
             "redelivered_to": attempt.redelivered_to,
+            "spec_hash": attempt.spec_hash,
         })).collect::<Vec<_>>(),
         "attempts_omitted": job.attempts_omitted,
     })
@@ -159,7 +161,7 @@ fn jobs_table<'a>(view: &RunView, jobs: impl Iterator<Item = &'a JobRecord>) -> 
         out.push('\n');
         out.push_str(line);
         if job.attempt_history.len() > 1 {
-            for attempt in attempt_lines(job) {
+            for attempt in attempt_lines(job, view.record.spec_hash.as_deref()) {
                 out.push_str("\n    ");
                 out.push_str(&attempt);
             }
@@ -168,15 +170,26 @@ fn jobs_table<'a>(view: &RunView, jobs: impl Iterator<Item = &'a JobRecord>) -> 
     out
 }
 
-/// A line per attempt in `job`'s history, with a note where attempts were left out.
-fn attempt_lines(job: &JobRecord) -> Vec<String> {
+/// The first 12 hex digits of a spec hash: enough to tell specs apart on screen.
+fn short_hash(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
+}
+
+/// A line per attempt in `job`'s history, with a note where attempts were left out; an
+/// attempt that ran with another spec than the run's current one (`view_spec`) says which.
+fn attempt_lines(job: &JobRecord, view_spec: Option<&str>) -> Vec<String> {
     let mut out = Vec::new();
     for (index, attempt) in job.attempt_history.iter().enumerate() {
         if index == 1 && job.attempts_omitted > 0 {
             out.push(format!("… {} attempts omitted (the first and the latest are kept)", job.attempts_omitted));
         }
+        // Which spec it ran with, where a retry or replay brought another (`--spec`).
+        let spec = match (attempt.spec_hash.as_deref(), view_spec) {
+            (Some(hash), Some(current)) if hash != current => format!(" (spec {})", short_hash(hash)),
+            _ => String::new(),
+        };
         out.push(format!(
-            "attempt {} on {}: {} → {}{}",
+            "attempt {} on {}{spec}: {} → {}{}",
             attempt.attempt,
             attempt.worker,
             short_time(Some(attempt.started_at)),
@@ -212,7 +225,7 @@ fn one_job_text(view: &RunView, job: &JobRecord) -> String {
     if let Some(output) = &job.output {
         out.push_str(&format!("output    {}\n", first_line(&output.to_string())));
     }
-    for line in attempt_lines(job) {
+    for line in attempt_lines(job, view.record.spec_hash.as_deref()) {
         out.push_str(&line);
         out.push('\n');
     }

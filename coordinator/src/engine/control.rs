@@ -7,7 +7,7 @@ use sluice_proto::spawn::parent_of;
 use sluice_proto::{JobState, RunState};
 
 use super::transitions::Transitions;
-use super::{Effect, Refused, Run};
+use super::{Effect, NewSpec, Refused, Run};
 
 /// The jobs a rerun touches.
 #[derive(Debug, Default)]
@@ -49,10 +49,24 @@ impl Run {
     /// completed work. A job that spawned children is not run again itself: its children
     /// that did not complete are, and it waits for them again. The run is `running` again
     /// and can still succeed. A refusal changes nothing.
-    pub(super) fn rerun(&mut self, only: Option<&str>, now: DateTime<Utc>) -> Result<Vec<Effect>, Refused> {
+    pub(super) fn rerun(
+        &mut self,
+        only: Option<&str>,
+        spec: Option<NewSpec>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Effect>, Refused> {
         let targets = self.rerun_targets(only)?;
         let plan = self.plan(targets, only.is_some());
         self.check_plan(&plan)?;
+        if let Some(new) = spec {
+            let problems = self.spec.rerun_changes(&new.spec, |name| plan.run.contains(name));
+            if !problems.is_empty() {
+                return Err(Refused::SpecChange { problems });
+            }
+            // What runs again is dispatched from the new spec; what does not is the same in both.
+            self.spec = new.spec;
+            self.record.spec_hash = Some(new.hash);
+        }
         let order: Vec<String> = self.all_paths().into_iter().filter(|name| plan.seen.contains(name)).collect();
         // The jobs whose attempts were over: the ones that may have dead letters.
         let dead: Vec<String> =

@@ -28,10 +28,12 @@ struct Report<'a> {
     /// When the attempt began, if an outcome says.
     started_at: Option<DateTime<Utc>>,
     worker: &'a str,
+    /// The hash of the spec the run dispatches with, for the attempt's record.
+    spec_hash: Option<&'a str>,
 }
 
 impl<'a> Report<'a> {
-    fn of(event: &'a JobEvent) -> Self {
+    fn of(event: &'a JobEvent, spec_hash: Option<&'a str>) -> Self {
         Self {
             job: &event.job,
             generation: event.generation,
@@ -40,11 +42,18 @@ impl<'a> Report<'a> {
             at: event.at,
             started_at: event.started_at,
             worker: &event.worker,
+            spec_hash,
         }
     }
 
     fn end(&self) -> AttemptEnd<'a> {
-        AttemptEnd { attempt: self.attempt, at: self.at, started_at: self.started_at, worker: self.worker }
+        AttemptEnd {
+            attempt: self.attempt,
+            at: self.at,
+            started_at: self.started_at,
+            worker: self.worker,
+            spec_hash: self.spec_hash,
+        }
     }
 }
 
@@ -70,7 +79,8 @@ impl Run {
         children: Option<Spawned>,
         now: DateTime<Utc>,
     ) -> Result<Vec<Effect>, Ignored> {
-        let report = Report::of(&event);
+        let spec_hash = self.record.spec_hash.clone();
+        let report = Report::of(&event, spec_hash.as_deref());
         if let Some(noted) = self.screen(&report)? {
             return Ok(noted);
         }
@@ -107,6 +117,7 @@ impl Run {
         reason: String,
         now: DateTime<Utc>,
     ) -> Result<Vec<Effect>, Ignored> {
+        let spec_hash = self.record.spec_hash.clone();
         let report = Report {
             job,
             generation,
@@ -115,6 +126,7 @@ impl Run {
             at: now,
             started_at: None,
             worker: JETSTREAM_WORKER,
+            spec_hash: spec_hash.as_deref(),
         };
         if let Some(noted) = self.screen(&report)? {
             return Ok(noted);
@@ -148,7 +160,7 @@ impl Run {
         if job.state.is_terminal() || job.state == JobState::Waiting {
             // An attempt that ran although the job had ended (its redelivery came before the
             // outcome that ended it was stored): on record, though it changes nothing else.
-            if record_late_attempt(job, report.kind, report.attempt, report.at, report.started_at, report.worker) {
+            if record_late_attempt(job, report.kind, &report.end()) {
                 return Ok(Some(vec![self.save(path)]));
             }
             return Err(Ignored::AlreadyFinished { job: path.to_owned(), state: job.state.as_str() });
@@ -166,7 +178,9 @@ impl Run {
         {
             return Err(Ignored::Duplicate { job: report.job.to_owned(), attempt: report.attempt });
         }
-        self.transition(report.job, |job| job.start_attempt(report.attempt, report.at, report.worker));
+        self.transition(report.job, |job| {
+            job.start_attempt(report.attempt, report.at, report.worker, report.spec_hash)
+        });
         Ok(())
     }
 

@@ -19,7 +19,8 @@ impl Run {
             schema_version: SCHEMA_VERSION,
             id: new.id,
             workflow: new.spec.name.clone(),
-            spec_yaml: new.spec_yaml,
+            spec_yaml: String::new(),
+            spec_hash: Some(new.spec_hash),
             window: new.window,
             params: new.params,
             state: RunState::Running,
@@ -54,15 +55,20 @@ impl Run {
     /// children all finished, a run not yet ended). Missing workflow job records are
     /// recreated as `blocked`; children whose parent's record does not list them (a spawn a
     /// crash cut short) are left out: the parent's event is applied again.
+    /// `spec` is the run's: the one its record names by hash (in `sluice-specs`), or the copy
+    /// in a record from before specs were stored by hash.
     pub fn restore(
         record: RunRecord,
+        spec: Arc<WorkflowSpec>,
         stored: HashMap<String, JobRecord>,
         now: DateTime<Utc>,
     ) -> Result<(Self, Vec<Effect>), RestoreError> {
-        let spec = WorkflowSpec::parse(&record.spec_yaml)
-            .map_err(|error| RestoreError { run_id: record.id, reason: error.to_string() })?;
+        if spec.name != record.workflow {
+            let reason = format!("its spec is of workflow `{}`, not `{}`", spec.name, record.workflow);
+            return Err(RestoreError { run_id: record.id, reason });
+        }
         let jobs = kept_records(&spec, record.id, stored);
-        let mut run = Self::assemble(record, Arc::new(spec), jobs);
+        let mut run = Self::assemble(record, spec, jobs);
         let mut effects = Vec::new();
         if run.record.state == RunState::Running {
             run.reconcile(now, &mut effects);

@@ -54,8 +54,9 @@ pub enum Input {
     /// `sluice cancel`.
     Cancel,
     /// `sluice retry` (every job that did not complete, or `only` a job and what needs it) and
-    /// dead-letter replays (`only` the dead-lettered job).
-    Rerun { only: Option<String> },
+    /// dead-letter replays (`only` the dead-lettered job); with `spec`, the jobs that run
+    /// again take their definitions from it (`--spec`).
+    Rerun { only: Option<String>, spec: Option<NewSpec> },
 }
 
 /// What the shell must do, in order.
@@ -110,6 +111,8 @@ pub enum Refused {
     InFlight { job: String, state: &'static str },
     #[error("job `{job}` needs `{need}`, which did not complete: retry `{need}` (or the whole run) instead")]
     NeedsFirst { job: String, need: String },
+    #[error("the new spec may change only the definitions of the jobs that run again: {}", problems.join("; "))]
+    SpecChange { problems: Vec<String> },
 }
 
 /// Why an event changed nothing. Not an error: duplicates and stale events are expected.
@@ -143,12 +146,22 @@ pub struct RestoreError {
     pub reason: String,
 }
 
+/// A spec a rerun brings (`--spec`), parsed and validated, with its hash.
+#[derive(Clone, Debug)]
+pub struct NewSpec {
+    pub spec: Arc<WorkflowSpec>,
+    pub hash: String,
+}
+
 /// Everything a new run needs, already validated.
 #[derive(Debug)]
 pub struct NewRun {
     pub id: RunId,
     pub spec: WorkflowSpec,
+    /// The YAML, which the shell stores under `spec_hash` before the run's records.
     pub spec_yaml: String,
+    /// Its hash ([`WorkflowSpec::hash`]): what the run record names.
+    pub spec_hash: String,
     pub window: Window,
     pub params: BTreeMap<String, String>,
     pub idempotency_key: Option<String>,
@@ -220,7 +233,7 @@ impl Run {
                 self.on_deliveries_exhausted(&job, generation, attempt, reason, now).map_err(NotApplied::from)
             }
             Input::Cancel => self.cancel(now).map_err(NotApplied::from),
-            Input::Rerun { only } => self.rerun(only.as_deref(), now).map_err(NotApplied::from),
+            Input::Rerun { only, spec } => self.rerun(only.as_deref(), spec, now).map_err(NotApplied::from),
         };
         #[cfg(debug_assertions)]
         self.check_invariants_now_and_then();
@@ -281,6 +294,11 @@ impl Run {
 
     /// The message that runs job `name` (for the first dispatch, and for re-publishing one a
     /// crash may have lost).
+    /// The spec the run dispatches with.
+    pub fn spec(&self) -> &Arc<WorkflowSpec> {
+        &self.spec
+    }
+
     pub fn dispatch_message(&self, name: &str) -> JobMessage {
         let spec = self.definition(name);
         let job = &self.jobs[name];

@@ -26,6 +26,7 @@ fn start_with_id(yaml: &str, id: RunId) -> (Run, Vec<Effect>) {
         id,
         spec,
         spec_yaml: yaml.to_owned(),
+        spec_hash: WorkflowSpec::hash(yaml),
         window,
         params: BTreeMap::new(),
         idempotency_key: None,
@@ -79,7 +80,7 @@ fn ev(event: &JobEvent) -> Input {
 }
 
 fn rerun(job: &str) -> Input {
-    Input::Rerun { only: Some(job.to_owned()) }
+    Input::Rerun { only: Some(job.to_owned()), spec: None }
 }
 
 fn saved(effects: &[Effect]) -> Vec<String> {
@@ -295,7 +296,7 @@ fn retry_reruns_what_did_not_complete_in_a_new_generation() {
     run.apply(ev(&final_failure(&run, "c", 1, 3)), at(3)).unwrap();
     assert_eq!(run.record().state, RunState::Failed);
     assert!(matches!(run.apply(rerun("zz"), at(4)), Err(NotApplied::Refused(Refused::UnknownJob { .. }))));
-    let effects = run.apply(Input::Rerun { only: None }, at(4)).unwrap();
+    let effects = run.apply(Input::Rerun { only: None, spec: None }, at(4)).unwrap();
     assert_eq!(dispatched(&effects), ["c"], "completed work is kept");
     let c = run.job("c").unwrap();
     assert_eq!((c.state, c.generation, c.attempt_offset), (JobState::Queued, 1, 1));
@@ -318,7 +319,7 @@ fn retry_reruns_what_did_not_complete_in_a_new_generation() {
     run.apply(ev(&d_done), at(8)).unwrap();
     assert_eq!(run.record().state, RunState::Succeeded);
     assert!(matches!(
-        run.apply(Input::Rerun { only: None }, at(9)),
+        run.apply(Input::Rerun { only: None, spec: None }, at(9)),
         Err(NotApplied::Refused(Refused::NothingToRetry { .. }))
     ));
     let again = run.apply(rerun("b"), at(9)).unwrap();
@@ -330,7 +331,7 @@ fn retry_reruns_what_did_not_complete_in_a_new_generation() {
 fn retry_refuses_a_running_run() {
     let (mut run, _) = start(DIAMOND);
     assert!(matches!(
-        run.apply(Input::Rerun { only: None }, at(1)),
+        run.apply(Input::Rerun { only: None, spec: None }, at(1)),
         Err(NotApplied::Refused(Refused::StillRunning { .. }))
     ));
     assert!(matches!(run.apply(rerun("a"), at(1)), Err(NotApplied::Refused(Refused::InFlight { .. }))));
@@ -383,7 +384,7 @@ fn restore_finishes_what_a_crash_interrupted() {
         stored.insert(name.into(), job);
     }
     assert!(dispatched(&effects).len() == 2);
-    let (restored, effects) = Run::restore(run.record().clone(), stored, at(5)).unwrap();
+    let (restored, effects) = Run::restore(run.record().clone(), run.spec().clone(), stored, at(5)).unwrap();
     assert_eq!(dispatched(&effects), ["b", "c"]);
     assert_eq!(restored.queued_jobs().count(), 2);
 }
@@ -423,7 +424,7 @@ fn a_failed_child_fails_its_parent_and_retry_reruns_only_that_child() {
     assert_eq!(run.job("join").unwrap().state, JobState::Skipped);
     assert_eq!(run.record().state, RunState::Failed);
 
-    let effects = run.apply(Input::Rerun { only: None }, at(4)).unwrap();
+    let effects = run.apply(Input::Rerun { only: None, spec: None }, at(4)).unwrap();
     assert_eq!(dispatched(&effects), ["fan.a"], "fan is not run again, b stays completed");
     assert_eq!(run.job("fan").unwrap().state, JobState::Waiting);
     let mut again = event(&run, "fan.a", 2, EventKind::Succeeded, 5);
@@ -467,7 +468,7 @@ fn restore_keeps_a_waiting_parent_and_its_children_and_drops_a_half_written_spaw
             (path, record)
         })
         .collect();
-    let (restored, effects) = Run::restore(run.record().clone(), stored.clone(), at(3)).unwrap();
+    let (restored, effects) = Run::restore(run.record().clone(), run.spec().clone(), stored.clone(), at(3)).unwrap();
     assert!(dispatched(&effects).is_empty(), "b and c are queued already: {effects:?}");
     assert_eq!(restored.all_paths(), ["fan", "fan.a", "fan.b", "fan.c", "join", "other"]);
 
@@ -475,7 +476,7 @@ fn restore_keeps_a_waiting_parent_and_its_children_and_drops_a_half_written_spaw
     let mut half = stored;
     half.get_mut("fan").unwrap().state = JobState::Running;
     half.get_mut("fan").unwrap().children = 0;
-    let (restored, _) = Run::restore(run.record().clone(), half, at(3)).unwrap();
+    let (restored, _) = Run::restore(run.record().clone(), run.spec().clone(), half, at(3)).unwrap();
     assert!(restored.job("fan.a").is_none());
 }
 
@@ -571,7 +572,7 @@ fn exhausted_deliveries_fail_the_attempt_jetstream_gave_up_on_and_dead_letter_th
         run.apply(exhausted("a", 0, 0, 7), at(6)),
         Err(NotApplied::Ignored(Ignored::AlreadyFinished { .. }))
     ));
-    run.apply(Input::Rerun { only: None }, at(7)).unwrap();
+    run.apply(Input::Rerun { only: None, spec: None }, at(7)).unwrap();
     assert!(matches!(
         run.apply(exhausted("a", 0, 0, 3), at(8)),
         Err(NotApplied::Ignored(Ignored::StaleGeneration { .. }))
@@ -584,7 +585,7 @@ fn exhausted_deliveries_fail_the_attempt_jetstream_gave_up_on_and_dead_letter_th
 fn a_rerun_writes_the_run_record_first_then_its_jobs_from_the_last() {
     let (mut run, _) = start(DIAMOND);
     run.apply(ev(&final_failure(&run, "a", 1, 1)), at(1)).unwrap();
-    let effects = run.apply(Input::Rerun { only: None }, at(2)).unwrap();
+    let effects = run.apply(Input::Rerun { only: None, spec: None }, at(2)).unwrap();
     assert!(matches!(&effects[0], Effect::SaveRun(record) if record.state == RunState::Running));
     // A crash after any prefix leaves dependents reset before what they need (`a` is saved
     // again as it is queued; the shell writes each record's last save).
@@ -758,4 +759,60 @@ fn the_late_outcome_of_an_attempt_closed_as_worker_lost_still_counts() {
     run.apply(ev(&success), at(4)).unwrap();
     assert_eq!(run.job("a").unwrap().state, JobState::Completed);
     assert_eq!(attempt_end(&run, "a", 1), (Some(at(4)), None), "the real outcome replaces `worker lost`");
+}
+
+const FIXABLE: &str = "name: f\njobs:\n  extract: { run: exec, command: [python3, extract.py] }\n  load: { run: exec, needs: [extract], command: [python3, load.py] }\n";
+
+fn respec(yaml: &str) -> NewSpec {
+    NewSpec { spec: Arc::new(WorkflowSpec::parse(yaml).unwrap()), hash: WorkflowSpec::hash(yaml) }
+}
+
+#[test]
+fn a_retry_with_a_new_spec_runs_what_runs_again_from_it_and_each_attempt_names_its_spec() {
+    let (mut run, _) = start(FIXABLE);
+    let first_hash = WorkflowSpec::hash(FIXABLE);
+    run.apply(ev(&event(&run, "extract", 1, EventKind::Started, 1)), at(1)).unwrap();
+    run.apply(ev(&event(&run, "extract", 1, EventKind::Succeeded, 2)), at(2)).unwrap();
+    run.apply(ev(&event(&run, "load", 1, EventKind::Started, 3)), at(3)).unwrap();
+    run.apply(ev(&final_failure(&run, "load", 1, 4)), at(4)).unwrap();
+    assert_eq!(run.record().state, RunState::Failed);
+    let fixed = FIXABLE.replace("load.py]", "load.py, --fixed]");
+    let effects = run.apply(Input::Rerun { only: None, spec: Some(respec(&fixed)) }, at(5)).unwrap();
+    let message = effects
+        .iter()
+        .find_map(|effect| match effect {
+            Effect::Dispatch { job, .. } if job == "load" => Some(run.dispatch_message(job)),
+            _ => None,
+        })
+        .expect("load is dispatched again");
+    assert_eq!(message.command.unwrap(), ["python3", "load.py", "--fixed"]);
+    assert_eq!(run.record().spec_hash.as_deref(), Some(WorkflowSpec::hash(&fixed).as_str()));
+    assert!(
+        effects
+            .iter()
+            .any(|effect| matches!(effect, Effect::SaveRun(record) if record.spec_hash == run.record().spec_hash))
+    );
+    let again = JobEvent { generation: 1, ..event(&run, "load", 2, EventKind::Started, 6) };
+    run.apply(ev(&again), at(6)).unwrap();
+    let load = run.job("load").unwrap();
+    let hashes: Vec<Option<&str>> = load.attempt_history.iter().map(|attempt| attempt.spec_hash.as_deref()).collect();
+    assert_eq!(hashes, [Some(first_hash.as_str()), Some(WorkflowSpec::hash(&fixed).as_str())]);
+}
+
+#[test]
+fn a_new_spec_that_changes_a_job_that_does_not_run_again_is_refused_and_changes_nothing() {
+    let (mut run, _) = start(FIXABLE);
+    run.apply(ev(&event(&run, "extract", 1, EventKind::Succeeded, 2)), at(2)).unwrap();
+    run.apply(ev(&final_failure(&run, "load", 1, 4)), at(4)).unwrap();
+    let before = (run.record().clone(), run.job("load").unwrap().clone());
+    let changed = FIXABLE.replace("extract.py]", "extract.py, --again]");
+    let refused = run.apply(Input::Rerun { only: None, spec: Some(respec(&changed)) }, at(5));
+    let Err(NotApplied::Refused(Refused::SpecChange { problems })) = refused else { panic!("{refused:?}") };
+    assert_eq!(problems, ["it changes job `extract`, which does not run again"]);
+    assert_eq!((run.record().clone(), run.job("load").unwrap().clone()), before);
+    // Retrying `extract` too, the same spec is taken.
+    let effects =
+        run.apply(Input::Rerun { only: Some("extract".into()), spec: Some(respec(&changed)) }, at(6)).unwrap();
+    assert_eq!(dispatched(&effects), ["extract"]);
+    assert_eq!(run.dispatch_message("extract").command.unwrap(), ["python3", "extract.py", "--again"]);
 }

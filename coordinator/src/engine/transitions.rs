@@ -21,6 +21,8 @@ pub(super) struct AttemptEnd<'a> {
     /// When it began, if the report says (a worker's outcome does; its start may be lost).
     pub started_at: Option<DateTime<Utc>>,
     pub worker: &'a str,
+    /// The hash of the spec the run dispatched the attempt with.
+    pub spec_hash: Option<&'a str>,
 }
 
 /// The transitions of a job record. Each sets `state` and exactly the fields listed.
@@ -29,7 +31,7 @@ pub(super) trait Transitions {
     fn queue(&mut self, now: DateTime<Utc>);
     /// `queued`/`running`/`retrying` → `running`: `attempts`, `retry_at`, `started_at` (the
     /// first), a new attempt in `attempt_history`.
-    fn start_attempt(&mut self, attempt: u32, at: DateTime<Utc>, worker: &str);
+    fn start_attempt(&mut self, attempt: u32, at: DateTime<Utc>, worker: &str, spec_hash: Option<&str>);
     /// Attempt succeeded, no children → `completed`: the attempt closed, `error`,
     /// `retry_at`, `output`, `finished_at`.
     fn succeed(&mut self, end: &AttemptEnd<'_>, output: Option<serde_json::Value>);
@@ -70,7 +72,7 @@ impl Transitions for JobRecord {
         self.queued_at = Some(now);
     }
 
-    fn start_attempt(&mut self, attempt: u32, at: DateTime<Utc>, worker: &str) {
+    fn start_attempt(&mut self, attempt: u32, at: DateTime<Utc>, worker: &str, spec_hash: Option<&str>) {
         debug_assert!(self.state.is_in_flight(), "job `{}` starts while {}", self.name, self.state.as_str());
         debug_assert!(attempt >= self.attempts, "job `{}` starts attempt {attempt} after {}", self.name, self.attempts);
         self.state = JobState::Running;
@@ -85,6 +87,7 @@ impl Transitions for JobRecord {
             error: None,
             worker: bounded_worker(worker).into_owned(),
             redelivered_to: Vec::new(),
+            spec_hash: spec_hash.map(str::to_owned),
         });
     }
 
@@ -215,6 +218,7 @@ fn close_attempt(job: &mut JobRecord, end: &AttemptEnd<'_>, error: Option<String
             error,
             worker: bounded_worker(end.worker).into_owned(),
             redelivered_to: Vec::new(),
+            spec_hash: end.spec_hash.map(str::to_owned),
         }),
     }
 }
@@ -237,14 +241,8 @@ fn close_lost_attempts(job: &mut JobRecord, later: u32, at: DateTime<Utc>) {
 /// on record, or the outcome of such an attempt (or of one whose start was lost). The state
 /// and the job's outcome stay as they are; the attempt's `error` says its result was not
 /// applied. Returns whether the history changed.
-pub(super) fn record_late_attempt(
-    job: &mut JobRecord,
-    kind: EventKind,
-    attempt: u32,
-    at: DateTime<Utc>,
-    started_at: Option<DateTime<Utc>>,
-    worker: &str,
-) -> bool {
+pub(super) fn record_late_attempt(job: &mut JobRecord, kind: EventKind, report: &AttemptEnd<'_>) -> bool {
+    let AttemptEnd { attempt, at, started_at, worker, spec_hash } = *report;
     let ended = format!("the job had already ended ({})", job.state.as_str());
     if let Some(record) = job.attempt_history.iter_mut().find(|record| record.attempt == attempt) {
         // The attempt that ended the job is closed; one still open ran beside or after it.
@@ -274,6 +272,7 @@ pub(super) fn record_late_attempt(
         error,
         worker: bounded_worker(worker).into_owned(),
         redelivered_to: Vec::new(),
+        spec_hash: spec_hash.map(str::to_owned),
     });
     true
 }

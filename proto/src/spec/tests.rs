@@ -204,3 +204,38 @@ fn an_unknown_kind_with_a_command_is_named_with_the_stock_kinds() {
     let message = invalid("name: w\njobs:\n  a: { run: sleep, command: [echo, hi] }\n");
     assert!(message.contains("only used by `run: exec`, not by `run: sleep`"), "{message}");
 }
+
+const RERUN: &str = "name: etl\njobs:\n  extract: { run: exec, command: [python3, extract.py] }\n  load: { run: exec, needs: [extract], command: [python3, load.py] }\n  notify: { run: noop, needs: [load] }\n";
+
+fn respec(edit: impl Fn(&str) -> String, reruns: &[&str]) -> Vec<String> {
+    let old = WorkflowSpec::parse(RERUN).unwrap();
+    let new = WorkflowSpec::parse(&edit(RERUN)).unwrap();
+    old.rerun_changes(&new, |name| reruns.contains(&name))
+}
+
+#[test]
+fn a_rerun_may_change_the_definitions_of_the_jobs_that_run_again() {
+    let fixed = |yaml: &str| yaml.replace("load.py]", "load.py, --fixed], timeout: 5m, retry: { max_attempts: 3 }");
+    assert!(respec(fixed, &["load", "notify"]).is_empty());
+    // Descriptions are not definitions.
+    let described =
+        |yaml: &str| yaml.replace("notify: { run: noop,", "notify: { run: noop, description: tells people,");
+    assert!(respec(described, &["load"]).is_empty());
+}
+
+#[test]
+fn a_rerun_spec_that_changes_more_is_refused_naming_the_jobs() {
+    let fixed = |yaml: &str| yaml.replace("load.py]", "load.py, --fixed]");
+    assert_eq!(respec(fixed, &["notify"]), ["it changes job `load`, which does not run again"]);
+    let added = |yaml: &str| format!("{yaml}  audit: {{ run: noop }}\n  report: {{ run: noop }}\n");
+    assert_eq!(respec(added, &["load"]), ["it adds jobs `audit`, `report`"]);
+    let removed = |yaml: &str| yaml.replace("  notify: { run: noop, needs: [load] }\n", "");
+    assert_eq!(respec(removed, &["load"]), ["it removes job `notify`"]);
+    let rewired = |yaml: &str| yaml.replace("needs: [load]", "needs: [extract]");
+    assert_eq!(respec(rewired, &["notify"]), ["it changes what job `notify` needs"]);
+    let renamed = |yaml: &str| format!("{yaml}on_failure: continue\n").replace("name: etl", "name: etl2");
+    assert_eq!(
+        respec(renamed, &["load"]),
+        ["the run's workflow is `etl`, the new spec's `etl2`", "it changes the workflow's `on_failure`"]
+    );
+}

@@ -167,6 +167,7 @@ pub(crate) mod tests {
             error: None,
             worker: "w1".into(),
             redelivered_to: Vec::new(),
+            spec_hash: None,
         }
     }
 

@@ -31,7 +31,7 @@ fn runs_the_engine_made_pass() {
     assert_eq!(run.job("fan.c").unwrap().state, JobState::Blocked, "held by max_parallel");
     run.apply(Input::Cancel, at(3)).unwrap();
     assert_eq!(complaint(&run), None);
-    run.apply(Input::Rerun { only: None }, at(4)).unwrap();
+    run.apply(Input::Rerun { only: None, spec: None }, at(4)).unwrap();
     assert_eq!(complaint(&run), None);
 }
 

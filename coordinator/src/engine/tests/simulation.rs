@@ -332,7 +332,7 @@ impl Sim {
                 reason: format!("JetStream gave up after {deliveries} deliveries"),
             },
             Pending::Cancel => Input::Cancel,
-            Pending::Rerun(only) => Input::Rerun { only },
+            Pending::Rerun(only) => Input::Rerun { only, spec: None },
         }
     }
 
@@ -442,8 +442,8 @@ impl Sim {
         self.coverage.crashes += 1;
         let record = self.world.run.clone().expect("the run record is stored at start");
         let stored: HashMap<String, JobRecord> = self.world.jobs.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        let (restored, effects) =
-            Run::restore(record, stored, at(self.clock)).map_err(|error| TestCaseError::fail(error.to_string()))?;
+        let (restored, effects) = Run::restore(record, self.run.spec().clone(), stored, at(self.clock))
+            .map_err(|error| TestCaseError::fail(error.to_string()))?;
         self.run = restored;
         self.note(format!("restored: {effects:?}"));
         self.world.execute(&self.run, &effects, usize::MAX);
@@ -479,7 +479,7 @@ impl Sim {
                 *in_flight.entry(job.parent.as_deref().unwrap_or("")).or_default() += 1;
             }
         }
-        let spec = sluice_proto::WorkflowSpec::parse(&self.run.record().spec_yaml).unwrap();
+        let spec = self.run.spec().clone();
         if let Some(limit) = spec.max_parallel {
             let total: usize = in_flight.values().sum();
             prop_assert!(total <= limit as usize, "{} jobs in flight, max_parallel {}", total, limit);

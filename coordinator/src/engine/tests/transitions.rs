@@ -18,14 +18,14 @@ fn job(state: JobState) -> JobRecord {
 fn tried(state: JobState) -> JobRecord {
     let mut job = job(JobState::Blocked);
     job.queue(at(0));
-    job.start_attempt(1, at(1), "w1");
+    job.start_attempt(1, at(1), "w1", None);
     job.retry_later(&end(1, 2), "boom".into(), at(9));
     job.state = state;
     job
 }
 
 fn end(attempt: u32, second: u32) -> AttemptEnd<'static> {
-    AttemptEnd { attempt, at: at(second), started_at: None, worker: "w1" }
+    AttemptEnd { attempt, at: at(second), started_at: None, worker: "w1", spec_hash: None }
 }
 
 /// The names of the fields that differ between two records.
@@ -74,17 +74,18 @@ fn start_attempt_records_the_attempt_and_clears_a_retry() {
     let mut queued = job(JobState::Blocked);
     queued.queue(at(0));
     let fields = ["state", "attempts", "started_at", "attempt_history"];
-    let first = check(queued, |job| job.start_attempt(1, at(1), "w1"), JobState::Running, &fields);
+    let first = check(queued, |job| job.start_attempt(1, at(1), "w1", None), JobState::Running, &fields);
     assert_eq!(first.attempt_history[0].worker, "w1");
     let fields = ["state", "attempts", "retry_at", "attempt_history"];
-    let second = check(tried(JobState::Retrying), |job| job.start_attempt(2, at(9), "w2"), JobState::Running, &fields);
+    let second =
+        check(tried(JobState::Retrying), |job| job.start_attempt(2, at(9), "w2", None), JobState::Running, &fields);
     assert_eq!(second.started_at, Some(at(1)), "the job's start is its first attempt's");
 }
 
 #[test]
 fn succeed_closes_the_attempt_and_clears_the_last_error() {
     let mut running = tried(JobState::Retrying);
-    running.start_attempt(2, at(9), "w1");
+    running.start_attempt(2, at(9), "w1", None);
     let output = Some(serde_json::json!({"rows": 3}));
     let fields = ["state", "finished_at", "error", "attempt_history", "output"];
     let after = check(running, |job| job.succeed(&end(2, 10), output.clone()), JobState::Completed, &fields);
@@ -96,7 +97,7 @@ fn succeed_closes_the_attempt_and_clears_the_last_error() {
 fn wait_for_children_keeps_the_job_unfinished() {
     let mut running = job(JobState::Blocked);
     running.queue(at(0));
-    running.start_attempt(1, at(1), "w1");
+    running.start_attempt(1, at(1), "w1", None);
     let fields = ["state", "attempt_history", "children"];
     let after = check(running, |job| job.wait_for_children(&end(1, 3), None, 4), JobState::Waiting, &fields);
     assert_eq!((after.children, after.finished_at), (4, None));
@@ -106,7 +107,7 @@ fn wait_for_children_keeps_the_job_unfinished() {
 fn retry_later_and_fail_record_the_error() {
     let mut running = job(JobState::Blocked);
     running.queue(at(0));
-    running.start_attempt(1, at(1), "w1");
+    running.start_attempt(1, at(1), "w1", None);
     let fields = ["state", "retry_at", "error", "attempt_history"];
     check(running.clone(), |job| job.retry_later(&end(1, 2), "boom".into(), at(9)), JobState::Retrying, &fields);
     let fields = ["state", "finished_at", "error", "attempt_history"];
@@ -118,7 +119,7 @@ fn retry_later_and_fail_record_the_error() {
 fn an_attempt_whose_start_was_lost_is_added_when_it_ends() {
     let mut queued = job(JobState::Blocked);
     queued.queue(at(0));
-    let ended = AttemptEnd { attempt: 1, at: at(5), started_at: Some(at(3)), worker: "w1" };
+    let ended = AttemptEnd { attempt: 1, at: at(5), started_at: Some(at(3)), worker: "w1", spec_hash: None };
     let fields = ["state", "attempts", "started_at", "finished_at", "attempt_history"];
     let after = check(queued, |job| job.succeed(&ended, None), JobState::Completed, &fields);
     assert_eq!(after.attempt_history[0].started_at, at(3));
@@ -190,7 +191,7 @@ mod refused_from_states {
     #[test]
     #[should_panic(expected = "starts while blocked")]
     fn start_from_blocked() {
-        job(JobState::Blocked).start_attempt(1, now(), "w1");
+        job(JobState::Blocked).start_attempt(1, now(), "w1", None);
     }
 
     #[test]

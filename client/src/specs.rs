@@ -1,0 +1,50 @@
+//! Workflow specs, stored once by content hash in the object store `sluice-specs`
+//! (decision 10): run records and attempts name a spec by its hash.
+
+use async_nats::jetstream::{self, object_store};
+use sluice_proto::limits::WORKFLOW_YAML_MAX_BYTES;
+use sluice_proto::{RunRecord, WorkflowSpec, names};
+use tokio::io::AsyncReadExt;
+
+use crate::error::{ClientError, NatsContext};
+
+/// The YAML stored under `hash`, checked against it; `None` when no spec has that hash.
+pub async fn read(js: &jetstream::Context, hash: &str) -> Result<Option<String>, ClientError> {
+    let store = match js.get_object_store(names::SPECS_BUCKET).await {
+        Ok(store) => store,
+        Err(error) if error.kind() == jetstream::context::ObjectStoreErrorKind::GetStore => {
+            return Err(ClientError::NotSetUp { missing: format!("object store {}", names::SPECS_BUCKET) });
+        }
+        Err(error) => return Err(error).context(format!("opening object store {}", names::SPECS_BUCKET)),
+    };
+    let mut object = match store.get(hash).await {
+        Ok(object) => object,
+        Err(error) if error.kind() == object_store::GetErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(error).context(format!("reading spec {hash}")),
+    };
+    // Bounded: a spec is never stored over the YAML limit, and nothing else is read.
+    if object.info().size > WORKFLOW_YAML_MAX_BYTES {
+        return Err(ClientError::Invalid(format!(
+            "spec {hash} is {} bytes, over the {WORKFLOW_YAML_MAX_BYTES}-byte limit",
+            object.info().size
+        )));
+    }
+    let mut bytes = Vec::with_capacity(object.info().size);
+    object.read_to_end(&mut bytes).await.context(format!("reading spec {hash}"))?;
+    let yaml = String::from_utf8(bytes).map_err(|_| ClientError::Invalid(format!("spec {hash} is not UTF-8")))?;
+    if WorkflowSpec::hash(&yaml) != hash {
+        return Err(ClientError::Invalid(format!("spec {hash} does not match its hash")));
+    }
+    Ok(Some(yaml))
+}
+
+/// The YAML a run dispatches with: the spec its record names, or the copy in a record from
+/// before specs were stored by hash.
+pub async fn of_run(js: &jetstream::Context, record: &RunRecord) -> Result<String, ClientError> {
+    match &record.spec_hash {
+        Some(hash) => read(js, hash).await?.ok_or_else(|| {
+            ClientError::Invalid(format!("run {}: its spec {hash} is missing from {}", record.id, names::SPECS_BUCKET))
+        }),
+        None => Ok(record.spec_yaml.clone()),
+    }
+}
