@@ -204,3 +204,12 @@ fn an_unknown_kind_with_a_command_is_named_with_the_stock_kinds() {
     let message = invalid("name: w\njobs:\n  a: { run: sleep, command: [echo, hi] }\n");
     assert!(message.contains("only used by `run: exec`, not by `run: sleep`"), "{message}");
 }
+
+#[test]
+fn a_workflow_name_is_read_without_validating_the_rest() {
+    assert_eq!(workflow_name("name: sales\njobs:\n  a: { run: noop, needs: [a] }\n").as_deref(), Some("sales"));
+    assert_eq!(workflow_name("jobs: {}\n"), None, "no name");
+    assert_eq!(workflow_name("name: [not, a, name]\n"), None);
+    assert_eq!(workflow_name("name: has.dots\n"), None, "not a valid name");
+    assert_eq!(workflow_name(": : :"), None);
+}
