@@ -183,7 +183,19 @@ fn json_keeps_the_documented_key_order() {
     let status = stack.wait_for_run(id, Duration::from_secs(60));
     assert_eq!(
         keys(&status),
-        ["id", "workflow", "state", "window", "params", "created_at", "finished_at", "error", "trace_id", "jobs"]
+        [
+            "id",
+            "workflow",
+            "state",
+            "window",
+            "params",
+            "created_at",
+            "finished_at",
+            "error",
+            "trace_id",
+            "jobs",
+            "cancelled_by"
+        ]
     );
     let job = &status["jobs"][0];
     assert_eq!(

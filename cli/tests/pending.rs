@@ -15,8 +15,15 @@ fn ids(listed: &serde_json::Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap_or_else(|| panic!("no runs in {listed:#}"))
         .iter()
-        .map(|run| (run["id"].as_str().unwrap_or_default().to_owned(), run["state"].as_str().unwrap_or_default().to_owned()))
+        .map(|run| {
+            (run["id"].as_str().unwrap_or_default().to_owned(), run["state"].as_str().unwrap_or_default().to_owned())
+        })
         .collect()
+}
+
+/// The keys of a JSON object, in the order they were printed.
+fn keys(value: &serde_json::Value) -> Vec<&str> {
+    value.as_object().expect("an object").keys().map(String::as_str).collect()
 }
 
 /// Messages waiting in a stream.
@@ -81,6 +88,11 @@ fn a_pending_submission_is_shown_and_a_cancel_before_any_coordinator_creates_it_
         "{listed:#}"
     );
     let row = &listed["runs"][1];
+    assert_eq!(
+        keys(row),
+        ["id", "workflow", "state", "window", "created_at", "finished_at", "origin", "submitted_at"],
+        "the keys of a run's row, then submitted_at (docs/cli.md)"
+    );
     assert_eq!(row["workflow"], "doomed", "{row:#}");
     assert!(row["submitted_at"].is_string(), "{row:#}");
     assert!(row["created_at"].is_null(), "{row:#}");
@@ -96,6 +108,10 @@ fn a_pending_submission_is_shown_and_a_cancel_before_any_coordinator_creates_it_
     assert_eq!(status["state"], "pending", "{status:#}");
     assert_eq!(status["workflow"], "doomed", "{status:#}");
     assert!(status["submitted_at"].is_string(), "{status:#}");
+    assert_eq!(
+        keys(&status),
+        ["id", "workflow", "state", "window", "created_at", "finished_at", "origin", "submitted_at", "jobs"]
+    );
     let suffix = &doomed_id[doomed_id.len() - 8..];
     assert_eq!(stack.sluice_json(&["status", suffix], 0)["id"], doomed_id.as_str());
     let human = stack.sluice(&["status", &doomed_id]);

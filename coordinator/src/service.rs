@@ -428,7 +428,11 @@ impl Coordinator {
     /// Creates a run that was cancelled while its submission waited for a coordinator: its
     /// records are written `cancelled` (every job too) with who cancelled it, and nothing is
     /// dispatched, so no worker ever sees its jobs.
-    async fn start_cancelled(&mut self, new: crate::engine::NewRun, cancel: &PendingCancel) -> Result<(), ServiceError> {
+    async fn start_cancelled(
+        &mut self,
+        new: crate::engine::NewRun,
+        cancel: &PendingCancel,
+    ) -> Result<(), ServiceError> {
         let id = new.id;
         let now = Utc::now();
         let (mut run, mut effects) = Run::start(new, now);
@@ -436,10 +440,14 @@ impl Coordinator {
             Ok(cancelled) => {
                 effects.extend(cancelled);
                 // Nothing was published, so there is nothing to withdraw or stop.
-                effects.retain(|effect| !matches!(effect, Effect::Dispatch { .. } | Effect::Withdraw(_) | Effect::StopRun(_)));
+                effects.retain(|effect| {
+                    !matches!(effect, Effect::Dispatch { .. } | Effect::Withdraw(_) | Effect::StopRun(_))
+                });
             }
             // A run just started is running, which the engine always cancels.
-            Err(not_applied) => tracing::error!(run = %id, %not_applied, "a new run refused its pending cancel; it runs"),
+            Err(not_applied) => {
+                tracing::error!(run = %id, %not_applied, "a new run refused its pending cancel; it runs")
+            }
         }
         let by = if cancel.requested_by.is_empty() { "unknown" } else { cancel.requested_by.as_str() };
         for effect in &mut effects {
@@ -765,7 +773,9 @@ impl Coordinator {
         if !is_cancel {
             return Ok(Answer::refused(
                 RefusalKind::Conflict,
-                format!("run {id} is pending: no coordinator has taken its submission yet, so there is nothing to {action}"),
+                format!(
+                    "run {id} is pending: no coordinator has taken its submission yet, so there is nothing to {action}"
+                ),
             ));
         }
         let cancel = PendingCancel {

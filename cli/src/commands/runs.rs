@@ -99,13 +99,13 @@ pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, 
                 })
                 .collect();
             rows.extend(runs.iter().map(|run| {
-                    vec![
-                        run.id.to_string(),
-                        run.workflow.clone(),
-                        run.state.as_str().to_owned(),
-                        run.window.to_string(),
-                        time(Some(run.created_at)).as_str().unwrap_or_default().to_owned(),
-                    ]
+                vec![
+                    run.id.to_string(),
+                    run.workflow.clone(),
+                    run.state.as_str().to_owned(),
+                    run.window.to_string(),
+                    time(Some(run.created_at)).as_str().unwrap_or_default().to_owned(),
+                ]
             }));
             outln!("{}", table(&["RUN", "WORKFLOW", "STATE", "WINDOW", "CREATED"], &rows))?;
             if let Some(next) = &page.next {

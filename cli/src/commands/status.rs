@@ -89,7 +89,10 @@ pub fn pending_text(run: &sluice_client::runs::PendingRun) -> String {
         run.id,
         run.workflow.as_deref().unwrap_or("? (its YAML cannot be read: it will be rejected)"),
         super::runs::PENDING,
-        run.window.as_ref().map(|window| window.to_string()).unwrap_or_else(|| "the previous day (decided when it is taken)".into()),
+        run.window
+            .as_ref()
+            .map(|window| window.to_string())
+            .unwrap_or_else(|| "the previous day (decided when it is taken)".into()),
         time(Some(run.submitted_at)).as_str().unwrap_or_default(),
     )
 }
