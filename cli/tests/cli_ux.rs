@@ -194,7 +194,8 @@ fn json_keeps_the_documented_key_order() {
             "error",
             "trace_id",
             "spec_hash",
-            "jobs"
+            "jobs",
+            "cancelled_by"
         ]
     );
     let job = &status["jobs"][0];

@@ -6,7 +6,8 @@
 //!   [`view`]: a run with its jobs as `sluice status` shows it; [`dead_letters`]: the
 //!   dead-letter stream;
 //! - [`runs`]: list runs a page at a time through the run index (newest first; by
-//!   workflow, origin, state; by window day; by id suffix);
+//!   workflow, origin, state; by window day; by id suffix), and the submissions no
+//!   coordinator has taken yet (`pending`);
 //! - [`requests`]: submit a workflow, and send control requests (cancel, retry, replay,
 //!   schedules, backfills, purges) that the coordinator answers;
 //! - [`specs`]: workflow specs, stored once by hash;

@@ -2,13 +2,17 @@
 //! by the coordinator): the newest runs, of a workflow, of an origin or in a state, a page
 //! at a time; a workflow's runs by window day; a run by the end of its id. Each costs what
 //! it returns, not the history: a chain is walked from its newest entry backwards.
+//!
+//! Submissions no coordinator has taken yet are **pending**: a display state, not a run
+//! state. They are read from the submission stream itself (a work queue: what is there was
+//! not yet taken), the newest [`PENDING_READ_MAX`] at most, by direct get.
 
 use std::collections::HashSet;
 
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use futures::TryStreamExt;
-use sluice_proto::{RunId, RunIndexEntry, RunRecord, RunState, decode, names};
+use sluice_proto::{RunId, RunIndexEntry, RunRecord, RunState, Submission, Window, decode, names};
 
 use crate::error::{ClientError, NatsContext};
 use crate::stores::{Stores, open_bucket};
@@ -20,6 +24,9 @@ pub const PAGE_MAX: usize = 1_000;
 pub const SCAN_MAX_ENTRIES: usize = 10_000;
 /// Most days one window-range listing covers.
 pub const WINDOW_DAYS_MAX: i64 = 3_660;
+/// Most pending submissions read (the newest), in submissions: what `runs`, `status`, an id
+/// suffix and the coordinator's check of a pending cancel look at.
+pub const PENDING_READ_MAX: usize = 1_000;
 
 /// What to list; absent fields match every run.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -184,7 +191,7 @@ pub async fn by_local_days(
 }
 
 /// The runs whose id ends with `suffix` (hex digits, at least
-/// [`names::INDEX_SUFFIX_DIGITS`] of them; hyphens are ignored).
+/// [`names::INDEX_SUFFIX_DIGITS`] of them; hyphens are ignored), pending ones included.
 pub async fn by_suffix(js: &jetstream::Context, suffix: &str) -> Result<Vec<RunId>, ClientError> {
     let digits: String = suffix.chars().filter(|c| *c != '-').collect::<String>().to_ascii_lowercase();
     if digits.len() < names::INDEX_SUFFIX_DIGITS || !digits.bytes().all(|byte| byte.is_ascii_hexdigit()) {
@@ -193,13 +200,18 @@ pub async fn by_suffix(js: &jetstream::Context, suffix: &str) -> Result<Vec<RunI
             names::INDEX_SUFFIX_DIGITS
         )));
     }
-    let Ok(stream) = js.get_stream_no_info(names::INDEX_STREAM).await else { return Ok(Vec::new()) };
-    let mut ids: Vec<RunId> = entries_of(&stream, &names::index_suffix_subject(&digits))
-        .await?
-        .into_iter()
-        .map(|entry| entry.run_id)
-        .filter(|id| id.to_string().replace('-', "").ends_with(&digits))
-        .collect();
+    let ends = |id: &RunId| id.to_string().replace('-', "").ends_with(&digits);
+    let mut ids: Vec<RunId> = match js.get_stream_no_info(names::INDEX_STREAM).await {
+        Ok(stream) => entries_of(&stream, &names::index_suffix_subject(&digits))
+            .await?
+            .into_iter()
+            .map(|entry| entry.run_id)
+            .filter(ends)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    // A pending run is not indexed yet.
+    ids.extend(pending(js, PENDING_READ_MAX).await?.into_iter().map(|run| run.id).filter(ends));
     ids.sort_unstable();
     ids.dedup();
     Ok(ids)
@@ -238,6 +250,198 @@ async fn entry(stream: &jetstream::stream::Stream<()>, sequence: u64) -> Result<
         Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(None),
         Err(error) => Err(error).context("reading the run index"),
     }
+}
+
+/// A submission stored in the submission stream that no coordinator has taken yet: shown
+/// as `pending`. Nothing about it is checked yet (intake may still reject it).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PendingRun {
+    pub id: RunId,
+    /// The workflow's `name:`; `None` when its YAML cannot be read (intake will reject it).
+    pub workflow: Option<String>,
+    /// `submitted_at` of the submission, or when JetStream stored it.
+    pub submitted_at: DateTime<Utc>,
+    /// The window asked for; `None`: the previous day in the workflow's zone, decided by the
+    /// coordinator that takes it.
+    pub window: Option<Window>,
+    pub origin: String,
+    /// Its sequence in the submission stream.
+    pub sequence: u64,
+}
+
+impl PendingRun {
+    fn matches(&self, filter: &RunFilter) -> bool {
+        filter.state.is_none()
+            && filter.workflow.as_ref().is_none_or(|workflow| self.workflow.as_ref() == Some(workflow))
+            && filter.origin.as_ref().is_none_or(|origin| &self.origin == origin)
+    }
+}
+
+/// The newest pending submissions, newest first, `limit` at most (and at most
+/// [`PENDING_READ_MAX`]). A submission a coordinator took but has not acknowledged yet is
+/// still in the stream: the caller drops those whose run exists ([`pending_runs`] does).
+pub async fn pending(js: &jetstream::Context, limit: usize) -> Result<Vec<PendingRun>, ClientError> {
+    let limit = limit.min(PENDING_READ_MAX);
+    let Ok(mut stream) = js.get_stream(names::SUBMIT_STREAM).await else { return Ok(Vec::new()) };
+    let state = stream.info().await.context("reading the submission stream")?.state.clone();
+    if state.messages == 0 || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    // Backwards a window of sequences at a time, each read forwards by "next message at or
+    // after" (which skips taken submissions server-side), the window doubling: the stream
+    // may hold old stragglers far behind its last sequence, and reading one sequence at a
+    // time would cost a round trip per submission ever taken in between.
+    let mut end = state.last_sequence + 1;
+    let mut width = limit as u64;
+    while found.len() < limit && end > state.first_sequence {
+        let start = end.saturating_sub(width).max(state.first_sequence);
+        let mut window = Vec::new();
+        let mut next = start;
+        while next < end {
+            match stream.direct_get_next_for_subject(names::SUBMIT_SUBJECT, Some(next)).await {
+                Ok(message) if message.sequence < end => {
+                    next = message.sequence + 1;
+                    window.push(message);
+                }
+                Ok(_) => break,
+                Err(error) if error.kind() == DirectGetErrorKind::NotFound => break,
+                Err(error) => return Err(error).context("reading the submission stream"),
+            }
+        }
+        for message in window.into_iter().rev() {
+            if found.len() == limit {
+                break;
+            }
+            if let Some(run) = pending_of(&message) {
+                found.push(run);
+            }
+        }
+        end = start;
+        width = width.saturating_mul(2);
+    }
+    Ok(found)
+}
+
+/// What a stored submission shows; `None` for one that cannot be decoded (intake rejects it).
+fn pending_of(message: &jetstream::message::StreamMessage) -> Option<PendingRun> {
+    let submission: Submission = match decode(&message.payload) {
+        Ok(submission) => submission,
+        Err(error) => {
+            tracing::debug!(%error, sequence = message.sequence, "a pending submission cannot be read; not listed");
+            return None;
+        }
+    };
+    let stored = DateTime::from_timestamp_nanos(i64::try_from(message.time.unix_timestamp_nanos()).unwrap_or(0));
+    Some(PendingRun {
+        id: submission.run_id,
+        workflow: sluice_proto::spec::workflow_name(&submission.workflow),
+        submitted_at: submission.submitted_at.unwrap_or(stored),
+        window: submission.window,
+        origin: submission.origin.unwrap_or_else(|| sluice_proto::messages::ORIGIN_MANUAL.to_owned()),
+        sequence: message.sequence,
+    })
+}
+
+/// The pending runs that match `filter`, newest first, `limit` at most: [`pending`] without
+/// the submissions whose run exists already (taken, not yet acknowledged).
+pub async fn pending_runs(
+    js: &jetstream::Context,
+    filter: &RunFilter,
+    limit: usize,
+) -> Result<Vec<PendingRun>, ClientError> {
+    if filter.state.is_some() {
+        return Ok(Vec::new());
+    }
+    let mut runs = Vec::new();
+    let stores = Stores::open(js).await?;
+    for run in pending(js, PENDING_READ_MAX).await? {
+        if runs.len() == limit {
+            break;
+        }
+        if !run.matches(filter) {
+            continue;
+        }
+        if let Some(stores) = &stores
+            && stores.run(&run.id).await?.is_some()
+        {
+            continue;
+        }
+        runs.push(run);
+    }
+    Ok(runs)
+}
+
+/// The pending submission of run `id`, among the newest [`PENDING_READ_MAX`]; `None` when
+/// there is none (or its run exists already).
+pub async fn find_pending(js: &jetstream::Context, id: &RunId) -> Result<Option<PendingRun>, ClientError> {
+    let Some(found) = pending(js, PENDING_READ_MAX).await?.into_iter().find(|run| run.id == *id) else {
+        return Ok(None);
+    };
+    if let Some(stores) = Stores::open(js).await?
+        && stores.run(id).await?.is_some()
+    {
+        return Ok(None);
+    }
+    Ok(Some(found))
+}
+
+/// One page of `sluice runs`: the pending submissions first (only on a first page, and only
+/// when no run state is asked for), then stored runs.
+#[derive(Clone, Debug, Default)]
+pub struct Listing {
+    pub pending: Vec<PendingRun>,
+    pub runs: Vec<RunRecord>,
+    /// As [`Page::next`]: where the stored runs go on.
+    pub next: Option<String>,
+}
+
+/// What to list besides a filter of stored runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PendingChoice {
+    /// Stored runs, and pending ones first when no run state is asked for.
+    #[default]
+    Included,
+    /// Only the pending ones (`runs --state pending`).
+    Only,
+}
+
+/// The newest runs that match, pending ones included ([`PendingChoice`]), `limit` in all:
+/// pending submissions are newer than the stored runs (a coordinator takes them in order),
+/// so they come first; a page they fill leaves the stored runs to `next`.
+pub async fn list_with_pending(
+    js: &jetstream::Context,
+    filter: &RunFilter,
+    choice: PendingChoice,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<Listing, ClientError> {
+    let limit = limit.clamp(1, PAGE_MAX);
+    if choice == PendingChoice::Only {
+        let pending = pending_runs(js, &RunFilter { state: None, ..filter.clone() }, limit).await?;
+        return Ok(Listing { pending, runs: Vec::new(), next: None });
+    }
+    let pending = match cursor {
+        None => pending_runs(js, filter, limit).await?,
+        Some(_) => Vec::new(),
+    };
+    if pending.len() == limit {
+        let next = match cursor {
+            None => first_cursor(js, filter).await?,
+            Some(cursor) => Some(cursor.to_owned()),
+        };
+        return Ok(Listing { pending, runs: Vec::new(), next });
+    }
+    let page = list(js, filter, limit - pending.len(), cursor).await?;
+    // A submission taken between the two reads may show twice: its run wins.
+    let pending = pending.into_iter().filter(|run| !page.runs.iter().any(|stored| stored.id == run.id)).collect();
+    Ok(Listing { pending, runs: page.runs, next: page.next })
+}
+
+/// The cursor of a first page of stored runs (what [`list`] starts from without one).
+async fn first_cursor(js: &jetstream::Context, filter: &RunFilter) -> Result<Option<String>, ClientError> {
+    let Ok(stream) = js.get_stream_no_info(names::INDEX_STREAM).await else { return Ok(None) };
+    Ok(head(&stream, &chain_of(filter)).await?.map(|sequence| sequence.to_string()))
 }
 
 fn parse_cursor(text: &str) -> Result<u64, ClientError> {

@@ -63,6 +63,25 @@ impl Consumers {
         })
     }
 
+    /// How many control requests wait in the stream: those stored before this term began,
+    /// which the loop applies before it takes any submission.
+    pub async fn control_backlog(&self) -> Result<u64, ServiceError> {
+        Ok(self.control.get_info().await.context("reading the control consumer")?.num_pending)
+    }
+
+    /// The next waiting control requests, [`PREFETCH`] at most; none when none waits.
+    pub async fn fetch_control(&self, max: usize) -> Result<Vec<Message>, ServiceError> {
+        use futures::TryStreamExt;
+        let batch = self
+            .control
+            .fetch()
+            .max_messages(max.clamp(1, PREFETCH))
+            .messages()
+            .await
+            .context("fetching control requests")?;
+        batch.try_collect().await.context("fetching control requests")
+    }
+
     /// Starts pulling; returns the inbox and the sender the term's tasks report through.
     pub async fn subscribe(self) -> Result<(Inbox, Reports), ServiceError> {
         let pull = |consumer: consumer::PullConsumer, what: &'static str, batch: usize| async move {

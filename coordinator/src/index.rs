@@ -15,7 +15,7 @@ use async_nats::jetstream;
 use futures::TryStreamExt;
 use sluice_client::pipeline::{Outgoing, publish_all};
 use sluice_client::stores;
-use sluice_proto::{RunId, RunIndexEntry, RunRecord, SCHEMA_VERSION, encode, names};
+use sluice_proto::{PendingCancel, RunId, RunIndexEntry, RunRecord, SCHEMA_VERSION, decode, encode, names};
 
 use crate::error::{NatsContext, ServiceError};
 use crate::topology::Topology;
@@ -217,5 +217,46 @@ async fn index_every_run(topology: &Topology, index: &mut Index) -> Result<(), S
         .put(names::ACTIVE_INDEXED_KEY, SCHEMA_VERSION.to_string().into())
         .await
         .context("marking the runs indexed")?;
+    Ok(())
+}
+
+/// The runs cancelled while their submission was pending (keys
+/// [`names::pending_cancel_key`] of `sluice-active`): what intake creates `cancelled`. Read
+/// once a term; from then on this coordinator is their only writer.
+pub async fn pending_cancels(topology: &Topology) -> Result<HashMap<RunId, PendingCancel>, ServiceError> {
+    let keys: Vec<String> = match topology.active.keys().await {
+        Ok(keys) => keys.try_collect().await.context("listing the pending cancels")?,
+        Err(error) => return Err(error).context("listing the pending cancels"),
+    };
+    let mut cancels = HashMap::new();
+    for (key, id) in keys.iter().filter_map(|key| Some((key, names::parse_pending_cancel_key(key)?))) {
+        let Some(value) = topology.active.get(key).await.context("reading a pending cancel")? else { continue };
+        let cancel = decode(&value).unwrap_or_else(|error| {
+            // Still a cancel: only who asked is lost.
+            tracing::warn!(%error, run = %id, "a pending cancel cannot be read; the run is cancelled all the same");
+            PendingCancel {
+                schema_version: SCHEMA_VERSION,
+                run_id: id,
+                request_id: None,
+                requested_by: String::new(),
+                at: chrono::Utc::now(),
+            }
+        });
+        cancels.insert(id, cancel);
+    }
+    Ok(cancels)
+}
+
+/// Keeps a cancel of a pending run until intake takes its submission.
+pub async fn remember_pending_cancel(topology: &Topology, cancel: &PendingCancel) -> Result<(), ServiceError> {
+    let key = names::pending_cancel_key(&cancel.run_id);
+    topology.active.put(key, encode(cancel)?.into()).await.context("storing a pending cancel")?;
+    Ok(())
+}
+
+/// Drops a pending cancel once its submission was taken (its run is stored, or it was
+/// rejected).
+pub async fn forget_pending_cancel(topology: &Topology, id: &RunId) -> Result<(), ServiceError> {
+    topology.active.delete(names::pending_cancel_key(id)).await.context("removing a pending cancel")?;
     Ok(())
 }

@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, Message};
 use chrono::Utc;
 use sluice_proto::{
-    ControlAction, ControlRequest, DeadLetter, EventKind, JobEvent, JobMessage, RefusalKind, Rejection, RunId,
-    TraceParent, WorkflowSpec, decode, encode, names,
+    ControlAction, ControlRequest, DeadLetter, EventKind, JobEvent, JobMessage, PendingCancel, RefusalKind, Rejection,
+    RunId, RunState, TraceParent, WorkflowSpec, decode, encode, names,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -154,6 +154,9 @@ struct Coordinator {
     /// `pool apply` is applied.
     pools: BTreeSet<String>,
     active: HashMap<RunId, Run>,
+    /// Runs cancelled while their submission waited (kept in KV `sluice-active` too): intake
+    /// creates them `cancelled`.
+    cancelled_pending: HashMap<RunId, PendingCancel>,
     outbox: Outbox,
     /// The specs known to be in `sluice-specs`.
     specs: StoredSpecs,
@@ -166,6 +169,7 @@ impl Coordinator {
             ran: HashSet::new(),
             pools: BTreeSet::new(),
             active: HashMap::new(),
+            cancelled_pending: HashMap::new(),
             outbox: Outbox::new(js.clone()),
             specs: StoredSpecs::default(),
             js,
@@ -177,7 +181,9 @@ impl Coordinator {
         self.pools = pools::declared(&topology).await?;
         self.outbox.pool_schemas = announce::refresh_pools(&topology).await?;
         let consumers = Consumers::create(&self.js).await?;
+        self.cancelled_pending = index::pending_cancels(&topology).await?;
         self.recover(&topology).await?;
+        self.apply_control_backlog(&topology, &consumers).await?;
         // `reports` stays here for the whole term, so the inbox never sees its tasks end.
         let (mut inbox, reports) = consumers.subscribe().await?;
         // The timekeeper lives exactly as long as this term: it stops when serving ends, by
@@ -209,6 +215,26 @@ impl Coordinator {
             }
             Inbound::TaskFailed(error) => Err(error),
         }
+    }
+
+    /// Applies the control requests stored before this term, before any submission is
+    /// taken: a cancel sent while no coordinator ran must find its run's submission still
+    /// pending, so that intake, taking the submission next, creates the run `cancelled`
+    /// instead of running it. (Within a term the inbox prefers control requests too, and a
+    /// submission taken first makes the cancel an ordinary one.)
+    async fn apply_control_backlog(&mut self, topology: &Topology, consumers: &Consumers) -> Result<(), ServiceError> {
+        let mut left = consumers.control_backlog().await?;
+        while left > 0 {
+            let batch = consumers.fetch_control(usize::try_from(left).unwrap_or(usize::MAX)).await?;
+            if batch.is_empty() {
+                break;
+            }
+            left = left.saturating_sub(batch.len() as u64);
+            for message in batch {
+                self.handle_control(topology, message).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Loads every running run, finishes what a crash interrupted, and re-publishes queued
@@ -348,8 +374,12 @@ impl Coordinator {
             .and_then(|text| TraceParent::parse(&text))
             .unwrap_or_else(|| TraceParent::new_root(&mut self.outbox.rng));
         let tracestate = header(&message, names::HEADER_TRACESTATE);
-        match intake::check(&message.payload, Some(traceparent.to_string()), tracestate, Utc::now()) {
-            Err(rejection) => self.reject(rejection).await?,
+        let run_id = match intake::check(&message.payload, Some(traceparent.to_string()), tracestate, Utc::now()) {
+            Err(rejection) => {
+                let run_id = rejection.run_id;
+                self.reject(rejection).await?;
+                run_id
+            }
             Ok(new) => {
                 let id = new.id;
                 if let Err(reason) = intake::check_pools(&new.spec, &self.pools) {
@@ -365,7 +395,11 @@ impl Coordinator {
                     tracing::debug!(run = %id, "submission already accepted");
                 } else {
                     let workflow = new.spec.name.clone();
-                    match self.start(topology, new).await {
+                    let started = match self.cancelled_pending.get(&id).cloned() {
+                        Some(cancel) => self.start_cancelled(topology, new, &cancel).await,
+                        None => self.start(topology, new).await,
+                    };
+                    match started {
                         Ok(()) => {
                             tracing::info!(run = %id, %workflow, trace_id = %traceparent.trace_id_hex(), "run started")
                         }
@@ -380,7 +414,15 @@ impl Coordinator {
                         Err(error) => return Err(error),
                     }
                 }
+                Some(id)
             }
+        };
+        // The submission is taken (its run stored, or it is rejected): a cancel kept for it
+        // has done its work.
+        if let Some(id) = run_id
+            && self.cancelled_pending.remove(&id).is_some()
+        {
+            index::forget_pending_cancel(topology, &id).await?;
         }
         message.ack().await.context("acknowledging a submission")?;
         self.evict_finished().await?;
@@ -397,6 +439,51 @@ impl Coordinator {
         self.index.running(run.record(), true).await?;
         self.ran.insert(id);
         // The run record must not exist yet (its jobs may, from a creation a crash cut short).
+        self.outbox.revisions.remember_run(&id, 0);
+        self.active.insert(id, run);
+        self.execute(effects).await
+    }
+
+    /// Creates a run that was cancelled while its submission waited for a coordinator: its
+    /// records are written `cancelled` (every job too) with who cancelled it, and nothing is
+    /// dispatched, so no worker ever sees its jobs.
+    async fn start_cancelled(
+        &mut self,
+        topology: &Topology,
+        new: crate::engine::NewRun,
+        cancel: &PendingCancel,
+    ) -> Result<(), ServiceError> {
+        let id = new.id;
+        let now = Utc::now();
+        // Its record names its spec like any run's.
+        self.specs.put(topology, &new.spec_hash, &new.spec_yaml).await?;
+        let (mut run, mut effects) = Run::start(new, now);
+        match run.apply(Input::Cancel, now) {
+            Ok(cancelled) => {
+                effects.extend(cancelled);
+                // Nothing was published, so there is nothing to withdraw or stop.
+                effects.retain(|effect| {
+                    !matches!(effect, Effect::Dispatch { .. } | Effect::Withdraw(_) | Effect::StopRun(_))
+                });
+            }
+            // A run just started is running, which the engine always cancels.
+            Err(not_applied) => {
+                tracing::error!(run = %id, %not_applied, "a new run refused its pending cancel; it runs")
+            }
+        }
+        let by = if cancel.requested_by.is_empty() { "unknown" } else { cancel.requested_by.as_str() };
+        for effect in &mut effects {
+            // The run leaves memory right after these writes, so the stored record is the
+            // one that needs to say it (the engine's copy is not read again).
+            if let Effect::SaveRun(record) = effect
+                && record.state == RunState::Cancelled
+            {
+                record.cancelled_by = Some(by.to_owned());
+            }
+        }
+        tracing::info!(run = %id, cancelled_by = by, "run created cancelled: it was cancelled while pending");
+        self.index.running(run.record(), true).await?;
+        self.ran.insert(id);
         self.outbox.revisions.remember_run(&id, 0);
         self.active.insert(id, run);
         self.execute(effects).await
@@ -634,7 +721,7 @@ impl Coordinator {
             self.execute(reconcile).await?;
         }
         let Some(run) = self.active.get_mut(&id) else {
-            return Ok(Answer::refused(RefusalKind::NotFound, format!("no run {id}")));
+            return self.control_pending(topology, request, id, now).await;
         };
         // A dead letter left behind by a crash after its job ran again stands for attempts
         // that are no longer the job's: replaying it would run finished work again.
@@ -694,6 +781,54 @@ impl Coordinator {
         Ok(Answer::applied(reason, changed).about(Some(id)))
     }
 
+    /// A cancel or retry of a run that is not stored: a cancel of a submission still pending
+    /// is kept (durably, then in memory) for intake, which creates the run `cancelled`;
+    /// anything else is refused.
+    async fn control_pending(
+        &mut self,
+        topology: &Topology,
+        request: &ControlRequest,
+        id: RunId,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Answer, ServiceError> {
+        let action = request.action_name();
+        let is_cancel = request.action == ControlAction::Cancel;
+        if let Some(kept) = self.cancelled_pending.get(&id) {
+            // The same request again (a crash came before its answer) was applied.
+            if is_cancel && kept.request_id.is_some() && kept.request_id == request.request_id {
+                return Ok(pending_cancelled(id));
+            }
+            return Ok(Answer::refused(
+                RefusalKind::Conflict,
+                format!("run {id} was cancelled already, before it started (by {})", kept.requested_by),
+            ));
+        }
+        if sluice_client::runs::find_pending(&self.js, &id).await?.is_none() {
+            return Ok(Answer::refused(RefusalKind::NotFound, format!("no run {id}")));
+        }
+        if !is_cancel {
+            return Ok(Answer::refused(
+                RefusalKind::Conflict,
+                format!(
+                    "run {id} is pending: no coordinator has taken its submission yet, so there is nothing to {action}"
+                ),
+            ));
+        }
+        let cancel = PendingCancel {
+            schema_version: sluice_proto::SCHEMA_VERSION,
+            run_id: id,
+            request_id: request.request_id,
+            requested_by: sluice_proto::messages::truncate_error(
+                &request.requested_by,
+                sluice_proto::limits::REQUESTED_BY_MAX_BYTES,
+            ),
+            at: now,
+        };
+        index::remember_pending_cancel(topology, &cancel).await?;
+        self.cancelled_pending.insert(id, cancel);
+        Ok(pending_cancelled(id))
+    }
+
     /// Finished runs leave memory: a year of runs costs disk, not RAM.
     /// The index records the end of the runs that ran here (their final records are
     /// stored by now), and they leave memory.
@@ -717,6 +852,15 @@ fn new_spec(yaml: &str, pools: &BTreeSet<String>) -> Result<NewSpec, String> {
     let spec = WorkflowSpec::parse(yaml).map_err(|error| format!("--spec: {error}"))?;
     intake::check_pools(&spec, pools).map_err(|reason| format!("--spec: {reason}"))?;
     Ok(NewSpec { spec: Arc::new(spec), hash: WorkflowSpec::hash(yaml) })
+}
+
+/// The answer to a cancel of a pending run.
+fn pending_cancelled(id: RunId) -> Answer {
+    Answer::applied(
+        format!("run {id} cancelled before it started: it is created cancelled when a coordinator takes its submission, and none of its jobs runs"),
+        Vec::new(),
+    )
+    .about(Some(id))
 }
 
 /// The job paths a list of effects saves: what a control request changed, in order.

@@ -82,6 +82,7 @@ mod tests {
             tracestate: None,
             jobs: Vec::new(),
             origin: "manual".into(),
+            cancelled_by: None,
         }
     }
 

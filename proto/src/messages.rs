@@ -232,6 +232,11 @@ pub struct RunRecord {
     /// Where it comes from: `manual`, `schedule:<name>` or `backfill:<id>`.
     #[serde(default = "manual_origin")]
     pub origin: String,
+    /// Who cancelled the run while its submission waited for a coordinator (`sluice cancel`
+    /// of a pending run): it was created `cancelled` and none of its jobs ran. Absent
+    /// otherwise (a later retry keeps it: it says how the run began).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelled_by: Option<String>,
 }
 versioned!(RunRecord, "run record");
 
@@ -603,6 +608,24 @@ pub struct ControlOutcome {
     pub at: DateTime<Utc>,
 }
 versioned!(ControlOutcome, "control outcome");
+
+/// A cancel of a run whose submission no coordinator had taken yet, kept by the coordinator
+/// in KV `sluice-active` under [`crate::names::pending_cancel_key`] until intake takes the
+/// submission and creates the run `cancelled`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCancel {
+    pub schema_version: u32,
+    pub run_id: RunId,
+    /// The cancel request's id.
+    #[serde(default)]
+    pub request_id: Option<RequestId>,
+    /// Who asked (bounded like a request's).
+    #[serde(default)]
+    pub requested_by: String,
+    /// When the cancel was applied.
+    pub at: DateTime<Utc>,
+}
+versioned!(PendingCancel, "pending cancel");
 
 /// Whether a request took effect.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

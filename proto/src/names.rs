@@ -273,6 +273,21 @@ pub const ACTIVE_BUCKET: &str = "sluice-active";
 /// The key in [`ACTIVE_BUCKET`] saying that the runs of an older store were indexed.
 pub const ACTIVE_INDEXED_KEY: &str = "_indexed";
 
+/// The key in [`ACTIVE_BUCKET`] of a run cancelled while its submission waited for a
+/// coordinator (a [`crate::messages::PendingCancel`]): intake creates that run `cancelled`,
+/// then deletes the key. Not a run id, so readers of the running set skip it.
+pub fn pending_cancel_key(run_id: &RunId) -> String {
+    format!("{PENDING_CANCEL_PREFIX}{run_id}")
+}
+
+/// What every [`pending_cancel_key`] starts with.
+pub const PENDING_CANCEL_PREFIX: &str = "_cancelled.";
+
+/// The run of a [`pending_cancel_key`]: its inverse.
+pub fn parse_pending_cancel_key(key: &str) -> Option<RunId> {
+    key.strip_prefix(PENDING_CANCEL_PREFIX)?.parse().ok()
+}
+
 /// KV bucket of declared pools, keyed by pool name.
 pub const POOLS_BUCKET: &str = "sluice-pools";
 /// KV bucket of live workers and coordinators (entries expire unless renewed).
@@ -556,5 +571,8 @@ mod tests {
         assert_eq!(parse_event_subject(&compat::event_subject(&id, "a")), None, "schema 1 has no pool token");
         assert_eq!(parse_control_subject("sluice.control.alice"), None);
         assert_eq!(parse_job_key("no-dot"), None);
+        assert_eq!(parse_pending_cancel_key(&pending_cancel_key(&id)), Some(id));
+        assert_eq!(parse_pending_cancel_key(&id.to_string()), None);
+        assert!(pending_cancel_key(&id).parse::<RunId>().is_err(), "the running set skips it");
     }
 }

@@ -153,6 +153,22 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The `name:` of a workflow's YAML, read without validating the rest: what listings show of
+/// a submission no coordinator has checked yet. `None` when it is over the size limit, is
+/// not YAML with a valid name, or has none.
+pub fn workflow_name(yaml: &str) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Named {
+        name: String,
+    }
+    if yaml.len() > WORKFLOW_YAML_MAX_BYTES {
+        return None;
+    }
+    let named: Named = serde_saphyr::from_str(yaml).ok()?;
+    check_name("workflow", &named.name).ok()?;
+    Some(named.name)
+}
+
 impl WorkflowSpec {
     /// Parses and validates workflow YAML.
     /// The content hash a spec is stored under in [`crate::names::SPECS_BUCKET`]: SHA-256 of

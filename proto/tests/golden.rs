@@ -11,8 +11,8 @@ use sluice_proto::messages::Versioned;
 use sluice_proto::{
     AttemptRecord, BackfillRecord, BackfillRequest, BackfillWindow, ChildSpec, ControlAction, ControlOutcome,
     ControlRequest, DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, JobState, LogBatch, LogLine, LogStream,
-    Outcome, PoolRecord, RefusalKind, Rejection, RequestId, Rerun, RetryPolicy, RunId, RunIndexEntry, RunRecord,
-    RunState, SCHEMA_VERSION, ScheduleRecord, SpawnBatch, Submission, Window, WorkerRecord, decode, encode,
+    Outcome, PendingCancel, PoolRecord, RefusalKind, Rejection, RequestId, Rerun, RetryPolicy, RunId, RunIndexEntry,
+    RunRecord, RunState, SCHEMA_VERSION, ScheduleRecord, SpawnBatch, Submission, Window, WorkerRecord, decode, encode,
 };
 
 fn time(text: &str) -> DateTime<Utc> {
@@ -237,6 +237,7 @@ fn run_and_job_records() {
             tracestate: None,
             jobs: vec!["a".into()],
             origin: "manual".into(),
+            cancelled_by: None,
         },
     );
     check(
@@ -382,6 +383,16 @@ fn control_requests_and_outcomes() {
             at: time("2024-03-02T08:00:01Z"),
         },
     );
+    check(
+        "pending_cancel",
+        PendingCancel {
+            schema_version: SCHEMA_VERSION,
+            run_id: run_id(),
+            request_id: Some(request_id()),
+            requested_by: "alice".into(),
+            at: time("2024-03-02T08:00:01Z"),
+        },
+    );
 }
 
 /// A request from a client of schema 1 (no request id, no identity) still decodes: it is
@@ -508,6 +519,7 @@ fn every_versioned_type_has_a_golden_vector() {
         ("PoolRecord", "pool_record"),
         ("WorkerRecord", "worker_record"),
         ("RunIndexEntry", "run_index_entry"),
+        ("PendingCancel", "pending_cancel"),
     ]);
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut versioned = Vec::new();

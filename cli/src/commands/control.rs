@@ -9,14 +9,45 @@ use async_nats::jetstream;
 use serde_json::json;
 use sluice_proto::{ControlAction, ControlRequest, JobState, RunId};
 
-use crate::commands::status::{Lookup, RunView, lookup, view_json};
+use crate::commands::status::{Lookup, RunView, lookup, pending_json, view_json};
 use crate::follow::follow_one;
 use crate::output::{self, CliError, Format, applied, ask, print_json};
 
+/// How long `cancel` of a pending run waits for the coordinator that answered to create it
+/// (`cancelled`), so it can print the run; it takes the submission right after the request.
+const CREATED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn cancel(url: &str, run: &str, format: Format) -> Result<ExitCode, CliError> {
-    let (js, view) = open_run(url, run).await?;
-    let id = view.record.id;
-    applied(ask(&js, ControlRequest::new(ControlAction::Cancel, Some(id), "")).await?)?;
+    let client = output::connect(url).await?;
+    let js = jetstream::new(client);
+    let id: RunId = output::resolve_run(&js, run).await?;
+    let pending = match lookup(&js, &id).await? {
+        Lookup::Found(_) => None,
+        Lookup::Rejected(rejection) => {
+            return Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason)));
+        }
+        Lookup::Unknown => match sluice_client::runs::find_pending(&js, &id).await? {
+            Some(pending) => Some(pending),
+            None => return Err(CliError::usage(format!("no run {id}"))),
+        },
+    };
+    let outcome = applied(ask(&js, ControlRequest::new(ControlAction::Cancel, Some(id), "")).await?)?;
+    if let Some(pending) = pending {
+        // The run is created `cancelled` once the coordinator takes its submission.
+        let created = tokio::time::timeout(CREATED_WAIT, sluice_client::view::wait_for_end(&js, &id)).await;
+        let Ok(Ok(Lookup::Found(done))) = created else {
+            match format {
+                Format::Json => print_json(&pending_json(&pending))?,
+                Format::Human => outln!("{}", outcome.reason)?,
+            }
+            return Ok(ExitCode::SUCCESS);
+        };
+        match format {
+            Format::Json => print_json(&view_json(&done))?,
+            Format::Human => outln!("run {id} cancelled before it started: none of its jobs ran")?,
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let Lookup::Found(done) = lookup(&js, &id).await? else {
         return Err(CliError::failed(format!("run {id} was cancelled but cannot be read back")));
     };
@@ -83,6 +114,9 @@ pub async fn open_run(url: &str, run: &str) -> Result<(jetstream::Context, RunVi
     match lookup(&js, &id).await? {
         Lookup::Found(view) => Ok((js, *view)),
         Lookup::Rejected(rejection) => Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason))),
+        Lookup::Unknown if sluice_client::runs::find_pending(&js, &id).await?.is_some() => Err(CliError::failed(
+            format!("run {id} is pending: no coordinator has taken its submission yet, so it has nothing to retry"),
+        )),
         Lookup::Unknown => Err(CliError::usage(format!("no run {id}"))),
     }
 }

@@ -1,12 +1,13 @@
 //! `sluice runs`: runs newest first, filtered by workflow, state or origin, a page at a
-//! time through the run index (`sluice_client::runs`); `--rejected` lists submissions that
-//! were refused, with the reason.
+//! time through the run index (`sluice_client::runs`), after the submissions no coordinator
+//! has taken yet (shown `pending`); `--rejected` lists submissions that were refused, with
+//! the reason.
 
 use std::process::ExitCode;
 
 use async_nats::jetstream;
 use serde_json::json;
-use sluice_client::runs::{PAGE_MAX, RunFilter};
+use sluice_client::runs::{PAGE_MAX, PendingChoice, RunFilter};
 use sluice_proto::RunState;
 
 use crate::output::{self, CliError, Format, print_json, table, time};
@@ -16,7 +17,8 @@ pub struct RunsArgs {
     /// Only runs of this workflow.
     #[arg(long)]
     workflow: Option<String>,
-    /// Only runs in this state: running, succeeded, failed, cancelled.
+    /// Only runs in this state: pending (submitted, not yet taken by a coordinator),
+    /// running, succeeded, failed, cancelled.
     #[arg(long)]
     state: Option<String>,
     /// Only runs of this origin: `manual`, `schedule:NAME` or `backfill:ID`.
@@ -34,12 +36,18 @@ pub struct RunsArgs {
 }
 
 pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, CliError> {
+    // `pending` is a display state, not a run state: no run record says it.
+    let choice = match args.state.as_deref() {
+        Some(PENDING) => PendingChoice::Only,
+        _ => PendingChoice::Included,
+    };
     let state = args
         .state
         .as_deref()
+        .filter(|text| *text != PENDING)
         .map(|text| {
             RunState::parse(text).ok_or_else(|| {
-                CliError::usage(format!("unknown state `{text}`: use running, succeeded, failed or cancelled"))
+                CliError::usage(format!("unknown state `{text}`: use pending, running, succeeded, failed or cancelled"))
             })
         })
         .transpose()?;
@@ -54,33 +62,51 @@ pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, 
     if args.rejected {
         return rejected(&js, args.limit, format).await;
     }
+    if choice == PendingChoice::Only && args.cursor.is_some() {
+        return Err(CliError::usage("--state pending lists one page (up to --limit 1000): it takes no --cursor"));
+    }
     let filter = RunFilter { workflow: args.workflow.clone(), state, origin: args.origin.clone() };
-    let page = sluice_client::runs::list(&js, &filter, args.limit, args.cursor.as_deref()).await?;
-    let runs = page.runs;
+    let page = sluice_client::runs::list_with_pending(&js, &filter, choice, args.limit, args.cursor.as_deref()).await?;
+    let (pending, runs) = (page.pending, page.runs);
     match format {
-        Format::Json => print_json(&json!({"runs": runs.iter().map(|run| json!({
-            "id": run.id.to_string(),
-            "workflow": run.workflow,
-            "state": run.state.as_str(),
-            "window": {"start": run.window.start_rfc3339(), "end": run.window.end_rfc3339()},
-            "created_at": time(Some(run.created_at)),
-            "finished_at": time(run.finished_at),
-            "origin": run.origin,
-        })).collect::<Vec<_>>(), "next": page.next}))?,
-        Format::Human if runs.is_empty() => outln!("no runs")?,
+        Format::Json => {
+            let mut rows: Vec<serde_json::Value> = pending.iter().map(pending_row).collect();
+            rows.extend(runs.iter().map(|run| {
+                json!({
+                    "id": run.id.to_string(),
+                    "workflow": run.workflow,
+                    "state": run.state.as_str(),
+                    "window": {"start": run.window.start_rfc3339(), "end": run.window.end_rfc3339()},
+                    "created_at": time(Some(run.created_at)),
+                    "finished_at": time(run.finished_at),
+                    "origin": run.origin,
+                })
+            }));
+            print_json(&json!({"runs": rows, "next": page.next}))?
+        }
+        Format::Human if runs.is_empty() && pending.is_empty() => outln!("no runs")?,
         Format::Human => {
-            let rows: Vec<Vec<String>> = runs
+            let mut rows: Vec<Vec<String>> = pending
                 .iter()
                 .map(|run| {
                     vec![
                         run.id.to_string(),
-                        run.workflow.clone(),
-                        run.state.as_str().to_owned(),
-                        run.window.to_string(),
-                        time(Some(run.created_at)).as_str().unwrap_or_default().to_owned(),
+                        run.workflow.clone().unwrap_or_else(|| "?".into()),
+                        PENDING.to_owned(),
+                        run.window.as_ref().map(|window| window.to_string()).unwrap_or_else(|| "-".into()),
+                        time(Some(run.submitted_at)).as_str().unwrap_or_default().to_owned(),
                     ]
                 })
                 .collect();
+            rows.extend(runs.iter().map(|run| {
+                vec![
+                    run.id.to_string(),
+                    run.workflow.clone(),
+                    run.state.as_str().to_owned(),
+                    run.window.to_string(),
+                    time(Some(run.created_at)).as_str().unwrap_or_default().to_owned(),
+                ]
+            }));
             outln!("{}", table(&["RUN", "WORKFLOW", "STATE", "WINDOW", "CREATED"], &rows))?;
             if let Some(next) = &page.next {
                 outln!("older runs: sluice runs --cursor {next} (with the same filters)")?;
@@ -88,6 +114,24 @@ pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The display state of a submission no coordinator has taken yet.
+pub const PENDING: &str = "pending";
+
+/// A pending submission as a row of `runs -o json`: the keys of a run's row, then
+/// `submitted_at` (docs/cli.md).
+pub fn pending_row(run: &sluice_client::runs::PendingRun) -> serde_json::Value {
+    json!({
+        "id": run.id.to_string(),
+        "workflow": run.workflow,
+        "state": PENDING,
+        "window": run.window.as_ref().map(|window| json!({"start": window.start_rfc3339(), "end": window.end_rfc3339()})),
+        "created_at": null,
+        "finished_at": null,
+        "origin": run.origin,
+        "submitted_at": time(Some(run.submitted_at)),
+    })
 }
 
 async fn rejected(js: &jetstream::Context, limit: usize, format: Format) -> Result<ExitCode, CliError> {

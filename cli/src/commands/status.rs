@@ -1,4 +1,5 @@
-//! `sluice status RUN`: a run and its jobs, with every attempt.
+//! `sluice status RUN`: a run and its jobs, with every attempt; or a submission no
+//! coordinator has taken yet, shown `pending`.
 
 use std::process::ExitCode;
 
@@ -44,10 +45,56 @@ pub async fn run(url: &str, args: StatusArgs, format: Format) -> Result<ExitCode
             Ok(ExitCode::SUCCESS)
         }
         Lookup::Rejected(rejection) => Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason))),
-        Lookup::Unknown => Err(CliError::usage(format!(
-            "no run {id} (not submitted to this server, or no coordinator has taken it yet)"
-        ))),
+        Lookup::Unknown => {
+            let Some(pending) = sluice_client::runs::find_pending(&js, &id).await? else {
+                return Err(CliError::usage(format!(
+                    "no run {id} (not submitted to this server, nor among its newest {} pending submissions)",
+                    sluice_client::runs::PENDING_READ_MAX
+                )));
+            };
+            if args.job.is_some() {
+                return Err(CliError::usage(format!(
+                    "run {id} is pending: its jobs exist once a coordinator takes its submission"
+                )));
+            }
+            match format {
+                Format::Json => print_json(&pending_json(&pending))?,
+                Format::Human => outln!("{}", pending_text(&pending))?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// `status -o json` of a pending run: the keys of the run shape it has, then `submitted_at`
+/// (docs/cli.md).
+pub fn pending_json(run: &sluice_client::runs::PendingRun) -> serde_json::Value {
+    json!({
+        "id": run.id.to_string(),
+        "workflow": run.workflow,
+        "state": super::runs::PENDING,
+        "window": run.window.as_ref().map(|window| json!({"start": window.start_rfc3339(), "end": window.end_rfc3339()})),
+        "created_at": null,
+        "finished_at": null,
+        "origin": run.origin,
+        "submitted_at": time(Some(run.submitted_at)),
+        "jobs": [],
+    })
+}
+
+/// The human view of a pending run.
+pub fn pending_text(run: &sluice_client::runs::PendingRun) -> String {
+    format!(
+        "run        {}\nworkflow   {}\nstate      {}\nwindow     {}\nsubmitted  {}\n\nwaiting for a coordinator to take the submission (`sluice coordinator`)",
+        run.id,
+        run.workflow.as_deref().unwrap_or("? (its YAML cannot be read: it will be rejected)"),
+        super::runs::PENDING,
+        run.window
+            .as_ref()
+            .map(|window| window.to_string())
+            .unwrap_or_else(|| "the previous day (decided when it is taken)".into()),
+        time(Some(run.submitted_at)).as_str().unwrap_or_default(),
+    )
 }
 
 /// The stable JSON shape of `status -o json` (documented in docs/cli.md).
@@ -65,6 +112,7 @@ pub fn view_json(view: &RunView) -> serde_json::Value {
         "trace_id": record.traceparent.as_deref().and_then(sluice_proto::TraceParent::parse).map(|parent| parent.trace_id_hex()),
         "spec_hash": record.spec_hash,
         "jobs": view.jobs.iter().map(|job| job_json(view, job)).collect::<Vec<_>>(),
+        "cancelled_by": record.cancelled_by,
     })
 }
 
@@ -119,6 +167,9 @@ pub fn view_text(view: &RunView) -> String {
     );
     if let Some(error) = &record.error {
         out.push_str(&format!("error     {error}\n"));
+    }
+    if let Some(by) = &record.cancelled_by {
+        out.push_str(&format!("cancelled by {by} before it started\n"));
     }
     out.push('\n');
     out.push_str(&jobs_table(view, view.jobs.iter()));

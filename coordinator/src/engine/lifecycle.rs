@@ -32,6 +32,7 @@ impl Run {
             traceparent: new.traceparent,
             tracestate: new.tracestate,
             jobs: order.clone(),
+            cancelled_by: None,
         };
         let jobs = order.iter().map(|name| (name.clone(), blank_job(new.id, name))).collect();
         let mut run = Self::assemble(record, Arc::new(new.spec), jobs);

@@ -239,3 +239,12 @@ fn a_rerun_spec_that_changes_more_is_refused_naming_the_jobs() {
         ["the run's workflow is `etl`, the new spec's `etl2`", "it changes the workflow's `on_failure`"]
     );
 }
+
+#[test]
+fn a_workflow_name_is_read_without_validating_the_rest() {
+    assert_eq!(workflow_name("name: sales\njobs:\n  a: { run: noop, needs: [a] }\n").as_deref(), Some("sales"));
+    assert_eq!(workflow_name("jobs: {}\n"), None, "no name");
+    assert_eq!(workflow_name("name: [not, a, name]\n"), None);
+    assert_eq!(workflow_name("name: has.dots\n"), None, "not a valid name");
+    assert_eq!(workflow_name(": : :"), None);
+}
