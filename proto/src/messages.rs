@@ -337,6 +337,30 @@ pub struct JobRecord {
 versioned!(JobRecord, "job record");
 
 impl JobRecord {
+    /// A job that has not started: `blocked`, no attempts, generation 0.
+    pub fn blank(run_id: RunId, name: &str) -> Self {
+        Self {
+            schema_version: crate::SCHEMA_VERSION,
+            run_id,
+            name: name.to_owned(),
+            state: JobState::Blocked,
+            attempts: 0,
+            attempt_offset: 0,
+            generation: 0,
+            queued_at: None,
+            started_at: None,
+            finished_at: None,
+            retry_at: None,
+            error: None,
+            attempt_history: Vec::new(),
+            parent: None,
+            definition: None,
+            children: 0,
+            output: None,
+            attempts_omitted: 0,
+        }
+    }
+
     /// Adds an attempt to the history, leaving out the oldest but the first when it is full.
     pub fn push_attempt(&mut self, attempt: AttemptRecord) {
         if self.attempt_history.len() > crate::limits::ATTEMPTS_KEPT_LATEST {

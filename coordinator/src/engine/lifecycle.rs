@@ -199,24 +199,5 @@ fn count_children(jobs: &HashMap<String, JobRecord>) -> (HashMap<String, usize>,
 
 /// A job that has not started: `blocked`, no attempts, generation 0.
 pub(super) fn blank_job(run_id: RunId, name: &str) -> JobRecord {
-    JobRecord {
-        schema_version: SCHEMA_VERSION,
-        run_id,
-        name: name.to_owned(),
-        state: JobState::Blocked,
-        attempts: 0,
-        attempt_offset: 0,
-        generation: 0,
-        queued_at: None,
-        started_at: None,
-        finished_at: None,
-        retry_at: None,
-        error: None,
-        attempt_history: Vec::new(),
-        parent: None,
-        definition: None,
-        children: 0,
-        output: None,
-        attempts_omitted: 0,
-    }
+    JobRecord::blank(run_id, name)
 }

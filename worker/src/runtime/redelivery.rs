@@ -138,24 +138,11 @@ pub(crate) mod tests {
 
     fn record(job: &JobMessage, state: JobState, attempts: u32) -> JobRecord {
         JobRecord {
-            schema_version: SCHEMA_VERSION,
-            run_id: job.run_id,
-            name: job.job.clone(),
             state,
             attempts,
             attempt_offset: job.attempt_offset,
             generation: job.generation,
-            queued_at: None,
-            started_at: None,
-            finished_at: None,
-            retry_at: None,
-            error: None,
-            attempt_history: Vec::new(),
-            parent: None,
-            definition: None,
-            children: 0,
-            output: None,
-            attempts_omitted: 0,
+            ..JobRecord::blank(job.run_id, &job.job)
         }
     }
 
