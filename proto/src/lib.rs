@@ -30,7 +30,7 @@ pub use duration::HumanDuration;
 pub use ids::{RequestId, RunId};
 pub use messages::{
     AttemptRecord, BackfillRecord, BackfillRequest, BackfillWindow, ControlAction, ControlOutcome, ControlRequest,
-    DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, LogBatch, LogLine, LogStream, Outcome, PoolRecord,
+    DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, LogBatch, Mark, MarkAs, LogLine, LogStream, Outcome, PoolRecord,
     PoolSettings, RefusalKind, Rejection, Rerun, RunIndexEntry, RunRecord, SCHEMA_VERSION, ScheduleRecord, Submission,
     WorkerRecord,
 };

@@ -211,5 +211,6 @@ pub(super) fn blank_job(run_id: RunId, name: &str) -> JobRecord {
         children: 0,
         output: None,
         attempts_omitted: 0,
+        marked: None,
     }
 }
