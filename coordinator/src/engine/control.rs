@@ -81,6 +81,11 @@ impl Run {
         for name in order.iter().rev() {
             if plan.wait.contains(name) && self.pending_children.get(name).copied().unwrap_or(0) == 0 {
                 self.finish_parent(name, now, &mut effects);
+                if !self.on_success(name) {
+                    // Still waiting: its rule may say skip (an `on_failure` parent whose needs
+                    // all completed), and nothing else would decide it.
+                    self.unblock(name, now, &mut effects);
+                }
             }
         }
         // Written in this order so a crash at any point leaves a store that restores to a
