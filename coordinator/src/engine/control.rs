@@ -67,25 +67,22 @@ impl Run {
         self.record.error = None;
         let mut effects = Vec::new();
         for name in &order {
-            if !plan.run.contains(name) {
-                continue;
-            }
-            if !self.on_success(name) {
-                // Its rule decides: it may run on what finished without completing, or be
-                // skipped (`on_failure` with nothing failed).
-                self.unblock(name, now, &mut effects);
-            } else if self.pending_needs.get(name).copied().unwrap_or(0) == 0 {
+            if plan.run.contains(name) && self.on_success(name) && self.pending_needs.get(name).copied().unwrap_or(0) == 0
+            {
                 self.ready(name, now, &mut effects);
+            }
+        }
+        // Then the jobs of other rules, which may run on what finished without completing or
+        // be skipped (`on_failure` with nothing failed). After the others: deciding one may
+        // finish a parent and so start what needs it, which must not be started twice.
+        for name in &order {
+            if plan.run.contains(name) && !self.on_success(name) {
+                self.unblock(name, now, &mut effects);
             }
         }
         for name in order.iter().rev() {
             if plan.wait.contains(name) && self.pending_children.get(name).copied().unwrap_or(0) == 0 {
                 self.finish_parent(name, now, &mut effects);
-                if !self.on_success(name) {
-                    // Still waiting: its rule may say skip (an `on_failure` parent whose needs
-                    // all completed), and nothing else would decide it.
-                    self.unblock(name, now, &mut effects);
-                }
             }
         }
         // Written in this order so a crash at any point leaves a store that restores to a
@@ -264,7 +261,7 @@ impl Run {
                 MarkAs::Succeeded => self.on_completed(path, now, &mut effects),
                 MarkAs::Skipped => {
                     for dependent in self.dependents.get(path).cloned().unwrap_or_default() {
-                        self.unblock(&dependent, now, &mut effects);
+                        self.need_finished(&dependent, now, &mut effects);
                     }
                 }
             }
@@ -285,7 +282,10 @@ impl Run {
             self.record.error = None;
         }
         for name in &undone {
-            self.unblock(name, now, &mut effects);
+            // Deciding one before it may have started it already (a cascade).
+            if !self.is_held(name) {
+                self.unblock(name, now, &mut effects);
+            }
         }
         // In the order a crash can stop anywhere in: the run record (one running again with
         // its jobs as they were just ends again), the jobs decided again from the last to the

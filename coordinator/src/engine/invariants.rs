@@ -105,7 +105,7 @@ impl Run {
                     assert_eq!(pending, 0, "`{name}` is {} before what it needs completed", state.as_str());
                 } else {
                     let unfinished = spec.needs.iter().find(|need| !self.jobs[need.as_str()].state.is_terminal());
-                    assert_eq!(unfinished, None, "`{name}` is {} before what it needs finished", state.as_str());
+                    assert_eq!(unfinished, None, "`{name}` is {} before what it needs finished: {:?}", state.as_str(), unfinished.map(|need| &self.jobs[need.as_str()]));
                 }
             }
         }

@@ -28,16 +28,22 @@ impl Run {
             if *pending > 0 && self.on_success(&dependent) {
                 continue;
             }
-            if self.jobs[&dependent].state == JobState::Waiting && self.is_ready(&dependent) {
-                // A parent waiting again (a rerun of what it needs) whose children are done.
-                if self.pending_children.get(&dependent).copied().unwrap_or(0) == 0 {
-                    self.finish_parent(&dependent, now, effects);
-                }
-            } else {
-                self.unblock(&dependent, now, effects);
-            }
+            self.need_finished(&dependent, now, effects);
         }
         self.child_finished(path, now, effects);
+    }
+
+    /// Decides `dependent` after a job it needs finished: a parent waiting again (a rerun of
+    /// what it needs) finishes once its rule lets it and its children are done; any other
+    /// job is decided by [`Run::unblock`].
+    pub(super) fn need_finished(&mut self, dependent: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        if self.jobs[dependent].state == JobState::Waiting && self.is_ready(dependent) {
+            if self.pending_children.get(dependent).copied().unwrap_or(0) == 0 {
+                self.finish_parent(dependent, now, effects);
+            }
+        } else {
+            self.unblock(dependent, now, effects);
+        }
     }
 
     /// A job reached a terminal state: if it is a child, its parent may be done.
@@ -60,6 +66,12 @@ impl Run {
             return;
         }
         if !self.is_ready(path) {
+            // What it needs is not all done, or (another rule than `on_success`) its rule now
+            // says skip: a parent waiting again whose needs ended otherwise than when it ran
+            // is skipped, as an `on_success` one is when a need it waits for fails.
+            if matches!(self.trigger_of(path), Trigger::Skip(_)) {
+                self.unblock(path, now, effects);
+            }
             return;
         }
         let Some(error) = self.children_error(path) else {
@@ -227,7 +239,7 @@ impl Run {
 
     /// Whether `name` waits in its group's queue for a `max_parallel` slot (a scan of the
     /// group: only for the few workflow jobs with a `when`, never for children).
-    fn is_held(&self, name: &str) -> bool {
+    pub(super) fn is_held(&self, name: &str) -> bool {
         self.held.get(group_of(name)).is_some_and(|queue| queue.iter().any(|held| held == name))
     }
 

@@ -175,6 +175,9 @@ impl Sim {
         let (run, effects) = start_with_id(&yaml, id);
         let mut world = World::default();
         world.execute(&run, &effects, usize::MAX);
+        if std::env::var_os("SLUICE_SIM_TRACE").is_some() {
+            eprintln!("{yaml}");
+        }
         let trace = vec![yaml, format!("{effects:?}")];
         Self {
             rng,
