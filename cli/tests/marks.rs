@@ -38,11 +38,15 @@ fn a_failed_job_marked_succeeded_lets_what_needs_it_run_and_the_run_succeed() {
 
     // Bad input exits 2 before anything is asked; the flag is named.
     fails(&stack, &["mark", &id, "nope", "--succeeded"], 2, "has no job `nope`");
-    fails(&stack, &["mark", &id, "extract", "--succeeded", "--with-output", "{rows"], 2, "--with-output is not valid JSON");
+    fails(
+        &stack,
+        &["mark", &id, "extract", "--succeeded", "--with-output", "{rows"],
+        2,
+        "--with-output is not valid JSON",
+    );
     fails(&stack, &["mark", &id, "extract"], 2, "--succeeded");
 
-    let answer =
-        stack.sluice_json(&["mark", &id, "extract", "--succeeded", "--with-output", r#"{"rows": 7}"#], 0);
+    let answer = stack.sluice_json(&["mark", &id, "extract", "--succeeded", "--with-output", r#"{"rows": 7}"#], 0);
     assert_eq!(answer["marked"], "succeeded", "{answer:#}");
     let done = stack.wait_for_run(&id, Duration::from_secs(30));
     assert_eq!(done["state"], "succeeded", "the only failure was marked: {done:#}");
@@ -114,7 +118,10 @@ fn an_always_job_runs_after_a_failure_and_an_on_failure_job_is_skipped_when_all_
     assert_eq!(succeeded["state"], "succeeded", "{succeeded:#}");
     assert_eq!(job(&succeeded, "alert")["state"], "skipped");
 
-    let wrong = stack.write("wrong.yaml", "name: wrong\njobs:\n  a: { run: noop }\n  b: { run: noop, needs: [a], when: sometimes }\n");
+    let wrong = stack.write(
+        "wrong.yaml",
+        "name: wrong\njobs:\n  a: { run: noop }\n  b: { run: noop, needs: [a], when: sometimes }\n",
+    );
     let output = stack.sluice(&["validate", wrong.to_str().unwrap()]);
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");

@@ -445,7 +445,10 @@ mod tests {
         assert_eq!(refusal_kind(&Refused::StillRunning { run_id }), RefusalKind::Conflict);
         assert_eq!(refusal_kind(&Refused::NeedsFirst { job: "b".into(), need: "a".into() }), RefusalKind::Conflict);
         assert_eq!(refusal_kind(&Refused::MarkRunning { job: "b".into() }), RefusalKind::Conflict);
-        assert_eq!(refusal_kind(&Refused::AlreadySucceeded { job: "b".into(), by: String::new() }), RefusalKind::Conflict);
+        assert_eq!(
+            refusal_kind(&Refused::AlreadySucceeded { job: "b".into(), by: String::new() }),
+            RefusalKind::Conflict
+        );
     }
 
     #[test]

@@ -11,8 +11,8 @@ use sluice_proto::limits::*;
 use sluice_proto::messages::{REDELIVERIES_KEPT, bounded_worker};
 use sluice_proto::spawn::OUTPUT_MAX_BYTES;
 use sluice_proto::{
-    AttemptRecord, DeadLetter, JobMessage, JobRecord, JobSpec, JobState, Mark, MarkAs, RetryPolicy, RunId, SCHEMA_VERSION, Window,
-    WorkflowSpec, encode,
+    AttemptRecord, DeadLetter, JobMessage, JobRecord, JobSpec, JobState, Mark, MarkAs, RetryPolicy, RunId,
+    SCHEMA_VERSION, Window, WorkflowSpec, encode,
 };
 
 fn time() -> DateTime<Utc> {

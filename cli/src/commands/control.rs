@@ -55,7 +55,8 @@ pub async fn retry(url: &str, args: RetryArgs, format: Format) -> Result<ExitCod
     if format == Format::Human {
         outln!("retrying run {id}: {}", outcome.changed.join(", "))?;
     }
-    let answer = json!({"id": id.to_string(), "retrying": outcome.changed, "request_id": outcome.request_id.to_string()});
+    let answer =
+        json!({"id": id.to_string(), "retrying": outcome.changed, "request_id": outcome.request_id.to_string()});
     done_or_follow(&js, id, args.wait, answer, format).await
 }
 

@@ -67,7 +67,9 @@ impl Run {
         self.record.error = None;
         let mut effects = Vec::new();
         for name in &order {
-            if plan.run.contains(name) && self.on_success(name) && self.pending_needs.get(name).copied().unwrap_or(0) == 0
+            if plan.run.contains(name)
+                && self.on_success(name)
+                && self.pending_needs.get(name).copied().unwrap_or(0) == 0
             {
                 self.ready(name, now, &mut effects);
             }
@@ -351,7 +353,9 @@ fn check_markable(path: &str, job: &sluice_proto::JobRecord, as_: MarkAs, in_wor
         }),
         JobState::Skipped if as_ == MarkAs::Skipped => Err(Refused::AlreadySkipped { job: job_name() }),
         JobState::Running => Err(Refused::MarkRunning { job: job_name() }),
-        JobState::Waiting => Err(Refused::NotMarkable { job: job_name(), why: "it is waiting for the children it spawned" }),
+        JobState::Waiting => {
+            Err(Refused::NotMarkable { job: job_name(), why: "it is waiting for the children it spawned" })
+        }
         JobState::Cancelled => Err(Refused::NotMarkable { job: job_name(), why: "it was cancelled" }),
         _ if job.children > 0 => Err(Refused::NotMarkable {
             job: job_name(),

@@ -190,9 +190,7 @@ impl Run {
             // Right after the last child's save, not at the end: a parent whose children were
             // all skipped at once has finished, and what needs it (an `always` job) may be
             // queued in this input; that must be stored after the parent it follows.
-            let children = |effect: &Effect| {
-                matches!(effect, Effect::SaveJob { job, .. } if sluice_proto::spawn::parent_of(job) == Some(path))
-            };
+            let children = |effect: &Effect| matches!(effect, Effect::SaveJob { job, .. } if sluice_proto::spawn::parent_of(job) == Some(path));
             let at = effects.iter().rposition(children).map_or(effects.len(), |last| last + 1);
             effects.insert(at, self.save(path));
         }

@@ -99,13 +99,20 @@ impl Run {
             assert_eq!(self.pending_needs.get(name).copied(), Some(pending), "`{name}`: needs not completed");
             let state = self.jobs[name.as_str()].state;
             // Begun by a worker: a job ended by hand (`sluice mark`) may be ahead of its needs.
-            let began = state.is_in_flight() || (state == JobState::Completed && self.jobs[name.as_str()].marked.is_none());
+            let began =
+                state.is_in_flight() || (state == JobState::Completed && self.jobs[name.as_str()].marked.is_none());
             if began && self.record.state == RunState::Running {
                 if self.on_success(name) {
                     assert_eq!(pending, 0, "`{name}` is {} before what it needs completed", state.as_str());
                 } else {
                     let unfinished = spec.needs.iter().find(|need| !self.jobs[need.as_str()].state.is_terminal());
-                    assert_eq!(unfinished, None, "`{name}` is {} before what it needs finished: {:?}", state.as_str(), unfinished.map(|need| &self.jobs[need.as_str()]));
+                    assert_eq!(
+                        unfinished,
+                        None,
+                        "`{name}` is {} before what it needs finished: {:?}",
+                        state.as_str(),
+                        unfinished.map(|need| &self.jobs[need.as_str()])
+                    );
                 }
             }
         }

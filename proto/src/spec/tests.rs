@@ -211,9 +211,10 @@ fn when_takes_three_rules_and_an_unknown_one_names_the_job_and_the_rules() {
     let spec = WorkflowSpec::parse(yaml).unwrap();
     let rules: Vec<&str> = spec.jobs.values().map(|job| job.when.as_str()).collect();
     assert_eq!(rules, ["on_success", "always", "on_failure", "on_success"]);
-    let wrong = WorkflowSpec::parse("name: w\njobs:\n  a: { run: noop }\n  b: { run: noop, needs: [a], when: sometimes }\n")
-        .unwrap_err()
-        .to_string();
+    let wrong =
+        WorkflowSpec::parse("name: w\njobs:\n  a: { run: noop }\n  b: { run: noop, needs: [a], when: sometimes }\n")
+            .unwrap_err()
+            .to_string();
     assert!(wrong.contains("job `b`: `when: sometimes`"), "{wrong}");
     assert!(wrong.contains("on_success, on_failure, always"), "{wrong}");
     let never = WorkflowSpec::parse("name: w\njobs:\n  a: { run: noop, when: on_failure }\n").unwrap_err().to_string();

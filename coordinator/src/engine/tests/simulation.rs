@@ -38,11 +38,20 @@ type SpawnKey = (String, u32, u32);
 #[derive(Clone, Debug)]
 enum Pending {
     Event(JobEvent),
-    Exhausted { job: String, generation: u32, attempt_offset: u32, deliveries: u64 },
+    Exhausted {
+        job: String,
+        generation: u32,
+        attempt_offset: u32,
+        deliveries: u64,
+    },
     Cancel,
     Rerun(Option<String>),
     /// A user's mark of a job (the request id stays the same when it comes again).
-    Mark { job: String, as_: MarkAs, request_id: RequestId },
+    Mark {
+        job: String,
+        as_: MarkAs,
+        request_id: RequestId,
+    },
 }
 
 /// What the store and the streams hold. Ordered maps only: nothing here depends on hash order.
