@@ -66,6 +66,8 @@ enum Command {
     },
     /// Run again the failed, skipped or cancelled jobs of a finished run (or one job).
     Retry(commands::control::RetryArgs),
+    /// End a job by hand, as if it had succeeded or been skipped: what needs it proceeds.
+    Mark(commands::control::MarkArgs),
     /// Inspect, replay and purge dead letters.
     #[command(subcommand)]
     Dlq(commands::dlq::DlqCommand),
@@ -153,6 +155,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Retry(args) => {
             output::init_logging("warn");
             commands::control::retry(url, args, cli.output).await
+        }
+        Command::Mark(args) => {
+            output::init_logging("warn");
+            commands::control::mark(url, args, cli.output).await
         }
         Command::Dlq(command) => {
             output::init_logging("warn");

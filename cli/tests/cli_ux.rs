@@ -212,7 +212,8 @@ fn json_keeps_the_documented_key_order() {
             "output",
             "children",
             "attempt_history",
-            "attempts_omitted"
+            "attempts_omitted",
+            "marked"
         ]
     );
     assert_eq!(

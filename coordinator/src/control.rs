@@ -7,8 +7,8 @@ use sluice_client::{dead_letters, requests, stores};
 use sluice_proto::limits::{BACKFILL_WINDOWS_MAX, OUTCOME_CHANGED_MAX, REQUESTED_BY_MAX_BYTES};
 use sluice_proto::schedule::Schedule;
 use sluice_proto::{
-    BackfillRecord, BackfillRequest, ControlOutcome, ControlRequest, HumanDuration, Outcome, RefusalKind, RequestId,
-    RunId, RunState, SCHEMA_VERSION, ScheduleRecord, Submission, Window, WorkflowSpec, encode, names,
+    BackfillRecord, BackfillRequest, ControlOutcome, ControlRequest, HumanDuration, MarkAs, Outcome, RefusalKind,
+    RequestId, RunId, RunState, SCHEMA_VERSION, ScheduleRecord, Submission, Window, WorkflowSpec, encode, names,
 };
 
 use crate::error::{NatsContext, ServiceError, revision_checked};
@@ -354,7 +354,7 @@ pub fn unreadable(
     })
 }
 
-/// How the engine's refusal of a cancel or retry is answered.
+/// How the engine's refusal of a cancel, retry or mark is answered.
 pub fn refusal_kind(refused: &crate::engine::Refused) -> RefusalKind {
     use crate::engine::Refused;
     match refused {
@@ -364,8 +364,24 @@ pub fn refusal_kind(refused: &crate::engine::Refused) -> RefusalKind {
         | Refused::StillRunning { .. }
         | Refused::NothingToRetry { .. }
         | Refused::InFlight { .. }
-        | Refused::NeedsFirst { .. } => RefusalKind::Conflict,
+        | Refused::NeedsFirst { .. }
+        | Refused::MarkCancelled { .. }
+        | Refused::AlreadySucceeded { .. }
+        | Refused::AlreadySkipped { .. }
+        | Refused::MarkRunning { .. }
+        | Refused::NotMarkable { .. } => RefusalKind::Conflict,
     }
+}
+
+/// What is wrong with a mark's output, if anything: it must fit the limit of a job's own
+/// output, and only a success has one. (The CLI checks the same, naming its flags; this is
+/// for any other client.)
+pub fn mark_problem(as_: MarkAs, output: Option<&serde_json::Value>) -> Option<String> {
+    let output = output?;
+    if as_ != MarkAs::Succeeded {
+        return Some("a job marked skipped has no output: give one only with `succeeded`".to_owned());
+    }
+    sluice_proto::spawn::check_output(output).err().map(|problem| format!("the mark's output: {problem}"))
 }
 
 #[cfg(test)]
@@ -429,6 +445,21 @@ mod tests {
         assert_eq!(refusal_kind(&Refused::Finished { run_id, state: "succeeded" }), RefusalKind::Conflict);
         assert_eq!(refusal_kind(&Refused::StillRunning { run_id }), RefusalKind::Conflict);
         assert_eq!(refusal_kind(&Refused::NeedsFirst { job: "b".into(), need: "a".into() }), RefusalKind::Conflict);
+        assert_eq!(refusal_kind(&Refused::MarkRunning { job: "b".into() }), RefusalKind::Conflict);
+        assert_eq!(
+            refusal_kind(&Refused::AlreadySucceeded { job: "b".into(), by: String::new() }),
+            RefusalKind::Conflict
+        );
+    }
+
+    #[test]
+    fn a_marks_output_is_bounded_and_only_for_a_success() {
+        let small = serde_json::json!({"rows": 3});
+        assert_eq!(mark_problem(MarkAs::Succeeded, Some(&small)), None);
+        assert_eq!(mark_problem(MarkAs::Skipped, None), None);
+        assert!(mark_problem(MarkAs::Skipped, Some(&small)).unwrap().contains("no output"));
+        let big = serde_json::Value::String("x".repeat(sluice_proto::spawn::OUTPUT_MAX_BYTES));
+        assert!(mark_problem(MarkAs::Succeeded, Some(&big)).unwrap().contains("the limit is 65536"));
     }
 
     #[test]

@@ -121,6 +121,15 @@ pub async fn withdraw(js: &jetstream::Context, run_id: &RunId) -> Result<(), Ser
     Ok(())
 }
 
+/// Removes one job's queued message and scheduled retry (a job marked by hand).
+pub async fn withdraw_job(js: &jetstream::Context, run_id: &RunId, job: &str) -> Result<(), ServiceError> {
+    let stream = js.get_stream_no_info(names::JOBS_STREAM).await.context("opening the jobs stream")?;
+    for filter in names::job_filters(run_id, job) {
+        stream.purge().filter(filter).await.context(format!("withdrawing job `{job}` of run {run_id}"))?;
+    }
+    Ok(())
+}
+
 /// Purges of dead letters in flight at once.
 const PURGES_IN_FLIGHT: usize = 64;
 

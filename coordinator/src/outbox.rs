@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sluice_proto::{DeadLetter, JobMessage, RunId};
 
-use crate::dispatch::{publish_dead_letters, publish_jobs, resolve_dead_letters, stop_run, withdraw};
+use crate::dispatch::{publish_dead_letters, publish_jobs, resolve_dead_letters, stop_run, withdraw, withdraw_job};
 use crate::engine::{Effect, Run};
 use crate::error::ServiceError;
 use crate::store::{self, Revisions, saves_of, write_all};
@@ -69,6 +69,7 @@ impl Outbox {
         for effect in &effects {
             match effect {
                 Effect::Withdraw(run_id) => withdraw(&self.js, run_id).await?,
+                Effect::WithdrawJob { run_id, job } => withdraw_job(&self.js, run_id, job).await?,
                 Effect::StopRun(run_id) => stop_run(&self.js, run_id).await?,
                 Effect::ResolveDeadLetters { run_id, jobs } => {
                     resolve_dead_letters(&self.js, run_id, jobs.as_deref()).await?

@@ -670,7 +670,9 @@ impl Coordinator {
         now: chrono::DateTime<Utc>,
     ) -> Result<Answer, ServiceError> {
         match &request.action {
-            ControlAction::Cancel | ControlAction::Retry => self.control_run(topology, request, now).await,
+            ControlAction::Cancel | ControlAction::Retry | ControlAction::Mark { .. } => {
+                self.control_run(topology, request, now).await
+            }
             ControlAction::DlqPurge { workflow, pool } => {
                 control::dlq_purge(topology, workflow.as_deref(), pool.as_deref()).await
             }
@@ -691,7 +693,7 @@ impl Coordinator {
         }
     }
 
-    /// Cancel, retry or replay of a run. The run is loaded from the store if it is not
+    /// Cancel, retry, replay or mark of a run. The run is loaded from the store if it is not
     /// active (a finished run can be retried).
     async fn control_run(
         &mut self,
@@ -743,10 +745,23 @@ impl Coordinator {
             },
             _ => None,
         };
-        let input = match request.action {
+        let input = match &request.action {
             ControlAction::Cancel => Input::Cancel,
+            ControlAction::Mark { job, as_, output } => {
+                if let Some(refusal) = control::mark_problem(*as_, output.as_ref()) {
+                    return Ok(Answer::refused(RefusalKind::Invalid, refusal));
+                }
+                Input::Mark {
+                    job: job.clone(),
+                    as_: *as_,
+                    output: output.clone(),
+                    by: request.requested_by.clone(),
+                    request_id: request.request_id,
+                }
+            }
             _ => Input::Rerun { only: request.job.clone(), spec: spec.as_ref().map(|(spec, _)| spec.clone()) },
         };
+        let state_before = run.record().state;
         let effects = match run.apply(input, now) {
             Ok(effects) => effects,
             Err(NotApplied::Refused(refused)) => {
@@ -766,7 +781,11 @@ impl Coordinator {
         };
         let changed = saved_jobs(&effects);
         // A finished run retried runs again: back in the running set before its record says so.
-        if run.record().state == sluice_proto::RunState::Running && self.ran.insert(id) {
+        // A failed run a mark finished at once goes through it too, so the index records
+        // its new end when it leaves memory.
+        let state = run.record().state;
+        let marked_to_an_end = matches!(request.action, ControlAction::Mark { .. }) && state != state_before;
+        if (state == sluice_proto::RunState::Running || marked_to_an_end) && self.ran.insert(id) {
             self.index.running(run.record(), false).await?;
         }
         self.execute(effects).await?;
@@ -774,8 +793,11 @@ impl Coordinator {
             // Usually resolved with its job's other dead letters already.
             forget_dead_letter(&dlq, sequence).await?;
         }
-        let reason = match request.action {
+        let reason = match &request.action {
             ControlAction::Cancel => format!("run {id} cancelled: {} jobs stopped", changed.len()),
+            ControlAction::Mark { job, as_, .. } => {
+                format!("run {id}: job `{job}` marked {} by {}", as_.as_str(), request.requested_by)
+            }
             _ => format!("run {id}: {} jobs queued again", changed.len()),
         };
         Ok(Answer::applied(reason, changed).about(Some(id)))

@@ -333,8 +333,43 @@ pub struct JobRecord {
     /// [`crate::limits::ATTEMPTS_KEPT_LATEST`]), so the record stays bounded.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub attempts_omitted: u32,
+    /// Set when a user ended the job by hand (`sluice mark`) rather than a worker; cleared
+    /// when the job runs again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marked: Option<Mark>,
 }
 versioned!(JobRecord, "job record");
+
+/// How `sluice mark` ends a job: as if it had succeeded, or as if it had been skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarkAs {
+    Succeeded,
+    Skipped,
+}
+
+impl MarkAs {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+/// Who ended a job by hand, how and when (on its [`JobRecord`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mark {
+    #[serde(rename = "as")]
+    pub as_: MarkAs,
+    /// The request's `requested_by`.
+    pub by: String,
+    pub at: DateTime<Utc>,
+    /// The request that marked it: a request applied again after a crash finishes what it
+    /// began instead of being refused as "already marked".
+    #[serde(default)]
+    pub request_id: Option<RequestId>,
+}
 
 impl JobRecord {
     /// A job that has not started: `blocked`, no attempts, generation 0.
@@ -358,6 +393,7 @@ impl JobRecord {
             children: 0,
             output: None,
             attempts_omitted: 0,
+            marked: None,
         }
     }
 
@@ -409,7 +445,7 @@ pub struct DeadLetter {
 }
 versioned!(DeadLetter, "dead letter");
 
-/// What a client asked of Sluice: `sluice cancel`, `retry`, `dlq replay|purge`, `schedule
+/// What a client asked of Sluice: `sluice cancel`, `retry`, `mark`, `dlq replay|purge`, `schedule
 /// apply|pause|resume|delete|trigger`, `backfill` and `backfill cancel`. Clients never write
 /// Sluice's state themselves: every mutation is one of these, applied by the coordinator,
 /// which answers each with a [`ControlOutcome`] in KV `sluice-outcomes` under `request_id`.
@@ -504,6 +540,15 @@ pub enum ControlAction {
     /// on, so autoscalers see its lag before any worker has run. Absent settings keep what
     /// the pool has (or the defaults, for a new pool).
     PoolApply(PoolSettings),
+    /// End a job of the run by hand, as if it had succeeded (with `output` as its output)
+    /// or been skipped: what needs it proceeds accordingly.
+    Mark {
+        job: String,
+        #[serde(rename = "as")]
+        as_: MarkAs,
+        #[serde(default)]
+        output: Option<serde_json::Value>,
+    },
 }
 
 /// What `sluice pool apply NAME` sets.
@@ -582,6 +627,7 @@ impl ControlAction {
             Self::BackfillCreate(_) => "backfill_create",
             Self::BackfillCancel { .. } => "backfill_cancel",
             Self::PoolApply(_) => "pool_apply",
+            Self::Mark { .. } => "mark",
         }
     }
 }

@@ -119,6 +119,12 @@ pub fn run_job_filters(run_id: &RunId) -> [String; 2] {
     [format!("sluice.jobs.*.{run_id}.>"), format!("sluice.retries.*.{run_id}.>")]
 }
 
+/// Filters for one job's queued message and scheduled retry (withdrawn when it is marked by
+/// hand). The path is the last token(s), so these match the job and none of its children.
+pub fn job_filters(run_id: &RunId, job: &str) -> [String; 2] {
+    [format!("sluice.jobs.*.{run_id}.{job}"), format!("sluice.retries.*.{run_id}.{job}")]
+}
+
 /// Subject of a scheduled retry of a job.
 pub fn retry_subject(pool: &str, run_id: &RunId, job: &str) -> String {
     format!("sluice.retries.{pool}.{run_id}.{job}")

@@ -79,6 +79,7 @@ impl ChildSpec {
             timeout: self.timeout,
             permanent_exit_codes: self.permanent_exit_codes,
             max_parallel: self.max_parallel,
+            when: crate::spec::When::default(),
         }
     }
 
@@ -95,6 +96,7 @@ impl ChildSpec {
             timeout: self.timeout,
             permanent_exit_codes: self.permanent_exit_codes.clone(),
             max_parallel: self.max_parallel,
+            when: crate::spec::When::default(),
         }
     }
 

@@ -114,6 +114,45 @@ pub struct JobSpec {
     /// Most of this job's children in a worker's hands at once; no limit when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_parallel: Option<u32>,
+    /// When the job runs, given how the jobs it needs ended (default `on_success`).
+    #[serde(default, skip_serializing_if = "When::is_default")]
+    pub when: When,
+}
+
+/// A job's trigger rule: what must have happened to the jobs it needs for it to run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum When {
+    /// Runs once every job it needs completed; skipped as soon as one cannot.
+    #[default]
+    OnSuccess,
+    /// Runs once every job it needs is finished and at least one of them failed; skipped
+    /// when they are finished and none failed.
+    OnFailure,
+    /// Runs once every job it needs is finished, however they ended (cleanup, notify).
+    Always,
+    /// A value that is none of the above, kept so that validation names the job and the
+    /// values (serde's own error would name neither); a validated workflow never has it.
+    #[serde(untagged)]
+    Unknown(String),
+}
+
+impl When {
+    /// The values a workflow may give, as written.
+    pub const VALUES: [&'static str; 3] = ["on_success", "on_failure", "always"];
+
+    pub fn is_default(&self) -> bool {
+        *self == Self::OnSuccess
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::OnSuccess => "on_success",
+            Self::OnFailure => "on_failure",
+            Self::Always => "always",
+            Self::Unknown(value) => value,
+        }
+    }
 }
 
 /// Why a workflow was refused.
@@ -470,6 +509,16 @@ pub(crate) fn validate_job(name: &str, job: &JobSpec, jobs: &IndexMap<String, Jo
         if !(1..=255).contains(code) {
             problem(format!("permanent_exit_codes: {code} is not an exit code (1 to 255)"));
         }
+    }
+    match &job.when {
+        When::Unknown(value) => {
+            problem(format!("`when: {value}` is not a trigger rule; use one of {}", When::VALUES.join(", ")))
+        }
+        // It could never run: nothing it needs can fail.
+        When::OnFailure if job.needs.is_empty() => {
+            problem("`when: on_failure` runs after a job it needs failed, but it needs none: add `needs:`".into())
+        }
+        _ => {}
     }
     let mut seen = HashSet::new();
     for need in &job.needs {

@@ -269,6 +269,7 @@ fn run_and_job_records() {
             children: 0,
             output: None,
             attempts_omitted: 0,
+            marked: None,
         },
     );
 }

@@ -11,8 +11,8 @@ use sluice_proto::limits::*;
 use sluice_proto::messages::{REDELIVERIES_KEPT, bounded_worker};
 use sluice_proto::spawn::OUTPUT_MAX_BYTES;
 use sluice_proto::{
-    AttemptRecord, DeadLetter, JobMessage, JobRecord, JobSpec, JobState, RetryPolicy, RunId, SCHEMA_VERSION, Window,
-    WorkflowSpec, encode,
+    AttemptRecord, DeadLetter, JobMessage, JobRecord, JobSpec, JobState, Mark, MarkAs, RetryPolicy, RunId,
+    SCHEMA_VERSION, Window, WorkflowSpec, encode,
 };
 
 fn time() -> DateTime<Utc> {
@@ -113,6 +113,7 @@ fn blank_job() -> JobRecord {
         children: 0,
         output: None,
         attempts_omitted: 0,
+        marked: None,
     }
 }
 
@@ -186,6 +187,12 @@ fn the_largest_records_each_limit_allows_fit_their_bounds_and_the_server() {
     job.output = Some(serde_json::Value::String("o".repeat(OUTPUT_MAX_BYTES - 2)));
     job.definition = Some(Arc::new(largest_definition()));
     job.parent = Some("p".repeat(NAME_MAX_CHARS * 8));
+    job.marked = Some(Mark {
+        as_: MarkAs::Succeeded,
+        by: "u".repeat(REQUESTED_BY_MAX_BYTES),
+        at: time(),
+        request_id: Some(sluice_proto::RequestId::new()),
+    });
     let record = encode(&job).unwrap();
     assert!(record.len() <= JOB_RECORD_MAX_BYTES, "job record {} > {JOB_RECORD_MAX_BYTES}", record.len());
 

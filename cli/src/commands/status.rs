@@ -151,7 +151,13 @@ fn job_json(view: &RunView, job: &JobRecord) -> serde_json::Value {
             "spec_hash": attempt.spec_hash,
         })).collect::<Vec<_>>(),
         "attempts_omitted": job.attempts_omitted,
+        "marked": job.marked.as_ref().map(|mark| json!({"as": mark.as_.as_str(), "by": mark.by, "at": time(Some(mark.at))})),
     })
+}
+
+/// `marked succeeded by alice`: a job a user ended by hand (`sluice mark`).
+fn marked_text(mark: &sluice_proto::Mark) -> String {
+    format!("marked {} by {}", mark.as_.as_str(), mark.by)
 }
 
 /// The human view: a header and a table of jobs.
@@ -193,7 +199,10 @@ fn jobs_table<'a>(view: &RunView, jobs: impl Iterator<Item = &'a JobRecord>) -> 
             if with_children {
                 row.push(children_text(view, job));
             }
-            row.push(job.error.as_deref().map(error_line).unwrap_or_default());
+            row.push(match &job.marked {
+                Some(mark) => marked_text(mark),
+                None => job.error.as_deref().map(error_line).unwrap_or_default(),
+            });
             row
         })
         .collect();
@@ -272,6 +281,9 @@ fn one_job_text(view: &RunView, job: &JobRecord) -> String {
     );
     if let Some(error) = &job.error {
         out.push_str(&format!("error     {}\n", error_line(error)));
+    }
+    if let Some(mark) = &job.marked {
+        out.push_str(&format!("note      {} at {}\n", marked_text(mark), short_time(Some(mark.at))));
     }
     if let Some(output) = &job.output {
         out.push_str(&format!("output    {}\n", first_line(&output.to_string())));

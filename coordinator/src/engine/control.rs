@@ -1,10 +1,14 @@
-//! What users ask of a run: cancel it, or run again what did not complete (retry, replay).
+//! What users ask of a run: cancel it, run again what did not complete (retry, replay), or
+//! end a job by hand (mark).
 
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
+use sluice_proto::limits::REQUESTED_BY_MAX_BYTES;
+use sluice_proto::messages::truncate_start;
 use sluice_proto::spawn::parent_of;
-use sluice_proto::{JobState, RunState};
+use sluice_proto::spec::OnFailure;
+use sluice_proto::{JobState, Mark, MarkAs, RequestId, RunState};
 
 use super::transitions::Transitions;
 use super::{Effect, NewSpec, Refused, Run};
@@ -77,8 +81,19 @@ impl Run {
         self.record.error = None;
         let mut effects = Vec::new();
         for name in &order {
-            if plan.run.contains(name) && self.pending_needs.get(name).copied().unwrap_or(0) == 0 {
+            if plan.run.contains(name)
+                && self.on_success(name)
+                && self.pending_needs.get(name).copied().unwrap_or(0) == 0
+            {
                 self.ready(name, now, &mut effects);
+            }
+        }
+        // Then the jobs of other rules, which may run on what finished without completing or
+        // be skipped (`on_failure` with nothing failed). After the others: deciding one may
+        // finish a parent and so start what needs it, which must not be started twice.
+        for name in &order {
+            if plan.run.contains(name) && !self.on_success(name) {
+                self.unblock(name, now, &mut effects);
             }
         }
         for name in order.iter().rev() {
@@ -171,10 +186,12 @@ impl Run {
         // unfinished. In dependency order, so the refusal names the first such job.
         let touched = |name: &&String| plan.run.contains(name.as_str()) || plan.wait.contains(name.as_str());
         for name in self.all_paths().iter().filter(touched) {
+            // A job of another rule than `on_success` needs only what it needs finished.
+            let on_success = self.on_success(name);
             let blocking = self.definition(name).needs.iter().find(|need| {
-                self.jobs[need.as_str()].state != JobState::Completed
-                    && !plan.run.contains(need.as_str())
-                    && !plan.wait.contains(need.as_str())
+                let state = self.jobs[need.as_str()].state;
+                let done = if on_success { state == JobState::Completed } else { state.is_terminal() };
+                !done && !plan.run.contains(need.as_str()) && !plan.wait.contains(need.as_str())
             });
             if let Some(need) = blocking {
                 return Err(Refused::NeedsFirst { job: name.clone(), need: need.clone() });
@@ -218,5 +235,146 @@ impl Run {
             }
         }
         changed
+    }
+}
+
+impl Run {
+    /// `sluice mark`: ends workflow job `path` by hand as if it had succeeded (its output
+    /// `output`) or been skipped, and lets the run go on exactly as if it had ended that way:
+    /// what needs it is decided again, and so is every job skipped only because of it (or,
+    /// with `on_failure: stop`, because of a failure this mark removed). A run that failed
+    /// runs again, or ends at once with its new outcome. A refusal changes nothing.
+    ///
+    /// Applied again for the same `request_id` (a crash before the answer was stored), it
+    /// finishes what the first application began instead of refusing.
+    pub(super) fn mark(
+        &mut self,
+        path: &str,
+        as_: MarkAs,
+        output: Option<serde_json::Value>,
+        by: String,
+        request_id: Option<RequestId>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Effect>, Refused> {
+        let run_id = self.record.id;
+        if self.record.state == RunState::Cancelled {
+            return Err(Refused::MarkCancelled { run_id });
+        }
+        let job = self.jobs.get(path).ok_or_else(|| Refused::UnknownJob { run_id, job: path.to_owned() })?;
+        let again = request_id.is_some() && job.marked.as_ref().is_some_and(|mark| mark.request_id == request_id);
+        let was = job.state;
+        if !again {
+            check_markable(path, job, as_, self.spec.jobs.contains_key(path))?;
+        }
+        let was_finished = self.record.state.is_terminal();
+        if !again {
+            let mark = Mark { as_, by: truncate_start(&by, REQUESTED_BY_MAX_BYTES).into_owned(), at: now, request_id };
+            self.transition(path, |job| job.mark(mark, output, now));
+        }
+        let mut effects = Vec::new();
+        if !again {
+            match as_ {
+                MarkAs::Succeeded => self.on_completed(path, now, &mut effects),
+                MarkAs::Skipped => {
+                    for dependent in self.dependents.get(path).cloned().unwrap_or_default() {
+                        self.need_finished(&dependent, now, &mut effects);
+                    }
+                }
+            }
+        }
+        // Decided again: what was skipped only because this job or a failure stopped it.
+        let undone = self.skipped_because_of(path, as_);
+        for name in &undone {
+            self.transition(name, |job| job.unskip());
+        }
+        // A held entry of a job skipped since is stale; the job is held again if it must be.
+        for queue in self.held.values_mut() {
+            queue.retain(|name| !undone.contains(name));
+        }
+        self.held.retain(|_, queue| !queue.is_empty());
+        if was_finished {
+            self.record.state = RunState::Running;
+            self.record.finished_at = None;
+            self.record.error = None;
+        }
+        for name in &undone {
+            // Deciding one before it may have started it already (a cascade).
+            if !self.is_held(name) {
+                self.unblock(name, now, &mut effects);
+            }
+        }
+        // In the order a crash can stop anywhere in: the run record (one running again with
+        // its jobs as they were just ends again), the jobs decided again from the last to the
+        // first, the marked job, then what the mark started (saved again in place, so a crash
+        // may leave one skipped while the mark stands: the redelivered request finishes it).
+        let mut all = Vec::new();
+        if was_finished {
+            all.push(Effect::SaveRun(Box::new(self.record.clone())));
+        }
+        all.extend(undone.iter().rev().map(|name| self.save(name)));
+        all.push(self.save(path));
+        all.extend(effects);
+        if !again && matches!(was, JobState::Queued | JobState::Retrying) {
+            all.push(Effect::WithdrawJob { run_id, job: path.to_owned() });
+        }
+        if was == JobState::Failed || again {
+            all.push(Effect::ResolveDeadLetters { run_id, jobs: Some(vec![path.to_owned()]) });
+        }
+        self.fill_slots(now, &mut all);
+        self.finish_if_done(now, &mut all);
+        Ok(all)
+    }
+
+    /// The skipped workflow jobs to decide again after `path` was marked, in dependency
+    /// order: those skipped downstream of it (after a success mark: they skipped because it
+    /// did not complete), and, with `on_failure: stop`, once no failure is left, every one the
+    /// failure policy skipped. Jobs marked by hand, and parents (whose children stay as they
+    /// are), keep their state.
+    fn skipped_because_of(&self, path: &str, as_: MarkAs) -> Vec<String> {
+        let decidable = |name: &str| {
+            self.jobs.get(name).is_some_and(|job| {
+                job.state == JobState::Skipped && job.marked.is_none() && job.children == 0 && name != path
+            })
+        };
+        let mut chosen = BTreeSet::new();
+        if self.failed_jobs == 0 && self.spec.on_failure == OnFailure::Stop {
+            chosen.extend(self.record.jobs.iter().filter(|name| decidable(name)).cloned());
+        } else if as_ == MarkAs::Succeeded {
+            let mut todo = self.dependents.get(path).cloned().unwrap_or_default();
+            while let Some(name) = todo.pop() {
+                if decidable(&name) && chosen.insert(name.clone()) {
+                    todo.extend(self.dependents.get(&name).cloned().unwrap_or_default());
+                }
+            }
+        }
+        self.record.jobs.iter().filter(|name| chosen.contains(*name)).cloned().collect()
+    }
+}
+
+/// Whether `job` (at `path`) may be marked `as_`; `in_workflow` when the workflow defines it.
+fn check_markable(path: &str, job: &sluice_proto::JobRecord, as_: MarkAs, in_workflow: bool) -> Result<(), Refused> {
+    let job_name = || path.to_owned();
+    if !in_workflow {
+        return Err(Refused::NotMarkable {
+            job: job_name(),
+            why: "it is a spawned child; retry it (`sluice retry RUN --job PATH`) instead",
+        });
+    }
+    match job.state {
+        JobState::Completed => Err(Refused::AlreadySucceeded {
+            job: job_name(),
+            by: job.marked.as_ref().map(|mark| format!(" (marked by {})", mark.by)).unwrap_or_default(),
+        }),
+        JobState::Skipped if as_ == MarkAs::Skipped => Err(Refused::AlreadySkipped { job: job_name() }),
+        JobState::Running => Err(Refused::MarkRunning { job: job_name() }),
+        JobState::Waiting => {
+            Err(Refused::NotMarkable { job: job_name(), why: "it is waiting for the children it spawned" })
+        }
+        JobState::Cancelled => Err(Refused::NotMarkable { job: job_name(), why: "it was cancelled" }),
+        _ if job.children > 0 => Err(Refused::NotMarkable {
+            job: job_name(),
+            why: "it spawned children, which stay as they are; retry it (`sluice retry RUN --job JOB`) instead",
+        }),
+        _ => Ok(()),
     }
 }

@@ -186,9 +186,9 @@ impl Run {
 
     /// The job's save, placed after `before` and before `after` (appending to the shorter
     /// list: a spawn's `after` holds 200,000 effects), then held jobs given free slots and
-    /// the run ended if nothing is left. A spawning parent is saved once more at the end: the
-    /// shell keeps only the last write of each record, and the parent's must follow every
-    /// child's, so a stored parent that counts children means they are stored.
+    /// the run ended if nothing is left. A spawning parent is saved once more after its last
+    /// child: the shell keeps only the last write of each record, and the parent's must follow
+    /// every child's, so a stored parent that counts children means they are stored.
     fn settle(
         &mut self,
         path: &str,
@@ -206,7 +206,12 @@ impl Run {
             before
         };
         if spawned {
-            effects.push(self.save(path));
+            // Right after the last child's save, not at the end: a parent whose children were
+            // all skipped at once has finished, and what needs it (an `always` job) may be
+            // queued in this input; that must be stored after the parent it follows.
+            let children = |effect: &Effect| matches!(effect, Effect::SaveJob { job, .. } if sluice_proto::spawn::parent_of(job) == Some(path));
+            let at = effects.iter().rposition(children).map_or(effects.len(), |last| last + 1);
+            effects.insert(at, self.save(path));
         }
         self.fill_slots(now, &mut effects);
         self.finish_if_done(now, &mut effects);

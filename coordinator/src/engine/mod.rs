@@ -13,8 +13,9 @@
 //!
 //! Files by concern: `lifecycle` (creation and restore), `events` (what workers and
 //! JetStream report about attempts), `progress` (what follows: dependents, parents, limits,
-//! the run's end), `control` (cancel and rerun), `transitions` (each job state change and the
-//! counters it moves), `invariants`, `spawned` (children as read).
+//! the run's end), `trigger` (a job's `when:` rule, pure), `control` (cancel, rerun, mark),
+//! `transitions` (each job state change and the counters it moves), `invariants`, `spawned`
+//! (children as read).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -22,8 +23,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use sluice_proto::spawn::parent_of;
 use sluice_proto::{
-    DeadLetter, JobEvent, JobMessage, JobRecord, JobSpec, JobState, RunId, RunRecord, SCHEMA_VERSION, Window,
-    WorkflowSpec,
+    DeadLetter, JobEvent, JobMessage, JobRecord, JobSpec, JobState, MarkAs, RequestId, RunId, RunRecord,
+    SCHEMA_VERSION, Window, WorkflowSpec,
 };
 
 mod control;
@@ -33,6 +34,7 @@ mod lifecycle;
 mod progress;
 mod spawned;
 mod transitions;
+mod trigger;
 
 pub use spawned::Spawned;
 
@@ -57,6 +59,9 @@ pub enum Input {
     /// dead-letter replays (`only` the dead-lettered job); with `spec`, the jobs that run
     /// again take their definitions from it (`--spec`).
     Rerun { only: Option<String>, spec: Option<NewSpec> },
+    /// `sluice mark`: ends workflow job `job` by hand, as if it had succeeded (with
+    /// `output`) or been skipped; `by` and `request_id` are recorded on it.
+    Mark { job: String, as_: MarkAs, output: Option<serde_json::Value>, by: String, request_id: Option<RequestId> },
 }
 
 /// What the shell must do, in order.
@@ -84,6 +89,9 @@ pub enum Effect {
     Withdraw(RunId),
     /// Tell workers to stop every running job of a cancelled run.
     StopRun(RunId),
+    /// Remove the queued message or scheduled retry of one job that was marked by hand, so
+    /// no worker starts it (one a worker already took runs, and its report is ignored).
+    WithdrawJob { run_id: RunId, job: String },
     /// Delete the dead letters of jobs that run again (`None`: every job of the run), after
     /// the saves that say so: a dead letter stands for a job whose attempts are over, and
     /// replaying one whose job has moved on would run finished work again.
@@ -113,6 +121,16 @@ pub enum Refused {
     NeedsFirst { job: String, need: String },
     #[error("the new spec may change only the definitions of the jobs that run again: {}", problems.join("; "))]
     SpecChange { problems: Vec<String> },
+    #[error("run {run_id} was cancelled: nothing of it proceeds, so there is nothing to mark (retry it instead)")]
+    MarkCancelled { run_id: RunId },
+    #[error("job `{job}` already succeeded{by}: there is nothing to mark")]
+    AlreadySucceeded { job: String, by: String },
+    #[error("job `{job}` is already skipped")]
+    AlreadySkipped { job: String },
+    #[error("job `{job}` is running on a worker: wait for its attempt to end (or cancel the run first), then mark it")]
+    MarkRunning { job: String },
+    #[error("job `{job}` cannot be marked: {why}")]
+    NotMarkable { job: String, why: &'static str },
 }
 
 /// Why an event changed nothing. Not an error: duplicates and stale events are expected.
@@ -234,6 +252,9 @@ impl Run {
             }
             Input::Cancel => self.cancel(now).map_err(NotApplied::from),
             Input::Rerun { only, spec } => self.rerun(only.as_deref(), spec, now).map_err(NotApplied::from),
+            Input::Mark { job, as_, output, by, request_id } => {
+                self.mark(&job, as_, output, by, request_id, now).map_err(NotApplied::from)
+            }
         };
         #[cfg(debug_assertions)]
         self.check_invariants_now_and_then();

@@ -7,10 +7,11 @@ use chrono::{DateTime, Utc};
 use sluice_proto::limits::ERROR_TEXT_MAX_BYTES;
 use sluice_proto::messages::truncate_error;
 use sluice_proto::spawn::parent_of;
-use sluice_proto::spec::OnFailure;
+use sluice_proto::spec::{OnFailure, When};
 use sluice_proto::{JobState, RunState};
 
 use super::transitions::Transitions;
+use super::trigger::{Trigger, trigger};
 use super::{Effect, Run, group_of};
 
 impl Run {
@@ -22,19 +23,27 @@ impl Run {
         for dependent in dependents {
             let pending = self.pending_needs.get_mut(&dependent).expect("every job has a count");
             *pending -= 1;
-            if *pending > 0 {
+            // An `on_success` job is decided only once all it needs completed (or one cannot);
+            // the others whenever something they need finishes.
+            if *pending > 0 && self.on_success(&dependent) {
                 continue;
             }
-            if self.jobs[&dependent].state == JobState::Waiting {
-                // A parent waiting again (a rerun of what it needs) whose children are done.
-                if self.pending_children.get(&dependent).copied().unwrap_or(0) == 0 {
-                    self.finish_parent(&dependent, now, effects);
-                }
-            } else {
-                self.unblock(&dependent, now, effects);
-            }
+            self.need_finished(&dependent, now, effects);
         }
         self.child_finished(path, now, effects);
+    }
+
+    /// Decides `dependent` after a job it needs finished: a parent waiting again (a rerun of
+    /// what it needs) finishes once its rule lets it and its children are done; any other
+    /// job is decided by [`Run::unblock`].
+    pub(super) fn need_finished(&mut self, dependent: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        if self.jobs[dependent].state == JobState::Waiting && self.is_ready(dependent) {
+            if self.pending_children.get(dependent).copied().unwrap_or(0) == 0 {
+                self.finish_parent(dependent, now, effects);
+            }
+        } else {
+            self.unblock(dependent, now, effects);
+        }
     }
 
     /// A job reached a terminal state: if it is a child, its parent may be done.
@@ -56,7 +65,13 @@ impl Run {
         if self.jobs.get(path).is_none_or(|job| job.state != JobState::Waiting) {
             return;
         }
-        if self.pending_needs.get(path).is_some_and(|pending| *pending > 0) {
+        if !self.is_ready(path) {
+            // What it needs is not all done, or (another rule than `on_success`) its rule now
+            // says skip: a parent waiting again whose needs ended otherwise than when it ran
+            // is skipped, as an `on_success` one is when a need it waits for fails.
+            if matches!(self.trigger_of(path), Trigger::Skip(_)) {
+                self.unblock(path, now, effects);
+            }
             return;
         }
         let Some(error) = self.children_error(path) else {
@@ -121,43 +136,111 @@ impl Run {
         }
     }
 
-    /// Whether every job `path` needs has completed.
+    /// Whether `path`'s rule lets it start: for `on_success` (children included), every job
+    /// it needs has completed (counted, not scanned); for the others, [`trigger`] says run.
     pub(super) fn is_ready(&self, path: &str) -> bool {
-        self.pending_needs.get(path).copied().unwrap_or(0) == 0
+        if self.on_success(path) {
+            self.pending_needs.get(path).copied().unwrap_or(0) == 0
+        } else {
+            self.trigger_of(path) == Trigger::Run
+        }
+    }
+
+    /// Whether `path` runs only when all it needs succeeded (the default `when`). Only such
+    /// jobs are skipped for what happens elsewhere (a need that cannot complete, the
+    /// failure policy); the others wait for what they need and follow their own rule.
+    pub(super) fn on_success(&self, path: &str) -> bool {
+        matches!(self.definition(path).when, When::OnSuccess | When::Unknown(_))
+    }
+
+    /// What `path`'s rule says, from the states of the jobs it needs.
+    pub(super) fn trigger_of(&self, path: &str) -> Trigger {
+        let definition = self.definition(path);
+        trigger(&definition.when, definition.needs.iter().map(|need| (need.as_str(), self.jobs[need.as_str()].state)))
     }
 
     /// Skips `name` if it has not started, and with it every such job that needs it,
-    /// directly or not: none of them can run any more, and none must wait for ever.
+    /// directly or not: none of them can run any more, and none must wait for ever. A job
+    /// with another rule than `on_success` is not skipped for that: it is decided by its
+    /// rule instead (a cleanup runs once what it needs is finished, however it ended).
     fn skip(&mut self, name: &str, reason: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
-        let mut stack = vec![name.to_owned()];
-        while let Some(name) = stack.pop() {
-            if !self.not_started(&name) {
-                continue;
-            }
-            self.transition(&name, |job| job.skip(reason.to_owned(), now));
+        self.skip_from(name, false, reason, now, effects);
+    }
+
+    /// Skips `name` for `reason`, which its own rule gave, and cascades as [`Run::skip`].
+    fn skip_own(&mut self, name: &str, reason: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        self.skip_from(name, true, reason, now, effects);
+    }
+
+    fn skip_from(&mut self, name: &str, decided: bool, reason: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        let mut stack = vec![(name.to_owned(), decided)];
+        while let Some((name, decided)) = stack.pop() {
+            let why = if decided || self.on_success(&name) {
+                if !self.not_started(&name) {
+                    continue;
+                }
+                reason.to_owned()
+            } else {
+                if !matches!(self.jobs[&name].state, JobState::Blocked | JobState::Waiting) {
+                    continue;
+                }
+                match self.trigger_of(&name) {
+                    Trigger::Wait => continue,
+                    Trigger::Run => {
+                        self.begin(&name, now, effects);
+                        continue;
+                    }
+                    Trigger::Skip(why) => why,
+                }
+            };
+            self.transition(&name, |job| job.skip(why, now));
             effects.push(self.save(&name));
-            stack.extend(self.dependents.get(&name).cloned().unwrap_or_default());
+            stack.extend(self.dependents.get(&name).into_iter().flatten().map(|dependent| (dependent.clone(), false)));
             self.child_finished(&name, now, effects);
         }
     }
 
-    /// Queues `name` once every job it needs has completed. Skips it when a job it needs
-    /// can no longer complete, or (with `on_failure: stop`) once the run has a failure.
+    /// Decides `name` by its rule if it has not started: queued (or held) when the rule is
+    /// met, skipped when it can no longer be, left to wait otherwise. With `on_failure:
+    /// stop`, an `on_success` job is skipped once the run has a failure.
     pub(super) fn unblock(&mut self, name: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
         if !self.not_started(name) {
             return;
         }
-        let stopped_need = self.definition(name).needs.iter().find(|need| {
-            matches!(self.jobs[need.as_str()].state, JobState::Failed | JobState::Skipped | JobState::Cancelled)
-        });
-        if let Some(need) = stopped_need {
-            let reason = format!("skipped: job `{need}` did not complete");
-            self.skip(name, &reason, now, effects);
-        } else if self.failed_jobs > 0 && self.spec.on_failure == OnFailure::Stop {
-            self.skip(name, "skipped: another job of the run failed", now, effects);
-        } else if self.is_ready(name) && self.jobs[name].state == JobState::Blocked {
-            self.ready(name, now, effects);
+        let on_success = self.on_success(name);
+        match self.trigger_of(name) {
+            Trigger::Skip(reason) => self.skip_own(name, &reason, now, effects),
+            _ if on_success && self.failed_jobs > 0 && self.spec.on_failure == OnFailure::Stop => {
+                self.skip_own(name, "skipped: another job of the run failed", now, effects)
+            }
+            Trigger::Wait => {}
+            // Counted readiness happens once per job; a job of another rule may be decided
+            // again (a failure's scan), so it is started only if not already held.
+            Trigger::Run if on_success => {
+                if self.jobs[name].state == JobState::Blocked {
+                    self.ready(name, now, effects);
+                }
+            }
+            Trigger::Run => self.begin(name, now, effects),
         }
+    }
+
+    /// Starts a job whose rule is met: a blocked one is queued (or held, once); a parent
+    /// waiting again is finished once its children are.
+    fn begin(&mut self, name: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        match self.jobs[name].state {
+            JobState::Blocked if !self.is_held(name) => self.ready(name, now, effects),
+            JobState::Waiting if self.pending_children.get(name).copied().unwrap_or(0) == 0 => {
+                self.finish_parent(name, now, effects)
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether `name` waits in its group's queue for a `max_parallel` slot (a scan of the
+    /// group: only for the few workflow jobs with a `when`, never for children).
+    pub(super) fn is_held(&self, name: &str) -> bool {
+        self.held.get(group_of(name)).is_some_and(|queue| queue.iter().any(|held| held == name))
     }
 
     /// A job free to start: queued now, or held until a `max_parallel` slot frees up.
@@ -213,8 +296,42 @@ impl Run {
         effects.push(Effect::Dispatch { run_id: self.record.id, job: name.to_owned(), generation });
     }
 
-    /// Ends the run once no job is left unfinished: `succeeded` if every job completed,
-    /// else `failed`, naming the failed workflow jobs.
+    /// Whether every job completed or was skipped by intent rather than for a failure: by
+    /// its own rule (`on_failure` with nothing failed), by a user's mark, or because what it
+    /// needs was skipped so (in dependency order). A job skipped for a failure, or by the
+    /// failure policy, means the run did not do all it should have.
+    fn nothing_missed(&self) -> bool {
+        if !self.jobs.values().any(|job| job.state == JobState::Skipped) {
+            return self.jobs.values().all(|job| job.state == JobState::Completed);
+        }
+        let mut intended: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for name in &self.record.jobs {
+            let job = &self.jobs[name.as_str()];
+            let fine = match job.state {
+                JobState::Completed => true,
+                JobState::Skipped if job.marked.is_some() => true,
+                JobState::Skipped if !self.on_success(name) => matches!(self.trigger_of(name), Trigger::Skip(_)),
+                // Skipped as an `on_success` job: fine only if what it needs ended fine and
+                // one of them was skipped by intent (not the failure policy's scan).
+                JobState::Skipped => {
+                    let needs = &self.definition(name).needs;
+                    needs.iter().all(|need| intended.contains(need.as_str()))
+                        && needs.iter().any(|need| self.jobs[need.as_str()].state == JobState::Skipped)
+                }
+                _ => false,
+            };
+            if !fine {
+                return false;
+            }
+            intended.insert(name.as_str());
+        }
+        // Children are never skipped by intent (they have no rule and cannot be marked).
+        self.jobs.values().filter(|job| job.parent.is_some()).all(|job| job.state == JobState::Completed)
+    }
+
+    /// Ends the run once no job is left unfinished: `succeeded` if every job completed (or
+    /// was skipped by intent, see [`Run::nothing_missed`]), else `failed`, naming the failed
+    /// workflow jobs.
     pub(super) fn finish_if_done(&mut self, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
         if self.unfinished > 0 || self.record.state.is_terminal() {
             return;
@@ -227,8 +344,8 @@ impl Run {
             .map(String::as_str)
             .collect();
         failed.sort_unstable();
-        let all_completed = failed.is_empty() && self.jobs.values().all(|job| job.state == JobState::Completed);
-        self.record.state = if all_completed { RunState::Succeeded } else { RunState::Failed };
+        let succeeded = failed.is_empty() && self.nothing_missed();
+        self.record.state = if succeeded { RunState::Succeeded } else { RunState::Failed };
         self.record.error = match failed.as_slice() {
             [] => None,
             [one] => Some(format!("job `{one}` failed")),

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, TimeZone, Utc};
 use sluice_proto::{
-    ChildSpec, EventKind, JobEvent, JobRecord, JobState, RunId, RunState, SCHEMA_VERSION, Window, WorkflowSpec,
+    ChildSpec, EventKind, JobEvent, JobRecord, JobState, MarkAs, RequestId, RunId, RunState, SCHEMA_VERSION, Window,
+    WorkflowSpec,
 };
 
 use super::transitions::WORKER_LOST;
@@ -815,4 +816,179 @@ fn a_new_spec_that_changes_a_job_that_does_not_run_again_is_refused_and_changes_
         run.apply(Input::Rerun { only: Some("extract".into()), spec: Some(respec(&changed)) }, at(6)).unwrap();
     assert_eq!(dispatched(&effects), ["extract"]);
     assert_eq!(run.dispatch_message("extract").command.unwrap(), ["python3", "extract.py", "--again"]);
+}
+
+// ---- `when:` rules ----
+
+/// A chain whose end is followed by a cleanup that always runs and an alert on failure.
+const CLEANUP: &str = "name: c\njobs:\n  a: { run: noop }\n  b: { run: noop, needs: [a] }\n  notify: { run: noop, needs: [b], when: always }\n  alert: { run: noop, needs: [a, b], when: on_failure }\n";
+
+fn final_state(run: &Run, job: &str) -> JobState {
+    run.job(job).unwrap().state
+}
+
+#[test]
+fn an_always_job_runs_after_a_failure_and_the_run_still_fails() {
+    let (mut run, _) = start(CLEANUP);
+    let effects = run.apply(ev(&final_failure(&run, "a", 1, 1)), at(1)).unwrap();
+    assert_eq!(final_state(&run, "b"), JobState::Skipped, "the failure policy skips b");
+    let mut started = dispatched(&effects);
+    started.sort();
+    assert_eq!(started, ["alert", "notify"], "both rules are met once a and b are finished");
+    run.apply(ev(&event(&run, "notify", 1, EventKind::Succeeded, 2)), at(2)).unwrap();
+    run.apply(ev(&event(&run, "alert", 1, EventKind::Succeeded, 3)), at(3)).unwrap();
+    assert_eq!(run.record().state, RunState::Failed, "the cleanup's success does not hide a's failure");
+    assert_eq!(run.record().error.as_deref(), Some("job `a` failed"));
+}
+
+#[test]
+fn an_on_failure_job_is_skipped_when_everything_succeeds_and_the_run_succeeds() {
+    let (mut run, _) = start(CLEANUP);
+    run.apply(ev(&event(&run, "a", 1, EventKind::Succeeded, 1)), at(1)).unwrap();
+    let effects = run.apply(ev(&event(&run, "b", 1, EventKind::Succeeded, 2)), at(2)).unwrap();
+    assert_eq!(dispatched(&effects), ["notify"]);
+    let alert = run.job("alert").unwrap();
+    assert_eq!(alert.state, JobState::Skipped);
+    assert!(alert.error.as_deref().unwrap().contains("no job it needs failed"), "{:?}", alert.error);
+    run.apply(ev(&event(&run, "notify", 1, EventKind::Succeeded, 3)), at(3)).unwrap();
+    assert_eq!(run.record().state, RunState::Succeeded, "a rule's skip is not a failure");
+}
+
+#[test]
+fn an_on_failure_job_waits_until_every_need_is_finished() {
+    let yaml = "name: w\non_failure: continue\njobs:\n  a: { run: noop }\n  b: { run: noop }\n  alert: { run: noop, needs: [a, b], when: on_failure }\n";
+    let (mut run, _) = start(yaml);
+    let effects = run.apply(ev(&final_failure(&run, "a", 1, 1)), at(1)).unwrap();
+    assert!(dispatched(&effects).is_empty(), "b still runs");
+    assert_eq!(final_state(&run, "alert"), JobState::Blocked);
+    let effects = run.apply(ev(&event(&run, "b", 1, EventKind::Succeeded, 2)), at(2)).unwrap();
+    assert_eq!(dispatched(&effects), ["alert"]);
+}
+
+#[test]
+fn a_retry_reruns_an_always_job_whose_need_failed_and_stays_failed() {
+    let (mut run, _) = start(CLEANUP);
+    run.apply(ev(&final_failure(&run, "a", 1, 1)), at(1)).unwrap();
+    run.apply(ev(&event(&run, "notify", 1, EventKind::Succeeded, 2)), at(2)).unwrap();
+    run.apply(ev(&event(&run, "alert", 1, EventKind::Succeeded, 3)), at(3)).unwrap();
+    // `a` is finished, if failed: an always job may run again without it.
+    let effects = run.apply(rerun("notify"), at(4)).unwrap();
+    assert_eq!(dispatched(&effects), ["notify"]);
+}
+
+// ---- marks ----
+
+fn mark(job: &str, as_: MarkAs, output: Option<serde_json::Value>) -> Input {
+    Input::Mark { job: job.into(), as_, output, by: "alice".into(), request_id: Some(RequestId::new()) }
+}
+
+/// DIAMOND with `b` failed for good and `c` completed: the run failed, `d` was skipped.
+fn failed_diamond() -> Run {
+    let (mut run, _) = start(DIAMOND);
+    run.apply(ev(&event(&run, "a", 1, EventKind::Succeeded, 1)), at(1)).unwrap();
+    run.apply(ev(&final_failure(&run, "b", 1, 2)), at(2)).unwrap();
+    run.apply(ev(&event(&run, "c", 1, EventKind::Succeeded, 3)), at(3)).unwrap();
+    assert_eq!(run.record().state, RunState::Failed);
+    assert_eq!(final_state(&run, "d"), JobState::Skipped);
+    run
+}
+
+#[test]
+fn a_failed_job_marked_succeeded_lets_what_needs_it_run_and_the_run_succeed() {
+    let mut run = failed_diamond();
+    let output = serde_json::json!({"rows": 7});
+    let effects = run.apply(mark("b", MarkAs::Succeeded, Some(output.clone())), at(4)).unwrap();
+    assert_eq!(dispatched(&effects), ["d"]);
+    assert_eq!(run.record().state, RunState::Running, "the failed run runs again");
+    assert!(matches!(effects.first(), Some(Effect::SaveRun(record)) if record.state == RunState::Running));
+    assert!(effects.contains(&Effect::ResolveDeadLetters { run_id: run.id(), jobs: Some(vec!["b".into()]) }));
+    let b = run.job("b").unwrap();
+    assert_eq!((b.state, b.output.as_ref(), b.error.as_deref()), (JobState::Completed, Some(&output), None));
+    let marked = b.marked.as_ref().unwrap();
+    assert_eq!((marked.as_, marked.by.as_str(), marked.at), (MarkAs::Succeeded, "alice", at(4)));
+    assert_eq!(b.attempt_history.len(), 1, "the failed attempt stays on record");
+    run.apply(ev(&event(&run, "d", 1, EventKind::Succeeded, 5)), at(5)).unwrap();
+    assert_eq!(run.record().state, RunState::Succeeded);
+}
+
+#[test]
+fn with_on_failure_stop_a_mark_of_the_only_failure_runs_everything_the_policy_skipped() {
+    let yaml = TWO_BRANCHES.replace("on_failure: continue\n", "");
+    let (mut run, _) = start(&yaml);
+    run.apply(ev(&final_failure(&run, "a", 1, 1)), at(1)).unwrap();
+    run.apply(ev(&event(&run, "b", 1, EventKind::Succeeded, 2)), at(2)).unwrap();
+    assert_eq!(run.record().state, RunState::Failed);
+    let effects = run.apply(mark("a", MarkAs::Succeeded, None), at(3)).unwrap();
+    assert_eq!(dispatched(&effects), ["a2", "b2"], "a's dependent and the branch the policy stopped");
+    assert_eq!(final_state(&run, "a3"), JobState::Blocked);
+}
+
+#[test]
+fn a_job_marked_skipped_skips_what_needs_it_and_the_run_succeeds() {
+    let (mut run, _) = start(CLEANUP);
+    run.apply(ev(&final_failure(&run, "a", 1, 1)), at(1)).unwrap();
+    run.apply(ev(&event(&run, "notify", 1, EventKind::Succeeded, 2)), at(2)).unwrap();
+    run.apply(ev(&event(&run, "alert", 1, EventKind::Succeeded, 3)), at(3)).unwrap();
+    assert_eq!(run.record().state, RunState::Failed);
+    let effects = run.apply(mark("a", MarkAs::Skipped, None), at(4)).unwrap();
+    assert_eq!(final_state(&run, "a"), JobState::Skipped);
+    assert_eq!(final_state(&run, "b"), JobState::Skipped, "b behaves as for a skipped need");
+    assert!(dispatched(&effects).is_empty());
+    assert_eq!(run.record().state, RunState::Succeeded, "nothing failed any more: skips by intent");
+}
+
+#[test]
+fn a_queued_job_marked_succeeded_is_withdrawn_and_its_dependents_start() {
+    let (mut run, _) = start(DIAMOND);
+    let effects = run.apply(mark("a", MarkAs::Succeeded, None), at(1)).unwrap();
+    assert!(effects.contains(&Effect::WithdrawJob { run_id: run.id(), job: "a".into() }));
+    assert_eq!(dispatched(&effects), ["b", "c"]);
+    assert!(
+        matches!(
+            run.apply(ev(&event(&run, "a", 1, EventKind::Succeeded, 2)), at(2)),
+            Err(NotApplied::Ignored(Ignored::AlreadyFinished { .. }))
+        ),
+        "the report of a worker that had taken it already changes nothing"
+    );
+}
+
+#[test]
+fn marks_that_cannot_apply_are_refused_and_change_nothing() {
+    let (mut run, _) = start(FAN);
+    run.apply(ev(&event(&run, "other", 1, EventKind::Started, 1)), at(1)).unwrap();
+    spawning(&mut run, "fan", &["x"], 2);
+    let refused = |run: &mut Run, input| match run.apply(input, at(3)) {
+        Err(NotApplied::Refused(refused)) => refused,
+        other => panic!("not refused: {other:?}"),
+    };
+    assert!(matches!(refused(&mut run, mark("zz", MarkAs::Succeeded, None)), Refused::UnknownJob { .. }));
+    assert!(matches!(refused(&mut run, mark("other", MarkAs::Succeeded, None)), Refused::MarkRunning { .. }));
+    assert!(matches!(refused(&mut run, mark("fan", MarkAs::Skipped, None)), Refused::NotMarkable { .. }));
+    assert!(matches!(refused(&mut run, mark("fan.x", MarkAs::Succeeded, None)), Refused::NotMarkable { .. }));
+    run.apply(ev(&event(&run, "other", 1, EventKind::Succeeded, 4)), at(4)).unwrap();
+    let message = refused(&mut run, mark("other", MarkAs::Succeeded, None)).to_string();
+    assert!(message.contains("already succeeded"), "{message}");
+    run.apply(Input::Cancel, at(5)).unwrap();
+    assert!(matches!(refused(&mut run, mark("join", MarkAs::Succeeded, None)), Refused::MarkCancelled { .. }));
+}
+
+#[test]
+fn a_mark_applied_again_after_a_crash_finishes_what_it_began() {
+    let mut run = failed_diamond();
+    let stored: HashMap<String, JobRecord> =
+        ["a", "b", "c", "d"].iter().map(|name| (name.to_string(), run.job(name).unwrap().clone())).collect();
+    let input = mark("b", MarkAs::Succeeded, None);
+    let Input::Mark { request_id, .. } = &input else { unreachable!() };
+    let request_id = *request_id;
+    run.apply(input, at(4)).unwrap();
+    // The crash left the run record and b's record written, d's not (d still skipped).
+    let mut stored = stored;
+    stored.insert("b".into(), run.job("b").unwrap().clone());
+    let (mut restored, _) = Run::restore(run.record().clone(), run.spec().clone(), stored, at(5)).unwrap();
+    assert_eq!(final_state(&restored, "d"), JobState::Skipped);
+    let again = Input::Mark { job: "b".into(), as_: MarkAs::Succeeded, output: None, by: "alice".into(), request_id };
+    let effects = restored.apply(again, at(6)).unwrap();
+    assert_eq!(dispatched(&effects), ["d"], "the same request finishes the mark");
+    let other = restored.apply(mark("b", MarkAs::Succeeded, None), at(7));
+    assert!(matches!(other, Err(NotApplied::Refused(Refused::AlreadySucceeded { .. }))), "{other:?}");
 }

@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 use sluice_proto::messages::{REDELIVERIES_KEPT, bounded_worker};
 use sluice_proto::spawn::parent_of;
-use sluice_proto::{AttemptRecord, EventKind, JobRecord, JobState};
+use sluice_proto::{AttemptRecord, EventKind, JobRecord, JobState, Mark, MarkAs};
 
 use super::Run;
 
@@ -59,6 +59,13 @@ pub(super) trait Transitions {
     fn reset_for_rerun(&mut self);
     /// Finished or `waiting` → `waiting` for its children again: `error`, `finished_at`.
     fn wait_again(&mut self);
+    /// `failed`, `skipped`, `blocked`, `queued` or `retrying` → `completed` or `skipped` by a
+    /// user's hand (`sluice mark`): `marked`, `output` (the one given, for a success),
+    /// `error`, `retry_at`, `finished_at`.
+    fn mark(&mut self, mark: Mark, output: Option<serde_json::Value>, now: DateTime<Utc>);
+    /// `skipped` → `blocked` in the same generation (it never started in it), to be decided
+    /// again after a mark: `error`, `finished_at`.
+    fn unskip(&mut self);
 }
 
 fn assert_attempt_may_end(job: &JobRecord) {
@@ -173,6 +180,7 @@ impl Transitions for JobRecord {
         self.started_at = None;
         self.finished_at = None;
         self.output = None;
+        self.marked = None;
     }
 
     fn wait_again(&mut self) {
@@ -184,6 +192,34 @@ impl Transitions for JobRecord {
         );
         debug_assert!(self.children > 0, "job `{}` waits again for no children", self.name);
         self.state = JobState::Waiting;
+        self.error = None;
+        self.finished_at = None;
+    }
+
+    fn mark(&mut self, mark: Mark, output: Option<serde_json::Value>, now: DateTime<Utc>) {
+        debug_assert!(
+            matches!(
+                self.state,
+                JobState::Failed | JobState::Skipped | JobState::Blocked | JobState::Queued | JobState::Retrying
+            ),
+            "job `{}` marked while {}",
+            self.name,
+            self.state.as_str()
+        );
+        self.state = match mark.as_ {
+            MarkAs::Succeeded => JobState::Completed,
+            MarkAs::Skipped => JobState::Skipped,
+        };
+        self.output = if mark.as_ == MarkAs::Succeeded { output } else { None };
+        self.error = None;
+        self.retry_at = None;
+        self.finished_at = Some(now);
+        self.marked = Some(mark);
+    }
+
+    fn unskip(&mut self) {
+        debug_assert_eq!(self.state, JobState::Skipped, "job `{}` decided again", self.name);
+        self.state = JobState::Blocked;
         self.error = None;
         self.finished_at = None;
     }

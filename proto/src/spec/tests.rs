@@ -248,3 +248,26 @@ fn a_workflow_name_is_read_without_validating_the_rest() {
     assert_eq!(workflow_name("name: has.dots\n"), None, "not a valid name");
     assert_eq!(workflow_name(": : :"), None);
 }
+
+#[test]
+fn when_takes_three_rules_and_an_unknown_one_names_the_job_and_the_rules() {
+    let yaml = "name: w\njobs:\n  a: { run: noop }\n  b: { run: noop, needs: [a], when: always }\n  c: { run: noop, needs: [a], when: on_failure }\n  d: { run: noop, needs: [a] }\n";
+    let spec = WorkflowSpec::parse(yaml).unwrap();
+    let rules: Vec<&str> = spec.jobs.values().map(|job| job.when.as_str()).collect();
+    assert_eq!(rules, ["on_success", "always", "on_failure", "on_success"]);
+    let wrong =
+        WorkflowSpec::parse("name: w\njobs:\n  a: { run: noop }\n  b: { run: noop, needs: [a], when: sometimes }\n")
+            .unwrap_err()
+            .to_string();
+    assert!(wrong.contains("job `b`: `when: sometimes`"), "{wrong}");
+    assert!(wrong.contains("on_success, on_failure, always"), "{wrong}");
+    let never = WorkflowSpec::parse("name: w\njobs:\n  a: { run: noop, when: on_failure }\n").unwrap_err().to_string();
+    assert!(never.contains("job `a`") && never.contains("needs none"), "{never}");
+}
+
+#[test]
+fn the_default_rule_is_not_written_so_definitions_read_as_before() {
+    let spec = WorkflowSpec::parse("name: w\njobs:\n  a: { run: noop }\n").unwrap();
+    let json = serde_json::to_string(&spec.jobs["a"]).unwrap();
+    assert!(!json.contains("when"), "{json}");
+}

@@ -1,6 +1,6 @@
 //! The engine simulation: one run of a random DAG, driven by one seeded RNG, through workers
 //! that retry, fail for good, spawn children and die (JetStream gives up on their messages),
-//! users who cancel, retry and replay, and a coordinator that handles inputs out of order and
+//! users who cancel, retry, replay and mark jobs by hand, and a coordinator that handles inputs out of order and
 //! twice and crashes between effects, then is restored from the store. Every step checks the
 //! engine's invariants; a failure names the seed that replays it (`SLUICE_SIM_SEED`).
 
@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use sluice_proto::{ChildSpec, EventKind, JobEvent, JobRecord, JobState, RunId, RunRecord, RunState, SCHEMA_VERSION};
+use sluice_proto::{
+    ChildSpec, EventKind, JobEvent, JobRecord, JobState, MarkAs, RequestId, RunId, RunRecord, RunState, SCHEMA_VERSION,
+};
 
 use super::{at, saved, start_with_id};
 use crate::engine::{Effect, Input, Run, Spawned};
@@ -18,6 +20,8 @@ use crate::engine::{Effect, Input, Run, Spawned};
 const STEPS_MAX: usize = 60_000;
 /// Reruns (retries and replays) one simulation asks for at most.
 const RERUNS_MAX: u32 = 3;
+/// Marks one simulation asks for at most.
+const MARKS_MAX: u32 = 2;
 
 /// A job message in the jobs stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,9 +38,20 @@ type SpawnKey = (String, u32, u32);
 #[derive(Clone, Debug)]
 enum Pending {
     Event(JobEvent),
-    Exhausted { job: String, generation: u32, attempt_offset: u32, deliveries: u64 },
+    Exhausted {
+        job: String,
+        generation: u32,
+        attempt_offset: u32,
+        deliveries: u64,
+    },
     Cancel,
     Rerun(Option<String>),
+    /// A user's mark of a job (the request id stays the same when it comes again).
+    Mark {
+        job: String,
+        as_: MarkAs,
+        request_id: RequestId,
+    },
 }
 
 /// What the store and the streams hold. Ordered maps only: nothing here depends on hash order.
@@ -89,6 +104,11 @@ impl World {
         if effects.iter().any(|effect| matches!(effect, Effect::Withdraw(_))) {
             self.job_queue.clear();
         }
+        for effect in effects {
+            if let Effect::WithdrawJob { job, .. } = effect {
+                self.job_queue.retain(|message| message.job != *job);
+            }
+        }
         true
     }
 
@@ -108,6 +128,7 @@ struct Coverage {
     held: usize,
     cancels_applied: usize,
     reruns_applied: usize,
+    marks_applied: usize,
     refusals: usize,
     crashes: usize,
     ended: BTreeMap<&'static str, usize>,
@@ -120,6 +141,7 @@ struct Sim {
     clock: u32,
     reruns_left: u32,
     cancels_left: u32,
+    marks_left: u32,
     /// Whether a fate that keeps the run from succeeding was drawn (a permanent failure,
     /// exhausted deliveries, an unreadable spawn, a cancel).
     spoiled: bool,
@@ -144,7 +166,12 @@ fn dag_yaml(rng: &mut StdRng) -> String {
             0 => format!(", max_parallel: {}", rng.random_range(1..3u32)),
             _ => String::new(),
         };
-        yaml.push_str(&format!("  j{i}: {{ run: noop, needs: [{}]{limit} }}\n", needs.join(", ")));
+        let when = match (needs.is_empty(), rng.random_range(0..6)) {
+            (false, 0) => ", when: always",
+            (false, 1) => ", when: on_failure",
+            _ => "",
+        };
+        yaml.push_str(&format!("  j{i}: {{ run: noop, needs: [{}]{limit}{when} }}\n", needs.join(", ")));
     }
     yaml
 }
@@ -157,6 +184,9 @@ impl Sim {
         let (run, effects) = start_with_id(&yaml, id);
         let mut world = World::default();
         world.execute(&run, &effects, usize::MAX);
+        if std::env::var_os("SLUICE_SIM_TRACE").is_some() {
+            eprintln!("{yaml}");
+        }
         let trace = vec![yaml, format!("{effects:?}")];
         Self {
             rng,
@@ -165,6 +195,7 @@ impl Sim {
             clock: 1,
             reruns_left: RERUNS_MAX,
             cancels_left: 1,
+            marks_left: MARKS_MAX,
             spoiled: false,
             trace,
             coverage: Coverage::default(),
@@ -182,8 +213,11 @@ impl Sim {
     /// One step: a user, a worker or the coordinator acts. Returns whether to go on.
     fn step(&mut self) -> Result<bool, TestCaseError> {
         self.clock += 1;
-        let control_pending =
-            self.world.inputs.iter().any(|input| matches!(input, Pending::Cancel | Pending::Rerun(_)));
+        let control_pending = self
+            .world
+            .inputs
+            .iter()
+            .any(|input| matches!(input, Pending::Cancel | Pending::Rerun(_) | Pending::Mark { .. }));
         if self.run.is_finished() && !control_pending {
             if self.reruns_left == 0 || self.rng.random_range(0..3) == 0 {
                 return Ok(false);
@@ -202,6 +236,16 @@ impl Sim {
             if let Some(job) = self.pick(|job| job.state == JobState::Failed) {
                 self.reruns_left -= 1;
                 self.world.inputs.push(Pending::Rerun(Some(job)));
+            }
+        } else if choice == 2 && self.marks_left > 0 {
+            // A user ends a workflow job by hand (the engine refuses what it must).
+            let workflow_job = |job: &JobRecord| job.parent.is_none();
+            if let Some(job) = self.pick(workflow_job) {
+                self.marks_left -= 1;
+                let as_ = if self.rng.random_range(0..2) == 0 { MarkAs::Succeeded } else { MarkAs::Skipped };
+                let id = RunId::from(uuid::Uuid::from_u128(self.rng.random()));
+                let request_id: RequestId = id.to_string().parse().expect("a request id is a uuid");
+                self.world.inputs.push(Pending::Mark { job, as_, request_id });
             }
         } else if choice < 80 && !self.world.job_queue.is_empty() {
             self.work()?;
@@ -333,6 +377,9 @@ impl Sim {
             },
             Pending::Cancel => Input::Cancel,
             Pending::Rerun(only) => Input::Rerun { only, spec: None },
+            Pending::Mark { job, as_, request_id } => {
+                Input::Mark { job, as_, output: None, by: "sim".into(), request_id: Some(request_id) }
+            }
         }
     }
 
@@ -391,7 +438,8 @@ impl Sim {
         match (pending, outcome) {
             (Pending::Cancel, Ok(_)) => self.coverage.cancels_applied += 1,
             (Pending::Rerun(_), Ok(_)) => self.coverage.reruns_applied += 1,
-            (Pending::Cancel | Pending::Rerun(_), Err(_)) => self.coverage.refusals += 1,
+            (Pending::Mark { .. }, Ok(_)) => self.coverage.marks_applied += 1,
+            (Pending::Cancel | Pending::Rerun(_) | Pending::Mark { .. }, Err(_)) => self.coverage.refusals += 1,
             _ => {}
         }
         if !self.run.held.is_empty() {
@@ -408,9 +456,15 @@ impl Sim {
         for effect in effects {
             match effect {
                 Effect::Dispatch { job, .. } => {
+                    // `on_success` needs what it needs completed; the other rules, finished.
+                    let on_success = self.run.on_success(job);
                     for need in &self.run.dispatch_message(job).needs {
                         let state = self.run.job(need).unwrap().state;
-                        prop_assert_eq!(state, JobState::Completed, "dispatched {} before {}", job, need);
+                        if on_success {
+                            prop_assert_eq!(state, JobState::Completed, "dispatched {} before {}", job, need);
+                        } else {
+                            prop_assert!(state.is_terminal(), "dispatched {} before {} finished", job, need);
+                        }
                     }
                 }
                 Effect::DeadLetter(letter) => {
@@ -504,7 +558,7 @@ impl Sim {
         for path in self.run.all_paths() {
             let job = self.run.job(&path).unwrap();
             prop_assert_eq!(self.world.jobs.get(&path), Some(job), "the stored record of {}", path);
-            if job.state == JobState::Completed {
+            if job.state == JobState::Completed && job.marked.is_none() {
                 let key = (path.clone(), job.generation);
                 prop_assert!(self.world.taken.contains(&key), "{} completed without running", path);
             }
@@ -513,8 +567,13 @@ impl Sim {
             prop_assert_eq!(state, RunState::Succeeded, "nothing kept the run from succeeding");
         }
         if state == RunState::Succeeded {
+            // Skipped only by intent: a rule (`on_failure` with nothing failed), a mark, or a
+            // need skipped so.
             let paths = self.run.all_paths();
-            prop_assert!(paths.iter().all(|path| self.run.job(path).unwrap().state == JobState::Completed));
+            let ended_fine =
+                |path: &String| matches!(self.run.job(path).unwrap().state, JobState::Completed | JobState::Skipped);
+            prop_assert!(paths.iter().all(ended_fine), "a succeeded run with a job neither completed nor skipped");
+            prop_assert!(paths.iter().all(|path| self.run.job(path).unwrap().state != JobState::Failed));
         }
         if state == RunState::Failed {
             let paths = self.run.all_paths();
@@ -587,6 +646,7 @@ fn the_seed_in_sluice_sim_seed_replays() {
         total.held += coverage.held;
         total.cancels_applied += coverage.cancels_applied;
         total.reruns_applied += coverage.reruns_applied;
+        total.marks_applied += coverage.marks_applied;
         total.refusals += coverage.refusals;
         total.crashes += coverage.crashes;
         for (state, count) in coverage.ended {
@@ -601,6 +661,7 @@ fn the_seed_in_sluice_sim_seed_replays() {
         ("held jobs", total.held),
         ("cancels", total.cancels_applied),
         ("reruns", total.reruns_applied),
+        ("marks", total.marks_applied),
         ("refusals", total.refusals),
         ("crashes", total.crashes),
     ];
