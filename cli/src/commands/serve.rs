@@ -69,7 +69,8 @@ pub struct CoordinatorArgs {
     /// How long job log lines are kept.
     #[arg(long, default_value = "7d")]
     pub logs_max_age: HumanDuration,
-    /// Most job log data kept, in MiB; the oldest lines go first.
+    /// Most job log data kept, in MiB; the oldest lines go first. On a JetStream store of
+    /// less than four times this, the logs take a quarter of the store.
     #[arg(long, default_value_t = 1024)]
     pub logs_max_mib: u32,
     /// Replicas of every stream and bucket: 1 on one nats-server, 3 on a cluster.
@@ -92,7 +93,7 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
         topology: sluice_coordinator::topology::TopologySettings {
             logs: sluice_coordinator::topology::LogRetention {
                 max_age: args.logs_max_age.as_duration(),
-                max_bytes: i64::from(args.logs_max_mib) * 1024 * 1024,
+                max_bytes: u64::from(args.logs_max_mib) * 1024 * 1024,
             },
             replicas: args.stream_replicas,
         },
@@ -101,7 +102,9 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
     let shutdown = on_signal();
     sluice_coordinator::service::run_with(client, settings, shutdown).await.map_err(|error| match error {
         // A server this coordinator cannot run on: a configuration to fix, not a failure.
-        sluice_coordinator::ServiceError::ServerVersion(_) => CliError::usage(error.to_string()),
+        sluice_coordinator::ServiceError::ServerVersion(_) | sluice_coordinator::ServiceError::StoreTooSmall(_) => {
+            CliError::usage(error.to_string())
+        }
         _ => CliError::failed(error.to_string()),
     })?;
     Ok(ExitCode::SUCCESS)
