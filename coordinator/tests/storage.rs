@@ -112,13 +112,18 @@ async fn streams_grow_and_shrink_with_the_setting_and_the_store() {
     // Grows to its share once the setting allows.
     topology::ensure_with(&js, TopologySettings::default()).await.unwrap();
     assert_eq!(max_bytes(&js, names::LOGS_STREAM).await, (50 * MIB) as i64);
-    // The same store, restarted smaller: both shrink.
+    for _ in 0..30 {
+        js.publish("sluice.logs.default.run.1.job", vec![7u8; 1_000_000].into()).await.unwrap().await.unwrap();
+    }
+    // The same store, restarted smaller: both shrink, and the logs drop their oldest lines.
     server.stop();
     drop(js);
     let (_server, js) = self::server(on_store(100 * MIB)).await;
     topology::ensure_with(&js, TopologySettings::default()).await.unwrap();
     assert_eq!(max_bytes(&js, names::LOGS_STREAM).await, (25 * MIB) as i64);
     assert_eq!(max_bytes(&js, names::REJECTED_STREAM).await, (5 * MIB) as i64);
+    let logs = js.get_stream(names::LOGS_STREAM).await.unwrap().cached_info().state.clone();
+    assert!(logs.bytes <= 25 * MIB && logs.bytes > 20 * MIB, "{logs:?}");
 }
 
 #[tokio::test]

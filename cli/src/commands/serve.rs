@@ -64,6 +64,9 @@ impl WorkerArgs {
     }
 }
 
+/// `--logs-max-mib` unless set (the coordinator's default, in MiB).
+const LOGS_MAX_MIB_DEFAULT: u32 = (sluice_coordinator::storage::LOGS_MAX_BYTES_DEFAULT / (1024 * 1024)) as u32;
+
 #[derive(clap::Args, Clone)]
 pub struct CoordinatorArgs {
     /// How long job log lines are kept.
@@ -71,7 +74,7 @@ pub struct CoordinatorArgs {
     pub logs_max_age: HumanDuration,
     /// Most job log data kept, in MiB; the oldest lines go first. On a JetStream store of
     /// less than four times this, the logs take a quarter of the store.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, default_value_t = LOGS_MAX_MIB_DEFAULT)]
     pub logs_max_mib: u32,
     /// Replicas of every stream and bucket: 1 on one nats-server, 3 on a cluster.
     #[arg(long, default_value_t = 1)]
