@@ -72,6 +72,8 @@ impl From<sluice_coordinator::ServiceError> for CliError {
     fn from(error: sluice_coordinator::ServiceError) -> Self {
         match error {
             sluice_coordinator::ServiceError::Codec(_) => Self::failed(error.to_string()),
+            // A server set up too small: a configuration to fix (`sluice dev` on a small store).
+            sluice_coordinator::ServiceError::StoreTooSmall(_) => Self::usage(error.to_string()),
             _ => Self::nats(error.to_string()),
         }
     }

@@ -10,6 +10,10 @@ pub enum ServiceError {
     Codec(#[from] sluice_proto::CodecError),
     #[error("{0}")]
     ServerVersion(String),
+    /// Too little JetStream storage to run on: a configuration to fix, so the coordinator
+    /// stops instead of trying again.
+    #[error(transparent)]
+    StoreTooSmall(#[from] crate::storage::StoreTooSmall),
     #[error("{0}: no progress for 10 s")]
     Stalled(String),
     #[error(transparent)]
@@ -41,12 +45,21 @@ impl ServiceError {
         self.class() == ErrorClass::Transient
     }
 
+    /// Whether the coordinator stops on it rather than start a new term: the server is set
+    /// up so that no term can succeed.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::StoreTooSmall(_))
+    }
+
     /// The error's class, from the table in [`classify_nats`] for NATS failures.
     pub fn class(&self) -> ErrorClass {
         match self {
             Self::Nats { source, .. } => classify_nats(source.as_ref()),
             Self::Codec(_) => ErrorClass::Deterministic,
-            Self::ServerVersion(_) | Self::Stalled(_) | Self::Changed { .. } => ErrorClass::Transient,
+            // Not an input's failure; the coordinator stops on a store too small (`is_fatal`).
+            Self::ServerVersion(_) | Self::StoreTooSmall(_) | Self::Stalled(_) | Self::Changed { .. } => {
+                ErrorClass::Transient
+            }
             Self::Client(sluice_client::ClientError::Nats { source, .. }) => classify_nats(source.as_ref()),
             Self::Client(error) if error.is_retryable() => ErrorClass::Transient,
             Self::Client(_) => ErrorClass::Deterministic,

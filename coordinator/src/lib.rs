@@ -7,7 +7,7 @@
 //! children jobs spawn; [`control`] applies control requests and answers each with an
 //! outcome; [`timekeeper`] fires schedules and drives backfills (a task of its own each
 //! leadership term); [`leadership`] keeps one coordinator in charge; [`topology`] creates
-//! streams and buckets; [`service`] is the loop that ties them together. Reads and publishing helpers shared with clients live in `sluice-client`.
+//! streams and buckets, sized by [`storage`] to the JetStream store; [`service`] is the loop that ties them together. Reads and publishing helpers shared with clients live in `sluice-client`.
 
 pub mod announce;
 pub mod control;
@@ -23,6 +23,7 @@ pub mod pools;
 pub mod service;
 pub mod spawns;
 pub mod specs;
+pub mod storage;
 pub mod store;
 pub mod timekeeper;
 pub mod topology;

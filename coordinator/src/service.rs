@@ -72,9 +72,12 @@ pub async fn run_with(
     // Its registry id: the holder without the separators a KV key cannot hold.
     let id: String = holder.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
     let leading = Arc::new(AtomicBool::new(false));
+    // Stops with the campaign, which may end on its own (a server it cannot run on).
+    let announcing = shutdown.child_token();
     let announcer =
-        tokio::spawn(announce::coordinator(jetstream::new(client.clone()), id, leading.clone(), shutdown.clone()));
+        tokio::spawn(announce::coordinator(jetstream::new(client.clone()), id, leading.clone(), announcing.clone()));
     let result = campaign(&client, &holder, settings, &leading, &shutdown).await;
+    announcing.cancel();
     let _ = announcer.await;
     result
 }
@@ -96,6 +99,10 @@ async fn campaign(
         }
         match outcome {
             Ok(()) => delay = RESTART_DELAY_INITIAL,
+            Err(error) if error.is_fatal() => {
+                tracing::error!(%error, "the coordinator cannot run on this server; stopping");
+                return Err(error);
+            }
             Err(error) => {
                 tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "coordinator loop failed; restarting from durable state");
                 tokio::select! {

@@ -9,13 +9,13 @@ use sluice_proto::names;
 use sluice_proto::limits::SERVER_MAX_PAYLOAD_MIN_BYTES;
 
 use crate::error::{NatsContext, ServiceError};
+use crate::storage;
 
 /// How long JetStream remembers a `Nats-Msg-Id`; covers a coordinator restart between
 /// writing state and re-publishing.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10 * 60);
-/// How long rejected submissions are kept.
+/// How long rejected submissions are kept (their size: [`crate::storage`]).
 pub const REJECTED_MAX_AGE: Duration = Duration::from_secs(30 * 24 * 3600);
-pub const REJECTED_MAX_BYTES: i64 = 256 * 1024 * 1024;
 /// Longest a stored record may be.
 pub const RECORD_MAX_BYTES: i32 = 1024 * 1024;
 /// Event and submission handling time before JetStream redelivers to the coordinator (a new
@@ -32,16 +32,23 @@ pub const SPAWNS_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LogRetention {
     pub max_age: Duration,
-    pub max_bytes: i64,
+    /// The most the logs may take, in bytes; on a store of less than four times this they
+    /// take a quarter of it ([`crate::storage::size_streams`]).
+    pub max_bytes: u64,
 }
 
 impl Default for LogRetention {
     fn default() -> Self {
-        Self { max_age: Duration::from_secs(7 * 24 * 3600), max_bytes: 1024 * 1024 * 1024 }
+        Self { max_age: Duration::from_secs(7 * 24 * 3600), max_bytes: storage::LOGS_MAX_BYTES_DEFAULT }
     }
 }
 
-fn logs_stream(retention: LogRetention) -> stream::Config {
+/// `bytes` as a stream's `max_bytes` (sizes come from a store's, so they always fit).
+fn max_bytes(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
+}
+
+fn logs_stream(retention: LogRetention, max_bytes_of: u64) -> stream::Config {
     stream::Config {
         name: names::LOGS_STREAM.to_owned(),
         description: Some("Sluice job logs: exec stdout/stderr and Rust job log lines".to_owned()),
@@ -49,7 +56,7 @@ fn logs_stream(retention: LogRetention) -> stream::Config {
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: retention.max_age,
-        max_bytes: retention.max_bytes,
+        max_bytes: max_bytes(max_bytes_of),
         discard: stream::DiscardPolicy::Old,
         allow_direct: true,
         ..Default::default()
@@ -133,15 +140,18 @@ pub async fn ensure(js: &jetstream::Context) -> Result<Topology, ServiceError> {
     ensure_with(js, TopologySettings::default()).await
 }
 
-/// Creates or updates every stream, bucket and declared pool's consumer.
+/// Creates or updates every stream, bucket and declared pool's consumer. The two streams
+/// with a size (logs, rejected submissions) are sized to the store, growing or shrinking
+/// when it changed; a store too small to run on is [`ServiceError::StoreTooSmall`].
 pub async fn ensure_with(js: &jetstream::Context, settings: TopologySettings) -> Result<Topology, ServiceError> {
     let replicas = settings.replicas;
-    let logs = stream::Config { num_replicas: replicas, ..logs_stream(settings.logs) };
-    js.create_or_update_stream(logs).await.context("creating stream SLUICE_LOGS")?;
-    ensure_core(js, replicas).await
+    let sizes = storage::plan(js, settings.logs.max_bytes, replicas).await?;
+    let logs = stream::Config { num_replicas: replicas, ..logs_stream(settings.logs, sizes.logs_bytes) };
+    js.create_or_update_stream(logs).await.context(format!("creating stream {}", names::LOGS_STREAM))?;
+    ensure_core(js, replicas, sizes.rejected_bytes).await
 }
 
-async fn ensure_core(js: &jetstream::Context, replicas: usize) -> Result<Topology, ServiceError> {
+async fn ensure_core(js: &jetstream::Context, replicas: usize, rejected_bytes: u64) -> Result<Topology, ServiceError> {
     let queue = |name, subjects, description| stream::Config {
         num_replicas: replicas,
         ..work_queue(name, subjects, description)
@@ -209,7 +219,7 @@ async fn ensure_core(js: &jetstream::Context, replicas: usize) -> Result<Topolog
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
             max_age: REJECTED_MAX_AGE,
-            max_bytes: REJECTED_MAX_BYTES,
+            max_bytes: max_bytes(rejected_bytes),
             allow_direct: true,
             num_replicas: replicas,
             ..Default::default()

@@ -35,6 +35,8 @@ pub enum LocalNatsError {
     NotReady { fatal: Option<String>, output: String },
     #[error("cannot create a store directory: {0}")]
     Store(std::io::Error),
+    #[error("cannot write the nats-server configuration: {0}")]
+    Config(std::io::Error),
 }
 
 /// Where and how to run the server.
@@ -49,6 +51,16 @@ pub struct Options {
     /// Start without JetStream (`-js` left out): only to test how Sluice reports a server
     /// set up that way.
     pub without_jetstream: bool,
+    /// JetStream's file storage limit, in bytes (`max_file_store`); `None` leaves the
+    /// server's default (a share of the free disk).
+    pub max_file_store: Option<u64>,
+}
+
+impl Options {
+    /// The same options with JetStream's file storage limited to `bytes`.
+    pub fn max_file_store(self, bytes: u64) -> Self {
+        Self { max_file_store: Some(bytes), ..self }
+    }
 }
 
 /// A running nats-server, stopped when dropped.
@@ -59,7 +71,10 @@ pub struct NatsServer {
     monitor_port: Option<u16>,
     store_dir: PathBuf,
     jetstream: bool,
+    /// The configuration file, when an option has no command-line flag (kept for restarts).
+    config: Option<PathBuf>,
     _temporary: Option<tempfile::TempDir>,
+    _config_dir: Option<tempfile::TempDir>,
 }
 
 impl NatsServer {
@@ -80,6 +95,17 @@ impl NatsServer {
                 (temp.path().to_path_buf(), Some(temp))
             }
         };
+        // Beside the store, not in it: a store directory may be a user's (`sluice dev`).
+        let (config, config_dir) = match options.max_file_store.filter(|_| !options.without_jetstream) {
+            Some(bytes) => {
+                let dir =
+                    tempfile::Builder::new().prefix("sluice-nats-conf-").tempdir().map_err(LocalNatsError::Config)?;
+                let path = dir.path().join("nats-server.conf");
+                std::fs::write(&path, config_text(bytes)).map_err(LocalNatsError::Config)?;
+                (Some(path), Some(dir))
+            }
+            None => (None, None),
+        };
         let attempts = if options.port.is_some() { 1 } else { PORT_ATTEMPTS };
         let mut last_error = None;
         for _ in 0..attempts {
@@ -94,11 +120,14 @@ impl NatsServer {
                 monitor_port: options.monitor_port,
                 store_dir: store_dir.clone(),
                 jetstream: !options.without_jetstream,
+                config: config.clone(),
                 _temporary: None,
+                _config_dir: None,
             };
             match server.launch() {
                 Ok(()) => {
                     server._temporary = temporary;
+                    server._config_dir = config_dir;
                     return Ok(server);
                 }
                 Err(error) => last_error = Some(error),
@@ -116,6 +145,10 @@ impl NatsServer {
         command.arg("-sd").arg(&self.store_dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         if let Some(monitor) = self.monitor_port {
             command.args(["-m", &monitor.to_string()]);
+        }
+        // Command-line flags (address, port, store) win over the file's settings.
+        if let Some(config) = &self.config {
+            command.arg("-c").arg(config);
         }
         let mut child = command
             .spawn()
@@ -211,6 +244,12 @@ impl Drop for NatsServer {
     }
 }
 
+/// The configuration file for what has no command-line flag: only JetStream's file
+/// storage limit (its store directory and the rest stay flags).
+fn config_text(max_file_store_bytes: u64) -> String {
+    format!("jetstream {{\n  max_file_store: {max_file_store_bytes}\n}}\n")
+}
+
 fn not_ready(fatal: &Option<String>, output: &str) -> String {
     let mut text = String::from("nats-server did not start");
     if let Some(fatal) = fatal {
@@ -277,6 +316,27 @@ mod tests {
         };
         assert!(error.to_string().starts_with("nats-server did not start: Error listening on port"), "{error}");
         assert!(is_port_taken(&error), "{error}");
+    }
+
+    /// `max_storage` as the server's monitoring endpoint `/jsz` reports it.
+    fn max_storage(monitor_port: u16) -> u64 {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", monitor_port)).unwrap();
+        stream.write_all(b"GET /jsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let (_, rest) = response.split_once("\"max_storage\":").unwrap_or_else(|| panic!("{response}"));
+        rest.trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn the_file_store_limit_is_what_the_server_runs_with_also_after_a_restart() {
+        let monitor_port = free_port().unwrap();
+        let options = Options { monitor_port: Some(monitor_port), ..Default::default() }.max_file_store(40 << 20);
+        let mut server = NatsServer::start(options).unwrap();
+        assert_eq!(max_storage(monitor_port), 40 << 20);
+        server.restart().unwrap();
+        assert_eq!(max_storage(monitor_port), 40 << 20);
     }
 
     #[test]

@@ -66,6 +66,12 @@ pub const LOGS_STREAM: &str = "SLUICE_LOGS";
 /// Subjects of [`LOGS_STREAM`].
 pub const LOGS_SUBJECTS: &str = "sluice.logs.>";
 
+/// A stream that lives only while the coordinator measures how much storage it can reserve
+/// (it holds no messages; one left by a crash is deleted by the next measurement).
+pub const STORE_PROBE_STREAM: &str = "SLUICE_STORE_PROBE";
+/// The subject of [`STORE_PROBE_STREAM`] (nothing publishes to it).
+pub const STORE_PROBE_SUBJECT: &str = "sluice.store-probe";
+
 /// Core NATS subjects on which the coordinator tells workers to stop a run's jobs.
 pub const STOP_SUBJECTS: &str = "sluice.stop.>";
 

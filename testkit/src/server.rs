@@ -30,6 +30,11 @@ impl Server {
         Self::own(NatsServer::start(Options { without_jetstream: true, ..Default::default() }))
     }
 
+    /// A server started with these options (a small file store, say).
+    pub fn with_options(options: Options) -> Result<Self> {
+        Self::own(NatsServer::start(options))
+    }
+
     /// A server someone else runs; this one never starts or stops it.
     pub fn external(url: &str) -> Self {
         Self { own: None, url: url.to_owned() }

@@ -32,12 +32,11 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Which nats-server a stack runs against.
 enum Nats {
-    Temporary,
-    Store(PathBuf),
+    /// One this stack starts (a temporary store unless the options name one).
+    Own(sluice_local_nats::Options),
     External(String),
-    /// A temporary server started without JetStream (`-js` left out).
-    WithoutJetStream,
 }
 
 /// How to start a [`Stack`]: [`Stack::builder`].
@@ -52,14 +51,26 @@ pub struct StackBuilder {
 impl StackBuilder {
     /// Run nats-server on this existing JetStream store (a fixture's) instead of a
     /// temporary one.
-    pub fn store(mut self, dir: PathBuf) -> Self {
-        self.nats = Nats::Store(dir);
-        self
+    pub fn store(self, dir: PathBuf) -> Self {
+        self.own_server(|options| sluice_local_nats::Options { store_dir: Some(dir), ..options })
     }
 
     /// A temporary nats-server without JetStream: what a misconfigured server looks like.
-    pub fn without_jetstream(mut self) -> Self {
-        self.nats = Nats::WithoutJetStream;
+    pub fn without_jetstream(self) -> Self {
+        self.own_server(|options| sluice_local_nats::Options { without_jetstream: true, ..options })
+    }
+
+    /// A nats-server whose JetStream file storage is limited to `bytes` (`max_file_store`):
+    /// what a small store looks like.
+    pub fn max_file_store(self, bytes: u64) -> Self {
+        self.own_server(|options| options.max_file_store(bytes))
+    }
+
+    /// Changes the options of the server this stack starts (an external one stays as it is).
+    fn own_server(mut self, change: impl FnOnce(sluice_local_nats::Options) -> sluice_local_nats::Options) -> Self {
+        if let Nats::Own(options) = self.nats {
+            self.nats = Nats::Own(change(options));
+        }
         self
     }
 
@@ -98,9 +109,7 @@ impl StackBuilder {
 
     pub fn start(self) -> Result<Stack> {
         let nats = match self.nats {
-            Nats::Temporary => Server::temporary()?,
-            Nats::Store(dir) => Server::with_store(dir)?,
-            Nats::WithoutJetStream => Server::without_jetstream()?,
+            Nats::Own(options) => Server::with_options(options)?,
             Nats::External(url) => Server::external(&url),
         };
         let dir =
@@ -150,7 +159,7 @@ impl Stack {
     pub fn builder(sluice: impl Into<PathBuf>) -> StackBuilder {
         StackBuilder {
             sluice: sluice.into(),
-            nats: Nats::Temporary,
+            nats: Nats::Own(sluice_local_nats::Options::default()),
             env: Vec::new(),
             log_filter: DEFAULT_LOG_FILTER.to_owned(),
             current_dir: None,

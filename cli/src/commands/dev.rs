@@ -47,6 +47,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
         monitor_port: None,
         store_dir: Some(args.data_dir.clone()),
         without_jetstream: false,
+        max_file_store: None,
     })
     .map_err(|error| start_error(&error, args.port))?;
     let url = server.url();

@@ -64,13 +64,17 @@ impl WorkerArgs {
     }
 }
 
+/// `--logs-max-mib` unless set (the coordinator's default, in MiB).
+const LOGS_MAX_MIB_DEFAULT: u32 = (sluice_coordinator::storage::LOGS_MAX_BYTES_DEFAULT / (1024 * 1024)) as u32;
+
 #[derive(clap::Args, Clone)]
 pub struct CoordinatorArgs {
     /// How long job log lines are kept.
     #[arg(long, default_value = "7d")]
     pub logs_max_age: HumanDuration,
-    /// Most job log data kept, in MiB; the oldest lines go first.
-    #[arg(long, default_value_t = 1024)]
+    /// Most job log data kept, in MiB; the oldest lines go first. On a JetStream store of
+    /// less than four times this, the logs take a quarter of the store.
+    #[arg(long, default_value_t = LOGS_MAX_MIB_DEFAULT)]
     pub logs_max_mib: u32,
     /// Replicas of every stream and bucket: 1 on one nats-server, 3 on a cluster.
     #[arg(long, default_value_t = 1)]
@@ -92,7 +96,7 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
         topology: sluice_coordinator::topology::TopologySettings {
             logs: sluice_coordinator::topology::LogRetention {
                 max_age: args.logs_max_age.as_duration(),
-                max_bytes: i64::from(args.logs_max_mib) * 1024 * 1024,
+                max_bytes: u64::from(args.logs_max_mib) * 1024 * 1024,
             },
             replicas: args.stream_replicas,
         },
@@ -101,7 +105,9 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
     let shutdown = on_signal();
     sluice_coordinator::service::run_with(client, settings, shutdown).await.map_err(|error| match error {
         // A server this coordinator cannot run on: a configuration to fix, not a failure.
-        sluice_coordinator::ServiceError::ServerVersion(_) => CliError::usage(error.to_string()),
+        sluice_coordinator::ServiceError::ServerVersion(_) | sluice_coordinator::ServiceError::StoreTooSmall(_) => {
+            CliError::usage(error.to_string())
+        }
         _ => CliError::failed(error.to_string()),
     })?;
     Ok(ExitCode::SUCCESS)

@@ -33,6 +33,11 @@ impl Stack {
         self.log(process)
     }
 
+    /// A stack whose nats-server limits JetStream's file storage to `bytes` (`max_file_store`).
+    pub fn start_with_max_file_store(bytes: u64) -> Self {
+        Self::build(sluice_testkit::Stack::builder(SLUICE).max_file_store(bytes))
+    }
+
     /// A stack whose nats-server opens an existing JetStream store (a fixture's).
     pub fn start_with_store(store: PathBuf) -> Self {
         Self::build(sluice_testkit::Stack::builder(SLUICE).store(store))
