@@ -18,6 +18,7 @@ use sluice_proto::{
     ControlAction, ControlRequest, DeadLetter, EventKind, JobEvent, JobMessage, PendingCancel, RefusalKind, Rejection,
     RunId, RunState, TraceParent, WorkflowSpec, decode, encode, names,
 };
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce;
@@ -167,6 +168,9 @@ struct Coordinator {
     outbox: Outbox,
     /// The specs known to be in `sluice-specs`.
     specs: StoredSpecs,
+    /// Wakes the timekeeper before its next second when a backfill's run ends, so the
+    /// backfill's next window starts at once instead of up to a second later.
+    timekeeper: Arc<Notify>,
 }
 
 impl Coordinator {
@@ -179,6 +183,7 @@ impl Coordinator {
             cancelled_pending: HashMap::new(),
             outbox: Outbox::new(js.clone()),
             specs: StoredSpecs::default(),
+            timekeeper: Arc::new(Notify::new()),
             js,
         }
     }
@@ -197,7 +202,7 @@ impl Coordinator {
         // any path, before another term can start one of its own.
         let tasks = term.child_token();
         let _stop_tasks = tasks.clone().drop_guard();
-        tokio::spawn(timekeeper::keep(topology.clone(), reports.clone(), tasks));
+        tokio::spawn(timekeeper::keep(topology.clone(), reports.clone(), self.timekeeper.clone(), tasks));
         tracing::info!(active_runs = self.active.len(), "coordinator ready");
         loop {
             let inbound = tokio::select! {
@@ -867,6 +872,9 @@ impl Coordinator {
             let Some(run) = self.active.remove(&id) else { continue };
             let record = run.record();
             tracing::info!(run = %id, workflow = %record.workflow, state = record.state.as_str(), "run finished");
+            if sluice_proto::messages::is_backfill_origin(&record.origin) {
+                self.timekeeper.notify_one();
+            }
             self.outbox.revisions.forget_run(record);
             if self.ran.remove(&id) {
                 self.index.finished(record).await?;

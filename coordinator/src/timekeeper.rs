@@ -11,6 +11,7 @@
 //! own: when both change one record at once, the later write reads it again.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv;
@@ -24,6 +25,7 @@ use sluice_proto::{
 
 use sluice_client::{ClientError, requests, stores};
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::announce;
@@ -38,10 +40,12 @@ pub const EVERY: Duration = Duration::from_secs(1);
 /// schemas sent to the loop).
 const POOL_KINDS_EVERY_PASSES: u32 = 5;
 
-/// The timekeeper of one leadership term: a [`pass`] every [`EVERY`], and every few passes
-/// the pools' kinds and schemas refreshed from the registry, until `term` is cancelled (a
-/// pass in progress stops at once). A failure is reported to the loop, which ends the term.
-pub async fn keep(topology: Topology, reports: Reports, term: CancellationToken) {
+/// The timekeeper of one leadership term: a [`pass`] every [`EVERY`], and at once when `wake`
+/// is notified (a backfill's run ended: its next window need not wait for the clock), and
+/// every few passes the pools' kinds and schemas refreshed from the registry, until `term` is
+/// cancelled (a pass in progress stops at once). A failure is reported to the loop, which
+/// ends the term.
+pub async fn keep(topology: Topology, reports: Reports, wake: Arc<Notify>, term: CancellationToken) {
     let mut clock = tokio::time::interval(EVERY);
     clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut passes = 0u32;
@@ -49,8 +53,17 @@ pub async fn keep(topology: Topology, reports: Reports, term: CancellationToken)
         let done = tokio::select! {
             _ = term.cancelled() => return,
             done = async {
-                clock.tick().await;
-                tick(&topology, passes).await
+                let timed = tokio::select! {
+                    _ = clock.tick() => true,
+                    _ = wake.notified() => false,
+                };
+                if !timed {
+                    // Woken early: only the pass (the pools' refresh keeps to the clock).
+                    return pass(&topology, Utc::now()).await.map(|()| None);
+                }
+                let done = tick(&topology, passes).await;
+                passes = passes.wrapping_add(1);
+                done
             } => done,
         };
         let report = match done {
@@ -67,7 +80,6 @@ pub async fn keep(topology: Topology, reports: Reports, term: CancellationToken)
         if failed {
             return;
         }
-        passes = passes.wrapping_add(1);
     }
 }
 

@@ -71,9 +71,16 @@ pub fn schedule_origin(schedule: &str) -> String {
     format!("schedule:{schedule}")
 }
 
+const BACKFILL_ORIGIN_PREFIX: &str = "backfill:";
+
 /// The origin of a backfill's runs.
 pub fn backfill_origin(backfill: &RunId) -> String {
-    format!("backfill:{backfill}")
+    format!("{BACKFILL_ORIGIN_PREFIX}{backfill}")
+}
+
+/// Whether a run with this origin belongs to a backfill.
+pub fn is_backfill_origin(origin: &str) -> bool {
+    origin.starts_with(BACKFILL_ORIGIN_PREFIX)
 }
 
 /// An origin is `manual`, `schedule:<name>` or `backfill:<run id>`; it becomes a subject
