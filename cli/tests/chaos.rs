@@ -1,6 +1,7 @@
 //! Chaos, bounded to about two minutes: two workers, two coordinators, 500+ jobs in several
 //! DAG shapes with some jobs failing; meanwhile workers are SIGKILLed over and over, the
-//! leading coordinator is SIGKILLed three times and the nats-server (file storage) once.
+//! leading coordinator is SIGKILLed three times and the nats-server (file storage) once, for
+//! longer than the ack wait.
 //! At the end every run is finished, completed + dead-lettered = dispatched, no job started
 //! before what it needs had finished, and no (run, job, attempt) started twice. A killed
 //! worker's job comes back as a redelivery, which is a new attempt.
@@ -157,6 +158,9 @@ fn nothing_is_lost_or_run_twice_while_workers_coordinators_and_nats_are_killed()
                 std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
             );
             stack.nats.kill();
+            // An outage longer than the pool's 2 s ack wait: what was in flight comes back as
+            // redeliveries the moment the server does, while its workers still hold it.
+            std::thread::sleep(Duration::from_secs(3));
             stack.nats.restart().expect("nats-server restarts on its store");
             nats_restarts += 1;
         }
@@ -184,6 +188,19 @@ fn nothing_is_lost_or_run_twice_while_workers_coordinators_and_nats_are_killed()
                 "failed" => failed += 1,
                 "skipped" => skipped += 1,
                 other => panic!("run {id} job {job} ended {other}"),
+            }
+            // Attempts charged = attempts on record: numbered 1..=attempts with none missing
+            // (a redelivery's attempt comes from the record, not from the delivery count).
+            let record = jobs[job.as_str()];
+            let numbers: Vec<u64> = record["attempt_history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|attempt| attempt["attempt"].as_u64().unwrap())
+                .collect();
+            if record["attempts_omitted"] == 0 {
+                let charged = record["attempts"].as_u64().unwrap();
+                assert_eq!(numbers, (1..=charged).collect::<Vec<_>>(), "run {id} job {job}: {record:#}");
             }
             // A job that should succeed may still run out of attempts when killed workers
             // used them up; it is then dead-lettered with that reason, not lost.
