@@ -11,6 +11,7 @@ use async_nats::jetstream::{AckKind, Message};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rand::Rng;
+use sluice_proto::limits::WORKER_ENTRY_TTL_MS;
 use sluice_proto::spawn::{CHILD_DEPTH_MAX, SPAWN_BATCH_MAX_BYTES, SpawnError, check_children, check_output, depth_of};
 use sluice_proto::spec::check_name;
 use sluice_proto::{ChildSpec, EventKind, JobMessage, RetryPolicy, RunId, SCHEMA_VERSION, SpawnBatch, encode, names};
@@ -58,7 +59,9 @@ impl Completer for InlineCompleter {
                     worker,
                     "redelivered while its last attempt is with a live worker: offered again later"
                 );
-                let delay = self.shared.ack_wait;
+                // By then the worker has reported, or its registry entry is gone (it died) and
+                // the job runs; not the ack wait, which may be hours.
+                let delay = Duration::from_millis(WORKER_ENTRY_TTL_MS);
                 let settlement = Settlement::Nak { delay: Some(delay), retry_at: Utc::now() + delay };
                 acknowledge(&message, settlement, &job).await;
             }

@@ -33,7 +33,7 @@ pub(crate) enum Attempt {
     /// A redelivery of `job` that this worker is running still: nothing to do here.
     Held { job: String },
     /// A redelivery of `job` whose last attempt is still with `worker`, alive: it comes back
-    /// after the ack wait if that worker has not reported by then.
+    /// once that worker's registry entry would have expired, if it has not reported by then.
     Deferred { job: String, worker: String },
     /// A redelivery of `job` whose outcome is stored already (`why`): nothing ran again.
     Ended { job: String, why: String },

@@ -61,8 +61,6 @@ struct Shared {
     js: jetstream::Context,
     registry: Registry,
     config: WorkerConfig,
-    /// The pool's ack wait: a redelivery deferred for a live worker comes back after it.
-    ack_wait: Duration,
     /// In-progress acks are sent this often while a job runs.
     progress_interval: Duration,
     /// The worker's `config.concurrency` slots: a job holds one while its work runs.
@@ -108,7 +106,6 @@ pub async fn run(
         js,
         registry,
         config,
-        ack_wait,
         progress_interval,
         slots,
         stop_jobs: CancellationToken::new(),
