@@ -95,25 +95,11 @@ fn attempt(number: u32, error_bytes: usize) -> AttemptRecord {
 
 fn blank_job() -> JobRecord {
     JobRecord {
-        schema_version: SCHEMA_VERSION,
-        run_id: RunId::new(),
-        name: "j".repeat(NAME_MAX_CHARS),
         state: JobState::Failed,
-        attempts: 0,
-        attempt_offset: 0,
-        generation: 0,
         queued_at: Some(time()),
         started_at: Some(time()),
         finished_at: Some(time()),
-        retry_at: None,
-        error: None,
-        attempt_history: Vec::new(),
-        parent: None,
-        definition: None,
-        children: 0,
-        output: None,
-        attempts_omitted: 0,
-        marked: None,
+        ..JobRecord::blank(RunId::new(), &"j".repeat(NAME_MAX_CHARS))
     }
 }
 
