@@ -264,3 +264,8 @@ pub async fn jobs_of(client: &kube::Client, namespace: &str, ctx: &JobContext) -
     let api: Api<Job> = Api::namespaced(client.clone(), namespace);
     api.list(&ListParams::default().labels(&selector_of_job(ctx))).await.map(|list| list.items)
 }
+
+/// A client from the in-cluster config (a worker in a pod) or KUBECONFIG / `~/.kube/config`.
+pub async fn default_client() -> Result<kube::Client, kube::Error> {
+    kube::Client::try_default().await
+}

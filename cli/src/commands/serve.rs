@@ -34,6 +34,9 @@ pub struct WorkerArgs {
     /// before exiting with status 2. For tests and scripts that declare the pool later.
     #[arg(long, hide = true, env = "SLUICE_POOL_WAIT_MS", default_value_t = POOL_WAIT_DEFAULT.as_millis() as u64)]
     pub pool_wait_ms: u64,
+    /// `--pod-namespace`, `--allow-image`, `--pod-secret`: the `pod` kind (commands/pod.rs).
+    #[command(flatten)]
+    pub pod: super::pod::PodArgs,
 }
 
 /// Refuses worker settings that could only fail later, naming the flag. (The pool's ack
@@ -117,7 +120,7 @@ pub async fn worker(url: &str, args: WorkerArgs) -> Result<ExitCode, CliError> {
     let config = args.config()?;
     let client = output::connect(url).await?;
     let shutdown = on_signal();
-    let result = sluice_worker::runtime::run(client.clone(), Registry::with_stock_kinds(), config, shutdown).await;
+    let result = sluice_worker::runtime::run(client.clone(), args.pod.register(Registry::with_stock_kinds()).await?, config, shutdown).await;
     // Acks and events of the last jobs must leave before the process does.
     let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
     result.map_err(|error| match error {
