@@ -55,7 +55,7 @@ jobs:
 "#;
 
 #[test]
-fn a_pod_workflow_runs_as_kubernetes_jobs_and_an_image_off_the_list_is_dead_lettered() {
+fn a_pod_workflow_runs_as_kubernetes_jobs_an_image_off_the_list_is_dead_lettered_and_cancel_deletes_the_job() {
     let api = KubeApi::start().unwrap();
     api.kubectl(&["create", "namespace", "jobs"]).unwrap();
     let mut stack = Stack::start();
@@ -112,4 +112,15 @@ fn a_pod_workflow_runs_as_kubernetes_jobs_and_an_image_off_the_list_is_dead_lett
         "{letters}"
     );
     assert!(jobs_named(&api, "grab").is_empty());
+
+    // `sluice cancel` while the pod job runs: the worker deletes its Job.
+    let slow = stack.write("slow.yaml", "name: slow\njobs:\n  crunch:\n    run: pod\n    pool: k8s\n    image: ghcr.io/acme/crunch:1\n");
+    let submitted = stack.sluice_json(&["submit", slow.to_str().unwrap()], 0);
+    let run = submitted["id"].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(60), "the Job of `crunch`", || !jobs_named(&api, "crunch").is_empty());
+    let cancelled = stack.sluice(&["cancel", &run]);
+    assert_eq!(cancelled.status.code(), Some(0), "{}", text(&cancelled.stderr));
+    wait_until(Duration::from_secs(30), "the cancelled run's Job to be deleted", || jobs_named(&api, "crunch").is_empty());
+    let ended = stack.wait_for_run(&run, Duration::from_secs(30));
+    assert_eq!(ended["state"], "cancelled", "{ended:#}");
 }
