@@ -14,7 +14,16 @@ use sluice_testkit::kube_api::KubeApi;
 /// The names of the Jobs in namespace `jobs` whose job label is `job`.
 fn jobs_named(api: &KubeApi, job: &str) -> Vec<String> {
     let listed = api
-        .kubectl(&["get", "jobs", "-n", "jobs", "-l", &format!("sluice.dev/job={job}"), "-o", "jsonpath={.items[*].metadata.name}"])
+        .kubectl(&[
+            "get",
+            "jobs",
+            "-n",
+            "jobs",
+            "-l",
+            &format!("sluice.dev/job={job}"),
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
         .unwrap();
     listed.split_whitespace().map(str::to_owned).collect()
 }
@@ -30,8 +39,11 @@ fn succeed(api: &KubeApi, job: &str) -> serde_json::Value {
     let stored: serde_json::Value =
         serde_json::from_str(&api.kubectl(&["get", "job", &names[0], "-n", "jobs", "-o", "json"]).unwrap()).unwrap();
     let status = r#"{"status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}}"#;
-    api.kubectl(&["patch", "job", &names[0], "-n", "jobs", "--subresource=status", "--type=merge", "-p", status]).unwrap();
-    wait_until(Duration::from_secs(30), &format!("the Job of `{job}` to be deleted"), || jobs_named(api, job).is_empty());
+    api.kubectl(&["patch", "job", &names[0], "-n", "jobs", "--subresource=status", "--type=merge", "-p", status])
+        .unwrap();
+    wait_until(Duration::from_secs(30), &format!("the Job of `{job}` to be deleted"), || {
+        jobs_named(api, job).is_empty()
+    });
     stored
 }
 
@@ -63,11 +75,22 @@ fn a_pod_workflow_runs_as_kubernetes_jobs_an_image_off_the_list_is_dead_lettered
     wait_until_set_up(&stack);
     stack.sluice_json(&["pool", "apply", "k8s"], 0);
     let kubeconfig = api.kubeconfig().display().to_string();
-    let args = ["worker", "--pool", "k8s", "--pod-namespace", "jobs", "--allow-image", "ghcr.io/acme/*", "--pod-secret", "api-token"];
+    let args = [
+        "worker",
+        "--pool",
+        "k8s",
+        "--pod-namespace",
+        "jobs",
+        "--allow-image",
+        "ghcr.io/acme/*",
+        "--pod-secret",
+        "api-token",
+    ];
     stack.spawn("worker", &args, &[("KUBECONFIG", kubeconfig.as_str())]);
     stack.wait_for_workers("k8s", 1, Duration::from_secs(30)).unwrap();
     let listed = stack.sluice_json(&["workers"], 0);
-    let kinds = listed["workers"].as_array().unwrap().iter().find(|worker| worker["pool"] == "k8s").unwrap()["kinds"].clone();
+    let kinds =
+        listed["workers"].as_array().unwrap().iter().find(|worker| worker["pool"] == "k8s").unwrap()["kinds"].clone();
     assert!(kinds.as_array().unwrap().contains(&serde_json::json!("pod")), "{kinds}");
 
     let file = stack.write("pod.yaml", WORKFLOW);
@@ -88,7 +111,10 @@ fn a_pod_workflow_runs_as_kubernetes_jobs_an_image_off_the_list_is_dead_lettered
     assert_eq!(container["resources"]["limits"], serde_json::json!({"cpu": "1", "memory": "1Gi"}));
     let env = container["env"].as_array().unwrap();
     let token = env.iter().find(|var| var["name"] == "TOKEN").unwrap();
-    assert_eq!(token["valueFrom"]["secretKeyRef"], serde_json::json!({"name": "api-token", "key": "value", "optional": false}));
+    assert_eq!(
+        token["valueFrom"]["secretKeyRef"],
+        serde_json::json!({"name": "api-token", "key": "value", "optional": false})
+    );
     assert_eq!(extract["spec"]["activeDeadlineSeconds"], 600);
     assert_eq!(extract["metadata"]["labels"]["sluice.dev/attempt"], "1");
     succeed(&api, "load");
@@ -102,7 +128,10 @@ fn a_pod_workflow_runs_as_kubernetes_jobs_an_image_off_the_list_is_dead_lettered
 
     // An image the pool does not allow: permanent, so the job is dead-lettered with a reason
     // naming the image and the patterns, and nothing is created in the cluster.
-    let evil = stack.write("evil.yaml", "name: evil\njobs:\n  grab:\n    run: pod\n    pool: k8s\n    image: docker.io/evil:latest\n");
+    let evil = stack.write(
+        "evil.yaml",
+        "name: evil\njobs:\n  grab:\n    run: pod\n    pool: k8s\n    image: docker.io/evil:latest\n",
+    );
     let refused = stack.sluice(&["submit", "--wait", evil.to_str().unwrap()]);
     let said = format!("{}{}", text(&refused.stdout), text(&refused.stderr));
     assert_ne!(refused.status.code(), Some(0), "{said}");
@@ -114,13 +143,18 @@ fn a_pod_workflow_runs_as_kubernetes_jobs_an_image_off_the_list_is_dead_lettered
     assert!(jobs_named(&api, "grab").is_empty());
 
     // `sluice cancel` while the pod job runs: the worker deletes its Job.
-    let slow = stack.write("slow.yaml", "name: slow\njobs:\n  crunch:\n    run: pod\n    pool: k8s\n    image: ghcr.io/acme/crunch:1\n");
+    let slow = stack.write(
+        "slow.yaml",
+        "name: slow\njobs:\n  crunch:\n    run: pod\n    pool: k8s\n    image: ghcr.io/acme/crunch:1\n",
+    );
     let submitted = stack.sluice_json(&["submit", slow.to_str().unwrap()], 0);
     let run = submitted["id"].as_str().unwrap().to_owned();
     wait_until(Duration::from_secs(60), "the Job of `crunch`", || !jobs_named(&api, "crunch").is_empty());
     let cancelled = stack.sluice(&["cancel", &run]);
     assert_eq!(cancelled.status.code(), Some(0), "{}", text(&cancelled.stderr));
-    wait_until(Duration::from_secs(30), "the cancelled run's Job to be deleted", || jobs_named(&api, "crunch").is_empty());
+    wait_until(Duration::from_secs(30), "the cancelled run's Job to be deleted", || {
+        jobs_named(&api, "crunch").is_empty()
+    });
     let ended = stack.wait_for_run(&run, Duration::from_secs(30));
     assert_eq!(ended["state"], "cancelled", "{ended:#}");
 }

@@ -24,7 +24,9 @@ impl PodError {
         };
         let message = match &error {
             kube::Error::Api(status) if status.code == 403 => {
-                format!("{error} (the worker's service account needs RBAC to create, watch and delete batch/v1 Jobs and read pods and their logs)")
+                format!(
+                    "{error} (the worker's service account needs RBAC to create, watch and delete batch/v1 Jobs and read pods and their logs)"
+                )
             }
             _ => error.to_string(),
         };
@@ -41,6 +43,10 @@ impl PodError {
 
 impl From<PodError> for JobError {
     fn from(error: PodError) -> Self {
-        if error.is_retryable() { JobError::retryable(error.to_string()) } else { JobError::permanent(error.to_string()) }
+        if error.is_retryable() {
+            JobError::retryable(error.to_string())
+        } else {
+            JobError::permanent(error.to_string())
+        }
     }
 }

@@ -64,7 +64,8 @@ impl PodKind {
     /// saying in this attempt's log what each had come to.
     async fn clear_orphans(&self, ctx: &JobContext) -> Result<(), PodError> {
         let listed = ListParams::default().labels(&selector_of_job(ctx)).limit(ORPHANS_LISTED_MAX);
-        let found = self.jobs().list(&listed).await.map_err(|error| PodError::kube("listing earlier attempts' Jobs", error))?;
+        let found =
+            self.jobs().list(&listed).await.map_err(|error| PodError::kube("listing earlier attempts' Jobs", error))?;
         for orphan in orphans(&found.items) {
             let attempt = orphan.attempt.map(|attempt| format!(" of attempt {attempt}")).unwrap_or_default();
             let text = format!(
@@ -102,7 +103,12 @@ impl PodKind {
         result
     }
 
-    async fn watch_inner(&self, ctx: &JobContext, name: &str, log: &mut Option<JoinHandle<()>>) -> Result<Watched, PodError> {
+    async fn watch_inner(
+        &self,
+        ctx: &JobContext,
+        name: &str,
+        log: &mut Option<JoinHandle<()>>,
+    ) -> Result<Watched, PodError> {
         let jobs = self.jobs();
         let mut pods_checked = tokio::time::interval(self.pod_check_interval);
         'rewatch: loop {
@@ -204,7 +210,10 @@ enum Watched {
 pub async fn log_lines(pods: &Api<Pod>, pod: &str) -> Result<impl Stream<Item = String> + use<>, kube::Error> {
     let params = LogParams { container: Some(CONTAINER.to_owned()), follow: true, ..LogParams::default() };
     let reader = pods.log_stream(pod, &params).await?;
-    Ok(reader.lines().take_while(|line| std::future::ready(line.is_ok())).filter_map(|line| std::future::ready(line.ok())))
+    Ok(reader
+        .lines()
+        .take_while(|line| std::future::ready(line.is_ok()))
+        .filter_map(|line| std::future::ready(line.ok())))
 }
 
 /// Sends `pod`'s log to the attempt's log (`sluice logs`), as `exec` sends stdout.
@@ -248,13 +257,19 @@ impl sluice_worker::Job for PodKind {
             Watched::Ended(JobEnd::Succeeded) => Ok(Output::none()),
             Watched::Ended(JobEnd::Failed { message, permanent }) => {
                 let message = format!("Job {name} failed: {message}");
-                Err(if permanent { JobError::permanent(message + " (a permanent failure: no further attempts)") } else { JobError::retryable(message) })
+                Err(if permanent {
+                    JobError::permanent(message + " (a permanent failure: no further attempts)")
+                } else {
+                    JobError::retryable(message)
+                })
             }
-            Watched::Ended(JobEnd::TimedOut { message }) => {
-                Err(JobError::retryable(format!("timed out: Job {name} passed its activeDeadlineSeconds ({message}); deleted")))
-            }
+            Watched::Ended(JobEnd::TimedOut { message }) => Err(JobError::retryable(format!(
+                "timed out: Job {name} passed its activeDeadlineSeconds ({message}); deleted"
+            ))),
             Watched::CannotRun(problem) => Err(JobError::permanent(format!("Job {name}: {problem}; deleted"))),
-            Watched::Cancelled => Err(JobError::retryable(format!("Job {name} was deleted: the attempt was cancelled"))),
+            Watched::Cancelled => {
+                Err(JobError::retryable(format!("Job {name} was deleted: the attempt was cancelled")))
+            }
         }
     }
 }

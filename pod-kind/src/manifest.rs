@@ -65,7 +65,10 @@ impl PoolPolicy {
                 } else {
                     format!("its secrets are {}", self.secrets.iter().cloned().collect::<Vec<_>>().join(", "))
                 };
-                return Err(format!("env `{name}`: secret `{secret}` is not available to pool `{}`: {listed}", ctx.pool));
+                return Err(format!(
+                    "env `{name}`: secret `{secret}` is not available to pool `{}`: {listed}",
+                    ctx.pool
+                ));
             }
         }
         Ok(image)
@@ -214,7 +217,11 @@ pub fn build_job(
             // Kubernetes stops the pod at the timeout even if this worker is gone by then.
             active_deadline_seconds: ctx.timeout.map(|timeout| timeout.as_secs_f64().ceil().max(1.0) as i64),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels), annotations: Some(annotations), ..Default::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    annotations: Some(annotations),
+                    ..Default::default()
+                }),
                 spec: Some(pod),
             },
             ..Default::default()
@@ -357,6 +364,20 @@ mod tests {
         let mut imageless = ctx.clone();
         imageless.image = None;
         assert!(policy(&["**"], &[]).admit(&imageless).unwrap_err().contains("needs an `image:`"));
+    }
+
+    /// The example workflow validates, and each of its jobs builds into a Job.
+    #[test]
+    fn the_example_workflow_builds_into_jobs() {
+        let spec = sluice_proto::WorkflowSpec::parse(include_str!("../../examples/workflows/pod-train.yaml")).unwrap();
+        for (name, job) in &spec.jobs {
+            let mut ctx = JobContext::for_local_run(name, 1);
+            ctx.params = spec.params.clone();
+            (ctx.command, ctx.resources, ctx.env) = (job.command.clone(), job.resources.clone(), job.env.clone());
+            let image = job.image.as_deref().unwrap();
+            let built = build_job(&ctx, &window(), &serde_json::Value::Null, image, "sluice-jobs").unwrap();
+            assert_eq!(container(&built).image.as_deref(), Some(image), "{name}");
+        }
     }
 
     #[test]

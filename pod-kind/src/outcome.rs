@@ -11,9 +11,14 @@ use crate::manifest::LABEL_ATTEMPT;
 pub enum JobEnd {
     Succeeded,
     /// Its pod failed; `permanent` when it exited with 78 (as `exec` jobs say "do not retry").
-    Failed { message: String, permanent: bool },
+    Failed {
+        message: String,
+        permanent: bool,
+    },
     /// `activeDeadlineSeconds` passed: the job's timeout.
-    TimedOut { message: String },
+    TimedOut {
+        message: String,
+    },
 }
 
 /// The end of `job`, if it has ended: its `Complete` or `Failed` condition, else its pod
@@ -163,7 +168,9 @@ mod tests {
     fn conditions_map_to_success_failure_and_timeout() {
         let complete = job(serde_json::json!({"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}));
         assert_eq!(job_end(&complete), Some(JobEnd::Succeeded));
-        let failed = job(serde_json::json!({"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}));
+        let failed = job(
+            serde_json::json!({"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]}),
+        );
         assert_eq!(
             job_end(&failed),
             Some(JobEnd::Failed {
@@ -171,7 +178,9 @@ mod tests {
                 permanent: false
             })
         );
-        let deadline = job(serde_json::json!({"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]}));
+        let deadline = job(
+            serde_json::json!({"conditions": [{"type": "Failed", "status": "True", "reason": "DeadlineExceeded", "message": "Job was active longer than specified deadline"}]}),
+        );
         assert!(matches!(job_end(&deadline), Some(JobEnd::TimedOut { .. })));
     }
 
@@ -185,16 +194,24 @@ mod tests {
     #[test]
     fn counts_stand_in_for_conditions() {
         assert_eq!(job_end(&job(serde_json::json!({"succeeded": 1}))), Some(JobEnd::Succeeded));
-        assert!(matches!(job_end(&job(serde_json::json!({"failed": 1}))), Some(JobEnd::Failed { permanent: false, .. })));
+        assert!(matches!(
+            job_end(&job(serde_json::json!({"failed": 1}))),
+            Some(JobEnd::Failed { permanent: false, .. })
+        ));
     }
 
     #[test]
     fn image_pull_and_config_errors_are_permanent_problems() {
         let waiting = |reason: &str| {
-            pod(serde_json::json!({"containerStatuses": [{"name": "job", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
-                "state": {"waiting": {"reason": reason, "message": "details"}}}]}))
+            pod(
+                serde_json::json!({"containerStatuses": [{"name": "job", "image": "i", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": reason, "message": "details"}}}]}),
+            )
         };
-        assert_eq!(pod_problem(&waiting("ImagePullBackOff")).as_deref(), Some("the pod cannot run: ImagePullBackOff: details"));
+        assert_eq!(
+            pod_problem(&waiting("ImagePullBackOff")).as_deref(),
+            Some("the pod cannot run: ImagePullBackOff: details")
+        );
         assert!(pod_problem(&waiting("CreateContainerConfigError")).is_some());
         assert_eq!(pod_problem(&waiting("ContainerCreating")), None, "still starting");
         assert_eq!(pod_problem(&waiting("ErrImagePull")), None, "a pull may succeed on the kubelet's retry");
@@ -205,7 +222,10 @@ mod tests {
         let failed = JobEnd::Failed { message: "BackoffLimitExceeded".into(), permanent: false };
         assert_eq!(
             with_exit(failed.clone(), Some((78, Some("Error".into())))),
-            JobEnd::Failed { message: "BackoffLimitExceeded; its container exited with code 78 (Error)".into(), permanent: true }
+            JobEnd::Failed {
+                message: "BackoffLimitExceeded; its container exited with code 78 (Error)".into(),
+                permanent: true
+            }
         );
         assert!(matches!(with_exit(failed, Some((1, None))), JobEnd::Failed { permanent: false, .. }));
         assert_eq!(with_exit(JobEnd::Succeeded, Some((0, None))), JobEnd::Succeeded);
@@ -226,7 +246,8 @@ mod tests {
             ]
         );
         let mut going: Job = job(serde_json::json!({}));
-        going.metadata.deletion_timestamp = Some(serde_json::from_value(serde_json::json!("2026-01-01T00:00:00Z")).unwrap());
+        going.metadata.deletion_timestamp =
+            Some(serde_json::from_value(serde_json::json!("2026-01-01T00:00:00Z")).unwrap());
         assert!(orphans(&[going]).is_empty(), "a Job being deleted is no orphan to delete again");
     }
 }

@@ -94,7 +94,9 @@ async fn deleted(jobs: &Api<Job>, name: &str) {
 
 /// Plays the Job controller: sets the Job's status.
 async fn set_status(jobs: &Api<Job>, name: &str, status: serde_json::Value) {
-    jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": status}))).await.unwrap();
+    jobs.patch_status(name, &PatchParams::default(), &Patch::Merge(serde_json::json!({"status": status})))
+        .await
+        .unwrap();
 }
 
 async fn finished(task: tokio::task::JoinHandle<Result<Output, JobError>>) -> Result<Output, JobError> {
@@ -115,7 +117,10 @@ async fn the_pod_kind_creates_watches_maps_and_deletes_jobs_on_a_real_apiserver(
     let running = start(&kind, &ctx1);
     let stored = created(&jobs, &name).await;
     let labels = stored.metadata.labels.clone().unwrap();
-    assert_eq!((labels[LABEL_RUN_ID].as_str(), labels[LABEL_JOB].as_str()), (ctx1.run_id.to_string().as_str(), "extract"));
+    assert_eq!(
+        (labels[LABEL_RUN_ID].as_str(), labels[LABEL_JOB].as_str()),
+        (ctx1.run_id.to_string().as_str(), "extract")
+    );
     let spec = stored.spec.clone().unwrap();
     assert_eq!((spec.backoff_limit, spec.active_deadline_seconds), (Some(0), Some(600)));
     let container = &spec.template.spec.as_ref().unwrap().containers[0];
@@ -124,7 +129,12 @@ async fn the_pod_kind_creates_watches_maps_and_deletes_jobs_on_a_real_apiserver(
     assert_eq!(resources, serde_json::json!({"limits": {"cpu": "2", "memory": "4Gi"}, "requests": {"cpu": "500m"}}));
     let token = container.env.as_ref().unwrap().iter().find(|var| var.name == "TOKEN").unwrap();
     assert_eq!(token.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap().name, "api-token");
-    set_status(&jobs, &name, serde_json::json!({"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1})).await;
+    set_status(
+        &jobs,
+        &name,
+        serde_json::json!({"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}),
+    )
+    .await;
     assert_eq!(finished(running).await, Ok(Output::none()));
     deleted(&jobs, &name).await;
 
@@ -168,7 +178,11 @@ async fn the_pod_kind_creates_watches_maps_and_deletes_jobs_on_a_real_apiserver(
     let pods: Api<Pod> = Api::namespaced(client.clone(), "jobs");
     let template = stored.spec.unwrap().template;
     let pod = Pod {
-        metadata: kube::api::ObjectMeta { name: Some(format!("{name}-abcde")), labels: template.metadata.unwrap().labels, ..Default::default() },
+        metadata: kube::api::ObjectMeta {
+            name: Some(format!("{name}-abcde")),
+            labels: template.metadata.unwrap().labels,
+            ..Default::default()
+        },
         spec: template.spec,
         status: None,
     };
@@ -193,7 +207,10 @@ async fn the_pod_kind_creates_watches_maps_and_deletes_jobs_on_a_real_apiserver(
     let running = start(&kind, &second);
     let stored = created(&jobs, &name).await;
     assert_eq!(stored.metadata.labels.unwrap()[LABEL_ATTEMPT], "2");
-    assert!(jobs.get_opt(&orphan_name).await.unwrap().is_none(), "attempt 1's Job is gone before attempt 2's is created");
+    assert!(
+        jobs.get_opt(&orphan_name).await.unwrap().is_none(),
+        "attempt 1's Job is gone before attempt 2's is created"
+    );
     set_status(&jobs, &name, serde_json::json!({"succeeded": 1})).await;
     assert_eq!(finished(running).await, Ok(Output::none()));
     deleted(&jobs, &name).await;
@@ -202,11 +219,21 @@ async fn the_pod_kind_creates_watches_maps_and_deletes_jobs_on_a_real_apiserver(
     let mut evil = ctx("evil", 1);
     evil.image = Some("docker.io/evil:latest".into());
     let error = kind.perform(&evil, &window(), &serde_json::Value::Null).await.unwrap_err();
-    assert!(!error.retryable && error.message.contains("docker.io/evil:latest") && error.message.contains("ghcr.io/acme/*"), "{error:?}");
+    assert!(
+        !error.retryable && error.message.contains("docker.io/evil:latest") && error.message.contains("ghcr.io/acme/*"),
+        "{error:?}"
+    );
     let mut greedy = ctx("greedy", 1);
     greedy.env.insert("DB".into(), EnvValue::Secret { secret: "db-password".into() });
     let error = kind.perform(&greedy, &window(), &serde_json::Value::Null).await.unwrap_err();
-    assert!(!error.retryable && error.message.contains("secret `db-password` is not available to pool `k8s`"), "{error:?}");
+    assert!(
+        !error.retryable && error.message.contains("secret `db-password` is not available to pool `k8s`"),
+        "{error:?}"
+    );
     let left = jobs.list(&Default::default()).await.unwrap();
-    assert!(left.items.is_empty(), "no Job is left: {:?}", left.items.iter().map(|job| job.metadata.name.clone()).collect::<Vec<_>>());
+    assert!(
+        left.items.is_empty(),
+        "no Job is left: {:?}",
+        left.items.iter().map(|job| job.metadata.name.clone()).collect::<Vec<_>>()
+    );
 }

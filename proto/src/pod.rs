@@ -98,10 +98,9 @@ pub fn check_env(env: &BTreeMap<String, EnvValue>) -> Vec<String> {
             problems.push(format!("env: `{name}` is reserved (Sluice sets the `{RESERVED_ENV_PREFIX}*` variables)"));
         }
         match value {
-            EnvValue::Value(text) if text.len() > ENV_VALUE_MAX_BYTES => problems.push(format!(
-                "env: `{name}` is {} bytes; the limit is {ENV_VALUE_MAX_BYTES}",
-                text.len()
-            )),
+            EnvValue::Value(text) if text.len() > ENV_VALUE_MAX_BYTES => {
+                problems.push(format!("env: `{name}` is {} bytes; the limit is {ENV_VALUE_MAX_BYTES}", text.len()))
+            }
             EnvValue::Value(text) => {
                 if let Err(error) = placeholder::check(text, None) {
                     problems.push(format!("env: `{name}`: {error}"));
@@ -128,7 +127,9 @@ pub fn check_image(image: &str) -> Vec<String> {
         problems.push(format!("image `{}` has whitespace", image.escape_debug()));
     }
     if image.contains("{{") {
-        problems.push(format!("image `{image}` may not use placeholders (the pool's --allow-image patterns judge it as written)"));
+        problems.push(format!(
+            "image `{image}` may not use placeholders (the pool's --allow-image patterns judge it as written)"
+        ));
     }
     problems
 }
@@ -151,11 +152,16 @@ pub fn check_resources(resources: &serde_json::Value) -> Vec<String> {
             continue;
         };
         if quantities.len() > RESOURCE_NAMES_MAX {
-            problems.push(format!("resources.{key} names {} resources; the limit is {RESOURCE_NAMES_MAX}", quantities.len()));
+            problems.push(format!(
+                "resources.{key} names {} resources; the limit is {RESOURCE_NAMES_MAX}",
+                quantities.len()
+            ));
         }
         for (resource, quantity) in quantities {
             if !is_resource_name(resource) {
-                problems.push(format!("resources.{key}: `{resource}` is not a resource name (e.g. cpu, memory, nvidia.com/gpu)"));
+                problems.push(format!(
+                    "resources.{key}: `{resource}` is not a resource name (e.g. cpu, memory, nvidia.com/gpu)"
+                ));
             }
             let text = match quantity {
                 serde_json::Value::String(text) => text.clone(),

@@ -39,7 +39,8 @@ impl PodArgs {
         }
         let images = ImageAllowList::new(self.allow_image.clone()).map_err(CliError::usage)?;
         for name in &self.pod_secret {
-            sluice_proto::pod::check_secret_name(name).map_err(|problem| CliError::usage(format!("--pod-secret: {problem}")))?;
+            sluice_proto::pod::check_secret_name(name)
+                .map_err(|problem| CliError::usage(format!("--pod-secret: {problem}")))?;
         }
         Ok(Some((namespace.clone(), PoolPolicy { images, secrets: self.pod_secret.iter().cloned().collect() })))
     }

@@ -118,9 +118,10 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
 
 pub async fn worker(url: &str, args: WorkerArgs) -> Result<ExitCode, CliError> {
     let config = args.config()?;
+    let registry = args.pod.register(Registry::with_stock_kinds()).await?;
     let client = output::connect(url).await?;
     let shutdown = on_signal();
-    let result = sluice_worker::runtime::run(client.clone(), args.pod.register(Registry::with_stock_kinds()).await?, config, shutdown).await;
+    let result = sluice_worker::runtime::run(client.clone(), registry, config, shutdown).await;
     // Acks and events of the last jobs must leave before the process does.
     let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
     result.map_err(|error| match error {
