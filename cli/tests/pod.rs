@@ -74,6 +74,21 @@ fn a_pod_workflow_runs_as_kubernetes_jobs_an_image_off_the_list_is_dead_lettered
     stack.coordinator();
     wait_until_set_up(&stack);
     stack.sluice_json(&["pool", "apply", "k8s"], 0);
+    // Pod flags without a namespace, or no cluster to reach: refused before connecting.
+    let lone = stack.sluice(&["worker", "--pool", "k8s", "--allow-image", "ghcr.io/acme/*"]);
+    assert_eq!(lone.status.code(), Some(2), "{}", text(&lone.stderr));
+    assert!(text(&lone.stderr).contains("--pod-namespace"), "{}", text(&lone.stderr));
+    let nowhere = Command::new(SLUICE)
+        .args(["worker", "--pool", "k8s", "--pod-namespace", "jobs"])
+        .env("SLUICE_NATS_URL", stack.url())
+        .env("KUBECONFIG", stack.dir.path().join("no-such-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", stack.dir.path())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(nowhere.status.code(), Some(2), "{}", text(&nowhere.stderr));
+    assert!(text(&nowhere.stderr).contains("no Kubernetes client"), "{}", text(&nowhere.stderr));
     let kubeconfig = api.kubeconfig().display().to_string();
     let args = [
         "worker",
