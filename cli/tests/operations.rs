@@ -259,3 +259,52 @@ fn with_a_history_max_age_finished_runs_go_and_the_coordinator_keeps_working() {
         max_age(&stack, "sluice-runs") == Duration::ZERO && max_age(&stack, "sluice-jobs") == Duration::ZERO
     });
 }
+
+/// Bytes and messages a stream holds, read from the server.
+fn stream_state(stack: &Stack, name: &str) -> (u64, u64) {
+    stack.block_on(async {
+        let js = sluice_testkit::connect(&stack.url()).await.unwrap();
+        let state = js.get_stream(name).await.unwrap().cached_info().state.clone();
+        (state.bytes, state.messages)
+    })
+}
+
+/// What docs/operations.md ("Storage per run and job") says a run and a job store: a run of
+/// one job, then one of 21, of `noop` jobs; the differences are per run and per job.
+#[test]
+fn a_run_and_a_job_store_about_what_the_docs_say() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    wait_until_set_up(&stack);
+    stack.worker(&[]);
+    let stores = ["KV_sluice-runs", "KV_sluice-jobs", "SLUICE_INDEX", "OBJ_sluice-specs", "KV_sluice-active"];
+    let measure = |stack: &Stack| stores.map(|name| stream_state(stack, name));
+    let before = measure(&stack);
+    let mut sizes = Vec::new();
+    for jobs in [1, 21] {
+        let mut yaml = format!("name: size-{jobs}\njobs:\n");
+        for i in 0..jobs {
+            yaml.push_str(&format!("  step-{i:02}: {{ run: noop }}\n"));
+        }
+        let file = stack.write(&format!("size-{jobs}.yaml"), &yaml);
+        let id = stack.sluice_json(&["submit", file.to_str().unwrap()], 0)["id"].as_str().unwrap().to_owned();
+        assert_eq!(stack.wait_for_run(&id, Duration::from_secs(30))["state"], "succeeded");
+        sizes.push(measure(&stack));
+    }
+    let grew = |at: &[(u64, u64); 5], from: &[(u64, u64); 5], store: usize| at[store].0 - from[store].0;
+    let (one, many) = (&sizes[0], &sizes[1]);
+    let run_bytes = grew(one, &before, 0);
+    let job_bytes = grew(many, one, 1) / 20;
+    let first_job = grew(one, &before, 1);
+    let index_bytes = grew(one, &before, 2);
+    let active_bytes = grew(one, &before, 4);
+    eprintln!(
+        "per run: record {run_bytes} B, index {index_bytes} B, running-set marker {active_bytes} B, spec {} B (21 jobs: {} B); per job: record {job_bytes} B (a run's first: {first_job} B)",
+        grew(one, &before, 3),
+        grew(many, one, 3)
+    );
+    // Loose bounds: a record that grows past them is a change docs/operations.md must tell.
+    assert!((200..=1_500).contains(&run_bytes), "a run record takes {run_bytes} B");
+    assert!((150..=1_000).contains(&job_bytes), "a job record takes {job_bytes} B");
+    assert!(index_bytes <= 4_000, "a run's index entries take {index_bytes} B");
+}
