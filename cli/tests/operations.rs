@@ -247,6 +247,8 @@ fn with_a_history_max_age_finished_runs_go_and_the_coordinator_keeps_working() {
     wait_until(Duration::from_secs(20), "the finished run to expire", || !listed(&first));
     let gone = stack.sluice(&["status", &first, "-o", "json"]);
     assert_eq!(gone.status.code(), Some(2), "{}", text(&gone.stderr));
+    let cancel = stack.sluice(&["cancel", &first]);
+    assert_eq!(cancel.status.code(), Some(2), "{}", text(&cancel.stderr));
     // The coordinator keeps working: a new run runs.
     let second = stack.sluice_json(&["submit", file.to_str().unwrap()], 0)["id"].as_str().unwrap().to_owned();
     assert_eq!(stack.wait_for_run(&second, Duration::from_secs(20))["state"], "succeeded");
