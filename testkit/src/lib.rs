@@ -11,13 +11,20 @@
 //!   [`wait::wait_until`] polls the conditions no signal tells (a file appearing);
 //! - [`workflow`]: submissions through `sluice_client::requests::submit`, and recording jobs
 //!   whose start and end lines show the order jobs ran in;
-//! - [`find_sluice`]: the `sluice` binary next to the running executable.
+//! - [`find_sluice`]: the `sluice` binary next to the running executable;
+//! - [`autoscaler`]: KEDA's nats-jetstream scaler and the HPA, compressed to seconds, scaling
+//!   real `sluice worker` processes on `/jsz`;
+//! - [`cluster`]: a JetStream cluster of nats-servers on loopback;
+//! - [`monitoring`]: a nats-server's monitoring endpoint (`/jsz`, `/healthz`).
 //!
 //! Every wait is bounded and its error names what it waited for. The blocking helpers on
 //! [`Stack`] (for synchronous tests) run on a runtime of the stack's own; async code (the
 //! loadtest) calls the functions in [`wait`] and [`workflow`] directly.
 
+pub mod autoscaler;
 mod binary;
+pub mod cluster;
+pub mod monitoring;
 mod server;
 mod stack;
 mod usage;
