@@ -525,17 +525,6 @@ impl Autoscaler {
         ));
         text
     }
-
-    /// SIGTERMs every worker left and waits (bounded) for each to exit.
-    pub fn stop_all(&mut self, stack: &mut Stack, timeout: Duration) {
-        for process in std::mem::take(&mut self.running) {
-            self.terminate(stack, process);
-        }
-        for draining in &self.draining {
-            stack.wait_exit(draining.process, timeout);
-        }
-        self.reap(stack);
-    }
 }
 
 #[cfg(test)]

@@ -210,3 +210,31 @@ impl Drop for Cluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_connection_is_found_by_its_peer_port() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _server = listener.accept().unwrap();
+        let peers = established_peer_ports(std::process::id() as i32).unwrap();
+        assert!(peers.contains(&port), "{peers:?} lacks {port}");
+    }
+
+    #[test]
+    fn three_nodes_form_and_the_two_left_elect_a_leader_when_one_dies() {
+        let mut cluster = Cluster::start(3).unwrap();
+        assert_eq!(cluster.urls().split(',').count(), 3);
+        let leader = cluster.meta_leader().unwrap();
+        let index = cluster.nodes.iter().position(|node| node.name == leader).unwrap();
+        cluster.kill(index);
+        cluster.wait_until_formed(FORMATION_TIMEOUT).unwrap();
+        let new_leader = cluster.meta_leader().unwrap();
+        assert_ne!(new_leader, leader);
+        assert!(cluster.live().any(|node| node.name == new_leader));
+    }
+}
