@@ -66,6 +66,12 @@ impl StackBuilder {
         self.own_server(|options| options.max_file_store(bytes))
     }
 
+    /// Its own nats-server flushes every JetStream write before acknowledging it
+    /// (`sync_interval: always`).
+    pub fn sync_always(self) -> Self {
+        self.own_server(sluice_local_nats::Options::sync_always)
+    }
+
     /// A nats-server with a monitoring port on 127.0.0.1 (`/jsz`, what KEDA polls):
     /// [`Stack::monitor_port`].
     pub fn monitoring(self) -> Self {
