@@ -48,8 +48,8 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
         store_dir: Some(args.data_dir.clone()),
         without_jetstream: false,
         max_file_store: None,
-        cluster: None,
         sync_always: false,
+        cluster: None,
     })
     .map_err(|error| start_error(&error, args.port))?;
     let url = server.url();

@@ -160,15 +160,13 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
     let _listening = listen_for_probes(listen, &probes).await?;
     let Some(client) = connect_waiting(url, &shutdown).await? else { return Ok(ExitCode::SUCCESS) };
     let _ = probes.nats.set(client.clone());
-    sluice_coordinator::service::run_observed(client, settings, shutdown, phase).await.map_err(
-        |error| match error {
-            // A server this coordinator cannot run on: a configuration to fix, not a failure.
-            sluice_coordinator::ServiceError::ServerVersion(_) | sluice_coordinator::ServiceError::StoreTooSmall(_) => {
-                CliError::usage(error.to_string())
-            }
-            _ => CliError::failed(error.to_string()),
-        },
-    )?;
+    sluice_coordinator::service::run_observed(client, settings, shutdown, phase).await.map_err(|error| match error {
+        // A server this coordinator cannot run on: a configuration to fix, not a failure.
+        sluice_coordinator::ServiceError::ServerVersion(_) | sluice_coordinator::ServiceError::StoreTooSmall(_) => {
+            CliError::usage(error.to_string())
+        }
+        _ => CliError::failed(error.to_string()),
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
