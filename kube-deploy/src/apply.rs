@@ -25,6 +25,8 @@ pub struct Applied {
     /// `Kind namespace/name`.
     pub object: String,
     pub resource_version: Option<String>,
+    /// Changes only when the object's spec changes (for kinds that keep one).
+    pub generation: Option<i64>,
 }
 
 /// What an apply did.
@@ -113,6 +115,14 @@ pub async fn apply(
                 kube::Error::Api(status) if status.code == 409 => {
                     ApplyError::Conflict { object: object.describe(), message: status.message }
                 }
+                // A dry run creates no namespace, and the server refuses objects in one it lacks.
+                kube::Error::Api(status) if status.code == 404 && options.dry_run => ApplyError::Refused {
+                    object: object.describe(),
+                    message: format!(
+                        "{}; a server-side dry run checks objects only in namespaces that exist (create them first)",
+                        status.message
+                    ),
+                },
                 kube::Error::Api(status) if status.code == 422 || status.code == 400 => {
                     ApplyError::Refused { object: object.describe(), message: status.message }
                 }
@@ -122,7 +132,11 @@ pub async fn apply(
                 source => ApplyError::Request { object: object.describe(), source },
             })?;
         tracing::info!(object = %object.describe(), dry_run = options.dry_run, "applied");
-        report.applied.push(Applied { object: object.describe(), resource_version: stored.metadata.resource_version });
+        report.applied.push(Applied {
+            object: object.describe(),
+            resource_version: stored.metadata.resource_version,
+            generation: stored.metadata.generation,
+        });
     }
     Ok(report)
 }

@@ -69,7 +69,12 @@ pub struct Object {
 impl Object {
     fn new<T: serde::Serialize>(typed: &T) -> Self {
         // Serialising plain data structs cannot fail; a Null here would be caught by every test.
-        let value = serde_json::to_value(typed).unwrap_or(Value::Null);
+        Self::from_value(serde_json::to_value(typed).unwrap_or(Value::Null))
+    }
+
+    /// An object from its JSON (e.g. a CRD read from a file); identity fields missing from
+    /// it are left empty.
+    pub fn from_value(value: Value) -> Self {
         let text = |pointer: &str| value.pointer(pointer).and_then(Value::as_str).map(str::to_owned);
         Self {
             api_version: text("/apiVersion").unwrap_or_default(),
@@ -247,7 +252,14 @@ fn pod_security() -> PodSecurityContext {
 }
 
 fn port(name: &str, number: i32) -> ContainerPort {
-    ContainerPort { name: Some(name.to_owned()), container_port: number, ..ContainerPort::default() }
+    // The protocol is spelled out: server-side apply keys port lists by (port, protocol), and
+    // servers before 1.20's defaulting fix refuse an element without it.
+    ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: number,
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    }
 }
 
 fn http_probe(path: &str, port_name: &str, period: i32, failures: i32) -> Probe {
@@ -329,6 +341,7 @@ fn service_port(name: &str, number: i32) -> ServicePort {
     ServicePort {
         name: Some(name.to_owned()),
         port: number,
+        protocol: Some("TCP".to_owned()),
         target_port: Some(IntOrString::String(name.to_owned())),
         ..ServicePort::default()
     }
