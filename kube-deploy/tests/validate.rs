@@ -167,7 +167,7 @@ fn structural_errors(path: &str, value: &Value, schema: &Value, errors: &mut Vec
                     }
                     (None, Some(Value::Bool(true))) => {}
                     // `metadata` has no properties in a CRD schema: the server checks it itself.
-                    (None, _) if properties.is_none() && path == "" => {}
+                    (None, _) if properties.is_none() && path.is_empty() => {}
                     (None, _)
                         if properties.is_none()
                             && schema.get("type") == Some(&json!("object"))
