@@ -43,9 +43,43 @@ struct Args {
     /// Only these workloads (e.g. `--only W1,W4`); the baselines always run.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// When the nats-servers this tool starts flush JetStream writes to disk: `default`
+    /// (every two minutes; an acknowledged write can be lost in a power failure) or
+    /// `always` (before acknowledging each one), so the cost of `always` can be measured.
+    #[arg(long, value_enum, default_value_t = SyncInterval::Default)]
+    sync_interval: SyncInterval,
+}
+
+/// `--sync-interval`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SyncInterval {
+    Default,
+    Always,
+}
+
+impl SyncInterval {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Always => "always",
+        }
+    }
 }
 
 impl Args {
+    /// The options of every nats-server this tool starts.
+    fn server_options(&self) -> sluice_testkit::local_nats::Options {
+        let options = sluice_testkit::local_nats::Options::default();
+        if self.sync_interval == SyncInterval::Always { options.sync_always() } else { options }
+    }
+
+    /// A stack on a fresh server with [`Self::server_options`] (or on `--nats-url`'s).
+    fn stack(&self, sluice: &std::path::Path) -> Result<Stack> {
+        let builder = Stack::builder(sluice).nats_url(self.nats_url.clone()).log_filter("warn");
+        let builder = if self.sync_interval == SyncInterval::Always { builder.sync_always() } else { builder };
+        builder.start()
+    }
+
     fn wants(&self, workload: &str) -> bool {
         self.only.is_empty() || self.only.iter().any(|name| name.eq_ignore_ascii_case(workload))
     }
@@ -94,9 +128,12 @@ const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if args.nats_url.is_some() && args.sync_interval != SyncInterval::Default {
+        anyhow::bail!("--sync-interval sets the nats-servers this tool starts; with --nats-url, set it in that server's configuration");
+    }
     let sluice = sluice_testkit::find_sluice(args.sluice.clone())?;
     let sizes = Sizes::new(args.quick);
-    let mut suite = Suite::new(args.quick, &sluice);
+    let mut suite = Suite::new(args.quick, &sluice, args.sync_interval.as_str());
 
     let (n1, n2, n3) = (sizes.b1, sizes.b2, sizes.b3);
     let (b1, b1_server_cpu) = on_fresh_server(&args, move |js| async move { baseline::b1(&js, n1).await }).await?;
@@ -163,7 +200,7 @@ async fn main() -> Result<()> {
 
     if args.wants("W6") {
         let (small, large) = sizes.w6;
-        let mut stack = Stack::builder(&sluice).nats_url(args.nats_url.clone()).log_filter("warn").start()?;
+        let mut stack = args.stack(&sluice)?;
         let coordinator = stack.coordinator();
         stack.worker(&["--concurrency", &SLOTS.to_string()]);
         let js = sluice_testkit::connect(&stack.url()).await?;
@@ -200,7 +237,7 @@ where
     F: FnOnce(async_nats::jetstream::Context) -> Fut,
     Fut: std::future::Future<Output = Result<f64>>,
 {
-    let server = Server::start(args.nats_url.as_deref())?;
+    let server = Server::start_with(args.nats_url.as_deref(), args.server_options())?;
     let client = async_nats::connect(server.url()).await?;
     let before = server.usage();
     let value = baseline(async_nats::jetstream::new(client)).await?;
@@ -279,7 +316,7 @@ where
     F: FnOnce(async_nats::jetstream::Context) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<sluice_proto::RunRecord>>>,
 {
-    let mut stack = Stack::builder(sluice).nats_url(args.nats_url.clone()).log_filter("warn").start()?;
+    let mut stack = args.stack(sluice)?;
     let coordinator_process = stack.coordinator();
     let worker_processes = [stack.worker(&["--concurrency", &SLOTS.to_string()])];
     let js = sluice_testkit::connect(&stack.url()).await?;

@@ -54,12 +54,37 @@ pub struct Options {
     /// JetStream's file storage limit, in bytes (`max_file_store`); `None` leaves the
     /// server's default (a share of the free disk).
     pub max_file_store: Option<u64>,
+    /// JetStream flushes every write to disk before acknowledging it (`sync_interval:
+    /// always`); otherwise the server's default (a flush every two minutes).
+    pub sync_always: bool,
+    /// Run as one node of a JetStream cluster (routes on loopback); `None`: a single server.
+    pub cluster: Option<ClusterOptions>,
+}
+
+/// One node's part in a cluster of servers on loopback: every node lists every node's route
+/// port (its own included, which the server ignores), so any node can start first.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// The cluster's name (`--cluster_name`), the same on every node.
+    pub name: String,
+    /// This node's name (`--server_name`), distinct per node: JetStream's Raft groups name
+    /// their peers by it.
+    pub server_name: String,
+    /// This node's route port (`--cluster nats://127.0.0.1:PORT`).
+    pub route_port: u16,
+    /// Every node's route port (`--routes`).
+    pub routes: Vec<u16>,
 }
 
 impl Options {
     /// The same options with JetStream's file storage limited to `bytes`.
     pub fn max_file_store(self, bytes: u64) -> Self {
         Self { max_file_store: Some(bytes), ..self }
+    }
+
+    /// The same options with every JetStream write flushed before it is acknowledged.
+    pub fn sync_always(self) -> Self {
+        Self { sync_always: true, ..self }
     }
 }
 
@@ -71,6 +96,7 @@ pub struct NatsServer {
     monitor_port: Option<u16>,
     store_dir: PathBuf,
     jetstream: bool,
+    cluster: Option<ClusterOptions>,
     /// The configuration file, when an option has no command-line flag (kept for restarts).
     config: Option<PathBuf>,
     _temporary: Option<tempfile::TempDir>,
@@ -85,7 +111,7 @@ impl NatsServer {
 
     pub fn start(options: Options) -> Result<Self, LocalNatsError> {
         let binary = find_binary()?;
-        let (store_dir, temporary) = match options.store_dir {
+        let (store_dir, temporary) = match options.store_dir.clone() {
             Some(dir) => {
                 std::fs::create_dir_all(&dir).map_err(LocalNatsError::Store)?;
                 (dir, None)
@@ -96,12 +122,12 @@ impl NatsServer {
             }
         };
         // Beside the store, not in it: a store directory may be a user's (`sluice dev`).
-        let (config, config_dir) = match options.max_file_store.filter(|_| !options.without_jetstream) {
-            Some(bytes) => {
+        let (config, config_dir) = match config_text(&options) {
+            Some(text) => {
                 let dir =
                     tempfile::Builder::new().prefix("sluice-nats-conf-").tempdir().map_err(LocalNatsError::Config)?;
                 let path = dir.path().join("nats-server.conf");
-                std::fs::write(&path, config_text(bytes)).map_err(LocalNatsError::Config)?;
+                std::fs::write(&path, text).map_err(LocalNatsError::Config)?;
                 (Some(path), Some(dir))
             }
             None => (None, None),
@@ -120,6 +146,7 @@ impl NatsServer {
                 monitor_port: options.monitor_port,
                 store_dir: store_dir.clone(),
                 jetstream: !options.without_jetstream,
+                cluster: options.cluster.clone(),
                 config: config.clone(),
                 _temporary: None,
                 _config_dir: None,
@@ -144,7 +171,15 @@ impl NatsServer {
         }
         command.arg("-sd").arg(&self.store_dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         if let Some(monitor) = self.monitor_port {
+            // Served on the `-a` address: loopback.
             command.args(["-m", &monitor.to_string()]);
+        }
+        if let Some(cluster) = &self.cluster {
+            let routes: Vec<String> = cluster.routes.iter().map(|port| format!("nats://127.0.0.1:{port}")).collect();
+            command
+                .args(["--server_name", &cluster.server_name, "--cluster_name", &cluster.name])
+                .args(["--cluster", &format!("nats://127.0.0.1:{}", cluster.route_port)])
+                .args(["--routes", &routes.join(",")]);
         }
         // Command-line flags (address, port, store) win over the file's settings.
         if let Some(config) = &self.config {
@@ -206,6 +241,16 @@ impl NatsServer {
         self.port
     }
 
+    /// The monitoring port (/healthz, /varz, /jsz on 127.0.0.1), if the server has one.
+    pub fn monitor_port(&self) -> Option<u16> {
+        self.monitor_port
+    }
+
+    /// This node's cluster settings, if it is one of a cluster.
+    pub fn cluster(&self) -> Option<&ClusterOptions> {
+        self.cluster.as_ref()
+    }
+
     pub fn store_dir(&self) -> &Path {
         &self.store_dir
     }
@@ -244,10 +289,24 @@ impl Drop for NatsServer {
     }
 }
 
-/// The configuration file for what has no command-line flag: only JetStream's file
-/// storage limit (its store directory and the rest stay flags).
-fn config_text(max_file_store_bytes: u64) -> String {
-    format!("jetstream {{\n  max_file_store: {max_file_store_bytes}\n}}\n")
+/// The configuration file for what has no command-line flag: JetStream's file storage
+/// limit and its sync interval (its store directory and the rest stay flags); `None` when
+/// the defaults need none.
+fn config_text(options: &Options) -> Option<String> {
+    if options.without_jetstream {
+        return None;
+    }
+    let mut settings = Vec::new();
+    if let Some(bytes) = options.max_file_store {
+        settings.push(format!("  max_file_store: {bytes}\n"));
+    }
+    if options.sync_always {
+        settings.push("  sync_interval: always\n".to_owned());
+    }
+    if settings.is_empty() {
+        return None;
+    }
+    Some(format!("jetstream {{\n{}}}\n", settings.concat()))
 }
 
 fn not_ready(fatal: &Option<String>, output: &str) -> String {
@@ -273,7 +332,9 @@ pub fn is_port_taken(error: &LocalNatsError) -> bool {
     matches!(error, LocalNatsError::NotReady { fatal: Some(fatal), .. } if fatal.contains("address already in use"))
 }
 
-fn free_port() -> std::io::Result<u16> {
+/// A loopback port free at the moment of asking (another process may take it before it is
+/// used: a server start that fails on it says so, [`is_port_taken`]).
+pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -337,6 +398,25 @@ mod tests {
         assert_eq!(max_storage(monitor_port), 40 << 20);
         server.restart().unwrap();
         assert_eq!(max_storage(monitor_port), 40 << 20);
+    }
+
+    #[test]
+    fn sync_always_is_what_the_server_runs_with_and_the_default_is_not() {
+        let jsz = |monitor_port: u16| {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", monitor_port)).unwrap();
+            stream.write_all(b"GET /jsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            response
+        };
+        let monitor_port = free_port().unwrap();
+        let options = Options { monitor_port: Some(monitor_port), ..Default::default() };
+        let server = NatsServer::start(options.clone().sync_always()).unwrap();
+        assert!(jsz(monitor_port).contains("\"sync_always\": true"), "{}", jsz(monitor_port));
+        drop(server);
+        let _server = NatsServer::start(options).unwrap();
+        assert!(!jsz(monitor_port).contains("sync_always"), "{}", jsz(monitor_port));
     }
 
     #[test]

@@ -42,9 +42,14 @@ impl Server {
 
     /// The external server at `url` if one is given, else a fresh temporary one.
     pub fn start(external: Option<&str>) -> Result<Self> {
+        Self::start_with(external, Options::default())
+    }
+
+    /// The external server at `url` if one is given, else a fresh one with `options`.
+    pub fn start_with(external: Option<&str>, options: Options) -> Result<Self> {
         match external {
             Some(url) => Ok(Self::external(url)),
-            None => Self::temporary(),
+            None => Self::with_options(options),
         }
     }
 
@@ -60,6 +65,11 @@ impl Server {
     /// The server this process started, if it did.
     pub fn local(&mut self) -> Option<&mut NatsServer> {
         self.own.as_mut()
+    }
+
+    /// The monitoring port on 127.0.0.1 of the server this process started, if it has one.
+    pub fn monitor_port(&self) -> Option<u16> {
+        self.own.as_ref().and_then(NatsServer::monitor_port)
     }
 
     pub fn pid(&self) -> Option<u32> {
