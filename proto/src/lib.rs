@@ -3,8 +3,8 @@
 //! Subject, stream, bucket and header names ([`names`]), the MessagePack messages
 //! ([`messages`], [`codec`]), the YAML workflow spec and its validation ([`spec`]),
 //! time windows ([`window`]), cron expressions ([`cron`]) and schedules ([`schedule`]),
-//! children and outputs ([`spawn`]), job and run states ([`state`]) and W3C trace context
-//! ([`trace`]). No I/O and no async runtime: everything here is pure and testable (the
+//! children and outputs ([`spawn`]), job and run states ([`state`]), NATS roles and their
+//! permissions ([`roles`]) and W3C trace context ([`trace`]). No I/O and no async runtime: everything here is pure and testable (the
 //! clock is always an argument).
 
 pub mod backfill;
@@ -17,6 +17,7 @@ pub mod messages;
 pub mod names;
 pub mod placeholder;
 pub mod retry;
+pub mod roles;
 pub mod schedule;
 pub mod spawn;
 pub mod spec;

@@ -517,6 +517,146 @@ pub fn parse_job_key(key: &str) -> Option<(RunId, &str)> {
     Some((run_id.parse().ok()?, job))
 }
 
+// NATS permissions (proto/src/roles.rs builds each role's lists from these). JetStream's API
+// is subjects too: a role may call only the API subjects it is allowed to publish on.
+
+/// The one NATS account Sluice runs in (decision 13); KEDA's trigger names it too.
+pub const NATS_ACCOUNT: &str = "SLUICE";
+
+/// JetStream account info: every binary asks it at connect (`sluice_client::connect`).
+pub const JS_API_INFO: &str = "$JS.API.INFO";
+
+/// Every JetStream API subject (the coordinator's, which owns the topology).
+pub const JS_API_ALL: &str = "$JS.API.>";
+/// Every JetStream acknowledgement subject.
+pub const JS_ACK_ALL: &str = "$JS.ACK.>";
+/// Every JetStream flow-control reply subject.
+pub const JS_FLOW_CONTROL_ALL: &str = "$JS.FC.>";
+/// Every KV write subject.
+pub const KV_ALL: &str = "$KV.>";
+/// Every object-store subject.
+pub const OBJECT_STORE_ALL: &str = "$O.>";
+/// Every Sluice subject.
+pub const SLUICE_ALL: &str = "sluice.>";
+/// The inbox prefix nobody is given: whoever may subscribe to it reads every reply.
+pub const SHARED_INBOX_ALL: &str = "_INBOX.>";
+
+/// The stream behind KV bucket `bucket`.
+pub fn kv_stream(bucket: &str) -> String {
+    format!("KV_{bucket}")
+}
+
+/// The stream behind object store `bucket`.
+pub fn object_stream(bucket: &str) -> String {
+    format!("OBJ_{bucket}")
+}
+
+/// Every key of KV bucket `bucket` (a write filter).
+pub fn kv_filter(bucket: &str) -> String {
+    format!("$KV.{bucket}.>")
+}
+
+/// Stream info of `stream` (what opening a stream, a bucket or an object store asks).
+pub fn js_api_stream_info(stream: &str) -> String {
+    format!("$JS.API.STREAM.INFO.{stream}")
+}
+
+/// A direct get from `stream` by sequence or with the request in the payload (any subject
+/// of the stream: give it only to a role that may read the whole stream).
+pub fn js_api_direct_get(stream: &str) -> String {
+    format!("$JS.API.DIRECT.GET.{stream}")
+}
+
+/// A direct get of the last message on a subject of `stream` matching `filter`: the subject
+/// is in the API subject, so a permission can scope it (`filter` is a subject filter).
+pub fn js_api_direct_get_last(stream: &str, filter: &str) -> String {
+    format!("$JS.API.DIRECT.GET.{stream}.{filter}")
+}
+
+/// A stored message of `stream` by sequence or last by subject (the request is in the
+/// payload: whole-stream read access).
+pub fn js_api_msg_get(stream: &str) -> String {
+    format!("$JS.API.STREAM.MSG.GET.{stream}")
+}
+
+/// Creating an ephemeral consumer on `stream` with no name (async-nats's ordered consumers:
+/// KV `keys`/`watch`, object-store reads, `sluice logs`). Its deliver subject is not
+/// checked: grant it only on streams the role may read whole.
+pub fn js_api_consumer_create(stream: &str) -> String {
+    format!("$JS.API.CONSUMER.CREATE.{stream}")
+}
+
+/// Creating a named consumer on `stream` (any name, any filter).
+pub fn js_api_consumer_create_named(stream: &str) -> String {
+    format!("$JS.API.CONSUMER.CREATE.{stream}.>")
+}
+
+/// Consumer info of `consumer` on `stream`.
+pub fn js_api_consumer_info(stream: &str, consumer: &str) -> String {
+    format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}")
+}
+
+/// Pulling the next messages of `consumer` on `stream`.
+pub fn js_api_consumer_next(stream: &str, consumer: &str) -> String {
+    format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}")
+}
+
+/// Acknowledging (ack, NAK, in progress, TERM) messages of `consumer` on `stream`.
+pub fn js_ack(stream: &str, consumer: &str) -> String {
+    format!("$JS.ACK.{stream}.{consumer}.>")
+}
+
+/// Flow-control replies of consumers on `stream` (ordered consumers answer them).
+pub fn js_flow_control(stream: &str) -> String {
+    format!("$JS.FC.{stream}.>")
+}
+
+/// Every event subject of `pool`.
+pub fn pool_events_filter(pool: &str) -> String {
+    format!("sluice.events.{pool}.>")
+}
+
+/// Every log subject of `pool`.
+pub fn pool_logs_filter(pool: &str) -> String {
+    format!("sluice.logs.{pool}.>")
+}
+
+/// Every spawn subject of `pool`.
+pub fn pool_spawns_filter(pool: &str) -> String {
+    format!("sluice.spawns.{pool}.>")
+}
+
+/// Every dead-letter subject of `pool`.
+pub fn pool_dlq_filter(pool: &str) -> String {
+    format!("sluice.dlq.{pool}.>")
+}
+
+/// Every scheduled-retry subject of `pool`.
+pub fn pool_retries_filter(pool: &str) -> String {
+    format!("sluice.retries.{pool}.>")
+}
+
+/// The registry keys of `pool`'s workers in [`WORKERS_BUCKET`] (a write filter).
+pub fn pool_workers_filter(pool: &str) -> String {
+    format!("$KV.{WORKERS_BUCKET}.{pool}.>")
+}
+
+/// Every control subject of `identity` (`sluice.control.<identity>.>`).
+pub fn control_identity_filter(identity: &str) -> String {
+    format!("sluice.control.{identity}.>")
+}
+
+/// The inbox prefix of a role (`_INBOX_<role token>`): replies to one role's requests go
+/// where only that role may subscribe.
+pub fn inbox_prefix(role_token: &str) -> String {
+    format!("_INBOX_{role_token}")
+}
+
+/// Everything under an inbox prefix (what its owner subscribes to).
+pub fn inbox_filter(prefix: &str) -> String {
+    format!("{prefix}.>")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
