@@ -54,6 +54,10 @@ pub struct Options {
     /// JetStream's file storage limit, in bytes (`max_file_store`); `None` leaves the
     /// server's default (a share of the free disk).
     pub max_file_store: Option<u64>,
+    /// A configuration file of the caller's (JSON or NATS conf: users and permissions,
+    /// TLS), passed with `-c`; address, port and store stay command-line flags, which win.
+    /// Not with `max_file_store` (that one writes a file of its own).
+    pub config_file: Option<PathBuf>,
 }
 
 impl Options {
@@ -96,7 +100,14 @@ impl NatsServer {
             }
         };
         // Beside the store, not in it: a store directory may be a user's (`sluice dev`).
-        let (config, config_dir) = match options.max_file_store.filter(|_| !options.without_jetstream) {
+        let written = options.max_file_store.filter(|_| !options.without_jetstream);
+        if written.is_some() && options.config_file.is_some() {
+            return Err(LocalNatsError::Config(std::io::Error::other(
+                "give either a configuration file or max_file_store (put max_file_store in the file)",
+            )));
+        }
+        let (config, config_dir) = match written {
+            _ if options.config_file.is_some() => (options.config_file.clone(), None),
             Some(bytes) => {
                 let dir =
                     tempfile::Builder::new().prefix("sluice-nats-conf-").tempdir().map_err(LocalNatsError::Config)?;

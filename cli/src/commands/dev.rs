@@ -48,6 +48,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
         store_dir: Some(args.data_dir.clone()),
         without_jetstream: false,
         max_file_store: None,
+        config_file: None,
     })
     .map_err(|error| start_error(&error, args.port))?;
     let url = server.url();

@@ -101,7 +101,7 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
             replicas: args.stream_replicas,
         },
     };
-    let client = output::connect(url).await?;
+    let client = output::connect_as(url, Some(&sluice_proto::roles::Role::Coordinator)).await?;
     let shutdown = on_signal();
     sluice_coordinator::service::run_with(client, settings, shutdown).await.map_err(|error| match error {
         // A server this coordinator cannot run on: a configuration to fix, not a failure.
@@ -115,7 +115,8 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
 
 pub async fn worker(url: &str, args: WorkerArgs) -> Result<ExitCode, CliError> {
     let config = args.config()?;
-    let client = output::connect(url).await?;
+    let role = sluice_proto::roles::Role::Worker { pool: config.pool.clone() };
+    let client = output::connect_as(url, Some(&role)).await?;
     let shutdown = on_signal();
     let result = sluice_worker::runtime::run(client.clone(), Registry::with_stock_kinds(), config, shutdown).await;
     // Acks and events of the last jobs must leave before the process does.
