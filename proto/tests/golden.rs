@@ -144,6 +144,7 @@ fn job_event() {
             output: None,
             spawned: 0,
             started_at: None,
+            schedule_retry: false,
         },
     );
     check(
@@ -162,6 +163,7 @@ fn job_event() {
             output: Some(serde_json::json!({"sensors": 2})),
             spawned: 2,
             started_at: None,
+            schedule_retry: false,
         },
     );
     // An outcome with the attempt's start time.
@@ -181,6 +183,7 @@ fn job_event() {
             output: None,
             spawned: 0,
             started_at: Some(time("2024-03-02T08:00:05.001Z")),
+            schedule_retry: false,
         },
     );
     check(
