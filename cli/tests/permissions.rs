@@ -89,10 +89,9 @@ impl Credentials {
     fn env(&self, role: &Role) -> Vec<(String, String)> {
         match self.login(role) {
             Login::Nkey { seed_file } => vec![("SLUICE_NATS_NKEY".into(), seed_file.display().to_string())],
-            Login::Password { password } => vec![
-                ("SLUICE_NATS_USER".into(), role.user_name()),
-                ("SLUICE_NATS_PASSWORD".into(), password.clone()),
-            ],
+            Login::Password { password } => {
+                vec![("SLUICE_NATS_USER".into(), role.user_name()), ("SLUICE_NATS_PASSWORD".into(), password.clone())]
+            }
         }
     }
 
@@ -308,10 +307,12 @@ fn a_workflow_runs_with_every_process_on_its_own_least_privilege_credentials() {
     let credentials = Credentials::new();
     let mut stack = stack(&credentials, serde_json::json!({}));
     let coordinator = spawn_as(&mut stack, &credentials, &Role::Coordinator, "coordinator", &["coordinator"]);
-    let worker = spawn_as(&mut stack, &credentials, &worker("default"), "worker", &["worker", "--max-nak-delay", "100ms"]);
+    let worker =
+        spawn_as(&mut stack, &credentials, &worker("default"), "worker", &["worker", "--max-nak-delay", "100ms"]);
     stack.wait_for_workers("default", 1, Duration::from_secs(30)).unwrap_or_else(|error| panic!("{error:#}"));
     let file = stack.write("locked.yaml", WORKFLOW);
-    let submitted = sluice_as(&stack, &credentials, &alice(), &["submit", file.to_str().unwrap(), "--wait", "-o", "json"]);
+    let submitted =
+        sluice_as(&stack, &credentials, &alice(), &["submit", file.to_str().unwrap(), "--wait", "-o", "json"]);
     assert!(submitted.status.success(), "submit --wait: {}\n{}", text(&submitted.stdout), text(&submitted.stderr));
     let run: serde_json::Value = serde_json::from_slice(&submitted.stdout).expect("JSON");
     let id = run["id"].as_str().expect("a run id").to_owned();
@@ -322,7 +323,11 @@ fn a_workflow_runs_with_every_process_on_its_own_least_privilege_credentials() {
     assert!(status.status.success(), "status: {}", text(&status.stderr));
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
     let job = |name: &str| {
-        status["jobs"].as_array().and_then(|jobs| jobs.iter().find(|job| job["name"] == name)).cloned().unwrap_or_default()
+        status["jobs"]
+            .as_array()
+            .and_then(|jobs| jobs.iter().find(|job| job["name"] == name))
+            .cloned()
+            .unwrap_or_default()
     };
     assert_eq!(job("flaky")["attempts"], 2, "retried once, scheduled by the coordinator: {status:#}");
     assert_eq!(job("fan")["state"], "completed", "{status:#}");
@@ -330,7 +335,11 @@ fn a_workflow_runs_with_every_process_on_its_own_least_privilege_credentials() {
     let logs = sluice_as(&stack, &credentials, &Role::Viewer, &["logs", &id]);
     assert!(logs.status.success(), "logs: {}", text(&logs.stderr));
     assert!(text(&logs.stdout).contains("extracting"), "{}", text(&logs.stdout));
-    assert!(text(&logs.stdout).contains("\"rows\":3") || text(&logs.stdout).contains("\"rows\": 3"), "fan read its input: {}", text(&logs.stdout));
+    assert!(
+        text(&logs.stdout).contains("\"rows\":3") || text(&logs.stdout).contains("\"rows\": 3"),
+        "fan read its input: {}",
+        text(&logs.stdout)
+    );
     for args in [vec!["runs"], vec!["workers"], vec!["pool", "list"]] {
         let output = sluice_as(&stack, &credentials, &Role::Viewer, &args);
         assert!(output.status.success(), "{args:?}: {}", text(&output.stderr));
@@ -338,7 +347,11 @@ fn a_workflow_runs_with_every_process_on_its_own_least_privilege_credentials() {
     // A viewer's control request is refused by the server, and says so.
     let cancel = sluice_as(&stack, &credentials, &Role::Viewer, &["cancel", &id]);
     assert!(!cancel.status.success());
-    assert!(text(&cancel.stderr).contains("Permissions Violation for Publish to \"sluice.control.viewer."), "{}", text(&cancel.stderr));
+    assert!(
+        text(&cancel.stderr).contains("Permissions Violation for Publish to \"sluice.control.viewer."),
+        "{}",
+        text(&cancel.stderr)
+    );
     // The submitter's requests go out under its identity.
     let retry = sluice_as(&stack, &credentials, &alice(), &["retry", &id, "--job", "extract"]);
     assert!(retry.status.success(), "retry as alice: {}", text(&retry.stderr));
@@ -376,7 +389,8 @@ fn make_tls(dir: &Path) -> Tls {
         let cert = params.signed_by(&key, &issuer).expect("a certificate");
         (cert.pem(), key.serialize_pem())
     };
-    let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth);
+    let (server_cert, server_key) =
+        leaf(vec!["127.0.0.1".into(), "localhost".into()], ExtendedKeyUsagePurpose::ServerAuth);
     let (client_cert, client_key) = leaf(vec!["viewer".into()], ExtendedKeyUsagePurpose::ClientAuth);
     Tls {
         ca: write("ca.pem", ca_cert.pem()),

@@ -62,7 +62,10 @@ pub mod flags {
 pub enum Secret {
     File(PathBuf),
     /// The value, and the variable it came from (for messages).
-    Env { var: &'static str, value: String },
+    Env {
+        var: &'static str,
+        value: String,
+    },
 }
 
 impl std::fmt::Debug for Secret {
@@ -210,10 +213,8 @@ impl NatsOptions {
     /// the caller may add its own settings (an event callback) before connecting.
     pub fn connect_options(&self, name: &str) -> Result<async_nats::ConnectOptions, ClientError> {
         self.check()?;
-        let mut options = async_nats::ConnectOptions::new()
-            .name(name)
-            .max_reconnects(None)
-            .connection_timeout(CONNECT_TIMEOUT);
+        let mut options =
+            async_nats::ConnectOptions::new().name(name).max_reconnects(None).connection_timeout(CONNECT_TIMEOUT);
         if let (Some(user), Some(password)) = (self.user.as_deref().filter(|user| !user.is_empty()), &self.password) {
             options = options.user_and_password(user.to_owned(), read_secret(password, flags::PASSWORD_FILE)?);
         }
@@ -413,8 +414,7 @@ mod tests {
 
     #[test]
     fn only_one_way_to_authenticate() {
-        let nkey_and_creds =
-            NatsOptions { nkey_file: Some("/n".into()), creds_file: Some("/c".into()), ..options() };
+        let nkey_and_creds = NatsOptions { nkey_file: Some("/n".into()), creds_file: Some("/c".into()), ..options() };
         assert_eq!(
             message(nkey_and_creds.check()),
             "--nats-user: give one way to authenticate, not several: --nats-nkey, --nats-creds"
@@ -453,7 +453,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let missing = dir.join("missing.nk");
         let error = NatsOptions { nkey_file: Some(missing.clone()), ..options() }.connect_options("t").unwrap_err();
-        assert!(error.to_string().starts_with(&format!("--nats-nkey {}: cannot read it", missing.display())), "{error}");
+        assert!(
+            error.to_string().starts_with(&format!("--nats-nkey {}: cannot read it", missing.display())),
+            "{error}"
+        );
         let not_a_seed = dir.join("bad.nk");
         std::fs::write(&not_a_seed, "hello\n").unwrap();
         let error = NatsOptions { nkey_file: Some(not_a_seed.clone()), ..options() }.connect_options("t").unwrap_err();
@@ -468,7 +471,10 @@ mod tests {
         let key_as_ca = dir.join("key.pem");
         std::fs::write(&key_as_ca, "-----BEGIN PRIVATE KEY-----\nabc\n-----END PRIVATE KEY-----\n").unwrap();
         let error = NatsOptions { tls_ca: Some(key_as_ca.clone()), ..options() }.connect_options("t").unwrap_err();
-        assert_eq!(error.to_string(), format!("--nats-tls-ca {}: no PEM `CERTIFICATE` block in it", key_as_ca.display()));
+        assert_eq!(
+            error.to_string(),
+            format!("--nats-tls-ca {}: no PEM `CERTIFICATE` block in it", key_as_ca.display())
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -5,22 +5,31 @@ use std::collections::BTreeMap;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
-use futures::{StreamExt, TryStreamExt};
 use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
 use rand::Rng;
 use sluice_proto::{DeadLetter, JobMessage, RunId, RunRecord, TraceParent, encode, names};
 
 use crate::error::{NatsContext, ServiceError};
 use sluice_client::pipeline::{Outgoing, publish_all};
 
+/// What publishing a job depends on besides the job: the pools' settings and workers.
+#[derive(Clone, Debug, Default)]
+pub struct PoolFacts {
+    /// The schema each pool's live workers read (the current one for a pool not listed).
+    pub schemas: BTreeMap<String, u32>,
+    /// Each pool's `max_timeout` in milliseconds (pools without one are not listed).
+    pub max_timeouts: BTreeMap<String, u64>,
+}
+
 /// Publishes jobs without waiting in between, then waits for every acknowledgement.
 /// `Nats-Msg-Id` makes a re-publish inside the duplicate window a no-op. Each job is
-/// encoded at the schema its pool's live workers read (`pool_schemas`; the current one for
-/// a pool not listed), so a pool mid-upgrade keeps running.
+/// encoded at the schema its pool's live workers read, so a pool mid-upgrade keeps
+/// running, with its timeout capped at its pool's `max_timeout`.
 pub async fn publish_jobs(
     js: &jetstream::Context,
     jobs: &[(&JobMessage, &RunRecord)],
-    pool_schemas: &BTreeMap<String, u32>,
+    pools: &PoolFacts,
     rng: &mut (impl Rng + Send),
 ) -> Result<usize, ServiceError> {
     let mut outgoing = Vec::with_capacity(jobs.len());
@@ -34,7 +43,7 @@ pub async fn publish_jobs(
         outgoing.push(Outgoing {
             subject: names::job_subject(&message.pool, &message.run_id, &message.job),
             headers,
-            payload: encode_for_pool(message, pool_schemas)?.into(),
+            payload: encode_for_pool(message, pools)?.into(),
             what: format!("job {} of run {}", message.job, message.run_id),
         });
     }
@@ -48,7 +57,7 @@ pub async fn publish_jobs(
 pub async fn publish_retries(
     js: &jetstream::Context,
     retries: &[(&JobMessage, &RunRecord, DateTime<Utc>)],
-    pool_schemas: &BTreeMap<String, u32>,
+    pools: &PoolFacts,
     rng: &mut (impl Rng + Send),
 ) -> Result<usize, ServiceError> {
     let mut outgoing = Vec::with_capacity(retries.len());
@@ -67,7 +76,7 @@ pub async fn publish_retries(
         outgoing.push(Outgoing {
             subject: names::retry_subject(&message.pool, &message.run_id, &message.job),
             headers,
-            payload: encode_for_pool(message, pool_schemas)?.into(),
+            payload: encode_for_pool(message, pools)?.into(),
             what: format!("the retry of job {} of run {}", message.job, message.run_id),
         });
     }
@@ -85,8 +94,7 @@ pub fn schedule_at(at: DateTime<Utc>) -> String {
 /// attempt offset, and a child of the run's trace context.
 fn job_headers(message: &JobMessage, run: &RunRecord, rng: &mut (impl Rng + Send)) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    for (name, value) in names::job_headers(&message.run_id, &message.job, message.generation, message.attempt_offset)
-    {
+    for (name, value) in names::job_headers(&message.run_id, &message.job, message.generation, message.attempt_offset) {
         headers.insert(name, value.as_ref());
     }
     if let Some(parent) = run.traceparent.as_deref().and_then(TraceParent::parse) {
@@ -98,15 +106,17 @@ fn job_headers(message: &JobMessage, run: &RunRecord, rng: &mut (impl Rng + Send
     headers
 }
 
-/// A job message at the schema its pool reads. Only a pool with older workers pays for a
-/// copy; the layout of a job message is the same at schemas 1 and 2.
-fn encode_for_pool(message: &JobMessage, pool_schemas: &BTreeMap<String, u32>) -> Result<Vec<u8>, ServiceError> {
-    match pool_schemas.get(&message.pool) {
-        Some(&schema) if schema != message.schema_version => {
-            Ok(encode(&JobMessage { schema_version: schema, ..message.clone() })?)
-        }
-        _ => Ok(encode(message)?),
+/// A job message at the schema its pool reads, with its timeout capped at the pool's
+/// `max_timeout`. Only a pool with older workers or a max timeout pays for a copy; the
+/// layout of a job message is the same at schemas 1 and 2.
+fn encode_for_pool(message: &JobMessage, pools: &PoolFacts) -> Result<Vec<u8>, ServiceError> {
+    let schema = pools.schemas.get(&message.pool).copied().unwrap_or(message.schema_version);
+    let max_timeout = pools.max_timeouts.get(&message.pool).copied();
+    let timeout_ms = crate::pools::capped_timeout(message.timeout_ms, max_timeout);
+    if schema == message.schema_version && timeout_ms == message.timeout_ms {
+        return Ok(encode(message)?);
     }
+    Ok(encode(&JobMessage { schema_version: schema, timeout_ms, ..message.clone() })?)
 }
 
 /// Whether a `queued` (or `retrying`) job needs no re-publish: its message or scheduled

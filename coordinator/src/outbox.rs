@@ -4,7 +4,7 @@
 //! It owns the writer's state: the revisions the next writes are checked against, and the
 //! schema each pool's workers read.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use async_nats::jetstream;
 use chrono::{DateTime, Utc};
@@ -13,7 +13,8 @@ use rand::rngs::StdRng;
 use sluice_proto::{DeadLetter, JobMessage, RunId};
 
 use crate::dispatch::{
-    publish_dead_letters, publish_jobs, publish_retries, resolve_dead_letters, stop_run, withdraw, withdraw_job,
+    PoolFacts, publish_dead_letters, publish_jobs, publish_retries, resolve_dead_letters, stop_run, withdraw,
+    withdraw_job,
 };
 use crate::engine::{Effect, Run};
 use crate::error::ServiceError;
@@ -24,15 +25,16 @@ pub struct Outbox {
     /// The revision each run and job record was last written at, by this term.
     pub revisions: Revisions,
     /// The schema each pool's live workers read (from the registry, every few seconds):
-    /// jobs are dispatched at it, so workers not yet upgraded can read them.
-    pub pool_schemas: BTreeMap<String, u32>,
+    /// jobs are dispatched at it, so workers not yet upgraded can read them; and each
+    /// pool's max timeout (from the pool records), which caps its jobs' timeouts.
+    pub pools: PoolFacts,
     /// Trace span ids of dispatches.
     pub rng: StdRng,
 }
 
 impl Outbox {
     pub fn new(js: jetstream::Context) -> Self {
-        Self { js, revisions: Revisions::default(), pool_schemas: BTreeMap::new(), rng: StdRng::from_os_rng() }
+        Self { js, revisions: Revisions::default(), pools: PoolFacts::default(), rng: StdRng::from_os_rng() }
     }
 
     /// Writes every save, then publishes every dispatch. `active` holds the runs the
@@ -108,7 +110,7 @@ impl Outbox {
             .iter()
             .filter_map(|(message, at)| Some((message, active.get(&message.run_id)?.record(), *at)))
             .collect();
-        publish_retries(&self.js, &batch, &self.pool_schemas, &mut self.rng).await?;
+        publish_retries(&self.js, &batch, &self.pools, &mut self.rng).await?;
         Ok(())
     }
 
@@ -120,7 +122,7 @@ impl Outbox {
     ) -> Result<(), ServiceError> {
         let batch: Vec<_> =
             messages.iter().filter_map(|message| Some((message, active.get(&message.run_id)?.record()))).collect();
-        publish_jobs(&self.js, &batch, &self.pool_schemas, &mut self.rng).await?;
+        publish_jobs(&self.js, &batch, &self.pools, &mut self.rng).await?;
         Ok(())
     }
 }

@@ -3,7 +3,7 @@
 //! `pool-<name>`, so an autoscaler sees the pool's lag before any worker has run; workers
 //! only open it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_nats::jetstream::consumer;
@@ -147,8 +147,28 @@ pub async fn ensure_declared(topology: &Topology, now: DateTime<Utc>) -> Result<
 
 /// The names of the declared pools.
 pub async fn declared(topology: &Topology) -> Result<BTreeSet<String>, ServiceError> {
-    let pools: Vec<PoolRecord> = stores::load_all(&topology.pools).await?;
-    Ok(pools.into_iter().map(|pool| pool.name).collect())
+    Ok(declared_records(topology).await?.into_iter().map(|pool| pool.name).collect())
+}
+
+/// The declared pools' records.
+pub async fn declared_records(topology: &Topology) -> Result<Vec<PoolRecord>, ServiceError> {
+    Ok(stores::load_all(&topology.pools).await?)
+}
+
+/// The `max_timeout` of each pool that has one, in milliseconds.
+pub fn max_timeouts(pools: &[PoolRecord]) -> BTreeMap<String, u64> {
+    pools.iter().filter_map(|pool| Some((pool.name.clone(), pool.max_timeout_ms?))).collect()
+}
+
+/// A job's timeout as dispatched: its own, capped at its pool's `max_timeout`; a job with
+/// none gets the pool's. So no attempt outlives the pool's max timeout, which is what a
+/// worker's drain (and a pod's termination grace period) is sized by.
+pub fn capped_timeout(timeout_ms: Option<u64>, max_timeout_ms: Option<u64>) -> Option<u64> {
+    match (timeout_ms, max_timeout_ms) {
+        (Some(timeout), Some(max)) => Some(timeout.min(max)),
+        (timeout, None) => timeout,
+        (None, max) => max,
+    }
 }
 
 #[cfg(test)]
@@ -187,6 +207,19 @@ mod tests {
             let error = merge(None, &settings, now).unwrap_err();
             assert!(error.contains(needle), "{error:?} should say {needle:?}");
         }
+    }
+
+    #[test]
+    fn a_job_timeout_is_capped_at_the_pools_max_timeout() {
+        assert_eq!(capped_timeout(Some(10_000), Some(3_000)), Some(3_000));
+        assert_eq!(capped_timeout(Some(2_000), Some(3_000)), Some(2_000));
+        assert_eq!(capped_timeout(None, Some(3_000)), Some(3_000), "no timeout: the pool's");
+        assert_eq!(capped_timeout(Some(10_000), None), Some(10_000));
+        assert_eq!(capped_timeout(None, None), None);
+        let now = Utc::now();
+        let capped = merge(None, &PoolSettings { max_timeout_ms: Some(60_000), ..settings("gpu") }, now).unwrap();
+        let free = new_record("default", now);
+        assert_eq!(max_timeouts(&[capped, free]), BTreeMap::from([("gpu".to_owned(), 60_000)]));
     }
 
     #[test]

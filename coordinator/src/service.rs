@@ -18,7 +18,7 @@ use sluice_proto::{
     ControlAction, ControlRequest, DeadLetter, EventKind, JobEvent, JobMessage, PendingCancel, RefusalKind, Rejection,
     RunId, RunState, TraceParent, WorkflowSpec, decode, encode, names,
 };
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::announce;
@@ -52,6 +52,42 @@ pub struct Settings {
     pub topology: topology::TopologySettings,
 }
 
+/// What a coordinator is doing, for readiness probes ([`run_observed`] publishes it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Not campaigning yet: checking the server.
+    Starting,
+    /// Campaigning while another coordinator leads (or none yet): ready to take over.
+    Standby,
+    /// Won the lease: setting up the topology and loading the running runs.
+    TakingOver,
+    /// Leading: advancing runs.
+    Leading,
+    /// A term failed; restarting from durable state after a pause.
+    Restarting,
+    /// Returned (shut down, or a server it cannot run on).
+    Stopped,
+}
+
+impl Phase {
+    /// Serving its role: a standby is ready (it takes over when the leader goes), and so is
+    /// a leader once it advances runs.
+    pub fn is_ready(self) -> bool {
+        matches!(self, Self::Standby | Self::Leading)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Standby => "standby",
+            Self::TakingOver => "taking_over",
+            Self::Leading => "leading",
+            Self::Restarting => "restarting",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
 /// Runs the coordinator until `shutdown` is cancelled: campaigns for leadership, leads
 /// while it holds the lease, and restarts from durable state after any failure (for example
 /// while the nats-server restarts). Any number may run; one leads at a time. [`run_with`]
@@ -66,6 +102,27 @@ pub async fn run_with(
     settings: Settings,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
+    run_observed(client, settings, shutdown, watch::channel(Phase::Starting).0).await
+}
+
+/// [`run_with`], publishing what the coordinator is doing on `phase` (for health probes).
+pub async fn run_observed(
+    client: async_nats::Client,
+    settings: Settings,
+    shutdown: CancellationToken,
+    phase: watch::Sender<Phase>,
+) -> Result<(), ServiceError> {
+    let result = observed(client, settings, shutdown, &phase).await;
+    phase.send_replace(Phase::Stopped);
+    result
+}
+
+async fn observed(
+    client: async_nats::Client,
+    settings: Settings,
+    shutdown: CancellationToken,
+    phase: &watch::Sender<Phase>,
+) -> Result<(), ServiceError> {
     topology::check_server(&client)?;
     // `host/pid/unique`: says which process leads.
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "coordinator".into());
@@ -77,7 +134,7 @@ pub async fn run_with(
     let announcing = shutdown.child_token();
     let announcer =
         tokio::spawn(announce::coordinator(jetstream::new(client.clone()), id, leading.clone(), announcing.clone()));
-    let result = campaign(&client, &holder, settings, &leading, &shutdown).await;
+    let result = campaign(&client, &holder, settings, &leading, &shutdown, phase).await;
     announcing.cancel();
     let _ = announcer.await;
     result
@@ -90,11 +147,12 @@ async fn campaign(
     settings: Settings,
     leading: &AtomicBool,
     shutdown: &CancellationToken,
+    phase: &watch::Sender<Phase>,
 ) -> Result<(), ServiceError> {
     let mut delay = RESTART_DELAY_INITIAL;
     loop {
         let js = jetstream::new(client.clone());
-        let outcome = lead(&js, holder, settings, leading, shutdown).await;
+        let outcome = lead(&js, holder, settings, leading, shutdown, phase).await;
         if shutdown.is_cancelled() {
             return Ok(());
         }
@@ -105,6 +163,7 @@ async fn campaign(
                 return Err(error);
             }
             Err(error) => {
+                phase.send_replace(Phase::Restarting);
                 tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "coordinator loop failed; restarting from durable state");
                 tokio::select! {
                     () = shutdown.cancelled() => return Ok(()),
@@ -123,9 +182,12 @@ async fn lead(
     settings: Settings,
     leading: &AtomicBool,
     shutdown: &CancellationToken,
+    phase: &watch::Sender<Phase>,
 ) -> Result<(), ServiceError> {
     let leases = leadership::bucket(js, settings.topology.replicas).await?;
+    phase.send_replace(Phase::Standby);
     let Some(mut lease) = leadership::acquire(&leases, holder, shutdown).await else { return Ok(()) };
+    phase.send_replace(Phase::TakingOver);
     tracing::info!(%holder, "leading: this coordinator advances runs");
     leading.store(true, Ordering::Relaxed);
     let lost = shutdown.child_token();
@@ -138,7 +200,7 @@ async fn lead(
         })
     };
     let served = match topology::ensure_with(js, settings.topology).await {
-        Ok(topology) => Coordinator::new(js.clone(), &topology).serve(&topology, &lost).await,
+        Ok(topology) => Coordinator::new(js.clone(), &topology).serve(&topology, &lost, phase).await,
         Err(error) => Err(error),
     };
     leading.store(false, Ordering::Relaxed);
@@ -188,10 +250,15 @@ impl Coordinator {
         }
     }
 
-    async fn serve(&mut self, topology: &Topology, term: &CancellationToken) -> Result<(), ServiceError> {
+    async fn serve(
+        &mut self,
+        topology: &Topology,
+        term: &CancellationToken,
+        phase: &watch::Sender<Phase>,
+    ) -> Result<(), ServiceError> {
         let topology = topology.clone();
-        self.pools = pools::declared(&topology).await?;
-        self.outbox.pool_schemas = announce::refresh_pools(&topology).await?;
+        self.refresh_pools(&topology).await?;
+        self.outbox.pools.schemas = announce::refresh_pools(&topology).await?;
         let consumers = Consumers::create(&self.js).await?;
         self.cancelled_pending = index::pending_cancels(&topology).await?;
         self.recover(&topology).await?;
@@ -204,6 +271,7 @@ impl Coordinator {
         let _stop_tasks = tasks.clone().drop_guard();
         tokio::spawn(timekeeper::keep(topology.clone(), reports.clone(), self.timekeeper.clone(), tasks));
         tracing::info!(active_runs = self.active.len(), "coordinator ready");
+        phase.send_replace(Phase::Leading);
         loop {
             let inbound = tokio::select! {
                 biased;
@@ -214,6 +282,14 @@ impl Coordinator {
         }
     }
 
+    /// Reads the declared pools: their names, and the max timeouts that cap their jobs'.
+    async fn refresh_pools(&mut self, topology: &Topology) -> Result<(), ServiceError> {
+        let records = pools::declared_records(topology).await?;
+        self.outbox.pools.max_timeouts = pools::max_timeouts(&records);
+        self.pools = records.into_iter().map(|pool| pool.name).collect();
+        Ok(())
+    }
+
     /// One item of the inbox, through the engine and the outbox.
     async fn handle(&mut self, topology: &Topology, inbound: Inbound) -> Result<(), ServiceError> {
         match inbound {
@@ -222,7 +298,7 @@ impl Coordinator {
             Inbound::Control(message) => self.handle_control(topology, message).await,
             Inbound::Submission(message) => self.handle_submission(topology, message).await,
             Inbound::PoolSchemas(schemas) => {
-                self.outbox.pool_schemas = schemas;
+                self.outbox.pools.schemas = schemas;
                 Ok(())
             }
             Inbound::TaskFailed(error) => Err(error),
@@ -714,7 +790,7 @@ impl Coordinator {
             ControlAction::BackfillCancel { id } => control::backfill_cancel(topology, id).await,
             ControlAction::PoolApply(settings) => {
                 let answer = pools::apply(topology, settings, now).await?;
-                self.pools = pools::declared(topology).await?;
+                self.refresh_pools(topology).await?;
                 Ok(answer)
             }
         }

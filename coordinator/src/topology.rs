@@ -123,12 +123,27 @@ pub struct TopologySettings {
     /// Replicas of every stream and bucket (`--stream-replicas`): 1 on one nats-server, 3 on
     /// a cluster, so a node can be lost without losing a write.
     pub replicas: usize,
+    /// How long run and job records are kept after their last write (`--history-max-age`);
+    /// `None`: for ever. A record not written for this long goes, even a running run's:
+    /// choose it well above the longest run.
+    pub history_max_age: Option<Duration>,
 }
 
 impl Default for TopologySettings {
     fn default() -> Self {
-        Self { logs: LogRetention::default(), replicas: 1 }
+        Self { logs: LogRetention::default(), replicas: 1, history_max_age: None }
     }
+}
+
+/// The shortest `--history-max-age`: JetStream deduplicates writes of a bucket within its
+/// max age, and a record must outlive the writes that follow it by more than a moment.
+pub const HISTORY_MAX_AGE_MIN: Duration = Duration::from_secs(1);
+
+/// A run or job record bucket, keeping records `max_age` after their last write (for ever
+/// when `None`, which JetStream spells as zero). A bucket's max age is changed by updating
+/// it, so starting the coordinator with another `--history-max-age` changes it.
+fn history_bucket(base: kv::Config, max_age: Option<Duration>) -> kv::Config {
+    kv::Config { max_age: max_age.unwrap_or(Duration::ZERO), ..base }
 }
 
 /// Most replicas a stream may have (JetStream's own limit).
@@ -148,10 +163,15 @@ pub async fn ensure_with(js: &jetstream::Context, settings: TopologySettings) ->
     let sizes = storage::plan(js, settings.logs.max_bytes, replicas).await?;
     let logs = stream::Config { num_replicas: replicas, ..logs_stream(settings.logs, sizes.logs_bytes) };
     js.create_or_update_stream(logs).await.context(format!("creating stream {}", names::LOGS_STREAM))?;
-    ensure_core(js, replicas, sizes.rejected_bytes).await
+    ensure_core(js, replicas, sizes.rejected_bytes, settings.history_max_age).await
 }
 
-async fn ensure_core(js: &jetstream::Context, replicas: usize, rejected_bytes: u64) -> Result<Topology, ServiceError> {
+async fn ensure_core(
+    js: &jetstream::Context,
+    replicas: usize,
+    rejected_bytes: u64,
+    history_max_age: Option<Duration>,
+) -> Result<Topology, ServiceError> {
     let queue = |name, subjects, description| stream::Config {
         num_replicas: replicas,
         ..work_queue(name, subjects, description)
@@ -230,11 +250,11 @@ async fn ensure_core(js: &jetstream::Context, replicas: usize, rejected_bytes: u
         js.create_or_update_stream(config).await.context(format!("creating stream {name}"))?;
     }
     let runs = js
-        .create_or_update_key_value(kv_bucket(names::RUNS_BUCKET, "Sluice run records", 1))
+        .create_or_update_key_value(history_bucket(kv_bucket(names::RUNS_BUCKET, "Sluice run records", 1), history_max_age))
         .await
         .context("creating KV sluice-runs")?;
     let jobs = js
-        .create_or_update_key_value(kv_bucket(names::JOBS_BUCKET, "Sluice job records", 1))
+        .create_or_update_key_value(history_bucket(kv_bucket(names::JOBS_BUCKET, "Sluice job records", 1), history_max_age))
         .await
         .context("creating KV sluice-jobs")?;
     let idempotency = js

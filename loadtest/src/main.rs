@@ -55,6 +55,27 @@ struct Args {
     /// Only these workloads (e.g. `--only W1,W4`); the baselines always run.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// When the nats-servers this tool starts flush JetStream writes to disk: `default`
+    /// (every two minutes; an acknowledged write can be lost in a power failure) or
+    /// `always` (before acknowledging each one), so the cost of `always` can be measured.
+    #[arg(long, value_enum, default_value_t = SyncInterval::Default)]
+    sync_interval: SyncInterval,
+}
+
+/// `--sync-interval`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SyncInterval {
+    Default,
+    Always,
+}
+
+impl SyncInterval {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::Always => "always",
+        }
+    }
 }
 
 impl Args {
@@ -70,13 +91,25 @@ impl Args {
         })
     }
 
-    /// A stack on `--nats-url` (with its credentials, passed on to every process) or on a
-    /// fresh server.
+    /// The options of every nats-server this tool starts.
+    fn server_options(&self) -> sluice_testkit::local_nats::Options {
+        let options = sluice_testkit::local_nats::Options::default();
+        if self.sync_interval == SyncInterval::Always { options.sync_always() } else { options }
+    }
+
+    /// A stack on a fresh server with [`Self::server_options`], or on `--nats-url`'s with its
+    /// credentials (passed on to every process).
     fn stack(&self, sluice: &std::path::Path) -> Result<Stack> {
         let mut builder = Stack::builder(sluice).nats_url(self.nats_url.clone()).log_filter("warn");
+        if self.sync_interval == SyncInterval::Always {
+            builder = builder.sync_always();
+        }
         if let Some(options) = self.nats_options() {
             for (var, value) in [
-                (sluice_client::connect::flags::CREDS_ENV, options.creds_file.as_ref().map(|p| p.display().to_string())),
+                (
+                    sluice_client::connect::flags::CREDS_ENV,
+                    options.creds_file.as_ref().map(|p| p.display().to_string()),
+                ),
                 (sluice_client::connect::flags::NKEY_ENV, options.nkey_file.as_ref().map(|p| p.display().to_string())),
                 (sluice_client::connect::flags::INBOX_PREFIX_ENV, options.inbox_prefix.clone()),
             ] {
@@ -137,9 +170,14 @@ const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if args.nats_url.is_some() && args.sync_interval != SyncInterval::Default {
+        anyhow::bail!(
+            "--sync-interval sets the nats-servers this tool starts; with --nats-url, set it in that server's configuration"
+        );
+    }
     let sluice = sluice_testkit::find_sluice(args.sluice.clone())?;
     let sizes = Sizes::new(args.quick);
-    let mut suite = Suite::new(args.quick, &sluice);
+    let mut suite = Suite::new(args.quick, &sluice, args.sync_interval.as_str());
 
     let (n1, n2, n3) = (sizes.b1, sizes.b2, sizes.b3);
     let (b1, b1_server_cpu) = on_fresh_server(&args, move |js| async move { baseline::b1(&js, n1).await }).await?;
@@ -243,7 +281,7 @@ where
     F: FnOnce(async_nats::jetstream::Context) -> Fut,
     Fut: std::future::Future<Output = Result<f64>>,
 {
-    let server = Server::start(args.nats_url.as_deref())?;
+    let server = Server::start_with(args.nats_url.as_deref(), args.server_options())?;
     let client = match args.nats_options() {
         Some(options) => options.connect_options("sluice-loadtest")?.connect(server.url()).await?,
         None => async_nats::connect(server.url()).await?,

@@ -58,7 +58,8 @@ enum Target {
 }
 
 impl Suite {
-    pub fn new(quick: bool, sluice: &Path) -> Self {
+    /// `sync_interval`: the JetStream sync interval of the servers (`default`, `always`).
+    pub fn new(quick: bool, sluice: &Path, sync_interval: &str) -> Self {
         let cpu_model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|text| {
             text.lines().find_map(|line| {
                 line.strip_prefix("model name").map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
@@ -86,6 +87,7 @@ impl Suite {
                 "sluice_build": profile,
                 "quick": quick,
                 "storage": "file",
+                "sync_interval": sync_interval,
                 "worker_slots": 4,
             }),
             results: Vec::new(),

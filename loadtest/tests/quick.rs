@@ -35,6 +35,7 @@ fn the_quick_suite_runs_every_baseline_and_workload() {
     );
     let results: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     assert_eq!(results["machine"]["quick"], true);
+    assert_eq!(results["machine"]["sync_interval"], "default");
     let rows = results["results"].as_array().unwrap();
     for (workload, metric) in [
         ("B1", "throughput"),

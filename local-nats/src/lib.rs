@@ -54,9 +54,12 @@ pub struct Options {
     /// JetStream's file storage limit, in bytes (`max_file_store`); `None` leaves the
     /// server's default (a share of the free disk).
     pub max_file_store: Option<u64>,
+    /// JetStream flushes every write to disk before acknowledging it (`sync_interval:
+    /// always`); otherwise the server's default (a flush every two minutes).
+    pub sync_always: bool,
     /// A configuration file of the caller's (JSON or NATS conf: users and permissions,
     /// TLS), passed with `-c`; address, port and store stay command-line flags, which win.
-    /// Not with `max_file_store` (that one writes a file of its own).
+    /// Not with `max_file_store` or `sync_always` (those write a file of their own).
     pub config_file: Option<PathBuf>,
 }
 
@@ -64,6 +67,11 @@ impl Options {
     /// The same options with JetStream's file storage limited to `bytes`.
     pub fn max_file_store(self, bytes: u64) -> Self {
         Self { max_file_store: Some(bytes), ..self }
+    }
+
+    /// The same options with every JetStream write flushed before it is acknowledged.
+    pub fn sync_always(self) -> Self {
+        Self { sync_always: true, ..self }
     }
 }
 
@@ -89,7 +97,7 @@ impl NatsServer {
 
     pub fn start(options: Options) -> Result<Self, LocalNatsError> {
         let binary = find_binary()?;
-        let (store_dir, temporary) = match options.store_dir {
+        let (store_dir, temporary) = match options.store_dir.clone() {
             Some(dir) => {
                 std::fs::create_dir_all(&dir).map_err(LocalNatsError::Store)?;
                 (dir, None)
@@ -100,19 +108,19 @@ impl NatsServer {
             }
         };
         // Beside the store, not in it: a store directory may be a user's (`sluice dev`).
-        let written = options.max_file_store.filter(|_| !options.without_jetstream);
+        let written = config_text(&options);
         if written.is_some() && options.config_file.is_some() {
             return Err(LocalNatsError::Config(std::io::Error::other(
-                "give either a configuration file or max_file_store (put max_file_store in the file)",
+                "give either a configuration file or max_file_store/sync_always (put them in the file)",
             )));
         }
         let (config, config_dir) = match written {
             _ if options.config_file.is_some() => (options.config_file.clone(), None),
-            Some(bytes) => {
+            Some(text) => {
                 let dir =
                     tempfile::Builder::new().prefix("sluice-nats-conf-").tempdir().map_err(LocalNatsError::Config)?;
                 let path = dir.path().join("nats-server.conf");
-                std::fs::write(&path, config_text(bytes)).map_err(LocalNatsError::Config)?;
+                std::fs::write(&path, text).map_err(LocalNatsError::Config)?;
                 (Some(path), Some(dir))
             }
             None => (None, None),
@@ -255,10 +263,24 @@ impl Drop for NatsServer {
     }
 }
 
-/// The configuration file for what has no command-line flag: only JetStream's file
-/// storage limit (its store directory and the rest stay flags).
-fn config_text(max_file_store_bytes: u64) -> String {
-    format!("jetstream {{\n  max_file_store: {max_file_store_bytes}\n}}\n")
+/// The configuration file for what has no command-line flag: JetStream's file storage
+/// limit and its sync interval (its store directory and the rest stay flags); `None` when
+/// the defaults need none.
+fn config_text(options: &Options) -> Option<String> {
+    if options.without_jetstream {
+        return None;
+    }
+    let mut settings = Vec::new();
+    if let Some(bytes) = options.max_file_store {
+        settings.push(format!("  max_file_store: {bytes}\n"));
+    }
+    if options.sync_always {
+        settings.push("  sync_interval: always\n".to_owned());
+    }
+    if settings.is_empty() {
+        return None;
+    }
+    Some(format!("jetstream {{\n{}}}\n", settings.concat()))
 }
 
 fn not_ready(fatal: &Option<String>, output: &str) -> String {
@@ -348,6 +370,25 @@ mod tests {
         assert_eq!(max_storage(monitor_port), 40 << 20);
         server.restart().unwrap();
         assert_eq!(max_storage(monitor_port), 40 << 20);
+    }
+
+    #[test]
+    fn sync_always_is_what_the_server_runs_with_and_the_default_is_not() {
+        let jsz = |monitor_port: u16| {
+            use std::io::{Read, Write};
+            let mut stream = std::net::TcpStream::connect(("127.0.0.1", monitor_port)).unwrap();
+            stream.write_all(b"GET /jsz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).unwrap();
+            response
+        };
+        let monitor_port = free_port().unwrap();
+        let options = Options { monitor_port: Some(monitor_port), ..Default::default() };
+        let server = NatsServer::start(options.clone().sync_always()).unwrap();
+        assert!(jsz(monitor_port).contains("\"sync_always\": true"), "{}", jsz(monitor_port));
+        drop(server);
+        let _server = NatsServer::start(options).unwrap();
+        assert!(!jsz(monitor_port).contains("sync_always"), "{}", jsz(monitor_port));
     }
 
     #[test]

@@ -573,7 +573,8 @@ mod tests {
 
     #[test]
     fn each_role_reads_only_its_own_inbox() {
-        let roles = [Role::Coordinator, worker("a"), worker("a_b"), submitter("a"), submitter("worker_a"), Role::Viewer];
+        let roles =
+            [Role::Coordinator, worker("a"), worker("a_b"), submitter("a"), submitter("worker_a"), Role::Viewer];
         let prefixes: BTreeSet<String> = roles.iter().map(Role::inbox_prefix).collect();
         assert_eq!(prefixes.len(), roles.len(), "{prefixes:?}");
         for role in &roles {

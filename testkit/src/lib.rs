@@ -11,13 +11,15 @@
 //!   [`wait::wait_until`] polls the conditions no signal tells (a file appearing);
 //! - [`workflow`]: submissions through `sluice_client::requests::submit`, and recording jobs
 //!   whose start and end lines show the order jobs ran in;
-//! - [`find_sluice`]: the `sluice` binary next to the running executable.
+//! - [`find_sluice`]: the `sluice` binary next to the running executable;
+//! - [`kube_api`]: a real kube-apiserver (v1.20.2, cached build) with etcd on loopback.
 //!
 //! Every wait is bounded and its error names what it waited for. The blocking helpers on
 //! [`Stack`] (for synchronous tests) run on a runtime of the stack's own; async code (the
 //! loadtest) calls the functions in [`wait`] and [`workflow`] directly.
 
 mod binary;
+pub mod kube_api;
 mod server;
 mod stack;
 mod usage;

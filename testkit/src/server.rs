@@ -47,9 +47,14 @@ impl Server {
 
     /// The external server at `url` if one is given, else a fresh temporary one.
     pub fn start(external: Option<&str>) -> Result<Self> {
+        Self::start_with(external, Options::default())
+    }
+
+    /// The external server at `url` if one is given, else a fresh one with `options`.
+    pub fn start_with(external: Option<&str>, options: Options) -> Result<Self> {
         match external {
             Some(url) => Ok(Self::external(url)),
-            None => Self::temporary(),
+            None => Self::with_options(options),
         }
     }
 

@@ -81,6 +81,12 @@ impl StackBuilder {
         self
     }
 
+    /// Its own nats-server flushes every JetStream write before acknowledging it
+    /// (`sync_interval: always`).
+    pub fn sync_always(self) -> Self {
+        self.own_server(sluice_local_nats::Options::sync_always)
+    }
+
     /// Changes the options of the server this stack starts (an external one stays as it is).
     fn own_server(mut self, change: impl FnOnce(sluice_local_nats::Options) -> sluice_local_nats::Options) -> Self {
         if let Nats::Own(options) = self.nats {

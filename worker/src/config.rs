@@ -12,8 +12,12 @@ pub const CONCURRENCY_DEFAULT: usize = 4;
 /// Jobs fetched ahead per slot while jobs are short: a worker then holds at most four jobs
 /// per slot, Celery's default prefetch multiplier.
 pub const PREFETCH_PER_SLOT_DEFAULT: usize = 3;
-/// How long running jobs may take to finish on shutdown before they are handed back.
-pub const SHUTDOWN_GRACE_DEFAULT: Duration = Duration::from_secs(30);
+/// How long running jobs may take to finish on shutdown before they are handed back:
+/// unlimited (`None`), so a drain never kills a running job. A job's own timeout (capped at
+/// its pool's `max_timeout`) bounds the wait.
+pub const SHUTDOWN_GRACE_DEFAULT: Option<Duration> = None;
+/// Most jobs `--max-jobs` may ask for.
+pub const MAX_JOBS_MAX: u64 = 1_000_000_000;
 /// Default longest retry delay waited out with a NAK; longer ones become message schedules.
 pub const NAK_DELAY_MAX_DEFAULT: Duration = Duration::from_secs(30);
 /// How long a worker waits, once Sluice is set up, for its pool to be declared before it
@@ -30,8 +34,9 @@ pub struct WorkerConfig {
     pub pool: String,
     /// Jobs run at once.
     pub concurrency: usize,
-    /// On shutdown, how long running jobs may take to finish before they are handed back.
-    pub shutdown_grace: Duration,
+    /// On shutdown, how long running jobs may take to finish before they are handed back
+    /// (`None`: until they finish).
+    pub shutdown_grace: Option<Duration>,
     /// Shown in `status` for each attempt.
     pub worker_id: String,
     /// Retry delays up to this are a NAK with delay (the message stays pending, which keeps
@@ -44,6 +49,11 @@ pub struct WorkerConfig {
     /// Jobs fetched beyond the free slots while jobs are short (0: only for free slots);
     /// [`default_prefetch`] of the concurrency by default.
     pub prefetch: usize,
+    /// Stop (and drain) once this many jobs have been run here (`--max-jobs`, for KEDA
+    /// ScaledJobs); never fetches more than are left.
+    pub max_jobs: Option<u64>,
+    /// Stop once no job has run or waited here for this long (`--exit-when-idle`).
+    pub exit_when_idle: Option<Duration>,
 }
 
 /// Three jobs ahead per slot (at most [`PREFETCH_MAX`]): a worker then holds at most four
@@ -64,6 +74,8 @@ impl WorkerConfig {
             nak_delay_max: NAK_DELAY_MAX_DEFAULT,
             pool_wait: POOL_WAIT_DEFAULT,
             prefetch: default_prefetch(CONCURRENCY_DEFAULT),
+            max_jobs: None,
+            exit_when_idle: None,
         }
     }
 
@@ -76,6 +88,14 @@ impl WorkerConfig {
         }
         if self.prefetch > PREFETCH_MAX {
             return Err(invalid(format!("prefetch must be 0 to {PREFETCH_MAX}, not {}", self.prefetch)));
+        }
+        if let Some(jobs) = self.max_jobs
+            && !(1..=MAX_JOBS_MAX).contains(&jobs)
+        {
+            return Err(invalid(format!("max jobs must be 1 to {MAX_JOBS_MAX}, not {jobs}")));
+        }
+        if self.exit_when_idle == Some(Duration::ZERO) {
+            return Err(invalid("exit when idle must be longer than 0s".into()));
         }
         Ok(())
     }
@@ -112,6 +132,10 @@ mod tests {
         let prefetch = refused(|config| config.prefetch = PREFETCH_MAX + 1);
         assert_eq!(prefetch, Err("invalid worker setting: prefetch must be 0 to 1024, not 1025".into()));
         assert!(refused(|config| config.pool = "no spaces".into()).is_err());
+        let jobs = refused(|config| config.max_jobs = Some(0));
+        assert_eq!(jobs, Err("invalid worker setting: max jobs must be 1 to 1000000000, not 0".into()));
+        let idle = refused(|config| config.exit_when_idle = Some(Duration::ZERO));
+        assert_eq!(idle, Err("invalid worker setting: exit when idle must be longer than 0s".into()));
         assert_eq!(refused(|config| config.prefetch = PREFETCH_MAX), Ok(()));
     }
 }

@@ -48,6 +48,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
         store_dir: Some(args.data_dir.clone()),
         without_jetstream: false,
         max_file_store: None,
+        sync_always: false,
         config_file: None,
     })
     .map_err(|error| start_error(&error, args.port))?;
@@ -92,7 +93,7 @@ async fn with_stack(
     let mut config = WorkerConfig::new(sluice_proto::spec::DEFAULT_POOL);
     config.concurrency = args.concurrency;
     config.prefetch = sluice_worker::runtime::default_prefetch(args.concurrency);
-    config.shutdown_grace = Duration::from_secs(5);
+    config.shutdown_grace = Some(Duration::from_secs(5));
     let worker = tokio::spawn(sluice_worker::runtime::run(
         client.clone(),
         Registry::with_stock_kinds(),

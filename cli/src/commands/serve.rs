@@ -2,13 +2,15 @@
 //! on SIGTERM or Ctrl-C (the worker drains: running jobs finish, the rest go back).
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_proto::HumanDuration;
 use sluice_worker::{Registry, WorkerConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::output::{self, CliError};
+use crate::health;
+use crate::output::CliError;
 
 #[derive(clap::Args, Clone)]
 pub struct WorkerArgs {
@@ -18,9 +20,10 @@ pub struct WorkerArgs {
     /// Jobs to run at once.
     #[arg(long, default_value_t = 4)]
     pub concurrency: usize,
-    /// On SIGTERM, how long running jobs may take to finish before they are handed back.
-    #[arg(long, default_value = "30s")]
-    pub shutdown_grace: HumanDuration,
+    /// On SIGTERM, how long running jobs may take to finish before they are handed back
+    /// (default: until they finish; a second SIGTERM or Ctrl-C hands them back at once).
+    #[arg(long)]
+    pub shutdown_grace: Option<HumanDuration>,
     /// Retry delays up to this wait as a NAK with delay; longer ones become JetStream
     /// message schedules, so a waiting job does not keep an autoscaled pool awake.
     #[arg(long, default_value = "30s")]
@@ -34,6 +37,30 @@ pub struct WorkerArgs {
     /// before exiting with status 2. For tests and scripts that declare the pool later.
     #[arg(long, hide = true, env = "SLUICE_POOL_WAIT_MS", default_value_t = POOL_WAIT_DEFAULT.as_millis() as u64)]
     pub pool_wait_ms: u64,
+    /// Exit (status 0) once this many jobs have run here, after they finish: one worker
+    /// per KEDA ScaledJob.
+    #[arg(long, value_name = "N")]
+    pub max_jobs: Option<u64>,
+    /// Exit (status 0) once no job has run here for this long.
+    #[arg(long, value_name = "DURATION")]
+    pub exit_when_idle: Option<HumanDuration>,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+/// `--metrics-listen`, on the coordinator and the worker.
+#[derive(clap::Args, Clone)]
+pub struct MetricsArgs {
+    /// Serve `/healthz` and `/readyz` over HTTP on this address (e.g. 0.0.0.0:9090; port 0
+    /// picks one, logged as `metrics listening`).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+}
+
+impl MetricsArgs {
+    fn address(&self) -> Result<Option<std::net::SocketAddr>, CliError> {
+        self.metrics_listen.as_deref().map(health::parse_listen).transpose()
+    }
 }
 
 /// Refuses worker settings that could only fail later, naming the flag. (The pool's ack
@@ -45,7 +72,7 @@ pub fn check_worker_flags(concurrency: usize) -> Result<(), CliError> {
     Ok(())
 }
 
-use sluice_worker::config::POOL_WAIT_DEFAULT;
+use sluice_worker::config::{MAX_JOBS_MAX, POOL_WAIT_DEFAULT};
 use sluice_worker::runtime::CONCURRENCY_MAX;
 
 impl WorkerArgs {
@@ -53,7 +80,17 @@ impl WorkerArgs {
         check_worker_flags(self.concurrency)?;
         let mut config = WorkerConfig::new(self.pool.clone());
         config.concurrency = self.concurrency;
-        config.shutdown_grace = self.shutdown_grace.as_duration();
+        config.shutdown_grace = self.shutdown_grace.map(|grace| grace.as_duration());
+        if let Some(jobs) = self.max_jobs
+            && !(1..=MAX_JOBS_MAX).contains(&jobs)
+        {
+            return Err(CliError::usage(format!("--max-jobs must be 1 to {MAX_JOBS_MAX}, not {jobs}")));
+        }
+        config.max_jobs = self.max_jobs;
+        config.exit_when_idle = self.exit_when_idle.map(|idle| idle.as_duration());
+        if config.exit_when_idle == Some(Duration::ZERO) {
+            return Err(CliError::usage("--exit-when-idle must be longer than 0s"));
+        }
         config.nak_delay_max = self.max_nak_delay.as_duration();
         config.pool_wait = Duration::from_millis(self.pool_wait_ms);
         config.prefetch = self.prefetch.unwrap_or(sluice_worker::runtime::default_prefetch(self.concurrency));
@@ -79,6 +116,13 @@ pub struct CoordinatorArgs {
     /// Replicas of every stream and bucket: 1 on one nats-server, 3 on a cluster.
     #[arg(long, default_value_t = 1)]
     pub stream_replicas: usize,
+    /// How long run and job records are kept after their last change (default: for
+    /// ever). Choose it well above the longest run: a record not written for this long
+    /// goes, even while its run runs.
+    #[arg(long, value_name = "DURATION")]
+    pub history_max_age: Option<HumanDuration>,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, CliError> {
@@ -99,26 +143,56 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
                 max_bytes: u64::from(args.logs_max_mib) * 1024 * 1024,
             },
             replicas: args.stream_replicas,
+            history_max_age: history_max_age(args.history_max_age)?,
         },
     };
-    let client = output::connect_as(url, Some(&sluice_proto::roles::Role::Coordinator)).await?;
+    let listen = args.metrics.address()?;
     let shutdown = on_signal();
-    sluice_coordinator::service::run_with(client, settings, shutdown).await.map_err(|error| match error {
-        // A server this coordinator cannot run on: a configuration to fix, not a failure.
-        sluice_coordinator::ServiceError::ServerVersion(_) | sluice_coordinator::ServiceError::StoreTooSmall(_) => {
-            CliError::usage(error.to_string())
+    let (phase, watched) = tokio::sync::watch::channel(sluice_coordinator::service::Phase::Starting);
+    let probes = health::Probes::new(Arc::new(move || {
+        let phase = *watched.borrow();
+        health::Phase {
+            name: phase.as_str(),
+            ready: phase.is_ready(),
+            stopped: phase == sluice_coordinator::service::Phase::Stopped,
         }
-        _ => CliError::failed(error.to_string()),
-    })?;
+    }));
+    let _listening = listen_for_probes(listen, &probes).await?;
+    let role = sluice_proto::roles::Role::Coordinator;
+    let Some(client) = connect_waiting(url, &role, &shutdown).await? else { return Ok(ExitCode::SUCCESS) };
+    let _ = probes.nats.set(client.clone());
+    sluice_coordinator::service::run_observed(client, settings, shutdown, phase).await.map_err(
+        |error| match error {
+            // A server this coordinator cannot run on: a configuration to fix, not a failure.
+            sluice_coordinator::ServiceError::ServerVersion(_) | sluice_coordinator::ServiceError::StoreTooSmall(_) => {
+                CliError::usage(error.to_string())
+            }
+            _ => CliError::failed(error.to_string()),
+        },
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn worker(url: &str, args: WorkerArgs) -> Result<ExitCode, CliError> {
     let config = args.config()?;
+    let listen = args.metrics.address()?;
+    let (shutdown, hurry) = on_signals();
+    let (phase, watched) = tokio::sync::watch::channel(sluice_worker::runtime::Phase::Opening);
+    let probes = health::Probes::new(Arc::new(move || {
+        let phase = *watched.borrow();
+        health::Phase {
+            name: phase.as_str(),
+            ready: phase.is_ready(),
+            stopped: phase == sluice_worker::runtime::Phase::Stopped,
+        }
+    }));
+    let _listening = listen_for_probes(listen, &probes).await?;
     let role = sluice_proto::roles::Role::Worker { pool: config.pool.clone() };
-    let client = output::connect_as(url, Some(&role)).await?;
-    let shutdown = on_signal();
-    let result = sluice_worker::runtime::run(client.clone(), Registry::with_stock_kinds(), config, shutdown).await;
+    let Some(client) = connect_waiting(url, &role, &shutdown).await? else { return Ok(ExitCode::SUCCESS) };
+    let _ = probes.nats.set(client.clone());
+    let control = sluice_worker::runtime::Control { shutdown, hurry, phase };
+    let result =
+        sluice_worker::runtime::run_observed(client.clone(), Registry::with_stock_kinds(), config, control).await;
     // Acks and events of the last jobs must leave before the process does.
     let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
     result.map_err(|error| match error {
@@ -126,6 +200,87 @@ pub async fn worker(url: &str, args: WorkerArgs) -> Result<ExitCode, CliError> {
         _ => CliError::failed(error.to_string()),
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--history-max-age`, checked: at least [`HISTORY_MAX_AGE_MIN`].
+///
+/// [`HISTORY_MAX_AGE_MIN`]: sluice_coordinator::topology::HISTORY_MAX_AGE_MIN
+fn history_max_age(value: Option<HumanDuration>) -> Result<Option<Duration>, CliError> {
+    let min = sluice_coordinator::topology::HISTORY_MAX_AGE_MIN;
+    match value.map(|age| age.as_duration()) {
+        Some(age) if age < min => Err(CliError::usage(format!(
+            "--history-max-age must be at least {}, not {}",
+            HumanDuration::from_duration(min),
+            HumanDuration::from_duration(age)
+        ))),
+        age => Ok(age),
+    }
+}
+
+/// Starts the probes' listener when `--metrics-listen` is given; it stops when the guard
+/// is dropped (as the process returns).
+async fn listen_for_probes(
+    listen: Option<std::net::SocketAddr>,
+    probes: &health::Probes,
+) -> Result<Option<tokio_util::sync::DropGuard>, CliError> {
+    let Some(addr) = listen else { return Ok(None) };
+    let stop = CancellationToken::new();
+    health::serve(addr, probes.clone(), stop.clone()).await?;
+    Ok(Some(stop.drop_guard()))
+}
+
+/// Pause between tries to reach NATS at start.
+const CONNECT_RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Connects, waiting while nothing answers at `url` (a pod that starts before its
+/// nats-server, a server restarting): the process stays up, not ready, and says so once.
+/// `None`: shut down while waiting. Other failures (no JetStream, a server too old) end it.
+async fn connect_waiting(
+    url: &str,
+    role: &sluice_proto::roles::Role,
+    shutdown: &CancellationToken,
+) -> Result<Option<async_nats::Client>, CliError> {
+    // The global --nats-* options, with the role's inbox prefix unless one is given.
+    let options = crate::output::options_as(url, Some(role));
+    let mut told = false;
+    loop {
+        match sluice_client::connect_with(&options, "sluice-cli").await {
+            Ok(client) => return Ok(Some(client)),
+            Err(error @ sluice_client::ClientError::Unreachable { .. }) => {
+                if !std::mem::replace(&mut told, true) {
+                    tracing::warn!(%error, "waiting for NATS");
+                }
+            }
+            Err(error) => return Err(crate::output::connect_failed(error)),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(None),
+            () = tokio::time::sleep(CONNECT_RETRY_PAUSE) => {}
+        }
+    }
+}
+
+/// Tokens cancelled by the first SIGTERM or SIGINT, and by the second.
+pub fn on_signals() -> (CancellationToken, CancellationToken) {
+    let (first, second) = (CancellationToken::new(), CancellationToken::new());
+    let (cancel_first, cancel_second) = (first.clone(), second.clone());
+    tokio::spawn(async move {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        for token in [cancel_first, cancel_second] {
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
+            }
+            token.cancel();
+        }
+    });
+    (first, second)
 }
 
 /// A token cancelled by the first SIGTERM or SIGINT.

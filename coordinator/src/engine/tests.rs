@@ -181,7 +181,8 @@ fn a_retry_the_worker_left_to_the_coordinator_is_scheduled_once_as_the_next_atte
     failure.retry_at = Some(at(3600));
     failure.schedule_retry = true;
     let effects = run.apply(ev(&failure), at(2)).unwrap();
-    let scheduled: Vec<&Effect> = effects.iter().filter(|effect| matches!(effect, Effect::ScheduleRetry { .. })).collect();
+    let scheduled: Vec<&Effect> =
+        effects.iter().filter(|effect| matches!(effect, Effect::ScheduleRetry { .. })).collect();
     assert_eq!(
         scheduled,
         [&Effect::ScheduleRetry { run_id: run.id(), job: "a".into(), generation: 0, after_attempt: 1, at: at(3600) }]

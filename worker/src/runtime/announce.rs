@@ -18,11 +18,12 @@ use chrono::Utc;
 use futures::TryStreamExt;
 use sluice_proto::limits::WORKER_ANNOUNCE_INTERVAL_MS;
 use sluice_proto::{SCHEMA_VERSION, WorkerRecord, decode, encode, names};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::WorkerConfig;
 use crate::error::WorkerError;
+use crate::runtime::Phase;
 
 /// Announces one worker while it runs.
 pub(crate) struct Announcer {
@@ -32,11 +33,19 @@ pub(crate) struct Announcer {
     record: WorkerRecord,
     /// The worker's slots: those taken are its busy ones.
     slots: Arc<Semaphore>,
+    /// Becomes [`Phase::Ready`] at the first announcement that is stored.
+    phase: watch::Sender<Phase>,
 }
 
 impl Announcer {
     /// `kinds` sorted; `slots` the semaphore of the worker's `config.concurrency` slots.
-    pub(crate) fn new(bucket: kv::Store, config: &WorkerConfig, kinds: Vec<String>, slots: Arc<Semaphore>) -> Self {
+    pub(crate) fn new(
+        bucket: kv::Store,
+        config: &WorkerConfig,
+        kinds: Vec<String>,
+        slots: Arc<Semaphore>,
+        phase: watch::Sender<Phase>,
+    ) -> Self {
         let record = WorkerRecord {
             schema_version: SCHEMA_VERSION,
             worker_id: config.worker_id.clone(),
@@ -50,7 +59,7 @@ impl Announcer {
             leader: false,
         };
         let key = entry_key(&config.pool, &config.worker_id);
-        Self { bucket, key, record, slots }
+        Self { bucket, key, record, slots, phase }
     }
 
     /// Announces now, then every [`WORKER_ANNOUNCE_INTERVAL_MS`] until `stop` is cancelled;
@@ -64,8 +73,20 @@ impl Announcer {
                 _ = stop.cancelled() => break,
                 _ = renewals.tick() => {}
             }
-            if let Err(error) = self.announce().await {
-                tracing::warn!(%error, key = %self.key, "announcing this worker failed; trying again at the next renewal");
+            match self.announce().await {
+                Ok(()) => {
+                    // Only the first: a draining worker stays draining.
+                    self.phase.send_if_modified(|phase| {
+                        let first = *phase == Phase::Opening;
+                        if first {
+                            *phase = Phase::Ready;
+                        }
+                        first
+                    });
+                }
+                Err(error) => {
+                    tracing::warn!(%error, key = %self.key, "announcing this worker failed; trying again at the next renewal")
+                }
             }
         }
         if let Err(error) = self.bucket.delete(&self.key).await {

@@ -16,8 +16,10 @@
 //!   never misses an outcome.
 //!
 //! Shutdown: stop fetching, hand back anything fetched but not started (as the same
-//! attempt), let running jobs finish within the grace period, then cancel the rest and hand
-//! them back (NAK, no delay: that attempt counts).
+//! attempt), let running jobs finish (within the grace period, if one is set; by default
+//! they all finish), then cancel the rest and hand them back (NAK, no delay: that attempt
+//! counts). A worker whose lifetime is over (`max_jobs` started, or idle for
+//! `exit_when_idle`) stops fetching the same way and lets every running job finish.
 //!
 //! [`SHORT_JOB_MAX_MS`]: crate::limits::SHORT_JOB_MAX_MS
 //! [`FETCHED_WAIT_MAX_MS`]: crate::limits::FETCHED_WAIT_MAX_MS
@@ -39,7 +41,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use sluice_proto::{RunId, names};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -53,7 +55,53 @@ use crate::stops::RunStops;
 use announce::{Announcer, check_kinds, live_workers};
 use completer::{Completer, InlineCompleter};
 use held::HeldJobs;
-use producer::{Producer, report_panic};
+use producer::{Producer, Stopped, report_panic};
+
+/// What a worker is doing, for readiness probes ([`run_observed`] publishes it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for Sluice to be set up, or opening the pool's consumer.
+    Opening,
+    /// The consumer is open and the worker announced: it takes jobs.
+    Ready,
+    /// Takes no more jobs; running ones finish.
+    Draining,
+    /// Returned.
+    Stopped,
+}
+
+impl Phase {
+    pub fn is_ready(self) -> bool {
+        self == Self::Ready
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Opening => "opening",
+            Self::Ready => "ready",
+            Self::Draining => "draining",
+            Self::Stopped => "stopped",
+        }
+    }
+}
+
+/// How the process steers a running worker, beside its configuration.
+pub struct Control {
+    /// Cancelled: take no more jobs, let running ones finish, return.
+    pub shutdown: CancellationToken,
+    /// Cancelled while draining: stop the running jobs now and hand them back (a second
+    /// SIGTERM or Ctrl-C).
+    pub hurry: CancellationToken,
+    /// Where the worker says what it is doing.
+    pub phase: watch::Sender<Phase>,
+}
+
+impl Control {
+    /// Steered by `shutdown` alone.
+    pub fn new(shutdown: CancellationToken) -> Self {
+        Self { shutdown, hurry: CancellationToken::new(), phase: watch::channel(Phase::Opening).0 }
+    }
+}
 
 /// What every job task shares. Set up by [`run`] before any task starts; after that only
 /// `short_jobs` (see there), `stops` and `stop_jobs` change.
@@ -90,6 +138,29 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
+    run_observed(client, registry, config, Control::new(shutdown)).await
+}
+
+/// [`run`], steered by `control` (a second stop signal ends the drain) and saying what it
+/// does on `control.phase`. Returns once stopped: shut down, or its lifetime is over.
+pub async fn run_observed(
+    client: async_nats::Client,
+    registry: Registry,
+    config: WorkerConfig,
+    control: Control,
+) -> Result<(), WorkerError> {
+    let result = run_controlled(client, registry, config, &control).await;
+    control.phase.send_replace(Phase::Stopped);
+    result
+}
+
+async fn run_controlled(
+    client: async_nats::Client,
+    registry: Registry,
+    config: WorkerConfig,
+    control: &Control,
+) -> Result<(), WorkerError> {
+    let shutdown = control.shutdown.clone();
     config.check()?;
     let js = jetstream::new(client);
     let kinds: Vec<String> = registry.kinds().map(str::to_owned).collect();
@@ -101,7 +172,7 @@ pub async fn run(
     let progress_interval = (ack_wait / 3).max(Duration::from_millis(PROGRESS_INTERVAL_MIN_MS));
     tracing::info!(pool = %config.pool, concurrency = config.concurrency, kinds = ?kinds, worker = %config.worker_id, ack_wait_ms = ack_wait.as_millis() as u64, "worker ready");
     let slots = Arc::new(Semaphore::new(config.concurrency));
-    let announcer = Announcer::new(opened.workers.clone(), &config, kinds, slots.clone());
+    let announcer = Announcer::new(opened.workers.clone(), &config, kinds, slots.clone(), control.phase.clone());
     let shared = Arc::new(Shared {
         js,
         registry,
@@ -119,11 +190,20 @@ pub async fn run(
     let announcing = tokio::spawn(announcer.run(stop_announcing.clone()));
     let listener = tokio::spawn(listen_for_stops(shared.clone()));
     let completer: Arc<dyn Completer> = Arc::new(InlineCompleter::new(shared.clone()));
-    let mut producer = Producer::new(shared.clone(), completer, shutdown);
-    producer.run(&opened.consumer).await;
+    let mut producer = Producer::new(shared.clone(), completer, shutdown.clone());
+    let stopped = producer.run(&opened.consumer).await;
+    control.phase.send_replace(Phase::Draining);
     // Fetched but not started: handed back at once.
-    let running = producer.finish().await;
-    drain(&shared, running).await;
+    let mut running = producer.finish().await;
+    if stopped != Stopped::Shutdown {
+        // Its lifetime is over: every running job finishes, unless a shutdown comes first.
+        tracing::info!(running = running.len(), reason = ?stopped, "worker finishing its last jobs");
+        tokio::select! {
+            () = join_all(&mut running) => {}
+            () = shutdown.cancelled() => {}
+        }
+    }
+    drain(&shared, running, &control.hurry).await;
     listener.abort();
     // Still announced while draining; gone once nothing runs.
     stop_announcing.cancel();
@@ -134,22 +214,44 @@ pub async fn run(
     Ok(())
 }
 
-/// Lets running jobs finish within the grace period, then cancels the rest (they are
-/// handed back) and waits for them.
-async fn drain(shared: &Shared, mut running: JoinSet<()>) {
-    tracing::info!(running = running.len(), grace_s = shared.config.shutdown_grace.as_secs(), "worker draining");
-    let drained = tokio::time::timeout(shared.config.shutdown_grace, async {
-        while let Some(finished) = running.join_next().await {
-            report_panic(finished);
+/// Lets running jobs finish (within the grace period, if one is set, and until `hurry`),
+/// then cancels the rest (they are handed back) and waits for them.
+async fn drain(shared: &Shared, mut running: JoinSet<()>, hurry: &CancellationToken) {
+    if running.is_empty() {
+        return;
+    }
+    let grace = shared.config.shutdown_grace;
+    let grace_s = grace.map(|grace| grace.as_secs());
+    tracing::info!(running = running.len(), grace_s, "worker draining: running jobs finish");
+    let finished = tokio::select! {
+        () = join_all(&mut running) => true,
+        () = sleep_for(grace) => {
+            tracing::warn!(running = running.len(), "grace period over: cancelling running jobs and handing them back");
+            false
         }
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(running = running.len(), "grace period over: cancelling running jobs and handing them back");
+        () = hurry.cancelled() => {
+            tracing::warn!(running = running.len(), "asked again to stop: cancelling running jobs and handing them back");
+            false
+        }
+    };
+    if !finished {
         shared.stop_jobs.cancel();
-        while let Some(finished) = running.join_next().await {
-            report_panic(finished);
-        }
+        join_all(&mut running).await;
+    }
+}
+
+/// Waits for every task of `running` (a panic outside a job is logged).
+async fn join_all(running: &mut JoinSet<()>) {
+    while let Some(finished) = running.join_next().await {
+        report_panic(finished);
+    }
+}
+
+/// Sleeps for `duration`, or for ever.
+async fn sleep_for(duration: Option<Duration>) {
+    match duration {
+        Some(duration) => tokio::time::sleep(duration).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -19,6 +19,9 @@ use super::completer::Completer;
 use super::executor::execute;
 use crate::limits::{FETCH_RETRY_PAUSE_MS, FETCH_WAIT_MAX_MS, FETCHED_WAIT_MAX_MS, SHORT_JOB_MAX_MS};
 
+/// The shortest fetch an idle worker about to stop makes (a pull request's expiry).
+const FETCH_WAIT_MIN_MS: u64 = 50;
+
 /// The producer's decisions, with no clock or I/O inside: how many jobs to fetch, and when
 /// a job fetched ahead goes back to the pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +75,54 @@ impl FetchPolicy {
     }
 }
 
+/// Why the producer stopped fetching.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stopped {
+    /// Shutdown was asked for (SIGTERM).
+    Shutdown,
+    /// `max_jobs` jobs were started.
+    MaxJobs,
+    /// Nothing ran or waited for `exit_when_idle`.
+    Idle,
+}
+
+/// When a worker started with `--max-jobs` / `--exit-when-idle` is done: pure, so the
+/// producer's clock and counts are its only inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Lifetime {
+    pub(crate) max_jobs: Option<u64>,
+    pub(crate) exit_when_idle: Option<Duration>,
+}
+
+impl Lifetime {
+    /// Jobs that may still be fetched, given those started and those fetched and waiting.
+    pub(crate) fn fetchable(&self, started: u64, fetched: usize) -> usize {
+        match self.max_jobs {
+            None => usize::MAX,
+            Some(max) => {
+                usize::try_from(max.saturating_sub(started).saturating_sub(fetched as u64)).unwrap_or(usize::MAX)
+            }
+        }
+    }
+
+    /// Whether to stop fetching: every job allowed has started, or the worker has been idle
+    /// (nothing running or fetched) since `idle_since` for `exit_when_idle` by `now`.
+    pub(crate) fn over(&self, started: u64, idle_since: Option<Instant>, now: Instant) -> Option<Stopped> {
+        if self.max_jobs.is_some_and(|max| started >= max) {
+            return Some(Stopped::MaxJobs);
+        }
+        match (self.exit_when_idle, idle_since) {
+            (Some(idle), Some(since)) if now.saturating_duration_since(since) >= idle => Some(Stopped::Idle),
+            _ => None,
+        }
+    }
+
+    /// When an idle worker stops, if nothing comes.
+    pub(crate) fn idle_deadline(&self, idle_since: Option<Instant>) -> Option<Instant> {
+        Some(idle_since? + self.exit_when_idle?)
+    }
+}
+
 /// Fetches jobs and starts each on a free slot.
 pub(crate) struct Producer {
     shared: Arc<Shared>,
@@ -83,6 +134,11 @@ pub(crate) struct Producer {
     running: JoinSet<()>,
     /// Once cancelled, nothing more starts.
     shutdown: CancellationToken,
+    lifetime: Lifetime,
+    /// Jobs started on a slot so far.
+    started: u64,
+    /// Since when nothing has run or waited here (`None` while something does).
+    idle_since: Option<Instant>,
 }
 
 impl Producer {
@@ -90,16 +146,31 @@ impl Producer {
         let config = &shared.config;
         let policy = FetchPolicy::new(config.concurrency, config.prefetch, shared.progress_interval);
         let slots = shared.slots.clone();
-        Self { shared, completer, policy, slots, fetched: VecDeque::new(), running: JoinSet::new(), shutdown }
+        let lifetime = Lifetime { max_jobs: config.max_jobs, exit_when_idle: config.exit_when_idle };
+        Self {
+            shared,
+            completer,
+            policy,
+            slots,
+            fetched: VecDeque::new(),
+            running: JoinSet::new(),
+            shutdown,
+            lifetime,
+            started: 0,
+            idle_since: Some(Instant::now()),
+        }
     }
 
-    /// Fetches and starts jobs until shutdown.
-    pub(crate) async fn run(&mut self, consumer: &PullConsumer) {
+    /// Fetches and starts jobs until shutdown, or until the worker's lifetime is over.
+    pub(crate) async fn run(&mut self, consumer: &PullConsumer) -> Stopped {
         let shutdown = self.shutdown.clone();
         while !shutdown.is_cancelled() {
             self.start_fetched();
             while let Some(finished) = self.running.try_join_next() {
                 report_panic(finished);
+            }
+            if let Some(stopped) = self.lifetime_over() {
+                return stopped;
             }
             let room = self.room();
             if room > 0 {
@@ -113,10 +184,26 @@ impl Producer {
                 _ = sleep_until_some(overdue) => self.hand_back_overdue().await,
                 permit = self.slots.clone().acquire_owned() => match permit {
                     Ok(permit) => self.start_one(permit),
-                    Err(_) => return,
+                    Err(_) => return Stopped::Shutdown,
                 },
             }
         }
+        Stopped::Shutdown
+    }
+
+    /// Whether `--max-jobs` or `--exit-when-idle` ends fetching now (keeps the idle clock).
+    fn lifetime_over(&mut self) -> Option<Stopped> {
+        let now = Instant::now();
+        if self.running.is_empty() && self.fetched.is_empty() {
+            self.idle_since.get_or_insert(now);
+        } else {
+            self.idle_since = None;
+        }
+        let over = self.lifetime.over(self.started, self.idle_since, now);
+        if let Some(stopped) = over {
+            tracing::info!(started = self.started, reason = ?stopped, "this worker's lifetime is over: it takes no more jobs");
+        }
+        over
     }
 
     /// Once fetching has stopped: hands back what was fetched but not started, and returns
@@ -130,7 +217,13 @@ impl Producer {
 
     /// One fetch of at most `room` jobs, starting each as soon as a slot is free.
     async fn fetch(&mut self, consumer: &PullConsumer, room: usize) {
-        let expires = Duration::from_millis(FETCH_WAIT_MAX_MS);
+        // An idle worker with `--exit-when-idle` waits no longer than it has left.
+        let expires = match self.lifetime.idle_deadline(self.idle_since) {
+            Some(deadline) => deadline
+                .saturating_duration_since(Instant::now())
+                .clamp(Duration::from_millis(FETCH_WAIT_MIN_MS), Duration::from_millis(FETCH_WAIT_MAX_MS)),
+            None => Duration::from_millis(FETCH_WAIT_MAX_MS),
+        };
         let mut batch = match consumer.batch().max_messages(room).expires(expires).messages().await {
             Ok(batch) => batch,
             Err(error) => {
@@ -173,7 +266,8 @@ impl Producer {
 
     fn room(&self) -> usize {
         let short_jobs = self.shared.short_jobs.load(Ordering::Relaxed);
-        self.policy.room(self.slots.available_permits(), self.fetched.len(), short_jobs)
+        let room = self.policy.room(self.slots.available_permits(), self.fetched.len(), short_jobs);
+        room.min(self.lifetime.fetchable(self.started, self.fetched.len()))
     }
 
     /// When the oldest fetched job will have waited too long.
@@ -210,6 +304,7 @@ impl Producer {
             return;
         }
         let Some((_, message)) = self.fetched.pop_front() else { return };
+        self.started += 1;
         let (shared, completer) = (self.shared.clone(), self.completer.clone());
         self.running.spawn(async move {
             let attempt = execute(&shared, &message, permit).await;
@@ -325,6 +420,33 @@ mod tests {
         let fetched_at = Instant::from_std(std::time::Instant::now());
         assert!(!policy.is_overdue(fetched_at, fetched_at + Duration::from_millis(299)));
         assert!(policy.is_overdue(fetched_at, fetched_at + Duration::from_millis(300)));
+    }
+
+    #[test]
+    fn max_jobs_caps_what_is_fetched_and_ends_the_lifetime_once_all_started() {
+        let lifetime = Lifetime { max_jobs: Some(3), exit_when_idle: None };
+        let now = Instant::from_std(std::time::Instant::now());
+        assert_eq!(lifetime.fetchable(0, 0), 3);
+        assert_eq!(lifetime.fetchable(1, 1), 1);
+        assert_eq!(lifetime.fetchable(2, 1), 0);
+        assert_eq!(lifetime.fetchable(5, 0), 0);
+        assert_eq!(lifetime.over(2, Some(now), now + Duration::from_secs(3600)), None);
+        assert_eq!(lifetime.over(3, None, now), Some(Stopped::MaxJobs));
+        let unlimited = Lifetime { max_jobs: None, exit_when_idle: None };
+        assert_eq!(unlimited.fetchable(u64::MAX, 7), usize::MAX);
+        assert_eq!(unlimited.over(u64::MAX, Some(now), now + Duration::from_secs(3600)), None);
+    }
+
+    #[test]
+    fn an_idle_worker_stops_once_idle_for_the_whole_duration() {
+        let lifetime = Lifetime { max_jobs: None, exit_when_idle: Some(Duration::from_secs(5)) };
+        let since = Instant::from_std(std::time::Instant::now());
+        assert_eq!(lifetime.over(9, Some(since), since + Duration::from_millis(4_999)), None);
+        assert_eq!(lifetime.over(9, Some(since), since + Duration::from_secs(5)), Some(Stopped::Idle));
+        // Busy: no idle clock runs.
+        assert_eq!(lifetime.over(9, None, since + Duration::from_secs(60)), None);
+        assert_eq!(lifetime.idle_deadline(Some(since)), Some(since + Duration::from_secs(5)));
+        assert_eq!(lifetime.idle_deadline(None), None);
     }
 
     #[test]
