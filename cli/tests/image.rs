@@ -122,7 +122,9 @@ fn broken_rules(dockerfile: &str, dockerignore: &str) -> Vec<String> {
     }
     let releases: Vec<&str> = stages
         .iter()
-        .filter_map(|stage| ["bookworm", "trixie", "bullseye"].into_iter().find(|release| stage.image.contains(release)))
+        .filter_map(|stage| {
+            ["bookworm", "trixie", "bullseye"].into_iter().find(|release| stage.image.contains(release))
+        })
         .collect();
     if releases.windows(2).any(|pair| pair[0] != pair[1]) {
         broken.push(format!("stages on different Debian releases (glibc mismatch): {releases:?}"));
@@ -138,7 +140,8 @@ fn broken_rules(dockerfile: &str, dockerignore: &str) -> Vec<String> {
     match stages.last() {
         None => broken.push("no stage".to_owned()),
         Some(runtime) => {
-            if runtime.body.iter().any(|instruction| instruction.keyword == "RUN" && instruction.args.contains("cargo")) {
+            if runtime.body.iter().any(|instruction| instruction.keyword == "RUN" && instruction.args.contains("cargo"))
+            {
                 broken.push("the runtime stage runs cargo (the toolchain must stay in the build stage)".to_owned());
             }
             if !runtime.body.iter().any(|i| i.keyword == "COPY" && i.args.starts_with("--from=")) {
@@ -208,11 +211,16 @@ fn the_rule_check_names_each_break() {
     ];
     for (dockerfile, expected) in cases {
         let broken = broken_rules(&dockerfile, ignore);
-        assert!(broken.iter().any(|reason| reason.contains(expected)), "expected a break naming {expected:?}: {broken:?}");
+        assert!(
+            broken.iter().any(|reason| reason.contains(expected)),
+            "expected a break naming {expected:?}: {broken:?}"
+        );
     }
     assert!(broken_rules(&good, ".tools\n").iter().any(|reason| reason.contains("exclude target")));
     // A single-stage file.
-    let single = "FROM rust:1.95@sha256:".to_owned() + &"a".repeat(64) + "\nRUN cargo build --locked --release\nUSER 1\nENTRYPOINT [\"x\"]\n";
+    let single = "FROM rust:1.95@sha256:".to_owned()
+        + &"a".repeat(64)
+        + "\nRUN cargo build --locked --release\nUSER 1\nENTRYPOINT [\"x\"]\n";
     assert!(broken_rules(&single, ignore).iter().any(|reason| reason.contains("multi-stage")));
 }
 

@@ -228,14 +228,15 @@ fn with_a_history_max_age_finished_runs_go_and_the_coordinator_keeps_working() {
     let coordinator = stack.coordinator_with(&["--history-max-age", "2s"]);
     wait_until_set_up(&stack);
     stack.worker(&[]);
-    let max_age = |stack: &Stack, bucket: &str| {
+    let max_age = |stack: &Stack, stream: &str| {
         stack.block_on(async {
             let js = sluice_testkit::connect(&stack.url()).await.unwrap();
-            js.get_stream(format!("KV_{bucket}")).await.unwrap().cached_info().config.max_age
+            js.get_stream(stream).await.unwrap().cached_info().config.max_age
         })
     };
-    assert_eq!(max_age(&stack, "sluice-runs"), Duration::from_secs(2));
-    assert_eq!(max_age(&stack, "sluice-jobs"), Duration::from_secs(2));
+    assert_eq!(max_age(&stack, "KV_sluice-runs"), Duration::from_secs(2));
+    assert_eq!(max_age(&stack, "KV_sluice-jobs"), Duration::from_secs(2));
+    assert_eq!(max_age(&stack, "SLUICE_INDEX"), Duration::from_secs(2));
     let file = stack.write("quick.yaml", "name: quick\njobs:\n  a: { run: noop }\n  b: { run: noop, needs: [a] }\n");
     let first = stack.sluice_json(&["submit", file.to_str().unwrap()], 0)["id"].as_str().unwrap().to_owned();
     assert_eq!(stack.wait_for_run(&first, Duration::from_secs(20))["state"], "succeeded");
@@ -249,16 +250,19 @@ fn with_a_history_max_age_finished_runs_go_and_the_coordinator_keeps_working() {
     assert_eq!(gone.status.code(), Some(2), "{}", text(&gone.stderr));
     let cancel = stack.sluice(&["cancel", &first]);
     assert_eq!(cancel.status.code(), Some(2), "{}", text(&cancel.stderr));
-    // The coordinator keeps working: a new run runs.
+    // The coordinator keeps working: a new run of the same workflow (whose index chains'
+    // heads have expired since the coordinator last appended to them) runs, and is listed.
     let second = stack.sluice_json(&["submit", file.to_str().unwrap()], 0)["id"].as_str().unwrap().to_owned();
     assert_eq!(stack.wait_for_run(&second, Duration::from_secs(20))["state"], "succeeded");
+    assert!(listed(&second));
     assert!(stack.is_running(coordinator));
+    assert!(!stack.log(coordinator).contains("coordinator loop failed"), "{}", stack.log(coordinator));
     // Started again without the flag, the coordinator keeps history for ever.
     stack.signal(coordinator, "TERM");
     assert!(stack.wait_exit(coordinator, Duration::from_secs(20)).success());
     stack.coordinator();
     wait_until(Duration::from_secs(20), "the buckets to keep records for ever", || {
-        max_age(&stack, "sluice-runs") == Duration::ZERO && max_age(&stack, "sluice-jobs") == Duration::ZERO
+        ["KV_sluice-runs", "KV_sluice-jobs", "SLUICE_INDEX"].iter().all(|name| max_age(&stack, name) == Duration::ZERO)
     });
 }
 

@@ -311,6 +311,9 @@ pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, Client
 /// version 2.14 or newer, with JetStream. Fails at once when nothing answers or the server
 /// refuses the credentials; once connected, the client reconnects for ever (a nats-server
 /// restart is survived). The server's complaints (a permissions violation) are logged.
+///
+/// The URL may list several servers separated by commas (the nodes of a cluster): the
+/// client connects to one of them and fails over to the others ([`server_addrs`]).
 pub async fn connect_with(options: &NatsOptions, name: &str) -> Result<async_nats::Client, ClientError> {
     let url = options.url.clone();
     let client = options
@@ -323,12 +326,26 @@ pub async fn connect_with(options: &NatsOptions, name: &str) -> Result<async_nat
                 other => tracing::debug!(event = %other, "NATS connection event"),
             }
         })
-        .connect(url.as_str())
+        .connect(server_addrs(&url)?)
         .await
         .map_err(|source| connect_error(&url, source))?;
     check_server(&client)?;
     check_jetstream(&client).await?;
     Ok(client)
+}
+
+/// The servers of a NATS URL: one (`nats://host:4222`) or several separated by commas
+/// (`nats://a:4222,nats://b:4222`), as the NATS clients of other languages accept them.
+/// A part that is not a URL is refused, naming it.
+pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, ClientError> {
+    url.split(',')
+        .map(str::trim)
+        .map(|part| {
+            part.parse::<async_nats::ServerAddr>().map_err(|error| {
+                ClientError::Invalid(format!("`{part}` in the NATS URL `{url}` is not a NATS URL: {error}"))
+            })
+        })
+        .collect()
 }
 
 /// A refused connection is not an unreachable one: say which.
@@ -505,6 +522,21 @@ mod tests {
         assert_eq!(options.url, "nats://127.0.0.1:5000");
         assert_eq!(options.password, Some(Secret::File("/run/secrets/pw".into())));
         assert_eq!(NatsOptions::from_lookup(|_| None).url, DEFAULT_URL);
+    }
+
+    #[test]
+    fn a_url_may_list_the_nodes_of_a_cluster() {
+        let servers = server_addrs("nats://127.0.0.1:4222, nats://127.0.0.1:4223,127.0.0.1:4224").unwrap();
+        let ports: Vec<u16> = servers.iter().map(|server| server.port()).collect();
+        assert_eq!(ports, [4222, 4223, 4224]);
+        assert_eq!(server_addrs("nats://127.0.0.1:4222").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_part_that_is_no_url_is_named() {
+        let error = server_addrs("nats://127.0.0.1:4222,nats://127.0.0.1:notaport").unwrap_err();
+        assert!(matches!(error, ClientError::Invalid(_)), "{error:?}");
+        assert!(error.to_string().contains("`nats://127.0.0.1:notaport` in the NATS URL"), "{error}");
     }
 
     #[test]

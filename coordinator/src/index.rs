@@ -9,9 +9,11 @@
 //! running run is in `sluice-active` (readers skip entries of runs that never came to be).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream;
+use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
 use sluice_client::pipeline::{Outgoing, publish_all};
 use sluice_client::stores;
@@ -48,13 +50,24 @@ const HEADS_CACHED_MAX: usize = 4096;
 /// The coordinator's writer of the index; one per leadership term.
 pub struct Index {
     js: jetstream::Context,
-    /// The last sequence of each chain this writer read or wrote.
-    heads: HashMap<String, u64>,
+    /// The last sequence of each chain this writer read or wrote, and when it was stored.
+    heads: HashMap<String, (u64, DateTime<Utc>)>,
+    /// The index's max age (`--history-max-age`): a remembered head may have expired.
+    max_age: Option<Duration>,
+}
+
+/// Whether a chain head stored at `stored` can be appended to without reading it again: with
+/// a max age on the index it may have expired (then the append, expecting it, would fail),
+/// so a head older than half the max age is read again.
+fn head_is_fresh(stored: DateTime<Utc>, now: DateTime<Utc>, max_age: Option<Duration>) -> bool {
+    let Some(max_age) = max_age else { return true };
+    let age = (now - stored).to_std().unwrap_or(Duration::ZERO);
+    age < max_age / 2
 }
 
 impl Index {
     pub fn new(topology: &Topology) -> Self {
-        Self { js: topology.js.clone(), heads: HashMap::new() }
+        Self { js: topology.js.clone(), heads: HashMap::new(), max_age: topology.history_max_age }
     }
 
     /// Indexes a run being created (or made to run again): its `sluice-active` key and,
@@ -140,24 +153,32 @@ impl Index {
                 return Err(error.into());
             }
         };
+        let now = Utc::now();
         for (subject, ack) in chains.iter().zip(acks) {
-            self.heads.insert(subject.clone(), ack.sequence);
+            self.heads.insert(subject.clone(), (ack.sequence, now));
         }
         Ok(())
     }
 
-    /// The last sequence of a chain, from memory or the stream.
+    /// The last sequence of a chain, from memory (unless it may have expired) or the stream.
     async fn head(&mut self, subject: &str) -> Result<Option<u64>, ServiceError> {
-        if let Some(&sequence) = self.heads.get(subject) {
+        if let Some(&(sequence, stored)) = self.heads.get(subject)
+            && head_is_fresh(stored, Utc::now(), self.max_age)
+        {
             return Ok(Some(sequence));
         }
         let stream = self.js.get_stream_no_info(names::INDEX_STREAM).await.context("opening the run index")?;
         match stream.direct_get_last_for_subject(subject).await {
             Ok(message) => {
-                self.heads.insert(subject.to_owned(), message.sequence);
+                let nanos = i64::try_from(message.time.unix_timestamp_nanos()).unwrap_or(i64::MAX);
+                self.heads.insert(subject.to_owned(), (message.sequence, DateTime::from_timestamp_nanos(nanos)));
                 Ok(Some(message.sequence))
             }
-            Err(error) if error.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(error) if error.kind() == async_nats::jetstream::stream::DirectGetErrorKind::NotFound => {
+                // A chain whose entries have all expired starts again.
+                self.heads.remove(subject);
+                Ok(None)
+            }
             Err(error) => Err(error).context(format!("reading the head of {subject}")),
         }
     }
@@ -259,4 +280,22 @@ pub async fn remember_pending_cancel(topology: &Topology, cancel: &PendingCancel
 pub async fn forget_pending_cancel(topology: &Topology, id: &RunId) -> Result<(), ServiceError> {
     topology.active.delete(names::pending_cancel_key(id)).await.context("removing a pending cancel")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_remembered_head_is_read_again_once_it_may_have_expired() {
+        let stored = Utc::now();
+        let later = |secs| stored + chrono::Duration::seconds(secs);
+        assert!(head_is_fresh(stored, later(86_400 * 365), None), "without a max age a head never expires");
+        let day = Some(Duration::from_secs(86_400));
+        assert!(head_is_fresh(stored, later(3_600), day));
+        assert!(!head_is_fresh(stored, later(43_200), day), "half the max age: read it again");
+        assert!(!head_is_fresh(stored, later(86_400 * 2), day));
+        // A clock behind the server's counts as no age.
+        assert!(head_is_fresh(stored, later(-5), day));
+    }
 }

@@ -87,6 +87,8 @@ pub struct Topology {
     pub active: kv::Store,
     /// Object store `sluice-specs`: each spec once, under its hash.
     pub specs: object_store::ObjectStore,
+    /// How long run and job records and the run index are kept (`None`: for ever).
+    pub history_max_age: Option<Duration>,
 }
 
 fn work_queue(name: &str, subjects: &str, description: &str) -> stream::Config {
@@ -227,7 +229,11 @@ async fn ensure_core(
             subjects: vec![names::INDEX_SUBJECTS.to_owned()],
             retention: stream::RetentionPolicy::Limits,
             storage: stream::StorageType::File,
-            duplicate_window: DUPLICATE_WINDOW,
+            // Its entries go with the records they point to (readers skip entries of runs
+            // that are gone, and a chain walked back ends where its entries have gone).
+            max_age: history_max_age.unwrap_or(Duration::ZERO),
+            // JetStream wants the duplicate window within the max age.
+            duplicate_window: history_max_age.map_or(DUPLICATE_WINDOW, |age| age.min(DUPLICATE_WINDOW)),
             allow_direct: true,
             num_replicas: replicas,
             ..Default::default()
@@ -314,6 +320,7 @@ async fn ensure_core(
         workers,
         active,
         specs,
+        history_max_age,
     };
     crate::pools::ensure_declared(&topology, chrono::Utc::now()).await?;
     Ok(topology)

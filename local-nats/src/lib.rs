@@ -61,6 +61,23 @@ pub struct Options {
     /// TLS), passed with `-c`; address, port and store stay command-line flags, which win.
     /// Not with `max_file_store` or `sync_always` (those write a file of their own).
     pub config_file: Option<PathBuf>,
+    /// Run as one node of a JetStream cluster (routes on loopback); `None`: a single server.
+    pub cluster: Option<ClusterOptions>,
+}
+
+/// One node's part in a cluster of servers on loopback: every node lists every node's route
+/// port (its own included, which the server ignores), so any node can start first.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// The cluster's name (`--cluster_name`), the same on every node.
+    pub name: String,
+    /// This node's name (`--server_name`), distinct per node: JetStream's Raft groups name
+    /// their peers by it.
+    pub server_name: String,
+    /// This node's route port (`--cluster nats://127.0.0.1:PORT`).
+    pub route_port: u16,
+    /// Every node's route port (`--routes`).
+    pub routes: Vec<u16>,
 }
 
 impl Options {
@@ -83,6 +100,7 @@ pub struct NatsServer {
     monitor_port: Option<u16>,
     store_dir: PathBuf,
     jetstream: bool,
+    cluster: Option<ClusterOptions>,
     /// The configuration file, when an option has no command-line flag (kept for restarts).
     config: Option<PathBuf>,
     _temporary: Option<tempfile::TempDir>,
@@ -139,6 +157,7 @@ impl NatsServer {
                 monitor_port: options.monitor_port,
                 store_dir: store_dir.clone(),
                 jetstream: !options.without_jetstream,
+                cluster: options.cluster.clone(),
                 config: config.clone(),
                 _temporary: None,
                 _config_dir: None,
@@ -163,7 +182,15 @@ impl NatsServer {
         }
         command.arg("-sd").arg(&self.store_dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         if let Some(monitor) = self.monitor_port {
+            // Served on the `-a` address: loopback.
             command.args(["-m", &monitor.to_string()]);
+        }
+        if let Some(cluster) = &self.cluster {
+            let routes: Vec<String> = cluster.routes.iter().map(|port| format!("nats://127.0.0.1:{port}")).collect();
+            command
+                .args(["--server_name", &cluster.server_name, "--cluster_name", &cluster.name])
+                .args(["--cluster", &format!("nats://127.0.0.1:{}", cluster.route_port)])
+                .args(["--routes", &routes.join(",")]);
         }
         // Command-line flags (address, port, store) win over the file's settings.
         if let Some(config) = &self.config {
@@ -223,6 +250,16 @@ impl NatsServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The monitoring port (/healthz, /varz, /jsz on 127.0.0.1), if the server has one.
+    pub fn monitor_port(&self) -> Option<u16> {
+        self.monitor_port
+    }
+
+    /// This node's cluster settings, if it is one of a cluster.
+    pub fn cluster(&self) -> Option<&ClusterOptions> {
+        self.cluster.as_ref()
     }
 
     pub fn store_dir(&self) -> &Path {
@@ -306,7 +343,9 @@ pub fn is_port_taken(error: &LocalNatsError) -> bool {
     matches!(error, LocalNatsError::NotReady { fatal: Some(fatal), .. } if fatal.contains("address already in use"))
 }
 
-fn free_port() -> std::io::Result<u16> {
+/// A loopback port free at the moment of asking (another process may take it before it is
+/// used: a server start that fails on it says so, [`is_port_taken`]).
+pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -68,7 +68,8 @@ impl KubeApi {
     /// Starts etcd and the apiserver and waits until `/readyz` is ok.
     pub fn start() -> Result<Self> {
         let binary = find_apiserver()?;
-        let etcd_binary = which("etcd").context("etcd is not on PATH (Debian's etcd-server; scripts/kube-apiserver.sh installs it)")?;
+        let etcd_binary = which("etcd")
+            .context("etcd is not on PATH (Debian's etcd-server; scripts/kube-apiserver.sh installs it)")?;
         let dir = tempfile::Builder::new().prefix("sluice-kube-api-").tempdir()?;
         let path = dir.path();
         let (etcd_client, etcd_peer, api_port) = (free_port()?, free_port()?, free_port()?);

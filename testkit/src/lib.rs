@@ -12,14 +12,21 @@
 //! - [`workflow`]: submissions through `sluice_client::requests::submit`, and recording jobs
 //!   whose start and end lines show the order jobs ran in;
 //! - [`find_sluice`]: the `sluice` binary next to the running executable;
+//! - [`autoscaler`]: KEDA's nats-jetstream scaler and the HPA, compressed to seconds, scaling
+//!   real `sluice worker` processes on `/jsz`;
+//! - [`cluster`]: a JetStream cluster of nats-servers on loopback;
+//! - [`monitoring`]: a nats-server's monitoring endpoint (`/jsz`, `/healthz`);
 //! - [`kube_api`]: a real kube-apiserver (v1.20.2, cached build) with etcd on loopback.
 //!
 //! Every wait is bounded and its error names what it waited for. The blocking helpers on
 //! [`Stack`] (for synchronous tests) run on a runtime of the stack's own; async code (the
 //! loadtest) calls the functions in [`wait`] and [`workflow`] directly.
 
+pub mod autoscaler;
 mod binary;
+pub mod cluster;
 pub mod kube_api;
+pub mod monitoring;
 mod server;
 mod stack;
 mod usage;

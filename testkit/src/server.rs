@@ -72,6 +72,11 @@ impl Server {
         self.own.as_mut()
     }
 
+    /// The monitoring port on 127.0.0.1 of the server this process started, if it has one.
+    pub fn monitor_port(&self) -> Option<u16> {
+        self.own.as_ref().and_then(NatsServer::monitor_port)
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.own.as_ref().and_then(NatsServer::pid)
     }

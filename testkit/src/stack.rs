@@ -87,6 +87,15 @@ impl StackBuilder {
         self.own_server(sluice_local_nats::Options::sync_always)
     }
 
+    /// A nats-server with a monitoring port on 127.0.0.1 (`/jsz`, what KEDA polls):
+    /// [`Stack::monitor_port`].
+    pub fn monitoring(self) -> Self {
+        self.own_server(|options| sluice_local_nats::Options {
+            monitor_port: options.monitor_port.or_else(|| sluice_local_nats::free_port().ok()),
+            ..options
+        })
+    }
+
     /// Changes the options of the server this stack starts (an external one stays as it is).
     fn own_server(mut self, change: impl FnOnce(sluice_local_nats::Options) -> sluice_local_nats::Options) -> Self {
         if let Nats::Own(options) = self.nats {
@@ -197,6 +206,12 @@ impl Stack {
 
     pub fn url(&self) -> String {
         self.nats.url()
+    }
+
+    /// The nats-server's monitoring port on 127.0.0.1, if it was started with one
+    /// ([`StackBuilder::monitoring`]).
+    pub fn monitor_port(&self) -> Option<u16> {
+        self.nats.monitor_port()
     }
 
     /// The `sluice` binary this stack runs.
