@@ -27,14 +27,80 @@ use crate::output::{CliError, Format};
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Durable DAG jobs on NATS JetStream")]
 struct Cli {
-    /// NATS server to use.
-    #[arg(long, global = true, env = "SLUICE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// Output format: a readable table, or JSON for scripts.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Human)]
     output: Format,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How to connect to NATS (decision 13; docs/cli.md "Connecting"). Passwords and tokens come
+/// from files or the environment, never from the command line.
+#[derive(clap::Args)]
+struct NatsArgs {
+    /// NATS server to use.
+    #[arg(long, global = true, env = "SLUICE_NATS_URL", default_value = sluice_client::connect::DEFAULT_URL)]
+    nats_url: String,
+    /// NATS user (with a password from --nats-password-file or SLUICE_NATS_PASSWORD).
+    #[arg(long, global = true, env = "SLUICE_NATS_USER")]
+    nats_user: Option<String>,
+    /// File holding the NATS password (or the password itself in SLUICE_NATS_PASSWORD).
+    #[arg(long, global = true, value_name = "FILE")]
+    nats_password_file: Option<PathBuf>,
+    /// File holding a NATS token (or the token itself in SLUICE_NATS_TOKEN).
+    #[arg(long, global = true, value_name = "FILE")]
+    nats_token_file: Option<PathBuf>,
+    /// File holding an nkey user seed.
+    #[arg(long, global = true, env = "SLUICE_NATS_NKEY", value_name = "FILE")]
+    nats_nkey: Option<PathBuf>,
+    /// NATS credentials file (.creds: user JWT and seed).
+    #[arg(long, global = true, env = "SLUICE_NATS_CREDS", value_name = "FILE")]
+    nats_creds: Option<PathBuf>,
+    /// CA certificates (PEM) to verify the server with; requires TLS.
+    #[arg(long, global = true, env = "SLUICE_NATS_TLS_CA", value_name = "FILE")]
+    nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM), with --nats-tls-key.
+    #[arg(long, global = true, env = "SLUICE_NATS_TLS_CERT", value_name = "FILE")]
+    nats_tls_cert: Option<PathBuf>,
+    /// Client certificate's private key (PEM).
+    #[arg(long, global = true, env = "SLUICE_NATS_TLS_KEY", value_name = "FILE")]
+    nats_tls_key: Option<PathBuf>,
+    /// Subject prefix for replies to this connection. Default: the role's (`sluice worker`:
+    /// _INBOX_worker_<pool>; `sluice coordinator`: _INBOX_coordinator; other commands: that
+    /// of --nats-identity or --nats-user, if given), else _INBOX.
+    #[arg(long, global = true, env = "SLUICE_NATS_INBOX_PREFIX", value_name = "PREFIX")]
+    nats_inbox_prefix: Option<String>,
+    /// Who this connection is among Sluice's NATS roles: a submitter's identity, under which
+    /// control requests go out (sluice.control.<identity>.>). Default: --nats-user, else
+    /// `anonymous`. Needed with --nats-nkey or --nats-creds, which name no user.
+    #[arg(long, global = true, env = "SLUICE_NATS_IDENTITY", value_name = "NAME")]
+    nats_identity: Option<String>,
+}
+
+impl NatsArgs {
+    /// The options, with a password or token from the environment unless a file is given.
+    fn options(&self) -> output::Nats {
+        use sluice_client::connect::{NatsOptions, Secret, flags};
+        let from_env = |var: &'static str| {
+            std::env::var(var).ok().filter(|value| !value.is_empty()).map(|value| Secret::Env { var, value })
+        };
+        let options = NatsOptions {
+            url: self.nats_url.clone(),
+            user: self.nats_user.clone().filter(|user| !user.is_empty()),
+            password: self.nats_password_file.clone().map(Secret::File).or_else(|| from_env(flags::PASSWORD_ENV)),
+            token: self.nats_token_file.clone().map(Secret::File).or_else(|| from_env(flags::TOKEN_ENV)),
+            nkey_file: self.nats_nkey.clone(),
+            creds_file: self.nats_creds.clone(),
+            tls_ca: self.nats_tls_ca.clone(),
+            tls_cert: self.nats_tls_cert.clone(),
+            tls_key: self.nats_tls_key.clone(),
+            inbox_prefix: self.nats_inbox_prefix.clone().filter(|prefix| !prefix.is_empty()),
+        };
+        let identity = self.nats_identity.clone().or_else(|| options.user.clone()).filter(|name| !name.is_empty());
+        output::Nats { options, identity }
+    }
 }
 
 #[derive(Subcommand)]
@@ -110,7 +176,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    let url = cli.nats_url.as_str();
+    output::set_nats(cli.nats.options());
+    let url = cli.nats.nats_url.as_str();
     match cli.command {
         Command::Dev(args) => {
             output::init_logging("warn");

@@ -102,7 +102,7 @@ pub fn applied(outcome: ControlOutcome) -> Result<ControlOutcome, CliError> {
 
 /// Sends a control request as this CLI's identity and waits for its answer.
 pub async fn ask(js: &async_nats::jetstream::Context, request: ControlRequest) -> Result<ControlOutcome, CliError> {
-    let identity = sluice_client::requests::identity(None);
+    let identity = identity();
     let request = ControlRequest { requested_by: identity.clone(), ..request };
     Ok(sluice_client::requests::control(js, &identity, &request, sluice_client::requests::ANSWER_TIMEOUT).await?)
 }
@@ -160,9 +160,64 @@ pub fn init_logging(default_level: &str) {
         .try_init();
 }
 
-/// Connects, turning failure into exit code 3.
+/// This process's connection options (the global `--nats-*` flags) and its identity.
+#[derive(Clone, Debug, Default)]
+pub struct Nats {
+    pub options: sluice_client::NatsOptions,
+    /// The submitter identity control requests go out under, if known.
+    pub identity: Option<String>,
+}
+
+/// Set once by `main` from the global flags. A process-wide fact, kept here so that every
+/// command connects with it without threading it through each command's functions.
+static NATS: std::sync::OnceLock<Nats> = std::sync::OnceLock::new();
+
+/// Sets this process's connection options (the first call wins).
+pub fn set_nats(nats: Nats) {
+    let _ = NATS.set(nats);
+}
+
+fn nats() -> Nats {
+    NATS.get().cloned().unwrap_or_default()
+}
+
+/// The identity this CLI's control requests go out under: `--nats-identity`, else
+/// `--nats-user`, else `anonymous`.
+pub fn identity() -> String {
+    sluice_client::requests::identity(nats().identity.as_deref())
+}
+
+/// Connects to `url` with the global flags' credentials, turning failure into exit code 3
+/// (2 for a wrong option). The inbox prefix, unless given, is that of the identity's role.
 pub async fn connect(url: &str) -> Result<async_nats::Client, CliError> {
-    sluice_client::connect(url, "sluice-cli").await.map_err(|error| CliError::nats(error.to_string()))
+    connect_as(url, None).await
+}
+
+/// [`connect`] as `role`, whose inbox prefix is the default (`sluice worker`,
+/// `sluice coordinator`).
+pub async fn connect_as(url: &str, role: Option<&sluice_proto::roles::Role>) -> Result<async_nats::Client, CliError> {
+    sluice_client::connect_with(&options_as(url, role), "sluice-cli").await.map_err(connect_failed)
+}
+
+/// The global flags' connection options for `url`, with the inbox prefix of `role` (else of
+/// the identity's role) unless one is given.
+pub fn options_as(url: &str, role: Option<&sluice_proto::roles::Role>) -> sluice_client::NatsOptions {
+    use sluice_proto::roles::Role;
+    let nats = nats();
+    let mut options = sluice_client::NatsOptions { url: url.to_owned(), ..nats.options };
+    let role = role.cloned().or_else(|| nats.identity.as_deref().map(Role::from_user_name));
+    if let Some(role) = role {
+        options = options.with_default_inbox_prefix(role.inbox_prefix());
+    }
+    options
+}
+
+/// A failed connection's exit: 2 for a wrong option, else 3.
+pub fn connect_failed(error: sluice_client::ClientError) -> CliError {
+    match error {
+        sluice_client::ClientError::BadOption { .. } => CliError::usage(error.to_string()),
+        _ => CliError::nats(error.to_string()),
+    }
 }
 
 /// A run id as a user gives it: whole, or the end of one (at least 4 hex digits; UUIDv7

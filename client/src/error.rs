@@ -6,6 +6,13 @@ pub enum ClientError {
     /// Nothing answered at the URL.
     #[error("cannot reach NATS at {url}: {source} (is a nats-server running there? `sluice dev` starts one)")]
     Unreachable { url: String, source: async_nats::Error },
+    /// The server refused this connection: its credentials, or TLS.
+    #[error("NATS at {url} refused the connection: {reason} (check the --nats-* credentials)")]
+    Refused { url: String, reason: String },
+    /// A connection option is wrong (a missing or unreadable file, two ways to
+    /// authenticate): names the flag and the file.
+    #[error("{}", bad_option(flag, path.as_deref(), reason))]
+    BadOption { flag: &'static str, path: Option<std::path::PathBuf>, reason: String },
     /// The server is older than Sluice needs.
     #[error("{0}")]
     ServerTooOld(String),
@@ -42,7 +49,16 @@ impl ClientError {
             Self::Unreachable { .. } | Self::Nats { .. } | Self::Stalled(_) | Self::NoAnswer { .. } => true,
             Self::NotSetUp { .. } => true,
             Self::ServerTooOld(_) | Self::NoJetStream | Self::Codec(_) | Self::Invalid(_) => false,
+            Self::Refused { .. } | Self::BadOption { .. } => false,
         }
+    }
+}
+
+/// `--flag PATH: reason`, or `--flag: reason`.
+fn bad_option(flag: &str, path: Option<&std::path::Path>, reason: &str) -> String {
+    match path {
+        Some(path) => format!("{flag} {}: {reason}", path.display()),
+        None => format!("{flag}: {reason}"),
     }
 }
 

@@ -1,7 +1,8 @@
 //! sluice-client: what the `sluice` CLI, the HTTP server, the loadtest and users' own Rust
 //! code use to talk to Sluice.
 //!
-//! - [`connect`]: connect to NATS and check the server version;
+//! - [`connect`]: connect to NATS ([`NatsOptions`]: URL, credentials, TLS, inbox prefix) and
+//!   check the server version;
 //! - [`stores`]: read runs, jobs, schedules, backfills, rejections and control outcomes;
 //!   [`view`]: a run with its jobs as `sluice status` shows it; [`dead_letters`]: the
 //!   dead-letter stream;
@@ -34,7 +35,7 @@ pub mod specs;
 pub mod stores;
 pub mod view;
 
-pub use connect::connect;
+pub use connect::{NatsOptions, connect, connect_with};
 pub use error::ClientError;
 pub use stores::Stores;
 pub use view::{Lookup, RunView, lookup};

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use rand::Rng;
 use sluice_proto::{DeadLetter, JobMessage, RunId, RunRecord, TraceParent, encode, names};
@@ -34,22 +35,11 @@ pub async fn publish_jobs(
     let mut outgoing = Vec::with_capacity(jobs.len());
     for &(message, run) in jobs {
         let attempt = message.attempt_offset + 1;
-        let mut headers = HeaderMap::new();
+        let mut headers = job_headers(message, run, rng);
         headers.insert(
             names::HEADER_MSG_ID,
             names::dispatch_id(&message.run_id, &message.job, attempt, message.generation).as_str(),
         );
-        for (name, value) in
-            names::job_headers(&message.run_id, &message.job, message.generation, message.attempt_offset)
-        {
-            headers.insert(name, value.as_ref());
-        }
-        if let Some(parent) = run.traceparent.as_deref().and_then(TraceParent::parse) {
-            headers.insert(names::HEADER_TRACEPARENT, parent.child(rng).to_string().as_str());
-            if let Some(state) = &run.tracestate {
-                headers.insert(names::HEADER_TRACESTATE, state.as_str());
-            }
-        }
         outgoing.push(Outgoing {
             subject: names::job_subject(&message.pool, &message.run_id, &message.job),
             headers,
@@ -58,6 +48,62 @@ pub async fn publish_jobs(
         });
     }
     Ok(publish_all(js, outgoing).await?.len())
+}
+
+/// Publishes scheduled retries (decision 8): each job message as a JetStream message
+/// schedule on `sluice.retries.…`, due at its time, which JetStream then publishes to the
+/// job's subject; until then it is nobody's pending work (an autoscaled pool may sleep).
+/// A repeat inside the duplicate window is a no-op (`Nats-Msg-Id`).
+pub async fn publish_retries(
+    js: &jetstream::Context,
+    retries: &[(&JobMessage, &RunRecord, DateTime<Utc>)],
+    pools: &PoolFacts,
+    rng: &mut (impl Rng + Send),
+) -> Result<usize, ServiceError> {
+    let mut outgoing = Vec::with_capacity(retries.len());
+    for &(message, run, at) in retries {
+        let attempt = message.attempt_offset + 1;
+        let mut headers = job_headers(message, run, rng);
+        headers.insert(
+            names::HEADER_MSG_ID,
+            names::retry_id(&message.run_id, &message.job, attempt, message.generation).as_str(),
+        );
+        headers.insert(names::HEADER_SCHEDULE, schedule_at(at).as_str());
+        headers.insert(
+            names::HEADER_SCHEDULE_TARGET,
+            names::job_subject(&message.pool, &message.run_id, &message.job).as_str(),
+        );
+        outgoing.push(Outgoing {
+            subject: names::retry_subject(&message.pool, &message.run_id, &message.job),
+            headers,
+            payload: encode_for_pool(message, pools)?.into(),
+            what: format!("the retry of job {} of run {}", message.job, message.run_id),
+        });
+    }
+    Ok(publish_all(js, outgoing).await?.len())
+}
+
+/// `@at <RFC 3339>` in whole seconds, rounded up: a retry never fires early.
+pub fn schedule_at(at: DateTime<Utc>) -> String {
+    let whole_seconds = at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0);
+    let due = DateTime::from_timestamp(whole_seconds, 0).unwrap_or(at);
+    format!("@at {}", due.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+/// The headers every job message carries (its dedup id aside): run, job, generation and
+/// attempt offset, and a child of the run's trace context.
+fn job_headers(message: &JobMessage, run: &RunRecord, rng: &mut (impl Rng + Send)) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in names::job_headers(&message.run_id, &message.job, message.generation, message.attempt_offset) {
+        headers.insert(name, value.as_ref());
+    }
+    if let Some(parent) = run.traceparent.as_deref().and_then(TraceParent::parse) {
+        headers.insert(names::HEADER_TRACEPARENT, parent.child(rng).to_string().as_str());
+        if let Some(state) = &run.tracestate {
+            headers.insert(names::HEADER_TRACESTATE, state.as_str());
+        }
+    }
+    headers
 }
 
 /// A job message at the schema its pool reads, with its timeout capped at the pool's
@@ -73,14 +119,19 @@ fn encode_for_pool(message: &JobMessage, pools: &PoolFacts) -> Result<Vec<u8>, S
     Ok(encode(&JobMessage { schema_version: schema, timeout_ms, ..message.clone() })?)
 }
 
-/// Whether a `queued` job needs no re-publish: its message is still in the jobs stream, or
-/// a worker already reported on it (a worker publishes its event before acknowledging, so
+/// Whether a `queued` (or `retrying`) job needs no re-publish: its message or scheduled
+/// retry is still in the jobs stream, or a worker already reported on it (a worker publishes its event before acknowledging, so
 /// a message gone from the jobs stream with no event pending was never published).
 /// Call only while no events are being handled.
 pub async fn reached_workers(js: &jetstream::Context, message: &JobMessage) -> Result<bool, ServiceError> {
     let jobs = js.get_stream_no_info(names::JOBS_STREAM).await.context("opening the jobs stream")?;
     let subject = names::job_subject(&message.pool, &message.run_id, &message.job);
     if present(jobs.direct_get_last_for_subject(subject).await)? {
+        return Ok(true);
+    }
+    // A scheduled retry not yet due.
+    let retry = names::retry_subject(&message.pool, &message.run_id, &message.job);
+    if present(jobs.direct_get_last_for_subject(retry).await)? {
         return Ok(true);
     }
     let events = js.get_stream_no_info(names::EVENTS_STREAM).await.context("opening the events stream")?;
@@ -200,4 +251,18 @@ pub async fn publish_raw_dead_letter(
         .context("dead-lettering a raw job")?;
     ack.await.context("confirming a raw dead letter")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn a_scheduled_retry_is_due_on_a_whole_second_never_early() {
+        let now = Utc.with_ymd_and_hms(2026, 12, 1, 9, 0, 0).single().unwrap();
+        assert_eq!(schedule_at(now), "@at 2026-12-01T09:00:00Z");
+        assert_eq!(schedule_at(now + chrono::Duration::milliseconds(1)), "@at 2026-12-01T09:00:01Z");
+    }
 }

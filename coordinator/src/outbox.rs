@@ -1,17 +1,20 @@
 //! Carries out what the engine decided: every save is written (revision-checked, in the
-//! engine's order), then every dispatch, dead letter, withdrawal and stop is published.
+//! engine's order), then every dispatch, scheduled retry, dead letter, withdrawal and stop
+//! is published.
 //! It owns the writer's state: the revisions the next writes are checked against, and the
 //! schema each pool's workers read.
 
 use std::collections::HashMap;
 
 use async_nats::jetstream;
+use chrono::{DateTime, Utc};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use sluice_proto::{DeadLetter, JobMessage, RunId};
 
 use crate::dispatch::{
-    PoolFacts, publish_dead_letters, publish_jobs, resolve_dead_letters, stop_run, withdraw, withdraw_job,
+    PoolFacts, publish_dead_letters, publish_jobs, publish_retries, resolve_dead_letters, stop_run, withdraw,
+    withdraw_job,
 };
 use crate::engine::{Effect, Run};
 use crate::error::ServiceError;
@@ -61,6 +64,20 @@ impl Outbox {
                 .collect();
             self.dispatch(&messages, active).await?;
         }
+        let retries: Vec<(JobMessage, DateTime<Utc>)> = effects
+            .iter()
+            .filter_map(|effect| match effect {
+                Effect::ScheduleRetry { run_id, job, generation, after_attempt, at } => {
+                    let message = active.get(run_id)?.retry_message(job, *after_attempt);
+                    // A later effect dispatches the newer generation.
+                    (message.generation == *generation).then_some((message, *at))
+                }
+                _ => None,
+            })
+            .collect();
+        for chunk in retries.chunks(store::WRITE_CHUNK) {
+            self.schedule(chunk, active).await?;
+        }
         let letters: Vec<&DeadLetter> = effects
             .iter()
             .filter_map(|effect| match effect {
@@ -80,6 +97,20 @@ impl Outbox {
                 _ => {}
             }
         }
+        Ok(())
+    }
+
+    /// Publishes scheduled retries of active runs' jobs, at the schema each pool reads.
+    pub async fn schedule(
+        &mut self,
+        retries: &[(JobMessage, DateTime<Utc>)],
+        active: &HashMap<RunId, Run>,
+    ) -> Result<(), ServiceError> {
+        let batch: Vec<_> = retries
+            .iter()
+            .filter_map(|(message, at)| Some((message, active.get(&message.run_id)?.record(), *at)))
+            .collect();
+        publish_retries(&self.js, &batch, &self.pools, &mut self.rng).await?;
         Ok(())
     }
 

@@ -326,7 +326,7 @@ impl Coordinator {
     }
 
     /// Loads every running run, finishes what a crash interrupted, and re-publishes queued
-    /// jobs whose message never reached JetStream. Runs before any event is handled.
+    /// jobs whose message never reached JetStream, and retries never scheduled. Runs before any event is handled.
     async fn recover(&mut self, topology: &Topology) -> Result<(), ServiceError> {
         let now = Utc::now();
         let mut effects = Vec::new();
@@ -355,6 +355,21 @@ impl Coordinator {
         if !lost.is_empty() {
             tracing::warn!(jobs = lost.len(), "re-publishing queued jobs a crash kept from their pools");
             self.outbox.dispatch(&lost, &self.active).await?;
+        }
+        // A retry this coordinator was to schedule when a crash came between the job's
+        // `retrying` record and the schedule (decision 8).
+        let mut unscheduled = Vec::new();
+        for run in self.active.values() {
+            for job in run.retrying_jobs() {
+                let message = run.retry_message(&job.name, job.attempts);
+                if !reached_workers(&self.js, &message).await? {
+                    unscheduled.push((message, job.retry_at.unwrap_or(now)));
+                }
+            }
+        }
+        if !unscheduled.is_empty() {
+            tracing::warn!(jobs = unscheduled.len(), "scheduling retries a crash kept from their pools");
+            self.outbox.schedule(&unscheduled, &self.active).await?;
         }
         self.evict_finished().await?;
         Ok(())

@@ -1,7 +1,8 @@
 //! sluice-loadtest: Sluice's throughput, latency and memory against the raw JetStream floor,
 //! measured in one run on the same server settings.
 //!
-//!     sluice-loadtest [--quick] [--nats-url URL] [--sluice PATH] [--out bench/results.json]
+//!     sluice-loadtest [--quick] [--nats-url URL [--nats-creds FILE | --nats-nkey FILE]
+//!                     [--nats-inbox-prefix PREFIX]] [--sluice PATH] [--out bench/results.json]
 //!                     [--doc docs/performance.md]
 //!
 //! Each baseline (B1–B3, async-nats directly) and each workload (W1–W6, the real `sluice
@@ -31,6 +32,17 @@ struct Args {
     /// Use this nats-server instead of starting fresh ones (its streams are shared).
     #[arg(long)]
     nats_url: Option<String>,
+    /// Credentials for `--nats-url` (a `.creds` file), for this tool and every process it
+    /// starts: an identity allowed what the coordinator and the workers do.
+    #[arg(long, env = "SLUICE_NATS_CREDS", value_name = "FILE")]
+    nats_creds: Option<PathBuf>,
+    /// An nkey seed file for `--nats-url`, as `--nats-creds`.
+    #[arg(long, env = "SLUICE_NATS_NKEY", value_name = "FILE")]
+    nats_nkey: Option<PathBuf>,
+    /// The inbox prefix of this tool and every process it starts (one the identity may
+    /// subscribe to).
+    #[arg(long, env = "SLUICE_NATS_INBOX_PREFIX", value_name = "PREFIX")]
+    nats_inbox_prefix: Option<String>,
     /// The `sluice` binary (default: next to this one).
     #[arg(long)]
     sluice: Option<PathBuf>,
@@ -67,16 +79,46 @@ impl SyncInterval {
 }
 
 impl Args {
+    /// The connection options of `--nats-url` with its credentials (`None`: a fresh server
+    /// of this tool's, no authentication).
+    fn nats_options(&self) -> Option<sluice_client::NatsOptions> {
+        let url = self.nats_url.clone()?;
+        Some(sluice_client::NatsOptions {
+            creds_file: self.nats_creds.clone(),
+            nkey_file: self.nats_nkey.clone(),
+            inbox_prefix: self.nats_inbox_prefix.clone(),
+            ..sluice_client::NatsOptions::new(url)
+        })
+    }
+
     /// The options of every nats-server this tool starts.
     fn server_options(&self) -> sluice_testkit::local_nats::Options {
         let options = sluice_testkit::local_nats::Options::default();
         if self.sync_interval == SyncInterval::Always { options.sync_always() } else { options }
     }
 
-    /// A stack on a fresh server with [`Self::server_options`] (or on `--nats-url`'s).
+    /// A stack on a fresh server with [`Self::server_options`], or on `--nats-url`'s with its
+    /// credentials (passed on to every process).
     fn stack(&self, sluice: &std::path::Path) -> Result<Stack> {
-        let builder = Stack::builder(sluice).nats_url(self.nats_url.clone()).log_filter("warn");
-        let builder = if self.sync_interval == SyncInterval::Always { builder.sync_always() } else { builder };
+        let mut builder = Stack::builder(sluice).nats_url(self.nats_url.clone()).log_filter("warn");
+        if self.sync_interval == SyncInterval::Always {
+            builder = builder.sync_always();
+        }
+        if let Some(options) = self.nats_options() {
+            for (var, value) in [
+                (
+                    sluice_client::connect::flags::CREDS_ENV,
+                    options.creds_file.as_ref().map(|p| p.display().to_string()),
+                ),
+                (sluice_client::connect::flags::NKEY_ENV, options.nkey_file.as_ref().map(|p| p.display().to_string())),
+                (sluice_client::connect::flags::INBOX_PREFIX_ENV, options.inbox_prefix.clone()),
+            ] {
+                if let Some(value) = value {
+                    builder = builder.env(var, value);
+                }
+            }
+            builder = builder.client_options(options);
+        }
         builder.start()
     }
 
@@ -129,7 +171,9 @@ const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 async fn main() -> Result<()> {
     let args = Args::parse();
     if args.nats_url.is_some() && args.sync_interval != SyncInterval::Default {
-        anyhow::bail!("--sync-interval sets the nats-servers this tool starts; with --nats-url, set it in that server's configuration");
+        anyhow::bail!(
+            "--sync-interval sets the nats-servers this tool starts; with --nats-url, set it in that server's configuration"
+        );
     }
     let sluice = sluice_testkit::find_sluice(args.sluice.clone())?;
     let sizes = Sizes::new(args.quick);
@@ -203,7 +247,7 @@ async fn main() -> Result<()> {
         let mut stack = args.stack(&sluice)?;
         let coordinator = stack.coordinator();
         stack.worker(&["--concurrency", &SLOTS.to_string()]);
-        let js = sluice_testkit::connect(&stack.url()).await?;
+        let js = stack.connect().await?;
         wait::workers(&js, "default", 1, READY_TIMEOUT).await?;
         let started = std::time::Instant::now();
         let w6 = listing::w6(&js, small, large).await.context("workload W6")?;
@@ -238,7 +282,10 @@ where
     Fut: std::future::Future<Output = Result<f64>>,
 {
     let server = Server::start_with(args.nats_url.as_deref(), args.server_options())?;
-    let client = async_nats::connect(server.url()).await?;
+    let client = match args.nats_options() {
+        Some(options) => options.connect_options("sluice-loadtest")?.connect(server.url()).await?,
+        None => async_nats::connect(server.url()).await?,
+    };
     let before = server.usage();
     let value = baseline(async_nats::jetstream::new(client)).await?;
     let cpu = server.usage().zip(before).map(|(after, before)| after.cpu_seconds - before.cpu_seconds);
@@ -319,7 +366,7 @@ where
     let mut stack = args.stack(sluice)?;
     let coordinator_process = stack.coordinator();
     let worker_processes = [stack.worker(&["--concurrency", &SLOTS.to_string()])];
-    let js = sluice_testkit::connect(&stack.url()).await?;
+    let js = stack.connect().await?;
     // Set up (streams, buckets, the pool `default` and its consumer), and the workers in
     // the registry.
     wait::workers(&js, "default", worker_processes.len(), READY_TIMEOUT).await?;

@@ -57,6 +57,10 @@ pub struct Options {
     /// JetStream flushes every write to disk before acknowledging it (`sync_interval:
     /// always`); otherwise the server's default (a flush every two minutes).
     pub sync_always: bool,
+    /// A configuration file of the caller's (JSON or NATS conf: users and permissions,
+    /// TLS), passed with `-c`; address, port and store stay command-line flags, which win.
+    /// Not with `max_file_store` or `sync_always` (those write a file of their own).
+    pub config_file: Option<PathBuf>,
     /// Run as one node of a JetStream cluster (routes on loopback); `None`: a single server.
     pub cluster: Option<ClusterOptions>,
 }
@@ -122,7 +126,14 @@ impl NatsServer {
             }
         };
         // Beside the store, not in it: a store directory may be a user's (`sluice dev`).
-        let (config, config_dir) = match config_text(&options) {
+        let written = config_text(&options);
+        if written.is_some() && options.config_file.is_some() {
+            return Err(LocalNatsError::Config(std::io::Error::other(
+                "give either a configuration file or max_file_store/sync_always (put them in the file)",
+            )));
+        }
+        let (config, config_dir) = match written {
+            _ if options.config_file.is_some() => (options.config_file.clone(), None),
             Some(text) => {
                 let dir =
                     tempfile::Builder::new().prefix("sluice-nats-conf-").tempdir().map_err(LocalNatsError::Config)?;

@@ -206,11 +206,21 @@ pub struct JobEvent {
     /// start time even if its `started` event was lost).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<DateTime<Utc>>,
+    /// For `failed` with `retry_at`: the worker acknowledged the message, and the
+    /// coordinator publishes the next attempt as a message schedule due at `retry_at`
+    /// (a delay beyond the worker's NAK limit; decision 8: no worker publishes into the
+    /// jobs stream). Without it, the worker waits the delay out with a NAK.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub schedule_retry: bool,
 }
 versioned!(JobEvent, "job event");
 
 fn is_zero(value: &u32) -> bool {
     *value == 0
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// A run, stored in KV `sluice-runs` under its id.

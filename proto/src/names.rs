@@ -136,6 +136,12 @@ pub fn retry_subject(pool: &str, run_id: &RunId, job: &str) -> String {
     format!("sluice.retries.{pool}.{run_id}.{job}")
 }
 
+/// Deduplication id of a scheduled retry (the schedule message, not the job message it
+/// becomes): a coordinator that publishes it again after a crash stores nothing new.
+pub fn retry_id(run_id: &RunId, job: &str, attempt: u32, generation: u32) -> String {
+    format!("retry.{run_id}.{job}.{attempt}.{generation}")
+}
+
 /// Headers of JetStream message schedules (nats-server 2.12+).
 pub const HEADER_SCHEDULE: &str = "Nats-Schedule";
 pub const HEADER_SCHEDULE_TARGET: &str = "Nats-Schedule-Target";

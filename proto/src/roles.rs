@@ -48,6 +48,10 @@ pub enum RoleError {
     /// there would widen the role's permissions to other pools or identities).
     #[error("{what} `{name}` is not a name of [A-Za-z0-9_-] (at most {NAME_MAX_CHARS} characters)")]
     BadName { what: &'static str, name: String },
+    /// A submitter identity that is another role's user name (`coordinator`, `viewer`,
+    /// `worker-…`) or `anonymous`: user names must say which role they are.
+    #[error("identity `{0}` is reserved (coordinator, viewer, worker-<pool> and anonymous name other roles)")]
+    Reserved(String),
     /// Not an nkey user public key (56 characters of base32, starting with `U`).
     #[error("`{key}` is not an nkey user public key (56 characters of A-Z and 2-7 starting with U)")]
     BadNkey { key: String },
@@ -119,8 +123,8 @@ pub fn subject_matches(filter: &str, subject: &str) -> bool {
 enum Read {
     /// Info and direct or stored gets of any message.
     Messages,
-    /// Also ordered consumers (KV keys and watches, object-store reads, log tails). Never
-    /// on a work-queue stream: a consumer there would take its messages.
+    /// Also ordered consumers, push or pull (KV keys and watches, object-store reads, log
+    /// tails). Never on a work-queue stream: a consumer there would take its messages.
     Consumers,
 }
 
@@ -132,7 +136,12 @@ fn read(publish: &mut Vec<String>, stream: &str, read: Read) {
         names::js_api_msg_get(stream),
     ]);
     if let Read::Consumers = read {
-        publish.extend([names::js_api_consumer_create(stream), names::js_flow_control(stream)]);
+        publish.extend([
+            names::js_api_consumer_create(stream),
+            names::js_api_consumer_info(stream, "*"),
+            names::js_api_consumer_next(stream, "*"),
+            names::js_flow_control(stream),
+        ]);
     }
 }
 
@@ -193,6 +202,19 @@ impl Role {
         }
     }
 
+    /// The role a NATS user name stands for: the inverse of [`Role::user_name`]
+    /// (`coordinator`, `viewer`, `worker-<pool>`; any other name is a submitter's identity).
+    pub fn from_user_name(name: &str) -> Self {
+        match name {
+            "coordinator" => Self::Coordinator,
+            "viewer" => Self::Viewer,
+            _ => match name.strip_prefix("worker-").filter(|pool| !pool.is_empty()) {
+                Some(pool) => Self::Worker { pool: pool.to_owned() },
+                None => Self::Submitter { identity: name.to_owned() },
+            },
+        }
+    }
+
     /// The inbox prefix this role's clients must connect with: `_INBOX_coordinator`,
     /// `_INBOX_worker_<pool>`, `_INBOX_submitter_<identity>`, `_INBOX_viewer` (distinct for
     /// every role: the part after `_INBOX_` starts with the role's kind).
@@ -209,7 +231,11 @@ impl Role {
     pub fn check(&self) -> Result<(), RoleError> {
         match self {
             Self::Worker { pool } => check_token("pool", pool),
-            Self::Submitter { identity } => check_token("identity", identity),
+            Self::Submitter { identity } => {
+                check_token("identity", identity)?;
+                let taken = Self::from_user_name(identity) != *self || identity == names::ANONYMOUS_IDENTITY;
+                if taken { Err(RoleError::Reserved(identity.clone())) } else { Ok(()) }
+            }
             Self::Coordinator | Self::Viewer => Ok(()),
         }
     }
@@ -547,7 +573,8 @@ mod tests {
 
     #[test]
     fn each_role_reads_only_its_own_inbox() {
-        let roles = [Role::Coordinator, worker("a"), worker("a_b"), submitter("a"), submitter("viewer"), Role::Viewer];
+        let roles =
+            [Role::Coordinator, worker("a"), worker("a_b"), submitter("a"), submitter("worker_a"), Role::Viewer];
         let prefixes: BTreeSet<String> = roles.iter().map(Role::inbox_prefix).collect();
         assert_eq!(prefixes.len(), roles.len(), "{prefixes:?}");
         for role in &roles {
@@ -557,6 +584,17 @@ mod tests {
             for other in roles.iter().filter(|other| *other != role) {
                 assert!(!can_subscribe(role, &format!("{}.abc", other.inbox_prefix())), "{role:?} reads {other:?}'s");
             }
+        }
+    }
+
+    #[test]
+    fn a_user_name_names_its_role() {
+        for role in [Role::Coordinator, worker("gpu"), submitter("alice"), submitter("submitter"), Role::Viewer] {
+            assert_eq!(Role::from_user_name(&role.user_name()), role);
+        }
+        assert_eq!(Role::from_user_name("worker-"), submitter("worker-"));
+        for reserved in ["coordinator", "viewer", "worker-gpu", "anonymous"] {
+            assert_eq!(submitter(reserved).check(), Err(RoleError::Reserved(reserved.into())), "{reserved}");
         }
     }
 

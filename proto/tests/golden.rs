@@ -147,6 +147,7 @@ fn job_event() {
             output: None,
             spawned: 0,
             started_at: None,
+            schedule_retry: false,
         },
     );
     check(
@@ -165,6 +166,7 @@ fn job_event() {
             output: Some(serde_json::json!({"sensors": 2})),
             spawned: 2,
             started_at: None,
+            schedule_retry: false,
         },
     );
     // An outcome with the attempt's start time.
@@ -184,6 +186,7 @@ fn job_event() {
             output: None,
             spawned: 0,
             started_at: Some(time("2024-03-02T08:00:05.001Z")),
+            schedule_retry: false,
         },
     );
     check(

@@ -30,6 +30,11 @@ impl Server {
         Self::own(NatsServer::start(Options { without_jetstream: true, ..Default::default() }))
     }
 
+    /// A fresh server with this configuration file (users and permissions, TLS).
+    pub fn with_config(file: PathBuf) -> Result<Self> {
+        Self::own(NatsServer::start(Options { config_file: Some(file), ..Default::default() }))
+    }
+
     /// A server started with these options (a small file store, say).
     pub fn with_options(options: Options) -> Result<Self> {
         Self::own(NatsServer::start(options))

@@ -46,6 +46,7 @@ pub struct StackBuilder {
     env: Vec<(String, String)>,
     log_filter: String,
     current_dir: Option<PathBuf>,
+    client: Option<sluice_client::NatsOptions>,
 }
 
 impl StackBuilder {
@@ -64,6 +65,20 @@ impl StackBuilder {
     /// what a small store looks like.
     pub fn max_file_store(self, bytes: u64) -> Self {
         self.own_server(|options| options.max_file_store(bytes))
+    }
+
+    /// Start nats-server with this configuration file (users and permissions, TLS): see
+    /// `sluice_local_nats::Options::config_file`.
+    pub fn nats_config(self, file: PathBuf) -> Self {
+        self.own_server(|options| sluice_local_nats::Options { config_file: Some(file), ..options })
+    }
+
+    /// The connection options (credentials, TLS, inbox prefix) the stack's own helpers
+    /// ([`Stack::wait_until_set_up`], [`Stack::wait_for_end`], …) connect with; the URL is
+    /// the stack's. Default: none (a server without authentication).
+    pub fn client_options(mut self, options: sluice_client::NatsOptions) -> Self {
+        self.client = Some(options);
+        self
     }
 
     /// Its own nats-server flushes every JetStream write before acknowledging it
@@ -136,6 +151,7 @@ impl StackBuilder {
             env: self.env,
             log_filter: self.log_filter,
             current_dir: self.current_dir,
+            client: self.client,
             processes: Vec::new(),
             runtime: OnceLock::new(),
         })
@@ -165,6 +181,7 @@ pub struct Stack {
     env: Vec<(String, String)>,
     log_filter: String,
     current_dir: Option<PathBuf>,
+    client: Option<sluice_client::NatsOptions>,
     processes: Vec<Process>,
     runtime: OnceLock<tokio::runtime::Runtime>,
 }
@@ -178,6 +195,7 @@ impl Stack {
             env: Vec::new(),
             log_filter: DEFAULT_LOG_FILTER.to_owned(),
             current_dir: None,
+            client: None,
         }
     }
 
@@ -313,8 +331,14 @@ impl Stack {
     /// Runs `sluice ARGS` against this stack's server and returns its output; a command
     /// that hangs is killed after [`COMMAND_TIMEOUT`] and panics, so CI never waits on it.
     pub fn sluice(&self, args: &[&str]) -> Output {
+        self.sluice_with(args, &[])
+    }
+
+    /// [`Stack::sluice`] with `env` on top of the stack's (another identity's credentials).
+    pub fn sluice_with(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
         let child = self
             .command(args, "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -369,6 +393,18 @@ impl Stack {
         self.dir.path().join("jobs.log")
     }
 
+    /// Connects the way the stack's helpers do ([`StackBuilder::client_options`]).
+    pub async fn connect(&self) -> Result<async_nats::jetstream::Context> {
+        match &self.client {
+            None => crate::connect(&self.url()).await,
+            Some(options) => {
+                let options = sluice_client::NatsOptions { url: self.url(), ..options.clone() };
+                let client = sluice_client::connect_with(&options, "sluice-testkit").await?;
+                Ok(async_nats::jetstream::new(client))
+            }
+        }
+    }
+
     /// Runs `future` to its end on the stack's runtime (made on first use). Panics if called
     /// from async code.
     pub fn block_on<F: Future>(&self, future: F) -> F::Output {
@@ -386,7 +422,7 @@ impl Stack {
     /// Waits (bounded) until a coordinator has set Sluice up.
     pub fn wait_until_set_up(&self, timeout: Duration) -> Result<()> {
         self.block_on(async {
-            let js = crate::connect(&self.url()).await?;
+            let js = self.connect().await?;
             wait::set_up(&js, timeout).await
         })
     }
@@ -394,7 +430,7 @@ impl Stack {
     /// Waits (bounded) until `count` workers of `pool` are in the registry.
     pub fn wait_for_workers(&self, pool: &str, count: usize, timeout: Duration) -> Result<()> {
         self.block_on(async {
-            let js = crate::connect(&self.url()).await?;
+            let js = self.connect().await?;
             wait::workers(&js, pool, count, timeout).await
         })
     }
@@ -402,7 +438,7 @@ impl Stack {
     /// Submits `yaml` (its default window) through sluice-client; returns the run id.
     pub fn submit(&self, yaml: &str) -> Result<RunId> {
         self.block_on(async {
-            let js = crate::connect(&self.url()).await?;
+            let js = self.connect().await?;
             crate::workflow::submit_yaml(&js, yaml).await
         })
     }
@@ -410,7 +446,7 @@ impl Stack {
     /// Waits (bounded) until the run has ended, or was rejected ([`wait::run_end`]).
     pub fn wait_for_end(&self, id: &RunId, timeout: Duration) -> Result<Lookup> {
         self.block_on(async {
-            let js = crate::connect(&self.url()).await?;
+            let js = self.connect().await?;
             wait::run_end(&js, id, timeout).await
         })
     }
@@ -442,8 +478,7 @@ impl Stack {
     /// The pid of the coordinator holding the leadership lease, if one does.
     pub fn leader_pid(&self) -> Option<i32> {
         self.block_on(async {
-            let url = self.url();
-            let js = tokio::time::timeout(Duration::from_secs(2), crate::connect(&url)).await.ok()?.ok()?;
+            let js = tokio::time::timeout(Duration::from_secs(2), self.connect()).await.ok()?.ok()?;
             wait::leader_pid(&js).await
         })
     }

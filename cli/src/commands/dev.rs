@@ -49,6 +49,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
         without_jetstream: false,
         max_file_store: None,
         sync_always: false,
+        config_file: None,
         cluster: None,
     })
     .map_err(|error| start_error(&error, args.port))?;

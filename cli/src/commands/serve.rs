@@ -161,15 +161,18 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
         }
     }));
     let _listening = listen_for_probes(listen, &probes).await?;
-    let Some(client) = connect_waiting(url, &shutdown).await? else { return Ok(ExitCode::SUCCESS) };
+    let role = sluice_proto::roles::Role::Coordinator;
+    let Some(client) = connect_waiting(url, &role, &shutdown).await? else { return Ok(ExitCode::SUCCESS) };
     let _ = probes.nats.set(client.clone());
-    sluice_coordinator::service::run_observed(client, settings, shutdown, phase).await.map_err(|error| match error {
-        // A server this coordinator cannot run on: a configuration to fix, not a failure.
-        sluice_coordinator::ServiceError::ServerVersion(_) | sluice_coordinator::ServiceError::StoreTooSmall(_) => {
-            CliError::usage(error.to_string())
-        }
-        _ => CliError::failed(error.to_string()),
-    })?;
+    sluice_coordinator::service::run_observed(client, settings, shutdown, phase).await.map_err(
+        |error| match error {
+            // A server this coordinator cannot run on: a configuration to fix, not a failure.
+            sluice_coordinator::ServiceError::ServerVersion(_) | sluice_coordinator::ServiceError::StoreTooSmall(_) => {
+                CliError::usage(error.to_string())
+            }
+            _ => CliError::failed(error.to_string()),
+        },
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -188,7 +191,8 @@ pub async fn worker(url: &str, args: WorkerArgs) -> Result<ExitCode, CliError> {
         }
     }));
     let _listening = listen_for_probes(listen, &probes).await?;
-    let Some(client) = connect_waiting(url, &shutdown).await? else { return Ok(ExitCode::SUCCESS) };
+    let role = sluice_proto::roles::Role::Worker { pool: config.pool.clone() };
+    let Some(client) = connect_waiting(url, &role, &shutdown).await? else { return Ok(ExitCode::SUCCESS) };
     let _ = probes.nats.set(client.clone());
     let control = sluice_worker::runtime::Control { shutdown, hurry, phase };
     let result = sluice_worker::runtime::run_observed(client.clone(), registry, config, control).await;
@@ -234,17 +238,23 @@ const CONNECT_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// Connects, waiting while nothing answers at `url` (a pod that starts before its
 /// nats-server, a server restarting): the process stays up, not ready, and says so once.
 /// `None`: shut down while waiting. Other failures (no JetStream, a server too old) end it.
-async fn connect_waiting(url: &str, shutdown: &CancellationToken) -> Result<Option<async_nats::Client>, CliError> {
+async fn connect_waiting(
+    url: &str,
+    role: &sluice_proto::roles::Role,
+    shutdown: &CancellationToken,
+) -> Result<Option<async_nats::Client>, CliError> {
+    // The global --nats-* options, with the role's inbox prefix unless one is given.
+    let options = crate::output::options_as(url, Some(role));
     let mut told = false;
     loop {
-        match sluice_client::connect(url, "sluice-cli").await {
+        match sluice_client::connect_with(&options, "sluice-cli").await {
             Ok(client) => return Ok(Some(client)),
             Err(error @ sluice_client::ClientError::Unreachable { .. }) => {
                 if !std::mem::replace(&mut told, true) {
                     tracing::warn!(%error, "waiting for NATS");
                 }
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => return Err(crate::output::connect_failed(error)),
         }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(None),

@@ -43,6 +43,11 @@ impl Stack {
         Self::build(sluice_testkit::Stack::builder(SLUICE).store(store))
     }
 
+    /// A stack from a builder of the test's own (a nats-server configuration, say).
+    pub fn start_from(builder: sluice_testkit::StackBuilder) -> Self {
+        Self::build(builder)
+    }
+
     fn build(builder: sluice_testkit::StackBuilder) -> Self {
         Self(
             builder

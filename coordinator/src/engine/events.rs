@@ -71,6 +71,14 @@ fn omitted(job: &JobRecord, attempt: u32) -> bool {
         && matches!(job.attempt_history.as_slice(), [first, second, ..] if attempt > first.attempt && attempt < second.attempt)
 }
 
+/// A failed attempt's next one: when, and whether this coordinator publishes it.
+#[derive(Clone, Copy, Debug)]
+struct Retry {
+    at: DateTime<Utc>,
+    /// The worker acknowledged the message: the retry is this coordinator's to schedule.
+    scheduled: bool,
+}
+
 impl Run {
     /// A worker's event; `children` once read for a success that spawned some.
     pub(super) fn on_event(
@@ -102,7 +110,8 @@ impl Run {
             }
             (EventKind::Failed, _) => {
                 let error = event.error.as_deref().unwrap_or("failed without a message");
-                Ok(self.attempt_failed(&report, error, event.retry_at, now))
+                let retry = event.retry_at.map(|at| Retry { at, scheduled: event.schedule_retry });
+                Ok(self.attempt_failed(&report, error, retry, now))
             }
         }
     }
@@ -218,20 +227,26 @@ impl Run {
         effects
     }
 
-    /// An attempt failed: another is due at `retry_at`, or the job fails finally and is
+    /// An attempt failed: another is due at `retry.at` (published by this coordinator as a
+    /// message schedule when the worker asked for it), or the job fails finally and is
     /// dead-lettered.
     fn attempt_failed(
         &mut self,
         report: &Report<'_>,
         error: &str,
-        retry_at: Option<DateTime<Utc>>,
+        retry: Option<Retry>,
         now: DateTime<Utc>,
     ) -> Vec<Effect> {
         let error = truncate_error(error, ERROR_TEXT_MAX_BYTES);
         let end = report.end();
         let mut after = Vec::new();
-        match retry_at {
-            Some(retry_at) => self.transition(report.job, |job| job.retry_later(&end, error, retry_at)),
+        match retry {
+            Some(Retry { at, scheduled }) => {
+                self.transition(report.job, |job| job.retry_later(&end, error, at));
+                if scheduled {
+                    after.push(self.schedule_retry(report.job, report.attempt, at));
+                }
+            }
             None => {
                 self.transition(report.job, |job| job.fail(&end, error));
                 after.push(self.dead_letter(report.job, report.at));
@@ -239,6 +254,12 @@ impl Run {
             }
         }
         self.settle(report.job, Vec::new(), after, false, now)
+    }
+
+    /// The effect that publishes attempt `attempt + 1` of `path` as a message schedule.
+    pub(super) fn schedule_retry(&self, path: &str, attempt: u32, at: DateTime<Utc>) -> Effect {
+        let generation = self.jobs[path].generation;
+        Effect::ScheduleRetry { run_id: self.record.id, job: path.to_owned(), generation, after_attempt: attempt, at }
     }
 
     fn dead_letter(&self, path: &str, at: DateTime<Utc>) -> Effect {

@@ -82,6 +82,11 @@ pub enum Effect {
     /// Publish this generation of a job to its pool ([`Run::dispatch_message`] builds the
     /// message), after every save before it is durable.
     Dispatch { run_id: RunId, job: String, generation: u32 },
+    /// Publish attempt `after_attempt + 1` of this generation of a job as a JetStream message
+    /// schedule due `at` (on `sluice.retries.…`, turned into a job message when due), after
+    /// the saves before it: a worker acknowledged the failed attempt and left the retry to
+    /// the coordinator (decision 8). [`Run::retry_message`] builds the message.
+    ScheduleRetry { run_id: RunId, job: String, generation: u32, after_attempt: u32, at: DateTime<Utc> },
     /// Keep a job whose attempts are over in the dead-letter stream.
     DeadLetter(Box<DeadLetter>),
     /// Remove every queued message and scheduled retry of a cancelled run, so no worker
@@ -313,8 +318,16 @@ impl Run {
             .filter(|job| job.state == JobState::Queued)
     }
 
-    /// The message that runs job `name` (for the first dispatch, and for re-publishing one a
-    /// crash may have lost).
+    /// Jobs in `retrying` state, in [`Run::all_paths`] order: after a restart the shell
+    /// checks each one's retry is on its way (a message waiting out a NAK delay, or a
+    /// scheduled retry), and schedules it again if a crash lost it.
+    pub fn retrying_jobs(&self) -> impl Iterator<Item = &JobRecord> {
+        self.all_paths()
+            .into_iter()
+            .filter_map(move |path| self.jobs.get(&path))
+            .filter(|job| job.state == JobState::Retrying)
+    }
+
     /// The spec the run dispatches with.
     pub fn spec(&self) -> &Arc<WorkflowSpec> {
         &self.spec
@@ -351,6 +364,12 @@ impl Run {
             resources: pod.resources.clone(),
             env: pod.env.clone(),
         }
+    }
+
+    /// The message of a scheduled retry: the job's dispatch message whose first delivery is
+    /// attempt `after_attempt + 1`, its retry policy still counting from the series' start.
+    pub fn retry_message(&self, name: &str, after_attempt: u32) -> JobMessage {
+        JobMessage { attempt_offset: after_attempt, ..self.dispatch_message(name) }
     }
 
     /// The effect that stores a job's record as it is now.

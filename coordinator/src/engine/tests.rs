@@ -53,6 +53,7 @@ fn event(run: &Run, job: &str, attempt: u32, kind: EventKind, second: u32) -> Jo
         output: None,
         spawned: 0,
         started_at: None,
+        schedule_retry: false,
     }
 }
 
@@ -170,6 +171,40 @@ fn a_retrying_failure_keeps_the_run_going_and_records_each_attempt() {
     assert_eq!(job.attempt_history.len(), 2);
     assert_eq!(job.started_at, Some(at(1)));
     assert_eq!(run.record().state, RunState::Succeeded);
+}
+
+#[test]
+fn a_retry_the_worker_left_to_the_coordinator_is_scheduled_once_as_the_next_attempt() {
+    let (mut run, _) = start("name: r\njobs:\n  a: { run: noop }\n");
+    run.apply(ev(&event(&run, "a", 1, EventKind::Started, 1)), at(1)).unwrap();
+    let mut failure = event(&run, "a", 1, EventKind::Failed, 2);
+    failure.retry_at = Some(at(3600));
+    failure.schedule_retry = true;
+    let effects = run.apply(ev(&failure), at(2)).unwrap();
+    let scheduled: Vec<&Effect> =
+        effects.iter().filter(|effect| matches!(effect, Effect::ScheduleRetry { .. })).collect();
+    assert_eq!(
+        scheduled,
+        [&Effect::ScheduleRetry { run_id: run.id(), job: "a".into(), generation: 0, after_attempt: 1, at: at(3600) }]
+    );
+    // Saved before it is published: the outbox writes saves first, and a crash in between
+    // is caught by the recovery of `retrying` jobs.
+    assert!(matches!(effects.first(), Some(Effect::SaveJob { .. })), "{effects:?}");
+    assert_eq!(run.job("a").unwrap().state, JobState::Retrying);
+    assert_eq!(run.job("a").unwrap().retry_at, Some(at(3600)));
+    assert_eq!(run.retrying_jobs().map(|job| job.name.as_str()).collect::<Vec<_>>(), ["a"]);
+    // Its message: the next attempt, the policy counting from the series' start.
+    let message = run.retry_message("a", 1);
+    assert_eq!((message.attempt_offset, message.retry_base()), (1, 0));
+    // The same event again schedules nothing more.
+    assert!(run.apply(ev(&failure), at(2)).is_err());
+    // A retry the worker waits out with a NAK is not the coordinator's to schedule.
+    let (mut other, _) = start("name: r\njobs:\n  a: { run: noop }\n");
+    other.apply(ev(&event(&other, "a", 1, EventKind::Started, 1)), at(1)).unwrap();
+    let mut naked = event(&other, "a", 1, EventKind::Failed, 2);
+    naked.retry_at = Some(at(12));
+    let effects = other.apply(ev(&naked), at(2)).unwrap();
+    assert!(!effects.iter().any(|effect| matches!(effect, Effect::ScheduleRetry { .. })), "{effects:?}");
 }
 
 #[test]

@@ -3,6 +3,10 @@
 //!
 //!     cargo run -p sluice-example-worker -- --nats-url nats://127.0.0.1:4222 --pool default
 //!
+//! It takes the connection flags and variables every Sluice binary takes (`--nats-creds`,
+//! `--nats-nkey`, `--nats-inbox-prefix`, …; docs/cli.md "Connecting"); its inbox prefix is
+//! its pool's worker role's unless one is given.
+//!
 //! Then submit a workflow whose jobs say `run: calibrate` (examples/workflows/calibrate.yaml).
 
 use std::time::Duration;
@@ -77,18 +81,20 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .init();
     let mut args = std::env::args().skip(1);
-    let mut url = std::env::var("SLUICE_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let mut nats = sluice_client::NatsOptions::from_env();
     // Its own pool: the stock worker's pool `default` serves other kinds.
     let mut pool = "rust".to_owned();
     while let Some(flag) = args.next() {
         let value = args.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
-            "--nats-url" => url = value,
             "--pool" => pool = value,
-            other => anyhow::bail!("unknown flag {other}: use --nats-url URL --pool POOL"),
+            other if nats.set_flag(other, &value) => {}
+            other => anyhow::bail!("unknown flag {other}: use --pool POOL and the --nats-* flags (docs/cli.md)"),
         }
     }
-    let client = sluice_worker::nats::connect(&url, "sluice-example-worker").await?;
+    let role = sluice_proto::roles::Role::Worker { pool: pool.clone() };
+    let nats = nats.with_default_inbox_prefix(role.inbox_prefix());
+    let client = sluice_client::connect_with(&nats, "sluice-example-worker").await?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let stop = shutdown.clone();
     tokio::spawn(async move {

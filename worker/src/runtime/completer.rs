@@ -17,7 +17,7 @@ use sluice_proto::spec::check_name;
 use sluice_proto::{ChildSpec, EventKind, JobMessage, RetryPolicy, RunId, SCHEMA_VERSION, SpawnBatch, encode, names};
 
 use super::Shared;
-use super::delivery::{copy_headers, copy_in_series, header};
+use super::delivery::header;
 use super::executor::{Attempt, Outcome};
 use super::reporter::{Report, Reporter, error_text, event, store_event};
 use crate::error::WorkerError;
@@ -127,8 +127,9 @@ pub(crate) enum Settlement {
     /// Short delays only: a NAK-delayed message counts as pending work and keeps an
     /// autoscaled pool awake.
     Nak { delay: Option<Duration>, retry_at: DateTime<Utc> },
-    /// Re-publish as a JetStream message schedule due `at`, then remove it; if that cannot
-    /// be stored, wait `delay` out with a NAK instead.
+    /// Remove it, and leave the retry due `at` to the coordinator, which publishes it as a
+    /// JetStream message schedule (decision 8: no worker publishes into the jobs stream);
+    /// the delay was `delay`.
     ScheduleRetry { at: DateTime<Utc>, delay: Duration },
     /// Final (attempts over, permanent error, unreadable, unknown kind): remove it without
     /// success; the coordinator dead-letters the job from its failed event.
@@ -145,8 +146,8 @@ impl Settlement {
         }
     }
 
-    /// The acknowledgement that settles the message (a scheduled retry's copy carries the
-    /// job on, so its original is acked).
+    /// The acknowledgement that settles the message (a scheduled retry's copy, published by
+    /// the coordinator, carries the job on, so its original is acked).
     fn ack_kind(self) -> AckKind {
         match self {
             Self::Ack | Self::ScheduleRetry { .. } => AckKind::Ack,
@@ -212,12 +213,12 @@ async fn complete_read(shared: &Shared, reporter: &Reporter, message: &Message, 
         }
         return acknowledge(message, settlement, &job.job).await;
     }
-    let settlement = schedule_if_needed(reporter, message, settlement).await;
     let kind = if ending == Ending::Succeeded { EventKind::Succeeded } else { EventKind::Failed };
     let error = report.error.as_deref().unwrap_or("");
     tracing::info!(run = %job.run_id, job = %job.job, attempt = reporter.attempt, outcome = kind.as_str(), error, "job finished");
     reporter.free_slot();
     report.retry_at = settlement.retry_at();
+    report.schedule_retry = matches!(settlement, Settlement::ScheduleRetry { .. });
     if let Err(publish_error) = reporter.store_outcome(message, kind, report).await {
         // Only at shutdown: the job is redelivered, and its stored start charges this attempt.
         tracing::error!(error = %publish_error, job = %job.job, "cannot report the outcome; the job will be redelivered");
@@ -230,7 +231,8 @@ async fn complete_read(shared: &Shared, reporter: &Reporter, message: &Message, 
 /// The ending and what the event says, once a success's output and children are stored
 /// (a success whose output or children are refused fails after all).
 async fn describe(reporter: &Reporter, outcome: Outcome) -> (Ending, Report) {
-    let report = |error: Option<String>| Report { error, retry_at: None, output: None, spawned: 0 };
+    let report =
+        |error: Option<String>| Report { error, retry_at: None, schedule_retry: false, output: None, spawned: 0 };
     let failed = |error: JobError| (Ending::Failed { retryable: error.retryable }, report(Some(error.message)));
     match outcome {
         Outcome::Succeeded(output, children) => match hand_on(reporter, output, children).await {
@@ -245,19 +247,6 @@ async fn describe(reporter: &Reporter, outcome: Outcome) -> (Ending, Report) {
         }
         Outcome::Unreported => (Ending::Unreported, report(None)),
         Outcome::Stopped => (Ending::Stopped, report(None)),
-    }
-}
-
-/// Stores a scheduled retry's copy; if it cannot be stored, the delay is waited out with a
-/// NAK instead.
-async fn schedule_if_needed(reporter: &Reporter, message: &Message, settlement: Settlement) -> Settlement {
-    let Settlement::ScheduleRetry { at, delay } = settlement else { return settlement };
-    match schedule_retry(reporter, message, at).await {
-        Ok(()) => settlement,
-        Err(error) => {
-            tracing::warn!(%error, job = %reporter.job.job, "cannot schedule the retry; waiting it out with a NAK delay");
-            Settlement::Nak { delay: Some(delay), retry_at: at }
-        }
     }
 }
 
@@ -335,32 +324,6 @@ async fn store_children(reporter: &Reporter, children: Vec<ChildSpec>) -> Result
         ack.await.map_err(|error| JobError::retryable(format!("storing the children: {error}")))?;
     }
     Ok(())
-}
-
-/// Re-publishes the job as a message schedule on `sluice.retries.…` that JetStream turns
-/// into a job message when due; it counts as nobody's pending work until then. The copy
-/// carries `attempt_offset` = this attempt, so its first delivery is the next attempt, and
-/// keeps `retry_base`, so the policy still counts the whole series.
-async fn schedule_retry(reporter: &Reporter, message: &Message, at: DateTime<Utc>) -> Result<(), WorkerError> {
-    let job = &reporter.job;
-    let next = copy_in_series(job, reporter.attempt);
-    let payload = encode(&next).map_err(|error| WorkerError::encode("encoding a scheduled retry", error))?;
-    let mut headers = copy_headers(message, &next);
-    let schedule = format!("@at {}", due_whole_seconds(at).to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-    headers.insert(names::HEADER_SCHEDULE, schedule.as_str());
-    headers.insert(names::HEADER_SCHEDULE_TARGET, names::job_subject(&job.pool, &job.run_id, &job.job).as_str());
-    let subject = names::retry_subject(&job.pool, &job.run_id, &job.job);
-    let ack = reporter.shared.js.publish_with_headers(subject, headers, payload.into()).await;
-    ack.map_err(|error| WorkerError::nats("scheduling a retry", error))?
-        .await
-        .map_err(|error| WorkerError::nats("scheduling a retry", error))?;
-    Ok(())
-}
-
-/// `@at` takes whole seconds: round up, never fire early.
-fn due_whole_seconds(at: DateTime<Utc>) -> DateTime<Utc> {
-    let whole_seconds = at.timestamp() + i64::from(at.timestamp_subsec_nanos() > 0);
-    DateTime::from_timestamp(whole_seconds, 0).unwrap_or(at)
 }
 
 /// A job message that cannot be decoded: report it against the run and job named in its
@@ -636,12 +599,5 @@ mod tests {
         ] {
             assert!(ending.is_reported(), "{ending:?}");
         }
-    }
-
-    #[test]
-    fn a_scheduled_retry_is_due_on_a_whole_second_never_early() {
-        assert_eq!(due_whole_seconds(now()), now());
-        let late = now() + chrono::Duration::milliseconds(1);
-        assert_eq!(due_whole_seconds(late), now() + chrono::Duration::seconds(1));
     }
 }

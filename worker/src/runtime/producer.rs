@@ -7,9 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind, Message, consumer::PullConsumer};
+use async_nats::jetstream::{AckKind, Message, consumer::PullConsumer};
 use futures::StreamExt;
-use sluice_proto::{JobMessage, decode, encode, names};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -17,7 +16,6 @@ use tokio_util::sync::CancellationToken;
 
 use super::Shared;
 use super::completer::Completer;
-use super::delivery::{copy_headers, copy_in_series};
 use super::executor::execute;
 use crate::limits::{FETCH_RETRY_PAUSE_MS, FETCH_WAIT_MAX_MS, FETCHED_WAIT_MAX_MS, SHORT_JOB_MAX_MS};
 
@@ -101,7 +99,9 @@ impl Lifetime {
     pub(crate) fn fetchable(&self, started: u64, fetched: usize) -> usize {
         match self.max_jobs {
             None => usize::MAX,
-            Some(max) => usize::try_from(max.saturating_sub(started).saturating_sub(fetched as u64)).unwrap_or(usize::MAX),
+            Some(max) => {
+                usize::try_from(max.saturating_sub(started).saturating_sub(fetched as u64)).unwrap_or(usize::MAX)
+            }
         }
     }
 
@@ -210,7 +210,7 @@ impl Producer {
     /// the running jobs for the drain.
     pub(crate) async fn finish(mut self) -> JoinSet<()> {
         for (_, message) in std::mem::take(&mut self.fetched) {
-            hand_back(&self.shared, &message).await;
+            hand_back(&message).await;
         }
         self.running
     }
@@ -284,7 +284,7 @@ impl Producer {
             && self.policy.is_overdue(*at, now)
         {
             let Some((_, message)) = self.fetched.pop_front() else { break };
-            hand_back(&self.shared, &message).await;
+            hand_back(&message).await;
         }
     }
 
@@ -329,50 +329,13 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 }
 
 /// Gives a job that was fetched but never started back to its pool without using up an
-/// attempt. A first delivery's next delivery would be planned from the records (see
-/// `redelivery`), costing reads and a stored start; instead a copy is stored whose first
-/// delivery is the same attempt, then this delivery is terminated. The copy is stored only if
-/// this message is still the job's latest (`Nats-Expected-Last-Subject-Sequence`), so a job
-/// whose run was cancelled (its messages withdrawn) or dispatched again does not come back.
-/// A redelivery, or a job whose copy cannot be stored, is NAKed: its next delivery's attempt
-/// comes from what is on record, so nothing is charged either way.
-pub(crate) async fn hand_back(shared: &Shared, message: &Message) {
-    let sequence = match message.info() {
-        Ok(info) if info.delivered <= 1 => info.stream_sequence,
-        _ => {
-            if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
-                tracing::warn!(%error, "handing back a job failed; it returns after its ack wait");
-            }
-            return;
-        }
-    };
-    let settled = match store_copy(shared, message, sequence).await {
-        // Stored, or refused because the job was withdrawn or dispatched again.
-        Ok(_) => message.ack_with(AckKind::Term).await,
-        Err(error) => {
-            tracing::warn!(%error, "cannot hand back a job as a copy; NAKed instead");
-            message.ack_with(AckKind::Nak(None)).await
-        }
-    };
-    if let Err(error) = settled {
-        tracing::warn!(%error, "settling a handed-back job failed; it returns after its ack wait");
-    }
-}
-
-/// Stores the copy [`hand_back`] gives back: `Ok(true)` stored; `Ok(false)` refused, the
-/// message at `sequence` is no longer the job's latest.
-async fn store_copy(shared: &Shared, message: &Message, sequence: u64) -> Result<bool, String> {
-    let job: JobMessage = decode(&message.payload).map_err(|error| format!("reading the job: {error}"))?;
-    let copy = copy_in_series(&job, job.attempt_offset);
-    let mut headers = copy_headers(message, &copy);
-    headers.insert(names::HEADER_EXPECTED_LAST_SUBJECT_SEQUENCE, sequence.to_string().as_str());
-    let payload = encode(&copy).map_err(|error| format!("encoding the copy: {error}"))?;
-    let subject = names::job_subject(&job.pool, &job.run_id, &job.job);
-    let ack = shared.js.publish_with_headers(subject, headers, payload.into()).await;
-    match ack.map_err(|error| error.to_string())?.await {
-        Ok(_) => Ok(true),
-        Err(error) if error.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => Ok(false),
-        Err(error) => Err(error.to_string()),
+/// attempt: a NAK, so another worker may take it at once. Its next delivery is a redelivery,
+/// whose attempt comes from what is on record (see `redelivery`): nothing ran, so nothing is
+/// charged. Not a copy published into the jobs stream: workers publish nothing there
+/// (decision 8), and a cancelled run's message, withdrawn meanwhile, stays withdrawn.
+pub(crate) async fn hand_back(message: &Message) {
+    if let Err(error) = message.ack_with(AckKind::Nak(None)).await {
+        tracing::warn!(%error, "handing back a job failed; it returns after its ack wait");
     }
 }
 

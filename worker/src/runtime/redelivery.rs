@@ -10,7 +10,7 @@
 //! belongs to an older dispatch, or it runs as the attempt after the last one on record. Its
 //! `started` event is then stored before the work begins, so every execution is on record.
 
-use async_nats::jetstream::{self, stream::LastRawMessageErrorKind};
+use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use sluice_proto::{EventKind, JobEvent, JobMessage, JobRecord, JobState, decode, names};
 
 use crate::error::WorkerError;
@@ -76,9 +76,11 @@ pub(crate) async fn on_record(
         .await
         .map_err(|error| WorkerError::nats("opening the events stream", error))?;
     let subject = names::event_subject(&job.pool, &job.run_id, &job.job);
-    let last = match events.get_last_raw_message_by_subject(&subject).await {
+    // A direct get names the subject in its API subject, so NATS permissions can limit a
+    // worker to its own pool's events.
+    let last = match events.direct_get_last_for_subject(&subject).await {
         Ok(message) => decode::<JobEvent>(&message.payload).ok(),
-        Err(error) if error.kind() == LastRawMessageErrorKind::NoMessageFound => None,
+        Err(error) if error.kind() == DirectGetErrorKind::NotFound => None,
         Err(error) => return Err(WorkerError::nats("reading the job's latest event", error)),
     };
     let record = job_records
@@ -136,6 +138,7 @@ pub(crate) mod tests {
             output: None,
             spawned: 0,
             started_at: None,
+            schedule_retry: false,
         }
     }
 

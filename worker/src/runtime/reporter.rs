@@ -39,6 +39,8 @@ pub(crate) struct Reporter {
 pub(crate) struct Report {
     pub(crate) error: Option<String>,
     pub(crate) retry_at: Option<DateTime<Utc>>,
+    /// The retry is the coordinator's to schedule (the message is acked).
+    pub(crate) schedule_retry: bool,
     pub(crate) output: Option<serde_json::Value>,
     pub(crate) spawned: u32,
 }
@@ -108,6 +110,7 @@ impl Reporter {
         let mut event = self.event(kind, report.error, report.retry_at);
         event.output = report.output;
         event.spawned = report.spawned;
+        event.schedule_retry = report.schedule_retry;
         event.started_at = Some(self.began);
         store_event(&self.shared, message, &event).await
     }
@@ -149,6 +152,7 @@ pub(crate) fn event(
         output: None,
         spawned: 0,
         started_at: None,
+        schedule_retry: false,
     }
 }
 

@@ -300,6 +300,7 @@ impl Sim {
             output: None,
             spawned: 0,
             started_at: None,
+            schedule_retry: false,
         }
     }
 
