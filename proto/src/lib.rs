@@ -16,6 +16,7 @@ pub mod limits;
 pub mod messages;
 pub mod names;
 pub mod placeholder;
+pub mod pod;
 pub mod retry;
 pub mod roles;
 pub mod schedule;

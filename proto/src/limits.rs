@@ -93,3 +93,13 @@ pub const WORKER_ENTRY_TTL_MS: u64 = 15_000;
 pub const WORKER_ANNOUNCE_INTERVAL_MS: u64 = 5_000;
 
 const _: () = assert!(WORKER_ANNOUNCE_INTERVAL_MS * 3 <= WORKER_ENTRY_TTL_MS);
+/// Most `env:` variables a job may set.
+pub const ENV_VARS_MAX: usize = 128;
+/// Longest `env:` value, in bytes.
+pub const ENV_VALUE_MAX_BYTES: usize = 32 * 1024;
+/// Longest secret name (`{secret: NAME}`), in characters: a Kubernetes object name's limit.
+pub const SECRET_NAME_MAX_CHARS: usize = 63;
+/// Longest container image reference of a `pod` job, in bytes.
+pub const IMAGE_MAX_BYTES: usize = 1024;
+/// Most resource names under `resources.limits` (or `requests`) of a `pod` job.
+pub const RESOURCE_NAMES_MAX: usize = 32;

@@ -139,6 +139,15 @@ pub struct JobMessage {
     /// The jobs this one needs: a worker reads their outputs (KV `sluice-jobs`) as inputs.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub needs: Vec<String>,
+    /// For `pod`: the image (a child's is its workflow job's: children cannot name one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// For `pod`: Kubernetes `ResourceRequirements`, as the spec gave them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<serde_json::Value>,
+    /// The job's `env:` (a child's is its workflow job's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, crate::pod::EnvValue>,
 }
 versioned!(JobMessage, "job");
 

@@ -80,6 +80,11 @@ impl ChildSpec {
             permanent_exit_codes: self.permanent_exit_codes,
             max_parallel: self.max_parallel,
             when: crate::spec::When::default(),
+            // Children cannot add an image, resources or env: they inherit their parent's
+            // (decision 15), which the coordinator puts in their job messages.
+            image: None,
+            resources: None,
+            env: Default::default(),
         }
     }
 
@@ -97,6 +102,11 @@ impl ChildSpec {
             permanent_exit_codes: self.permanent_exit_codes.clone(),
             max_parallel: self.max_parallel,
             when: crate::spec::When::default(),
+            // Children cannot add an image, resources or env: they inherit their parent's
+            // (decision 15), which the coordinator puts in their job messages.
+            image: None,
+            resources: None,
+            env: Default::default(),
         }
     }
 
@@ -107,7 +117,12 @@ impl ChildSpec {
             problems.push(problem);
             return problems;
         }
-        validate_job(&self.name, &self.to_job_spec(), &IndexMap::new(), &mut problems);
+        let mut spec = self.to_job_spec();
+        if spec.run == crate::pod::POD_KIND {
+            // A pod child runs its parent's image (it cannot name one): judged as present.
+            spec.image = Some("inherited".into());
+        }
+        validate_job(&self.name, &spec, &IndexMap::new(), &mut problems);
         problems
     }
 }

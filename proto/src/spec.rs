@@ -17,6 +17,7 @@ use crate::limits::{
     WORKFLOW_YAML_MAX_BYTES,
 };
 use crate::placeholder;
+use crate::pod::{EnvValue, POD_KIND, check_env, check_image, check_resources};
 use crate::retry::RetryPolicy;
 use crate::schedule::{Schedule, ScheduleSpec};
 use crate::window::parse_zone;
@@ -117,6 +118,16 @@ pub struct JobSpec {
     /// When the job runs, given how the jobs it needs ended (default `on_success`).
     #[serde(default, skip_serializing_if = "When::is_default")]
     pub when: When,
+    /// For `pod`: the container image (it must match the pool's `--allow-image` patterns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// For `pod`: Kubernetes `ResourceRequirements` (`limits`, `requests`), verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<serde_json::Value>,
+    /// For `pod`: environment variables, each a value (placeholders substituted) or
+    /// `{secret: NAME}`, a secret of the job's pool.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, EnvValue>,
 }
 
 /// A job's trigger rule: what must have happened to the jobs it needs for it to run.
@@ -469,9 +480,14 @@ pub(crate) fn validate_job(name: &str, job: &JobSpec, jobs: &IndexMap<String, Jo
     if let Err(text) = check_name("kind (`run:`)", &job.run) {
         problem(text);
     }
+    let is_pod = job.run == POD_KIND;
     match (&job.command, job.run == EXEC_KIND) {
         (None, true) => problem("`run: exec` needs a `command:` list, e.g. [python3, etl.py, \"{{start}}\"]".into()),
         (Some(command), true) if command.is_empty() => problem("`command:` is empty".into()),
+        (Some(command), false) if is_pod && command.is_empty() => {
+            problem("`command:` is empty (leave it out to run the image's entrypoint)".into())
+        }
+        (Some(_), false) if is_pod => {}
         // Only `exec` runs a command, so a kind given one is most likely a guess (`shell`).
         (Some(_), false) if !STOCK_KINDS.contains(&job.run.as_str()) => problem(format!(
             "unknown kind `{}` (`run:`): a `command:` runs with `run: exec`; the stock kinds are {}",
@@ -486,6 +502,7 @@ pub(crate) fn validate_job(name: &str, job: &JobSpec, jobs: &IndexMap<String, Jo
             problem(error.to_string());
         }
     }
+    validate_pod_fields(job, is_pod, &mut problem);
     if let Some(pool) = &job.pool
         && let Err(text) = check_name("pool", pool)
     {
@@ -530,6 +547,25 @@ pub(crate) fn validate_job(name: &str, job: &JobSpec, jobs: &IndexMap<String, Jo
             problem(format!("needs `{need}`, which is not a job of this workflow{}", suggestion(need, jobs.keys())));
         }
     }
+}
+
+/// `image`, `resources` and `env`: required, checked, or refused where only `pod` uses them.
+fn validate_pod_fields(job: &JobSpec, is_pod: bool, problem: &mut impl FnMut(String)) {
+    match (&job.image, is_pod) {
+        (None, true) => problem("`run: pod` needs an `image:`, e.g. ghcr.io/acme/etl:1.4".into()),
+        (Some(image), true) => check_image(image).into_iter().for_each(&mut *problem),
+        (Some(_), false) => problem(format!("`image:` is only used by `run: pod`, not by `run: {}`", job.run)),
+        (None, false) => {}
+    }
+    match (&job.resources, is_pod) {
+        (Some(resources), true) => check_resources(resources).into_iter().for_each(&mut *problem),
+        (Some(_), false) => problem(format!("`resources:` is only used by `run: pod`, not by `run: {}`", job.run)),
+        (None, _) => {}
+    }
+    if !job.env.is_empty() && !is_pod {
+        problem(format!("`env:` is only used by `run: pod`, not by `run: {}`", job.run));
+    }
+    check_env(&job.env).into_iter().for_each(problem);
 }
 
 /// `command:` as a list; a string gets an error that says so (it would not go through a

@@ -117,6 +117,9 @@ fn job_message_value() -> JobMessage {
         permanent_exit_codes: vec![3],
         // Fields added later and left empty keep the bytes of schema version 1.
         needs: vec![],
+        image: None,
+        resources: None,
+        env: Default::default(),
         retry_base: None,
     }
 }

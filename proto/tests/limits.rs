@@ -157,6 +157,9 @@ fn largest_job_message() -> JobMessage {
         timeout_ms: Some(1),
         permanent_exit_codes: vec![1, 2, 3],
         needs: vec!["n".repeat(NAME_MAX_CHARS); 8],
+        image: None,
+        resources: None,
+        env: Default::default(),
     }
 }
 

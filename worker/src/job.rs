@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use sluice_proto::pod::EnvValue;
 use sluice_proto::{ChildSpec, LogStream, RunId, Window};
 use tokio_util::sync::CancellationToken;
 
@@ -79,6 +80,14 @@ pub struct JobContext {
     pub tracestate: Option<String>,
     /// The outputs of the jobs this one needs, by job name (those that had one).
     pub inputs: BTreeMap<String, serde_json::Value>,
+    /// The pool this worker serves.
+    pub pool: String,
+    /// The job's timeout, if it has one (the worker enforces it; kinds may pass it on).
+    pub timeout: Option<std::time::Duration>,
+    /// For `pod`: the image, Kubernetes `ResourceRequirements` and environment of the job.
+    pub image: Option<String>,
+    pub resources: Option<serde_json::Value>,
+    pub env: BTreeMap<String, EnvValue>,
     pub(crate) cancel: CancellationToken,
     pub(crate) children: Arc<Mutex<Vec<ChildSpec>>>,
     pub(crate) logs: LogSink,
@@ -106,7 +115,8 @@ impl JobContext {
         self.logs.line(LogStream::Log, text.as_ref());
     }
 
-    pub(crate) fn log_sink(&self) -> &LogSink {
+    /// Where the job's output lines go (exec's stdout and stderr, a pod's log).
+    pub fn log_sink(&self) -> &LogSink {
         &self.logs
     }
 
@@ -130,6 +140,11 @@ impl JobContext {
             traceparent: None,
             tracestate: None,
             inputs: BTreeMap::new(),
+            pool: "local".into(),
+            timeout: None,
+            image: None,
+            resources: None,
+            env: BTreeMap::new(),
             cancel: CancellationToken::new(),
             children: Arc::default(),
             logs: LogSink::discard(),

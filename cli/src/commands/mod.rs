@@ -6,6 +6,7 @@ pub mod control;
 pub mod dev;
 pub mod dlq;
 pub mod logs;
+pub mod pod;
 pub mod pool;
 pub mod runs;
 pub mod schedule;

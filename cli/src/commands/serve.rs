@@ -46,6 +46,9 @@ pub struct WorkerArgs {
     pub exit_when_idle: Option<HumanDuration>,
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    /// `--pod-namespace`, `--allow-image`, `--pod-secret`: the `pod` kind (commands/pod.rs).
+    #[command(flatten)]
+    pub pod: super::pod::PodArgs,
 }
 
 /// `--metrics-listen`, on the coordinator and the worker.
@@ -176,6 +179,7 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
 pub async fn worker(url: &str, args: WorkerArgs) -> Result<ExitCode, CliError> {
     let config = args.config()?;
     let listen = args.metrics.address()?;
+    let registry = args.pod.register(Registry::with_stock_kinds()).await?;
     let (shutdown, hurry) = on_signals();
     let (phase, watched) = tokio::sync::watch::channel(sluice_worker::runtime::Phase::Opening);
     let probes = health::Probes::new(Arc::new(move || {
@@ -191,8 +195,7 @@ pub async fn worker(url: &str, args: WorkerArgs) -> Result<ExitCode, CliError> {
     let Some(client) = connect_waiting(url, &role, &shutdown).await? else { return Ok(ExitCode::SUCCESS) };
     let _ = probes.nats.set(client.clone());
     let control = sluice_worker::runtime::Control { shutdown, hurry, phase };
-    let result =
-        sluice_worker::runtime::run_observed(client.clone(), Registry::with_stock_kinds(), config, control).await;
+    let result = sluice_worker::runtime::run_observed(client.clone(), registry, config, control).await;
     // Acks and events of the last jobs must leave before the process does.
     let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
     result.map_err(|error| match error {

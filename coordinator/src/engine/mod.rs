@@ -335,6 +335,9 @@ impl Run {
 
     pub fn dispatch_message(&self, name: &str) -> JobMessage {
         let spec = self.definition(name);
+        // Children cannot name an image, resources or env: they run with their workflow
+        // job's (decision 15).
+        let pod = self.definition(name.split('.').next().unwrap_or(name));
         let job = &self.jobs[name];
         JobMessage {
             schema_version: SCHEMA_VERSION,
@@ -357,6 +360,9 @@ impl Run {
                 .map(|timeout| u64::try_from(timeout.as_duration().as_millis()).unwrap_or(u64::MAX)),
             permanent_exit_codes: spec.permanent_exit_codes.clone(),
             needs: spec.needs.clone(),
+            image: pod.image.clone(),
+            resources: pod.resources.clone(),
+            env: pod.env.clone(),
         }
     }
 

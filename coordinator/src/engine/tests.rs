@@ -1027,3 +1027,20 @@ fn a_mark_applied_again_after_a_crash_finishes_what_it_began() {
     let other = restored.apply(mark("b", MarkAs::Succeeded, None), at(7));
     assert!(matches!(other, Err(NotApplied::Refused(Refused::AlreadySucceeded { .. }))), "{other:?}");
 }
+
+/// Decision 15: a child cannot name an image, resources or env; it runs with its workflow
+/// job's.
+#[test]
+fn a_pod_jobs_children_run_with_its_image_resources_and_env() {
+    let yaml = "name: p\njobs:\n  fan:\n    run: pod\n    image: ghcr.io/acme/fan:1\n    resources: {limits: {cpu: 1}}\n    env: {MODE: full}\n";
+    let (mut run, _) = start(yaml);
+    let mut success = event(&run, "fan", 1, EventKind::Succeeded, 1);
+    success.spawned = 1;
+    run.apply(Input::Event(success.clone()), at(1)).unwrap();
+    read(&mut run, success, vec![ChildSpec::new("a", "pod")], 1).unwrap();
+    let parent = run.dispatch_message("fan");
+    let child = run.dispatch_message("fan.a");
+    assert_eq!(child.image.as_deref(), Some("ghcr.io/acme/fan:1"));
+    assert_eq!((child.resources, child.env), (parent.resources, parent.env));
+    assert_eq!(child.kind, "pod");
+}

@@ -271,3 +271,51 @@ fn the_default_rule_is_not_written_so_definitions_read_as_before() {
     let json = serde_json::to_string(&spec.jobs["a"]).unwrap();
     assert!(!json.contains("when"), "{json}");
 }
+
+const POD: &str = r#"
+name: pods
+jobs:
+  train:
+    run: pod
+    image: ghcr.io/acme/train:2.1
+    command: [python3, train.py, "{{start}}"]
+    resources: {limits: {cpu: 4, memory: 16Gi, nvidia.com/gpu: 1}, requests: {cpu: 2}}
+    env:
+      DAY: "{{start}}"
+      WANDB_KEY: {secret: wandb}
+"#;
+
+#[test]
+fn a_pod_job_keeps_its_image_resources_and_env() {
+    let spec = WorkflowSpec::parse(POD).unwrap();
+    let train = &spec.jobs["train"];
+    assert_eq!(train.image.as_deref(), Some("ghcr.io/acme/train:2.1"));
+    assert_eq!(train.resources.as_ref().unwrap()["limits"]["nvidia.com/gpu"], 1);
+    assert_eq!(train.env["WANDB_KEY"], crate::pod::EnvValue::Secret { secret: "wandb".into() });
+    assert_eq!(train.command.as_ref().unwrap()[0], "python3");
+}
+
+#[test]
+fn pod_fields_are_checked_at_validate_time_naming_the_job_and_field() {
+    let error = invalid("name: p\njobs:\n  a:\n    run: pod\n");
+    assert!(error.contains("job `a`: `run: pod` needs an `image:`"), "{error}");
+    let error = invalid("name: p\njobs:\n  a:\n    run: pod\n    image: x\n    resources: {limits: {cpu: lots}}\n");
+    assert!(error.contains("job `a`: resources.limits.cpu: `lots` is not a quantity"), "{error}");
+    let error = invalid("name: p\njobs:\n  a:\n    run: pod\n    image: x\n    env: {SLUICE_X: y, K: {secret: a/b}}\n");
+    assert!(error.contains("job `a`: env: `SLUICE_X` is reserved"), "{error}");
+    assert!(error.contains("job `a`: env: `K`: secret name `a/b`"), "{error}");
+    let error = invalid("name: p\njobs:\n  a:\n    run: exec\n    command: [x]\n    image: busybox\n    env: {A: b}\n");
+    assert!(error.contains("`image:` is only used by `run: pod`, not by `run: exec`"), "{error}");
+    assert!(error.contains("`env:` is only used by `run: pod`"), "{error}");
+    let error = invalid("name: p\njobs:\n  a:\n    run: pod\n    image: x\n    env: {A: [1]}\n");
+    assert!(error.contains("a value (string, number or boolean) or {secret: NAME}"), "{error}");
+}
+
+#[test]
+fn a_pod_child_may_not_name_an_image_and_runs_its_parents() {
+    let line = r#"{"name": "shard-1", "run": "pod", "image": "docker.io/evil"}"#;
+    let error = crate::spawn::parse_child_lines(line, "SLUICE_SPAWN_FILE").unwrap_err().to_string();
+    assert!(error.contains("image"), "{error}");
+    let child = crate::ChildSpec::new("shard-1", "pod");
+    assert_eq!(child.problems(), Vec::<String>::new(), "its image is its parent's");
+}

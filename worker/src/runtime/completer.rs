@@ -549,6 +549,9 @@ mod tests {
             timeout_ms: None,
             permanent_exit_codes: vec![],
             needs: vec![],
+            image: None,
+            resources: None,
+            env: Default::default(),
         }
     }
 

@@ -117,6 +117,9 @@ pub(crate) mod tests {
             timeout_ms: None,
             permanent_exit_codes: Vec::new(),
             needs: Vec::new(),
+            image: None,
+            resources: None,
+            env: Default::default(),
         }
     }
 
