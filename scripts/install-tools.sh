@@ -21,4 +21,26 @@ if [ ! -f "$stamp" ] || [ ! -x "$venv/bin/nats-server" ]; then
   touch "$stamp"
 fi
 
+# Manifest validation (sluice-deploy's tests): PyPI kubernetes-validate (Kubernetes schemas,
+# --strict -k 1.33) into the same venv, and npm @kubernetes-models/keda (KEDA's schemas) into
+# .tools/node from the pinned lock file in scripts/validate/.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+kv_stamp="$venv/.installed-kubernetes-validate-$KUBERNETES_VALIDATE_VERSION"
+if [ ! -f "$kv_stamp" ] || [ ! -x "$venv/bin/kubernetes-validate" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+  touch "$kv_stamp"
+fi
+for tool in node npm; do
+  command -v "$tool" >/dev/null || { echo "install-tools.sh: $tool is not on PATH (Debian: apt-get install nodejs npm)" >&2; exit 1; }
+done
+node_dir=.tools/node
+lock_sum="$(sha256sum scripts/validate/package-lock.json | cut -c1-16)"
+if [ ! -f "$node_dir/.installed-$lock_sum" ]; then
+  rm -rf "$node_dir"
+  mkdir -p "$node_dir"
+  cp scripts/validate/package.json scripts/validate/package-lock.json "$node_dir/"
+  (cd "$node_dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error --engine-strict=false >/dev/null)
+  touch "$node_dir/.installed-$lock_sum"
+fi
+
 bash scripts/kube-apiserver.sh >/dev/null

@@ -143,6 +143,9 @@ enum Command {
     Pool(commands::pool::PoolCommand),
     /// The live workers and coordinators.
     Workers,
+    /// Kubernetes manifests: deploy render, deploy apply --overlay dev|prod.
+    #[command(subcommand)]
+    Deploy(commands::deploy::DeployCommand),
     /// Check a workflow file without running it.
     Validate { file: PathBuf },
 }
@@ -239,6 +242,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Workers => {
             output::init_logging("warn");
             commands::pool::workers(url, cli.output).await
+        }
+        Command::Deploy(command) => {
+            output::init_logging("warn");
+            commands::deploy::run(command, cli.output).await
         }
         Command::Validate { file } => commands::validate::run(&file, cli.output),
     }

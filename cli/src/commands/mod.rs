@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod backfill;
 pub mod control;
+pub mod deploy;
 pub mod dev;
 pub mod dlq;
 pub mod logs;
