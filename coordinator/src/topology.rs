@@ -256,11 +256,17 @@ async fn ensure_core(
         js.create_or_update_stream(config).await.context(format!("creating stream {name}"))?;
     }
     let runs = js
-        .create_or_update_key_value(history_bucket(kv_bucket(names::RUNS_BUCKET, "Sluice run records", 1), history_max_age))
+        .create_or_update_key_value(history_bucket(
+            kv_bucket(names::RUNS_BUCKET, "Sluice run records", 1),
+            history_max_age,
+        ))
         .await
         .context("creating KV sluice-runs")?;
     let jobs = js
-        .create_or_update_key_value(history_bucket(kv_bucket(names::JOBS_BUCKET, "Sluice job records", 1), history_max_age))
+        .create_or_update_key_value(history_bucket(
+            kv_bucket(names::JOBS_BUCKET, "Sluice job records", 1),
+            history_max_age,
+        ))
         .await
         .context("creating KV sluice-jobs")?;
     let idempotency = js

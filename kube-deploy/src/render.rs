@@ -9,9 +9,8 @@ use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
     KeyToPath, Namespace, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile, SecretProjection,
-    SecretVolumeSource, SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
-    VolumeProjection, VolumeResourceRequirements,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource, SecurityContext,
+    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort, NetworkPolicySpec,
@@ -42,8 +41,6 @@ pub const NATS_MAX_PAYLOAD_BYTES: u64 = 2 * 1024 * 1024;
 pub const JETSTREAM_STORE_PERCENT: u64 = 90;
 /// Where each Sluice container finds its nkey seed (from Secret `sluice-nats-<user>`).
 pub const NKEY_DIR: &str = "/var/run/sluice/nats";
-/// Where a worker finds its pool's secrets (`--secrets-dir`), one file per secret.
-pub const SECRETS_DIR: &str = "/var/run/sluice/secrets";
 /// The uid Sluice and NATS containers run as (not root; the Dockerfile's user).
 pub const RUN_AS_USER: i64 = 10001;
 /// How often KEDA polls a pool's lag, in seconds.
@@ -700,11 +697,16 @@ pub fn worker_args(values: &Values, pool: &PoolValues) -> Vec<String> {
         "--metrics-listen".to_owned(),
         format!("0.0.0.0:{METRICS_PORT}"),
     ]);
-    if !pool.secrets.is_empty() {
-        args.extend(["--secrets-dir".to_owned(), SECRETS_DIR.to_owned()]);
-    }
     if let Some(pod_ns) = &pool.pod_namespace {
         args.extend(["--pod-namespace".to_owned(), pod_ns.clone()]);
+        // The pod kind refuses every image and secret the pool does not list (decision 15:
+        // a pod job's `{secret: NAME}` is the Kubernetes Secret NAME, if listed here).
+        for pattern in &pool.allow_images {
+            args.extend(["--allow-image".to_owned(), pattern.clone()]);
+        }
+        for secret in &pool.secrets {
+            args.extend(["--pod-secret".to_owned(), secret.clone()]);
+        }
     }
     if let Some(long) = &pool.long_running {
         args.extend([
@@ -722,42 +724,7 @@ fn worker_pod(values: &Values, pool: &PoolValues, restart_policy: Option<&str>) 
     let name = worker_name(&pool.name);
     let mut container = sluice_container(values, "worker", worker_args(values, pool), true);
     container.resources = resources(&pool.resources);
-    let mut volumes = vec![nkey_volume(&role)];
-    if !pool.secrets.is_empty() {
-        // Each listed Secret's key `value` becomes the file named after the Secret.
-        volumes.push(Volume {
-            name: "secrets".to_owned(),
-            projected: Some(ProjectedVolumeSource {
-                default_mode: Some(0o400),
-                sources: Some(
-                    pool.secrets
-                        .iter()
-                        .map(|secret| VolumeProjection {
-                            secret: Some(SecretProjection {
-                                name: secret.clone(),
-                                items: Some(vec![KeyToPath {
-                                    key: "value".to_owned(),
-                                    path: secret.clone(),
-                                    ..Default::default()
-                                }]),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        })
-                        .collect(),
-                ),
-            }),
-            ..Volume::default()
-        });
-        if let Some(mounts) = container.volume_mounts.as_mut() {
-            mounts.push(VolumeMount {
-                name: "secrets".to_owned(),
-                mount_path: SECRETS_DIR.to_owned(),
-                read_only: Some(true),
-                ..Default::default()
-            });
-        }
-    }
+    let volumes = vec![nkey_volume(&role)];
     PodTemplateSpec {
         metadata: Some(ObjectMeta { labels: Some(labels("worker", Some(&pool.name))), ..ObjectMeta::default() }),
         spec: Some(PodSpec {

@@ -22,6 +22,10 @@ pub const CONCURRENCY_MAX: u32 = 1024;
 pub const NATS_REPLICAS_ALLOWED: [u32; 3] = [1, 3, 5];
 /// Longest `max_timeout` of a pool: the pod's termination grace is built from it.
 pub const MAX_TIMEOUT_MAX: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+/// Most image patterns one pool lists (the pod kind's own limit).
+pub const ALLOW_IMAGES_MAX: usize = 256;
+/// Longest image pattern, in bytes (the pod kind's own limit).
+pub const ALLOW_IMAGE_MAX_BYTES: usize = 1024;
 /// Most secrets one pool lists.
 pub const POOL_SECRETS_MAX: usize = 64;
 /// Most jobs `--max-jobs` lets one ScaledJob worker run before it exits.
@@ -162,9 +166,15 @@ pub struct PoolValues {
     pub cooldown: HumanDuration,
     #[serde(default)]
     pub resources: Resources,
-    /// Kubernetes Secrets whose key `value` the pool's jobs may use as `{secret: NAME}`.
+    /// Kubernetes Secrets (in `pod_namespace`) whose key `value` the pool's `pod` jobs may use
+    /// as `{secret: NAME}` (`--pod-secret`). Only for pools with `pod_namespace`: secrets for
+    /// `exec` jobs (a worker's `--secrets-dir`) are not there yet.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Image patterns (globs) the pool's `pod` jobs may use (`--allow-image`); with none, the
+    /// pod kind refuses every image. Only for pools with `pod_namespace`.
+    #[serde(default)]
+    pub allow_images: Vec<String>,
     /// Run this pool as a KEDA ScaledJob (one Kubernetes Job per worker that exits after
     /// `max_jobs` jobs or when idle) instead of a scaled Deployment.
     #[serde(default)]
@@ -323,6 +333,24 @@ impl Values {
             }
             if let Some(namespace) = &pool.pod_namespace {
                 kube_name(&key("pod_namespace"), namespace)?;
+            } else if !pool.secrets.is_empty() {
+                return Err((
+                    key("secrets"),
+                    "needs pod_namespace: secrets reach `pod` jobs as Kubernetes Secrets (secrets for exec jobs are not supported yet)".into(),
+                ));
+            } else if !pool.allow_images.is_empty() {
+                return Err((key("allow_images"), "needs pod_namespace: only `pod` jobs run images".into()));
+            }
+            if pool.allow_images.len() > ALLOW_IMAGES_MAX {
+                return Err((key("allow_images"), format!("lists more than {ALLOW_IMAGES_MAX} patterns")));
+            }
+            for (i, pattern) in pool.allow_images.iter().enumerate() {
+                if pattern.is_empty() || pattern.len() > ALLOW_IMAGE_MAX_BYTES {
+                    return Err((
+                        format!("pools[{index}].allow_images[{i}]"),
+                        format!("must be 1 to {ALLOW_IMAGE_MAX_BYTES} bytes"),
+                    ));
+                }
             }
         }
         Ok(())
@@ -504,6 +532,10 @@ pools:
             (MINIMAL.replace("max_timeout: 1h", "max_timeout: 2d"), "`pools[0].max_timeout`"),
             (MINIMAL.replace("namespace: sluice", "namespace: Sluice"), "`namespace`"),
             (format!("{MINIMAL}    resources: {{requests: {{cpu: lots}}}}\n"), "`pools[0].resources.requests.cpu`"),
+            // Secrets and images are for pod jobs only (the worker has no --secrets-dir yet).
+            (format!("{MINIMAL}    secrets: [dsn]\n"), "`pools[0].secrets`"),
+            (format!("{MINIMAL}    allow_images: [\"busybox:*\"]\n"), "`pools[0].allow_images`"),
+            (format!("{MINIMAL}    pod_namespace: jobs\n    allow_images: [\"\"]\n"), "`pools[0].allow_images[0]`"),
         ];
         for (text, key) in cases {
             let error = Values::parse("x.yaml", &text).unwrap_err().to_string();

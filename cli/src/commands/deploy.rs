@@ -134,3 +134,61 @@ async fn apply(overlay: &str, options: ApplyOptions, format: Format) -> Result<E
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    /// Every `sluice` container the manifests run, with its args.
+    fn sluice_containers(value: &serde_json::Value, found: &mut Vec<(String, Vec<String>)>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for key in ["containers", "initContainers"] {
+                    for container in map.get(key).and_then(|list| list.as_array()).into_iter().flatten() {
+                        let image = container["image"].as_str().unwrap_or_default();
+                        if image.contains("/nats:") || image.starts_with("nats:") {
+                            continue;
+                        }
+                        let args = container["args"].as_array().into_iter().flatten();
+                        let args = args.map(|arg| arg.as_str().unwrap_or_default().to_owned()).collect();
+                        found.push((container["name"].as_str().unwrap_or_default().to_owned(), args));
+                    }
+                }
+                map.values().for_each(|child| sluice_containers(child, found));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|child| sluice_containers(child, found)),
+            _ => {}
+        }
+    }
+
+    /// The manifests' command lines are ones this `sluice` accepts: a renamed or missing flag
+    /// would crash-loop every pod, and no apiserver here runs one to notice.
+    #[test]
+    fn every_rendered_sluice_container_runs_a_command_line_the_cli_accepts() {
+        let values = sluice_deploy::repo_deploy_dir().join("values");
+        let files = sluice_deploy::values_files(&values).unwrap();
+        assert!(files.len() >= 2, "{files:?}");
+        let mut checked = 0;
+        for file in files {
+            for object in sluice_deploy::render_file(&file).unwrap() {
+                let mut containers = Vec::new();
+                sluice_containers(&object.value, &mut containers);
+                for (name, args) in containers {
+                    let line = std::iter::once("sluice".to_owned()).chain(args.iter().cloned());
+                    if let Err(error) = crate::Cli::try_parse_from(line) {
+                        panic!(
+                            "{} {}/{} container {name}: `sluice {}` is refused: {error}",
+                            file.display(),
+                            object.kind,
+                            object.name,
+                            args.join(" ")
+                        );
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        // Coordinators, declare-pools Jobs, worker Deployments and ScaledJobs of both files.
+        assert!(checked >= 8, "only {checked} sluice containers found");
+    }
+}
