@@ -126,16 +126,7 @@ pub fn build_job(
     image: &str,
     namespace: &str,
 ) -> Result<Job, String> {
-    let lookup = |name: &str| -> Option<String> {
-        match name {
-            "start" => Some(window.start_rfc3339()),
-            "end" => Some(window.end_rfc3339()),
-            "run_id" => Some(ctx.run_id.to_string()),
-            "job" => Some(ctx.job.clone()),
-            "attempt" => Some(ctx.attempt.to_string()),
-            other => other.strip_prefix("params.").and_then(|param| ctx.params.get(param).cloned()),
-        }
-    };
+    let lookup = |name: &str| ctx.placeholder(window, name);
     let command = ctx
         .command
         .as_ref()

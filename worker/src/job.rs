@@ -94,6 +94,20 @@ pub struct JobContext {
 }
 
 impl JobContext {
+    /// The value of a placeholder `{{name}}` in a job's command, config or (for `pod`) its
+    /// object: `start`, `end`, `run_id`, `job`, `attempt`, `params.<name>`; `None` for any
+    /// other name. One table, so every kind substitutes the same names.
+    pub fn placeholder(&self, window: &Window, name: &str) -> Option<String> {
+        match name {
+            "start" => Some(window.start_rfc3339()),
+            "end" => Some(window.end_rfc3339()),
+            "run_id" => Some(self.run_id.to_string()),
+            "job" => Some(self.job.clone()),
+            "attempt" => Some(self.attempt.to_string()),
+            other => other.strip_prefix("params.").and_then(|param| self.params.get(param).cloned()),
+        }
+    }
+
     /// Completes when the job should stop (timeout or shutdown).
     pub async fn cancelled(&self) {
         self.cancel.cancelled().await

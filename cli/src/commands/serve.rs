@@ -152,14 +152,7 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
     let listen = args.metrics.address()?;
     let shutdown = on_signal();
     let (phase, watched) = tokio::sync::watch::channel(sluice_coordinator::service::Phase::Starting);
-    let probes = health::Probes::new(Arc::new(move || {
-        let phase = *watched.borrow();
-        health::Phase {
-            name: phase.as_str(),
-            ready: phase.is_ready(),
-            stopped: phase == sluice_coordinator::service::Phase::Stopped,
-        }
-    }));
+    let probes = probes_watching(watched);
     let _listening = listen_for_probes(listen, &probes).await?;
     let role = sluice_proto::roles::Role::Coordinator;
     let Some(client) = connect_waiting(url, &role, &shutdown).await? else { return Ok(ExitCode::SUCCESS) };
@@ -182,14 +175,7 @@ pub async fn worker(url: &str, args: WorkerArgs) -> Result<ExitCode, CliError> {
     let registry = args.pod.register(Registry::with_stock_kinds()).await?;
     let (shutdown, hurry) = on_signals();
     let (phase, watched) = tokio::sync::watch::channel(sluice_worker::runtime::Phase::Opening);
-    let probes = health::Probes::new(Arc::new(move || {
-        let phase = *watched.borrow();
-        health::Phase {
-            name: phase.as_str(),
-            ready: phase.is_ready(),
-            stopped: phase == sluice_worker::runtime::Phase::Stopped,
-        }
-    }));
+    let probes = probes_watching(watched);
     let _listening = listen_for_probes(listen, &probes).await?;
     let role = sluice_proto::roles::Role::Worker { pool: config.pool.clone() };
     let Some(client) = connect_waiting(url, &role, &shutdown).await? else { return Ok(ExitCode::SUCCESS) };
@@ -305,4 +291,26 @@ pub fn on_signal() -> CancellationToken {
         cancel.cancel();
     });
     token
+}
+
+/// A service's phase as the probes show it.
+trait ProbedPhase: Copy + Send + Sync + 'static {
+    fn probed(self) -> health::Phase;
+}
+
+impl ProbedPhase for sluice_coordinator::service::Phase {
+    fn probed(self) -> health::Phase {
+        health::Phase { name: self.as_str(), ready: self.is_ready(), stopped: self == Self::Stopped }
+    }
+}
+
+impl ProbedPhase for sluice_worker::runtime::Phase {
+    fn probed(self) -> health::Phase {
+        health::Phase { name: self.as_str(), ready: self.is_ready(), stopped: self == Self::Stopped }
+    }
+}
+
+/// Probes that read the phase a service publishes on `watched`.
+fn probes_watching<P: ProbedPhase>(watched: tokio::sync::watch::Receiver<P>) -> health::Probes {
+    health::Probes::new(Arc::new(move || watched.borrow().probed()))
 }

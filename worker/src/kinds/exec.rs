@@ -55,16 +55,7 @@ impl Job for Exec {
             .as_deref()
             .filter(|command| !command.is_empty())
             .ok_or_else(|| JobError::permanent("exec job has no command"))?;
-        let lookup = |name: &str| -> Option<String> {
-            match name {
-                "start" => Some(window.start_rfc3339()),
-                "end" => Some(window.end_rfc3339()),
-                "run_id" => Some(ctx.run_id.to_string()),
-                "job" => Some(ctx.job.clone()),
-                "attempt" => Some(ctx.attempt.to_string()),
-                other => other.strip_prefix("params.").and_then(|param| ctx.params.get(param).cloned()),
-            }
-        };
+        let lookup = |name: &str| ctx.placeholder(window, name);
         let args: Vec<String> = command
             .iter()
             .map(|arg| placeholder::substitute(arg, lookup))
