@@ -65,6 +65,28 @@ fn truncate(text: &str) -> String {
     sluice_proto::messages::truncate_error(text, REQUESTED_BY_MAX_BYTES)
 }
 
+/// Who a request is recorded as having come from. The identity in its subject
+/// (`sluice.control.<identity>.…`) is what NATS permissions tie to the sender's credentials (a
+/// submitter may publish only under its own identity, decision 14), so a payload cannot claim
+/// another's name: `requested_by` becomes that identity. A payload naming someone else keeps
+/// the name after it (`http/alice`: a client that acts for its own users, like the HTTP server
+/// of decision 2, says which user), so the record shows both who sent it and for whom.
+pub fn attributed(subject: &str, mut request: ControlRequest) -> ControlRequest {
+    let Some((identity, _)) = names::parse_control_subject(subject) else { return request };
+    let claimed = request.requested_by.trim();
+    request.requested_by = if claimed.is_empty() || claimed == identity {
+        identity.to_owned()
+    } else {
+        // The identity stays whole; the claimed name is cut to fit the limit.
+        let mut room = REQUESTED_BY_MAX_BYTES.saturating_sub(identity.len() + 1).min(claimed.len());
+        while !claimed.is_char_boundary(room) {
+            room -= 1;
+        }
+        format!("{identity}/{}", &claimed[..room])
+    };
+    request
+}
+
 /// Whether a request was answered already: a request redelivered after a crash that came
 /// after its answer is not applied twice.
 pub async fn answered(topology: &Topology, id: Option<RequestId>) -> Result<bool, ServiceError> {
@@ -485,5 +507,21 @@ mod tests {
             let error = backfill_windows(&request).unwrap_err();
             assert!(error.contains(needle), "{error:?} should say {needle:?}");
         }
+    }
+
+    #[test]
+    fn a_request_is_attributed_to_the_identity_its_subject_names() {
+        let subject = |identity: &str| names::control_subject(identity, None);
+        let by = |claimed: &str, subject: &str| {
+            attributed(subject, ControlRequest::new(sluice_proto::ControlAction::Cancel, None, claimed)).requested_by
+        };
+        assert_eq!(by("alice", &subject("alice")), "alice");
+        assert_eq!(by("", &subject("alice")), "alice", "an anonymous payload is the sender's");
+        assert_eq!(by("coordinator", &subject("mallory")), "mallory/coordinator", "a claim never hides the sender");
+        assert_eq!(by("alice", &subject("http")), "http/alice");
+        assert_eq!(by("alice", "not.a.control.subject"), "alice", "no identity to go by: as sent");
+        let long = "x".repeat(REQUESTED_BY_MAX_BYTES * 2);
+        let cut = by(&long, &subject("http"));
+        assert!(cut.starts_with("http/x") && cut.len() == REQUESTED_BY_MAX_BYTES, "{cut}");
     }
 }

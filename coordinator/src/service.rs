@@ -725,7 +725,7 @@ impl Coordinator {
     /// came between its answer and its ack) is not applied again.
     async fn handle_control(&mut self, topology: &Topology, message: Message) -> Result<(), ServiceError> {
         let request: ControlRequest = match decode(&message.payload) {
-            Ok(request) => request,
+            Ok(request) => control::attributed(message.subject.as_str(), request),
             Err(error) => {
                 tracing::error!(%error, subject = %message.subject, "a control request cannot be decoded");
                 let id = header(&message, names::HEADER_REQUEST_ID).and_then(|text| text.parse().ok());
