@@ -30,9 +30,16 @@ if [ ! -f "$kv_stamp" ] || [ ! -x "$venv/bin/kubernetes-validate" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
   touch "$kv_stamp"
 fi
-for tool in node npm; do
-  command -v "$tool" >/dev/null || { echo "install-tools.sh: $tool is not on PATH (Debian: apt-get install nodejs npm)" >&2; exit 1; }
-done
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  # Debian's packages, like scripts/kube-apiserver.sh's (sudo when not root; never prompts).
+  sudo_cmd=()
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo -n); fi
+  echo "install-tools.sh: installing nodejs and npm (apt-get)" >&2
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends nodejs npm >&2 || {
+    echo "install-tools.sh: node and npm are needed (Debian: apt-get install nodejs npm)" >&2
+    exit 1
+  }
+fi
 node_dir=.tools/node
 lock_sum="$(sha256sum scripts/validate/package-lock.json | cut -c1-16)"
 if [ ! -f "$node_dir/.installed-$lock_sum" ]; then
