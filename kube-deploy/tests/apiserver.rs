@@ -4,7 +4,6 @@
 //! named (or skipped, exactly those), KEDA's real CRDs register and refuse a bad ScaledObject,
 //! and every ServiceAccount may do exactly what its role needs.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -164,24 +163,6 @@ async fn apply_names_missing_apis_skips_exactly_them_is_idempotent_and_refuses_c
     assert_eq!(replicas, "5", "sluice forced a conflict");
 }
 
-/// `kubectl auth can-i VERB RESOURCE -n NS --as=system:serviceaccount:SA_NS:SA`.
-fn can_i(api: &KubeApi, sa_namespace: &str, sa: &str, namespace: &str, verb: &str, resource: &str) -> bool {
-    let output = Command::new("kubectl")
-        .arg(format!("--kubeconfig={}", api.kubeconfig().display()))
-        .args(["auth", "can-i", verb, resource, "-n", namespace])
-        .arg(format!("--as=system:serviceaccount:{sa_namespace}:{sa}"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    match (output.status.code(), String::from_utf8_lossy(&output.stdout).trim()) {
-        (Some(0), "yes") => true,
-        (Some(1), "no") => false,
-        (code, out) => {
-            panic!("can-i {verb} {resource} as {sa}: {code:?} {out} {}", String::from_utf8_lossy(&output.stderr))
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keda_crds_refuse_a_bad_scaled_object_and_service_accounts_may_do_exactly_their_jobs() {
     let api = KubeApi::start().unwrap();
@@ -262,7 +243,9 @@ async fn keda_crds_refuse_a_bad_scaled_object_and_service_accounts_may_do_exactl
     }
     let wrong: Vec<String> = table
         .iter()
-        .filter(|(sa, ns, verb, resource, expected)| can_i(&api, "sluice", sa, ns, verb, resource) != *expected)
+        .filter(|(sa, ns, verb, resource, expected)| {
+            api.can_i(("sluice", sa), ns, verb, resource).unwrap() != *expected
+        })
         .map(|(sa, ns, verb, resource, expected)| format!("{sa} {verb} {resource} in {ns}: expected {expected}"))
         .collect();
     assert!(wrong.is_empty(), "RBAC differs from the table:\n{}", wrong.join("\n"));

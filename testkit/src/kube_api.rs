@@ -11,13 +11,13 @@
 //! which a test builds its own `kube::Client` or runs `kubectl --kubeconfig`.
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use base64::prelude::{BASE64_STANDARD, Engine as _};
+use sluice_local_nats::free_port;
 
 /// The apiserver version `scripts/kube-apiserver.sh` builds (its cache key).
 pub const KUBE_VERSION: &str = "1.20.2";
@@ -203,13 +203,14 @@ impl KubeApi {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// `kubectl auth can-i VERB RESOURCE --as=system:serviceaccount:NS:SA [-n NS]`: whether
-    /// the service account may. `resource` may carry a subresource (`pods/log`).
-    pub fn can_i(&self, namespace: &str, service_account: &str, verb: &str, resource: &str) -> Result<bool> {
+    /// `kubectl auth can-i VERB RESOURCE -n NAMESPACE --as=system:serviceaccount:SA_NS:SA`:
+    /// whether the service account `(SA_NS, SA)` may, in `namespace`. `resource` may carry a subresource (`pods/log`).
+    pub fn can_i(&self, service_account: (&str, &str), namespace: &str, verb: &str, resource: &str) -> Result<bool> {
+        let (sa_namespace, sa) = service_account;
         let output = Command::new("kubectl")
             .arg(format!("--kubeconfig={}", self.kubeconfig().display()))
             .args(["auth", "can-i", verb, resource, "-n", namespace])
-            .arg(format!("--as=system:serviceaccount:{namespace}:{service_account}"))
+            .arg(format!("--as=system:serviceaccount:{sa_namespace}:{sa}"))
             .stdin(Stdio::null())
             .output()
             .context("running kubectl auth can-i")?;
@@ -218,7 +219,7 @@ impl KubeApi {
             (Some(0), "yes") => Ok(true),
             (Some(1), "no") => Ok(false),
             (code, out) => bail!(
-                "kubectl auth can-i {verb} {resource} as {namespace}:{service_account}: exit {code:?}, {out} {}",
+                "kubectl auth can-i {verb} {resource} -n {namespace} as {sa_namespace}:{sa}: exit {code:?}, {out} {}",
                 String::from_utf8_lossy(&output.stderr).trim()
             ),
         }
@@ -244,10 +245,6 @@ impl Drop for KubeApi {
             let _ = child.wait();
         }
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn which(name: &str) -> Option<PathBuf> {
@@ -290,7 +287,7 @@ mod tests {
         let api = KubeApi::start().unwrap();
         let namespaces = api.kubectl(&["get", "namespaces", "-o", "name"]).unwrap();
         assert!(namespaces.contains("namespace/default"), "{namespaces}");
-        assert!(!api.can_i("default", "nobody", "create", "jobs.batch").unwrap());
+        assert!(!api.can_i(("default", "nobody"), "default", "create", "jobs.batch").unwrap());
         let admin = api.kubectl(&["auth", "can-i", "create", "jobs.batch"]).unwrap();
         assert_eq!(admin.trim(), "yes");
     }
