@@ -5,9 +5,13 @@
 //!                     [--nats-inbox-prefix PREFIX]] [--sluice PATH] [--out bench/results.json]
 //!                     [--doc docs/performance.md]
 //!
-//! Each baseline (B1–B3, async-nats directly) and each workload (W1–W6, the real `sluice
-//! coordinator` and `sluice worker` processes) runs on a fresh nats-server with file
-//! storage, unless `--nats-url` names one.
+//! Each baseline (B1–B3, async-nats directly on persistent pulls) and each workload (W1,
+//! W2-static, W2-spawned, W3–W6: the real `sluice coordinator` and `sluice worker`
+//! processes) runs on a fresh nats-server with file storage, unless `--nats-url` names one.
+//! Workloads are timed from right before the submission's publish to a KV watch seeing the
+//! run's end, and every job is then verified from its record; the results open with
+//! issue 14's targets, judged against the baselines of the same invocation.
+//! docs/performance.md says what each measures and how.
 
 mod baseline;
 mod listing;
