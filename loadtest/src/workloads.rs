@@ -145,6 +145,8 @@ pub async fn run_timed(js: &jetstream::Context, yaml: &str, intake: bool) -> Res
     let mut intake_seconds = None;
     let (record, ended) = loop {
         tokio::select! {
+            // The first job message before the end, should both be waiting.
+            biased;
             Some(_) = async { match first_job.as_mut() { Some(jobs) => jobs.next().await, None => None } },
                 if first_job.is_some() => {
                 intake_seconds = Some(started.elapsed().as_secs_f64());
@@ -188,7 +190,7 @@ pub async fn runs_timed(js: &jetstream::Context, yaml: &str, count: usize) -> Re
     js.client().flush().await.context("flushing the subscriptions")?;
 
     // The publishes run beside the watch, so an end is seen when it happens.
-    let publishing = {
+    let mut publishing = {
         let js = js.clone();
         let submissions = submissions.clone();
         tokio::spawn(async move {
@@ -206,9 +208,14 @@ pub async fn runs_timed(js: &jetstream::Context, yaml: &str, count: usize) -> Re
     let waiting: HashSet<RunId> = submissions.iter().map(|submission| submission.run_id).collect();
     let mut ended: HashMap<RunId, (RunRecord, Instant)> = HashMap::with_capacity(count);
     let deadline = tokio::time::Instant::now() + RUN_TIMEOUT;
-    while ended.len() < count {
+    let mut published = None;
+    while ended.len() < count || published.is_none() {
         tokio::select! {
-            entry = watch.next() => {
+            // A submission that fails ends the workload at once.
+            result = &mut publishing, if published.is_none() => {
+                published = Some(result.context("the submissions' task")??);
+            }
+            entry = watch.next(), if ended.len() < count => {
                 let entry = entry.context("the watch of KV sluice-runs ended")?.context("watching KV sluice-runs")?;
                 let at = Instant::now();
                 if entry.operation != kv::Operation::Put {
@@ -229,9 +236,8 @@ pub async fn runs_timed(js: &jetstream::Context, yaml: &str, count: usize) -> Re
             }
         }
     }
-    let started = publishing.await.context("the submissions' task")??;
     let mut timed = Vec::with_capacity(count);
-    for (id, started) in started {
+    for (id, started) in published.unwrap_or_default() {
         let (record, at) = ended.remove(&id).with_context(|| format!("run {id} was not seen ending"))?;
         succeeded(&record)?;
         let seconds = at.saturating_duration_since(started).as_secs_f64();
