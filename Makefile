@@ -20,7 +20,9 @@ demo: tools
 test: tools
 	$(CARGO) test --workspace --no-fail-fast
 
-# make bench   the standard loadtest suite (release build): bench/results.json + docs/performance.md
+# make bench   the standard loadtest suite (release build): bench/results.json + docs/performance.md,
+#              then W1–W5 again with nats-server `sync_interval: always`: bench/results-sync-always.json
 bench: tools
 	$(CARGO) build --release -p sluice -p sluice-loadtest
 	./target/release/sluice-loadtest --sluice ./target/release/sluice --out bench/results.json --doc docs/performance.md
+	./target/release/sluice-loadtest --sluice ./target/release/sluice --sync-interval always --only W1,W2,W3,W4,W5 --out bench/results-sync-always.json
