@@ -58,9 +58,18 @@ impl Stores {
         Ok(entry(&self.runs, &id.to_string()).await?.map(|(record, _)| record))
     }
 
-    /// Every job record of a run, children included, by path.
-    pub async fn jobs(&self, id: &RunId) -> Result<HashMap<String, JobRecord>, ClientError> {
-        Ok(run_jobs(&self.js, id).await?.into_iter().map(|(path, (record, _))| (path, record)).collect())
+    /// Every job record of a run, children included, by path: those stored, and for each
+    /// workflow job not yet stored, the state the run began with (`RunRecord::first_state`:
+    /// a job's record is written once it leaves that state).
+    pub async fn jobs(&self, run: &RunRecord) -> Result<HashMap<String, JobRecord>, ClientError> {
+        let mut jobs: HashMap<String, JobRecord> =
+            run_jobs(&self.js, &run.id).await?.into_iter().map(|(path, (record, _))| (path, record)).collect();
+        for job in run.first_states() {
+            if !jobs.contains_key(&job.name) {
+                jobs.insert(job.name.clone(), job);
+            }
+        }
+        Ok(jobs)
     }
 
     /// Every schedule, by name.

@@ -22,7 +22,7 @@ impl RunView {
     /// Reads a run and its jobs; `None` if there is no such run.
     pub async fn load(stores: &Stores, id: &RunId) -> Result<Option<Self>, ClientError> {
         let Some(record) = stores.run(id).await? else { return Ok(None) };
-        let all: BTreeMap<String, JobRecord> = stores.jobs(id).await?.into_iter().collect();
+        let all: BTreeMap<String, JobRecord> = stores.jobs(&record).await?.into_iter().collect();
         let jobs = record.jobs.iter().filter_map(|name| all.get(name).cloned()).collect();
         Ok(Some(Self { record, jobs, all }))
     }

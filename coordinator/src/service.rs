@@ -391,6 +391,11 @@ impl Coordinator {
             self.outbox.revisions.remember_job(id, &name, revision);
             jobs.insert(name, job);
         }
+        // A workflow job still in the state the run began with has no record yet: its first
+        // write must find none (0), as a later one must find the revision it read.
+        for name in record.jobs.iter().filter(|name| !jobs.contains_key(*name)) {
+            self.outbox.revisions.remember_job(id, name, 0);
+        }
         let spec = match specs::of_run(topology, &record).await {
             Ok(spec) => spec,
             Err(Unreadable::Failed(error)) => return Err(error),

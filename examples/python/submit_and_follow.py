@@ -79,11 +79,12 @@ async def main() -> int:
             except NotFoundError:
                 await asyncio.sleep(0.25)  # not taken by a coordinator yet
                 continue
-        for name in run["jobs"]:
+        for index, name in enumerate(run["jobs"]):
             try:
                 job = msgpack.unpackb((await jobs.get(f"{run_id}.{name}")).value)
             except KeyNotFoundError:
-                continue
+                # No record yet: the job is still in the state the run began with.
+                job = {"state": first_state(run, index), "attempts": 0}
             state = (job["state"], job.get("attempts", 0))
             if seen.get(name) != state:
                 seen[name] = state
@@ -93,6 +94,15 @@ async def main() -> int:
             await nc.close()
             return 0 if run["state"] == "succeeded" else 1
         await asyncio.sleep(0.25)
+
+
+def first_state(run: dict, index: int) -> str:
+    """The state of workflow job `index` while it has no record (docs/protocol.md)."""
+    bitmap = run.get("queued_at_start")
+    if bitmap is None:
+        return "blocked"  # a record from before queued_at_start: its record is on its way
+    digit = int(bitmap[index // 4], 16) if index // 4 < len(bitmap) else 0
+    return "queued" if digit >> (index % 4) & 1 else "blocked"
 
 
 if __name__ == "__main__":

@@ -296,7 +296,7 @@ pub fn check_jobs(run: &RunRecord, jobs: &HashMap<String, JobRecord>, expected: 
 /// Every job record of a run, children included.
 pub async fn job_records(js: &jetstream::Context, run: &RunRecord) -> Result<HashMap<String, JobRecord>> {
     let stores = sluice_client::Stores::open(js).await?.context("Sluice's buckets are missing")?;
-    Ok(stores.jobs(&run.id).await?)
+    Ok(stores.jobs(run).await?)
 }
 
 /// Dependency finished → dependent started, in seconds, for every job that waited on

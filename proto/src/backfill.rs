@@ -82,6 +82,7 @@ mod tests {
             tracestate: None,
             jobs: Vec::new(),
             origin: "manual".into(),
+            queued_at_start: None,
             cancelled_by: None,
         }
     }

@@ -265,9 +265,17 @@ pub struct RunRecord {
     pub traceparent: Option<String>,
     #[serde(default)]
     pub tracestate: Option<String>,
-    /// Job names in dependency order; each has a record in KV `sluice-jobs`.
+    /// Job names in dependency order. Each has a record in KV `sluice-jobs` once it has left
+    /// the state the run began with (see `queued_at_start`).
     #[serde(default)]
     pub jobs: Vec<String>,
+    /// Which of `jobs` the run queued when it began, as a bitmap in hex: digit `i / 4` holds
+    /// job `i` as bit `1 << (i % 4)`. When present, a job's record is written only once it
+    /// leaves that first state, so one without a record is `queued` (since `created_at`) if
+    /// its bit is set and `blocked` otherwise ([`RunRecord::first_state`]). Absent in records
+    /// from before, whose jobs were all written when the run began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at_start: Option<String>,
     /// Where it comes from: `manual`, `schedule:<name>` or `backfill:<id>`.
     #[serde(default = "manual_origin")]
     pub origin: String,
@@ -278,6 +286,40 @@ pub struct RunRecord {
     pub cancelled_by: Option<String>,
 }
 versioned!(RunRecord, "run record");
+
+impl RunRecord {
+    /// `queued_at_start` for a run that queued these of its `jobs` (by index) when it began.
+    pub fn queued_bitmap(jobs: usize, queued: impl IntoIterator<Item = usize>) -> String {
+        let mut digits = vec![0u8; jobs.div_ceil(4)];
+        for index in queued {
+            if let Some(digit) = digits.get_mut(index / 4) {
+                *digit |= 1 << (index % 4);
+            }
+        }
+        digits.iter().map(|digit| char::from_digit(u32::from(*digit), 16).unwrap_or('0')).collect()
+    }
+
+    /// [`RunRecord::first_state`] of every workflow job, for the readers of a run's job
+    /// records: each one without a record of its own is in that state.
+    pub fn first_states(&self) -> impl Iterator<Item = JobRecord> + '_ {
+        (0..self.jobs.len()).filter_map(|index| self.first_state(index))
+    }
+
+    /// The record of workflow job `index` (of `jobs`) while it has none of its own: as the run
+    /// began, `queued` since `created_at` or `blocked`. `None` for a run from before
+    /// `queued_at_start`, whose jobs all have records, and for an index past `jobs`.
+    pub fn first_state(&self, index: usize) -> Option<JobRecord> {
+        let bitmap = self.queued_at_start.as_deref()?;
+        let name = self.jobs.get(index)?;
+        let digit = bitmap.as_bytes().get(index / 4).and_then(|digit| char::from(*digit).to_digit(16)).unwrap_or(0);
+        let mut job = JobRecord::blank(self.id, name);
+        if digit & (1 << (index % 4)) != 0 {
+            job.state = JobState::Queued;
+            job.queued_at = Some(self.created_at);
+        }
+        Some(job)
+    }
+}
 
 fn manual_origin() -> String {
     ORIGIN_MANUAL.to_owned()

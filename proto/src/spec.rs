@@ -250,7 +250,9 @@ impl WorkflowSpec {
     /// [`RECORD_OVERHEAD_BYTES`].
     pub fn run_record_bytes(&self, yaml_bytes: usize) -> usize {
         let names: usize = self.jobs.keys().map(|name| name.len() + 2).sum();
-        yaml_bytes + names + PARAMS_MAX_BYTES + PARAMS_MAX * 8 + RECORD_OVERHEAD_BYTES
+        // `queued_at_start`: a hex digit per four jobs.
+        let queued_at_start = self.jobs.len().div_ceil(4) + 4;
+        yaml_bytes + names + queued_at_start + PARAMS_MAX_BYTES + PARAMS_MAX * 8 + RECORD_OVERHEAD_BYTES
     }
 
     /// Every problem at once, so a user fixes them in one round.

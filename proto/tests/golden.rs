@@ -246,6 +246,7 @@ fn run_and_job_records() {
             tracestate: None,
             jobs: vec!["a".into()],
             origin: "manual".into(),
+            queued_at_start: None,
             cancelled_by: None,
         },
     );

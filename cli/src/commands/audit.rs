@@ -93,7 +93,7 @@ pub async fn run(url: &str, args: AuditArgs, format: Format) -> Result<ExitCode,
             continue;
         }
         let jobs = match run {
-            Some(run) => stores.jobs(&run.id).await?,
+            Some(run) => stores.jobs(run).await?,
             None => HashMap::new(),
         };
         let cells: serde_json::Map<String, serde_json::Value> = run

@@ -11,8 +11,11 @@ use super::{Effect, NewRun, RestoreError, Run, group_of};
 
 impl Run {
     /// A new run: every job `blocked`, then those that need nothing `queued` and dispatched.
-    /// Effects save every job record before the run record, so a stored run record means
-    /// all its jobs are stored too.
+    /// No job record is written: the run record says which jobs it queued
+    /// (`queued_at_start`), so a job without a record is in the state the run began with
+    /// (`RunRecord::first_state`), and its record is written when it leaves that state. The
+    /// run record is written before any job is dispatched. (Writing 20,000 blocked or queued
+    /// records first kept a big run's first job waiting ~0.4 s; docs/performance.md.)
     pub fn start(new: NewRun, now: DateTime<Utc>) -> (Self, Vec<Effect>) {
         let order = new.spec.topological_order();
         let record = RunRecord {
@@ -32,6 +35,7 @@ impl Run {
             traceparent: new.traceparent,
             tracestate: new.tracestate,
             jobs: order.clone(),
+            queued_at_start: None,
             cancelled_by: None,
         };
         let jobs = order.iter().map(|name| (name.clone(), blank_job(new.id, name))).collect();
@@ -42,9 +46,9 @@ impl Run {
                 run.ready(name, now, &mut dispatches);
             }
         }
-        // Blocked jobs are saved too, so `status` lists every job from the start.
-        let mut effects: Vec<Effect> = order.iter().map(|name| run.save(name)).collect();
-        effects.push(Effect::SaveRun(Box::new(run.record.clone())));
+        let queued = order.iter().enumerate().filter(|(_, name)| run.jobs[*name].state == JobState::Queued);
+        run.record.queued_at_start = Some(RunRecord::queued_bitmap(order.len(), queued.map(|(index, _)| index)));
+        let mut effects = vec![Effect::SaveRun(Box::new(run.record.clone()))];
         effects.extend(dispatches.into_iter().filter(|effect| matches!(effect, Effect::Dispatch { .. })));
         #[cfg(debug_assertions)]
         run.check_invariants();
@@ -68,7 +72,7 @@ impl Run {
             let reason = format!("its spec is of workflow `{}`, not `{}`", spec.name, record.workflow);
             return Err(RestoreError { run_id: record.id, reason });
         }
-        let jobs = kept_records(&spec, record.id, stored);
+        let jobs = kept_records(&spec, &record, stored);
         let mut run = Self::assemble(record, spec, jobs);
         let mut effects = Vec::new();
         if run.record.state == RunState::Running {
@@ -151,14 +155,22 @@ impl Run {
 /// children their parents' records list, shallowest first.
 fn kept_records(
     spec: &WorkflowSpec,
-    run_id: RunId,
+    record: &RunRecord,
     mut stored: HashMap<String, JobRecord>,
 ) -> HashMap<String, JobRecord> {
+    // Where each workflow job is in the run record's list, for the state it began in.
+    let index: HashMap<&str, usize> =
+        record.jobs.iter().enumerate().map(|(index, name)| (name.as_str(), index)).collect();
     let mut jobs: HashMap<String, JobRecord> = spec
         .topological_order()
         .into_iter()
         .map(|name| {
-            let job = stored.remove(&name).unwrap_or_else(|| blank_job(run_id, &name));
+            let job = stored.remove(&name).unwrap_or_else(|| {
+                index
+                    .get(name.as_str())
+                    .and_then(|index| record.first_state(*index))
+                    .unwrap_or_else(|| blank_job(record.id, &name))
+            });
             (name, job)
         })
         .collect();

@@ -110,8 +110,10 @@ fn dispatched(effects: &[Effect]) -> Vec<String> {
 const DIAMOND: &str = "name: d\njobs:\n  a: { run: noop }\n  b: { run: noop, needs: [a] }\n  c: { run: noop, needs: [a] }\n  d: { run: noop, needs: [b, c] }\n";
 
 #[test]
-fn start_saves_every_job_then_the_run_then_dispatches_roots() {
-    let (run, effects) = start(DIAMOND);
+fn start_saves_only_the_run_record_saying_what_it_queued_then_dispatches_roots() {
+    const TWO_ROOTS: &str =
+        "name: t\njobs:\n  late: { run: noop, needs: [a] }\n  a: { run: noop }\n  z: { run: noop }\n";
+    let (run, effects) = start(TWO_ROOTS);
     let kinds: Vec<&str> = effects
         .iter()
         .map(|effect| match effect {
@@ -121,10 +123,30 @@ fn start_saves_every_job_then_the_run_then_dispatches_roots() {
             _ => "other",
         })
         .collect();
-    assert_eq!(kinds, ["job", "job", "job", "job", "run", "dispatch"]);
-    assert_eq!(dispatched(&effects), ["a"]);
-    assert_eq!(run.job("a").unwrap().state, JobState::Queued);
-    assert_eq!(run.job("d").unwrap().state, JobState::Blocked);
+    assert_eq!(kinds, ["run", "dispatch", "dispatch"], "no job record until a job leaves its first state");
+    assert_eq!(dispatched(&effects), ["a", "z"]);
+    let record = run.record();
+    assert_eq!(record.jobs, ["a", "late", "z"]);
+    assert_eq!(record.queued_at_start.as_deref(), Some("5"), "jobs 0 and 2 queued: bits 1 and 4");
+    let first: Vec<(String, JobState)> = record.first_states().map(|job| (job.name, job.state)).collect();
+    assert_eq!(
+        first,
+        [("a".into(), JobState::Queued), ("late".into(), JobState::Blocked), ("z".into(), JobState::Queued)]
+    );
+    assert_eq!(record.first_state(0).unwrap().queued_at, Some(record.created_at));
+    assert_eq!(run.job("late").unwrap().state, JobState::Blocked);
+}
+
+#[test]
+fn a_run_restored_from_its_record_alone_has_its_roots_queued_and_dispatches_nothing_again() {
+    let (run, _) = start(DIAMOND);
+    let (restored, effects) = Run::restore(run.record().clone(), run.spec().clone(), HashMap::new(), at(5)).unwrap();
+    assert_eq!(restored.job("a").unwrap().state, JobState::Queued);
+    assert_eq!(restored.job("a").unwrap().queued_at, Some(run.record().created_at));
+    assert_eq!(restored.job("d").unwrap().state, JobState::Blocked);
+    // The shell's recovery re-publishes a queued job only if its message never reached the pool.
+    assert!(dispatched(&effects).is_empty(), "{effects:?}");
+    assert!(saved(&effects).is_empty(), "{effects:?}");
 }
 
 #[test]
