@@ -3,6 +3,7 @@ for byte; bad messages are refused naming what is wrong."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, timezone
 
 import msgpack
@@ -33,7 +34,7 @@ def test_schema_1_vectors_still_decode(path: object) -> None:
 
     assert isinstance(path, Path)
     value = CLASSES[path.stem].decode(path.read_bytes())
-    assert getattr(value, "schema_version") == 1
+    assert value.schema_version == 1
 
 
 def test_typed_fields_read_as_python_values() -> None:
@@ -55,10 +56,10 @@ def test_a_newer_schema_is_refused_with_its_version() -> None:
 def test_a_wrong_field_is_named() -> None:
     value = msgpack.unpackb((GOLDEN / "job_event.msgpack").read_bytes())
     value["attempt"] = "two"
-    with pytest.raises(WireError, match="field `job event.attempt`: expected an integer"):
+    with pytest.raises(WireError, match=re.escape("field `job event.attempt`: expected an integer")):
         _wire.JobEvent.decode(msgpack.packb(value))
     del value["attempt"]
-    with pytest.raises(WireError, match="missing field `job event.attempt`"):
+    with pytest.raises(WireError, match=re.escape("missing field `job event.attempt`")):
         _wire.JobEvent.decode(msgpack.packb(value))
     with pytest.raises(WireError, match="not MessagePack"):
         _wire.JobEvent.decode(b"\xc1")

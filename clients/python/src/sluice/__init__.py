@@ -1,7 +1,8 @@
 """Sluice's Python SDK: write jobs as Python classes, run them locally or on Python workers,
 and submit and follow runs. docs/python.md is the guide; docs/protocol.md the wire format."""
 
-from ._wire import PROTOCOL_VERSIONS, SCHEMA_VERSION
+from ._wire import PROTOCOL_VERSIONS, SCHEMA_VERSION, Window
+from .context import Context, current_context
 from .errors import (
     ConfigError,
     NoAnswer,
@@ -12,6 +13,7 @@ from .errors import (
     SluiceError,
     WireError,
 )
+from .job import Job, job
 
 __version__ = "0.1.0"
 
@@ -19,12 +21,17 @@ __all__ = [
     "PROTOCOL_VERSIONS",
     "SCHEMA_VERSION",
     "ConfigError",
+    "Context",
+    "Job",
     "NoAnswer",
     "NotFound",
     "PermanentError",
     "Refused",
     "Rejected",
     "SluiceError",
+    "Window",
     "WireError",
     "__version__",
+    "current_context",
+    "job",
 ]

@@ -201,6 +201,8 @@ class Message:
     """A top-level message or record: it has a `schema_version` and a name for errors."""
 
     WHAT: ClassVar[str] = "message"
+    # Declared here for type checkers; each dataclass below defines it as its first field.
+    schema_version: int
 
     def encode(self) -> bytes:
         """The MessagePack bytes, as the Rust side writes them."""
