@@ -330,6 +330,16 @@ class AttemptRecord:
     worker: str = wire(STR, default="")
     redelivered_to: list[str] = wire(LIST(STR), default=[])
     spec_hash: str | None = wire(OPT(STR), omit="none", default=None)
+    #: What a later attempt found of this one (the pod kind reports a Job a lost worker left).
+    found_later: str | None = wire(OPT(STR), omit="none", default=None)
+
+
+@dataclasses.dataclass(kw_only=True)
+class EarlierAttempt:
+    """What a later attempt found of an earlier attempt of the same job."""
+
+    attempt: int = wire(INT)
+    found: str = wire(STR)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -469,6 +479,7 @@ class JobEvent(Message):
     spawned: int = wire(INT, omit="falsy", default=0)
     started_at: datetime | None = wire(OPT(TIME), omit="none", default=None)
     schedule_retry: bool = wire(BOOL, omit="falsy", default=False)
+    earlier: list[EarlierAttempt] = wire(LIST(MSG(EarlierAttempt)), omit="falsy", default=[])
 
 
 @dataclasses.dataclass(kw_only=True)
