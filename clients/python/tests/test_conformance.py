@@ -8,7 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from conftest import CONFORMANCE
+from paths import CONFORMANCE
 
 from sluice import _names, placeholders, retry, windows
 from sluice._wire import MSG, RetryPolicy, format_time, parse_time

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import msgpack
 import pytest
-from conftest import GOLDEN
+from paths import GOLDEN
 
 from sluice import _wire
 from sluice._wire import GOLDEN as CLASSES

@@ -9,7 +9,6 @@ import inspect
 import json
 import types
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, ClassVar, TypeVar, overload
 
 from .context import CALL_KEY, OUTPUT_MAX_BYTES, Context, _enter, _leave
@@ -29,13 +28,15 @@ class Job:
     """
 
     job_name: ClassVar[str]
+    #: `perform(self, start, end, config)` or `perform(self, start, end, config, ctx)`: either
+    #: signature type-checks in a subclass.
+    perform: Callable[..., Any]
 
     def __init_subclass__(cls, name: str | None = None, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.job_name = _checked_name(name or cls.__name__, cls.__qualname__)
-
-    def perform(self, start: datetime, end: datetime, config: Any) -> Any:
-        raise NotImplementedError(f"{type(self).__name__}.perform")
+        if not callable(getattr(cls, "perform", None)):
+            raise ConfigError(f"job class {cls.__qualname__} has no perform(self, start, end, config) method")
 
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -90,6 +90,8 @@ FETCH_WAIT_S = 1.0
 STOPPED_RUNS_REMEMBERED = 4096
 #: A killed `process`-mode child gets this long to exit after SIGTERM before SIGKILL (s).
 KILL_GRACE_S = 2.0
+#: How long closing the connection may take at shutdown (s).
+CLOSE_WAIT_S = 5.0
 #: Pauses between tries to store an event double from this up to EVENT_RETRY_MAX_S (s).
 EVENT_RETRY_FIRST_S = 0.1
 EVENT_RETRY_MAX_S = 5.0
@@ -219,6 +221,10 @@ def _child_main(
     module: str, name: str, ctx: Context, connection: multiprocessing.connection.Connection
 ) -> None:  # pragma: no cover - runs in the child process
     """`process` isolation: one attempt in a child process; lines and the result go back on a pipe."""
+    # The worker's signal handling is not the child's: SIGTERM and SIGINT end it.
+    signal.set_wakeup_fd(-1)
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, signal.SIG_DFL)
     ctx.log_sink = lambda stream, text: connection.send(("line", stream, text))
     try:
         runnable = registry_of(import_module(module))[name]
@@ -282,7 +288,7 @@ class Attempt:
         """Asks the job to stop: cooperative in a thread, a kill in a child process."""
         self.ctx.cancel()
         if self.process is not None and self.process.is_alive():
-            self.process.terminate()
+            self.process.kill()
 
 
 # ------------------------------------------------------------------ the worker
@@ -330,7 +336,7 @@ class Worker:
 
     async def open(self) -> None:
         self.nc = await self.options.connect(f"sluice-py worker {self.worker_id}")
-        version = str(self.nc.connected_server_version)
+        version = str(self.nc._server_info.get("version", "unknown"))  # the INFO the server sent
         problem = check_server_version(version)
         if problem is not None:
             raise SluiceError(problem)
@@ -458,8 +464,9 @@ class Worker:
             await announcer
             with contextlib.suppress(Exception):
                 await self.workers_kv.delete(self.registry_key)
+            # Not drain(): it waits on the pull subscription's open fetch.
             with contextlib.suppress(Exception):
-                await self.nc.drain()
+                await asyncio.wait_for(self.nc.close(), CLOSE_WAIT_S)
             self.threads.shutdown(wait=False, cancel_futures=True)
             log.info("worker %s stopped", self.worker_id)
 

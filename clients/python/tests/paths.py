@@ -1,4 +1,4 @@
-"""Shared test helpers: where the repository's golden vectors and conformance tables are."""
+"""Where the repository's golden vectors and conformance tables are."""
 
 from __future__ import annotations
 

@@ -1,0 +1,66 @@
+"""Jobs the integration tests run on Python workers (imported by `sluice-py worker sdkjobs`)."""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sluice
+
+
+class Extract(sluice.Job, name="py-extract"):
+    def perform(self, start: datetime, end: datetime, config: Any, ctx: sluice.Context) -> Any:
+        ctx.logger.info("extracting %s..%s", start.isoformat(), end.isoformat())
+        return {"rows": int(config["rows"]), "day": start.date().isoformat()}
+
+
+@sluice.job(name="py-transform")
+def transform(start: datetime, end: datetime, config: Any, ctx: sluice.Context) -> Any:
+    assert sluice.current_context() is ctx
+    return {"rows": ctx.inputs["extract"]["rows"] * 2, "from": sorted(ctx.inputs)}
+
+
+@sluice.job(name="py-flaky")
+def flaky(start: datetime, end: datetime, config: Any, ctx: sluice.Context) -> Any:
+    if ctx.attempt < int(config["succeed_on"]):
+        raise RuntimeError(f"attempt {ctx.attempt} fails on purpose")
+    return {"attempt": ctx.attempt}
+
+
+@sluice.job(name="py-permanent")
+def permanent(start: datetime, end: datetime, config: Any) -> Any:
+    raise sluice.PermanentError("the input is malformed; retrying will not help")
+
+
+def _note(config: Any, name: str, text: str) -> None:
+    Path(config["dir"], name).write_text(text)
+
+
+@sluice.job(name="py-hang")
+def hang(start: datetime, end: datetime, config: Any, ctx: sluice.Context) -> Any:
+    """Ignores cancellation: only a kill stops it (process isolation)."""
+    _note(config, f"{ctx.job}.pid", str(os.getpid()))
+    time.sleep(float(config.get("seconds", 60)))
+    return None
+
+
+@sluice.job(name="py-cooperative")
+def cooperative(start: datetime, end: datetime, config: Any, ctx: sluice.Context) -> Any:
+    """Stops when told (thread isolation)."""
+    _note(config, f"{ctx.job}.started", "")
+    deadline = time.monotonic() + float(config.get("seconds", 60))
+    while time.monotonic() < deadline:
+        if ctx.wait_cancelled(0.05):
+            _note(config, f"{ctx.job}.noticed", str(ctx.cancelled))
+            return None
+    return {"finished": True}
+
+
+@sluice.job(name="py-slow")
+def slow(start: datetime, end: datetime, config: Any, ctx: sluice.Context) -> Any:
+    _note(config, f"{ctx.job}.{ctx.attempt}.started", str(os.getpid()))
+    time.sleep(float(config.get("seconds", 3)))
+    return {"attempt": ctx.attempt}
