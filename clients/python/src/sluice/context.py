@@ -179,11 +179,9 @@ class Context:
         prefix = name or kind
         for index, item in enumerate(items):
             _check_json(item, f"fan_out item {index}")
-            self.spawn(
-                f"{prefix}-{index}",
-                kind,
-                config={CALL_KEY: {"args": [item]}},
-            )
+            # On this pool: the function is a Python job (a child without `pool` would go to
+            # the workflow's default pool).
+            self.spawn(f"{prefix}-{index}", kind, config={CALL_KEY: {"args": [item]}}, pool=self.pool)
 
     def take_children(self) -> list[ChildSpec]:
         children, self._children = self._children, []

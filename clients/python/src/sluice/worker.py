@@ -90,6 +90,8 @@ FETCH_WAIT_S = 1.0
 STOPPED_RUNS_REMEMBERED = 4096
 #: A killed `process`-mode child gets this long to exit after SIGTERM before SIGKILL (s).
 KILL_GRACE_S = 2.0
+#: The children's outputs a job that needs their parent receives, at most (bytes of JSON).
+CHILDREN_INPUT_MAX_BYTES = 16 * 1024 * 1024
 #: How long closing the connection may take at shutdown (s).
 CLOSE_WAIT_S = 5.0
 #: Pauses between tries to store an event double from this up to EVENT_RETRY_MAX_S (s).
@@ -179,6 +181,12 @@ def plan_redelivery(job: JobMessage, last: JobEvent | None, record: JobRecord | 
         ):
             open_worker = latest.worker
     return Plan(attempt=before + 1, open=open_worker)
+
+
+def _natural(name: str) -> tuple[str, int]:
+    """`sensor-10` after `sensor-9`: children of a fan-out sort by their index."""
+    stem, _, number = name.rpartition("-")
+    return (stem, int(number)) if number.isdigit() else (name, -1)
 
 
 def error_text(text: str) -> str:
@@ -532,8 +540,12 @@ class Worker:
             self.running.setdefault(job.run_id, []).append(attempt)
             keep_alive = asyncio.create_task(self.keep_alive(message))
             try:
-                attempt.ctx.inputs = await self.inputs(job)
-                result = await self.perform(runnable, attempt, slot)
+                try:
+                    attempt.ctx.inputs = await self.inputs(job)
+                except PermanentError as error:
+                    result = Result(error=str(error), permanent=True)
+                else:
+                    result = await self.perform(runnable, attempt, slot)
             finally:
                 keep_alive.cancel()
                 attempts = self.running.get(job.run_id, [])
@@ -632,15 +644,46 @@ class Worker:
                 await message.in_progress()
 
     async def inputs(self, job: JobMessage) -> dict[str, Any]:
+        """The outputs of the jobs it needs; a job that spawned children gives
+        `{"output": …, "children": [{"name", "state", "output"}, …]}` (bounded)."""
         found: dict[str, Any] = {}
         for need in job.needs:
             try:
                 record = JobRecord.decode((await self.jobs_kv.get(names.job_key(job.run_id, need))).value)
             except KeyNotFoundError:
                 continue
-            if record.output is not None:
+            if record.children:
+                found[need] = {"output": record.output, "children": await self.children_of(job.run_id, need)}
+            elif record.output is not None:
                 found[need] = record.output
         return found
+
+    async def children_of(self, run_id: str, parent: str) -> list[dict[str, Any]]:
+        """The direct children of `parent` with their outputs, in name order, at most
+        CHILDREN_INPUT_MAX_BYTES of JSON in all (beyond that the attempt fails, permanently)."""
+        watcher = await self.jobs_kv.watch(f"{names.job_key(run_id, parent)}.*", ignore_deletes=True)
+        children: list[dict[str, Any]] = []
+        size = 0
+        try:
+            while True:
+                entry = await watcher.updates(timeout=FETCH_WAIT_S * 30)
+                if entry is None:
+                    break
+                if entry.value:
+                    record = JobRecord.decode(entry.value)
+                    child = {"name": record.name, "state": record.state.value, "output": record.output}
+                    size += len(json.dumps(child))
+                    if size > CHILDREN_INPUT_MAX_BYTES:
+                        raise PermanentError(
+                            f"the children of `{parent}` give more than "
+                            f"{CHILDREN_INPUT_MAX_BYTES} bytes of outputs"
+                        )
+                    children.append(child)
+                if entry.delta == 0:
+                    break
+        finally:
+            await watcher.stop()
+        return sorted(children, key=lambda child: _natural(child["name"]))
 
     async def on_record(self, job: JobMessage) -> tuple[JobEvent | None, JobRecord | None]:
         last: JobEvent | None = None

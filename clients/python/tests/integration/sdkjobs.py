@@ -64,3 +64,25 @@ def slow(start: datetime, end: datetime, config: Any, ctx: sluice.Context) -> An
     _note(config, f"{ctx.job}.{ctx.attempt}.started", str(os.getpid()))
     time.sleep(float(config.get("seconds", 3)))
     return {"attempt": ctx.attempt}
+
+
+@sluice.job(name="py-square")
+def square(item: int) -> Any:
+    """A fan-out child: called with one item."""
+    return {"square": item * item}
+
+
+@sluice.job(name="py-fan")
+def fan(start: datetime, end: datetime, config: Any, ctx: sluice.Context) -> Any:
+    ctx.fan_out(square, range(int(config["count"])))
+    return {"spawned": int(config["count"])}
+
+
+@sluice.job(name="py-join")
+def join(start: datetime, end: datetime, config: Any, ctx: sluice.Context) -> Any:
+    children = ctx.inputs["fan"]["children"]
+    return {
+        "children": len(children),
+        "sum": sum(child["output"]["square"] for child in children),
+        "parent": ctx.inputs["fan"]["output"],
+    }

@@ -208,3 +208,26 @@ def test_a_worker_for_a_module_that_does_not_import_exits_2(module: str) -> None
         check=False,
     )
     assert done.returncode == 2 and f"cannot import module `{module}`" in done.stderr
+
+
+def test_fan_out_children_run_on_the_pool_and_their_results_reach_the_join(
+    client: sluice.Client, workers: Workers
+) -> None:
+    declare_pool("py")
+    workers.start("py", concurrency=4)
+    count = 2000
+    workflow = f"""
+name: sdk-fanout
+jobs:
+  fan: {{ run: py-fan, pool: py, config: {{ count: {count} }} }}
+  join: {{ run: py-join, pool: py, needs: [fan] }}
+"""
+    done = client.wait(client.submit(workflow, window="2024-03-01"), timeout=120)
+    assert done.state is RunState.SUCCEEDED, {name: job.error for name, job in done.jobs.items() if job.error}
+    assert done.jobs["fan"].children == count
+    assert done.jobs["join"].output == {
+        "children": count,
+        "sum": sum(i * i for i in range(count)),
+        "parent": {"spawned": count},
+    }
+    assert done.jobs["fan.py-square-7"].output == {"square": 49}
