@@ -96,7 +96,9 @@ class Context:
     generation: int = 0
     pool: str = "local"
     worker_id: str = "local"
+    #: The run's W3C trace context (the job message's headers), for spans that nest under it.
     traceparent: str | None = None
+    tracestate: str | None = None
     #: Called with (stream, text) for each log line; the worker batches them to the logs stream.
     log_sink: Callable[[str, str], None] | None = None
     _cancel: threading.Event = dataclasses.field(default_factory=threading.Event)

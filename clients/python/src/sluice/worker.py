@@ -234,6 +234,10 @@ def _child_main(
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, signal.SIG_DFL)
     ctx.log_sink = lambda stream, text: connection.send(("line", stream, text))
+    # As the Rust worker gives exec jobs: libraries that read the environment nest their spans.
+    for variable, value in (("TRACEPARENT", ctx.traceparent), ("TRACESTATE", ctx.tracestate)):
+        if value:
+            os.environ[variable] = value
     try:
         runnable = registry_of(import_module(module))[name]
         result = _run_in_thread(runnable, ctx)
@@ -533,6 +537,9 @@ class Worker:
             await self.store_event(message, self.event(job, attempt_number, EventKind.STARTED))
             opened = None
         attempt = Attempt(self, job, attempt_number)
+        headers = message.headers or {}
+        attempt.ctx.traceparent = headers.get(names.HEADER_TRACEPARENT)
+        attempt.ctx.tracestate = headers.get(names.HEADER_TRACESTATE)
         if runnable is None:
             result = Result(error=f"unknown job kind `{job.kind}`: this worker runs {', '.join(self.kinds)}")
             ending = Ending.UNKNOWN_KIND

@@ -14,7 +14,7 @@ import sluice
 class Extract(sluice.Job, name="py-extract"):
     def perform(self, start: datetime, end: datetime, config: Any, ctx: sluice.Context) -> Any:
         ctx.logger.info("extracting %s..%s", start.isoformat(), end.isoformat())
-        return {"rows": int(config["rows"]), "day": start.date().isoformat()}
+        return {"rows": int(config["rows"]), "day": start.date().isoformat(), "traced": bool(ctx.traceparent)}
 
 
 @sluice.job(name="py-transform")

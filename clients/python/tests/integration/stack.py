@@ -19,6 +19,7 @@ from pathlib import Path
 URL = os.environ.get("SLUICE_TEST_NATS_URL", "")
 SLUICE = os.environ.get("SLUICE_TEST_SLUICE", "")
 HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[3]
 #: Longest wait for anything the tests wait on (s).
 WAIT_S = 60.0
 
@@ -50,17 +51,24 @@ class Workers:
         self.tmp = tmp
         self.started: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def start(self, pool: str, isolation: str = "thread", concurrency: int = 2) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        pool: str,
+        isolation: str = "thread",
+        concurrency: int = 2,
+        module: str = "sdkjobs",
+        path: Path = HERE,
+    ) -> subprocess.Popen[bytes]:
         worker_id = f"pytest-{uuid.uuid4().hex[:8]}"
         log = self.tmp / f"{worker_id}.log"
-        env = {**os.environ, "PYTHONPATH": str(HERE)}
+        env = {**os.environ, "PYTHONPATH": str(path)}
         process = subprocess.Popen(
             [
                 sys.executable,
                 "-m",
                 "sluice",
                 "worker",
-                "sdkjobs",
+                module,
                 "--nats-url",
                 URL,
                 "--pool",

@@ -41,7 +41,8 @@ jobs:
     run_id = client.submit(workflow, window="2024-03-01")
     done = client.wait(run_id, timeout=60)
     assert done.state is RunState.SUCCEEDED, done.jobs
-    assert done.jobs["extract"].output == {"rows": 21, "day": "2024-03-01"}
+    # The run's trace context reached the job (the coordinator puts it on every job message).
+    assert done.jobs["extract"].output == {"rows": 21, "day": "2024-03-01", "traced": True}
     assert done.jobs["transform"].output == {"rows": 42, "from": ["extract"]}
     assert done.jobs["extract"].attempt_history[0].worker.startswith("pytest-")
     assert not done.jobs["first"].attempt_history[0].worker.startswith("pytest-")
@@ -231,3 +232,18 @@ jobs:
         "parent": {"spawned": count},
     }
     assert done.jobs["fan.py-square-7"].output == {"square": 49}
+
+
+def test_the_python_jobs_example_runs_beside_an_exec_job(client: sluice.Client, workers: Workers) -> None:
+    from stack import REPO
+
+    example = REPO / "examples" / "python-jobs"
+    declare_pool("python")
+    workers.start("python", module="etl_jobs", path=example)
+    done = client.wait(client.submit(example / "etl.yaml", window="2024-03-31"), timeout=60)
+    assert done.state is RunState.SUCCEEDED, {name: job.error for name, job in done.jobs.items()}
+    # The window is the workflow's zone's day: 23 hours on the day Berlin springs forward.
+    assert (done.run.window.end - done.run.window.start).total_seconds() == 23 * 3600
+    assert len(done.jobs["extract"].output["readings"]) == 12
+    assert set(done.jobs["transform"].output) == {"high", "mean"}
+    assert any("loaded the window 2024-03-31T00:00:00+01:00" in e.line.text for e in client.logs(done.run.id))
