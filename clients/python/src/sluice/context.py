@@ -167,6 +167,7 @@ class Context:
         items: Iterable[Any],
         max_parallel: int | None = None,
         name: str | None = None,
+        retry: Mapping[str, Any] | None = None,
     ) -> None:
         """Runs `function(item)` for each item as a child job of this one, on any worker of the
         pool, each retried and dead-lettered on its own. `function` is a module-level
@@ -175,7 +176,11 @@ class Context:
         How many run at once is the parent's `max_parallel:` in the workflow (a child cannot
         change it); `max_parallel` here is accepted for symmetry with the YAML and unused."""
         del max_parallel
+        from ._wire import MSG, RetryPolicy
         from .job import job_name_of
+
+        # `retry`: each child's policy, as in YAML ({max_attempts, backoff, initial, max, jitter}).
+        policy = MSG(RetryPolicy)[0](dict(retry), "retry") if retry is not None else None
 
         kind = job_name_of(function)
         prefix = name or kind
@@ -183,7 +188,9 @@ class Context:
             _check_json(item, f"fan_out item {index}")
             # On this pool: the function is a Python job (a child without `pool` would go to
             # the workflow's default pool).
-            self.spawn(f"{prefix}-{index}", kind, config={CALL_KEY: {"args": [item]}}, pool=self.pool)
+            self.spawn(
+                f"{prefix}-{index}", kind, config={CALL_KEY: {"args": [item]}}, pool=self.pool, retry=policy
+            )
 
     def take_children(self) -> list[ChildSpec]:
         children, self._children = self._children, []

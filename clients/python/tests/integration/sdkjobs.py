@@ -68,13 +68,15 @@ def slow(start: datetime, end: datetime, config: Any, ctx: sluice.Context) -> An
 
 @sluice.job(name="py-square")
 def square(item: int) -> Any:
-    """A fan-out child: called with one item."""
+    """A fan-out child: called with one item. Item 7 fails its first attempt."""
+    if item == 7 and sluice.current_context().attempt == 1:
+        raise RuntimeError("item 7 fails once")
     return {"square": item * item}
 
 
 @sluice.job(name="py-fan")
 def fan(start: datetime, end: datetime, config: Any, ctx: sluice.Context) -> Any:
-    ctx.fan_out(square, range(int(config["count"])))
+    ctx.fan_out(square, range(int(config["count"])), retry={"initial": "100ms", "jitter": False})
     return {"spawned": int(config["count"])}
 
 

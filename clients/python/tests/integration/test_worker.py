@@ -231,7 +231,14 @@ jobs:
         "sum": sum(i * i for i in range(count)),
         "parent": {"spawned": count},
     }
+    # The child that failed was retried alone.
     assert done.jobs["fan.py-square-7"].output == {"square": 49}
+    assert done.jobs["fan.py-square-7"].attempts == 2
+    assert {
+        job.attempts
+        for path, job in done.jobs.items()
+        if path.startswith("fan.") and path != "fan.py-square-7"
+    } == {1}
 
 
 def test_the_python_jobs_example_runs_beside_an_exec_job(client: sluice.Client, workers: Workers) -> None:
