@@ -101,3 +101,24 @@ def test_spawn_and_fan_out_collect_children() -> None:
     assert children[1].config == {"__sluice_call__": {"args": ["a"]}}
     with pytest.raises(sluice.SluiceError, match="not a JSON value"):
         ctx.fan_out(localjobs.not_json, [object()])
+
+
+def test_the_console_script_and_the_wheel() -> None:
+    script = Path(sys.executable).parent / "sluice-py"
+    assert script.is_file(), f"{script} is missing: scripts/install-tools.sh installs the SDK"
+    done = subprocess.run(
+        [str(script), "run", "localjobs:Ingest", "--window", "2024-03-01"],
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+        check=False,
+    )
+    assert done.returncode == 0 and json.loads(done.stdout)["start"] == "2024-03-01T00:00:00+00:00", (
+        done.stderr
+    )
+    import zipfile
+
+    wheels = sorted((HERE.parents[2] / ".tools" / "dist").glob("sluice_sdk-*.whl"))
+    assert wheels, "scripts/install-tools.sh builds the wheel into .tools/dist"
+    names = set(zipfile.ZipFile(wheels[-1]).namelist())
+    assert {"sluice/py.typed", "sluice/_wire.py", "sluice/worker.py"} <= names
