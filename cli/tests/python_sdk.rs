@@ -18,7 +18,7 @@ fn the_python_sdks_client_and_worker_pass_their_integration_tests() {
     stack.worker(&[]);
     wait_until_set_up(&stack);
     let output = Command::new(&python)
-        .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/integration"])
+        .args(["-m", "pytest", "-p", "no:cacheprovider", "tests/integration"])
         .env("SLUICE_TEST_NATS_URL", stack.url())
         .env("SLUICE_TEST_SLUICE", SLUICE)
         .current_dir(workspace_root().join("clients/python"))
