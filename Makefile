@@ -29,7 +29,9 @@ python-test: tools python-check
 python-check:
 	cd clients/python && $(PY_TOOLS)/python -m pytest -p no:cacheprovider && $(PY_TOOLS)/ruff check . && $(PY_TOOLS)/ruff format --check . && $(PY_TOOLS)/mypy
 
-# make bench   the standard loadtest suite (release build): bench/results.json + docs/performance.md
+# make bench   the standard loadtest suite (release build): bench/results.json + docs/performance.md,
+#              then W1–W5 again with nats-server `sync_interval: always`: bench/results-sync-always.json
 bench: tools
 	$(CARGO) build --release -p sluice -p sluice-loadtest
 	./target/release/sluice-loadtest --sluice ./target/release/sluice --out bench/results.json --doc docs/performance.md
+	./target/release/sluice-loadtest --sluice ./target/release/sluice --sync-interval always --only W1,W2,W3,W4,W5 --out bench/results-sync-always.json

@@ -218,7 +218,7 @@ fn json_keeps_the_documented_key_order() {
     );
     assert_eq!(
         keys(&job["attempt_history"][0]),
-        ["attempt", "started_at", "finished_at", "error", "worker", "redelivered_to", "spec_hash"]
+        ["attempt", "started_at", "finished_at", "error", "worker", "redelivered_to", "spec_hash", "found_later"]
     );
     let runs = stack.sluice_json(&["runs"], 0);
     assert_eq!(keys(&runs), ["runs", "next"]);

@@ -135,6 +135,7 @@ fn forged_events_with_huge_worker_ids_do_not_grow_the_record() {
                 spawned: 0,
                 started_at: None,
                 schedule_retry: false,
+                earlier: Vec::new(),
             };
             let subject = names::event_subject("default", &id, "nap");
             js.publish(subject, encode(&event).expect("encode").into()).await.expect("publish").await.expect("stored");

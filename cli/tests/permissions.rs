@@ -2,8 +2,9 @@
 //! `sluice_proto::roles::server_authorization` renders (issue 13, point 3): each role is
 //! refused what it may not do — the server reports a permissions violation for exactly that
 //! subject — and the same connection then does its own job; a whole workflow runs with
-//! every process on its own least-privilege credentials; and TLS with a client certificate.
-//! nkeys and certificates are made here (`nkeys`, `rcgen`).
+//! every process on its own least-privilege credentials (nkeys and passwords, and `.creds`
+//! files on a server in operator mode); and TLS with a client certificate. nkeys, JWTs and
+//! certificates are made here (`nkeys`, `rcgen`).
 #![allow(clippy::disallowed_macros)]
 
 mod common;
@@ -31,15 +32,23 @@ fn alice() -> Role {
 
 /// Credentials for each role, written to files in a directory of their own: nkeys for the
 /// coordinator and the workers, passwords for the submitter and the viewer (both kinds a
-/// deployment may use).
+/// deployment may use); or, for a server in operator mode, a `.creds` file (user JWT and
+/// seed) for every role.
 struct Credentials {
     dir: tempfile::TempDir,
     users: Vec<(Role, Login)>,
+    /// The operator's server configuration, when the users are JWTs.
+    operator: Option<serde_json::Value>,
 }
 
 enum Login {
     Nkey { seed_file: PathBuf },
     Password { password: String },
+    Creds { file: PathBuf },
+}
+
+fn roles() -> [Role; 5] {
+    [Role::Coordinator, worker("default"), worker("gpu"), alice(), Role::Viewer]
 }
 
 impl Credentials {
@@ -55,7 +64,40 @@ impl Credentials {
         for role in [alice(), Role::Viewer] {
             users.push((role.clone(), Login::Password { password: format!("{}-secret", role.user_name()) }));
         }
-        Self { dir, users }
+        Self { dir, users, operator: None }
+    }
+
+    /// Decentralised auth, as `nsc` sets it up: an operator, the account SLUICE (JetStream
+    /// enabled) that it signs, and a user JWT per role signed by the account, carrying the
+    /// role's permissions; the server resolves the account from memory.
+    fn jwt() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let operator = nkeys::KeyPair::new_operator();
+        let account = nkeys::KeyPair::new_account();
+        let operator_jwt = jwt::sign(&operator, "sluice-test", &operator.public_key(), jwt::operator_claims());
+        let account_jwt = jwt::sign(&operator, names::NATS_ACCOUNT, &account.public_key(), jwt::account_claims(true));
+        // JetStream needs a system account in operator mode.
+        let system = nkeys::KeyPair::new_account();
+        let system_jwt = jwt::sign(&operator, "SYS", &system.public_key(), jwt::account_claims(false));
+        let mut users = Vec::new();
+        for role in roles() {
+            let user = nkeys::KeyPair::new_user();
+            let permissions = role.permissions().expect("valid permissions");
+            let user_jwt = jwt::sign(&account, &role.user_name(), &user.public_key(), jwt::user_claims(&permissions));
+            assert!(user_jwt.len() < jwt::CONTROL_LINE_BYTES / 2, "{} bytes: raise the control line", user_jwt.len());
+            let file = dir.path().join(format!("{}.creds", role.user_name()));
+            std::fs::write(&file, jwt::creds(&user_jwt, &user.seed().expect("a seed"))).expect("writing creds");
+            users.push((role, Login::Creds { file }));
+        }
+        let config = serde_json::json!({
+            "operator": operator_jwt,
+            "resolver": "MEMORY",
+            "resolver_preload": { account.public_key(): account_jwt, system.public_key(): system_jwt },
+            "system_account": system.public_key(),
+            // A role's JWT, sent in CONNECT, is longer than the default 4 KiB control line.
+            "max_control_line": jwt::CONTROL_LINE_BYTES,
+        });
+        Self { dir, users, operator: Some(config) }
     }
 
     fn login(&self, role: &Role) -> &Login {
@@ -67,16 +109,20 @@ impl Credentials {
         let users: Vec<RoleUser> = self
             .users
             .iter()
-            .map(|(role, login)| match login {
+            .filter_map(|(role, login)| match login {
                 Login::Nkey { seed_file } => {
                     let seed = std::fs::read_to_string(seed_file).expect("seed");
                     let key = nkeys::KeyPair::from_seed(seed.trim()).expect("a seed");
-                    RoleUser::nkey(role.clone(), key.public_key())
+                    Some(RoleUser::nkey(role.clone(), key.public_key()))
                 }
-                Login::Password { password } => RoleUser::password(role.clone(), password.clone()),
+                Login::Password { password } => Some(RoleUser::password(role.clone(), password.clone())),
+                Login::Creds { .. } => None,
             })
             .collect();
-        let mut config = server_authorization(&users).expect("a valid configuration");
+        let mut config = match &self.operator {
+            Some(operator) => operator.clone(),
+            None => server_authorization(&users).expect("a valid configuration"),
+        };
         if let (Some(config), serde_json::Value::Object(extra)) = (config.as_object_mut(), extra) {
             config.extend(extra);
         }
@@ -92,6 +138,11 @@ impl Credentials {
             Login::Password { password } => {
                 vec![("SLUICE_NATS_USER".into(), role.user_name()), ("SLUICE_NATS_PASSWORD".into(), password.clone())]
             }
+            // A JWT names no user the CLI can read: the identity says which role it is.
+            Login::Creds { file } => vec![
+                ("SLUICE_NATS_CREDS".into(), file.display().to_string()),
+                ("SLUICE_NATS_IDENTITY".into(), role.user_name()),
+            ],
         }
     }
 
@@ -106,6 +157,7 @@ impl Credentials {
                 std::fs::write(&file, format!("{password}\n")).expect("writing a password file");
                 options.password = Some(Secret::File(file));
             }
+            Login::Creds { file } => options.creds_file = Some(file.clone()),
         }
         options
     }
@@ -304,22 +356,32 @@ jobs:
 
 #[test]
 fn a_workflow_runs_with_every_process_on_its_own_least_privilege_credentials() {
-    let credentials = Credentials::new();
-    let mut stack = stack(&credentials, serde_json::json!({}));
-    let coordinator = spawn_as(&mut stack, &credentials, &Role::Coordinator, "coordinator", &["coordinator"]);
+    a_workflow_runs_on(&Credentials::new());
+}
+
+/// The same with `.creds` files (user JWTs) on a server in operator mode: the permissions
+/// travel in the JWTs the account signed.
+#[test]
+fn a_workflow_runs_with_every_process_on_its_own_creds_file_under_an_operator() {
+    a_workflow_runs_on(&Credentials::jwt());
+}
+
+fn a_workflow_runs_on(credentials: &Credentials) {
+    let mut stack = stack(credentials, serde_json::json!({}));
+    let coordinator = spawn_as(&mut stack, credentials, &Role::Coordinator, "coordinator", &["coordinator"]);
     let worker =
-        spawn_as(&mut stack, &credentials, &worker("default"), "worker", &["worker", "--max-nak-delay", "100ms"]);
+        spawn_as(&mut stack, credentials, &worker("default"), "worker", &["worker", "--max-nak-delay", "100ms"]);
     stack.wait_for_workers("default", 1, Duration::from_secs(30)).unwrap_or_else(|error| panic!("{error:#}"));
     let file = stack.write("locked.yaml", WORKFLOW);
     let submitted =
-        sluice_as(&stack, &credentials, &alice(), &["submit", file.to_str().unwrap(), "--wait", "-o", "json"]);
+        sluice_as(&stack, credentials, &alice(), &["submit", file.to_str().unwrap(), "--wait", "-o", "json"]);
     assert!(submitted.status.success(), "submit --wait: {}\n{}", text(&submitted.stdout), text(&submitted.stderr));
     let run: serde_json::Value = serde_json::from_slice(&submitted.stdout).expect("JSON");
     let id = run["id"].as_str().expect("a run id").to_owned();
     assert_eq!(run["state"], "succeeded", "{run:#}");
 
     // The viewer reads it all.
-    let status = sluice_as(&stack, &credentials, &Role::Viewer, &["status", &id, "-o", "json"]);
+    let status = sluice_as(&stack, credentials, &Role::Viewer, &["status", &id, "-o", "json"]);
     assert!(status.status.success(), "status: {}", text(&status.stderr));
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
     let job = |name: &str| {
@@ -332,7 +394,7 @@ fn a_workflow_runs_with_every_process_on_its_own_least_privilege_credentials() {
     assert_eq!(job("flaky")["attempts"], 2, "retried once, scheduled by the coordinator: {status:#}");
     assert_eq!(job("fan")["state"], "completed", "{status:#}");
     assert_eq!(job("fan")["children"]["total"], 3, "{status:#}");
-    let logs = sluice_as(&stack, &credentials, &Role::Viewer, &["logs", &id]);
+    let logs = sluice_as(&stack, credentials, &Role::Viewer, &["logs", &id]);
     assert!(logs.status.success(), "logs: {}", text(&logs.stderr));
     assert!(text(&logs.stdout).contains("extracting"), "{}", text(&logs.stdout));
     assert!(
@@ -341,11 +403,11 @@ fn a_workflow_runs_with_every_process_on_its_own_least_privilege_credentials() {
         text(&logs.stdout)
     );
     for args in [vec!["runs"], vec!["workers"], vec!["pool", "list"]] {
-        let output = sluice_as(&stack, &credentials, &Role::Viewer, &args);
+        let output = sluice_as(&stack, credentials, &Role::Viewer, &args);
         assert!(output.status.success(), "{args:?}: {}", text(&output.stderr));
     }
     // A viewer's control request is refused by the server, and says so.
-    let cancel = sluice_as(&stack, &credentials, &Role::Viewer, &["cancel", &id]);
+    let cancel = sluice_as(&stack, credentials, &Role::Viewer, &["cancel", &id]);
     assert!(!cancel.status.success());
     assert!(
         text(&cancel.stderr).contains("Permissions Violation for Publish to \"sluice.control.viewer."),
@@ -353,7 +415,7 @@ fn a_workflow_runs_with_every_process_on_its_own_least_privilege_credentials() {
         text(&cancel.stderr)
     );
     // The submitter's requests go out under its identity.
-    let retry = sluice_as(&stack, &credentials, &alice(), &["retry", &id, "--job", "extract"]);
+    let retry = sluice_as(&stack, credentials, &alice(), &["retry", &id, "--job", "extract"]);
     assert!(retry.status.success(), "retry as alice: {}", text(&retry.stderr));
     // No process was refused anything while the workflow ran.
     for process in [coordinator, worker] {
@@ -440,4 +502,75 @@ fn over_tls_with_client_certificates_each_role_connects_only_with_the_ca_and_its
             assert!(error.to_string().contains("refused the connection: TLS"), "{error}");
         }
     });
+}
+
+/// NATS JWTs as `nsc` makes them (nats-io/jwt v2): a header and claims, base64url without
+/// padding, signed with the issuer's nkey (ed25519). Only what the test needs.
+mod jwt {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use sluice_proto::roles::Permissions;
+
+    /// The `max_control_line` a server needs for these users (docs/operations.md).
+    pub const CONTROL_LINE_BYTES: usize = 16 * 1024;
+
+    /// `claims` (the `nats` part) of `subject`, named `name`, issued and signed by `issuer`.
+    pub fn sign(issuer: &nkeys::KeyPair, name: &str, subject: &str, claims: serde_json::Value) -> String {
+        let header = serde_json::json!({"typ": "JWT", "alg": "ed25519-nkey"});
+        let issued_at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|since| since.as_secs())
+            .unwrap_or_default();
+        let body = serde_json::json!({
+            "jti": uuid::Uuid::now_v7().simple().to_string().to_uppercase(),
+            "iat": issued_at,
+            "iss": issuer.public_key(),
+            "name": name,
+            "sub": subject,
+            "nats": claims,
+        });
+        let encode = |value: &serde_json::Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).expect("JSON"));
+        let signed = format!("{}.{}", encode(&header), encode(&body));
+        let signature = issuer.sign(signed.as_bytes()).expect("signed");
+        format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature))
+    }
+
+    pub fn operator_claims() -> serde_json::Value {
+        serde_json::json!({"type": "operator", "version": 2})
+    }
+
+    /// An account with no limits, and JetStream enabled (unlimited storage) or not.
+    pub fn account_claims(jetstream: bool) -> serde_json::Value {
+        let storage = if jetstream { -1 } else { 0 };
+        serde_json::json!({
+            "limits": {
+                "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true,
+                "conn": -1, "leaf": -1, "mem_storage": storage, "disk_storage": storage,
+                "streams": storage, "consumer": storage,
+            },
+            "type": "account",
+            "version": 2,
+        })
+    }
+
+    /// A user with a role's permissions.
+    pub fn user_claims(permissions: &Permissions) -> serde_json::Value {
+        serde_json::json!({
+            "pub": {"allow": permissions.publish.allow, "deny": permissions.publish.deny},
+            "sub": {"allow": permissions.subscribe.allow, "deny": permissions.subscribe.deny},
+            "subs": -1, "data": -1, "payload": -1,
+            "type": "user",
+            "version": 2,
+        })
+    }
+
+    /// A `.creds` file: the user JWT and its seed, framed as `nsc` writes them.
+    pub fn creds(jwt: &str, seed: &str) -> String {
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{jwt}\n------END NATS USER JWT------\n\n\
+             ************************* IMPORTANT *************************\n\
+             NKEY Seed printed below can be used to sign and prove identity.\n\n\
+             -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+        )
+    }
 }

@@ -67,13 +67,15 @@ jobs:
 "#;
 
 #[test]
-fn a_pod_workflow_runs_as_kubernetes_jobs_an_image_off_the_list_is_dead_lettered_and_cancel_deletes_the_job() {
+fn a_pod_workflow_runs_as_kubernetes_jobs_an_image_off_the_list_is_dead_lettered_cancel_deletes_the_job_and_an_orphan_is_recorded()
+ {
     let api = KubeApi::start().unwrap();
     api.kubectl(&["create", "namespace", "jobs"]).unwrap();
     let mut stack = Stack::start();
     stack.coordinator();
     wait_until_set_up(&stack);
-    stack.sluice_json(&["pool", "apply", "k8s"], 0);
+    // A short ack wait, so the job of a killed worker comes back soon (below).
+    stack.sluice_json(&["pool", "apply", "k8s", "--ack-wait", "2s"], 0);
     // Pod flags without a namespace, or no cluster to reach: refused before connecting.
     let lone = stack.sluice(&["worker", "--pool", "k8s", "--allow-image", "ghcr.io/acme/*"]);
     assert_eq!(lone.status.code(), Some(2), "{}", text(&lone.stderr));
@@ -101,7 +103,7 @@ fn a_pod_workflow_runs_as_kubernetes_jobs_an_image_off_the_list_is_dead_lettered
         "--pod-secret",
         "api-token",
     ];
-    stack.spawn("worker", &args, &[("KUBECONFIG", kubeconfig.as_str())]);
+    let worker = stack.spawn("worker", &args, &[("KUBECONFIG", kubeconfig.as_str())]);
     stack.wait_for_workers("k8s", 1, Duration::from_secs(30)).unwrap();
     let listed = stack.sluice_json(&["workers"], 0);
     let kinds =
@@ -172,4 +174,44 @@ fn a_pod_workflow_runs_as_kubernetes_jobs_an_image_off_the_list_is_dead_lettered
     });
     let ended = stack.wait_for_run(&run, Duration::from_secs(30));
     assert_eq!(ended["state"], "cancelled", "{ended:#}");
+
+    // A worker killed mid-attempt leaves its Job running. The next attempt finds it by its
+    // labels, records what it had come to in attempt 1's entry of the history, deletes it
+    // and runs afresh.
+    let resume = stack.write(
+        "resume.yaml",
+        "name: resume\njobs:\n  resume:\n    run: pod\n    pool: k8s\n    image: ghcr.io/acme/resume:1\n",
+    );
+    let submitted = stack.sluice_json(&["submit", resume.to_str().unwrap()], 0);
+    let run = submitted["id"].as_str().unwrap().to_owned();
+    let mut first = Vec::new();
+    wait_until(Duration::from_secs(60), "attempt 1's Job of `resume`", || {
+        first = jobs_named(&api, "resume");
+        !first.is_empty()
+    });
+    let active = r#"{"status": {"active": 1}}"#;
+    api.kubectl(&["patch", "job", &first[0], "-n", "jobs", "--subresource=status", "--type=merge", "-p", active])
+        .unwrap();
+    stack.kill(worker);
+    stack.spawn("worker", &args, &[("KUBECONFIG", kubeconfig.as_str())]);
+    wait_until(
+        Duration::from_secs(60),
+        "attempt 2's Job to replace the orphan",
+        || matches!(jobs_named(&api, "resume").as_slice(), [only] if *only != first[0]),
+    );
+    let second = succeed(&api, "resume");
+    assert_eq!(second["metadata"]["labels"]["sluice.dev/attempt"], "2");
+    let ended = stack.wait_for_run(&run, Duration::from_secs(30));
+    assert_eq!(ended["state"], "succeeded", "{ended:#}");
+    let job = ended["jobs"].as_array().unwrap().iter().find(|job| job["name"] == "resume").unwrap();
+    let history = job["attempt_history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{job:#}");
+    let found = history[0]["found_later"].as_str().unwrap_or_default();
+    assert!(
+        found.contains(&first[0]) && found.contains("found by attempt 2: still running (1 active pod); deleted"),
+        "attempt 1 says what became of its Job: {job:#}"
+    );
+    assert!(history[1]["found_later"].is_null(), "{job:#}");
+    let shown = stack.sluice(&["status", &run]);
+    assert!(text(&shown.stdout).contains(&format!("found later: its Job {}", first[0])), "{}", text(&shown.stdout));
 }

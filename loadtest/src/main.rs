@@ -5,13 +5,18 @@
 //!                     [--nats-inbox-prefix PREFIX]] [--sluice PATH] [--out bench/results.json]
 //!                     [--doc docs/performance.md]
 //!
-//! Each baseline (B1–B3, async-nats directly) and each workload (W1–W6, the real `sluice
-//! coordinator` and `sluice worker` processes) runs on a fresh nats-server with file
-//! storage, unless `--nats-url` names one.
+//! Each baseline (B1–B3, async-nats directly on persistent pulls) and each workload (W1,
+//! W2-static, W2-spawned, W3–W6: the real `sluice coordinator` and `sluice worker`
+//! processes) runs on a fresh nats-server with file storage, unless `--nats-url` names one.
+//! Workloads are timed from right before the submission's publish to a KV watch seeing the
+//! run's end, and every job is then verified from its record; the results open with
+//! issue 14's targets, judged against the baselines of the same invocation.
+//! docs/performance.md says what each measures and how.
 
 mod baseline;
 mod listing;
 mod report;
+mod select;
 mod workloads;
 
 use std::path::PathBuf;
@@ -121,10 +126,6 @@ impl Args {
         }
         builder.start()
     }
-
-    fn wants(&self, workload: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|name| name.eq_ignore_ascii_case(workload))
-    }
 }
 
 /// How big each measurement is.
@@ -164,6 +165,9 @@ impl Sizes {
 /// Worker slots in total, for every workload (W1 asks for four).
 const SLOTS: usize = 4;
 
+/// Jobs in one W5 run (workloads::etl).
+const W5_JOBS: usize = 20;
+
 /// How long the coordinator and the worker of a workload may take to start.
 const READY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -175,6 +179,8 @@ async fn main() -> Result<()> {
             "--sync-interval sets the nats-servers this tool starts; with --nats-url, set it in that server's configuration"
         );
     }
+    let chosen = select::selected(&args.only).map_err(anyhow::Error::msg)?;
+    let wants = |id: &str| chosen.contains(id);
     let sluice = sluice_testkit::find_sluice(args.sluice.clone())?;
     let sizes = Sizes::new(args.quick);
     let mut suite = Suite::new(args.quick, &sluice, args.sync_interval.as_str());
@@ -187,62 +193,92 @@ async fn main() -> Result<()> {
     }
     let (b2, _) = on_fresh_server(&args, move |js| async move { baseline::b2(&js, n2).await }).await?;
     suite.push(Row::new("B2", "wall time", b2, "s"));
-    let (b3, _) = on_fresh_server(&args, move |js| async move { baseline::b3(&js, n3).await }).await?;
+    let (b3, b3_server_cpu) = on_fresh_server(&args, move |js| async move { baseline::b3(&js, n3).await }).await?;
     suite.push(Row::new("B3", "time per step", b3 * 1e3, "ms"));
+    if let Some(cpu) = b3_server_cpu {
+        suite.push(Row::new("B3", "nats-server CPU per 1,000 steps", cpu / n3 as f64 * 1000.0, "s"));
+    }
     println!("baselines: B1 {b1:.0} msg/s, B2 {b2:.3} s, B3 {:.3} ms/step", b3 * 1e3);
 
-    if args.wants("W1") {
-        let w1 = measure_one_run(&args, &sluice, "W1", workloads::independent(sizes.w1)).await?;
-        let w1_rate = sizes.w1 as f64 / workloads::run_seconds(&w1.runs[0]);
+    if wants("W1") {
+        let w1 = measure_one_run(&args, &sluice, "W1", workloads::independent(sizes.w1), sizes.w1, true).await?;
+        let run = &w1.runs[0];
+        let w1_rate = sizes.w1 as f64 / run.seconds;
         suite.push(Row::new("W1", "throughput", w1_rate, "jobs/s").against(b1, w1_rate / b1));
+        suite.push(Row::new("W1", "wall time", run.seconds, "s"));
+        suite.push(Row::new("W1", "run record created → finished", workloads::record_seconds(&run.record), "s"));
+        if let Some(intake) = run.intake {
+            suite.push(Row::new("intake", "first job dispatched", intake * 1e3, "ms"));
+        }
         suite.extend(w1.rows("W1", sizes.w1));
     }
 
-    if args.wants("W2") {
-        let w2 = measure_one_run(&args, &sluice, "W2", workloads::fan_out("w2", sizes.w2, true)).await?;
-        let w2_wall = workloads::run_seconds(&w2.runs[0]);
-        suite.push(Row::new("W2", "wall time", w2_wall, "s").against(b2, w2_wall / b2));
-        suite.extend(w2.rows("W2", sizes.w2 + 2));
+    for (id, yaml) in [
+        ("W2-static", workloads::static_fan_out(sizes.w2)),
+        ("W2-spawned", workloads::fan_out("w2-spawned", sizes.w2, true)),
+    ] {
+        if wants(id) {
+            // Root, the fan-out, the join.
+            let jobs = sizes.w2 + 2;
+            let w2 = measure_one_run(&args, &sluice, id, yaml, jobs, false).await?;
+            let wall = w2.runs[0].seconds;
+            suite.push(Row::new(id, "wall time", wall, "s").against(b2, wall / b2));
+            suite.push(Row::new(
+                id,
+                "run record created → finished",
+                workloads::record_seconds(&w2.runs[0].record),
+                "s",
+            ));
+            suite.extend(w2.rows(id, jobs));
+        }
     }
 
-    if args.wants("W3") {
-        let w3 = measure_one_run(&args, &sluice, "W3", workloads::chain(sizes.w3)).await?;
-        let w3_step = workloads::run_seconds(&w3.runs[0]) / sizes.w3 as f64;
-        suite.push(Row::new("W3", "time per step", w3_step * 1e3, "ms").against(b3 * 1e3, w3_step / b3));
+    if wants("W3") {
+        let w3 = measure_one_run(&args, &sluice, "W3", workloads::chain(sizes.w3), sizes.w3, false).await?;
+        let step = w3.runs[0].seconds / sizes.w3 as f64;
+        suite.push(Row::new("W3", "time per step", step * 1e3, "ms").against(b3 * 1e3, step / b3));
+        let record_step = workloads::record_seconds(&w3.runs[0].record) / sizes.w3 as f64;
+        suite.push(Row::new("W3", "run record created → finished, per step", record_step * 1e3, "ms"));
         suite.extend(w3.rows("W3", sizes.w3));
     }
 
-    if args.wants("W4") {
-        let w4 = measure_one_run(&args, &sluice, "W4", workloads::fan_out("w4", sizes.w4, false)).await?;
-        suite.push(Row::new("W4", "wall time", workloads::run_seconds(&w4.runs[0]), "s"));
+    if wants("W4") {
+        let jobs = sizes.w4 + 1;
+        let w4 = measure_one_run(&args, &sluice, "W4", workloads::fan_out("w4", sizes.w4, false), jobs, false).await?;
+        suite.push(Row::new("W4", "wall time", w4.runs[0].seconds, "s"));
         let per_child =
             w4.coordinator.peak_rss_bytes.saturating_sub(w4.coordinator_rss_at_start) as f64 / sizes.w4 as f64;
         suite.push(Row::new("W4", "coordinator bytes per child", per_child, "B"));
-        suite.extend(w4.rows("W4", sizes.w4 + 1));
+        suite.extend(w4.rows("W4", jobs));
     }
 
-    if args.wants("W5") {
+    if wants("W5") {
         let runs = sizes.w5_runs;
-        let w5 = measure(&args, &sluice, "W5", |js| {
-            let yaml = workloads::etl();
-            async move {
-                let ids = futures::future::try_join_all((0..runs).map(|_| workloads::submit(&js, &yaml))).await?;
-                futures::future::try_join_all(ids.iter().map(|id| workloads::wait_run(&js, id))).await
-            }
-        })
-        .await?;
-        let first = w5.runs.iter().map(|run| run.created_at).min().context("no W5 runs")?;
-        let last = w5.runs.iter().filter_map(|run| run.finished_at).max().context("no W5 runs")?;
-        let span = (last - first).num_microseconds().unwrap_or(1) as f64 / 1e6;
+        let yaml = workloads::etl();
+        let w5 =
+            measure(
+                &args,
+                &sluice,
+                "W5",
+                W5_JOBS,
+                true,
+                |js| async move { workloads::runs_timed(&js, &yaml, runs).await },
+            )
+            .await?;
+        // From the first submission's publish to the last run's end.
+        let first = w5.runs.iter().map(|run| run.started).min().context("no W5 runs")?;
+        let last = w5.runs.iter().map(|run| run.ended).max().context("no W5 runs")?;
+        let span = last.saturating_duration_since(first).as_secs_f64();
         suite.push(Row::new("W5", "runs per second", runs as f64 / span, "runs/s"));
-        let jobs_rate = (runs * 20) as f64 / span;
+        let jobs_rate = (runs * W5_JOBS) as f64 / span;
         suite.push(Row::new("W5", "throughput", jobs_rate, "jobs/s").against(b1, jobs_rate / b1));
-        let mut latencies: Vec<f64> = w5.runs.iter().map(workloads::run_seconds).collect();
+        let mut latencies: Vec<f64> = w5.runs.iter().map(|run| run.seconds).collect();
+        suite.push(Row::new("W5", "run latency p50", workloads::quantile(&mut latencies, 0.5), "s"));
         suite.push(Row::new("W5", "run latency p99", workloads::quantile(&mut latencies, 0.99), "s"));
-        suite.extend(w5.rows("W5", runs * 20));
+        suite.extend(w5.rows("W5", runs * W5_JOBS));
     }
 
-    if args.wants("W6") {
+    if wants("W6") {
         let (small, large) = sizes.w6;
         let mut stack = args.stack(&sluice)?;
         let coordinator = stack.coordinator();
@@ -269,25 +305,35 @@ async fn main() -> Result<()> {
     }
 
     suite.write(&args.out, args.doc.as_deref())?;
+    println!("{}", suite.targets_table());
     println!("{}", suite.table());
     println!("results: {}", args.out.display());
     Ok(())
 }
 
-/// Runs a baseline on a fresh server (or the given one); returns its figure and the
-/// server's CPU seconds spent on it (when this tool started the server).
+/// Connects to `url` as this tool does (with `--nats-url`'s credentials, if given).
+async fn connect(args: &Args, url: &str) -> Result<async_nats::Client> {
+    Ok(match args.nats_options() {
+        Some(options) => options.connect_options("sluice-loadtest")?.connect(url).await?,
+        None => async_nats::connect(url).await?,
+    })
+}
+
+/// Runs a baseline on a fresh server (or the given one), with a publishing and a
+/// consuming connection; returns its figure and the server's CPU seconds spent on it (when
+/// this tool started the server).
 async fn on_fresh_server<F, Fut>(args: &Args, baseline: F) -> Result<(f64, Option<f64>)>
 where
-    F: FnOnce(async_nats::jetstream::Context) -> Fut,
+    F: FnOnce(baseline::Connections) -> Fut,
     Fut: std::future::Future<Output = Result<f64>>,
 {
     let server = Server::start_with(args.nats_url.as_deref(), args.server_options())?;
-    let client = match args.nats_options() {
-        Some(options) => options.connect_options("sluice-loadtest")?.connect(server.url()).await?,
-        None => async_nats::connect(server.url()).await?,
+    let connections = baseline::Connections {
+        publisher: async_nats::jetstream::new(connect(args, &server.url()).await?),
+        consumer: async_nats::jetstream::new(connect(args, &server.url()).await?),
     };
     let before = server.usage();
-    let value = baseline(async_nats::jetstream::new(client)).await?;
+    let value = baseline(connections).await?;
     let cpu = server.usage().zip(before).map(|(after, before)| after.cpu_seconds - before.cpu_seconds);
     drop(server);
     Ok((value, cpu))
@@ -295,7 +341,7 @@ where
 
 /// What one workload measured.
 struct Measured {
-    runs: Vec<sluice_proto::RunRecord>,
+    runs: Vec<workloads::Timed>,
     coordinator: Usage,
     coordinator_cpu_at_start: f64,
     coordinator_rss_at_start: u64,
@@ -347,21 +393,40 @@ impl Measured {
     }
 }
 
-/// [`measure`] for a workload that is one run of `yaml`.
-async fn measure_one_run(args: &Args, sluice: &std::path::Path, name: &str, yaml: String) -> Result<Measured> {
-    measure(args, sluice, name, |js| async move {
-        let id = workloads::submit(&js, &yaml).await?;
-        Ok(vec![workloads::wait_run(&js, &id).await?])
+/// [`measure`] for a workload that is one run of `yaml` with `jobs` jobs (children
+/// included); `intake`: also time the first dispatch.
+async fn measure_one_run(
+    args: &Args,
+    sluice: &std::path::Path,
+    name: &str,
+    yaml: String,
+    jobs: usize,
+    intake: bool,
+) -> Result<Measured> {
+    // W1's jobs need nothing and W4's 100,000 children wait for slots, so only the others
+    // say something with dispatch latencies.
+    let latencies = !matches!(name, "W1" | "W4");
+    measure(args, sluice, name, jobs, latencies, |js| async move {
+        Ok(vec![workloads::run_timed(&js, &yaml, intake).await?])
     })
     .await
 }
 
-/// Runs one workload on a fresh stack: `work` submits and waits; CPU and memory are read
-/// from /proc around it; dispatch latencies come from the job records.
-async fn measure<F, Fut>(args: &Args, sluice: &std::path::Path, name: &str, work: F) -> Result<Measured>
+/// Runs one workload on a fresh stack: `work` submits and times its runs; CPU and memory
+/// are read from /proc around it. Afterwards (untimed) every run's job records are read
+/// and checked (`jobs` per run, all completed), and with `latencies` the dispatch
+/// latencies are taken from them.
+async fn measure<F, Fut>(
+    args: &Args,
+    sluice: &std::path::Path,
+    name: &str,
+    jobs: usize,
+    latencies: bool,
+    work: F,
+) -> Result<Measured>
 where
     F: FnOnce(async_nats::jetstream::Context) -> Fut,
-    Fut: std::future::Future<Output = Result<Vec<sluice_proto::RunRecord>>>,
+    Fut: std::future::Future<Output = Result<Vec<workloads::Timed>>>,
 {
     let mut stack = args.stack(sluice)?;
     let coordinator_process = stack.coordinator();
@@ -375,19 +440,20 @@ where
     let server_at_start = stack.nats.usage();
     let started = std::time::Instant::now();
     let runs = work(js.clone()).await.with_context(|| format!("workload {name}"))?;
+    let took = started.elapsed();
     let coordinator = stack.usage(coordinator_process);
     let workers = stack.usage_of(&worker_processes);
     let server_cpu =
         stack.nats.usage().zip(server_at_start).map(|(after, before)| after.cpu_seconds - before.cpu_seconds);
-    let mut latencies = Vec::new();
-    if name != "W1" && name != "W4" {
-        for run in &runs {
-            let jobs = workloads::job_records(&js, run).await?;
-            let yaml = sluice_client::specs::of_run(&js, run).await?;
-            latencies.extend(workloads::dispatch_latencies(&yaml, &jobs));
+    let mut dispatch = Vec::new();
+    for run in &runs {
+        let records = workloads::verify(&js, &run.record, jobs).await.with_context(|| format!("workload {name}"))?;
+        if latencies {
+            let yaml = sluice_client::specs::of_run(&js, &run.record).await?;
+            dispatch.extend(workloads::dispatch_latencies(&yaml, &records));
         }
     }
-    println!("{name}: {:.1} s", started.elapsed().as_secs_f64());
+    println!("{name}: {:.3} s as submitted, {} runs verified", took.as_secs_f64(), runs.len());
     drop(stack);
     Ok(Measured {
         runs,
@@ -397,6 +463,6 @@ where
         workers,
         workers_cpu_at_start: workers_at_start.cpu_seconds,
         server_cpu,
-        latencies,
+        latencies: dispatch,
     })
 }

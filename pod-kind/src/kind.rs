@@ -61,7 +61,8 @@ impl PodKind {
     }
 
     /// Deletes the Jobs earlier attempts of this (run, job) left (a worker died mid-attempt),
-    /// saying in this attempt's log what each had come to.
+    /// recording what each had come to in its own attempt's history entry (`found_later`)
+    /// and saying so in this attempt's log.
     async fn clear_orphans(&self, ctx: &JobContext) -> Result<(), PodError> {
         let listed = ListParams::default().labels(&selector_of_job(ctx)).limit(ORPHANS_LISTED_MAX);
         let found =
@@ -74,6 +75,12 @@ impl PodKind {
             );
             tracing::warn!(run = %ctx.run_id, job = %ctx.job, orphan = %orphan.name, status = %orphan.status, "deleting an orphaned Job");
             ctx.log(&text);
+            if let Some(earlier) = orphan.attempt {
+                ctx.report_earlier_attempt(
+                    earlier,
+                    format!("its Job {}, found by attempt {}: {}; deleted", orphan.name, ctx.attempt, orphan.status),
+                );
+            }
             self.delete(&orphan.name).await?;
         }
         Ok(())

@@ -214,6 +214,12 @@ async fn the_pod_kind_creates_watches_maps_and_deletes_jobs_on_a_real_apiserver(
     set_status(&jobs, &name, serde_json::json!({"succeeded": 1})).await;
     assert_eq!(finished(running).await, Ok(Output::none()));
     deleted(&jobs, &name).await;
+    let reported = second.reported_earlier();
+    assert!(
+        matches!(reported.as_slice(), [earlier] if earlier.attempt == 1
+            && earlier.found.contains(&orphan_name) && earlier.found.contains("still running (1 active pod)")),
+        "attempt 2 reports what it found of attempt 1, for attempt 1's record: {reported:?}"
+    );
 
     // Refused before anything is created: an image off the list, a secret the pool lacks.
     let mut evil = ctx("evil", 1);

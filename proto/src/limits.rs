@@ -31,8 +31,15 @@ pub const JOB_MESSAGE_MAX_BYTES: usize = JOB_DEFINITION_MAX_BYTES + PARAMS_MAX_B
 pub const SPEC_HASH_BYTES: usize = 64;
 /// Largest one kept attempt: its error, its worker, the workers it was redelivered to and the
 /// hash of its spec.
-pub const ATTEMPT_RECORD_MAX_BYTES: usize =
-    ERROR_TEXT_MAX_BYTES + WORKER_NAME_MAX_BYTES * (1 + crate::messages::REDELIVERIES_KEPT) + SPEC_HASH_BYTES + 64;
+pub const ATTEMPT_RECORD_MAX_BYTES: usize = ERROR_TEXT_MAX_BYTES
+    + WORKER_NAME_MAX_BYTES * (1 + crate::messages::REDELIVERIES_KEPT)
+    + SPEC_HASH_BYTES
+    + ATTEMPT_FOUND_LATER_MAX_BYTES
+    + 64;
+/// What a later attempt found of an earlier one (`found_later`), at most, in bytes.
+pub const ATTEMPT_FOUND_LATER_MAX_BYTES: usize = 512;
+/// Earlier attempts one outcome event may report on (`earlier`), at most.
+pub const EARLIER_ATTEMPTS_REPORTED_MAX: usize = 8;
 /// Largest attempt history (the first and the latest [`ATTEMPTS_KEPT_LATEST`]).
 pub const ATTEMPT_HISTORY_MAX_BYTES: usize = (1 + ATTEMPTS_KEPT_LATEST) * ATTEMPT_RECORD_MAX_BYTES;
 /// Largest job record: its history, error, output and (a child's) definition.

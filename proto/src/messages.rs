@@ -212,8 +212,21 @@ pub struct JobEvent {
     /// jobs stream). Without it, the worker waits the delay out with a NAK.
     #[serde(default, skip_serializing_if = "is_false")]
     pub schedule_retry: bool,
+    /// For `succeeded` and `failed`: what this attempt found of earlier attempts of the job
+    /// (the `pod` kind reports the Kubernetes Job a lost worker left behind), recorded in
+    /// those attempts' `found_later`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<EarlierAttempt>,
 }
 versioned!(JobEvent, "job event");
+
+/// What a later attempt found of an earlier attempt of the same job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarlierAttempt {
+    pub attempt: u32,
+    /// ≤ [`crate::limits::ATTEMPT_FOUND_LATER_MAX_BYTES`].
+    pub found: String,
+}
 
 fn is_zero(value: &u32) -> bool {
     *value == 0
@@ -310,6 +323,10 @@ pub struct AttemptRecord {
     /// The hash of the spec the attempt ran with (absent in records from before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec_hash: Option<String>,
+    /// What a later attempt found of this one, e.g. "its pod Job sluice-…-1 had succeeded"
+    /// for an attempt whose worker was lost (from that attempt's event's `earlier`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found_later: Option<String>,
 }
 
 /// Redeliveries of one attempt kept in its record, at most.
@@ -437,6 +454,12 @@ impl JobRecord {
 /// (events come from outside; a forged 600 KB id must not grow a record).
 pub fn bounded_worker(worker: &str) -> std::borrow::Cow<'_, str> {
     truncate_start(worker, crate::limits::WORKER_NAME_MAX_BYTES)
+}
+
+/// What a later attempt found of an earlier one, as kept in a record: its start, at most
+/// [`crate::limits::ATTEMPT_FOUND_LATER_MAX_BYTES`] with the mark of a cut.
+pub fn bounded_found_later(found: &str) -> String {
+    truncate_start(found, crate::limits::ATTEMPT_FOUND_LATER_MAX_BYTES - '…'.len_utf8()).into_owned()
 }
 
 /// Keeps the first `max_bytes` of `text`, on a character boundary (borrowed when it fits:

@@ -148,6 +148,7 @@ fn job_event() {
             spawned: 0,
             started_at: None,
             schedule_retry: false,
+            earlier: Vec::new(),
         },
     );
     check(
@@ -167,6 +168,7 @@ fn job_event() {
             spawned: 2,
             started_at: None,
             schedule_retry: false,
+            earlier: Vec::new(),
         },
     );
     // An outcome with the attempt's start time.
@@ -187,6 +189,7 @@ fn job_event() {
             spawned: 0,
             started_at: Some(time("2024-03-02T08:00:05.001Z")),
             schedule_retry: false,
+            earlier: Vec::new(),
         },
     );
     check(
@@ -269,6 +272,7 @@ fn run_and_job_records() {
                 worker: "worker-1".into(),
                 redelivered_to: vec![],
                 spec_hash: None,
+                found_later: None,
             }],
             parent: None,
             definition: None,
@@ -315,6 +319,7 @@ fn dead_letter() {
                 worker: "worker-1".into(),
                 redelivered_to: vec![],
                 spec_hash: None,
+                found_later: None,
             }],
             dead_at: time("2024-03-02T08:00:02Z"),
             attempts_omitted: 0,

@@ -90,6 +90,7 @@ fn attempt(number: u32, error_bytes: usize) -> AttemptRecord {
         worker: "w".repeat(WORKER_NAME_MAX_BYTES),
         redelivered_to: vec!["r".repeat(WORKER_NAME_MAX_BYTES); REDELIVERIES_KEPT],
         spec_hash: Some(sluice_proto::WorkflowSpec::hash("name: w")),
+        found_later: Some("f".repeat(ATTEMPT_FOUND_LATER_MAX_BYTES)),
     }
 }
 

@@ -4,8 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use sluice_proto::limits::EARLIER_ATTEMPTS_REPORTED_MAX;
+use sluice_proto::messages::bounded_found_later;
 use sluice_proto::pod::EnvValue;
-use sluice_proto::{ChildSpec, LogStream, RunId, Window};
+use sluice_proto::{ChildSpec, EarlierAttempt, LogStream, RunId, Window};
 use tokio_util::sync::CancellationToken;
 
 use crate::logs::LogSink;
@@ -90,6 +92,8 @@ pub struct JobContext {
     pub env: BTreeMap<String, EnvValue>,
     pub(crate) cancel: CancellationToken,
     pub(crate) children: Arc<Mutex<Vec<ChildSpec>>>,
+    /// What this attempt found of earlier ones, sent with its outcome.
+    pub(crate) earlier: Arc<Mutex<Vec<EarlierAttempt>>>,
     pub(crate) logs: LogSink,
 }
 
@@ -122,6 +126,32 @@ impl JobContext {
     /// whatever needs it waits for them all; it holds no worker slot meanwhile.
     pub fn spawn(&self, child: ChildSpec) {
         self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(child);
+    }
+
+    /// Records, in earlier attempt `attempt`'s entry of the job's history (`status` shows it
+    /// as "found later"), what this attempt found of it: the `pod` kind reports the Kubernetes
+    /// Job a lost worker left behind. Sent with this attempt's outcome; reports on attempts
+    /// that are not earlier, and past [`EARLIER_ATTEMPTS_REPORTED_MAX`], are dropped, and text
+    /// is cut to [`sluice_proto::limits::ATTEMPT_FOUND_LATER_MAX_BYTES`].
+    pub fn report_earlier_attempt(&self, attempt: u32, found: impl AsRef<str>) {
+        if attempt == 0 || attempt >= self.attempt {
+            tracing::warn!(job = %self.job, attempt, current = self.attempt, "a report on an attempt that is not earlier is dropped");
+            return;
+        }
+        let mut earlier = self.earlier.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let found = bounded_found_later(found.as_ref());
+        if let Some(report) = earlier.iter_mut().find(|report| report.attempt == attempt) {
+            report.found = found;
+        } else if earlier.len() < EARLIER_ATTEMPTS_REPORTED_MAX {
+            earlier.push(EarlierAttempt { attempt, found });
+        } else {
+            tracing::warn!(job = %self.job, attempt, "too many earlier attempts reported on; this one is dropped");
+        }
+    }
+
+    /// The reports on earlier attempts made through this context (for tests of a kind).
+    pub fn reported_earlier(&self) -> Vec<EarlierAttempt> {
+        self.earlier.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
     }
 
     /// Writes a line to the job's log (`sluice logs`), timestamped, with the attempt.
@@ -161,6 +191,7 @@ impl JobContext {
             env: BTreeMap::new(),
             cancel: CancellationToken::new(),
             children: Arc::default(),
+            earlier: Arc::default(),
             logs: LogSink::discard(),
         }
     }
@@ -178,5 +209,36 @@ impl JobContext {
     /// The token that cancels this attempt.
     pub fn cancellation_token(&self) -> CancellationToken {
         self.cancel.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_proto::limits::ATTEMPT_FOUND_LATER_MAX_BYTES;
+
+    use super::*;
+
+    #[test]
+    fn reports_on_earlier_attempts_are_kept_once_each_bounded_and_only_for_earlier_ones() {
+        let ctx = JobContext::for_local_run("load", 3);
+        ctx.report_earlier_attempt(3, "itself");
+        ctx.report_earlier_attempt(4, "a later one");
+        ctx.report_earlier_attempt(0, "no such attempt");
+        assert!(ctx.reported_earlier().is_empty(), "only attempts before this one are reported on");
+        ctx.report_earlier_attempt(1, "first");
+        ctx.report_earlier_attempt(1, "x".repeat(10 * ATTEMPT_FOUND_LATER_MAX_BYTES));
+        ctx.report_earlier_attempt(2, "second");
+        let reported = ctx.reported_earlier();
+        assert_eq!(
+            reported.iter().map(|report| report.attempt).collect::<Vec<_>>(),
+            [1, 2],
+            "the latest word per attempt"
+        );
+        assert!(reported[0].found.len() <= ATTEMPT_FOUND_LATER_MAX_BYTES && reported[0].found.ends_with('…'));
+        let many = JobContext::for_local_run("load", 100);
+        for attempt in 1..50 {
+            many.report_earlier_attempt(attempt, "lost");
+        }
+        assert_eq!(many.reported_earlier().len(), EARLIER_ATTEMPTS_REPORTED_MAX);
     }
 }

@@ -149,6 +149,7 @@ fn job_json(view: &RunView, job: &JobRecord) -> serde_json::Value {
             "worker": attempt.worker,
             "redelivered_to": attempt.redelivered_to,
             "spec_hash": attempt.spec_hash,
+            "found_later": attempt.found_later,
         })).collect::<Vec<_>>(),
         "attempts_omitted": job.attempts_omitted,
         "marked": job.marked.as_ref().map(|mark| json!({"as": mark.as_.as_str(), "by": mark.by, "at": time(Some(mark.at))})),
@@ -256,6 +257,9 @@ fn attempt_lines(job: &JobRecord, view_spec: Option<&str>) -> Vec<String> {
             short_time(attempt.finished_at),
             attempt.error.as_deref().map(|error| format!("  {}", error_line(error))).unwrap_or_default()
         ));
+        if let Some(found) = &attempt.found_later {
+            out.push(format!("  found later: {}", error_line(found)));
+        }
     }
     out
 }

@@ -10,7 +10,9 @@ use sluice_proto::spawn::{CHILD_DEPTH_MAX, SpawnError, child_path, depth_of};
 use sluice_proto::{DeadLetter, EventKind, JobEvent, JobRecord, JobSpec, JobState, SCHEMA_VERSION};
 
 use super::lifecycle::blank_job;
-use super::transitions::{AttemptEnd, Transitions, WORKER_LOST, note_redelivery, record_late_attempt};
+use super::transitions::{
+    AttemptEnd, Transitions, WORKER_LOST, note_redelivery, record_found_later, record_late_attempt,
+};
 use super::{Effect, Ignored, Run, Spawned};
 
 /// The worker named in the attempt history when JetStream, not a worker, ended an attempt.
@@ -91,6 +93,11 @@ impl Run {
         let report = Report::of(&event, spec_hash.as_deref());
         if let Some(noted) = self.screen(&report)? {
             return Ok(noted);
+        }
+        if event.kind != EventKind::Started && !event.earlier.is_empty() {
+            // Saved with the outcome's transition below.
+            let job = self.jobs.get_mut(report.job).expect("screened: the job is in the run");
+            record_found_later(job, event.attempt, &event.earlier);
         }
         match (event.kind, children) {
             (EventKind::Started, _) => {

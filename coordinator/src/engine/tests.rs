@@ -4,9 +4,10 @@
 use std::collections::{BTreeMap, HashMap};
 
 use chrono::{DateTime, TimeZone, Utc};
+use sluice_proto::limits::ATTEMPT_FOUND_LATER_MAX_BYTES;
 use sluice_proto::{
-    ChildSpec, EventKind, JobEvent, JobRecord, JobState, MarkAs, RequestId, RunId, RunState, SCHEMA_VERSION, Window,
-    WorkflowSpec,
+    ChildSpec, EarlierAttempt, EventKind, JobEvent, JobRecord, JobState, MarkAs, RequestId, RunId, RunState,
+    SCHEMA_VERSION, Window, WorkflowSpec,
 };
 
 use super::transitions::WORKER_LOST;
@@ -54,6 +55,7 @@ fn event(run: &Run, job: &str, attempt: u32, kind: EventKind, second: u32) -> Jo
         spawned: 0,
         started_at: None,
         schedule_retry: false,
+        earlier: Vec::new(),
     }
 }
 
@@ -718,6 +720,32 @@ fn a_redelivered_start_closes_the_open_attempt_before_it_as_worker_lost() {
     run.apply(ev(&event(&run, "a", 2, EventKind::Succeeded, 9)), at(9)).unwrap();
     assert_eq!(attempt_end(&run, "a", 1).1.as_deref(), Some(WORKER_LOST), "kept after the outcome");
     assert_eq!(attempt_end(&run, "a", 2), (Some(at(9)), None));
+}
+
+#[test]
+fn what_a_later_attempt_found_of_a_lost_one_is_recorded_in_the_lost_one() {
+    let (mut run, _) = start(DIAMOND);
+    run.apply(ev(&event(&run, "a", 1, EventKind::Started, 1)), at(1)).unwrap();
+    run.apply(ev(&event(&run, "a", 2, EventKind::Started, 7)), at(7)).unwrap();
+    let mut success = event(&run, "a", 2, EventKind::Succeeded, 9);
+    let long = format!("its Job sluice-a-1 had succeeded{}", "!".repeat(2 * ATTEMPT_FOUND_LATER_MAX_BYTES));
+    success.earlier = vec![
+        EarlierAttempt { attempt: 1, found: long.clone() },
+        // Not earlier, or not on record: nothing to put it in.
+        EarlierAttempt { attempt: 2, found: "itself".into() },
+        EarlierAttempt { attempt: 9, found: "a later one".into() },
+    ];
+    let effects = run.apply(ev(&success), at(9)).unwrap();
+    assert!(saved(&effects).contains(&"a".to_owned()), "{effects:?}");
+    let history = &run.job("a").unwrap().attempt_history;
+    let found = history[0].found_later.as_deref().unwrap();
+    assert!(found.len() <= ATTEMPT_FOUND_LATER_MAX_BYTES && found.starts_with("its Job sluice-a-1"), "{found}");
+    assert_eq!(history[0].error.as_deref(), Some(WORKER_LOST), "the lost attempt still says it was lost");
+    assert_eq!(history[1].found_later, None);
+    assert_eq!(run.job("a").unwrap().state, JobState::Completed);
+    let before = run.job("a").unwrap().clone();
+    assert!(run.apply(ev(&success), at(10)).is_err(), "a repeat is ignored");
+    assert_eq!(run.job("a").unwrap(), &before, "and changes nothing");
 }
 
 #[test]

@@ -2,9 +2,10 @@
 //! asserts the states it may come from, and [`Run::transition`], which moves the counters.
 
 use chrono::{DateTime, Utc};
-use sluice_proto::messages::{REDELIVERIES_KEPT, bounded_worker};
+use sluice_proto::limits::EARLIER_ATTEMPTS_REPORTED_MAX;
+use sluice_proto::messages::{REDELIVERIES_KEPT, bounded_found_later, bounded_worker};
 use sluice_proto::spawn::parent_of;
-use sluice_proto::{AttemptRecord, EventKind, JobRecord, JobState, Mark, MarkAs};
+use sluice_proto::{AttemptRecord, EarlierAttempt, EventKind, JobRecord, JobState, Mark, MarkAs};
 
 use super::Run;
 
@@ -95,6 +96,7 @@ impl Transitions for JobRecord {
             worker: bounded_worker(worker).into_owned(),
             redelivered_to: Vec::new(),
             spec_hash: spec_hash.map(str::to_owned),
+            found_later: None,
         });
     }
 
@@ -255,6 +257,7 @@ fn close_attempt(job: &mut JobRecord, end: &AttemptEnd<'_>, error: Option<String
             worker: bounded_worker(end.worker).into_owned(),
             redelivered_to: Vec::new(),
             spec_hash: end.spec_hash.map(str::to_owned),
+            found_later: None,
         }),
     }
 }
@@ -309,8 +312,28 @@ pub(super) fn record_late_attempt(job: &mut JobRecord, kind: EventKind, report: 
         worker: bounded_worker(worker).into_owned(),
         redelivered_to: Vec::new(),
         spec_hash: spec_hash.map(str::to_owned),
+        found_later: None,
     });
     true
+}
+
+/// Records what attempt `later` found of earlier attempts of the job (its event's `earlier`)
+/// in their `found_later`, each cut by [`bounded_found_later`]; at most
+/// [`EARLIER_ATTEMPTS_REPORTED_MAX`] are read, and reports on attempts that are not earlier,
+/// or no longer in the history, are ignored. Returns whether the history changed.
+pub(super) fn record_found_later(job: &mut JobRecord, later: u32, earlier: &[EarlierAttempt]) -> bool {
+    let mut changed = false;
+    for report in earlier.iter().take(EARLIER_ATTEMPTS_REPORTED_MAX).filter(|report| report.attempt < later) {
+        let Some(record) = job.attempt_history.iter_mut().find(|record| record.attempt == report.attempt) else {
+            continue;
+        };
+        let found = bounded_found_later(&report.found);
+        if record.found_later.as_deref() != Some(found.as_str()) {
+            record.found_later = Some(found);
+            changed = true;
+        }
+    }
+    changed
 }
 
 /// The attempt JetStream's last-delivery advisory ends: the latest on record if it never

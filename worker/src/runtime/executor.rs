@@ -274,6 +274,7 @@ fn context(
         env: job.env.clone(),
         cancel,
         children: Default::default(),
+        earlier: reporter.earlier.clone(),
         logs,
     }
 }

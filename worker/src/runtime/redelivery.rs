@@ -139,6 +139,7 @@ pub(crate) mod tests {
             spawned: 0,
             started_at: None,
             schedule_retry: false,
+            earlier: Vec::new(),
         }
     }
 
@@ -161,6 +162,7 @@ pub(crate) mod tests {
             worker: "w1".into(),
             redelivered_to: Vec::new(),
             spec_hash: None,
+            found_later: None,
         }
     }
 

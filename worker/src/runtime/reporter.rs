@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, Message, context::PublishAckFuture};
 use chrono::{DateTime, Utc};
 use sluice_proto::limits::ERROR_TEXT_MAX_BYTES;
 use sluice_proto::messages::truncate_error;
-use sluice_proto::{EventKind, JobEvent, JobMessage, RunId, SCHEMA_VERSION, encode, names};
+use sluice_proto::{EarlierAttempt, EventKind, JobEvent, JobMessage, RunId, SCHEMA_VERSION, encode, names};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +31,8 @@ pub(crate) struct Reporter {
     /// When this attempt began, for its outcome event (so the start time is known even if
     /// the start event was lost).
     began: DateTime<Utc>,
+    /// What the job found of earlier attempts ([`crate::JobContext::report_earlier_attempt`]).
+    pub(crate) earlier: Arc<Mutex<Vec<EarlierAttempt>>>,
     /// The job is held by this worker until its message is settled.
     _holding: Holding,
 }
@@ -54,7 +56,8 @@ impl Reporter {
         holding: Holding,
     ) -> Self {
         let (slot, started) = (Mutex::new(Some(slot)), tokio::sync::Mutex::new(None));
-        Self { shared, job, attempt, slot, started, began: Utc::now(), _holding: holding }
+        let earlier = Arc::default();
+        Self { shared, job, attempt, slot, started, began: Utc::now(), earlier, _holding: holding }
     }
 
     /// Gives the slot back (once the work is done: settling does not hold a slot).
@@ -112,6 +115,7 @@ impl Reporter {
         event.spawned = report.spawned;
         event.schedule_retry = report.schedule_retry;
         event.started_at = Some(self.began);
+        event.earlier = std::mem::take(&mut *self.earlier.lock().unwrap_or_else(PoisonError::into_inner));
         store_event(&self.shared, message, &event).await
     }
 
@@ -153,6 +157,7 @@ pub(crate) fn event(
         spawned: 0,
         started_at: None,
         schedule_retry: false,
+        earlier: Vec::new(),
     }
 }
 

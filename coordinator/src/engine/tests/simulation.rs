@@ -301,6 +301,7 @@ impl Sim {
             spawned: 0,
             started_at: None,
             schedule_retry: false,
+            earlier: Vec::new(),
         }
     }
 
