@@ -160,8 +160,12 @@ fn names_every_client_uses() {
         ("UNKNOWN_TOKEN", names::UNKNOWN_TOKEN),
         ("COORDINATOR_POOL_TOKEN", names::COORDINATOR_POOL_TOKEN),
     ]);
-    let listed: BTreeMap<&str, &str> =
-        table["constants"].as_object().unwrap().iter().map(|(name, value)| (name.as_str(), value.as_str().unwrap())).collect();
+    let listed: BTreeMap<&str, &str> = table["constants"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str().unwrap()))
+        .collect();
     assert_eq!(listed, constants, "names.json's constants are proto/src/names.rs's");
 
     let sample = &table["sample"];

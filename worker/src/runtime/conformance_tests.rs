@@ -58,8 +58,13 @@ fn settlement_rows() {
     for row in rows {
         let job = job_of(&row);
         let attempt = u32::try_from(row["attempt"].as_u64().unwrap_or_default()).unwrap_or_default();
-        let settled =
-            settle(Some(Series::of(&job, attempt)), ending(row["ending"].as_str().unwrap_or("")), nak_max, now(), &mut StdRng::seed_from_u64(1));
+        let settled = settle(
+            Some(Series::of(&job, attempt)),
+            ending(row["ending"].as_str().unwrap_or("")),
+            nak_max,
+            now(),
+            &mut StdRng::seed_from_u64(1),
+        );
         let delay_ms = |delay: Duration| u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         let (kind, delay) = match settled {
             Settlement::Ack => ("ack", None),
