@@ -254,3 +254,41 @@ def test_the_python_jobs_example_runs_beside_an_exec_job(client: sluice.Client, 
     assert len(done.jobs["extract"].output["readings"]) == 12
     assert set(done.jobs["transform"].output) == {"high", "mean"}
     assert any("loaded the window 2024-03-31T00:00:00+01:00" in e.line.text for e in client.logs(done.run.id))
+
+
+def test_an_undecodable_job_is_dead_lettered_raw_and_the_worker_goes_on(
+    client: sluice.Client, workers: Workers
+) -> None:
+    import asyncio
+
+    import nats
+    from stack import URL
+
+    from sluice.context import uuid7
+
+    declare_pool("py")
+    workers.start("py")
+    subject = f"sluice.jobs.py.{uuid7()}.garbled"
+
+    async def publish() -> None:
+        connection = await nats.connect(URL)
+        await connection.jetstream().publish(subject, b"\xc1 not msgpack")
+        await connection.close()
+
+    asyncio.run(publish())
+
+    def dead_lettered() -> bool:
+        return any(
+            entry.letter is None and "cannot be decoded" in entry.reason for entry in client.dlq(pool="py")
+        )
+
+    wait_for(dead_lettered, "the undecodable job in the dead-letter stream")
+    # The worker goes on with the next job.
+    done = client.wait(
+        client.submit(
+            "name: after\njobs:\n  a: { run: py-extract, pool: py, config: { rows: 1 } }\n",
+            window="2024-03-01",
+        ),
+        timeout=60,
+    )
+    assert done.state is RunState.SUCCEEDED
