@@ -159,6 +159,9 @@ fn names_every_client_uses() {
         ("ANONYMOUS_IDENTITY", names::ANONYMOUS_IDENTITY),
         ("UNKNOWN_TOKEN", names::UNKNOWN_TOKEN),
         ("COORDINATOR_POOL_TOKEN", names::COORDINATOR_POOL_TOKEN),
+        ("STOP_SUBJECTS", names::STOP_SUBJECTS),
+        ("DLQ_SUBJECTS", names::DLQ_SUBJECTS),
+        ("DEFAULT_POOL", sluice_proto::spec::DEFAULT_POOL),
     ]);
     let listed: BTreeMap<&str, &str> = table["constants"]
         .as_object()
@@ -193,6 +196,9 @@ fn names_every_client_uses() {
         ("idempotency_kv_key", names::idempotency_kv_key(&s("key"))),
         ("dlq_run_filter", names::dlq_run_filter(&run)),
         ("run_jobs_filter", names::run_jobs_filter(&run)),
+        ("index_workflow_subject", names::index_workflow_subject(&s("workflow"))),
+        ("index_origin_subject", names::index_origin_subject(&s("origin"))),
+        ("index_state_subject", names::index_state_subject(&s("state"))),
     ]);
     let functions = table["functions"].as_object().unwrap();
     assert_eq!(functions.keys().map(String::as_str).collect::<Vec<_>>(), computed.keys().copied().collect::<Vec<_>>());

@@ -80,6 +80,19 @@ def stop_subject(run_id: str) -> str:
 
 
 STOP_SUBJECTS = "sluice.stop.>"
+DLQ_SUBJECTS = "sluice.dlq.>"
+
+
+def index_workflow_subject(workflow: str) -> str:
+    return f"sluice.index.workflow.{workflow}"
+
+
+def index_origin_subject(origin: str) -> str:
+    return f"sluice.index.origin.{origin}"
+
+
+def index_state_subject(state: str) -> str:
+    return f"sluice.index.state.{state}"
 
 
 def dead_letter_id(run_id: str, job: str, generation: int) -> str:

@@ -396,11 +396,11 @@ class AsyncClient:
                         break
             return found
         if origin is not None:
-            chain = f"sluice.index.origin.{origin}"
+            chain = names.index_origin_subject(origin)
         elif workflow is not None:
-            chain = f"sluice.index.workflow.{workflow}"
+            chain = names.index_workflow_subject(workflow)
         elif wanted is not None:
-            chain = f"sluice.index.state.{wanted.value}"
+            chain = names.index_state_subject(wanted.value)
         else:
             chain = names.INDEX_ALL_SUBJECT
         try:
@@ -439,7 +439,7 @@ class AsyncClient:
         for _ in range(DEAD_LETTERS_READ_MAX):
             try:
                 message = await self._js.get_msg(
-                    names.DLQ_STREAM, seq=sequence, subject="sluice.dlq.>", next=True, direct=True
+                    names.DLQ_STREAM, seq=sequence, subject=names.DLQ_SUBJECTS, next=True, direct=True
                 )
             except NotFoundError:
                 break

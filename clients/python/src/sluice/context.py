@@ -117,8 +117,8 @@ class Context:
     def logger(self) -> logging.Logger:
         """A logger whose lines reach `sluice logs` (and stderr in a local run)."""
         if self._logger is None:
-            logger = logging.getLogger(f"sluice.job.{self.job}.{self.run_id}.{self.attempt}")
-            logger.setLevel(logging.INFO)
+            # Not logging.getLogger: that keeps every logger for ever, one per attempt.
+            logger = logging.Logger(f"sluice.job.{self.job}", logging.INFO)
             logger.propagate = False
             logger.addHandler(LogLines(self._ship))
             self._logger = logger
