@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import time
+import weakref
 from collections.abc import Awaitable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -557,6 +558,12 @@ class AsyncClient:
         )
 
 
+def _close(loop: asyncio.AbstractEventLoop, client: AsyncClient) -> None:
+    if not loop.is_closed():
+        loop.run_until_complete(client.close())
+        loop.close()
+
+
 class Client:
     """The client for ordinary code: each method blocks until done.
 
@@ -568,6 +575,8 @@ class Client:
     def __init__(self, url: str | None = None, **options: str | None) -> None:
         self._async = AsyncClient(url, **options)
         self._loop = asyncio.new_event_loop()
+        # Closed when collected or at exit, for callers that never call close().
+        self._finalizer = weakref.finalize(self, _close, self._loop, self._async)
 
     def _run(self, call: Awaitable[T]) -> T:
         return self._loop.run_until_complete(call)
@@ -579,9 +588,7 @@ class Client:
         self.close()
 
     def close(self) -> None:
-        if not self._loop.is_closed():
-            self._run(self._async.close())
-            self._loop.close()
+        self._finalizer()
 
     def submit(
         self,
