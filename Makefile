@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test tools build bench
+.PHONY: demo test tools build bench python-test python-check
 
 tools:
 	bash scripts/install-tools.sh
@@ -17,8 +17,17 @@ demo: tools
 	$(CARGO) build -p sluice
 	./target/debug/sluice dev examples/workflows/etl-daily.yaml examples/workflows/sensors-fanout.yaml
 
+# Every Rust test, then the Python SDK's unit tests, lint and types (its integration tests run
+# inside cargo test: cli/tests/python_sdk.rs). Both halves run even if the first fails.
 test: tools
-	$(CARGO) test --workspace --no-fail-fast
+	@status=0; $(CARGO) test --workspace --no-fail-fast || status=1; $(MAKE) --no-print-directory python-check || status=1; exit $$status
+
+# The Python SDK (clients/python): pytest, ruff (lint and format) and mypy --strict.
+PY_TOOLS = ../../.tools/venv/bin
+python-test: tools python-check
+
+python-check:
+	cd clients/python && $(PY_TOOLS)/python -m pytest -p no:cacheprovider && $(PY_TOOLS)/ruff check . && $(PY_TOOLS)/ruff format --check . && $(PY_TOOLS)/mypy
 
 # make bench   the standard loadtest suite (release build): bench/results.json + docs/performance.md,
 #              then W1–W5 again with nats-server `sync_interval: always`: bench/results-sync-always.json

