@@ -76,3 +76,17 @@ def test_times_are_written_as_chrono_writes_them() -> None:
         _wire.format_time(datetime(2024, 3, 1))
     with pytest.raises(WireError, match="not an RFC 3339 time"):
         _wire.parse_time("2024-03-01")
+
+
+def test_a_workflow_job_without_a_record_is_in_the_state_its_run_began_with() -> None:
+    record = _wire.RunRecord.decode((GOLDEN / "run_record.msgpack").read_bytes())
+    assert record.first_state(0) is None, "a record from before queued_at_start: every job has a record"
+    record.jobs = ["a", "late", "z"]
+    record.queued_at_start = "5"  # jobs 0 and 2, as the Rust engine test has it
+    states = [(job.name, job.state) for job in (record.first_state(i) for i in range(3)) if job is not None]
+    assert states == [("a", "queued"), ("late", "blocked"), ("z", "queued")]
+    first = record.first_state(0)
+    assert first is not None and first.queued_at == record.created_at and first.attempts == 0
+    assert record.first_state(3) is None
+    again = _wire.RunRecord.decode(record.encode())
+    assert again.queued_at_start == "5"

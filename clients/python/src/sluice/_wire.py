@@ -500,8 +500,27 @@ class RunRecord(Message):
     traceparent: str | None = wire(OPT(STR), default=None)
     tracestate: str | None = wire(OPT(STR), default=None)
     jobs: list[str] = wire(LIST(STR), default=[])
+    #: Which of `jobs` the run queued when it began (hex bitmap; docs/protocol.md).
+    queued_at_start: str | None = wire(OPT(STR), omit="none", default=None)
     origin: str = wire(STR, default="manual")
     cancelled_by: str | None = wire(OPT(STR), omit="none", default=None)
+
+    def first_state(self, index: int) -> JobRecord | None:
+        """The record of workflow job `index` while it has none of its own: `queued` since
+        `created_at` if its `queued_at_start` bit is set, else `blocked`. None for a record
+        from before `queued_at_start` (its jobs all have records) or an index past `jobs`."""
+        if self.queued_at_start is None or not 0 <= index < len(self.jobs):
+            return None
+        digits = self.queued_at_start
+        digit = int(digits[index // 4], 16) if index // 4 < len(digits) else 0
+        queued = bool(digit >> (index % 4) & 1)
+        return JobRecord(
+            schema_version=self.schema_version,
+            run_id=self.id,
+            name=self.jobs[index],
+            state=JobState.QUEUED if queued else JobState.BLOCKED,
+            queued_at=self.created_at if queued else None,
+        )
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -314,7 +314,10 @@ class AsyncClient:
             return None
         return RunRecord.decode(entry.value)
 
-    async def _jobs(self, run_id: str) -> dict[str, JobRecord]:
+    async def _jobs(self, run: RunRecord) -> dict[str, JobRecord]:
+        """The run's job records, children included; a workflow job not yet written is in
+        the state the run began with (`RunRecord.first_state`)."""
+        run_id = run.id
         bucket = await self._kv(names.JOBS_BUCKET)
         watcher = await bucket.watch(f"{run_id}.>", ignore_deletes=True)
         jobs: dict[str, JobRecord] = {}
@@ -330,6 +333,9 @@ class AsyncClient:
                     break
         finally:
             await watcher.stop()
+        for index, name in enumerate(run.jobs):
+            if name not in jobs and (first := run.first_state(index)) is not None:
+                jobs[name] = first
         return jobs
 
     async def status(self, run_id: str) -> RunStatus:
@@ -342,7 +348,7 @@ class AsyncClient:
             if rejection is not None:
                 raise Rejected(run_id, rejection.reason)
             raise NotFound(f"no run {run_id}")
-        return RunStatus(record, await self._jobs(run_id))
+        return RunStatus(record, await self._jobs(record))
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunStatus:
         """Waits until the run has ended (succeeded, failed or cancelled) and returns its
@@ -353,7 +359,7 @@ class AsyncClient:
         while True:
             record = await self._run(runs, run_id)
             if record is not None and record.state is not RunState.RUNNING:
-                return RunStatus(record, await self._jobs(run_id))
+                return RunStatus(record, await self._jobs(record))
             if record is None:
                 rejection = await self._rejection(run_id)
                 if rejection is not None:
