@@ -15,7 +15,8 @@ build:
 demo: tools
 	@echo "Building sluice: the first build compiles every dependency and takes a few minutes; later ones take seconds."
 	$(CARGO) build -p sluice
-	./target/debug/sluice dev examples/workflows/etl-daily.yaml examples/workflows/sensors-fanout.yaml
+	./target/debug/sluice dev examples/workflows/etl-daily.yaml examples/workflows/sensors-fanout.yaml examples/python-jobs/etl.yaml \
+		--worker-command 'PYTHONPATH=examples/python-jobs exec .tools/venv/bin/sluice-py worker --pool python etl_jobs'
 
 # Every Rust test, then the Python SDK's unit tests, lint and types (its integration tests run
 # inside cargo test: cli/tests/python_sdk.rs). Both halves run even if the first fails.

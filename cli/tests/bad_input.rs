@@ -239,6 +239,10 @@ fn bad_worker_flags_are_refused_before_anything_starts() {
         (&["worker", "--concurrency", "0"][..], "--concurrency must be 1 to 1024, not 0"),
         (&["worker", "--prefetch", "2000"][..], "--prefetch must be 0 to 1024, not 2000"),
         (&["dev", "--concurrency", "5000"][..], "--concurrency must be 1 to 1024, not 5000"),
+        (
+            &["dev", "--worker-command", "true", "--worker-command", " "][..],
+            "--worker-command number 2 is empty: give the command to run",
+        ),
     ] {
         let output = std::process::Command::new(SLUICE)
             .args(args)

@@ -1,5 +1,6 @@
 //! `sluice dev` (what `make demo` runs): starts its own nats-server, coordinator and worker,
-//! runs the example ETL workflow to success, and stops everything cleanly on Ctrl-C.
+//! and a Python worker beside them (`--worker-command`), runs the example workflows (the
+//! Python ETL among them) to success, and stops everything cleanly on Ctrl-C.
 
 mod common;
 
@@ -15,12 +16,19 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// What `make demo` runs beside the stack: a Python worker (the SDK, installed by
+/// scripts/install-tools.sh) for the Python ETL's pool.
+const PYTHON_WORKER: &str =
+    "PYTHONPATH=examples/python-jobs exec .tools/venv/bin/sluice-py worker --pool python etl_jobs";
+
 #[test]
-fn dev_runs_the_example_etl_workflow_and_stops_on_ctrl_c() {
+fn dev_runs_the_example_workflows_with_a_python_worker_beside_it_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut dev = Command::new(SLUICE)
         .args(["dev", "examples/workflows/etl-daily.yaml", "examples/workflows/sensors-fanout.yaml"])
+        .arg("examples/python-jobs/etl.yaml")
+        .args(["--worker-command", PYTHON_WORKER])
         .args(["--port", &port.to_string(), "--data-dir"])
         .arg(dir.path().join("nats"))
         .env("ETL_DATA_DIR", dir.path().join("data"))
@@ -59,6 +67,16 @@ fn dev_runs_the_example_etl_workflow_and_stops_on_ctrl_c() {
     }
     assert!(!text.contains("failed"), "{text}");
     assert!(text.contains("24: 24 completed"), "the fan-out's children, in:\n{text}");
+    for job in ["transform", "load"] {
+        assert!(
+            text.lines().any(|line| line.contains(job) && line.contains("completed")),
+            "the Python ETL's {job} in:\n{text}"
+        );
+    }
+    let python = text
+        .lines()
+        .find_map(|line| line.split("(pid ").nth(1)?.split(',').next()?.parse::<i32>().ok())
+        .unwrap_or_else(|| panic!("the Python worker's pid in:\n{text}"));
     assert!(dir.path().join("data").read_dir().unwrap().next().is_some(), "the ETL wrote its data");
 
     Command::new("kill").args(["-INT", &dev.id().to_string()]).status().unwrap();
@@ -66,4 +84,6 @@ fn dev_runs_the_example_etl_workflow_and_stops_on_ctrl_c() {
     let status = dev.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "nats-server stopped with it");
+    let gone = Command::new("kill").args(["-0", &python.to_string()]).stderr(Stdio::null()).status().unwrap();
+    assert!(!gone.success(), "the Python worker (pid {python}) stopped with it");
 }

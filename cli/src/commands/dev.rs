@@ -3,6 +3,7 @@
 //! progress, then keeps the stack up for other `sluice` commands until Ctrl-C.
 
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use crate::commands::serve::on_signal;
 use crate::commands::status::view_text;
 use crate::commands::submit::{publish, resolve_window};
 use crate::follow::{Finished, follow};
-use crate::output::{CliError, Format};
+use crate::output::{CliError, Format, errln};
 
 #[derive(clap::Args)]
 pub struct DevArgs {
@@ -33,11 +34,24 @@ pub struct DevArgs {
     /// Stop once the submitted runs finish, instead of waiting for Ctrl-C.
     #[arg(long)]
     exit_when_done: bool,
+    /// A command to run beside the stack while it runs, e.g. a Python worker for a pool the
+    /// workflows name: `PYTHONPATH=examples/python-jobs sluice-py worker --pool python etl_jobs`.
+    /// Run by `sh -c` once the pools are declared, with SLUICE_NATS_URL set; its output goes
+    /// to `worker-command-N.log` beside the data directory; SIGTERM when `dev` stops.
+    /// Repeatable.
+    #[arg(long = "worker-command", value_name = "COMMAND")]
+    worker_commands: Vec<String>,
 }
 
 pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
     // Validate everything before starting anything.
     super::serve::check_worker_flags(args.concurrency)?;
+    if let Some(index) = args.worker_commands.iter().position(|command| command.trim().is_empty()) {
+        return Err(CliError::usage(format!(
+            "--worker-command number {} is empty: give the command to run",
+            index + 1
+        )));
+    }
     let workflows = args.files.iter().map(|file| super::read_workflow(file)).collect::<Result<Vec<_>, _>>()?;
     // Held until this process ends: a second `dev` on the same store would share it with
     // this one's nats-server and wedge both.
@@ -131,8 +145,17 @@ async fn session(
         let settings = sluice_proto::PoolSettings { name: pool.clone(), ..Default::default() };
         let request = sluice_proto::ControlRequest::new(sluice_proto::ControlAction::PoolApply(settings), None, "");
         crate::output::applied(crate::output::ask(js, request).await?)?;
-        outln!("declared pool {pool} (no worker of `dev` serves it: start one with `sluice worker --pool {pool}`)")?;
+        if args.worker_commands.is_empty() {
+            outln!(
+                "declared pool {pool} (no worker of `dev` serves it: start one with `sluice worker --pool {pool}`)"
+            )?;
+        } else {
+            outln!("declared pool {pool}")?;
+        }
     }
+    // Started once the pools exist (a worker of an undeclared pool refuses to start); stopped
+    // when this returns, however it does.
+    let _beside = Beside::start(&args.worker_commands, url, &args.data_dir)?;
 
     let mut ids = Vec::new();
     for ((spec, yaml), file) in workflows.into_iter().zip(&args.files) {
@@ -162,6 +185,70 @@ async fn session(
         shutdown.cancelled().await;
     }
     Ok(if all_succeeded { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The `--worker-command` processes, each in its own process group, stopped (SIGTERM to the
+/// group, then SIGKILL after [`BESIDE_STOP_GRACE`]) when dropped.
+struct Beside {
+    children: Vec<(String, std::process::Child)>,
+}
+
+/// How long a `--worker-command` may take to drain after SIGTERM.
+const BESIDE_STOP_GRACE: Duration = Duration::from_secs(10);
+
+impl Beside {
+    fn start(commands: &[String], url: &str, data_dir: &Path) -> Result<Self, CliError> {
+        let mut beside = Self { children: Vec::new() };
+        for (index, command) in commands.iter().enumerate() {
+            let log_path = data_dir.with_file_name(format!("worker-command-{}.log", index + 1));
+            let log = std::fs::File::create(&log_path)
+                .map_err(|error| CliError::failed(format!("cannot write {}: {error}", log_path.display())))?;
+            let err = log.try_clone().map_err(|error| CliError::failed(format!("{}: {error}", log_path.display())))?;
+            let child = std::process::Command::new("sh")
+                .args(["-c", command])
+                .env(sluice_client::connect::flags::URL_ENV, url)
+                .stdin(std::process::Stdio::null())
+                .stdout(log)
+                .stderr(err)
+                .process_group(0)
+                .spawn()
+                .map_err(|error| CliError::failed(format!("cannot start --worker-command `{command}`: {error}")))?;
+            outln!("started       `{command}` (pid {}, output in {})", child.id(), log_path.display())?;
+            beside.children.push((command.clone(), child));
+        }
+        Ok(beside)
+    }
+}
+
+impl Drop for Beside {
+    fn drop(&mut self) {
+        use nix::sys::signal::{Signal, killpg};
+        use nix::unistd::Pid;
+        for (_, child) in &self.children {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        let deadline = std::time::Instant::now() + BESIDE_STOP_GRACE;
+        for (command, child) in &mut self.children {
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                    Ok(None) => {
+                        errln(format_args!(
+                            "--worker-command `{command}` did not stop within {BESIDE_STOP_GRACE:?}: killed"
+                        ));
+                        if let Ok(pid) = i32::try_from(child.id()) {
+                            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                        }
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// `LOCK_FILE` in the data directory, locked (flock) while this `dev` runs; it holds the
