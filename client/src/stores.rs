@@ -64,9 +64,12 @@ impl Stores {
     pub async fn jobs(&self, run: &RunRecord) -> Result<HashMap<String, JobRecord>, ClientError> {
         let mut jobs: HashMap<String, JobRecord> =
             run_jobs(&self.js, &run.id).await?.into_iter().map(|(path, (record, _))| (path, record)).collect();
-        for job in run.first_states() {
-            if !jobs.contains_key(&job.name) {
-                jobs.insert(job.name.clone(), job);
+        // Only the missing ones are made: a finished run has every record.
+        for (index, name) in run.jobs.iter().enumerate() {
+            if !jobs.contains_key(name)
+                && let Some(job) = run.first_state(index)
+            {
+                jobs.insert(name.clone(), job);
             }
         }
         Ok(jobs)

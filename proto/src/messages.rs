@@ -299,12 +299,6 @@ impl RunRecord {
         digits.iter().map(|digit| char::from_digit(u32::from(*digit), 16).unwrap_or('0')).collect()
     }
 
-    /// [`RunRecord::first_state`] of every workflow job, for the readers of a run's job
-    /// records: each one without a record of its own is in that state.
-    pub fn first_states(&self) -> impl Iterator<Item = JobRecord> + '_ {
-        (0..self.jobs.len()).filter_map(|index| self.first_state(index))
-    }
-
     /// The record of workflow job `index` (of `jobs`) while it has none of its own: as the run
     /// began, `queued` since `created_at` or `blocked`. `None` for a run from before
     /// `queued_at_start`, whose jobs all have records, and for an index past `jobs`.

@@ -274,23 +274,7 @@ pub fn on_signals() -> (CancellationToken, CancellationToken) {
 
 /// A token cancelled by the first SIGTERM or SIGINT.
 pub fn on_signal() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                return;
-            }
-        };
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: shutting down"),
-        }
-        cancel.cancel();
-    });
-    token
+    on_signals().0
 }
 
 /// A service's phase as the probes show it.

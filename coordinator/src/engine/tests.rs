@@ -128,7 +128,8 @@ fn start_saves_only_the_run_record_saying_what_it_queued_then_dispatches_roots()
     let record = run.record();
     assert_eq!(record.jobs, ["a", "late", "z"]);
     assert_eq!(record.queued_at_start.as_deref(), Some("5"), "jobs 0 and 2 queued: bits 1 and 4");
-    let first: Vec<(String, JobState)> = record.first_states().map(|job| (job.name, job.state)).collect();
+    let first: Vec<(String, JobState)> =
+        (0..3).filter_map(|index| record.first_state(index)).map(|job| (job.name, job.state)).collect();
     assert_eq!(
         first,
         [("a".into(), JobState::Queued), ("late".into(), JobState::Blocked), ("z".into(), JobState::Queued)]
