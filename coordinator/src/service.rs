@@ -15,7 +15,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, Message};
 use chrono::Utc;
 use sluice_proto::{
-    ControlAction, ControlRequest, DeadLetter, EventKind, JobEvent, JobMessage, PendingCancel, RefusalKind, Rejection,
+    ControlAction, ControlRequest, DeadLetter, EventBatch, EventKind, JobEvent, JobMessage, PendingCancel, RefusalKind, Rejection,
     RunId, RunState, TraceParent, WorkflowSpec, decode, encode, names,
 };
 use tokio::sync::{Notify, watch};
@@ -423,14 +423,7 @@ impl Coordinator {
         let now = Utc::now();
         let mut effects = Vec::new();
         let mut spawned = Vec::new();
-        for message in &messages {
-            let event: JobEvent = match decode(&message.payload) {
-                Ok(event) => event,
-                Err(error) => {
-                    tracing::error!(subject = %message.subject, %error, "dropping an event that cannot be decoded");
-                    continue;
-                }
-            };
+        for event in messages.iter().flat_map(|message| events_in(&message.subject, &message.payload)) {
             let run_id = event.run_id;
             // A worker's report of an attempt in a run that has ended (it ran beside or after
             // the attempt that ended its job): loaded, so the attempt is on record.
@@ -1055,6 +1048,35 @@ fn rejection_for(run_id: RunId, workflow: &str, reason: String, payload_bytes: u
 
 /// The success whose children the engine asks for, when that is what `effects` say (an
 /// [`Effect::ReadChildren`] always comes alone).
+/// The events a message on the events stream carries: one, or an [`EventBatch`]'s. One that
+/// cannot be decoded is dropped (logged, naming the subject); a batch's others still count.
+fn events_in(subject: &str, payload: &[u8]) -> Vec<JobEvent> {
+    let dropped = |error: &dyn std::fmt::Display| {
+        tracing::error!(subject, %error, "dropping an event that cannot be decoded");
+    };
+    if !names::is_event_batch_subject(subject) {
+        return match decode(payload) {
+            Ok(event) => vec![event],
+            Err(error) => {
+                dropped(&error);
+                Vec::new()
+            }
+        };
+    }
+    let batch: EventBatch = match decode(payload) {
+        Ok(batch) => batch,
+        Err(error) => {
+            dropped(&error);
+            return Vec::new();
+        }
+    };
+    batch
+        .events
+        .iter()
+        .filter_map(|bytes| decode(bytes).map_err(|error| dropped(&error)).ok())
+        .collect()
+}
+
 fn children_wanted(effects: &mut Vec<Effect>) -> Option<Box<JobEvent>> {
     if !matches!(effects.as_slice(), [Effect::ReadChildren(_)]) {
         return None;
@@ -1062,5 +1084,55 @@ fn children_wanted(effects: &mut Vec<Effect>) -> Option<Box<JobEvent>> {
     match effects.pop() {
         Some(Effect::ReadChildren(event)) => Some(event),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_proto::{RunId, SCHEMA_VERSION, encode};
+
+    use super::*;
+
+    fn event(job: &str, kind: EventKind) -> JobEvent {
+        JobEvent {
+            schema_version: SCHEMA_VERSION,
+            run_id: RunId::new(),
+            job: job.to_owned(),
+            attempt: 1,
+            generation: 0,
+            kind,
+            at: Utc::now(),
+            worker: "w-1".into(),
+            error: None,
+            retry_at: None,
+            output: None,
+            spawned: 0,
+            started_at: None,
+            schedule_retry: false,
+            earlier: Vec::new(),
+        }
+    }
+
+    fn batch(elements: Vec<Vec<u8>>) -> Vec<u8> {
+        let events = elements.into_iter().map(serde_bytes::ByteBuf::from).collect();
+        encode(&EventBatch { schema_version: SCHEMA_VERSION, worker: "w-1".into(), events }).unwrap()
+    }
+
+    #[test]
+    fn a_single_event_is_read_from_its_own_subject() {
+        let started = event("a", EventKind::Started);
+        let subject = names::event_subject("default", &started.run_id, "a");
+        assert_eq!(events_in(&subject, &encode(&started).unwrap()), [started]);
+        assert!(events_in(&subject, b"not msgpack").is_empty());
+    }
+
+    #[test]
+    fn a_batch_gives_its_events_in_order_and_an_unreadable_one_does_not_hide_the_rest() {
+        let (a, b) = (event("a", EventKind::Started), event("b", EventKind::Succeeded));
+        let payload = batch(vec![encode(&a).unwrap(), b"garbage".to_vec(), encode(&b).unwrap()]);
+        assert_eq!(events_in(&names::event_batch_subject("default", "w-1"), &payload), [a.clone(), b]);
+        // A batch on a single event's subject is not an event; garbage on a batch's is nothing.
+        assert!(events_in(&names::event_subject("default", &a.run_id, "a"), &payload).is_empty());
+        assert!(events_in(&names::event_batch_subject("default", "w-1"), b"garbage").is_empty());
     }
 }

@@ -59,6 +59,12 @@ const _: () = assert!(JOB_MESSAGE_MAX_BYTES < SERVER_MAX_PAYLOAD_MIN_BYTES);
 const _: () = assert!(JOB_RECORD_MAX_BYTES < SERVER_MAX_PAYLOAD_MIN_BYTES);
 const _: () = assert!(DEAD_LETTER_MAX_BYTES < SERVER_MAX_PAYLOAD_MIN_BYTES);
 const _: () = assert!(WORKFLOW_YAML_MAX_BYTES + PARAMS_MAX_BYTES + RECORD_OVERHEAD_BYTES < RUN_RECORD_MAX_BYTES);
+/// Most events a worker sends in one [`crate::EventBatch`].
+pub const EVENTS_PER_BATCH_MAX: usize = 64;
+/// Most bytes of encoded events in one [`crate::EventBatch`]; an event larger than that
+/// (a big output) travels in a batch of its own.
+pub const EVENT_BATCH_MAX_BYTES: usize = 256 * 1024;
+const _: () = assert!(EVENT_BATCH_MAX_BYTES + RECORD_OVERHEAD_BYTES < SERVER_MAX_PAYLOAD_MIN_BYTES);
 /// Most jobs a workflow may declare.
 pub const WORKFLOW_JOBS_MAX: usize = 20_000;
 /// Longest job, pool or workflow name; names become NATS subject tokens and KV keys.

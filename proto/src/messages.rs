@@ -148,6 +148,10 @@ pub struct JobMessage {
     /// The job's `env:` (a child's is its workflow job's).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, crate::pod::EnvValue>,
+    /// The coordinator that dispatched this job reads [`EventBatch`]es: a worker may report
+    /// the job's events in one (an older coordinator leaves it out, and gets single events).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub batch_events: bool,
 }
 versioned!(JobMessage, "job");
 
@@ -219,6 +223,21 @@ pub struct JobEvent {
     pub earlier: Vec<EarlierAttempt>,
 }
 versioned!(JobEvent, "job event");
+
+/// Several job events in one message, published by a worker to
+/// [`crate::names::event_batch_subject`] (for jobs whose message says `batch_events`): one
+/// stored message, and one consumed by the coordinator, for many attempts' events. Each
+/// element is one [`JobEvent`] encoded as it would be alone, so one that cannot be read
+/// does not hide the others. At most [`crate::limits::EVENTS_PER_BATCH_MAX`] events and
+/// [`crate::limits::EVENT_BATCH_MAX_BYTES`] bytes of them, in the order they happened.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventBatch {
+    pub schema_version: u32,
+    /// The worker that published it.
+    pub worker: String,
+    pub events: Vec<serde_bytes::ByteBuf>,
+}
+versioned!(EventBatch, "event batch");
 
 /// What a later attempt found of an earlier attempt of the same job.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

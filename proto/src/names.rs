@@ -173,6 +173,33 @@ pub fn event_subject(pool: &str, run_id: &RunId, job: &str) -> String {
     format!("sluice.events.{pool}.{run_id}.{job}")
 }
 
+/// Subject worker `worker_id` of `pool` publishes its [`crate::EventBatch`]es on: inside the
+/// pool's event subjects (a worker's permissions cover it), never a run's (run ids are
+/// UUIDs), one per worker (a redelivery asks whether the worker of an open attempt still has
+/// a batch waiting: its outcome may be in it).
+pub fn event_batch_subject(pool: &str, worker_id: &str) -> String {
+    format!("sluice.events.{pool}.{EVENT_BATCH_TOKEN}.{}", worker_token(worker_id))
+}
+
+const EVENT_BATCH_TOKEN: &str = "batch";
+
+/// Whether `subject` is an [`event_batch_subject`].
+pub fn is_event_batch_subject(subject: &str) -> bool {
+    let mut tokens = subject.strip_prefix("sluice.events.").unwrap_or_default().split('.');
+    matches!(
+        (tokens.next(), tokens.next(), tokens.next(), tokens.next()),
+        (Some(pool), Some(EVENT_BATCH_TOKEN), Some(worker), None) if !pool.is_empty() && !worker.is_empty()
+    )
+}
+
+/// A worker id as one subject or key token: every character other than `[A-Za-z0-9_-]` (a
+/// host name's dots, say) becomes `_`; an empty id is `_`.
+pub fn worker_token(worker_id: &str) -> String {
+    let token: String =
+        worker_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    if token.is_empty() { "_".to_owned() } else { token }
+}
+
 /// Subject of one attempt's spawn batches. The job path goes last: it may hold dots.
 pub fn spawn_subject(pool: &str, run_id: &RunId, job: &str, generation: u32, attempt: u32) -> String {
     format!("sluice.spawns.{pool}.{run_id}.{generation}.{attempt}.{job}")
@@ -714,6 +741,16 @@ mod tests {
         assert!(!matches(&own, &log_subject("p", &id, 2, "ab")));
         assert!(matches(&spawn_filter(&id, "a.b", 1, 2), &spawn_subject("p", &id, "a.b", 1, 2)));
         assert!(matches(&pool_filter("p"), &job_subject("p", &id, "a")));
+        assert!(matches(&pool_events_filter("p"), &event_batch_subject("p", "w")), "a pool's role may publish batches");
+        assert!(matches(EVENTS_SUBJECTS, &event_batch_subject("p", "w")), "batches are stored in the events stream");
+    }
+
+    #[test]
+    fn a_worker_id_becomes_one_token() {
+        assert_eq!(worker_token("host-12"), "host-12");
+        assert_eq!(worker_token("node.example.com-7"), "node_example_com-7");
+        assert_eq!(worker_token("a b/c*>"), "a_b_c__");
+        assert_eq!(worker_token(""), "_");
     }
 
     #[test]
@@ -725,6 +762,13 @@ mod tests {
         }
         assert_eq!(parse_dlq_subject("sluice.dlq."), None);
         assert_eq!(parse_event_subject("sluice.events.x"), None);
+        assert!(is_event_batch_subject(&event_batch_subject("gpu", "node.example.com-7")));
+        assert_eq!(event_batch_subject("gpu", "node.example.com-7"), "sluice.events.gpu.batch.node_example_com-7");
+        assert_eq!(parse_event_subject(&event_batch_subject("gpu", "w")), None, "a batch names no run");
+        assert!(!is_event_batch_subject(&event_subject("gpu", &run(), "batch")), "a job named batch is a job");
+        assert!(!is_event_batch_subject("sluice.events..batch.w"));
+        assert!(!is_event_batch_subject("sluice.events.gpu.batch"));
+        assert!(!is_event_batch_subject("sluice.events.gpu.batch.w.x"));
         let id = run();
         assert_eq!(parse_event_subject(&compat::event_subject(&id, "a")), None, "schema 1 has no pool token");
         assert_eq!(parse_control_subject("sluice.control.alice"), None);

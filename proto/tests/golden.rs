@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use sluice_proto::messages::Versioned;
 use sluice_proto::{
     AttemptRecord, BackfillRecord, BackfillRequest, BackfillWindow, ChildSpec, ControlAction, ControlOutcome,
-    ControlRequest, DeadLetter, EventKind, JobEvent, JobMessage, JobRecord, JobState, LogBatch, LogLine, LogStream,
+    ControlRequest, DeadLetter, EventBatch, EventKind, JobEvent, JobMessage, JobRecord, JobState, LogBatch, LogLine, LogStream,
     Outcome, PendingCancel, PoolRecord, RefusalKind, Rejection, RequestId, Rerun, RetryPolicy, RunId, RunIndexEntry,
     RunRecord, RunState, SCHEMA_VERSION, ScheduleRecord, SpawnBatch, Submission, Window, WorkerRecord, decode, encode,
 };
@@ -121,12 +121,48 @@ fn job_message_value() -> JobMessage {
         resources: None,
         env: Default::default(),
         retry_base: None,
+        batch_events: false,
     }
 }
 
 #[test]
 fn job_message() {
     check("job_message", job_message_value());
+    // What a coordinator that reads event batches dispatches.
+    check("job_message_batch_events", JobMessage { batch_events: true, ..job_message_value() });
+}
+
+#[test]
+fn event_batch() {
+    let started = JobEvent {
+        schema_version: SCHEMA_VERSION,
+        run_id: run_id(),
+        job: "load".into(),
+        attempt: 1,
+        generation: 0,
+        kind: EventKind::Started,
+        at: time("2024-03-02T08:00:04Z"),
+        worker: "worker-1".into(),
+        error: None,
+        retry_at: None,
+        output: None,
+        spawned: 0,
+        started_at: None,
+        schedule_retry: false,
+        earlier: Vec::new(),
+    };
+    let succeeded = JobEvent {
+        kind: EventKind::Succeeded,
+        at: time("2024-03-02T08:00:05Z"),
+        started_at: Some(time("2024-03-02T08:00:04Z")),
+        output: Some(serde_json::json!({"rows": 3})),
+        ..started.clone()
+    };
+    let events = [&started, &succeeded].map(|event| serde_bytes::ByteBuf::from(encode(event).unwrap())).to_vec();
+    let batch = EventBatch { schema_version: SCHEMA_VERSION, worker: "worker-1".into(), events };
+    check("event_batch", batch.clone());
+    let read: Vec<JobEvent> = batch.events.iter().map(|bytes| decode(bytes).unwrap()).collect();
+    assert_eq!(read, [started, succeeded], "each element is a job event as it is encoded alone");
 }
 
 #[test]
@@ -533,6 +569,7 @@ fn every_versioned_type_has_a_golden_vector() {
         ("WorkerRecord", "worker_record"),
         ("RunIndexEntry", "run_index_entry"),
         ("PendingCancel", "pending_cancel"),
+        ("EventBatch", "event_batch"),
     ]);
     let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut versioned = Vec::new();

@@ -161,6 +161,7 @@ fn largest_job_message() -> JobMessage {
         image: None,
         resources: None,
         env: Default::default(),
+        batch_events: true,
     }
 }
 

@@ -38,6 +38,14 @@ pub const EVENT_PUBLISH_BACKOFF_FIRST_MS: u64 = 100;
 /// Longest pause between tries to store an event: an outcome is retried until it is stored
 /// (or the worker's grace is over), so once NATS is back it is stored within this.
 pub const EVENT_PUBLISH_BACKOFF_MAX_MS: u64 = 2_000;
+/// Event batches a worker has waiting for JetStream's acknowledgement before it lets
+/// outcomes gather into the next one (`runtime/batcher.rs`). Two: a lone outcome (a chain's
+/// step) never waits, and in an A/B of W1 two did better than one.
+pub const EVENT_BATCHES_IN_FLIGHT: usize = 2;
+/// How long a redelivered job waits when the worker of its open attempt still has an event
+/// batch waiting for the coordinator (its outcome may be in it): batches are applied as soon
+/// as the coordinator gets to them.
+pub const BATCH_WAITING_RECHECK_MS: u64 = 1_000;
 /// Pause between tries to open the pool while no coordinator has set Sluice up or declared it.
 pub const CONSUMER_OPEN_RETRY_PAUSE_MS: u64 = 1_000;
 

@@ -23,47 +23,57 @@ pub async fn run(url: &str, args: StatusArgs, format: Format) -> Result<ExitCode
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
     let id: RunId = output::resolve_run(&js, &args.run).await?;
-    match lookup(&js, &id).await? {
-        Lookup::Found(view) => {
-            match (&args.job, format) {
-                (None, Format::Json) => print_json(&view_json(&view))?,
-                (None, Format::Human) => outln!("{}", view_text(&view))?,
-                (Some(path), _) => {
-                    let Some(job) = view.all.get(path) else {
-                        let names: Vec<&str> = view.jobs.iter().map(|job| job.name.as_str()).collect();
-                        return Err(CliError::usage(format!(
-                            "run {id} has no job `{path}`; its jobs are {} (children are named parent.child)",
-                            names.join(", ")
-                        )));
-                    };
-                    match format {
-                        Format::Json => print_json(&one_job_json(&view, job)),
-                        Format::Human => outln!("{}", one_job_text(&view, job)),
-                    }?
+    // Twice at most: a coordinator that takes the submission between the record's read and
+    // the pending submissions' has stored the record (or the rejection) before it removed the
+    // submission, so the second read finds it.
+    for _ in 0..2 {
+        match lookup(&js, &id).await? {
+            Lookup::Found(view) => return show(&view, &args, format),
+            Lookup::Rejected(rejection) => {
+                return Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason)));
+            }
+            Lookup::Unknown => {
+                let Some(pending) = sluice_client::runs::find_pending(&js, &id).await? else { continue };
+                if args.job.is_some() {
+                    return Err(CliError::usage(format!(
+                        "run {id} is pending: its jobs exist once a coordinator takes its submission"
+                    )));
                 }
+                match format {
+                    Format::Json => print_json(&pending_json(&pending))?,
+                    Format::Human => outln!("{}", pending_text(&pending))?,
+                }
+                return Ok(ExitCode::SUCCESS);
             }
-            Ok(ExitCode::SUCCESS)
-        }
-        Lookup::Rejected(rejection) => Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason))),
-        Lookup::Unknown => {
-            let Some(pending) = sluice_client::runs::find_pending(&js, &id).await? else {
-                return Err(CliError::usage(format!(
-                    "no run {id} (not submitted to this server, nor among its newest {} pending submissions)",
-                    sluice_client::runs::PENDING_READ_MAX
-                )));
-            };
-            if args.job.is_some() {
-                return Err(CliError::usage(format!(
-                    "run {id} is pending: its jobs exist once a coordinator takes its submission"
-                )));
-            }
-            match format {
-                Format::Json => print_json(&pending_json(&pending))?,
-                Format::Human => outln!("{}", pending_text(&pending))?,
-            }
-            Ok(ExitCode::SUCCESS)
         }
     }
+    Err(CliError::usage(format!(
+        "no run {id} (not submitted to this server, nor among its newest {} pending submissions)",
+        sluice_client::runs::PENDING_READ_MAX
+    )))
+}
+
+/// Prints a stored run, or one of its jobs.
+fn show(view: &RunView, args: &StatusArgs, format: Format) -> Result<ExitCode, CliError> {
+    match (&args.job, format) {
+        (None, Format::Json) => print_json(&view_json(view))?,
+        (None, Format::Human) => outln!("{}", view_text(view))?,
+        (Some(path), _) => {
+            let Some(job) = view.all.get(path) else {
+                let names: Vec<&str> = view.jobs.iter().map(|job| job.name.as_str()).collect();
+                return Err(CliError::usage(format!(
+                    "run {} has no job `{path}`; its jobs are {} (children are named parent.child)",
+                    view.record.id,
+                    names.join(", ")
+                )));
+            };
+            match format {
+                Format::Json => print_json(&one_job_json(view, job)),
+                Format::Human => outln!("{}", one_job_text(view, job)),
+            }?
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `status -o json` of a pending run: the keys of the run shape it has, then `submitted_at`

@@ -363,6 +363,8 @@ impl Run {
             image: pod.image.clone(),
             resources: pod.resources.clone(),
             env: pod.env.clone(),
+            // This coordinator reads event batches (`EventBatch`).
+            batch_events: true,
         }
     }
 

@@ -106,12 +106,9 @@ impl Announcer {
     }
 }
 
-/// The worker's key: [`names::worker_key`], with every character of the id that a KV key
-/// token cannot hold (a host name's dots, say) replaced by `_`.
-fn entry_key(pool: &str, worker_id: &str) -> String {
-    let token: String =
-        worker_id.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-    names::worker_key(pool, if token.is_empty() { "_" } else { &token })
+/// The worker's key: [`names::worker_key`] of its id as a token ([`names::worker_token`]).
+pub(crate) fn entry_key(pool: &str, worker_id: &str) -> String {
+    names::worker_key(pool, &names::worker_token(worker_id))
 }
 
 /// The live workers of `pool`: its entries in the registry (an unreadable one is skipped).
@@ -212,7 +209,5 @@ mod tests {
     fn the_key_is_pool_dot_id_with_one_token_for_the_id() {
         assert_eq!(entry_key("default", "host-12"), "default.host-12");
         assert_eq!(entry_key("gpu", "node.example.com-7"), "gpu.node_example_com-7");
-        assert_eq!(entry_key("gpu", "a b/c*>"), "gpu.a_b_c__");
-        assert_eq!(entry_key("gpu", ""), "gpu._");
     }
 }

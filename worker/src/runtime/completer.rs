@@ -11,7 +11,6 @@ use async_nats::jetstream::{AckKind, Message};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rand::Rng;
-use sluice_proto::limits::WORKER_ENTRY_TTL_MS;
 use sluice_proto::spawn::{CHILD_DEPTH_MAX, SPAWN_BATCH_MAX_BYTES, SpawnError, check_children, check_output, depth_of};
 use sluice_proto::spec::check_name;
 use sluice_proto::{ChildSpec, EventKind, JobMessage, RetryPolicy, RunId, SCHEMA_VERSION, SpawnBatch, encode, names};
@@ -53,15 +52,10 @@ impl Completer for InlineCompleter {
             Attempt::Held { job } => {
                 tracing::info!(job, "redelivered while it runs here: the running attempt settles it");
             }
-            Attempt::Deferred { job, worker } => {
-                tracing::info!(
-                    job,
-                    worker,
-                    "redelivered while its last attempt is with a live worker: offered again later"
-                );
-                // By then the worker has reported, or its registry entry is gone (it died) and
-                // the job runs; not the ack wait, which may be hours.
-                let delay = Duration::from_millis(WORKER_ENTRY_TTL_MS);
+            Attempt::Deferred { job, worker, why } => {
+                tracing::info!(job, worker, ?why, "redelivered while its last attempt may still report: offered again later");
+                // Not the ack wait, which may be hours.
+                let delay = why.delay();
                 let settlement = Settlement::Nak { delay: Some(delay), retry_at: Utc::now() + delay };
                 acknowledge(&message, settlement, &job).await;
             }
@@ -219,7 +213,8 @@ async fn complete_read(shared: &Shared, reporter: &Reporter, message: &Message, 
     reporter.free_slot();
     report.retry_at = settlement.retry_at();
     report.schedule_retry = matches!(settlement, Settlement::ScheduleRetry { .. });
-    if let Err(publish_error) = reporter.store_outcome(message, kind, report).await {
+    let removed = matches!(settlement, Settlement::Ack | Settlement::ScheduleRetry { .. } | Settlement::Term);
+    if let Err(publish_error) = reporter.store_outcome(message, kind, report, removed).await {
         // Only at shutdown: the job is redelivered, and its stored start charges this attempt.
         tracing::error!(error = %publish_error, job = %job.job, "cannot report the outcome; the job will be redelivered");
         return;
@@ -552,6 +547,7 @@ mod tests {
             image: None,
             resources: None,
             env: Default::default(),
+            batch_events: true,
         }
     }
 

@@ -17,10 +17,12 @@ use tokio_util::sync::CancellationToken;
 use super::Shared;
 use super::delivery::{delivered, header, keep_alive};
 use super::producer::FetchPolicy;
-use super::redelivery::{Plan, on_record, plan};
+use super::announce::entry_key;
+use super::redelivery::{Plan, batch_waiting, on_record, plan};
 use super::reporter::Reporter;
 use crate::job::{Job, JobContext, JobError, Output};
-use crate::limits::TIMEOUT_STOP_GRACE_MS;
+use crate::limits::{BATCH_WAITING_RECHECK_MS, TIMEOUT_STOP_GRACE_MS};
+use sluice_proto::limits::WORKER_ENTRY_TTL_MS;
 use crate::logs::{LogSink, Shipper};
 
 /// How one delivery ended: the executor's only result, and the completer's only input.
@@ -32,9 +34,9 @@ pub(crate) enum Attempt {
     NewerSchema { version: u32 },
     /// A redelivery of `job` that this worker is running still: nothing to do here.
     Held { job: String },
-    /// A redelivery of `job` whose last attempt is still with `worker`, alive: it comes back
-    /// once that worker's registry entry would have expired, if it has not reported by then.
-    Deferred { job: String, worker: String },
+    /// A redelivery of `job` whose last attempt's outcome may still come from `worker`: it
+    /// comes back after `delay` (see [`Deferral`]).
+    Deferred { job: String, worker: String, why: Deferral },
     /// A redelivery of `job` whose outcome is stored already (`why`): nothing ran again.
     Ended { job: String, why: String },
     /// The job was read; `outcome` says how its attempt ended. (Boxed: the attempt is
@@ -78,9 +80,10 @@ pub(crate) async fn execute(shared: &Arc<Shared>, message: &Message, slot: Owned
         (job.attempt_offset.saturating_add(1), Start::Pipelined)
     } else {
         match redelivered(shared, message, &job).await {
-            Some(Plan::Run { open: Some(worker), .. }) if is_alive(shared, &worker).await => {
-                return Attempt::Deferred { job: job.job, worker };
-            }
+            Some(Plan::Run { attempt, open: Some(worker) }) => match deferral(shared, &worker).await {
+                Some(why) => return Attempt::Deferred { job: job.job, worker, why },
+                None => (attempt, Start::Stored),
+            },
             Some(Plan::Run { attempt, .. }) => (attempt, Start::Stored),
             Some(Plan::Ended { why }) => return Attempt::Ended { job: job.job, why },
             // Shut down while the records could not be read: back as it came.
@@ -95,19 +98,48 @@ pub(crate) async fn execute(shared: &Arc<Shared>, message: &Message, slot: Owned
     Attempt::Read { reporter, outcome }
 }
 
-/// Whether `worker`, which started a job's last attempt and has not reported it, is another
-/// live worker of the pool: then an outage kept its in-progress acks and its report back, and
-/// it reports once it can; running the job here would run it twice.
-async fn is_alive(shared: &Shared, worker: &str) -> bool {
-    if worker == shared.config.worker_id {
-        return false;
+/// Why a redelivered job whose last attempt (by `worker`) started and has no outcome on
+/// record is not run yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Deferral {
+    /// `worker` is another live worker of the pool: an outage kept its in-progress acks and
+    /// its report back, and it reports once it can.
+    Alive,
+    /// `worker` has an event batch the coordinator has not applied yet: the attempt's
+    /// outcome may be in it (a batched outcome is not on the job's subject).
+    BatchWaiting,
+}
+
+impl Deferral {
+    /// How long the job waits before it is offered again: until a live worker's registry
+    /// entry would have expired (it has reported by then, or it died); a batch is applied as
+    /// soon as the coordinator gets to it.
+    pub(crate) fn delay(self) -> Duration {
+        match self {
+            Self::Alive => Duration::from_millis(WORKER_ENTRY_TTL_MS),
+            Self::BatchWaiting => Duration::from_millis(BATCH_WAITING_RECHECK_MS),
+        }
     }
-    match shared.workers.get(names::worker_key(&shared.config.pool, worker)).await {
-        Ok(entry) => entry.is_some(),
-        // Unknown: running it is the safe side (a second execution is on record).
+}
+
+/// Whether running the job here could run an attempt twice: `worker`, which started the
+/// job's last attempt and has not reported it, is alive, or its report may be in a batch the
+/// coordinator has not applied.
+async fn deferral(shared: &Shared, worker: &str) -> Option<Deferral> {
+    if worker != shared.config.worker_id {
+        match shared.workers.get(entry_key(&shared.config.pool, worker)).await {
+            Ok(Some(_)) => return Some(Deferral::Alive),
+            Ok(None) => {}
+            // Unknown: running it is the safe side (a second execution is on record).
+            Err(error) => tracing::warn!(%error, worker, "cannot tell whether a worker is alive; running its job here"),
+        }
+    }
+    match batch_waiting(&shared.js, &shared.config.pool, worker).await {
+        Ok(false) => None,
+        Ok(true) => Some(Deferral::BatchWaiting),
         Err(error) => {
-            tracing::warn!(%error, worker, "cannot tell whether a worker is alive; running its job here");
-            false
+            tracing::warn!(%error, worker, "cannot tell whether the worker has an event batch waiting; the job waits");
+            Some(Deferral::BatchWaiting)
         }
     }
 }

@@ -13,7 +13,8 @@
 //!   pure `settle` decides ack, NAK with the retry delay, scheduled retry or TERM; the
 //!   completer stores what a success hands on, reports the outcome (`reporter.rs`), then
 //!   settles the message. The event is always durable before the ack, so the coordinator
-//!   never misses an outcome.
+//!   never misses an outcome. Outcomes whose message is then removed go through the
+//!   batcher (`batcher.rs`): one message for many attempts' outcomes, group-commit style.
 //!
 //! Shutdown: stop fetching, hand back anything fetched but not started (as the same
 //! attempt), let running jobs finish (within the grace period, if one is set; by default
@@ -25,6 +26,7 @@
 //! [`FETCHED_WAIT_MAX_MS`]: crate::limits::FETCHED_WAIT_MAX_MS
 
 mod announce;
+mod batcher;
 mod completer;
 #[cfg(test)]
 mod conformance_tests;
@@ -55,6 +57,7 @@ use crate::nats::{declared_pools, pool_consumer};
 use crate::registry::Registry;
 use crate::stops::RunStops;
 use announce::{Announcer, check_kinds, live_workers};
+use batcher::Batcher;
 use completer::{Completer, InlineCompleter};
 use held::HeldJobs;
 use producer::{Producer, Stopped, report_panic};
@@ -125,6 +128,8 @@ struct Shared {
     held: HeldJobs,
     /// KV `sluice-workers`: whether the worker of a redelivered job's open attempt is alive.
     workers: jetstream::kv::Store,
+    /// Sends the events of jobs dispatched with `batch_events` in batches.
+    batcher: Batcher,
     /// Whether the last job to finish was short: only then are jobs fetched ahead. Set by
     /// executors when a job ends; cleared by the producer when a fetched job waits too long.
     short_jobs: AtomicBool,
@@ -175,7 +180,9 @@ async fn run_controlled(
     tracing::info!(pool = %config.pool, concurrency = config.concurrency, kinds = ?kinds, worker = %config.worker_id, ack_wait_ms = ack_wait.as_millis() as u64, "worker ready");
     let slots = Arc::new(Semaphore::new(config.concurrency));
     let announcer = Announcer::new(opened.workers.clone(), &config, kinds, slots.clone(), control.phase.clone());
+    let batcher = Batcher::start(js.clone(), &config.pool, &config.worker_id);
     let shared = Arc::new(Shared {
+        batcher,
         js,
         registry,
         config,

@@ -91,6 +91,21 @@ pub(crate) async fn on_record(
     Ok((last, record))
 }
 
+/// Whether `worker` of `pool` has an event batch the coordinator has not applied yet (the
+/// events stream is a work queue: an applied batch is gone). A direct get of the worker's
+/// batch subject, within what a pool's NATS permissions allow.
+pub(crate) async fn batch_waiting(js: &jetstream::Context, pool: &str, worker: &str) -> Result<bool, WorkerError> {
+    let events = js
+        .get_stream_no_info(names::EVENTS_STREAM)
+        .await
+        .map_err(|error| WorkerError::nats("opening the events stream", error))?;
+    match events.direct_get_last_for_subject(names::event_batch_subject(pool, worker)).await {
+        Ok(_) => Ok(true),
+        Err(error) if error.kind() == DirectGetErrorKind::NotFound => Ok(false),
+        Err(error) => Err(WorkerError::nats("reading a worker's latest event batch", error)),
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use chrono::Utc;
@@ -120,6 +135,7 @@ pub(crate) mod tests {
             image: None,
             resources: None,
             env: Default::default(),
+            batch_events: true,
         }
     }
 

@@ -1,5 +1,7 @@
 //! Publishing an attempt's events: its start (pipelined on a first delivery, stored first on
-//! a redelivery) and its outcome (stored before the message is settled).
+//! a redelivery) and its outcome (stored before the message is settled; in the worker's next
+//! event batch, `batcher.rs`, when its message is then removed and its coordinator reads
+//! batches).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -14,6 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::batcher::Stored;
 use super::delivery::keep_alive;
 use super::held::Holding;
 use crate::error::WorkerError;
@@ -66,20 +69,16 @@ impl Reporter {
     }
 
     /// Publishes the start without waiting for JetStream to store it (a first delivery's
-    /// start is pipelined with the work).
+    /// start is pipelined with the work). Published once, never again (one that cannot be
+    /// sent is stored by [`Self::store_start`]), so without a `Nats-Msg-Id`: the server
+    /// keeps no deduplication entry for it, and the coordinator ignores a repeated start.
     pub(crate) async fn publish_start(&self) -> Result<(), WorkerError> {
         let event = self.event(EventKind::Started, None, None);
         let payload = encode(&event).map_err(|error| WorkerError::encode("encoding an event", error))?;
-        let mut headers = HeaderMap::new();
-        headers.insert(names::HEADER_MSG_ID, message_id(&event).as_str());
         let ack = self
             .shared
             .js
-            .publish_with_headers(
-                names::event_subject(&self.shared.config.pool, &event.run_id, &event.job),
-                headers,
-                payload.into(),
-            )
+            .publish(names::event_subject(&self.shared.config.pool, &event.run_id, &event.job), payload.into())
             .await
             .map_err(|error| WorkerError::nats("publishing a start event", error))?;
         *self.started.lock().await = Some(ack);
@@ -103,12 +102,15 @@ impl Reporter {
         }
     }
 
-    /// Stores the attempt's outcome, keeping `message` alive until it is stored.
+    /// Stores the attempt's outcome, keeping `message` alive until it is stored. `removed`:
+    /// the message is acked or TERMed once it is (it does not come straight back), so the
+    /// outcome may travel in an event batch if the job's coordinator reads them.
     pub(crate) async fn store_outcome(
         &self,
         message: &Message,
         kind: EventKind,
         report: Report,
+        removed: bool,
     ) -> Result<(), WorkerError> {
         let mut event = self.event(kind, report.error, report.retry_at);
         event.output = report.output;
@@ -116,6 +118,16 @@ impl Reporter {
         event.schedule_retry = report.schedule_retry;
         event.started_at = Some(self.began);
         event.earlier = std::mem::take(&mut *self.earlier.lock().unwrap_or_else(PoisonError::into_inner));
+        if removed && self.job.batch_events {
+            let batched = match self.shared.batcher.outcome(&event) {
+                Ok(stored) => wait_stored(&self.shared, message, &event.job, stored).await,
+                Err(error) => Err(error.to_string()),
+            };
+            match batched {
+                Ok(()) => return Ok(()),
+                Err(error) => tracing::warn!(%error, job = %event.job, "the outcome's batch was not stored; storing it alone"),
+            }
+        }
         store_event(&self.shared, message, &event).await
     }
 
@@ -181,6 +193,14 @@ pub(crate) async fn store_event(shared: &Shared, message: &Message, event: &JobE
     tokio::select! {
         result = &mut storing => result,
         _ = keep_alive(shared.progress_interval, message, &event.job) => unreachable!("the keep-alive loop never ends"),
+    }
+}
+
+/// Waits until an outcome's batch is stored, keeping `message` alive meanwhile.
+async fn wait_stored(shared: &Shared, message: &Message, job: &str, stored: Stored) -> Result<(), String> {
+    tokio::select! {
+        result = stored => result.unwrap_or_else(|_| Err("the batcher stopped".to_owned())),
+        _ = keep_alive(shared.progress_interval, message, job) => unreachable!("the keep-alive loop never ends"),
     }
 }
 

@@ -96,6 +96,7 @@ def _expect(kind: type | tuple[type, ...], what: str) -> Codec:
 INT = _expect(int, "an integer")
 STR = _expect(str, "a string")
 BOOL = _expect(bool, "a boolean")
+BYTES = _expect(bytes, "bytes")
 ANY: Codec = (lambda value, where: value, lambda value: value)
 
 
@@ -456,6 +457,7 @@ class JobMessage(Message):
     image: str | None = wire(OPT(STR), omit="none", default=None)
     resources: Any = wire(ANY, omit="none", default=None)
     env: dict[str, Any] = wire(MAP(ANY), omit="falsy", default={})
+    batch_events: bool = wire(BOOL, omit="falsy", default=False)
 
     def retry_base_or_offset(self) -> int:
         """Where the retry policy counts attempts from."""
@@ -714,10 +716,23 @@ class SpawnBatch(Message):
     children: list[ChildSpec] = wire(LIST(MSG(ChildSpec)))
 
 
+@dataclasses.dataclass(kw_only=True)
+class EventBatch(Message):
+    """Several job events in one message (for jobs whose message says `batch_events`):
+    each element is one `JobEvent`, encoded as it would be alone."""
+
+    WHAT: ClassVar[str] = "event batch"
+    schema_version: int = wire(INT)
+    worker: str = wire(STR)
+    events: list[bytes] = wire(LIST(BYTES))
+
+
 #: Every top-level message class by its golden vector's name (proto/tests/golden/<name>.msgpack).
 GOLDEN: Mapping[str, type[Message]] = {
     "submission": Submission,
     "job_message": JobMessage,
+    "job_message_batch_events": JobMessage,
+    "event_batch": EventBatch,
     "job_event": JobEvent,
     "job_event_short": JobEvent,
     "job_event_spawned": JobEvent,
