@@ -15,8 +15,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, Message};
 use chrono::Utc;
 use sluice_proto::{
-    ControlAction, ControlRequest, DeadLetter, EventBatch, EventKind, JobEvent, JobMessage, PendingCancel, RefusalKind, Rejection,
-    RunId, RunState, TraceParent, WorkflowSpec, decode, encode, names,
+    ControlAction, ControlRequest, DeadLetter, EventBatch, EventKind, JobEvent, JobMessage, PendingCancel, RefusalKind,
+    Rejection, RunId, RunState, TraceParent, WorkflowSpec, decode, encode, names,
 };
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -1070,11 +1070,7 @@ fn events_in(subject: &str, payload: &[u8]) -> Vec<JobEvent> {
             return Vec::new();
         }
     };
-    batch
-        .events
-        .iter()
-        .filter_map(|bytes| decode(bytes).map_err(|error| dropped(&error)).ok())
-        .collect()
+    batch.events.iter().filter_map(|bytes| decode(bytes).map_err(|error| dropped(&error)).ok()).collect()
 }
 
 fn children_wanted(effects: &mut Vec<Effect>) -> Option<Box<JobEvent>> {
@@ -1094,23 +1090,7 @@ mod tests {
     use super::*;
 
     fn event(job: &str, kind: EventKind) -> JobEvent {
-        JobEvent {
-            schema_version: SCHEMA_VERSION,
-            run_id: RunId::new(),
-            job: job.to_owned(),
-            attempt: 1,
-            generation: 0,
-            kind,
-            at: Utc::now(),
-            worker: "w-1".into(),
-            error: None,
-            retry_at: None,
-            output: None,
-            spawned: 0,
-            started_at: None,
-            schedule_retry: false,
-            earlier: Vec::new(),
-        }
+        JobEvent::new(RunId::new(), job, 1, 0, kind, "w-1", Utc::now())
     }
 
     fn batch(elements: Vec<Vec<u8>>) -> Vec<u8> {

@@ -32,9 +32,9 @@ pub use duration::HumanDuration;
 pub use ids::{RequestId, RunId};
 pub use messages::{
     AttemptRecord, BackfillRecord, BackfillRequest, BackfillWindow, ControlAction, ControlOutcome, ControlRequest,
-    DeadLetter, EarlierAttempt, EventBatch, EventKind, JobEvent, JobMessage, JobRecord, LogBatch, LogLine, LogStream, Mark, MarkAs,
-    Outcome, PendingCancel, PoolRecord, PoolSettings, RefusalKind, Rejection, Rerun, RunIndexEntry, RunRecord,
-    SCHEMA_VERSION, ScheduleRecord, Submission, WorkerRecord,
+    DeadLetter, EarlierAttempt, EventBatch, EventKind, JobEvent, JobMessage, JobRecord, LogBatch, LogLine, LogStream,
+    Mark, MarkAs, Outcome, PendingCancel, PoolRecord, PoolSettings, RefusalKind, Rejection, Rerun, RunIndexEntry,
+    RunRecord, SCHEMA_VERSION, ScheduleRecord, Submission, WorkerRecord,
 };
 pub use retry::{Backoff, RetryPolicy};
 pub use spawn::{ChildSpec, SpawnBatch};

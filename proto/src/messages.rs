@@ -224,6 +224,38 @@ pub struct JobEvent {
 }
 versioned!(JobEvent, "job event");
 
+impl JobEvent {
+    /// An event of attempt `attempt` of `job` by `worker` at `at`, with no error, output,
+    /// children or findings.
+    pub fn new(
+        run_id: RunId,
+        job: &str,
+        attempt: u32,
+        generation: u32,
+        kind: EventKind,
+        worker: &str,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            run_id,
+            job: job.to_owned(),
+            attempt,
+            generation,
+            kind,
+            at,
+            worker: worker.to_owned(),
+            error: None,
+            retry_at: None,
+            output: None,
+            spawned: 0,
+            started_at: None,
+            schedule_retry: false,
+            earlier: Vec::new(),
+        }
+    }
+}
+
 /// Several job events in one message, published by a worker to
 /// [`crate::names::event_batch_subject`] (for jobs whose message says `batch_events`): one
 /// stored message, and one consumed by the coordinator, for many attempts' events. Each

@@ -10,9 +10,10 @@ use serde::de::DeserializeOwned;
 use sluice_proto::messages::Versioned;
 use sluice_proto::{
     AttemptRecord, BackfillRecord, BackfillRequest, BackfillWindow, ChildSpec, ControlAction, ControlOutcome,
-    ControlRequest, DeadLetter, EventBatch, EventKind, JobEvent, JobMessage, JobRecord, JobState, LogBatch, LogLine, LogStream,
-    Outcome, PendingCancel, PoolRecord, RefusalKind, Rejection, RequestId, Rerun, RetryPolicy, RunId, RunIndexEntry,
-    RunRecord, RunState, SCHEMA_VERSION, ScheduleRecord, SpawnBatch, Submission, Window, WorkerRecord, decode, encode,
+    ControlRequest, DeadLetter, EventBatch, EventKind, JobEvent, JobMessage, JobRecord, JobState, LogBatch, LogLine,
+    LogStream, Outcome, PendingCancel, PoolRecord, RefusalKind, Rejection, RequestId, Rerun, RetryPolicy, RunId,
+    RunIndexEntry, RunRecord, RunState, SCHEMA_VERSION, ScheduleRecord, SpawnBatch, Submission, Window, WorkerRecord,
+    decode, encode,
 };
 
 fn time(text: &str) -> DateTime<Utc> {

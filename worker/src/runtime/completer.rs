@@ -53,7 +53,12 @@ impl Completer for InlineCompleter {
                 tracing::info!(job, "redelivered while it runs here: the running attempt settles it");
             }
             Attempt::Deferred { job, worker, why } => {
-                tracing::info!(job, worker, ?why, "redelivered while its last attempt may still report: offered again later");
+                tracing::info!(
+                    job,
+                    worker,
+                    ?why,
+                    "redelivered while its last attempt may still report: offered again later"
+                );
                 // Not the ack wait, which may be hours.
                 let delay = why.delay();
                 let settlement = Settlement::Nak { delay: Some(delay), retry_at: Utc::now() + delay };

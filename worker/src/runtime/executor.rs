@@ -15,15 +15,15 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::announce::entry_key;
 use super::delivery::{delivered, header, keep_alive};
 use super::producer::FetchPolicy;
-use super::announce::entry_key;
 use super::redelivery::{Plan, batch_waiting, on_record, plan};
 use super::reporter::Reporter;
 use crate::job::{Job, JobContext, JobError, Output};
 use crate::limits::{BATCH_WAITING_RECHECK_MS, TIMEOUT_STOP_GRACE_MS};
-use sluice_proto::limits::WORKER_ENTRY_TTL_MS;
 use crate::logs::{LogSink, Shipper};
+use sluice_proto::limits::WORKER_ENTRY_TTL_MS;
 
 /// How one delivery ended: the executor's only result, and the completer's only input.
 pub(crate) enum Attempt {

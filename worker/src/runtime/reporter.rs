@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, Message, context::PublishAckFuture};
 use chrono::{DateTime, Utc};
 use sluice_proto::limits::ERROR_TEXT_MAX_BYTES;
 use sluice_proto::messages::truncate_error;
-use sluice_proto::{EarlierAttempt, EventKind, JobEvent, JobMessage, RunId, SCHEMA_VERSION, encode, names};
+use sluice_proto::{EarlierAttempt, EventKind, JobEvent, JobMessage, RunId, encode, names};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
@@ -125,7 +125,9 @@ impl Reporter {
             };
             match batched {
                 Ok(()) => return Ok(()),
-                Err(error) => tracing::warn!(%error, job = %event.job, "the outcome's batch was not stored; storing it alone"),
+                Err(error) => {
+                    tracing::warn!(%error, job = %event.job, "the outcome's batch was not stored; storing it alone")
+                }
             }
         }
         store_event(&self.shared, message, &event).await
@@ -154,23 +156,7 @@ pub(crate) fn event(
     kind: EventKind,
     worker: &str,
 ) -> JobEvent {
-    JobEvent {
-        schema_version: SCHEMA_VERSION,
-        run_id,
-        job: job.to_owned(),
-        attempt,
-        generation,
-        kind,
-        at: Utc::now(),
-        worker: worker.to_owned(),
-        error: None,
-        retry_at: None,
-        output: None,
-        spawned: 0,
-        started_at: None,
-        schedule_retry: false,
-        earlier: Vec::new(),
-    }
+    JobEvent::new(run_id, job, attempt, generation, kind, worker, Utc::now())
 }
 
 /// The `Nats-Msg-Id` of an event: a re-published one is dropped as a duplicate.
