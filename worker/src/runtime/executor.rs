@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::Message;
 use futures::FutureExt;
+use sluice_proto::limits::WORKER_ENTRY_TTL_MS;
 use sluice_proto::{ChildSpec, CodecError, HumanDuration, JobMessage, JobRecord, SCHEMA_VERSION, decode, names};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,6 @@ use super::reporter::Reporter;
 use crate::job::{Job, JobContext, JobError, Output};
 use crate::limits::{BATCH_WAITING_RECHECK_MS, TIMEOUT_STOP_GRACE_MS};
 use crate::logs::{LogSink, Shipper};
-use sluice_proto::limits::WORKER_ENTRY_TTL_MS;
 
 /// How one delivery ended: the executor's only result, and the completer's only input.
 pub(crate) enum Attempt {
