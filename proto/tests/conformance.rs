@@ -191,6 +191,8 @@ fn names_every_client_uses() {
         ("job_key", names::job_key(&run, &job)),
         ("kv_subject", names::kv_subject(&s("bucket"), &s("key"))),
         ("worker_key", names::worker_key(&pool, &s("worker_id"))),
+        ("worker_token", names::worker_token(&s("host_worker"))),
+        ("event_batch_subject", names::event_batch_subject(&pool, &s("host_worker"))),
         ("event_id", names::event_id(&run, &job, n("attempt"), n("generation"), &s("kind"))),
         ("start_event_id", names::start_event_id(&run, &job, n("attempt"), n("generation"), &s("worker"))),
         ("idempotency_kv_key", names::idempotency_kv_key(&s("key"))),

@@ -111,6 +111,19 @@ def worker_key(pool: str, worker_id: str) -> str:
     return f"{pool}.{worker_id}"
 
 
+def worker_token(worker_id: str) -> str:
+    """A worker id as one subject or key token: every character other than
+    `[A-Za-z0-9_-]` becomes `_`; an empty id is `_`."""
+    token = "".join(c if (c.isascii() and c.isalnum()) or c in "-_" else "_" for c in worker_id)
+    return token or "_"
+
+
+def event_batch_subject(pool: str, worker_id: str) -> str:
+    """Where a worker publishes its event batches (the Rust worker does; this SDK's worker
+    sends single events, and reads the subject when it decides on a redelivery)."""
+    return f"sluice.events.{pool}.batch.{worker_token(worker_id)}"
+
+
 def event_id(run_id: str, job: str, attempt: int, generation: int, kind: str) -> str:
     return f"{run_id}.{job}.{attempt}.{generation}.{kind}"
 

@@ -74,6 +74,9 @@ log = logging.getLogger("sluice.worker")
 MIN_NATS_SERVER = (2, 14, 0)
 #: Registry entries expire this long after their last renewal (ms).
 WORKER_ENTRY_TTL_MS = 15_000
+#: A redelivered job waits this long while the worker of its open attempt has an event batch
+#: the coordinator has not applied (ms; worker::limits::BATCH_WAITING_RECHECK_MS).
+BATCH_WAITING_RECHECK_MS = 1_000
 #: A worker renews its registry entry this often (ms).
 WORKER_ANNOUNCE_INTERVAL_MS = 5_000
 #: An error text an event carries, at most (bytes; its tail is kept).
@@ -533,6 +536,11 @@ class Worker:
             if plan.open is not None and plan.open != self.worker_id and await self.is_live(plan.open):
                 await message.nak(delay=WORKER_ENTRY_TTL_MS / 1000)
                 return
+            if plan.open is not None and await self.batch_waiting(plan.open):
+                # The open attempt's outcome may be in a batch the coordinator has not
+                # applied yet (a Rust worker's): wait for it, as the Rust worker does.
+                await message.nak(delay=BATCH_WAITING_RECHECK_MS / 1000)
+                return
             attempt_number = plan.attempt
             await self.store_event(message, self.event(job, attempt_number, EventKind.STARTED))
             opened = None
@@ -703,6 +711,23 @@ class Worker:
         with contextlib.suppress(KeyNotFoundError, WireError):
             record = JobRecord.decode((await self.jobs_kv.get(names.job_key(job.run_id, job.job))).value)
         return last, record
+
+    async def batch_waiting(self, worker_id: str) -> bool:
+        """Whether `worker_id` has an event batch the coordinator has not applied (an error
+        counts as yes: the job waits rather than risk charging an attempt twice)."""
+        try:
+            await self.js.get_last_msg(
+                names.EVENTS_STREAM, names.event_batch_subject(self.pool, worker_id), direct=True
+            )
+        except NotFoundError:
+            return False
+        except Exception as error:  # any failure to read means "cannot tell"
+            log.warning(
+                "cannot tell whether worker %s has an event batch waiting (%s); the job waits",
+                worker_id,
+                error,
+            )
+        return True
 
     async def is_live(self, worker_id: str) -> bool:
         return any(worker.worker_id == worker_id for worker in await self.live_workers())
