@@ -8,7 +8,7 @@ use common::*;
 use sluice_proto::limits::{
     ATTEMPTS_KEPT_LATEST, JOB_DEFINITION_MAX_BYTES, WORKER_NAME_MAX_BYTES, WORKFLOW_YAML_MAX_BYTES,
 };
-use sluice_proto::{EventKind, JobEvent, RunId, SCHEMA_VERSION, encode, names};
+use sluice_proto::{EventKind, JobEvent, RunId, encode, names};
 
 const BYSTANDER: &str = "name: bystander\njobs:\n  a: { run: noop }\n  b: { run: noop, needs: [a] }\n";
 
@@ -120,23 +120,8 @@ fn forged_events_with_huge_worker_ids_do_not_grow_the_record() {
     stack.block_on(async {
         let js = sluice_testkit::connect(&stack.url()).await.expect("connect");
         for attempt in [5, 6] {
-            let event = JobEvent {
-                schema_version: SCHEMA_VERSION,
-                run_id: id,
-                job: "nap".into(),
-                attempt,
-                generation: 0,
-                kind: EventKind::Started,
-                at: chrono::Utc::now(),
-                worker: "w".repeat(600_000),
-                error: None,
-                retry_at: None,
-                output: None,
-                spawned: 0,
-                started_at: None,
-                schedule_retry: false,
-                earlier: Vec::new(),
-            };
+            let event =
+                JobEvent::new(id, "nap", attempt, 0, EventKind::Started, &"w".repeat(600_000), chrono::Utc::now());
             let subject = names::event_subject("default", &id, "nap");
             js.publish(subject, encode(&event).expect("encode").into()).await.expect("publish").await.expect("stored");
         }

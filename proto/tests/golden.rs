@@ -135,23 +135,7 @@ fn job_message() {
 
 #[test]
 fn event_batch() {
-    let started = JobEvent {
-        schema_version: SCHEMA_VERSION,
-        run_id: run_id(),
-        job: "load".into(),
-        attempt: 1,
-        generation: 0,
-        kind: EventKind::Started,
-        at: time("2024-03-02T08:00:04Z"),
-        worker: "worker-1".into(),
-        error: None,
-        retry_at: None,
-        output: None,
-        spawned: 0,
-        started_at: None,
-        schedule_retry: false,
-        earlier: Vec::new(),
-    };
+    let started = JobEvent::new(run_id(), "load", 1, 0, EventKind::Started, "worker-1", time("2024-03-02T08:00:04Z"));
     let succeeded = JobEvent {
         kind: EventKind::Succeeded,
         at: time("2024-03-02T08:00:05Z"),

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, TimeZone, Utc};
 use sluice_proto::limits::ATTEMPT_FOUND_LATER_MAX_BYTES;
 use sluice_proto::{
-    ChildSpec, EarlierAttempt, EventKind, JobEvent, JobRecord, JobState, MarkAs, RequestId, RunId, RunState,
-    SCHEMA_VERSION, Window, WorkflowSpec,
+    ChildSpec, EarlierAttempt, EventKind, JobEvent, JobRecord, JobState, MarkAs, RequestId, RunId, RunState, Window,
+    WorkflowSpec,
 };
 
 use super::transitions::WORKER_LOST;
@@ -40,23 +40,9 @@ fn start_with_id(yaml: &str, id: RunId) -> (Run, Vec<Effect>) {
 }
 
 fn event(run: &Run, job: &str, attempt: u32, kind: EventKind, second: u32) -> JobEvent {
-    JobEvent {
-        schema_version: SCHEMA_VERSION,
-        run_id: run.id(),
-        job: job.to_owned(),
-        attempt,
-        generation: 0,
-        kind,
-        at: at(second),
-        worker: "w1".into(),
-        error: (kind == EventKind::Failed).then(|| "boom".to_owned()),
-        retry_at: None,
-        output: None,
-        spawned: 0,
-        started_at: None,
-        schedule_retry: false,
-        earlier: Vec::new(),
-    }
+    let mut event = JobEvent::new(run.id(), job, attempt, 0, kind, "w1", at(second));
+    event.error = (kind == EventKind::Failed).then(|| "boom".to_owned());
+    event
 }
 
 fn children(names: &[&str]) -> Vec<ChildSpec> {

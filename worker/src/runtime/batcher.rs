@@ -119,7 +119,8 @@ async fn run(sender: Sender, mut queue: mpsc::UnboundedReceiver<Queued>) {
         while flush_now(gathered, in_flight.len()) {
             let count = batch_len(waiting.iter().map(|item| item.bytes.len()));
             let batch: Vec<Queued> = waiting.drain(..count).collect();
-            gathered = Gathered { events: waiting.len(), bytes: waiting.iter().map(|item| item.bytes.len()).sum() };
+            gathered.events -= count;
+            gathered.bytes -= batch.iter().map(|item| item.bytes.len()).sum::<usize>();
             if let Some(acknowledged) = sender.send(batch).await {
                 in_flight.push(acknowledged);
             }

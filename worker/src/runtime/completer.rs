@@ -13,12 +13,14 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 use sluice_proto::spawn::{CHILD_DEPTH_MAX, SPAWN_BATCH_MAX_BYTES, SpawnError, check_children, check_output, depth_of};
 use sluice_proto::spec::check_name;
-use sluice_proto::{ChildSpec, EventKind, JobMessage, RetryPolicy, RunId, SCHEMA_VERSION, SpawnBatch, encode, names};
+use sluice_proto::{
+    ChildSpec, EventKind, JobEvent, JobMessage, RetryPolicy, RunId, SCHEMA_VERSION, SpawnBatch, encode, names,
+};
 
 use super::Shared;
 use super::delivery::header;
 use super::executor::{Attempt, Outcome};
-use super::reporter::{Report, Reporter, error_text, event, store_event};
+use super::reporter::{Report, Reporter, error_text, store_event};
 use crate::error::WorkerError;
 use crate::job::{JobError, Output};
 use crate::limits::NEWER_SCHEMA_NAK_DELAY_MS;
@@ -360,14 +362,22 @@ async fn newer_schema(shared: &Shared, message: &Message, version: u32) {
 }
 
 /// A failed event for the run and job an unreadable message's headers name, if they do.
-fn event_from_headers(message: &Message, delivered: u32, worker: &str) -> Option<sluice_proto::JobEvent> {
+fn event_from_headers(message: &Message, delivered: u32, worker: &str) -> Option<JobEvent> {
     let run_id = header(message, names::HEADER_RUN_ID).and_then(|text| text.parse::<RunId>().ok())?;
     // A child's path is names joined by dots: each part must be a valid name.
     let job =
         header(message, names::HEADER_JOB).filter(|job| job.split('.').all(|part| check_name("job", part).is_ok()))?;
     let number = |name: &str| header(message, name).and_then(|text| text.parse::<u32>().ok()).unwrap_or(0);
     let (generation, offset) = (number(names::HEADER_GENERATION), number(names::HEADER_ATTEMPT_OFFSET));
-    Some(event(run_id, &job, offset.saturating_add(delivered), generation, EventKind::Failed, worker))
+    Some(JobEvent::new(
+        run_id,
+        &job,
+        offset.saturating_add(delivered),
+        generation,
+        EventKind::Failed,
+        worker,
+        Utc::now(),
+    ))
 }
 
 /// Keeps a job message nobody can read in the dead-letter stream, as it came, with the

@@ -140,23 +140,9 @@ pub(crate) mod tests {
     }
 
     fn event(job: &JobMessage, attempt: u32, kind: EventKind, retry: bool) -> JobEvent {
-        JobEvent {
-            schema_version: SCHEMA_VERSION,
-            run_id: job.run_id,
-            job: job.job.clone(),
-            attempt,
-            generation: job.generation,
-            kind,
-            at: Utc::now(),
-            worker: "w1".into(),
-            error: None,
-            retry_at: retry.then(Utc::now),
-            output: None,
-            spawned: 0,
-            started_at: None,
-            schedule_retry: false,
-            earlier: Vec::new(),
-        }
+        let mut event = JobEvent::new(job.run_id, &job.job, attempt, job.generation, kind, "w1", Utc::now());
+        event.retry_at = retry.then(Utc::now);
+        event
     }
 
     fn record(job: &JobMessage, state: JobState, attempts: u32) -> JobRecord {

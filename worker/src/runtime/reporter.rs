@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, Message, context::PublishAckFuture};
 use chrono::{DateTime, Utc};
 use sluice_proto::limits::ERROR_TEXT_MAX_BYTES;
 use sluice_proto::messages::truncate_error;
-use sluice_proto::{EarlierAttempt, EventKind, JobEvent, JobMessage, RunId, encode, names};
+use sluice_proto::{EarlierAttempt, EventKind, JobEvent, JobMessage, encode, names};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
@@ -135,7 +135,8 @@ impl Reporter {
 
     fn event(&self, kind: EventKind, error: Option<String>, retry_at: Option<DateTime<Utc>>) -> JobEvent {
         let job = &self.job;
-        let mut event = event(job.run_id, &job.job, self.attempt, job.generation, kind, &self.shared.config.worker_id);
+        let worker = &self.shared.config.worker_id;
+        let mut event = JobEvent::new(job.run_id, &job.job, self.attempt, job.generation, kind, worker, Utc::now());
         event.error = error.map(error_text);
         event.retry_at = retry_at;
         event
@@ -145,18 +146,6 @@ impl Reporter {
 /// An error as an event carries it: long ones keep their tail.
 pub(crate) fn error_text(text: String) -> String {
     truncate_error(&text, ERROR_TEXT_MAX_BYTES)
-}
-
-/// An event of attempt `attempt` of `job`, at this moment, with no error, output or children.
-pub(crate) fn event(
-    run_id: RunId,
-    job: &str,
-    attempt: u32,
-    generation: u32,
-    kind: EventKind,
-    worker: &str,
-) -> JobEvent {
-    JobEvent::new(run_id, job, attempt, generation, kind, worker, Utc::now())
 }
 
 /// The `Nats-Msg-Id` of an event: a re-published one is dropped as a duplicate.

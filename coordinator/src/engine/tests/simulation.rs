@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sluice_proto::{
-    ChildSpec, EventKind, JobEvent, JobRecord, JobState, MarkAs, RequestId, RunId, RunRecord, RunState, SCHEMA_VERSION,
+    ChildSpec, EventKind, JobEvent, JobRecord, JobState, MarkAs, RequestId, RunId, RunRecord, RunState,
 };
 
 use super::{at, saved, start_with_id};
@@ -286,23 +286,11 @@ impl Sim {
     }
 
     fn event(&self, message: &Message, attempt: u32, kind: EventKind) -> JobEvent {
-        JobEvent {
-            schema_version: SCHEMA_VERSION,
-            run_id: self.run.id(),
-            job: message.job.clone(),
-            attempt,
-            generation: message.generation,
-            kind,
-            at: at(self.clock),
-            worker: format!("w{}", attempt % 3),
-            error: (kind == EventKind::Failed).then(|| "boom".to_owned()),
-            retry_at: None,
-            output: None,
-            spawned: 0,
-            started_at: None,
-            schedule_retry: false,
-            earlier: Vec::new(),
-        }
+        let worker = format!("w{}", attempt % 3);
+        let mut event =
+            JobEvent::new(self.run.id(), &message.job, attempt, message.generation, kind, &worker, at(self.clock));
+        event.error = (kind == EventKind::Failed).then(|| "boom".to_owned());
+        event
     }
 
     /// A worker takes a message and runs it to its fate: some failed attempts with retries,
