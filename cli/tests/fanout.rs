@@ -430,3 +430,60 @@ fn grandchildren_run_and_a_dead_lettered_child_can_be_replayed() {
     let leaf_a = stack.sluice_json(&["status", &id, "--job", "top.mid-0.leaf-a"], 0);
     assert_eq!(leaf_a["attempts"], 1, "completed children are kept");
 }
+
+/// `max_child_failures` in YAML (on `top`) and in a spawn file (on `top.mid`): each parent
+/// completes with one child failed for good, nothing is skipped under `on_failure: stop`,
+/// and the run succeeds with the failed children dead-lettered.
+#[test]
+fn a_parent_with_max_child_failures_completes_with_a_failed_child_and_the_run_succeeds() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    stack.worker(&["--concurrency", "4"]);
+    let mid = stack.write(
+        "mid.py",
+        "import json, os\nwith open(os.environ['SLUICE_SPAWN_FILE'], 'w') as out:\n    out.write(json.dumps({'name': 'leaf-a', 'run': 'noop'}) + '\\n')\n    out.write(json.dumps({'name': 'leaf-b', 'run': 'exec', 'command': ['sh', '-c', 'exit 78']}) + '\\n')\n",
+    );
+    let top = stack.write(
+        "top.py",
+        &format!(
+            "import json, os\nwith open(os.environ['SLUICE_SPAWN_FILE'], 'w') as out:\n    out.write(json.dumps({{'name': 'bad', 'run': 'exec', 'command': ['sh', '-c', 'exit 78']}}) + '\\n')\n    out.write(json.dumps({{'name': 'good', 'run': 'noop'}}) + '\\n')\n    out.write(json.dumps({{'name': 'mid', 'run': 'exec', 'command': ['python3', {mid:?}], 'max_child_failures': 1}}) + '\\n')\n",
+            mid = mid.display().to_string()
+        ),
+    );
+    let flow = stack.write(
+        "tolerant.yaml",
+        &format!(
+            "name: tolerant\njobs:\n  top:\n    run: exec\n    command: [python3, {}]\n    max_child_failures: 1\n  after:\n    needs: [top]\n    run: noop\n",
+            top.display()
+        ),
+    );
+    let status = submit_and_wait(&stack, &flow, 0);
+    assert_eq!(status["state"], "succeeded", "{status:#}");
+    assert_eq!(job(&status, "top")["state"], "completed");
+    assert_eq!(job(&status, "top")["children"]["by_state"], serde_json::json!({"completed": 2, "failed": 1}));
+    assert_eq!(job(&status, "after")["state"], "completed");
+    let id = status["id"].as_str().unwrap().to_owned();
+    let judged = stack.sluice_json(&["status", &id, "--job", "top.mid"], 0);
+    assert_eq!(judged["state"], "completed");
+    assert_eq!(judged["children"]["by_state"], serde_json::json!({"completed": 1, "failed": 1}));
+    let letters = stack.sluice_json(&["dlq", "list"], 0);
+    let mut dead: Vec<&str> =
+        letters["dead_letters"].as_array().unwrap().iter().map(|letter| letter["job"].as_str().unwrap()).collect();
+    dead.sort_unstable();
+    assert_eq!(dead, ["top.bad", "top.mid.leaf-b"]);
+
+    // Beyond its limit the parent fails, naming the limit.
+    let flow = stack.write(
+        "intolerant.yaml",
+        &format!(
+            "name: intolerant\njobs:\n  top:\n    run: exec\n    command: [python3, {}]\n    max_child_failures: 0\n",
+            mid.display()
+        ),
+    );
+    let status = submit_and_wait(&stack, &flow, 1);
+    let error = job(&status, "top")["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("1 of 2 children did not complete (max_child_failures: 0); first: `top.leaf-b` failed"),
+        "{error}"
+    );
+}

@@ -65,6 +65,10 @@ struct Args {
     /// `always` (before acknowledging each one), so the cost of `always` can be measured.
     #[arg(long, value_enum, default_value_t = SyncInterval::Default)]
     sync_interval: SyncInterval,
+    /// The Python with the SDK installed, for W1-py's Python worker (default: the project's
+    /// venv, which `bash scripts/install-tools.sh` makes).
+    #[arg(long, value_name = "PATH")]
+    python: Option<PathBuf>,
 }
 
 /// `--sync-interval`.
@@ -165,6 +169,20 @@ impl Sizes {
 /// Worker slots in total, for every workload (W1 asks for four).
 const SLOTS: usize = 4;
 
+/// W1-py's pool, job kind and the directory of the module defining it.
+const PYTHON_POOL: &str = "py";
+const PYTHON_NOOP: &str = "py-noop";
+const PYTHON_JOBS_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/py");
+const PYTHON_JOBS_MODULE: &str = "loadtest_jobs";
+
+/// Who works a workload's jobs: `sluice worker`, or the Python SDK's worker on
+/// [`PYTHON_POOL`] (the same slots).
+#[derive(Clone, Copy)]
+enum Workers<'a> {
+    Rust,
+    Python(&'a std::path::Path),
+}
+
 /// Jobs in one W5 run (workloads::etl).
 const W5_JOBS: usize = 20;
 
@@ -213,6 +231,33 @@ async fn main() -> Result<()> {
         suite.extend(w1.rows("W1", sizes.w1));
     }
 
+    if wants("W1-py") {
+        let python = match &args.python {
+            Some(python) => python.clone(),
+            None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.tools/venv/bin/python")),
+        };
+        anyhow::ensure!(
+            python.is_file(),
+            "W1-py: no Python at {} (run `bash scripts/install-tools.sh`, or give --python)",
+            python.display()
+        );
+        let yaml = workloads::independent_on(sizes.w1, PYTHON_NOOP, PYTHON_POOL);
+        let latencies = false;
+        let w1 = measure(&args, &sluice, "W1-py", sizes.w1, latencies, Workers::Python(&python), |js| async move {
+            Ok(vec![workloads::run_timed(&js, &yaml, false).await?])
+        })
+        .await?;
+        let rate = sizes.w1 as f64 / w1.runs[0].seconds;
+        suite.push(Row::new("W1-py", "throughput", rate, "jobs/s").against(b1, rate / b1));
+        if let Some(rust) = suite.value("W1", "throughput") {
+            suite.push(
+                Row::new("W1-py", "throughput beside the Rust worker's", rate, "jobs/s").against(rust, rate / rust),
+            );
+        }
+        suite.push(Row::new("W1-py", "wall time", w1.runs[0].seconds, "s"));
+        suite.extend(w1.rows("W1-py", sizes.w1));
+    }
+
     for (id, yaml) in [
         ("W2-static", workloads::static_fan_out(sizes.w2)),
         ("W2-spawned", workloads::fan_out("w2-spawned", sizes.w2, true)),
@@ -255,16 +300,10 @@ async fn main() -> Result<()> {
     if wants("W5") {
         let runs = sizes.w5_runs;
         let yaml = workloads::etl();
-        let w5 =
-            measure(
-                &args,
-                &sluice,
-                "W5",
-                W5_JOBS,
-                true,
-                |js| async move { workloads::runs_timed(&js, &yaml, runs).await },
-            )
-            .await?;
+        let w5 = measure(&args, &sluice, "W5", W5_JOBS, true, Workers::Rust, |js| async move {
+            workloads::runs_timed(&js, &yaml, runs).await
+        })
+        .await?;
         // From the first submission's publish to the last run's end.
         let first = w5.runs.iter().map(|run| run.started).min().context("no W5 runs")?;
         let last = w5.runs.iter().map(|run| run.ended).max().context("no W5 runs")?;
@@ -406,7 +445,7 @@ async fn measure_one_run(
     // W1's jobs need nothing and W4's 100,000 children wait for slots, so only the others
     // say something with dispatch latencies.
     let latencies = !matches!(name, "W1" | "W4");
-    measure(args, sluice, name, jobs, latencies, |js| async move {
+    measure(args, sluice, name, jobs, latencies, Workers::Rust, |js| async move {
         Ok(vec![workloads::run_timed(&js, &yaml, intake).await?])
     })
     .await
@@ -422,6 +461,7 @@ async fn measure<F, Fut>(
     name: &str,
     jobs: usize,
     latencies: bool,
+    workers: Workers<'_>,
     work: F,
 ) -> Result<Measured>
 where
@@ -430,11 +470,26 @@ where
 {
     let mut stack = args.stack(sluice)?;
     let coordinator_process = stack.coordinator();
-    let worker_processes = [stack.worker(&["--concurrency", &SLOTS.to_string()])];
+    let slots = SLOTS.to_string();
+    let (pool, worker_processes) = match workers {
+        Workers::Rust => ("default", [stack.worker(&["--concurrency", &slots])]),
+        Workers::Python(python) => {
+            // A pool exists once declared (a control request the coordinator answers).
+            wait::set_up(&stack.connect().await?, READY_TIMEOUT).await?;
+            let declared = stack.sluice(&["pool", "apply", PYTHON_POOL]);
+            anyhow::ensure!(
+                declared.status.success(),
+                "declaring pool {PYTHON_POOL}: {}",
+                sluice_testkit::text(&declared.stderr)
+            );
+            let args = ["-m", "sluice", "worker", PYTHON_JOBS_MODULE, "--pool", PYTHON_POOL, "--concurrency", &slots];
+            let env = [("PYTHONPATH", PYTHON_JOBS_DIR), ("SLUICE_LOG_LEVEL", "WARNING")];
+            (PYTHON_POOL, [stack.spawn_program("python-worker", python, &args, &env)])
+        }
+    };
     let js = stack.connect().await?;
-    // Set up (streams, buckets, the pool `default` and its consumer), and the workers in
-    // the registry.
-    wait::workers(&js, "default", worker_processes.len(), READY_TIMEOUT).await?;
+    // Set up (streams, buckets, the pool and its consumer), and the workers in the registry.
+    wait::workers(&js, pool, worker_processes.len(), READY_TIMEOUT).await?;
     let coordinator_at_start = stack.usage(coordinator_process);
     let workers_at_start = stack.usage_of(&worker_processes);
     let server_at_start = stack.nats.usage();

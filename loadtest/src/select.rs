@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 /// Every workload id, in the order the suite runs them.
-pub const WORKLOADS: [&str; 7] = ["W1", "W2-static", "W2-spawned", "W3", "W4", "W5", "W6"];
+pub const WORKLOADS: [&str; 8] = ["W1", "W1-py", "W2-static", "W2-spawned", "W3", "W4", "W5", "W6"];
 
 /// Shorthands `--only` accepts besides the ids: `W2` is both fan-outs, `intake` is measured
 /// in W1's run.

@@ -34,6 +34,15 @@ pub fn independent(count: usize) -> String {
     dag_yaml("w1", &(0..count).map(|index| (format!("j{index}"), Vec::new())).collect::<Vec<_>>())
 }
 
+/// W1-py: W1 for the Python worker: `count` independent no-op jobs of kind `kind` on `pool`.
+pub fn independent_on(count: usize, kind: &str, pool: &str) -> String {
+    let mut yaml = format!("name: w1-py\ndefaults: {{ pool: {pool} }}\njobs:\n");
+    for index in 0..count {
+        yaml.push_str(&format!("  j{index}: {{ run: {kind} }}\n"));
+    }
+    yaml
+}
+
 /// W2-static: a root, `count` jobs that need it, and a join that needs all of them, all in
 /// the YAML.
 pub fn static_fan_out(count: usize) -> String {

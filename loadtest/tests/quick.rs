@@ -42,6 +42,7 @@ fn the_quick_suite_runs_every_baseline_and_workload() {
         ("B2", "wall time"),
         ("B3", "time per step"),
         ("W1", "throughput"),
+        ("W1-py", "throughput"),
         ("intake", "first job dispatched"),
         ("W2-static", "wall time"),
         ("W2-spawned", "wall time"),

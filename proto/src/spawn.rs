@@ -47,6 +47,8 @@ pub struct ChildSpec {
     pub permanent_exit_codes: Vec<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_parallel: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_child_failures: Option<u32>,
 }
 
 impl ChildSpec {
@@ -63,6 +65,7 @@ impl ChildSpec {
             timeout: None,
             permanent_exit_codes: Vec::new(),
             max_parallel: None,
+            max_child_failures: None,
         }
     }
 
@@ -79,6 +82,7 @@ impl ChildSpec {
             timeout: self.timeout,
             permanent_exit_codes: self.permanent_exit_codes,
             max_parallel: self.max_parallel,
+            max_child_failures: self.max_child_failures,
             when: crate::spec::When::default(),
             // Children cannot add an image, resources or env: they inherit their parent's
             // (decision 15), which the coordinator puts in their job messages.
@@ -101,6 +105,7 @@ impl ChildSpec {
             timeout: self.timeout,
             permanent_exit_codes: self.permanent_exit_codes.clone(),
             max_parallel: self.max_parallel,
+            max_child_failures: self.max_child_failures,
             when: crate::spec::When::default(),
             // Children cannot add an image, resources or env: they inherit their parent's
             // (decision 15), which the coordinator puts in their job messages.

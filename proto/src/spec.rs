@@ -115,6 +115,11 @@ pub struct JobSpec {
     /// Most of this job's children in a worker's hands at once; no limit when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_parallel: Option<u32>,
+    /// How many of this job's children may fail (finally) with the job still completing.
+    /// When set, a child's failure is the parent's to judge: it neither fails the run nor
+    /// triggers `on_failure` by itself. Absent: any failed child fails the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_child_failures: Option<u32>,
     /// When the job runs, given how the jobs it needs ended (default `on_success`).
     #[serde(default, skip_serializing_if = "When::is_default")]
     pub when: When,
@@ -520,6 +525,14 @@ pub(crate) fn validate_job(name: &str, job: &JobSpec, jobs: &IndexMap<String, Jo
     }
     if job.max_parallel == Some(0) {
         problem("max_parallel must be at least 1 (leave it out for no limit)".into());
+    }
+    if let Some(limit) = job.max_child_failures
+        && limit as usize > crate::spawn::CHILDREN_MAX
+    {
+        problem(format!(
+            "max_child_failures: {limit} is more than a job may spawn ({} children)",
+            crate::spawn::CHILDREN_MAX
+        ));
     }
     if !job.permanent_exit_codes.is_empty() && job.run != EXEC_KIND {
         problem("`permanent_exit_codes` is only used by `run: exec`".into());

@@ -223,19 +223,29 @@ impl Stack {
     /// `<name>-<index>.log`), with `env` on top of the stack's; returns its index. Panics if
     /// it cannot be started.
     pub fn spawn(&mut self, name: &str, args: &[&str], env: &[(&str, &str)]) -> usize {
+        let sluice = self.sluice.clone();
+        self.spawn_program(name, &sluice, args, env)
+    }
+
+    /// Starts `program ARGS` as [`Stack::spawn`] starts `sluice` (the stack's environment,
+    /// `SLUICE_NATS_URL` included, and a log of its own): e.g. a Python worker.
+    pub fn spawn_program(&mut self, name: &str, program: &Path, args: &[&str], env: &[(&str, &str)]) -> usize {
         let index = self.processes.len();
         let log = self.dir.path().join(format!("{name}-{index}.log"));
         let file = File::create(&log).unwrap_or_else(|error| panic!("creating {}: {error}", log.display()));
-        let mut command = self.command(args, &self.log_filter);
+        let mut command = self.command_of(program, args, &self.log_filter);
         command.envs(env.iter().copied()).stdout(file.try_clone().expect("log file handle")).stderr(file);
-        let child =
-            command.spawn().unwrap_or_else(|error| panic!("starting {} {args:?}: {error}", self.sluice.display()));
+        let child = command.spawn().unwrap_or_else(|error| panic!("starting {} {args:?}: {error}", program.display()));
         self.processes.push(Process { name: name.to_owned(), child, log });
         index
     }
 
     fn command(&self, args: &[&str], log_filter: &str) -> Command {
-        let mut command = Command::new(&self.sluice);
+        self.command_of(&self.sluice, args, log_filter)
+    }
+
+    fn command_of(&self, program: &Path, args: &[&str], log_filter: &str) -> Command {
+        let mut command = Command::new(program);
         command
             .args(args)
             .env("SLUICE_NATS_URL", self.url())

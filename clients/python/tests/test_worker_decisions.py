@@ -119,4 +119,15 @@ def test_errors_keep_their_tail_and_fetches_follow_free_slots() -> None:
     long = "x" * ERROR_TEXT_MAX_BYTES + "the end"
     assert error_text(long).endswith("the end") and error_text(long).startswith("…")
     assert error_text("short") == "short"
-    assert (fetch_count(3, False), fetch_count(0, False), fetch_count(3, True)) == (3, 0, 0)
+    assert (fetch_count(3, 0, 12, False, False), fetch_count(0, 0, 12, False, False)) == (3, 0)
+    assert fetch_count(3, 0, 12, True, True) == 0, "none while draining"
+
+
+def test_short_jobs_are_fetched_ahead_in_batches_and_long_ones_one_per_free_slot() -> None:
+    # Short jobs: the free slots and `prefetch` more, refilled once half is used up.
+    assert fetch_count(4, 0, 12, True, False) == 16
+    assert fetch_count(0, 7, 12, True, False) == 0, "more than half still held"
+    assert fetch_count(1, 6, 12, True, False) == 7
+    # Long jobs: one per free slot, what is held counted against them.
+    assert fetch_count(2, 1, 12, False, False) == 1
+    assert fetch_count(2, 0, 0, True, False) == 2, "prefetch 0 holds nothing"

@@ -30,7 +30,7 @@ impl Run {
 
     fn check_run_counters(&self) {
         let unfinished = self.jobs.values().filter(|job| !job.state.is_terminal()).count();
-        let failed = self.jobs.values().filter(|job| job.state == JobState::Failed).count();
+        let failed = self.count_failures();
         let in_flight = self.jobs.values().filter(|job| job.state.is_in_flight()).count();
         assert_eq!(self.unfinished, unfinished, "run {}: unfinished jobs", self.record.id);
         assert_eq!(self.failed_jobs, failed, "run {}: failed jobs", self.record.id);

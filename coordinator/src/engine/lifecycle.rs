@@ -120,7 +120,6 @@ impl Run {
             children_of.entry(group_of(path).to_owned()).or_default().push(path.clone());
         }
         let unfinished = jobs.values().filter(|job| !job.state.is_terminal()).count();
-        let failed_jobs = jobs.values().filter(|job| job.state == JobState::Failed).count();
         let in_flight = jobs.values().filter(|job| job.state.is_in_flight()).count();
         let (pending_children, in_flight_children) = count_children(&jobs);
         let pending_needs = spec
@@ -132,14 +131,14 @@ impl Run {
                 (name.clone(), job.needs.iter().filter(|need| !completed(need)).count())
             })
             .collect();
-        Self {
+        let mut run = Self {
             record,
             spec,
             jobs,
             children_of,
             dependents,
             unfinished,
-            failed_jobs,
+            failed_jobs: 0,
             pending_needs,
             pending_children,
             in_flight,
@@ -147,7 +146,9 @@ impl Run {
             held: BTreeMap::new(),
             #[cfg(debug_assertions)]
             inputs_unchecked: 0,
-        }
+        };
+        run.failed_jobs = run.count_failures();
+        run
     }
 }
 

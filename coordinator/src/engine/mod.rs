@@ -386,6 +386,23 @@ impl Run {
             None => &self.spec.jobs[path],
         }
     }
+
+    /// Whether a final failure of `path` is its parent's to judge (the parent sets
+    /// `max_child_failures`): it then neither counts against the run nor sets off
+    /// `on_failure`; the parent does, if too many of its children fail.
+    fn failure_judged_by_parent(&self, path: &str) -> bool {
+        parent_of(path).is_some_and(|parent| {
+            self.jobs.contains_key(parent) && self.definition(parent).max_child_failures.is_some()
+        })
+    }
+
+    /// The failed jobs that count against the run (see [`Run::failure_judged_by_parent`]).
+    fn count_failures(&self) -> usize {
+        self.jobs
+            .iter()
+            .filter(|(path, job)| job.state == JobState::Failed && !self.failure_judged_by_parent(path))
+            .count()
+    }
 }
 
 #[cfg(test)]

@@ -86,15 +86,20 @@ impl Run {
     }
 
     /// Why a parent whose children all finished fails: how many did not complete, naming the
-    /// first. `None` when they all completed.
+    /// first. `None` when they all completed, or no more failed than its `max_child_failures`.
     fn children_error(&self, path: &str) -> Option<String> {
         let children = self.children_of.get(path).map(Vec::as_slice).unwrap_or_default();
         let mut unfinished = children.iter().filter(|child| self.jobs[child.as_str()].state != JobState::Completed);
         let first = &self.jobs[unfinished.next()?.as_str()];
+        let failed = 1 + unfinished.count();
+        let tolerated = self.definition(path).max_child_failures;
+        if tolerated.is_some_and(|tolerated| failed <= tolerated as usize) {
+            return None;
+        }
         let error = format!(
-            "{} of {} children did not complete; first: `{}` {}{}",
-            1 + unfinished.count(),
+            "{failed} of {} children did not complete{}; first: `{}` {}{}",
             children.len(),
+            tolerated.map(|tolerated| format!(" (max_child_failures: {tolerated})")).unwrap_or_default(),
             first.name,
             first.state.as_str(),
             first.error.as_deref().map(|error| format!(": {error}")).unwrap_or_default()
@@ -104,6 +109,11 @@ impl Run {
 
     /// The run's failure policy, after `path` failed finally.
     pub(super) fn after_failure(&mut self, path: &str, now: DateTime<Utc>, effects: &mut Vec<Effect>) {
+        if self.failure_judged_by_parent(path) {
+            // Children have no dependents: only the parent's count moves.
+            self.child_finished(path, now, effects);
+            return;
+        }
         let reason = format!("skipped: job `{path}` failed");
         match self.spec.on_failure {
             // Nothing new starts; what is in flight may finish. Only the first failure needs
@@ -301,9 +311,6 @@ impl Run {
     /// needs was skipped so (in dependency order). A job skipped for a failure, or by the
     /// failure policy, means the run did not do all it should have.
     fn nothing_missed(&self) -> bool {
-        if !self.jobs.values().any(|job| job.state == JobState::Skipped) {
-            return self.jobs.values().all(|job| job.state == JobState::Completed);
-        }
         let mut intended: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for name in &self.record.jobs {
             let job = &self.jobs[name.as_str()];
@@ -325,8 +332,16 @@ impl Run {
             }
             intended.insert(name.as_str());
         }
-        // Children are never skipped by intent (they have no rule and cannot be marked).
-        self.jobs.values().filter(|job| job.parent.is_some()).all(|job| job.state == JobState::Completed)
+        // Children are never skipped by intent (they have no rule and cannot be marked); a
+        // failed one is fine when its parent judged it and completed anyway.
+        self.jobs.iter().filter(|(_, job)| job.parent.is_some()).all(|(path, job)| match job.state {
+            JobState::Completed => true,
+            JobState::Failed => {
+                self.failure_judged_by_parent(path)
+                    && parent_of(path).is_some_and(|parent| self.jobs[parent].state == JobState::Completed)
+            }
+            _ => false,
+        })
     }
 
     /// Ends the run once no job is left unfinished: `succeeded` if every job completed (or

@@ -484,6 +484,56 @@ fn a_failed_child_fails_its_parent_and_retry_reruns_only_that_child() {
     assert_eq!(run.record().state, RunState::Succeeded);
 }
 
+const TOLERANT: &str = "name: t\njobs:\n  fan: { run: noop, max_child_failures: 1 }\n  join: { run: noop, needs: [fan] }\n  other: { run: noop }\n";
+
+#[test]
+fn a_parent_with_max_child_failures_completes_despite_that_many_and_the_run_succeeds() {
+    // `on_failure: stop` (the default): a judged child's failure must not stop the run.
+    let (mut run, _) = start(TOLERANT);
+    spawning(&mut run, "fan", &["a", "b", "c"], 1);
+    let effects = run.apply(ev(&event(&run, "fan.a", 1, EventKind::Failed, 2)), at(2)).unwrap();
+    assert!(effects.iter().any(|effect| matches!(effect, Effect::DeadLetter(letter) if letter.job.job == "fan.a")));
+    assert_eq!(run.job("other").unwrap().state, JobState::Queued, "nothing is skipped for a judged failure");
+    run.apply(ev(&event(&run, "fan.b", 1, EventKind::Succeeded, 3)), at(3)).unwrap();
+    let effects = run.apply(ev(&event(&run, "fan.c", 1, EventKind::Succeeded, 4)), at(4)).unwrap();
+    assert_eq!(run.job("fan").unwrap().state, JobState::Completed);
+    assert_eq!(dispatched(&effects), ["join"]);
+    run.apply(ev(&event(&run, "join", 1, EventKind::Succeeded, 5)), at(5)).unwrap();
+    run.apply(ev(&event(&run, "other", 1, EventKind::Succeeded, 6)), at(6)).unwrap();
+    assert_eq!(run.job("fan.a").unwrap().state, JobState::Failed, "the failed child stays on record");
+    assert_eq!(run.record().state, RunState::Succeeded);
+    assert_eq!(run.record().error, None);
+}
+
+#[test]
+fn a_parent_fails_once_more_children_fail_than_max_child_failures_and_then_the_policy_applies() {
+    let (mut run, _) = start(TOLERANT);
+    spawning(&mut run, "fan", &["a", "b", "c"], 1);
+    run.apply(ev(&event(&run, "fan.a", 1, EventKind::Failed, 2)), at(2)).unwrap();
+    run.apply(ev(&event(&run, "fan.b", 1, EventKind::Failed, 3)), at(3)).unwrap();
+    assert_eq!(run.job("fan").unwrap().state, JobState::Waiting, "c is still running");
+    run.apply(ev(&event(&run, "fan.c", 1, EventKind::Succeeded, 4)), at(4)).unwrap();
+    let fan = run.job("fan").unwrap();
+    assert_eq!(fan.state, JobState::Failed);
+    assert!(
+        fan.error
+            .as_deref()
+            .unwrap()
+            .starts_with("2 of 3 children did not complete (max_child_failures: 1); first: `fan.a` failed"),
+        "{:?}",
+        fan.error
+    );
+    assert_eq!(run.job("join").unwrap().state, JobState::Skipped);
+    run.apply(ev(&event(&run, "other", 1, EventKind::Succeeded, 5)), at(5)).unwrap();
+    assert_eq!(run.record().state, RunState::Failed);
+    assert_eq!(run.record().error.as_deref(), Some("job `fan` failed"));
+
+    let effects = run.apply(Input::Rerun { only: None, spec: None }, at(6)).unwrap();
+    let mut again = dispatched(&effects);
+    again.sort();
+    assert_eq!(again, ["fan.a", "fan.b"], "only the failed children run again");
+}
+
 #[test]
 fn children_that_cannot_be_read_or_are_invalid_fail_the_parent_clearly() {
     let (mut run, _) = start(FAN);

@@ -401,10 +401,12 @@ impl Run {
             }
             _ => {}
         }
-        match (old == JobState::Failed, new == JobState::Failed) {
-            (false, true) => self.failed_jobs += 1,
-            (true, false) => self.failed_jobs -= 1,
-            _ => {}
+        if (old == JobState::Failed) != (new == JobState::Failed) && !self.failure_judged_by_parent(path) {
+            if new == JobState::Failed {
+                self.failed_jobs += 1;
+            } else {
+                self.failed_jobs -= 1;
+            }
         }
     }
 }

@@ -98,6 +98,19 @@ fn empty_workflows_and_bad_fields_are_refused() {
 }
 
 #[test]
+fn max_child_failures_is_bounded_by_the_children_a_job_may_spawn() {
+    let spec = WorkflowSpec::parse("name: w\njobs:\n  a: { run: noop, max_child_failures: 3 }\n").unwrap();
+    assert_eq!(spec.jobs["a"].max_child_failures, Some(3));
+    let message = invalid("name: w\njobs:\n  a: { run: noop, max_child_failures: 100001 }\n");
+    assert!(
+        message.contains("job `a`: max_child_failures: 100001 is more than a job may spawn (100000 children)"),
+        "{message}"
+    );
+    let negative = invalid("name: w\njobs:\n  a: { run: noop, max_child_failures: -1 }\n");
+    assert!(negative.contains("max_child_failures"), "{negative}");
+}
+
+#[test]
 fn missing_params_are_named() {
     let spec =
         WorkflowSpec::parse("name: w\njobs:\n  a: { run: exec, command: [echo, \"{{params.day}}\"] }\n").unwrap();

@@ -2,6 +2,7 @@
 and submit and follow runs. docs/python.md is the guide; docs/protocol.md the wire format."""
 
 from ._wire import PROTOCOL_VERSIONS, SCHEMA_VERSION, Window
+from .children import Children
 from .client import AsyncClient, Client, DeadLetterEntry, LogEntry, RunStatus
 from .context import Context, current_context
 from .errors import (
@@ -22,6 +23,7 @@ __all__ = [
     "PROTOCOL_VERSIONS",
     "SCHEMA_VERSION",
     "AsyncClient",
+    "Children",
     "Client",
     "ConfigError",
     "Context",

@@ -119,8 +119,7 @@ def worker_token(worker_id: str) -> str:
 
 
 def event_batch_subject(pool: str, worker_id: str) -> str:
-    """Where a worker publishes its event batches (the Rust worker does; this SDK's worker
-    sends single events, and reads the subject when it decides on a redelivery)."""
+    """Where a worker publishes its event batches (and what a redelivery's check reads)."""
     return f"sluice.events.{pool}.batch.{worker_token(worker_id)}"
 
 

@@ -170,14 +170,50 @@ def _wire_name(field: dataclasses.Field[Any]) -> str:
     return str(field.metadata.get("name", field.name.rstrip("_")))
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Field:
+    """How one field of a class travels, worked out once per class (`_plan`)."""
+
+    attribute: str
+    name: str
+    decode: Callable[[Any, str], Any]
+    encode: Callable[[Any], Any]
+    omit: str | None
+    required: bool
+
+
+_PLANS: dict[type[Any], tuple[_Field, ...]] = {}
+
+
+def _plan(kind: type[Any]) -> tuple[_Field, ...]:
+    """The fields of `kind` in wire order; cached, since reading `dataclasses.fields` and
+    the metadata of every field again for each message costs more than the decoding."""
+    plan = _PLANS.get(kind)
+    if plan is None:
+        plan = tuple(
+            _Field(
+                attribute=field.name,
+                name=_wire_name(field),
+                decode=field.metadata["codec"][0],
+                encode=field.metadata["codec"][1],
+                omit=field.metadata.get("omit"),
+                required=field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING,
+            )
+            for field in dataclasses.fields(kind)
+        )
+        _PLANS[kind] = plan
+    return plan
+
+
 def _to_map(value: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for field in dataclasses.fields(value):
-        item = getattr(value, field.name)
-        omit = field.metadata.get("omit")
-        if (omit == "none" and item is None) or (omit == "falsy" and not item):
+    for field in _plan(type(value)):
+        item = getattr(value, field.attribute)
+        omit = field.omit
+        if omit is not None and ((omit == "none" and item is None) or (omit == "falsy" and not item)):
             continue
-        out[_wire_name(field)] = field.metadata["codec"][1](item)
+        out[field.name] = field.encode(item)
     return out
 
 
@@ -188,13 +224,12 @@ def _from_map(kind: type[T], value: Any, where: str) -> T:
     if not isinstance(value, dict):
         raise WireError(f"{where}: expected a map, found {type(value).__name__}")
     arguments: dict[str, Any] = {}
-    for field in dataclasses.fields(kind):  # type: ignore[arg-type]
-        name = _wire_name(field)
-        path = f"{where}.{name}" if where else name
+    for field in _plan(kind):
+        name = field.name
         if name in value:
-            arguments[field.name] = field.metadata["codec"][0](value[name], path)
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise WireError(f"missing field `{path}`")
+            arguments[field.attribute] = field.decode(value[name], f"{where}.{name}" if where else name)
+        elif field.required:
+            raise WireError(f"missing field `{f'{where}.{name}' if where else name}`")
     return kind(**arguments)
 
 
@@ -365,6 +400,7 @@ class ChildSpec:
     timeout: str | None = wire(OPT(STR), omit="none", default=None)
     permanent_exit_codes: list[int] = wire(LIST(INT), omit="falsy", default=[])
     max_parallel: int | None = wire(OPT(INT), omit="none", default=None)
+    max_child_failures: int | None = wire(OPT(INT), omit="none", default=None)
 
 
 @dataclasses.dataclass(kw_only=True)

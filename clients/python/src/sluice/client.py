@@ -12,7 +12,7 @@ import re
 import secrets
 import time
 import weakref
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,6 +56,9 @@ ANSWER_TIMEOUT_S = 30.0
 SETUP_WAIT_S = 10.0
 #: How often a wait looks again (seconds).
 POLL_S = 0.1
+#: How often a submit, and a wait, look for a rejection while the run has no record (s).
+ACCEPT_REJECTION_CHECK_S = 0.1
+WAIT_REJECTION_CHECK_S = 1.0
 #: Most runs one `runs` call returns.
 RUNS_PAGE_MAX = 1000
 #: Most index entries one `runs` call reads before it returns what it found.
@@ -289,21 +292,53 @@ class AsyncClient:
         return Rejection.decode(message.data)
 
     async def _wait_accepted(self, run_id: str, timeout: float) -> RunRecord:
+        return await self._watch_run(
+            run_id,
+            lambda record: True,
+            timeout,
+            ACCEPT_REJECTION_CHECK_S,
+            lambda: (
+                f"run {run_id} was submitted (it is stored) but no coordinator took it within {timeout:g} s"
+            ),
+        )
+
+    async def _watch_run(
+        self,
+        run_id: str,
+        done: Callable[[RunRecord], bool],
+        timeout: float | None,
+        rejection_every: float,
+        too_late: Callable[[], str],
+    ) -> RunRecord:
+        """Watches the run's record until `done` says so (no polling: the KV watch delivers
+        each write); a rejected submission never makes a record, so the rejections are
+        looked up while none has come, every `rejection_every` seconds."""
         runs = await self._kv(names.RUNS_BUCKET)
-        deadline = time.monotonic() + timeout
-        while True:
-            record = await self._run(runs, run_id)
-            if record is not None:
-                return record
-            rejection = await self._rejection(run_id)
-            if rejection is not None:
-                raise Rejected(run_id, rejection.reason)
-            if time.monotonic() >= deadline:
-                raise NoAnswer(
-                    f"run {run_id} was submitted (it is stored) but no coordinator "
-                    f"took it within {timeout:g} s"
-                )
-            await asyncio.sleep(POLL_S)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        watcher = await runs.watch(run_id, ignore_deletes=True)
+        seen = False
+        try:
+            while True:
+                left = rejection_every if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    # None: the watch has delivered what was stored when it began.
+                    entry = await watcher.updates(timeout=min(rejection_every, left))
+                except NatsTimeout:
+                    entry = None
+                if entry is not None and entry.value:
+                    seen = True
+                    record = RunRecord.decode(entry.value)
+                    if done(record):
+                        return record
+                    continue
+                if not seen:
+                    rejection = await self._rejection(run_id)
+                    if rejection is not None:
+                        raise Rejected(run_id, rejection.reason)
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise NoAnswer(too_late())
+        finally:
+            await watcher.stop()
 
     # ------------------------------------------------------------ reading
 
@@ -354,19 +389,14 @@ class AsyncClient:
         """Waits until the run has ended (succeeded, failed or cancelled) and returns its
         status; `timeout` seconds (None: no limit) raises `NoAnswer`."""
         await self.connect()
-        runs = await self._kv(names.RUNS_BUCKET)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            record = await self._run(runs, run_id)
-            if record is not None and record.state is not RunState.RUNNING:
-                return RunStatus(record, await self._jobs(record))
-            if record is None:
-                rejection = await self._rejection(run_id)
-                if rejection is not None:
-                    raise Rejected(run_id, rejection.reason)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise NoAnswer(f"run {run_id} has not ended within {timeout:g} s")
-            await asyncio.sleep(POLL_S)
+        record = await self._watch_run(
+            run_id,
+            lambda record: record.state is not RunState.RUNNING,
+            timeout,
+            WAIT_REJECTION_CHECK_S,
+            lambda: f"run {run_id} has not ended within {timeout:g} s",
+        )
+        return RunStatus(record, await self._jobs(record))
 
     async def runs(
         self,

@@ -154,7 +154,7 @@ class Context:
     def spawn(self, name: str, run: str, config: Any = None, **fields: Any) -> None:
         """Adds a child job (started once this attempt succeeds; children of a failed attempt
         never run). `fields` are the other fields of a YAML job: command, pool, retry,
-        timeout, permanent_exit_codes, max_parallel, description."""
+        timeout, permanent_exit_codes, max_parallel, max_child_failures, description."""
         if len(self._children) >= CHILDREN_MAX:
             raise SluiceError(f"a job may spawn at most {CHILDREN_MAX} children")
         if config is not None:

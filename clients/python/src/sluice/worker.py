@@ -2,13 +2,16 @@
 MODULE`): imports MODULE once and runs its jobs as the pool's consumer delivers them, speaking
 the protocol of the Rust worker (docs/protocol.md "Jobs", docs/python.md "The worker"):
 
-- it fetches only as many jobs as it has free slots;
+- it fetches as many jobs as it has free slots, and while jobs are short up to three per slot
+  more, held until a slot frees (a held job that waits a second for one goes back);
 - a first delivery's `started` event is published with the work; a redelivery first looks
   for a stored outcome of that attempt and stores its `started` before running;
 - in-progress acks every third of the pool's ack wait keep a running job's message;
 - the outcome event (and the attempt's log lines and children before it) is stored before the
-  message is settled: ack, NAK with the retry delay, ack with a coordinator-scheduled retry
-  beyond 30 s, or TERM (the coordinator dead-letters the job);
+  message is settled, in an event batch with other outcomes when the job's message allows it
+  and the message is removed after it (`_batcher.py`); then it is settled: ack, NAK with the
+  retry delay, ack with a coordinator-scheduled retry beyond 30 s, or TERM (the coordinator
+  dead-letters the job);
 - an undecodable job is reported from its headers, or dead-lettered raw; a job of a newer
   schema goes back untouched after 5 s;
 - `sluice cancel` (core subject `sluice.stop.<run>`) and timeouts set `ctx.cancelled`; in
@@ -36,14 +39,15 @@ import threading
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from . import _names as names
+from ._batcher import Batcher
 from ._wire import (
     PROTOCOL_VERSIONS,
     SCHEMA_VERSION,
@@ -62,11 +66,14 @@ from ._wire import (
     WorkerRecord,
     utc_now,
 )
+from .children import CHILDREN_PAGE, Children
 from .connection import ConnectionOptions
 from .context import Context
 from .errors import ConfigError, PermanentError, SluiceError, WireError
 from .job import Runnable, import_module, registry_of
 from .retry import NAK_DELAY_MAX_MS, Ending, Kind, Settlement, settle
+
+T = TypeVar("T")
 
 log = logging.getLogger("sluice.worker")
 
@@ -89,12 +96,21 @@ LOG_BATCH_MAX_BYTES = 256 * 1024
 SPAWN_BATCH_MAX_BYTES = 128 * 1024
 #: How long one fetch waits for jobs (s): also how fast a drain notices.
 FETCH_WAIT_S = 1.0
+#: While jobs are short, jobs held per slot beyond the slots (Celery's default prefetch
+#: multiplier, as the Rust worker's --prefetch).
+PREFETCH_PER_SLOT = 3
+#: A job that ran under this long is short (s).
+SHORT_JOB_S = 0.1
+#: A held job that waits this long for a slot goes back to the pool, the same attempt (s).
+HELD_WAIT_S = 1.0
 #: Runs stopped recently, remembered so a job fetched just before the stop does not start.
 STOPPED_RUNS_REMEMBERED = 4096
 #: A killed `process`-mode child gets this long to exit after SIGTERM before SIGKILL (s).
 KILL_GRACE_S = 2.0
-#: The children's outputs a job that needs their parent receives, at most (bytes of JSON).
-CHILDREN_INPUT_MAX_BYTES = 16 * 1024 * 1024
+#: How long reading a page of children (or their names) may take (s).
+CHILDREN_READ_TIMEOUT_S = 30.0
+#: Child records read concurrently.
+CHILD_READS_AT_ONCE = 100
 #: How long closing the connection may take at shutdown (s).
 CLOSE_WAIT_S = 5.0
 #: Pauses between tries to store an event double from this up to EVENT_RETRY_MAX_S (s).
@@ -186,12 +202,6 @@ def plan_redelivery(job: JobMessage, last: JobEvent | None, record: JobRecord | 
     return Plan(attempt=before + 1, open=open_worker)
 
 
-def _natural(name: str) -> tuple[str, int]:
-    """`sensor-10` after `sensor-9`: children of a fan-out sort by their index."""
-    stem, _, number = name.rpartition("-")
-    return (stem, int(number)) if number.isdigit() else (name, -1)
-
-
 def error_text(text: str) -> str:
     """An error as an event carries it: a long one keeps its tail."""
     data = text.encode()
@@ -200,9 +210,18 @@ def error_text(text: str) -> str:
     return "…" + data[-ERROR_TEXT_MAX_BYTES:].decode(errors="ignore")
 
 
-def fetch_count(free_slots: int, draining: bool) -> int:
-    """How many jobs to fetch now: one per free slot, none while draining."""
-    return 0 if draining else max(free_slots, 0)
+def fetch_count(free_slots: int, held: int, prefetch: int, short: bool, draining: bool) -> int:
+    """How many jobs to fetch now (as the Rust worker): none while draining; while jobs are
+    short (the last finished within SHORT_JOB_S), enough to fill the free slots and hold
+    `prefetch` more, refilled only once half of those are used up, so fetches are batches;
+    once jobs run long, one per free slot and none held (another worker may be idle)."""
+    if draining:
+        return 0
+    if not short or prefetch == 0:
+        return max(free_slots - held, 0)
+    if held > prefetch // 2:
+        return 0
+    return max(free_slots + prefetch - held, 0)
 
 
 # ------------------------------------------------------------------ running an attempt
@@ -339,6 +358,12 @@ class Worker:
         self.kinds = sorted(self.registry)
         self.threads = concurrent.futures.ThreadPoolExecutor(max_workers=concurrency * 2)
         self.busy = 0
+        #: Jobs fetched and waiting for a slot.
+        self.held = 0
+        #: Whether the last job finished within SHORT_JOB_S (then jobs are fetched ahead).
+        self.short = False
+        #: Set when a slot frees, a held job takes one, or the worker drains.
+        self.changed = asyncio.Event()
         self.running: dict[str, list[Attempt]] = {}
         self.stopped_runs: deque[str] = deque(maxlen=STOPPED_RUNS_REMEMBERED)
         self.draining = asyncio.Event()
@@ -368,6 +393,9 @@ class Worker:
         self.progress_interval_s = max(pool.ack_wait_ms / 3000.0, 0.2)
         self.workers_kv = await self.js.key_value(names.WORKERS_BUCKET)
         self.jobs_kv = await self.js.key_value(names.JOBS_BUCKET)
+        self.batcher = Batcher(
+            self.js.publish, names.event_batch_subject(self.pool, self.worker_id), self.worker_id
+        )
         problem = check_kinds(self.pool, self.worker_id, self.kinds, await self.live_workers())
         if problem is not None:
             raise ConfigError(problem)
@@ -449,13 +477,15 @@ class Worker:
         announcer = asyncio.create_task(self.announce_loop())
         tasks: set[asyncio.Task[None]] = set()
         slots = asyncio.Semaphore(self.concurrency)
+        prefetch = self.concurrency * PREFETCH_PER_SLOT
         try:
             while not self.draining.is_set():
                 free = self.concurrency - self.busy
-                count = fetch_count(free, self.draining.is_set())
+                count = fetch_count(free, self.held, prefetch, self.short, self.draining.is_set())
                 if count == 0:
-                    await slots.acquire()
-                    slots.release()
+                    # Until a slot frees or a held job takes one.
+                    self.changed.clear()
+                    await self.changed.wait()
                     continue
                 try:
                     messages = await self.subscription.fetch(count, timeout=FETCH_WAIT_S)
@@ -466,8 +496,7 @@ class Worker:
                     await asyncio.sleep(FETCH_WAIT_S)
                     continue
                 for message in messages:
-                    await slots.acquire()
-                    self.busy += 1
+                    self.held += 1
                     task = asyncio.create_task(self.handle(message, slots))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
@@ -489,14 +518,32 @@ class Worker:
         if not self.draining.is_set():
             log.info("SIGTERM: draining")
             self.draining.set()
+            self.changed.set()
 
     def free_slot(self, slots: asyncio.Semaphore) -> None:
         self.busy -= 1
         slots.release()
+        self.changed.set()
 
     # ---------------------------------------------------------------- one message
 
     async def handle(self, message: Any, slots: asyncio.Semaphore) -> None:
+        try:
+            await asyncio.wait_for(slots.acquire(), HELD_WAIT_S)
+        except TimeoutError:
+            acquired = False
+        else:
+            acquired = True
+        self.held -= 1
+        self.changed.set()
+        if not acquired or self.draining.is_set():
+            # Back to the pool at once, not started: the same attempt for whoever takes it.
+            if acquired:
+                slots.release()
+            with contextlib.suppress(Exception):
+                await message.nak()
+            return
+        self.busy += 1
         slot = Slot(lambda: self.free_slot(slots))
         try:
             await self._handle(message, slot)
@@ -660,7 +707,7 @@ class Worker:
 
     async def inputs(self, job: JobMessage) -> dict[str, Any]:
         """The outputs of the jobs it needs; a job that spawned children gives
-        `{"output": …, "children": [{"name", "state", "output"}, …]}` (bounded)."""
+        `{"output": …, "children": Children}` (read a page at a time, bounded)."""
         found: dict[str, Any] = {}
         for need in job.needs:
             try:
@@ -668,37 +715,65 @@ class Worker:
             except KeyNotFoundError:
                 continue
             if record.children:
-                found[need] = {"output": record.output, "children": await self.children_of(job.run_id, need)}
+                found[need] = {"output": record.output, "children": await self.children(job.run_id, need)}
             elif record.output is not None:
                 found[need] = record.output
         return found
 
-    async def children_of(self, run_id: str, parent: str) -> list[dict[str, Any]]:
-        """The direct children of `parent` with their outputs, in name order, at most
-        CHILDREN_INPUT_MAX_BYTES of JSON in all (beyond that the attempt fails, permanently)."""
-        watcher = await self.jobs_kv.watch(f"{names.job_key(run_id, parent)}.*", ignore_deletes=True)
-        children: list[dict[str, Any]] = []
-        size = 0
+    async def children(self, run_id: str, parent: str) -> Children:
+        """The direct children of `parent` with their results: read lazily from the job's
+        thread; for a `process`-mode job (whose child process has no connection) read here,
+        all of them, within the same bound."""
+        prefix = f"{names.job_key(run_id, parent)}."
+        if self.isolation == "process":
+            keys = await self.child_keys(prefix)
+            results: list[dict[str, Any]] = []
+            for start in range(0, len(keys), CHILDREN_PAGE):
+                results.extend(await self.child_results(keys[start : start + CHILDREN_PAGE]))
+            loaded = Children.loaded(parent, results)
+            for _ in loaded:  # the bound, before the job starts
+                pass
+            return loaded
+        loop = asyncio.get_running_loop()
+
+        def wait(coroutine: Coroutine[Any, Any, T]) -> T:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop()
+                coroutine.close()
+                raise SluiceError("a job's children are read from the job's thread, not the event loop")
+            return asyncio.run_coroutine_threadsafe(coroutine, loop).result(CHILDREN_READ_TIMEOUT_S)
+
+        return Children(
+            parent, lambda: wait(self.child_keys(prefix)), lambda keys: wait(self.child_results(keys))
+        )
+
+    async def child_keys(self, prefix: str) -> list[str]:
+        """The KV keys of the children under `prefix` (keys only, no records)."""
+        watcher = await self.jobs_kv.watch(f"{prefix}*", ignore_deletes=True, meta_only=True)
+        keys: list[str] = []
         try:
             while True:
-                entry = await watcher.updates(timeout=FETCH_WAIT_S * 30)
+                entry = await watcher.updates(timeout=CHILDREN_READ_TIMEOUT_S)
                 if entry is None:
                     break
-                if entry.value:
-                    record = JobRecord.decode(entry.value)
-                    child = {"name": record.name, "state": record.state.value, "output": record.output}
-                    size += len(json.dumps(child))
-                    if size > CHILDREN_INPUT_MAX_BYTES:
-                        raise PermanentError(
-                            f"the children of `{parent}` give more than "
-                            f"{CHILDREN_INPUT_MAX_BYTES} bytes of outputs"
-                        )
-                    children.append(child)
+                keys.append(entry.key)
                 if entry.delta == 0:
                     break
         finally:
             await watcher.stop()
-        return sorted(children, key=lambda child: _natural(child["name"]))
+        return keys
+
+    async def child_results(self, keys: list[str]) -> list[dict[str, Any]]:
+        """`{"name", "state", "output"}` of each child, in the order of `keys`."""
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(keys), CHILD_READS_AT_ONCE):
+            entries = await asyncio.gather(
+                *(self.jobs_kv.get(key) for key in keys[start : start + CHILD_READS_AT_ONCE])
+            )
+            for entry in entries:
+                record = JobRecord.decode(entry.value)
+                results.append({"name": record.name, "state": record.state.value, "output": record.output})
+        return results
 
     async def on_record(self, job: JobMessage) -> tuple[JobEvent | None, JobRecord | None]:
         last: JobEvent | None = None
@@ -825,6 +900,7 @@ class Worker:
         opened: asyncio.Task[None] | None,
     ) -> None:
         job = attempt.job
+        self.short = (utc_now() - attempt.began).total_seconds() < SHORT_JOB_S
         spawned = 0
         if ending is Ending.SUCCEEDED and result.children:
             try:
@@ -850,7 +926,12 @@ class Worker:
         await self.store_lines(attempt)
         if opened is not None:
             await opened
-        await self.store_event(message, event)
+        if job.batch_events and settlement.kind is not Kind.NAK:
+            # Its message is removed after this outcome: it may travel in a batch (a NAKed
+            # job's is read from its own subject by whoever takes the job again).
+            await self.batcher.store(event, lambda: self.store_event(message, event))
+        else:
+            await self.store_event(message, event)
         log.info(
             "job %s attempt %d %s%s",
             job.job,
@@ -924,6 +1005,13 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--worker-id", help="this worker's id (default host-pid-py)")
     parser.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        default=os.environ.get("SLUICE_LOG_LEVEL", "INFO").upper(),
+        help="what the worker logs: INFO (default; a line per attempt), WARNING, … (SLUICE_LOG_LEVEL)",
+    )
+    parser.add_argument(
         "--max-nak-delay",
         type=float,
         default=NAK_DELAY_MAX_MS / 1000,
@@ -947,7 +1035,7 @@ def add_worker_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(
-        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     options = ConnectionOptions.resolve(
         url=args.nats_url,

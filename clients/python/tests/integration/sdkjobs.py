@@ -88,3 +88,25 @@ def join(start: datetime, end: datetime, config: Any, ctx: sluice.Context) -> An
         "sum": sum(child["output"]["square"] for child in children),
         "parent": ctx.inputs["fan"]["output"],
     }
+
+
+@sluice.job(name="py-brittle")
+def brittle(item: int) -> Any:
+    """A fan-out child: item 3 fails for good."""
+    if item == 3:
+        raise sluice.PermanentError("item 3 is broken")
+    return {"square": item * item}
+
+
+@sluice.job(name="py-fan-brittle")
+def fan_brittle(start: datetime, end: datetime, config: Any, ctx: sluice.Context) -> Any:
+    ctx.fan_out(brittle, range(int(config["count"])))
+    return None
+
+
+@sluice.job(name="py-join-states")
+def join_states(start: datetime, end: datetime, config: Any, ctx: sluice.Context) -> Any:
+    states: dict[str, int] = {}
+    for child in ctx.inputs["fan"]["children"]:
+        states[child["state"]] = states.get(child["state"], 0) + 1
+    return states

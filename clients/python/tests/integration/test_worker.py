@@ -241,6 +241,27 @@ jobs:
     } == {1}
 
 
+def test_with_max_child_failures_one_child_failing_for_good_does_not_fail_the_parent(
+    client: sluice.Client, workers: Workers
+) -> None:
+    declare_pool("py")
+    workers.start("py", concurrency=4)
+    workflow = """
+name: sdk-tolerant
+jobs:
+  fan: { run: py-fan-brittle, pool: py, max_child_failures: 1, config: { count: 20 } }
+  join: { run: py-join-states, pool: py, needs: [fan] }
+"""
+    done = client.wait(client.submit(workflow, window="2024-03-01"), timeout=60)
+    assert done.state is RunState.SUCCEEDED, {name: job.error for name, job in done.jobs.items() if job.error}
+    assert done.jobs["fan"].state is JobState.COMPLETED
+    assert done.jobs["fan.py-brittle-3"].state is JobState.FAILED
+    assert done.jobs["fan.py-brittle-3"].attempts == 1, "a permanent error is not retried"
+    assert done.jobs["join"].output == {"completed": 19, "failed": 1}
+    letters = [entry.letter for entry in client.dlq() if entry.letter is not None]
+    assert [letter.job.job for letter in letters if letter.job.run_id == done.run.id] == ["fan.py-brittle-3"]
+
+
 def test_the_python_jobs_example_runs_beside_an_exec_job(client: sluice.Client, workers: Workers) -> None:
     from stack import REPO
 
