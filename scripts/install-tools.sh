@@ -28,11 +28,13 @@ fi
 PYTEST_VERSION=9.2.0
 RUFF_VERSION=0.17.5
 MYPY_VERSION=2.4.1
+# The SDK's `nkeys` extra (nkey seeds and .creds files), for the permission tests from Python.
+NKEYS_VERSION=0.2.1
 sdk_sum="$(sha256sum clients/python/pyproject.toml | cut -c1-16)"
-sdk_stamp="$venv/.installed-sdk-$sdk_sum-$PYTEST_VERSION-$RUFF_VERSION-$MYPY_VERSION"
+sdk_stamp="$venv/.installed-sdk-$sdk_sum-$PYTEST_VERSION-$RUFF_VERSION-$MYPY_VERSION-$NKEYS_VERSION"
 if [ ! -f "$sdk_stamp" ] || [ ! -x "$venv/bin/sluice-py" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "pytest==$PYTEST_VERSION" "ruff==$RUFF_VERSION" "mypy==$MYPY_VERSION"
+    "pytest==$PYTEST_VERSION" "ruff==$RUFF_VERSION" "mypy==$MYPY_VERSION" "nkeys==$NKEYS_VERSION"
   "$venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -e clients/python
   rm -f "$venv"/.installed-sdk-*
   touch "$sdk_stamp"

@@ -417,10 +417,71 @@ fn a_workflow_runs_on(credentials: &Credentials) {
     // The submitter's requests go out under its identity.
     let retry = sluice_as(&stack, credentials, &alice(), &["retry", &id, "--job", "extract"]);
     assert!(retry.status.success(), "retry as alice: {}", text(&retry.stderr));
-    // No process was refused anything while the workflow ran.
-    for process in [coordinator, worker] {
+
+    // The Python SDK on the same credentials: a Python worker of pool `gpu` (a worker's
+    // role) runs a fan-out that a Python client submitted as alice and waited for.
+    let python_worker = python_sdk_runs_a_fan_out(&mut stack, credentials);
+    // No process was refused anything while the workflows ran.
+    for process in [coordinator, worker, python_worker] {
         assert!(!stack.log(process).contains("Permissions Violation"), "{}", stack.log(process));
     }
+}
+
+/// The Python worker's jobs for [`python_sdk_runs_a_fan_out`].
+const PYTHON_JOBS: &str = r#"
+import sluice
+
+@sluice.job(name="py-part")
+def part(item):
+    return {"item": item}
+
+@sluice.job(name="py-fan")
+def fan(start, end, config, ctx):
+    ctx.logger.info("fanning out")
+    ctx.fan_out(part, [1, 2, 3])
+"#;
+
+/// The Python client's side: submits as alice, waits (a KV watch), prints the end.
+const PYTHON_CLIENT: &str = r#"
+import sys, sluice
+client = sluice.Client()
+run = client.wait(client.submit(sys.argv[1], window="2024-03-01"), timeout=60)
+print(run.state.value, sum(1 for path in run.jobs if path.startswith("fan.")))
+"#;
+
+/// Runs a fan-out through the Python SDK, every process on its role's credentials from the
+/// environment (the SDK reads the same `SLUICE_NATS_*` variables); returns the worker.
+fn python_sdk_runs_a_fan_out(stack: &mut common::Stack, credentials: &Credentials) -> usize {
+    let python = workspace_root().join(".tools/venv/bin/python");
+    let jobs = stack.write("permjobs.py", PYTHON_JOBS);
+    let jobs_dir = jobs.parent().expect("a directory").display().to_string();
+    let declared = sluice_as(stack, credentials, &alice(), &["pool", "apply", "gpu"]);
+    assert!(declared.status.success(), "pool apply gpu: {}", text(&declared.stderr));
+    let gpu = worker("gpu");
+    let mut env = credentials.env(&gpu);
+    env.push(("SLUICE_NATS_INBOX_PREFIX".into(), gpu.inbox_prefix()));
+    env.push(("PYTHONPATH".into(), jobs_dir));
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(key, value)| (key.as_str(), value.as_str())).collect();
+    let args = ["-m", "sluice", "worker", "permjobs", "--pool", "gpu", "--concurrency", "2"];
+    let process = stack.spawn_program("python-worker", &python, &args, &env_refs);
+    stack.wait_for_workers("gpu", 1, Duration::from_secs(30)).unwrap_or_else(|error| panic!("{error:#}"));
+    let flow = stack.write("python.yaml", "name: py-locked\njobs:\n  fan: { run: py-fan, pool: gpu }\n");
+    let script = stack.write("client.py", PYTHON_CLIENT);
+    let mut client = std::process::Command::new(&python);
+    client.arg(&script).arg(&flow).env("SLUICE_NATS_URL", stack.url());
+    for (key, value) in credentials.env(&alice()) {
+        client.env(key, value);
+    }
+    let output = client.env("SLUICE_NATS_INBOX_PREFIX", alice().inbox_prefix()).output().expect("python runs");
+    assert!(
+        output.status.success(),
+        "the Python client: {}\n{}\nworker: {}",
+        text(&output.stdout),
+        text(&output.stderr),
+        stack.log(process)
+    );
+    assert_eq!(text(&output.stdout).trim(), "succeeded 3", "{}", stack.log(process));
+    process
 }
 
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
@@ -442,11 +503,17 @@ fn make_tls(dir: &Path) -> Tls {
     let ca_key = KeyPair::generate().expect("a CA key");
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // A name of its own: rcgen gives every certificate the same one by default, and OpenSSL
+    // (Python's ssl) takes a leaf whose issuer is its own subject for self-signed.
+    ca_params.distinguished_name = rcgen::DistinguishedName::new();
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "Sluice test CA");
     let ca_cert = ca_params.self_signed(&ca_key).expect("the CA certificate");
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf = |names: Vec<String>, usage: ExtendedKeyUsagePurpose| {
         let key = KeyPair::generate().expect("a key");
-        let mut params = CertificateParams::new(names).expect("params");
+        let mut params = CertificateParams::new(names.clone()).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(rcgen::DnType::CommonName, names[0].as_str());
         params.extended_key_usages = vec![usage];
         let cert = params.signed_by(&key, &issuer).expect("a certificate");
         (cert.pem(), key.serialize_pem())
@@ -490,6 +557,22 @@ fn over_tls_with_client_certificates_each_role_connects_only_with_the_ca_and_its
     common::wait_until_set_up(&stack);
     let runs = sluice_as(&stack, &credentials, &Role::Viewer, &["runs", "-o", "json"]);
     assert!(runs.status.success(), "runs over TLS: {}", text(&runs.stderr));
+    // The Python SDK over the same TLS, as the viewer (its SLUICE_NATS_TLS_* variables), and
+    // refused without its client certificate.
+    let python_runs = |with_certificate: bool| {
+        let mut command = std::process::Command::new(workspace_root().join(".tools/venv/bin/python"));
+        command.args(["-c", "import sluice; print(len(sluice.Client().runs()))"]);
+        command.env("SLUICE_NATS_URL", stack.url()).env("SLUICE_NATS_INBOX_PREFIX", Role::Viewer.inbox_prefix());
+        command.env("SLUICE_NATS_TLS_CA", &tls.ca);
+        if with_certificate {
+            command.env("SLUICE_NATS_TLS_CERT", &tls.client_cert).env("SLUICE_NATS_TLS_KEY", &tls.client_key);
+        }
+        command.envs(credentials.env(&Role::Viewer)).output().expect("python runs")
+    };
+    let listed = python_runs(true);
+    assert!(listed.status.success(), "Python over TLS: {}", text(&listed.stderr));
+    assert_eq!(text(&listed.stdout).trim(), "0");
+    assert!(!python_runs(false).status.success(), "the server requires a client certificate");
     // Without the client certificate, or without the CA, the connection is refused.
     let url = stack.url();
     stack.block_on(async {

@@ -37,8 +37,9 @@ pub fn independent(count: usize) -> String {
 /// W1-py: W1 for the Python worker: `count` independent no-op jobs of kind `kind` on `pool`.
 pub fn independent_on(count: usize, kind: &str, pool: &str) -> String {
     let mut yaml = format!("name: w1-py\ndefaults: {{ pool: {pool} }}\njobs:\n");
+    // Tight, so 20,000 jobs fit the submission limit (512 KiB) with the longer kind.
     for index in 0..count {
-        yaml.push_str(&format!("  j{index}: {{ run: {kind} }}\n"));
+        yaml.push_str(&format!("  j{index}: {{run: {kind}}}\n"));
     }
     yaml
 }

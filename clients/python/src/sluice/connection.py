@@ -5,6 +5,7 @@ Passwords and tokens come from files or the environment, never from a command li
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import ssl
@@ -20,6 +21,10 @@ from .errors import ConfigError, SluiceError
 DEFAULT_URL = "nats://127.0.0.1:4222"
 #: How long connecting may take before it fails (seconds).
 CONNECT_TIMEOUT_S = 5.0
+#: Tries of each server before connecting fails (a refused TLS handshake or credentials).
+CONNECT_ATTEMPTS = 3
+#: The most connecting may take in all, every try included (seconds).
+CONNECT_WAIT_S = 30.0
 
 
 @dataclasses.dataclass
@@ -100,7 +105,9 @@ class ConnectionOptions:
             "name": name,
             "connect_timeout": CONNECT_TIMEOUT_S,
             "allow_reconnect": True,
-            "max_reconnect_attempts": -1,
+            # Bounded while connecting, unbounded once connected (`connect` sets it): a
+            # server that refuses us (credentials, a TLS certificate) is an error, not a hang.
+            "max_reconnect_attempts": CONNECT_ATTEMPTS,
         }
         if self.user:
             arguments["user"] = self.user
@@ -136,11 +143,23 @@ class ConnectionOptions:
     async def connect(self, name: str) -> NatsClient:
         arguments = self.connect_arguments(name)
         try:
-            client: NatsClient = await nats.connect(**arguments)
+            # Bounded here too: nats-py can wait for ever on a socket it closes after a failed
+            # TLS handshake.
+            client: NatsClient = await asyncio.wait_for(nats.connect(**arguments), CONNECT_WAIT_S)
+        except TimeoutError:
+            failure = SluiceError(
+                f"cannot connect to NATS at {self.url}: no connection within {CONNECT_WAIT_S:g} s "
+                "(is the server up, and does it accept these credentials and TLS settings?)"
+            )
+            failure.retryable = True
+            raise failure from None
         except Exception as error:
             failure = SluiceError(f"cannot connect to NATS at {self.url}: {error or type(error).__name__}")
             failure.retryable = True
             raise failure from None
+        # Once connected, a lost connection is retried for as long as it takes (nats-py reads
+        # the option at each reconnect).
+        client.options["max_reconnect_attempts"] = -1
         return client
 
     @property

@@ -48,6 +48,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from . import _names as names
 from ._batcher import Batcher
+from ._threads import JobThreads
 from ._wire import (
     PROTOCOL_VERSIONS,
     SCHEMA_VERSION,
@@ -269,6 +270,31 @@ def _child_main(
     connection.close()
 
 
+class _KeepAlive:
+    """A job's in-progress acks: a timer that re-arms itself (no task per job: short jobs
+    never reach it); `cancel()` stops them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, message: Any, interval: float) -> None:
+        self._loop = loop
+        self._message = message
+        self._interval = interval
+        self._sending: set[asyncio.Task[None]] = set()
+        self._next = loop.call_later(interval, self._tick)
+
+    def cancel(self) -> None:
+        self._next.cancel()
+
+    def _tick(self) -> None:
+        task = self._loop.create_task(self._send())
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+        self._next = self._loop.call_later(self._interval, self._tick)
+
+    async def _send(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._message.in_progress()
+
+
 class Slot:
     """A worker slot taken by one delivery; freed once (a timed-out thread keeps it)."""
 
@@ -463,6 +489,8 @@ class Worker:
 
     async def run(self) -> None:
         await self.open()
+        # One per slot: a timed-out job keeps its slot, and its thread, until it returns.
+        self.job_threads = JobThreads(asyncio.get_running_loop(), self.concurrency)
         log.info(
             "worker %s serves pool %s with %d slots (%s isolation), kinds: %s",
             self.worker_id,
@@ -512,6 +540,7 @@ class Worker:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.nc.close(), CLOSE_WAIT_S)
             self.threads.shutdown(wait=False, cancel_futures=True)
+            self.job_threads.shutdown()
             log.info("worker %s stopped", self.worker_id)
 
     def drain(self) -> None:
@@ -600,7 +629,7 @@ class Worker:
             ending = Ending.UNKNOWN_KIND
         else:
             self.running.setdefault(job.run_id, []).append(attempt)
-            keep_alive = asyncio.create_task(self.keep_alive(message))
+            keep_alive = self.keep_alive(message)
             try:
                 try:
                     attempt.ctx.inputs = await self.inputs(job)
@@ -634,9 +663,9 @@ class Worker:
         timeout = attempt.job.timeout_ms / 1000 if attempt.job.timeout_ms else None
         if self.isolation == "process":
             return await self.perform_in_process(runnable, attempt, timeout)
-        future = asyncio.get_running_loop().run_in_executor(
-            self.threads, _run_in_thread, runnable, attempt.ctx
-        )
+        future: asyncio.Future[Result] = self.job_threads.submit(_run_in_thread, runnable, attempt.ctx)
+        if timeout is None:
+            return await future
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
         except TimeoutError:
@@ -699,11 +728,9 @@ class Worker:
             process.kill()
             await asyncio.get_running_loop().run_in_executor(self.threads, process.join, KILL_GRACE_S)
 
-    async def keep_alive(self, message: Any) -> None:
-        while True:
-            await asyncio.sleep(self.progress_interval_s)
-            with contextlib.suppress(Exception):
-                await message.in_progress()
+    def keep_alive(self, message: Any) -> _KeepAlive:
+        """In-progress acks every `progress_interval_s` while the job runs."""
+        return _KeepAlive(asyncio.get_running_loop(), message, self.progress_interval_s)
 
     async def inputs(self, job: JobMessage) -> dict[str, Any]:
         """The outputs of the jobs it needs; a job that spawned children gives
