@@ -4,7 +4,9 @@ stores each of its outcomes alone."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 from sluice._batcher import (
     EVENT_BATCH_MAX_BYTES,
@@ -66,6 +68,20 @@ class FakeStream:
             gate.set()
 
 
+def storing(stream: FakeStream) -> tuple[Callable[[str], Coroutine[Any, Any, None]], list[str]]:
+    """A batcher on `stream`: stores a job's outcome; the jobs whose outcome was stored alone."""
+    batcher = Batcher(stream.publish, "sluice.events.p.batch.w-1", "w-1")
+    alone: list[str] = []
+
+    async def store(job: str) -> None:
+        async def by_itself() -> None:
+            alone.append(job)
+
+        await batcher.store(event(job), by_itself)
+
+    return store, alone
+
+
 async def settle() -> None:
     for _ in range(10):
         await asyncio.sleep(0)
@@ -74,15 +90,7 @@ async def settle() -> None:
 def test_outcomes_gather_while_two_batches_await_their_ack_and_each_caller_waits_for_its_own() -> None:
     async def scenario() -> None:
         stream = FakeStream()
-        batcher = Batcher(stream.publish, "sluice.events.p.batch.w-1", "w-1")
-        alone: list[str] = []
-
-        async def store(job: str) -> None:
-            async def by_itself() -> None:
-                alone.append(job)
-
-            await batcher.store(event(job), by_itself)
-
+        store, alone = storing(stream)
         first = [asyncio.create_task(store(job)) for job in ("a", "b", "c", "d", "e")]
         await settle()
         assert len(stream.gates) == 2, "a and b went out alone; c, d and e gather"
@@ -100,15 +108,7 @@ def test_outcomes_gather_while_two_batches_await_their_ack_and_each_caller_waits
 def test_a_batch_that_is_not_stored_stores_each_outcome_alone() -> None:
     async def scenario() -> None:
         stream = FakeStream(fail=True)
-        batcher = Batcher(stream.publish, "sluice.events.p.batch.w-1", "w-1")
-        alone: list[str] = []
-
-        async def store(job: str) -> None:
-            async def by_itself() -> None:
-                alone.append(job)
-
-            await batcher.store(event(job), by_itself)
-
+        store, alone = storing(stream)
         tasks = [asyncio.create_task(store(job)) for job in ("a", "b", "c")]
         await settle()
         stream.release()
