@@ -219,7 +219,8 @@ async fn main() -> Result<()> {
     println!("baselines: B1 {b1:.0} msg/s, B2 {b2:.3} s, B3 {:.3} ms/step", b3 * 1e3);
 
     if wants("W1") {
-        let w1 = measure_one_run(&args, &sluice, "W1", workloads::independent(sizes.w1), sizes.w1, true).await?;
+        let w1 = measure_one_run(&args, &sluice, "W1", workloads::independent(sizes.w1), sizes.w1, true, Workers::Rust)
+            .await?;
         let run = &w1.runs[0];
         let w1_rate = sizes.w1 as f64 / run.seconds;
         suite.push(Row::new("W1", "throughput", w1_rate, "jobs/s").against(b1, w1_rate / b1));
@@ -242,11 +243,7 @@ async fn main() -> Result<()> {
             python.display()
         );
         let yaml = workloads::independent_on(sizes.w1, PYTHON_NOOP, PYTHON_POOL);
-        let latencies = false;
-        let w1 = measure(&args, &sluice, "W1-py", sizes.w1, latencies, Workers::Python(&python), |js| async move {
-            Ok(vec![workloads::run_timed(&js, &yaml, false).await?])
-        })
-        .await?;
+        let w1 = measure_one_run(&args, &sluice, "W1-py", yaml, sizes.w1, false, Workers::Python(&python)).await?;
         let rate = sizes.w1 as f64 / w1.runs[0].seconds;
         suite.push(Row::new("W1-py", "throughput", rate, "jobs/s").against(b1, rate / b1));
         if let Some(rust) = suite.value("W1", "throughput") {
@@ -265,7 +262,7 @@ async fn main() -> Result<()> {
         if wants(id) {
             // Root, the fan-out, the join.
             let jobs = sizes.w2 + 2;
-            let w2 = measure_one_run(&args, &sluice, id, yaml, jobs, false).await?;
+            let w2 = measure_one_run(&args, &sluice, id, yaml, jobs, false, Workers::Rust).await?;
             let wall = w2.runs[0].seconds;
             suite.push(Row::new(id, "wall time", wall, "s").against(b2, wall / b2));
             suite.push(Row::new(
@@ -279,7 +276,8 @@ async fn main() -> Result<()> {
     }
 
     if wants("W3") {
-        let w3 = measure_one_run(&args, &sluice, "W3", workloads::chain(sizes.w3), sizes.w3, false).await?;
+        let w3 =
+            measure_one_run(&args, &sluice, "W3", workloads::chain(sizes.w3), sizes.w3, false, Workers::Rust).await?;
         let step = w3.runs[0].seconds / sizes.w3 as f64;
         suite.push(Row::new("W3", "time per step", step * 1e3, "ms").against(b3 * 1e3, step / b3));
         let record_step = workloads::record_seconds(&w3.runs[0].record) / sizes.w3 as f64;
@@ -289,7 +287,16 @@ async fn main() -> Result<()> {
 
     if wants("W4") {
         let jobs = sizes.w4 + 1;
-        let w4 = measure_one_run(&args, &sluice, "W4", workloads::fan_out("w4", sizes.w4, false), jobs, false).await?;
+        let w4 = measure_one_run(
+            &args,
+            &sluice,
+            "W4",
+            workloads::fan_out("w4", sizes.w4, false),
+            jobs,
+            false,
+            Workers::Rust,
+        )
+        .await?;
         suite.push(Row::new("W4", "wall time", w4.runs[0].seconds, "s"));
         let per_child =
             w4.coordinator.peak_rss_bytes.saturating_sub(w4.coordinator_rss_at_start) as f64 / sizes.w4 as f64;
@@ -433,7 +440,7 @@ impl Measured {
 }
 
 /// [`measure`] for a workload that is one run of `yaml` with `jobs` jobs (children
-/// included); `intake`: also time the first dispatch.
+/// included) on `workers`; `intake`: also time the first dispatch.
 async fn measure_one_run(
     args: &Args,
     sluice: &std::path::Path,
@@ -441,11 +448,12 @@ async fn measure_one_run(
     yaml: String,
     jobs: usize,
     intake: bool,
+    workers: Workers<'_>,
 ) -> Result<Measured> {
     // W1's jobs need nothing and W4's 100,000 children wait for slots, so only the others
     // say something with dispatch latencies.
-    let latencies = !matches!(name, "W1" | "W4");
-    measure(args, sluice, name, jobs, latencies, Workers::Rust, |js| async move {
+    let latencies = !matches!(name, "W1" | "W1-py" | "W4");
+    measure(args, sluice, name, jobs, latencies, workers, |js| async move {
         Ok(vec![workloads::run_timed(&js, &yaml, intake).await?])
     })
     .await

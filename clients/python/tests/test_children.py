@@ -47,3 +47,5 @@ def test_children_read_beforehand_behave_the_same() -> None:
     )
     assert [child["name"] for child in loaded] == ["fan.c-1", "fan.c-2", "fan.c-10"]
     assert len(Children.loaded("fan", [])) == 0
+    with pytest.raises(PermanentError, match="the children of `fan` give more than 10 bytes"):
+        Children.loaded("fan", [{"name": "fan.c-1", "state": "completed", "output": "x" * 20}], max_bytes=10)

@@ -11,7 +11,6 @@ Only outcomes after which the job's message is removed, and only for jobs whose 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from collections import deque
@@ -121,5 +120,5 @@ class Batcher:
             if not waiting.stored.done():
                 waiting.stored.set_exception(error)
             return
-        with contextlib.suppress(asyncio.InvalidStateError):
+        if not waiting.stored.done():
             waiting.stored.set_result(None)

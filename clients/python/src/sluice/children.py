@@ -55,16 +55,22 @@ class Children(Sequence[dict[str, Any]]):
         self._bytes = 0
 
     @classmethod
-    def loaded(cls, parent: str, children: list[dict[str, Any]]) -> Children:
-        """Children read beforehand (a `process`-mode job's child process has no connection)."""
-        ordered = sorted(children, key=lambda child: natural(str(child["name"])))
-        by_name = {str(child["name"]): child for child in ordered}
-        return cls(
+    def loaded(
+        cls, parent: str, children: list[dict[str, Any]], max_bytes: int = CHILDREN_INPUT_MAX_BYTES
+    ) -> Children:
+        """Children read beforehand (a `process`-mode job's child process has no connection):
+        one page, held to the same bound at once."""
+        by_name = {str(child["name"]): child for child in children}
+        loaded = cls(
             parent,
             lambda: list(by_name),
             lambda names: [by_name[name] for name in names],
-            page=len(ordered) or 1,
+            page=len(by_name) or 1,
+            max_bytes=max_bytes,
         )
+        if by_name:
+            loaded._page_of(0)
+        return loaded
 
     def names(self) -> list[str]:
         """The children's names in order, without reading their results."""

@@ -146,15 +146,14 @@ class ConnectionOptions:
             # Bounded here too: nats-py can wait for ever on a socket it closes after a failed
             # TLS handshake.
             client: NatsClient = await asyncio.wait_for(nats.connect(**arguments), CONNECT_WAIT_S)
-        except TimeoutError:
-            failure = SluiceError(
-                f"cannot connect to NATS at {self.url}: no connection within {CONNECT_WAIT_S:g} s "
-                "(is the server up, and does it accept these credentials and TLS settings?)"
-            )
-            failure.retryable = True
-            raise failure from None
         except Exception as error:
-            failure = SluiceError(f"cannot connect to NATS at {self.url}: {error or type(error).__name__}")
+            why = (
+                f"no connection within {CONNECT_WAIT_S:g} s (is the server up, and does it accept "
+                "these credentials and TLS settings?)"
+                if isinstance(error, TimeoutError)
+                else str(error) or type(error).__name__
+            )
+            failure = SluiceError(f"cannot connect to NATS at {self.url}: {why}")
             failure.retryable = True
             raise failure from None
         # Once connected, a lost connection is retried for as long as it takes (nats-py reads

@@ -67,7 +67,7 @@ from ._wire import (
     WorkerRecord,
     utc_now,
 )
-from .children import CHILDREN_PAGE, Children
+from .children import Children
 from .connection import ConnectionOptions
 from .context import Context
 from .errors import ConfigError, PermanentError, SluiceError, WireError
@@ -557,12 +557,15 @@ class Worker:
     # ---------------------------------------------------------------- one message
 
     async def handle(self, message: Any, slots: asyncio.Semaphore) -> None:
-        try:
-            await asyncio.wait_for(slots.acquire(), HELD_WAIT_S)
-        except TimeoutError:
-            acquired = False
+        acquired = True
+        if slots.locked():
+            # Held: wait for a slot, a second at most (no timer, no task, when one is free).
+            try:
+                await asyncio.wait_for(slots.acquire(), HELD_WAIT_S)
+            except TimeoutError:
+                acquired = False
         else:
-            acquired = True
+            await slots.acquire()
         self.held -= 1
         self.changed.set()
         if not acquired or self.draining.is_set():
@@ -753,22 +756,16 @@ class Worker:
         all of them, within the same bound."""
         prefix = f"{names.job_key(run_id, parent)}."
         if self.isolation == "process":
-            keys = await self.child_keys(prefix)
-            results: list[dict[str, Any]] = []
-            for start in range(0, len(keys), CHILDREN_PAGE):
-                results.extend(await self.child_results(keys[start : start + CHILDREN_PAGE]))
-            loaded = Children.loaded(parent, results)
-            for _ in loaded:  # the bound, before the job starts
-                pass
-            return loaded
+            return Children.loaded(parent, await self.child_results(await self.child_keys(prefix)))
         loop = asyncio.get_running_loop()
 
         def wait(coroutine: Coroutine[Any, Any, T]) -> T:
-            with contextlib.suppress(RuntimeError):
+            try:
                 asyncio.get_running_loop()
-                coroutine.close()
-                raise SluiceError("a job's children are read from the job's thread, not the event loop")
-            return asyncio.run_coroutine_threadsafe(coroutine, loop).result(CHILDREN_READ_TIMEOUT_S)
+            except RuntimeError:  # the job's thread, as it should be
+                return asyncio.run_coroutine_threadsafe(coroutine, loop).result(CHILDREN_READ_TIMEOUT_S)
+            coroutine.close()
+            raise SluiceError("a job's children are read from the job's thread, not the event loop")
 
         return Children(
             parent, lambda: wait(self.child_keys(prefix)), lambda keys: wait(self.child_results(keys))
