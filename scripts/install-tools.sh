@@ -66,6 +66,17 @@ if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     exit 1
   }
 fi
+# `promtool check metrics` (cli/tests/operations.rs checks every /metrics answer with it):
+# Debian's prometheus package.
+if ! command -v promtool >/dev/null; then
+  sudo_cmd=()
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo -n); fi
+  echo "install-tools.sh: installing promtool (apt-get install prometheus)" >&2
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends prometheus >&2 || {
+    echo "install-tools.sh: promtool is needed (Debian: apt-get install prometheus)" >&2
+    exit 1
+  }
+fi
 node_dir=.tools/node
 lock_sum="$(sha256sum scripts/validate/package-lock.json | cut -c1-16)"
 if [ ! -f "$node_dir/.installed-$lock_sum" ]; then

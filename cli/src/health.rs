@@ -1,6 +1,8 @@
-//! `--metrics-listen ADDR`: the HTTP listener of `sluice coordinator` and `sluice worker`
-//! for Kubernetes probes.
+//! `--metrics-listen ADDR`: the HTTP listener of `sluice coordinator`, `sluice worker` and
+//! `sluice dev`, for Kubernetes probes and Prometheus.
 //!
+//! - `GET /metrics`: the process's metrics in Prometheus text format 0.0.4 (docs/operations.md
+//!   lists them).
 //! - `GET /healthz`: 200 while the process's service loop runs (it answers on the same
 //!   single-threaded runtime as the loop, so a stuck loop answers nothing); 503 once it
 //!   has stopped.
@@ -9,17 +11,18 @@
 //!   otherwise. Both answer a small JSON object saying why.
 //!
 //! The coordinator and worker libraries only publish their phase on a `tokio::sync::watch`
-//! channel; the HTTP stack (axum) lives here alone. A route is one `.route(..)` in
-//! [`router`] (the observability issue adds `/metrics` there).
+//! channel and count into `prometheus-client` handles registered in one [`Registry`]; the
+//! HTTP stack (axum) lives here alone. A route is one `.route(..)` in [`router`].
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use prometheus_client::registry::Registry;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -39,19 +42,24 @@ pub struct Phase {
 /// Reads a process's phase: the coordinator's or the worker's watch channel.
 pub type PhaseSource = Arc<dyn Fn() -> Phase + Send + Sync>;
 
-/// What the probes look at: the NATS connection (once made) and the phase.
+/// What the listener looks at: the NATS connection (once made), the phase, the metrics.
 #[derive(Clone)]
 pub struct Probes {
     /// Set once connected; until then the process is waiting for NATS.
     pub nats: Arc<OnceLock<async_nats::Client>>,
     pub phase: PhaseSource,
+    /// Every metric of the process, registered before the listener starts.
+    pub metrics: Arc<Registry>,
 }
 
 impl Probes {
-    pub fn new(phase: PhaseSource) -> Self {
-        Self { nats: Arc::new(OnceLock::new()), phase }
+    pub fn new(phase: PhaseSource, metrics: Registry) -> Self {
+        Self { nats: Arc::new(OnceLock::new()), phase, metrics: Arc::new(metrics) }
     }
 }
+
+/// The content type of Prometheus text format 0.0.4.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The NATS connection's state, as the probes name it.
 fn nats_state(nats: &OnceLock<async_nats::Client>) -> &'static str {
@@ -86,9 +94,24 @@ async fn readyz(State(probes): State<Probes>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
+async fn metrics(State(probes): State<Probes>) -> Response {
+    let mut text = String::new();
+    match prometheus_client::encoding::prometheus_text::encode(&mut text, &probes.metrics) {
+        Ok(()) => ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "cannot encode the metrics");
+            (StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the metrics\n").into_response()
+        }
+    }
+}
+
 /// Every route of the listener.
 pub fn router(probes: Probes) -> Router {
-    Router::new().route("/healthz", get(healthz)).route("/readyz", get(readyz)).with_state(probes)
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(probes)
 }
 
 /// `--metrics-listen`'s value: a socket address such as `0.0.0.0:9090` or `127.0.0.1:0`.
@@ -107,7 +130,7 @@ pub async fn serve(addr: SocketAddr, probes: Probes, stop: CancellationToken) ->
         .await
         .map_err(|error| CliError::usage(format!("--metrics-listen {addr}: cannot listen there: {error}")))?;
     let bound = listener.local_addr().map_err(|error| CliError::failed(format!("--metrics-listen {addr}: {error}")))?;
-    tracing::info!(addr = %bound, "metrics listening: /healthz and /readyz");
+    tracing::info!(addr = %bound, "metrics listening: /metrics, /healthz and /readyz");
     tokio::spawn(async move {
         let served = axum::serve(listener, router(probes)).with_graceful_shutdown(stop.cancelled_owned()).await;
         if let Err(error) = served {

@@ -21,6 +21,29 @@ fn free_port() -> u16 {
 const PYTHON_WORKER: &str =
     "PYTHONPATH=examples/python-jobs exec .tools/venv/bin/sluice-py worker --pool python etl_jobs";
 
+/// Kills the `dev` process if the test panics before it stopped it.
+struct KillOnPanic(u32);
+
+impl Drop for KillOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill").args(["-INT", &self.0.to_string()]).status();
+        }
+    }
+}
+
+/// The body of `GET /metrics` on `address`.
+fn scrape(address: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(address).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+}
+
 #[test]
 fn dev_runs_the_example_workflows_with_a_python_worker_beside_it_and_stops_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
@@ -29,7 +52,7 @@ fn dev_runs_the_example_workflows_with_a_python_worker_beside_it_and_stops_on_ct
         .args(["dev", "examples/workflows/etl-daily.yaml", "examples/workflows/sensors-fanout.yaml"])
         .arg("examples/python-jobs/etl.yaml")
         .args(["--worker-command", PYTHON_WORKER])
-        .args(["--port", &port.to_string(), "--data-dir"])
+        .args(["--port", &port.to_string(), "--metrics-listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("nats"))
         .env("ETL_DATA_DIR", dir.path().join("data"))
         .current_dir(workspace_root())
@@ -37,6 +60,8 @@ fn dev_runs_the_example_workflows_with_a_python_worker_beside_it_and_stops_on_ct
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // A failed assertion must not leave the stack running (its children hold the cargo lock).
+    let _kill_on_panic = KillOnPanic(dev.id());
     let (lines_tx, lines_rx) = mpsc::channel();
     let stdout = dev.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -78,6 +103,20 @@ fn dev_runs_the_example_workflows_with_a_python_worker_beside_it_and_stops_on_ct
         .find_map(|line| line.split("(pid ").nth(1)?.split(',').next()?.parse::<i32>().ok())
         .unwrap_or_else(|| panic!("the Python worker's pid in:\n{text}"));
     assert!(dir.path().join("data").read_dir().unwrap().next().is_some(), "the ETL wrote its data");
+    // One registry for the coordinator and the worker, where `dev` said it is.
+    let address = text
+        .lines()
+        .find_map(|line| line.strip_prefix("metrics")?.trim().strip_prefix("http://")?.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("the metrics address in:\n{text}"));
+    let metrics = scrape(address);
+    for line in [
+        r#"sluice_runs_finished_total{state="succeeded"} 3"#,
+        r#"sluice_jobs_finished_total{pool="python",state="completed"} 2"#,
+        r#"sluice_worker_slots{pool="default"} 4"#,
+        "sluice_coordinator_leader 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
 
     Command::new("kill").args(["-INT", &dev.id().to_string()]).status().unwrap();
     wait_for("stopped", &mut output);

@@ -30,16 +30,23 @@ fn probe_address(stack: &Stack, process: usize) -> String {
     address.unwrap()
 }
 
-/// `GET path` on `address`: the status code and the JSON body (`None` when nothing answers).
-fn get(address: &str, path: &str) -> Option<(u16, serde_json::Value)> {
+/// `GET path` on `address`: the status code, the headers and the body (`None` when nothing
+/// answers).
+fn get_text(address: &str, path: &str) -> Option<(u16, String, String)> {
     let mut stream = TcpStream::connect(address).ok()?;
     stream.set_read_timeout(Some(PROBE_TIMEOUT)).ok()?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
-    Some((status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null)))
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    Some((status, head.to_owned(), body.to_owned()))
+}
+
+/// `GET path` on `address`: the status code and the JSON body (`None` when nothing answers).
+fn get(address: &str, path: &str) -> Option<(u16, serde_json::Value)> {
+    let (status, _, body) = get_text(address, path)?;
+    Some((status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)))
 }
 
 /// Waits until `/readyz` answers `status`; returns the body.
@@ -91,6 +98,140 @@ fn probes_say_ready_only_while_connected_and_serving_the_role() {
         wait_ready(probe, 200, &format!("the {who} to be ready again once NATS is back"));
     }
     assert_eq!(get(&worker_probe, "/nothing").map(|(code, _)| code), Some(404));
+}
+
+/// `/metrics` of `address`, checked to be Prometheus text.
+fn scrape(address: &str) -> String {
+    let (status, head, body) = get_text(address, "/metrics").expect("the metrics listener answers");
+    assert_eq!(status, 200, "{head}\n{body}");
+    assert!(head.to_ascii_lowercase().contains("content-type: text/plain; version=0.0.4"), "{head}");
+    body
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed), if exposed.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Runs `promtool check metrics` (Debian's `prometheus` package, installed by
+/// scripts/install-tools.sh) on `text`: it fails on anything not valid Prometheus text or
+/// against its naming conventions (units, `_total` on counters).
+fn promtool_check(text: &str, who: &str) {
+    let promtool = ["/usr/bin/promtool", "promtool"]
+        .into_iter()
+        .find(|path| std::process::Command::new(path).arg("--version").output().is_ok())
+        .expect("promtool is installed (scripts/install-tools.sh installs Debian's prometheus package)");
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "promtool check metrics refused the {who}'s metrics:\n{}{}\n{text}",
+        text_of(&output.stdout),
+        text_of(&output.stderr)
+    );
+}
+
+fn text_of(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+const COUNTED: &str = "name: counted
+on_failure: continue
+jobs:
+  slow-0: { run: sleep, config: { duration: 1500ms } }
+  slow-1: { run: sleep, config: { duration: 1500ms } }
+  slow-2: { run: sleep, config: { duration: 1500ms } }
+  slow-3: { run: sleep, config: { duration: 1500ms } }
+  shaky: { run: fail, config: { succeed_on_attempt: 2 }, retry: { max_attempts: 2, initial: 100ms, jitter: false } }
+  broken: { run: fail, config: { retryable: false } }
+  after: { run: noop, needs: [broken] }
+";
+
+#[test]
+fn metrics_count_a_runs_jobs_attempts_dead_letters_and_lag_and_pass_promtool() {
+    let mut stack = Stack::start();
+    let listen = ["--metrics-listen", "127.0.0.1:0"];
+    let coordinator = stack.coordinator_with(&listen);
+    let coordinator_metrics = probe_address(&stack, coordinator);
+    wait_until_set_up(&stack);
+    // One slot: the slow jobs wait their turn, so the pool has a lag to see.
+    let worker = stack.worker(&["--metrics-listen", "127.0.0.1:0", "--concurrency", "1"]);
+    let worker_metrics = probe_address(&stack, worker);
+    wait_ready(&worker_metrics, 200, "the worker to be ready");
+    let before = scrape(&coordinator_metrics);
+    assert_eq!(sample(&before, "sluice_coordinator_leader"), Some(1.0), "{before}");
+    assert_eq!(sample(&before, "sluice_coordinator_terms_total"), Some(1.0), "{before}");
+    promtool_check(&before, "coordinator (idle)");
+
+    let file = stack.write("counted.yaml", COUNTED);
+    let lag = r#"sluice_pool_queue_lag{pool="default"}"#;
+    let status = std::thread::scope(|scope| {
+        let waited = scope.spawn(|| submit_and_wait(&stack, &file, 1));
+        let mut during = String::new();
+        wait_until(Duration::from_secs(20), "the leader to report the pool's lag while jobs wait", || {
+            during = scrape(&coordinator_metrics);
+            sample(&during, lag).is_some_and(|waiting| waiting >= 1.0)
+        });
+        promtool_check(&during, "coordinator (running)");
+        let busy = scrape(&worker_metrics);
+        assert_eq!(sample(&busy, r#"sluice_worker_slots{pool="default"}"#), Some(1.0), "{busy}");
+        waited.join().unwrap()
+    });
+    assert_eq!(status["state"], "failed", "{status}");
+    let mut after = String::new();
+    wait_until(Duration::from_secs(20), "the pool's lag and ack pending to drain to 0", || {
+        after = scrape(&coordinator_metrics);
+        sample(&after, lag) == Some(0.0) && sample(&after, r#"sluice_pool_ack_pending{pool="default"}"#) == Some(0.0)
+    });
+    for (series, expected) in [
+        (r#"sluice_jobs_finished_total{pool="default",state="completed"}"#, 5.0),
+        (r#"sluice_jobs_finished_total{pool="default",state="failed"}"#, 1.0),
+        (r#"sluice_jobs_finished_total{pool="default",state="skipped"}"#, 1.0),
+        (r#"sluice_job_attempts_total{pool="default",outcome="succeeded"}"#, 5.0),
+        (r#"sluice_job_attempts_total{pool="default",outcome="retrying"}"#, 1.0),
+        (r#"sluice_job_attempts_total{pool="default",outcome="failed"}"#, 1.0),
+        (r#"sluice_dead_letters_total{pool="default"}"#, 1.0),
+        ("sluice_runs_started_total", 1.0),
+        (r#"sluice_runs_finished_total{state="failed"}"#, 1.0),
+        (r#"sluice_run_duration_seconds_count{state="failed"}"#, 1.0),
+        // Six jobs started a first attempt (`after` was skipped).
+        (r#"sluice_dispatch_latency_seconds_count{pool="default"}"#, 6.0),
+        ("sluice_runs_active", 0.0),
+    ] {
+        assert_eq!(sample(&after, series), Some(expected), "{series} in\n{after}");
+    }
+    let took = sample(&after, r#"sluice_run_duration_seconds_sum{state="failed"}"#).unwrap();
+    assert!(took >= 6.0, "four 1.5 s jobs one after another: the run took {took} s");
+    assert!(sample(&after, "sluice_engine_apply_seconds_count").unwrap() >= 14.0, "{after}");
+    assert!(sample(&after, "sluice_kv_write_seconds_count").unwrap() >= 1.0, "{after}");
+    promtool_check(&after, "coordinator (after)");
+
+    let worked = scrape(&worker_metrics);
+    for (series, expected) in [
+        (r#"sluice_worker_attempts_total{pool="default",outcome="succeeded"}"#, 5.0),
+        (r#"sluice_worker_attempts_total{pool="default",outcome="retrying"}"#, 1.0),
+        (r#"sluice_worker_attempts_total{pool="default",outcome="failed"}"#, 1.0),
+        (r#"sluice_worker_attempt_duration_seconds_count{pool="default"}"#, 7.0),
+        (r#"sluice_worker_slots_busy{pool="default"}"#, 0.0),
+    ] {
+        assert_eq!(sample(&worked, series), Some(expected), "{series} in\n{worked}");
+    }
+    promtool_check(&worked, "worker");
+
+    // A standby reports no pool gauges (the leader does), and says it does not lead.
+    let standby = stack.coordinator_with(&listen);
+    let standby_metrics = probe_address(&stack, standby);
+    wait_ready(&standby_metrics, 200, "the standby to be ready");
+    let standing = scrape(&standby_metrics);
+    assert_eq!(sample(&standing, "sluice_coordinator_leader"), Some(0.0), "{standing}");
+    assert_eq!(sample(&standing, lag), None, "{standing}");
 }
 
 #[test]

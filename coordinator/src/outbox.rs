@@ -18,6 +18,7 @@ use crate::dispatch::{
 };
 use crate::engine::{Effect, Run};
 use crate::error::ServiceError;
+use crate::metrics::Metrics;
 use crate::store::{self, Revisions, saves_of, write_all};
 
 pub struct Outbox {
@@ -30,11 +31,13 @@ pub struct Outbox {
     pub pools: PoolFacts,
     /// Trace span ids of dispatches.
     pub rng: StdRng,
+    /// What is counted of the effects carried out (and of the engine's inputs).
+    pub metrics: Metrics,
 }
 
 impl Outbox {
-    pub fn new(js: jetstream::Context) -> Self {
-        Self { js, revisions: Revisions::default(), pools: PoolFacts::default(), rng: StdRng::from_os_rng() }
+    pub fn new(js: jetstream::Context, metrics: Metrics) -> Self {
+        Self { js, revisions: Revisions::default(), pools: PoolFacts::default(), rng: StdRng::from_os_rng(), metrics }
     }
 
     /// Writes every save, then publishes every dispatch. `active` holds the runs the
@@ -44,7 +47,8 @@ impl Outbox {
             return Ok(());
         }
         let job_record = |run_id: &RunId, job: &str| active.get(run_id)?.job(job);
-        write_all(&self.js, saves_of(&effects), &mut self.revisions, job_record).await?;
+        let written = |took| self.metrics.written_in(took);
+        write_all(&self.js, saves_of(&effects), &mut self.revisions, job_record, written).await?;
         let dispatches: Vec<(&RunId, &str, u32)> = effects
             .iter()
             .filter_map(|effect| match effect {
@@ -86,6 +90,9 @@ impl Outbox {
             })
             .collect();
         publish_dead_letters(&self.js, &letters).await?;
+        for letter in &letters {
+            self.metrics.dead_lettered(&letter.job.pool);
+        }
         for effect in &effects {
             match effect {
                 Effect::Withdraw(run_id) => withdraw(&self.js, run_id).await?,

@@ -30,6 +30,7 @@ use crate::inbox::{Consumers, Inbound};
 use crate::index::{self, Index};
 use crate::intake;
 use crate::leadership;
+use crate::metrics::{self, Metrics};
 use crate::outbox::Outbox;
 use crate::pools;
 use crate::spawns;
@@ -47,9 +48,11 @@ const RESTART_DELAY_INITIAL: Duration = Duration::from_millis(200);
 const RESTART_DELAY_MAX: Duration = Duration::from_secs(5);
 
 /// What an operator may set on a coordinator.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Settings {
     pub topology: topology::TopologySettings,
+    /// Where the coordinator counts (registered by the caller; unregistered by default).
+    pub metrics: Metrics,
 }
 
 /// What a coordinator is doing, for readiness probes ([`run_observed`] publishes it).
@@ -152,7 +155,7 @@ async fn campaign(
     let mut delay = RESTART_DELAY_INITIAL;
     loop {
         let js = jetstream::new(client.clone());
-        let outcome = lead(&js, holder, settings, leading, shutdown, phase).await;
+        let outcome = lead(&js, holder, &settings, leading, shutdown, phase).await;
         if shutdown.is_cancelled() {
             return Ok(());
         }
@@ -179,7 +182,7 @@ async fn campaign(
 async fn lead(
     js: &jetstream::Context,
     holder: &str,
-    settings: Settings,
+    settings: &Settings,
     leading: &AtomicBool,
     shutdown: &CancellationToken,
     phase: &watch::Sender<Phase>,
@@ -190,6 +193,7 @@ async fn lead(
     phase.send_replace(Phase::TakingOver);
     tracing::info!(%holder, "leading: this coordinator advances runs");
     leading.store(true, Ordering::Relaxed);
+    settings.metrics.leading(true);
     let lost = shutdown.child_token();
     let stop_renewing = CancellationToken::new();
     let keeper = {
@@ -200,10 +204,13 @@ async fn lead(
         })
     };
     let served = match topology::ensure_with(js, settings.topology).await {
-        Ok(topology) => Coordinator::new(js.clone(), &topology).serve(&topology, &lost, phase).await,
+        Ok(topology) => {
+            Coordinator::new(js.clone(), &topology, settings.metrics.clone()).serve(&topology, &lost, phase).await
+        }
         Err(error) => Err(error),
     };
     leading.store(false, Ordering::Relaxed);
+    settings.metrics.leading(false);
     stop_renewing.cancel();
     if let Ok(lease) = keeper.await {
         lease.release().await;
@@ -236,14 +243,14 @@ struct Coordinator {
 }
 
 impl Coordinator {
-    fn new(js: jetstream::Context, topology: &Topology) -> Self {
+    fn new(js: jetstream::Context, topology: &Topology, metrics: Metrics) -> Self {
         Self {
             index: Index::new(topology),
             ran: HashSet::new(),
             pools: BTreeSet::new(),
             active: HashMap::new(),
             cancelled_pending: HashMap::new(),
-            outbox: Outbox::new(js.clone()),
+            outbox: Outbox::new(js.clone(), metrics),
             specs: StoredSpecs::default(),
             timekeeper: Arc::new(Notify::new()),
             js,
@@ -269,6 +276,7 @@ impl Coordinator {
         // any path, before another term can start one of its own.
         let tasks = term.child_token();
         let _stop_tasks = tasks.clone().drop_guard();
+        tokio::spawn(metrics::watch_pools(topology.clone(), self.outbox.metrics.clone(), tasks.clone()));
         tokio::spawn(timekeeper::keep(topology.clone(), reports.clone(), self.timekeeper.clone(), tasks));
         tracing::info!(active_runs = self.active.len(), "coordinator ready");
         phase.send_replace(Phase::Leading);
@@ -279,6 +287,7 @@ impl Coordinator {
                 inbound = inbox.next() => inbound?,
             };
             self.handle(&topology, inbound).await?;
+            self.outbox.metrics.set_runs_active(self.active.len());
         }
     }
 
@@ -434,7 +443,7 @@ impl Coordinator {
                 tracing::debug!(run = %run_id, job = %event.job, "event for a run that is not stored");
                 continue;
             };
-            let mut more = match run.apply(Input::Event(event), now) {
+            let mut more = match self.outbox.metrics.apply(run, Input::Event(event), now) {
                 Ok(more) => more,
                 Err(ignored) => {
                     tracing::debug!(run = %run_id, %ignored, "event changed nothing");
@@ -449,7 +458,7 @@ impl Coordinator {
                 spawned.push(JobEvent::clone(&event));
                 let children = spawns::read(&self.js, &event).await?;
                 let Some(run) = self.active.get_mut(&run_id) else { continue };
-                match run.apply(Input::ChildrenRead { event, children }, now) {
+                match self.outbox.metrics.apply(run, Input::ChildrenRead { event, children }, now) {
                     Ok(more) => self.execute(more).await?,
                     Err(ignored) => tracing::debug!(run = %run_id, %ignored, "event changed nothing"),
                 }
@@ -535,7 +544,9 @@ impl Coordinator {
         let id = new.id;
         // Stored before any record names it.
         self.specs.put(topology, &new.spec_hash, &new.spec_yaml).await?;
-        let (run, effects) = Run::start(new, Utc::now());
+        let (mut run, effects) = Run::start(new, Utc::now());
+        self.outbox.metrics.run_started();
+        self.outbox.metrics.take_from(&mut run);
         // Indexed before its record exists: a stored run is always listed.
         self.index.running(run.record(), true).await?;
         self.ran.insert(id);
@@ -559,7 +570,8 @@ impl Coordinator {
         // Its record names its spec like any run's.
         self.specs.put(topology, &new.spec_hash, &new.spec_yaml).await?;
         let (mut run, mut effects) = Run::start(new, now);
-        match run.apply(Input::Cancel, now) {
+        self.outbox.metrics.run_started();
+        match self.outbox.metrics.apply(&mut run, Input::Cancel, now) {
             Ok(cancelled) => {
                 effects.extend(cancelled);
                 // Nothing was published, so there is nothing to withdraw or stop.
@@ -709,7 +721,7 @@ impl Coordinator {
             deliveries,
             reason,
         };
-        match run.apply(input, now) {
+        match self.outbox.metrics.apply(run, input, now) {
             Ok(effects) => self.execute(effects).await,
             Err(ignored) => {
                 tracing::info!(run = %job.run_id, %ignored, "the job that reached max_deliver had already finished");
@@ -863,7 +875,7 @@ impl Coordinator {
             _ => Input::Rerun { only: request.job.clone(), spec: spec.as_ref().map(|(spec, _)| spec.clone()) },
         };
         let state_before = run.record().state;
-        let effects = match run.apply(input, now) {
+        let effects = match self.outbox.metrics.apply(run, input, now) {
             Ok(effects) => effects,
             Err(NotApplied::Refused(refused)) => {
                 return Ok(Answer::refused(control::refusal_kind(&refused), refused.to_string()));

@@ -111,12 +111,14 @@ impl Revisions {
 
 /// Publishes every save, pipelined, a chunk at a time, and waits for every acknowledgement:
 /// when this returns `Ok`, every record is durable. One connection keeps them in order.
-/// `job_record` reads a job's record as the engine holds it now (see [`Effect::SaveJob`]).
+/// `job_record` reads a job's record as the engine holds it now (see [`Effect::SaveJob`]);
+/// `written` is told how long each pipelined segment took to be acknowledged.
 pub async fn write_all<'a>(
     js: &jetstream::Context,
     saves: Vec<&Effect>,
     revisions: &mut Revisions,
     job_record: impl Fn(&RunId, &str) -> Option<&'a JobRecord>,
+    written: impl Fn(std::time::Duration),
 ) -> Result<(), ServiceError> {
     for chunk in saves.chunks(WRITE_CHUNK) {
         // Run and job records live in two streams, which JetStream stores independently: a
@@ -124,7 +126,9 @@ pub async fn write_all<'a>(
         // never see a record before the ones the engine ordered ahead of it (a new run's
         // jobs before the run, a rerun's run before its jobs).
         for segment in chunk.chunk_by(|a, b| is_run(a) == is_run(b)) {
+            let began = std::time::Instant::now();
             write_segment(js, segment, revisions, &job_record).await?;
+            written(began.elapsed());
         }
     }
     Ok(())

@@ -608,7 +608,11 @@ fn coordinator_deployment(values: &Values) -> Deployment {
                 }),
             }),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(component), ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(component),
+                    annotations: Some(scrape_annotations()),
+                    ..ObjectMeta::default()
+                }),
                 spec: Some(PodSpec {
                     service_account_name: Some("sluice-coordinator".to_owned()),
                     automount_service_account_token: Some(false),
@@ -719,6 +723,19 @@ pub fn worker_args(values: &Values, pool: &PoolValues) -> Vec<String> {
     args
 }
 
+/// The annotations Prometheus's Kubernetes service discovery (the common
+/// `prometheus.io/*` relabelling) reads to scrape a pod's `/metrics` on [`METRICS_PORT`].
+pub fn scrape_annotations() -> BTreeMap<String, String> {
+    [
+        ("prometheus.io/scrape", "true".to_owned()),
+        ("prometheus.io/port", METRICS_PORT.to_string()),
+        ("prometheus.io/path", "/metrics".to_owned()),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect()
+}
+
 fn worker_pod(values: &Values, pool: &PoolValues, restart_policy: Option<&str>) -> PodTemplateSpec {
     let role = NatsRole::Worker { pool: pool.name.clone() };
     let name = worker_name(&pool.name);
@@ -726,7 +743,11 @@ fn worker_pod(values: &Values, pool: &PoolValues, restart_policy: Option<&str>) 
     container.resources = resources(&pool.resources);
     let volumes = vec![nkey_volume(&role)];
     PodTemplateSpec {
-        metadata: Some(ObjectMeta { labels: Some(labels("worker", Some(&pool.name))), ..ObjectMeta::default() }),
+        metadata: Some(ObjectMeta {
+            labels: Some(labels("worker", Some(&pool.name))),
+            annotations: Some(scrape_annotations()),
+            ..ObjectMeta::default()
+        }),
         spec: Some(PodSpec {
             service_account_name: Some(name),
             automount_service_account_token: Some(pool.pod_namespace.is_some()),

@@ -150,7 +150,18 @@ fn workers_get_the_grace_their_longest_job_needs_and_pools_scale_from_zero() {
         assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
         assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
         assert_eq!(pod["spec"]["securityContext"]["runAsNonRoot"], true);
+        assert_scraped(&pod, &args, &name);
     }
+}
+
+/// Prometheus finds the pod's `/metrics` on the port its `--metrics-listen` serves.
+fn assert_scraped(pod: &Value, args: &[String], who: &str) {
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true", "{who}");
+    assert_eq!(annotations["prometheus.io/path"], "/metrics", "{who}");
+    let port = annotations["prometheus.io/port"].as_str().unwrap();
+    let listen = args.iter().position(|a| a == "--metrics-listen").map(|i| args[i + 1].clone()).unwrap();
+    assert!(listen.ends_with(&format!(":{port}")), "{who}: scraped on {port}, listening on {listen}");
 }
 
 #[test]
@@ -184,6 +195,7 @@ fn coordinator_runs_two_replicas_with_streams_replicated_like_nats() {
             serde_json::from_value(deployment["spec"]["template"]["spec"]["containers"][0]["args"].clone()).unwrap();
         let at = args.iter().position(|a| a == "--stream-replicas").unwrap();
         assert_eq!(args[at + 1], replicas, "{file}");
+        assert_scraped(&deployment["spec"]["template"], &args, "the coordinator");
         let nats = find(&objects, "StatefulSet", "nats");
         assert_eq!(nats["spec"]["replicas"].to_string(), replicas, "{file}");
         assert!(nats["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"].is_string());

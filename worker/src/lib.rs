@@ -10,6 +10,7 @@
 //!   terminates the message. It drains on SIGTERM. The worker announces itself in KV
 //!   `sluice-workers` while it runs (`runtime/announce.rs`) and refuses to start in a pool
 //!   that is not declared or whose live workers serve other kinds.
+//! - [`metrics`]: the worker's Prometheus metrics (attempts by outcome, durations, slots).
 //! - [`WorkerConfig`] ([`config`]) says how a worker runs; [`limits`] names every fixed
 //!   bound; [`WorkerError`] ([`error`]) says whether a failure may pass; [`nats`] connects
 //!   and opens a pool's consumer (created by the coordinator when the pool is declared).
@@ -20,6 +21,7 @@ pub mod job;
 pub mod kinds;
 pub mod limits;
 pub mod logs;
+pub mod metrics;
 pub mod nats;
 pub mod registry;
 pub mod runtime;

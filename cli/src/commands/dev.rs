@@ -41,7 +41,16 @@ pub struct DevArgs {
     /// Repeatable.
     #[arg(long = "worker-command", value_name = "COMMAND")]
     worker_commands: Vec<String>,
+    /// Where the stack's metrics (`/metrics`, Prometheus text) and probes are served: one
+    /// registry for the coordinator and the worker. When the default address is taken, `dev`
+    /// says so and runs without; an address given here must be free.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
+
+/// Where `sluice dev` serves its metrics unless told otherwise (the OpenTelemetry
+/// Prometheus exporter's customary port).
+pub const DEV_METRICS_LISTEN: &str = "127.0.0.1:9464";
 
 pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
     // Validate everything before starting anything.
@@ -52,6 +61,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
             index + 1
         )));
     }
+    let listen = crate::health::parse_listen(args.metrics_listen.as_deref().unwrap_or(DEV_METRICS_LISTEN))?;
     let workflows = args.files.iter().map(|file| super::read_workflow(file)).collect::<Result<Vec<_>, _>>()?;
     // Held until this process ends: a second `dev` on the same store would share it with
     // this one's nats-server and wedge both.
@@ -68,7 +78,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
     })
     .map_err(|error| start_error(&error, args.port))?;
     let url = server.url();
-    let result = with_stack(&url, &args, workflows).await;
+    let result = with_stack(&url, &args, listen, workflows).await;
     server.stop();
     // stdout may be gone (that is one way here); the end is still worth a line if not.
     let _ = outln!("stopped");
@@ -97,6 +107,7 @@ fn start_error(error: &sluice_local_nats::LocalNatsError, port: u16) -> CliError
 async fn with_stack(
     url: &str,
     args: &DevArgs,
+    listen: std::net::SocketAddr,
     workflows: Vec<(sluice_proto::WorkflowSpec, String)>,
 ) -> Result<ExitCode, CliError> {
     outln!("nats-server   {url}  (data in {})", args.data_dir.display())?;
@@ -104,16 +115,40 @@ async fn with_stack(
     let js = jetstream::new(client.clone());
     sluice_coordinator::topology::ensure(&js).await?;
     let shutdown = on_signal();
-    let coordinator = tokio::spawn(sluice_coordinator::service::run(client.clone(), shutdown.clone()));
+    let mut registry = prometheus_client::registry::Registry::default();
+    let settings = sluice_coordinator::service::Settings {
+        metrics: sluice_coordinator::metrics::Metrics::register(&mut registry),
+        ..Default::default()
+    };
+    let worker_metrics = sluice_worker::metrics::Metrics::register(&mut registry);
+    let (phase, watched) = tokio::sync::watch::channel(sluice_coordinator::service::Phase::Starting);
+    let probes =
+        crate::health::Probes::new(std::sync::Arc::new(move || super::serve::probed(*watched.borrow())), registry);
+    let _ = probes.nats.set(client.clone());
+    let stop_listening = tokio_util::sync::CancellationToken::new();
+    let _listening = stop_listening.clone().drop_guard();
+    match crate::health::serve(listen, probes, stop_listening).await {
+        Ok(bound) => outln!("metrics       http://{bound}/metrics")?,
+        Err(error) if args.metrics_listen.is_none() => {
+            outln!("metrics       not served: {} (choose an address with --metrics-listen)", error.message)?
+        }
+        Err(error) => return Err(error),
+    }
+    let coordinator =
+        tokio::spawn(sluice_coordinator::service::run_observed(client.clone(), settings, shutdown.clone(), phase));
     let mut config = WorkerConfig::new(sluice_proto::spec::DEFAULT_POOL);
     config.concurrency = args.concurrency;
     config.prefetch = sluice_worker::runtime::default_prefetch(args.concurrency);
     config.shutdown_grace = Some(Duration::from_secs(5));
-    let worker = tokio::spawn(sluice_worker::runtime::run(
+    let control = sluice_worker::runtime::Control {
+        metrics: worker_metrics,
+        ..sluice_worker::runtime::Control::new(shutdown.clone())
+    };
+    let worker = tokio::spawn(sluice_worker::runtime::run_observed(
         client.clone(),
         Registry::with_stock_kinds(),
         config,
-        shutdown.clone(),
+        control,
     ));
     let result = session(&js, url, args, workflows, &shutdown).await;
     shutdown.cancel();

@@ -54,8 +54,8 @@ pub struct WorkerArgs {
 /// `--metrics-listen`, on the coordinator and the worker.
 #[derive(clap::Args, Clone)]
 pub struct MetricsArgs {
-    /// Serve `/healthz` and `/readyz` over HTTP on this address (e.g. 0.0.0.0:9090; port 0
-    /// picks one, logged as `metrics listening`).
+    /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` over HTTP on this address
+    /// (e.g. 0.0.0.0:9090; port 0 picks one, logged as `metrics listening`).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
 }
@@ -139,6 +139,7 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
             args.stream_replicas
         )));
     }
+    let mut registry = prometheus_client::registry::Registry::default();
     let settings = sluice_coordinator::service::Settings {
         topology: sluice_coordinator::topology::TopologySettings {
             logs: sluice_coordinator::topology::LogRetention {
@@ -148,11 +149,12 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
             replicas: args.stream_replicas,
             history_max_age: history_max_age(args.history_max_age)?,
         },
+        metrics: sluice_coordinator::metrics::Metrics::register(&mut registry),
     };
     let listen = args.metrics.address()?;
     let shutdown = on_signal();
     let (phase, watched) = tokio::sync::watch::channel(sluice_coordinator::service::Phase::Starting);
-    let probes = probes_watching(watched);
+    let probes = probes_watching(watched, registry);
     let _listening = listen_for_probes(listen, &probes).await?;
     let role = sluice_proto::roles::Role::Coordinator;
     let Some(client) = connect_waiting(url, &role, &shutdown).await? else { return Ok(ExitCode::SUCCESS) };
@@ -175,12 +177,14 @@ pub async fn worker(url: &str, args: WorkerArgs) -> Result<ExitCode, CliError> {
     let registry = args.pod.register(Registry::with_stock_kinds()).await?;
     let (shutdown, hurry) = on_signals();
     let (phase, watched) = tokio::sync::watch::channel(sluice_worker::runtime::Phase::Opening);
-    let probes = probes_watching(watched);
+    let mut metrics = prometheus_client::registry::Registry::default();
+    let counted = sluice_worker::metrics::Metrics::register(&mut metrics);
+    let probes = probes_watching(watched, metrics);
     let _listening = listen_for_probes(listen, &probes).await?;
     let role = sluice_proto::roles::Role::Worker { pool: config.pool.clone() };
     let Some(client) = connect_waiting(url, &role, &shutdown).await? else { return Ok(ExitCode::SUCCESS) };
     let _ = probes.nats.set(client.clone());
-    let control = sluice_worker::runtime::Control { shutdown, hurry, phase };
+    let control = sluice_worker::runtime::Control { shutdown, hurry, phase, metrics: counted };
     let result = sluice_worker::runtime::run_observed(client.clone(), registry, config, control).await;
     // Acks and events of the last jobs must leave before the process does.
     let _ = tokio::time::timeout(Duration::from_secs(5), client.flush()).await;
@@ -277,6 +281,11 @@ pub fn on_signal() -> CancellationToken {
     on_signals().0
 }
 
+/// The coordinator's phase as the probes show it (`sluice dev`'s listener shows it).
+pub fn probed(phase: sluice_coordinator::service::Phase) -> health::Phase {
+    phase.probed()
+}
+
 /// A service's phase as the probes show it.
 trait ProbedPhase: Copy + Send + Sync + 'static {
     fn probed(self) -> health::Phase;
@@ -294,7 +303,10 @@ impl ProbedPhase for sluice_worker::runtime::Phase {
     }
 }
 
-/// Probes that read the phase a service publishes on `watched`.
-fn probes_watching<P: ProbedPhase>(watched: tokio::sync::watch::Receiver<P>) -> health::Probes {
-    health::Probes::new(Arc::new(move || watched.borrow().probed()))
+/// Probes that read the phase a service publishes on `watched`, and serve `metrics`.
+fn probes_watching<P: ProbedPhase>(
+    watched: tokio::sync::watch::Receiver<P>,
+    metrics: prometheus_client::registry::Registry,
+) -> health::Probes {
+    health::Probes::new(Arc::new(move || watched.borrow().probed()), metrics)
 }

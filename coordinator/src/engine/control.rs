@@ -42,6 +42,7 @@ impl Run {
         self.held.clear();
         self.record.state = RunState::Cancelled;
         self.record.finished_at = Some(now);
+        self.note_run_finished();
         saves.push(Effect::SaveRun(Box::new(self.record.clone())));
         saves.push(Effect::Withdraw(self.record.id));
         saves.push(Effect::StopRun(self.record.id));

@@ -13,7 +13,7 @@ use super::lifecycle::blank_job;
 use super::transitions::{
     AttemptEnd, Transitions, WORKER_LOST, note_redelivery, record_found_later, record_late_attempt,
 };
-use super::{Effect, Ignored, Run, Spawned};
+use super::{Effect, Ignored, Observed, Run, Spawned};
 
 /// The worker named in the attempt history when JetStream, not a worker, ended an attempt.
 pub(super) const JETSTREAM_WORKER: &str = "jetstream";
@@ -171,6 +171,7 @@ impl Run {
         }
         let repeats_finished = !starts && report.started_at.is_some() && finished(job, report.attempt);
         if (starts || repeats_finished) && note_redelivery(job, report.attempt, report.worker) {
+            self.observed.push(Observed::Redelivered { path: path.to_owned() });
             return Ok(Some(vec![self.save(path)]));
         }
         if job.state.is_terminal() || job.state == JobState::Waiting {

@@ -144,6 +144,7 @@ impl Run {
             in_flight,
             in_flight_children,
             held: BTreeMap::new(),
+            observed: Vec::new(),
             #[cfg(debug_assertions)]
             inputs_unchecked: 0,
         };

@@ -31,11 +31,13 @@ mod control;
 mod events;
 mod invariants;
 mod lifecycle;
+mod observed;
 mod progress;
 mod spawned;
 mod transitions;
 mod trigger;
 
+pub use observed::{AttemptOutcome, Observed};
 pub use spawned::Spawned;
 
 /// Everything that can change a run, once it exists.
@@ -226,6 +228,8 @@ pub struct Run {
     /// by parent ("" for workflow jobs) so a full parent does not hold up the others.
     /// Entries of jobs no longer `blocked` are stale and dropped when reached.
     held: BTreeMap<String, VecDeque<String>>,
+    /// What happened since the shell last looked ([`Run::take_observed`]), for its metrics.
+    observed: Vec<Observed>,
     /// Inputs applied since the last [`Run::check_invariants`].
     #[cfg(debug_assertions)]
     inputs_unchecked: usize,
@@ -326,6 +330,11 @@ impl Run {
             .into_iter()
             .filter_map(move |path| self.jobs.get(&path))
             .filter(|job| job.state == JobState::Retrying)
+    }
+
+    /// The pool job `path` runs in.
+    pub fn pool_of(&self, path: &str) -> String {
+        if self.jobs.contains_key(path) { self.spec.pool_of(self.definition(path)) } else { String::new() }
     }
 
     /// The spec the run dispatches with.

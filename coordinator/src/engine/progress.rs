@@ -368,6 +368,7 @@ impl Run {
             [first, second, rest @ ..] => Some(format!("jobs `{first}`, `{second}` and {} more failed", rest.len())),
         };
         self.record.finished_at = Some(now);
+        self.note_run_finished();
         effects.push(Effect::SaveRun(Box::new(self.record.clone())));
     }
 }

@@ -757,6 +757,100 @@ fn a_rerun_whose_waiting_parent_needs_an_unfinished_job_is_refused() {
     );
 }
 
+/// The observations of a diamond whose `b` fails once, is retried, and succeeds; `c` is
+/// started by two workers (a redelivery); the run ends `succeeded` 10 s after it began.
+#[test]
+fn a_run_notes_each_attempt_end_first_start_job_end_and_its_own_end_once() {
+    let yaml = DIAMOND.replace("b: { run: noop, needs: [a] }", "b: { run: noop, needs: [a], pool: gpu }");
+    let (mut run, _) = start(&yaml);
+    assert!(run.take_observed().is_empty(), "starting notes nothing");
+    let a = event(&run, "a", 1, EventKind::Started, 1);
+    run.apply(ev(&a), at(1)).unwrap();
+    run.apply(ev(&event(&run, "a", 1, EventKind::Succeeded, 2)), at(2)).unwrap();
+    let noted = run.take_observed();
+    assert_eq!(
+        noted,
+        [
+            Observed::Started { path: "a".into(), waited: std::time::Duration::from_secs(1) },
+            Observed::AttemptEnded { path: "a".into(), outcome: AttemptOutcome::Succeeded },
+            Observed::JobFinished { path: "a".into(), state: JobState::Completed },
+        ]
+    );
+    assert!(run.take_observed().is_empty(), "taken once");
+    // b fails, another attempt follows; then it succeeds.
+    run.apply(ev(&event(&run, "b", 1, EventKind::Started, 3)), at(3)).unwrap();
+    let mut failure = event(&run, "b", 1, EventKind::Failed, 4);
+    failure.retry_at = Some(at(5));
+    run.apply(ev(&failure), at(4)).unwrap();
+    run.apply(ev(&event(&run, "b", 2, EventKind::Started, 5)), at(5)).unwrap();
+    run.apply(ev(&event(&run, "b", 2, EventKind::Succeeded, 6)), at(6)).unwrap();
+    // c is redelivered to a second worker while it runs; the repeat of its start changes nothing.
+    let c = event(&run, "c", 1, EventKind::Started, 3);
+    run.apply(ev(&c), at(3)).unwrap();
+    assert!(run.apply(ev(&c), at(3)).is_err());
+    let mut again = c.clone();
+    again.worker = "w2".into();
+    run.apply(ev(&again), at(4)).unwrap();
+    run.apply(ev(&event(&run, "c", 1, EventKind::Succeeded, 7)), at(7)).unwrap();
+    let noted = run.take_observed();
+    let ended = |path: &str| -> Vec<AttemptOutcome> {
+        noted
+            .iter()
+            .filter_map(|o| match o {
+                Observed::AttemptEnded { path: p, outcome } if p == path => Some(*outcome),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(ended("b"), [AttemptOutcome::Retrying, AttemptOutcome::Succeeded]);
+    assert_eq!(ended("c"), [AttemptOutcome::Succeeded]);
+    let starts = noted.iter().filter(|o| matches!(o, Observed::Started { .. })).count();
+    assert_eq!(starts, 2, "one first start each of b and c, none for b's retry: {noted:?}");
+    assert_eq!(noted.iter().filter(|o| matches!(o, Observed::Redelivered { path } if path == "c")).count(), 1);
+    assert_eq!(run.pool_of("b"), "gpu");
+    assert_eq!(run.pool_of("c"), "default");
+    run.apply(ev(&event(&run, "d", 1, EventKind::Started, 8)), at(8)).unwrap();
+    run.apply(ev(&event(&run, "d", 1, EventKind::Succeeded, 10)), at(10)).unwrap();
+    let noted = run.take_observed();
+    assert_eq!(
+        noted.last(),
+        Some(&Observed::RunFinished { state: RunState::Succeeded, took: std::time::Duration::from_secs(10) })
+    );
+    let finished = noted.iter().filter(|o| matches!(o, Observed::JobFinished { .. })).count();
+    assert_eq!(finished, 1, "d alone finished in these inputs");
+}
+
+#[test]
+fn a_cancel_notes_each_job_cancelled_and_the_run_cancelled_but_no_attempt() {
+    let (mut run, _) = start(DIAMOND);
+    run.apply(ev(&event(&run, "a", 1, EventKind::Started, 1)), at(1)).unwrap();
+    run.take_observed();
+    run.apply(Input::Cancel, at(3)).unwrap();
+    let noted = run.take_observed();
+    let cancelled =
+        noted.iter().filter(|o| matches!(o, Observed::JobFinished { state: JobState::Cancelled, .. })).count();
+    assert_eq!(cancelled, 4, "{noted:?}");
+    assert!(!noted.iter().any(|o| matches!(o, Observed::AttemptEnded { .. })), "{noted:?}");
+    assert_eq!(
+        noted.last(),
+        Some(&Observed::RunFinished { state: RunState::Cancelled, took: std::time::Duration::from_secs(3) })
+    );
+}
+
+#[test]
+fn a_final_failure_and_a_mark_are_told_apart() {
+    let (mut run, _) = start(FIXABLE);
+    run.apply(ev(&event(&run, "extract", 1, EventKind::Failed, 2)), at(2)).unwrap();
+    let noted = run.take_observed();
+    assert!(noted.contains(&Observed::AttemptEnded { path: "extract".into(), outcome: AttemptOutcome::Failed }));
+    assert!(noted.contains(&Observed::JobFinished { path: "extract".into(), state: JobState::Failed }));
+    let mark =
+        Input::Mark { job: "load".into(), as_: MarkAs::Succeeded, output: None, by: "u".into(), request_id: None };
+    let _ = run.apply(mark, at(3));
+    let noted = run.take_observed();
+    assert!(!noted.iter().any(|o| matches!(o, Observed::AttemptEnded { .. })), "a mark is no attempt: {noted:?}");
+}
+
 mod invariants;
 mod simulation;
 mod transitions;

@@ -7,7 +7,7 @@ use sluice_proto::messages::{REDELIVERIES_KEPT, bounded_found_later, bounded_wor
 use sluice_proto::spawn::parent_of;
 use sluice_proto::{AttemptRecord, EarlierAttempt, EventKind, JobRecord, JobState, Mark, MarkAs};
 
-use super::Run;
+use super::{Run, observed};
 
 /// The error of an attempt whose worker never reported its end: a later attempt of the job
 /// (or JetStream's last-delivery advisory) shows the worker stopped, so it is closed as lost.
@@ -371,6 +371,7 @@ impl Run {
         let old = job.state;
         let result = change(job);
         let new = job.state;
+        observed::of_transition(path, old, job, &mut self.observed);
         self.count_state_change(path, old, new);
         result
     }

@@ -199,6 +199,21 @@ fn retry(series: Series<'_>, nak_delay_max: Duration, now: DateTime<Utc>, rng: &
     }
 }
 
+/// How an attempt ended, as `sluice_worker_attempts_total` labels it; `None` for a job
+/// this worker does not read (nothing ran).
+pub(crate) fn outcome_label(ending: Ending, settlement: Settlement) -> Option<&'static str> {
+    Some(match ending {
+        Ending::Succeeded => "succeeded",
+        Ending::Stopped => "stopped",
+        Ending::HandedBack | Ending::Unreported => "handed_back",
+        Ending::NewerSchema => return None,
+        Ending::Failed { .. } | Ending::Undecodable | Ending::UnknownKind => match settlement {
+            Settlement::Nak { .. } | Settlement::ScheduleRetry { .. } => "retrying",
+            Settlement::Ack | Settlement::Term => "failed",
+        },
+    })
+}
+
 /// Settles an attempt of a job that was read: stores what a success hands on, decides,
 /// reports the outcome, then settles the message.
 async fn complete_read(shared: &Shared, reporter: &Reporter, message: &Message, outcome: Outcome) {
@@ -207,6 +222,10 @@ async fn complete_read(shared: &Shared, reporter: &Reporter, message: &Message, 
     let (ending, mut report) = describe(reporter, outcome).await;
     let series = Series::of(job, reporter.attempt);
     let settlement = settle(Some(series), ending, shared.config.nak_delay_max, now, &mut rand::rng());
+    if let Some(outcome) = outcome_label(ending, settlement) {
+        let took = (now - reporter.began()).to_std().unwrap_or_default();
+        shared.metrics.attempt_ended(&shared.config.pool, outcome, took);
+    }
     if !ending.is_reported() {
         if ending == Ending::Stopped {
             // The run was cancelled: the coordinator already wrote the job off.
@@ -421,6 +440,22 @@ mod tests {
             max: HumanDuration::from_secs(600),
             jitter: false,
         }
+    }
+
+    #[test]
+    fn each_ending_is_labelled_as_the_attempts_metric_counts_it() {
+        let now = now();
+        let nak = Settlement::Nak { delay: None, retry_at: now };
+        let later = Settlement::ScheduleRetry { at: now, delay: Duration::from_secs(60) };
+        let failed = Ending::Failed { retryable: true };
+        assert_eq!(outcome_label(Ending::Succeeded, Settlement::Ack), Some("succeeded"));
+        assert_eq!(outcome_label(failed, nak), Some("retrying"));
+        assert_eq!(outcome_label(failed, later), Some("retrying"));
+        assert_eq!(outcome_label(failed, Settlement::Term), Some("failed"));
+        assert_eq!(outcome_label(Ending::UnknownKind, Settlement::Term), Some("failed"));
+        assert_eq!(outcome_label(Ending::HandedBack, nak), Some("handed_back"));
+        assert_eq!(outcome_label(Ending::Stopped, Settlement::Ack), Some("stopped"));
+        assert_eq!(outcome_label(Ending::NewerSchema, nak), None, "nothing ran");
     }
 
     fn settle_with(policy: &RetryPolicy, attempt: u32, ending: Ending, seed: u64) -> Settlement {

@@ -53,6 +53,7 @@ pub use crate::config::{NAK_DELAY_MAX_DEFAULT, WorkerConfig, default_prefetch};
 pub use crate::error::WorkerError;
 pub use crate::limits::CONCURRENCY_MAX;
 use crate::limits::{CONSUMER_OPEN_RETRY_PAUSE_MS, PROGRESS_INTERVAL_MIN_MS};
+use crate::metrics::Metrics;
 use crate::nats::{declared_pools, pool_consumer};
 use crate::registry::Registry;
 use crate::stops::RunStops;
@@ -99,12 +100,19 @@ pub struct Control {
     pub hurry: CancellationToken,
     /// Where the worker says what it is doing.
     pub phase: watch::Sender<Phase>,
+    /// Where it counts what it runs (unregistered by default).
+    pub metrics: Metrics,
 }
 
 impl Control {
     /// Steered by `shutdown` alone.
     pub fn new(shutdown: CancellationToken) -> Self {
-        Self { shutdown, hurry: CancellationToken::new(), phase: watch::channel(Phase::Opening).0 }
+        Self {
+            shutdown,
+            hurry: CancellationToken::new(),
+            phase: watch::channel(Phase::Opening).0,
+            metrics: Metrics::default(),
+        }
     }
 }
 
@@ -133,6 +141,7 @@ struct Shared {
     /// Whether the last job to finish was short: only then are jobs fetched ahead. Set by
     /// executors when a job ends; cleared by the producer when a fetched job waits too long.
     short_jobs: AtomicBool,
+    metrics: Metrics,
 }
 
 /// Pulls and runs jobs of `config.pool` until `shutdown` is cancelled, then drains.
@@ -179,6 +188,7 @@ async fn run_controlled(
     let progress_interval = (ack_wait / 3).max(Duration::from_millis(PROGRESS_INTERVAL_MIN_MS));
     tracing::info!(pool = %config.pool, concurrency = config.concurrency, kinds = ?kinds, worker = %config.worker_id, ack_wait_ms = ack_wait.as_millis() as u64, "worker ready");
     let slots = Arc::new(Semaphore::new(config.concurrency));
+    control.metrics.track_slots(&config.pool, &slots, config.concurrency);
     let announcer = Announcer::new(opened.workers.clone(), &config, kinds, slots.clone(), control.phase.clone());
     let batcher = Batcher::start(js.clone(), &config.pool, &config.worker_id);
     let shared = Arc::new(Shared {
@@ -194,6 +204,7 @@ async fn run_controlled(
         held: HeldJobs::default(),
         workers: opened.workers,
         short_jobs: AtomicBool::new(false),
+        metrics: control.metrics.clone(),
     });
     let stop_announcing = CancellationToken::new();
     let announcing = tokio::spawn(announcer.run(stop_announcing.clone()));

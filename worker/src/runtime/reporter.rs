@@ -63,6 +63,11 @@ impl Reporter {
         Self { shared, job, attempt, slot, started, began: Utc::now(), earlier, _holding: holding }
     }
 
+    /// When this attempt began here.
+    pub(crate) fn began(&self) -> DateTime<Utc> {
+        self.began
+    }
+
     /// Gives the slot back (once the work is done: settling does not hold a slot).
     pub(crate) fn free_slot(&self) {
         drop(self.slot.lock().unwrap_or_else(PoisonError::into_inner).take());
