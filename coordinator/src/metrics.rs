@@ -283,6 +283,47 @@ impl AttemptOutcome {
     }
 }
 
+/// The kind of a metric family, for the sample names it exposes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every family [`Metrics::register`] registers (the test below holds them to the same).
+pub const FAMILIES: [(&str, Kind); 15] = [
+    ("sluice_jobs_finished", Kind::Counter),
+    ("sluice_job_attempts", Kind::Counter),
+    ("sluice_job_redeliveries", Kind::Counter),
+    ("sluice_dead_letters", Kind::Counter),
+    ("sluice_runs_started", Kind::Counter),
+    ("sluice_runs_finished", Kind::Counter),
+    ("sluice_runs_active", Kind::Gauge),
+    ("sluice_run_duration_seconds", Kind::Histogram),
+    ("sluice_dispatch_latency_seconds", Kind::Histogram),
+    ("sluice_pool_queue_lag", Kind::Gauge),
+    ("sluice_pool_ack_pending", Kind::Gauge),
+    ("sluice_engine_apply_seconds", Kind::Histogram),
+    ("sluice_kv_write_seconds", Kind::Histogram),
+    ("sluice_coordinator_leader", Kind::Gauge),
+    ("sluice_coordinator_terms", Kind::Counter),
+];
+
+/// The sample names a family of `kind` exposes in Prometheus text (what queries name).
+pub fn series_of(name: &str, kind: Kind) -> Vec<String> {
+    match kind {
+        Kind::Counter => vec![format!("{name}_total")],
+        Kind::Gauge => vec![name.to_owned()],
+        Kind::Histogram => ["_bucket", "_sum", "_count"].iter().map(|suffix| format!("{name}{suffix}")).collect(),
+    }
+}
+
+/// Every sample name of a coordinator's metrics.
+pub fn series() -> Vec<String> {
+    FAMILIES.iter().flat_map(|(name, kind)| series_of(name, *kind)).collect()
+}
+
 /// How often the leader reads each pool's consumer for [`Metrics::pool_queue`]: scrapes
 /// between two reads see the cached values.
 pub const POOL_QUEUE_REFRESH: Duration = Duration::from_secs(5);
@@ -321,5 +362,108 @@ pub async fn watch_pools(
             }
         }
         known = pools;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use chrono::TimeZone;
+    use sluice_proto::{EventKind, JobEvent, RunId, Window, WorkflowSpec};
+
+    use super::*;
+    use crate::engine::NewRun;
+
+    const YAML: &str = "name: m\njobs:\n  a: { run: noop, pool: gpu }\n  b: { run: noop, needs: [a] }\n";
+
+    fn at(second: i64) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 3, 1, 0, 0, 0).unwrap() + chrono::Duration::seconds(second)
+    }
+
+    fn new_run() -> NewRun {
+        let zone = sluice_proto::window::parse_zone("UTC").unwrap();
+        NewRun {
+            id: RunId::new(),
+            spec: WorkflowSpec::parse(YAML).unwrap(),
+            spec_yaml: YAML.to_owned(),
+            spec_hash: WorkflowSpec::hash(YAML),
+            window: Window::parse("2024-02-29", zone, at(0)).unwrap(),
+            params: BTreeMap::new(),
+            idempotency_key: None,
+            origin: sluice_proto::messages::ORIGIN_MANUAL.into(),
+            traceparent: None,
+            tracestate: None,
+        }
+    }
+
+    fn text(registry: &Registry) -> String {
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, registry).unwrap();
+        text
+    }
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    /// A run of `a` (pool gpu: failed once, retried, redelivered, succeeded) and `b`.
+    #[test]
+    fn a_runs_inputs_are_counted_by_pool_and_every_family_is_listed() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let (mut run, _) = Run::start(new_run(), at(0));
+        metrics.run_started();
+        metrics.take_from(&mut run);
+        let event = |run: &Run, job: &str, attempt: u32, kind: EventKind, second: i64| {
+            JobEvent::new(run.id(), job, attempt, 0, kind, "w1", at(second))
+        };
+        let mut inputs = vec![event(&run, "a", 1, EventKind::Started, 2)];
+        let mut failed = event(&run, "a", 1, EventKind::Failed, 3);
+        failed.retry_at = Some(at(4));
+        inputs.push(failed);
+        inputs.push(event(&run, "a", 2, EventKind::Started, 4));
+        let mut elsewhere = event(&run, "a", 2, EventKind::Started, 5);
+        elsewhere.worker = "w2".into();
+        inputs.push(elsewhere);
+        inputs.push(event(&run, "a", 2, EventKind::Succeeded, 6));
+        inputs.push(event(&run, "b", 1, EventKind::Started, 6));
+        inputs.push(event(&run, "b", 1, EventKind::Succeeded, 10));
+        for input in inputs {
+            metrics.apply(&mut run, Input::Event(input), at(10)).unwrap();
+        }
+        metrics.dead_lettered("gpu");
+        metrics.written_in(Duration::from_millis(2));
+        metrics.leading(true);
+        metrics.pool_queue("gpu", 3, 1);
+        metrics.set_runs_active(1);
+        let text = text(&registry);
+        for (series, expected) in [
+            (r#"sluice_jobs_finished_total{pool="gpu",state="completed"}"#, 1.0),
+            (r#"sluice_jobs_finished_total{pool="default",state="completed"}"#, 1.0),
+            (r#"sluice_job_attempts_total{pool="gpu",outcome="retrying"}"#, 1.0),
+            (r#"sluice_job_attempts_total{pool="gpu",outcome="succeeded"}"#, 1.0),
+            (r#"sluice_job_redeliveries_total{pool="gpu"}"#, 1.0),
+            (r#"sluice_dispatch_latency_seconds_count{pool="gpu"}"#, 1.0),
+            (r#"sluice_dispatch_latency_seconds_sum{pool="gpu"}"#, 2.0),
+            (r#"sluice_runs_finished_total{state="succeeded"}"#, 1.0),
+            (r#"sluice_run_duration_seconds_sum{state="succeeded"}"#, 10.0),
+            ("sluice_engine_apply_seconds_count", 7.0),
+            (r#"sluice_pool_queue_lag{pool="gpu"}"#, 3.0),
+            ("sluice_coordinator_terms_total", 1.0),
+        ] {
+            assert_eq!(sample(&text, series), Some(expected), "{series} in\n{text}");
+        }
+        let typed: BTreeSet<String> =
+            text.lines().filter_map(|line| Some(line.strip_prefix("# TYPE ")?.split(' ').next()?.to_owned())).collect();
+        let listed: BTreeSet<String> = FAMILIES
+            .iter()
+            .map(|(name, kind)| if *kind == Kind::Counter { format!("{name}_total") } else { (*name).to_owned() })
+            .collect();
+        assert_eq!(typed, listed, "FAMILIES lists exactly what is registered");
+        metrics.leading(false);
+        let standing = super::tests::text(&registry);
+        assert_eq!(sample(&standing, r#"sluice_pool_queue_lag{pool="gpu"}"#), None, "a standby reports no pools");
+        assert_eq!(sample(&standing, "sluice_coordinator_leader"), Some(0.0));
     }
 }

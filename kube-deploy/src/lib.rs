@@ -4,6 +4,7 @@
 //! `sluice`). Rendering is pure; [`apply`] is the only part that talks to a cluster.
 
 pub mod apply;
+pub mod dashboard;
 pub mod keda;
 pub mod layout;
 pub mod render;

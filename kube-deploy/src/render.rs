@@ -125,6 +125,7 @@ pub fn objects(values: &Values) -> Result<Vec<Object>, RenderError> {
     out.push(Object::new(&service_account(ns, "sluice-coordinator")));
     out.push(Object::new(&coordinator_deployment(values)));
     out.push(Object::new(&pdb(ns, "sluice-coordinator", labels("coordinator", None))));
+    out.push(Object::new(&dashboard_config_map(ns)));
     out.push(Object::new(&service_account(ns, "sluice-declare-pools")));
     out.push(Object::new(&declare_pools_job(values)));
 
@@ -332,6 +333,19 @@ fn nats_config(values: &Values) -> Result<ConfigMap, RenderError> {
         data: Some(BTreeMap::from([("nats.conf".to_owned(), text)])),
         ..ConfigMap::default()
     })
+}
+
+/// The Grafana dashboard ([`crate::dashboard`]), for Grafana's dashboard sidecar (it loads
+/// ConfigMaps labelled `grafana_dashboard: "1"` from any namespace it watches).
+fn dashboard_config_map(ns: &str) -> ConfigMap {
+    let mut labels = labels("dashboard", None);
+    labels.insert("grafana_dashboard".to_owned(), "1".to_owned());
+    let text = serde_json::to_string_pretty(&crate::dashboard::dashboard()).unwrap_or_default();
+    ConfigMap {
+        metadata: meta(Some(ns), "sluice-grafana-dashboard", labels),
+        data: Some(BTreeMap::from([("sluice.json".to_owned(), text)])),
+        ..ConfigMap::default()
+    }
 }
 
 fn service_port(name: &str, number: i32) -> ServicePort {

@@ -228,3 +228,42 @@ fn no_secret_value_is_rendered() {
         assert!(!text.contains("\"SU"), "{}: an nkey seed?", object.describe());
     }
 }
+
+/// The sample names the coordinator and the worker expose.
+fn exposed_metric_names() -> std::collections::BTreeSet<String> {
+    let mut names: std::collections::BTreeSet<String> = sluice_coordinator::metrics::series().into_iter().collect();
+    names.extend(sluice_worker::metrics::SERIES.iter().map(|name| (*name).to_owned()));
+    names
+}
+
+#[test]
+fn the_dashboard_queries_only_metrics_sluice_exposes_and_ships_in_every_overlay() {
+    let exposed = exposed_metric_names();
+    assert!(exposed.contains("sluice_jobs_finished_total"), "{exposed:?}");
+    let mut used = std::collections::BTreeSet::new();
+    for expr in sluice_deploy::dashboard::queries() {
+        let mut rest = expr;
+        while let Some(at) = rest.find("sluice_") {
+            let name: String =
+                rest[at..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+            assert!(exposed.contains(&name), "`{name}` in `{expr}` is no metric Sluice exposes: {exposed:?}");
+            used.insert(name.clone());
+            rest = &rest[at + name.len()..];
+        }
+    }
+    for needed in [
+        "sluice_jobs_finished_total",
+        "sluice_dispatch_latency_seconds_bucket",
+        "sluice_pool_queue_lag",
+        "sluice_dead_letters_total",
+        "sluice_coordinator_leader",
+    ] {
+        assert!(used.contains(needed), "the dashboard shows {needed}");
+    }
+    let (_, objects) = prod();
+    let config_map = find(&objects, "ConfigMap", "sluice-grafana-dashboard");
+    assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let model: Value = serde_json::from_str(config_map["data"]["sluice.json"].as_str().unwrap()).unwrap();
+    assert_eq!(model, sluice_deploy::dashboard::dashboard());
+    assert_eq!(model["panels"].as_array().unwrap().len(), 8);
+}

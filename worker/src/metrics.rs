@@ -31,6 +31,17 @@ pub struct PoolOutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// Every sample name the worker's metrics expose in Prometheus text (what queries name; the
+/// test below holds it to what is registered).
+pub const SERIES: [&str; 6] = [
+    "sluice_worker_attempts_total",
+    "sluice_worker_attempt_duration_seconds_bucket",
+    "sluice_worker_attempt_duration_seconds_sum",
+    "sluice_worker_attempt_duration_seconds_count",
+    "sluice_worker_slots",
+    "sluice_worker_slots_busy",
+];
+
 /// Every metric of the workers of a process. Cheap to clone; unregistered by default.
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -190,5 +201,11 @@ mod tests {
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing from\n{text}");
         }
+        let exposed: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter_map(|line| line.split(['{', ' ']).next())
+            .collect();
+        assert_eq!(exposed, SERIES.into_iter().collect(), "SERIES lists exactly what is exposed");
     }
 }
