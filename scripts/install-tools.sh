@@ -47,6 +47,16 @@ if [ ! -f ".tools/dist/.built-$wheel_sum" ]; then
   touch ".tools/dist/.built-$wheel_sum"
 fi
 
+# A Python exec job's own spans (cli/tests/traces.rs): the OpenTelemetry SDK and its
+# OTLP/HTTP exporter, reading TRACEPARENT.
+OTEL_PY_VERSION=1.45.2
+otel_stamp="$venv/.installed-opentelemetry-$OTEL_PY_VERSION"
+if [ ! -f "$otel_stamp" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "opentelemetry-sdk==$OTEL_PY_VERSION" \
+    "opentelemetry-exporter-otlp-proto-http==$OTEL_PY_VERSION"
+  touch "$otel_stamp"
+fi
+
 # Manifest validation (sluice-deploy's tests): PyPI kubernetes-validate (Kubernetes schemas,
 # --strict -k 1.33) into the same venv, and npm @kubernetes-models/keda (KEDA's schemas) into
 # .tools/node from the pinned lock file in scripts/validate/.

@@ -16,6 +16,7 @@ mod commands;
 mod follow;
 mod health;
 mod output;
+mod telemetry;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -46,14 +46,27 @@ pub async fn is_set_up(js: &jetstream::Context) -> Result<bool, ClientError> {
 
 /// Publishes a submission and waits until JetStream stores it. `dedup_id` becomes its
 /// `Nats-Msg-Id`; returns the stored sequence and whether JetStream already had that id.
+/// The run's trace starts at the run ([`submit_traced`] continues a caller's).
 pub async fn submit(
     js: &jetstream::Context,
     submission: &Submission,
     dedup_id: &str,
 ) -> Result<(u64, bool), ClientError> {
+    submit_traced(js, submission, dedup_id, None).await
+}
+
+/// [`submit`], the run's span a child of `traceparent`'s span (the caller's trace).
+pub async fn submit_traced(
+    js: &jetstream::Context,
+    submission: &Submission,
+    dedup_id: &str,
+    traceparent: Option<&TraceParent>,
+) -> Result<(u64, bool), ClientError> {
     let mut headers = HeaderMap::new();
     headers.insert(names::HEADER_MSG_ID, dedup_id);
-    headers.insert(names::HEADER_TRACEPARENT, TraceParent::new_root(&mut rand::rng()).to_string().as_str());
+    if let Some(parent) = traceparent {
+        headers.insert(names::HEADER_TRACEPARENT, parent.to_string().as_str());
+    }
     let what = format!("the submission of run {}", submission.run_id);
     let payload = encode(submission)?;
     // Said here, naming the sizes, rather than as the client's bare "max payload exceeded".

@@ -7,7 +7,6 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use rand::Rng;
 use sluice_proto::{DeadLetter, JobMessage, RunId, RunRecord, TraceParent, encode, names};
 
 use crate::error::{NatsContext, ServiceError};
@@ -30,12 +29,11 @@ pub async fn publish_jobs(
     js: &jetstream::Context,
     jobs: &[(&JobMessage, &RunRecord)],
     pools: &PoolFacts,
-    rng: &mut (impl Rng + Send),
 ) -> Result<usize, ServiceError> {
     let mut outgoing = Vec::with_capacity(jobs.len());
     for &(message, run) in jobs {
         let attempt = message.attempt_offset + 1;
-        let mut headers = job_headers(message, run, rng);
+        let mut headers = job_headers(message, run);
         headers.insert(
             names::HEADER_MSG_ID,
             names::dispatch_id(&message.run_id, &message.job, attempt, message.generation).as_str(),
@@ -58,12 +56,11 @@ pub async fn publish_retries(
     js: &jetstream::Context,
     retries: &[(&JobMessage, &RunRecord, DateTime<Utc>)],
     pools: &PoolFacts,
-    rng: &mut (impl Rng + Send),
 ) -> Result<usize, ServiceError> {
     let mut outgoing = Vec::with_capacity(retries.len());
     for &(message, run, at) in retries {
         let attempt = message.attempt_offset + 1;
-        let mut headers = job_headers(message, run, rng);
+        let mut headers = job_headers(message, run);
         headers.insert(
             names::HEADER_MSG_ID,
             names::retry_id(&message.run_id, &message.job, attempt, message.generation).as_str(),
@@ -91,14 +88,16 @@ pub fn schedule_at(at: DateTime<Utc>) -> String {
 }
 
 /// The headers every job message carries (its dedup id aside): run, job, generation and
-/// attempt offset, and a child of the run's trace context.
-fn job_headers(message: &JobMessage, run: &RunRecord, rng: &mut (impl Rng + Send)) -> HeaderMap {
+/// attempt offset, and the run's trace at the job's span (derived: the job's span, emitted
+/// from its record when it ends, is the parent of every attempt's span).
+fn job_headers(message: &JobMessage, run: &RunRecord) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, value) in names::job_headers(&message.run_id, &message.job, message.generation, message.attempt_offset) {
         headers.insert(name, value.as_ref());
     }
     if let Some(parent) = run.traceparent.as_deref().and_then(TraceParent::parse) {
-        headers.insert(names::HEADER_TRACEPARENT, parent.child(rng).to_string().as_str());
+        let span = sluice_proto::trace::job_span_id(&message.run_id.to_string(), &message.job, message.generation);
+        headers.insert(names::HEADER_TRACEPARENT, parent.at(span).to_string().as_str());
         if let Some(state) = &run.tracestate {
             headers.insert(names::HEADER_TRACESTATE, state.as_str());
         }

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod pools;
 pub mod service;
+pub mod spans;
 pub mod spawns;
 pub mod specs;
 pub mod storage;

@@ -1,12 +1,14 @@
 //! The coordinator's Prometheus metrics (`sluice_…`), counted by the shell from what the
-//! engine noted ([`Observed`]) and from what the outbox carried out.
+//! engine noted ([`Observed`]) and from what the outbox carried out; and, given a
+//! [`SpanSink`], the spans of runs and jobs as they end ([`crate::spans`]).
 //!
 //! Labels are bounded: a pool (declared by an operator), a state or an outcome, never a
 //! run id, a job path or a date. Pool gauges (lag, ack pending) are set by the leading
 //! coordinator only and cleared when it steps down, so sums over coordinators do not count
 //! a pool twice.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -18,7 +20,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
+use sluice_proto::RunId;
+use sluice_proto::trace::SpanSink;
+
 use crate::engine::{AttemptOutcome, Effect, Input, NotApplied, Observed, Run};
+use crate::spans;
 
 /// Upper bounds of the run duration histogram, in seconds: a second to a day.
 pub const RUN_DURATION_BUCKETS_S: [f64; 12] =
@@ -62,6 +68,22 @@ type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 #[derive(Clone, Debug)]
 pub struct Metrics {
     inner: Arc<Inner>,
+    spans: Option<Arc<Spans>>,
+}
+
+/// Where run and job spans go, and how many children of a parent get their own.
+#[derive(Debug)]
+struct Spans {
+    sink: Arc<dyn SpanSink>,
+    child_spans_max: usize,
+    /// Per (run, parent): children with spans so far, and the rest's final states.
+    children: Mutex<HashMap<(RunId, String), Tally>>,
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    with_spans: usize,
+    rest: BTreeMap<&'static str, u32>,
 }
 
 #[derive(Debug)]
@@ -111,6 +133,7 @@ impl Default for Metrics {
                 leader: Gauge::default(),
                 terms: Counter::default(),
             }),
+            spans: None,
         }
     }
 }
@@ -192,9 +215,19 @@ impl Metrics {
         applied
     }
 
+    /// The same metrics, also emitting run and job spans to `sink`, with spans of their own
+    /// for the first `child_spans_max` children of each parent to end.
+    pub fn with_spans(self, sink: Arc<dyn SpanSink>, child_spans_max: usize) -> Self {
+        let spans = Spans { sink, child_spans_max, children: Mutex::new(HashMap::new()) };
+        Self { spans: Some(Arc::new(spans)), ..self }
+    }
+
     /// Counts what `run` noted since the last call and empties its notes.
     pub fn take_from(&self, run: &mut Run) {
         for observed in run.take_observed() {
+            if let Some(spans) = &self.spans {
+                spans.emit(run, &observed);
+            }
             self.count(run, observed);
         }
     }
@@ -279,6 +312,42 @@ impl AttemptOutcome {
             Self::Succeeded => "succeeded",
             Self::Retrying => "retrying",
             Self::Failed => "failed",
+        }
+    }
+}
+
+impl Spans {
+    fn emit(&self, run: &Run, observed: &Observed) {
+        match observed {
+            Observed::JobFinished { path, state } => {
+                let key = |parent: &str| (run.id(), parent.to_owned());
+                let mut children = self.children.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(parent) = sluice_proto::spawn::parent_of(path) {
+                    let tally = children.entry(key(parent)).or_default();
+                    if tally.with_spans >= self.child_spans_max {
+                        *tally.rest.entry(state.as_str()).or_default() += 1;
+                        return;
+                    }
+                    tally.with_spans += 1;
+                }
+                // A parent that ends has no more children to count.
+                let summary = children.remove(&key(path)).filter(|tally| !tally.rest.is_empty());
+                drop(children);
+                if let Some(span) = spans::job_span(run, path) {
+                    self.sink.emit(span);
+                }
+                if let Some(span) = summary.and_then(|tally| spans::children_summary(run, path, &tally.rest)) {
+                    self.sink.emit(span);
+                }
+            }
+            Observed::RunFinished { .. } => {
+                let id = run.id();
+                self.children.lock().unwrap_or_else(PoisonError::into_inner).retain(|(run_id, _), _| *run_id != id);
+                if let Some(span) = spans::run_span(run.record()) {
+                    self.sink.emit(span);
+                }
+            }
+            _ => {}
         }
     }
 }

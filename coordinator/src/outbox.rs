@@ -29,7 +29,7 @@ pub struct Outbox {
     /// jobs are dispatched at it, so workers not yet upgraded can read them; and each
     /// pool's max timeout (from the pool records), which caps its jobs' timeouts.
     pub pools: PoolFacts,
-    /// Trace span ids of dispatches.
+    /// Trace ids of runs whose submitter sent none.
     pub rng: StdRng,
     /// What is counted of the effects carried out (and of the engine's inputs).
     pub metrics: Metrics,
@@ -117,7 +117,7 @@ impl Outbox {
             .iter()
             .filter_map(|(message, at)| Some((message, active.get(&message.run_id)?.record(), *at)))
             .collect();
-        publish_retries(&self.js, &batch, &self.pools, &mut self.rng).await?;
+        publish_retries(&self.js, &batch, &self.pools).await?;
         Ok(())
     }
 
@@ -129,7 +129,7 @@ impl Outbox {
     ) -> Result<(), ServiceError> {
         let batch: Vec<_> =
             messages.iter().filter_map(|message| Some((message, active.get(&message.run_id)?.record()))).collect();
-        publish_jobs(&self.js, &batch, &self.pools, &mut self.rng).await?;
+        publish_jobs(&self.js, &batch, &self.pools).await?;
         Ok(())
     }
 }

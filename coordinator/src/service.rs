@@ -39,6 +39,7 @@ use crate::store::{self, saves_of};
 use crate::timekeeper;
 use crate::topology::{self, Topology};
 use sluice_client::stores;
+use sluice_proto::trace;
 
 /// Times a control request is redone from a fresh read when its revision-checked write
 /// loses to another (then the term restarts, and the request is delivered again).
@@ -480,18 +481,23 @@ impl Coordinator {
     }
 
     async fn handle_submission(&mut self, topology: &Topology, message: Message) -> Result<(), ServiceError> {
-        let traceparent = header(&message, names::HEADER_TRACEPARENT)
-            .and_then(|text| TraceParent::parse(&text))
-            .unwrap_or_else(|| TraceParent::new_root(&mut self.outbox.rng));
+        let submitted = header(&message, names::HEADER_TRACEPARENT).and_then(|text| TraceParent::parse(&text));
         let tracestate = header(&message, names::HEADER_TRACESTATE);
-        let run_id = match intake::check(&message.payload, Some(traceparent.to_string()), tracestate, Utc::now()) {
+        let checked =
+            intake::check(&message.payload, submitted.map(|parent| parent.to_string()), tracestate, Utc::now());
+        let run_id = match checked {
             Err(rejection) => {
                 let run_id = rejection.run_id;
                 self.reject(rejection).await?;
                 run_id
             }
-            Ok(new) => {
+            Ok(mut new) => {
                 let id = new.id;
+                // The run's span is the trace's root unless the submitter's span is its parent.
+                let traceparent = submitted.unwrap_or_else(|| {
+                    TraceParent::new_root(&mut self.outbox.rng).at(trace::run_span_id(&id.to_string()))
+                });
+                new.traceparent = Some(traceparent.to_string());
                 if let Err(reason) = intake::check_pools(&new.spec, &self.pools) {
                     self.reject(rejection_for(id, &new.spec.name, reason, message.payload.len())).await?;
                 } else if let Some(existing) = self.claim_idempotency_key(topology, &new).await? {

@@ -61,6 +61,110 @@ impl fmt::Display for TraceParent {
     }
 }
 
+impl TraceParent {
+    /// The same trace, at span `span_id` (what a process hands on as the parent of what it
+    /// starts under that span).
+    pub fn at(&self, span_id: [u8; 8]) -> Self {
+        Self { span_id, ..*self }
+    }
+}
+
+/// A span id derived from `parts`: the same in every process and every release, so a span
+/// emitted long after its parent's process is gone (a job's, from its record) still nests
+/// under it, and a child can name its parent's span without asking anyone.
+pub fn derived_span_id(parts: &[&[u8]]) -> [u8; 8] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"sluice-span");
+    for part in parts {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    let digest = hash.finalize();
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&digest[..8]);
+    if id == [0; 8] {
+        id[7] = 1;
+    }
+    id
+}
+
+/// The span of a run (its root, or under the submitter's span).
+pub fn run_span_id(run_id: &str) -> [u8; 8] {
+    derived_span_id(&[b"run", run_id.as_bytes()])
+}
+
+/// The span of one generation of a job (`path`: `extract`, or `fan.child-7`).
+pub fn job_span_id(run_id: &str, path: &str, generation: u32) -> [u8; 8] {
+    derived_span_id(&[b"job", run_id.as_bytes(), path.as_bytes(), &generation.to_be_bytes()])
+}
+
+/// The span summarising a parent's children beyond those with spans of their own.
+pub fn children_span_id(run_id: &str, parent: &str, generation: u32) -> [u8; 8] {
+    derived_span_id(&[b"children", run_id.as_bytes(), parent.as_bytes(), &generation.to_be_bytes()])
+}
+
+/// A span attribute's value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttributeValue {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+}
+
+impl From<&str> for AttributeValue {
+    fn from(text: &str) -> Self {
+        Self::Text(text.to_owned())
+    }
+}
+
+impl From<String> for AttributeValue {
+    fn from(text: String) -> Self {
+        Self::Text(text)
+    }
+}
+
+impl From<i64> for AttributeValue {
+    fn from(value: i64) -> Self {
+        Self::Int(value)
+    }
+}
+
+impl From<u32> for AttributeValue {
+    fn from(value: u32) -> Self {
+        Self::Int(i64::from(value))
+    }
+}
+
+impl From<bool> for AttributeValue {
+    fn from(value: bool) -> Self {
+        Self::Bool(value)
+    }
+}
+
+/// A finished span, as Sluice's libraries describe it: plain data, handed to a
+/// [`SpanSink`]; the binary that exports (OTLP) turns it into its exporter's type.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Span {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    /// `None` for a trace's root.
+    pub parent_span_id: Option<[u8; 8]>,
+    pub name: String,
+    pub start: chrono::DateTime<chrono::Utc>,
+    pub end: chrono::DateTime<chrono::Utc>,
+    /// `sluice.*` attributes, in a fixed order.
+    pub attributes: Vec<(&'static str, AttributeValue)>,
+    /// Set when what the span stands for failed: the span's status is an error with it.
+    pub error: Option<String>,
+}
+
+/// Where finished spans go. `emit` must not block: an exporter queues them (and drops,
+/// counting, when its queue is full).
+pub trait SpanSink: Send + Sync + fmt::Debug {
+    fn emit(&self, span: Span);
+}
+
 fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
@@ -92,6 +196,28 @@ mod tests {
         assert_eq!(child.trace_id, root.trace_id);
         assert_ne!(child.span_id, root.span_id);
         assert_eq!(TraceParent::parse(&child.to_string()), Some(child));
+    }
+
+    #[test]
+    fn derived_span_ids_are_stable_distinct_and_never_zero() {
+        let run = "0190a4b2-0000-7000-8000-000000000001";
+        assert_eq!(job_span_id(run, "a", 0), job_span_id(run, "a", 0), "the same in every process");
+        let ids = [
+            run_span_id(run),
+            job_span_id(run, "a", 0),
+            job_span_id(run, "a", 1),
+            job_span_id(run, "b", 0),
+            children_span_id(run, "a", 0),
+            job_span_id("another", "a", 0),
+        ];
+        for (i, id) in ids.iter().enumerate() {
+            assert_ne!(*id, [0; 8]);
+            assert!(ids[i + 1..].iter().all(|other| other != id), "{i}: {ids:?}");
+        }
+        // Length-prefixed: ("ab", "c") and ("a", "bc") differ.
+        assert_ne!(derived_span_id(&[b"ab", b"c"]), derived_span_id(&[b"a", b"bc"]));
+        // Pinned: a change here would split the traces of runs started before an upgrade.
+        assert_eq!(hex_encode(&run_span_id(run)), "ce7cda154eb602ee");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
+use sluice_proto::trace::SpanSink;
 use tokio::sync::Semaphore;
 
 /// Upper bounds of the attempt duration histogram, in seconds: a millisecond to a day.
@@ -46,6 +47,8 @@ pub const SERIES: [&str; 6] = [
 #[derive(Clone, Debug)]
 pub struct Metrics {
     inner: Arc<Inner>,
+    /// Where attempt spans go (none: no spans).
+    spans: Option<Arc<dyn SpanSink>>,
 }
 
 #[derive(Debug)]
@@ -67,6 +70,7 @@ impl Default for Metrics {
                 attempt_duration: Family::new_with_constructor(attempt_duration_histogram),
                 slots: Arc::new(Slots::default()),
             }),
+            spans: None,
         }
     }
 }
@@ -89,6 +93,16 @@ impl Metrics {
         );
         registry.register_collector(Box::new(m.slots.clone()));
         metrics
+    }
+
+    /// The same metrics, also emitting each attempt's span to `sink` when it ends.
+    pub fn with_spans(self, sink: Arc<dyn SpanSink>) -> Self {
+        Self { spans: Some(sink), ..self }
+    }
+
+    /// Where attempt spans go, if anywhere.
+    pub fn spans(&self) -> Option<&Arc<dyn SpanSink>> {
+        self.spans.as_ref()
     }
 
     /// An attempt of a `pool` job ended with `outcome` after `took`.

@@ -116,11 +116,16 @@ async fn with_stack(
     sluice_coordinator::topology::ensure(&js).await?;
     let shutdown = on_signal();
     let mut registry = prometheus_client::registry::Registry::default();
-    let settings = sluice_coordinator::service::Settings {
-        metrics: sluice_coordinator::metrics::Metrics::register(&mut registry),
-        ..Default::default()
-    };
-    let worker_metrics = sluice_worker::metrics::Metrics::register(&mut registry);
+    // Traces like production when OTEL_EXPORTER_OTLP_ENDPOINT (or …_TRACES_ENDPOINT) is set.
+    let exporting = super::serve::exporter("sluice-dev", &mut registry)?;
+    let mut metrics = sluice_coordinator::metrics::Metrics::register(&mut registry);
+    let mut worker_metrics = sluice_worker::metrics::Metrics::register(&mut registry);
+    if let Some((sink, _)) = &exporting {
+        outln!("traces        exported over OTLP/HTTP (OTEL_* variables)")?;
+        metrics = metrics.with_spans(sink.clone(), sluice_coordinator::spans::CHILD_SPANS_PER_PARENT_DEFAULT);
+        worker_metrics = worker_metrics.with_spans(sink.clone());
+    }
+    let settings = sluice_coordinator::service::Settings { metrics, ..Default::default() };
     let (phase, watched) = tokio::sync::watch::channel(sluice_coordinator::service::Phase::Starting);
     let probes =
         crate::health::Probes::new(std::sync::Arc::new(move || super::serve::probed(*watched.borrow())), registry);

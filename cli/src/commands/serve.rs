@@ -124,6 +124,10 @@ pub struct CoordinatorArgs {
     /// goes, even while its run runs.
     #[arg(long, value_name = "DURATION")]
     pub history_max_age: Option<HumanDuration>,
+    /// Children of one parent that get trace spans of their own; the rest of a parent's
+    /// children are summarised in one span with counts.
+    #[arg(long, value_name = "N", default_value_t = sluice_coordinator::spans::CHILD_SPANS_PER_PARENT_DEFAULT)]
+    pub trace_child_spans: usize,
     #[command(flatten)]
     pub metrics: MetricsArgs,
 }
@@ -139,7 +143,19 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
             args.stream_replicas
         )));
     }
+    let max_child_spans = sluice_coordinator::spans::CHILD_SPANS_PER_PARENT_MAX;
+    if args.trace_child_spans > max_child_spans {
+        return Err(CliError::usage(format!(
+            "--trace-child-spans must be 0 to {max_child_spans}, not {}",
+            args.trace_child_spans
+        )));
+    }
     let mut registry = prometheus_client::registry::Registry::default();
+    let exporting = exporter("sluice-coordinator", &mut registry)?;
+    let mut metrics = sluice_coordinator::metrics::Metrics::register(&mut registry);
+    if let Some((sink, _)) = &exporting {
+        metrics = metrics.with_spans(sink.clone(), args.trace_child_spans);
+    }
     let settings = sluice_coordinator::service::Settings {
         topology: sluice_coordinator::topology::TopologySettings {
             logs: sluice_coordinator::topology::LogRetention {
@@ -149,7 +165,7 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
             replicas: args.stream_replicas,
             history_max_age: history_max_age(args.history_max_age)?,
         },
-        metrics: sluice_coordinator::metrics::Metrics::register(&mut registry),
+        metrics,
     };
     let listen = args.metrics.address()?;
     let shutdown = on_signal();
@@ -178,7 +194,11 @@ pub async fn worker(url: &str, args: WorkerArgs) -> Result<ExitCode, CliError> {
     let (shutdown, hurry) = on_signals();
     let (phase, watched) = tokio::sync::watch::channel(sluice_worker::runtime::Phase::Opening);
     let mut metrics = prometheus_client::registry::Registry::default();
-    let counted = sluice_worker::metrics::Metrics::register(&mut metrics);
+    let exporting = exporter("sluice-worker", &mut metrics)?;
+    let mut counted = sluice_worker::metrics::Metrics::register(&mut metrics);
+    if let Some((sink, _)) = &exporting {
+        counted = counted.with_spans(sink.clone());
+    }
     let probes = probes_watching(watched, metrics);
     let _listening = listen_for_probes(listen, &probes).await?;
     let role = sluice_proto::roles::Role::Worker { pool: config.pool.clone() };
@@ -208,6 +228,21 @@ fn history_max_age(value: Option<HumanDuration>) -> Result<Option<Duration>, Cli
         ))),
         age => Ok(age),
     }
+}
+
+/// Where a process's spans go, and the guard that sends the last of them.
+pub type Exporter = (Arc<dyn sluice_proto::trace::SpanSink>, crate::telemetry::Exporting);
+
+/// The OTLP exporter the `OTEL_*` variables ask for (none: tracing is off), its counters
+/// registered in `registry`; spans are sent until the guard ([`crate::telemetry::Exporting`])
+/// is dropped.
+pub fn exporter(
+    service: &str,
+    registry: &mut prometheus_client::registry::Registry,
+) -> Result<Option<Exporter>, CliError> {
+    let config = crate::telemetry::config_from_env(service)?;
+    let started = crate::telemetry::start(config, registry)?;
+    Ok(started.map(|(sink, exporting)| (sink as Arc<dyn sluice_proto::trace::SpanSink>, exporting)))
 }
 
 /// Starts the probes' listener when `--metrics-listen` is given; it stops when the guard

@@ -147,8 +147,10 @@ pub async fn publish(
         origin: None,
     };
     let dedup_id = idempotency_key.clone().unwrap_or_else(|| run_id.to_string());
+    let traceparent = traceparent_from_env()?;
     sluice_client::requests::wait_until_set_up(js, sluice_client::requests::SETUP_WAIT).await?;
-    let (sequence, duplicate) = sluice_client::requests::submit(js, &submission, &dedup_id).await?;
+    let (sequence, duplicate) =
+        sluice_client::requests::submit_traced(js, &submission, &dedup_id, traceparent.as_ref()).await?;
     if !duplicate {
         return Ok(Published { run_id, duplicate: false });
     }
@@ -192,6 +194,20 @@ pub fn resolve_window(spec: &WorkflowSpec, text: Option<&str>) -> Result<Window,
         }
         None => Ok(Window::previous_day(spec.zone(), now)),
     }
+}
+
+/// `TRACEPARENT` (the W3C variable a traced caller, such as a CI job or a Python script with
+/// OpenTelemetry, sets): the run's span becomes a child of that span. A value that is not a
+/// W3C traceparent is refused rather than silently starting another trace.
+fn traceparent_from_env() -> Result<Option<sluice_proto::TraceParent>, CliError> {
+    let Some(text) = std::env::var("TRACEPARENT").ok().filter(|text| !text.trim().is_empty()) else {
+        return Ok(None);
+    };
+    sluice_proto::TraceParent::parse(&text).map(Some).ok_or_else(|| {
+        CliError::usage(format!(
+            "TRACEPARENT must be a W3C traceparent such as 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01, not `{text}`"
+        ))
+    })
 }
 
 #[cfg(test)]

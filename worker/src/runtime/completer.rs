@@ -225,6 +225,11 @@ async fn complete_read(shared: &Shared, reporter: &Reporter, message: &Message, 
     if let Some(outcome) = outcome_label(ending, settlement) {
         let took = (now - reporter.began()).to_std().unwrap_or_default();
         shared.metrics.attempt_ended(&shared.config.pool, outcome, took);
+        if let Some(sink) = shared.metrics.spans()
+            && let Some(span) = reporter.span(now, outcome, report.error.as_deref())
+        {
+            sink.emit(span);
+        }
     }
     if !ending.is_reported() {
         if ending == Ending::Stopped {

@@ -11,7 +11,9 @@ use std::time::Duration;
 use async_nats::jetstream::Message;
 use futures::FutureExt;
 use sluice_proto::limits::WORKER_ENTRY_TTL_MS;
-use sluice_proto::{ChildSpec, CodecError, HumanDuration, JobMessage, JobRecord, SCHEMA_VERSION, decode, names};
+use sluice_proto::{
+    ChildSpec, CodecError, HumanDuration, JobMessage, JobRecord, SCHEMA_VERSION, TraceParent, decode, names,
+};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
@@ -90,7 +92,8 @@ pub(crate) async fn execute(shared: &Arc<Shared>, message: &Message, slot: Owned
             None => (job.attempt_offset.saturating_add(1), Start::GiveBack),
         }
     };
-    let reporter = Box::new(Reporter::new(shared.clone(), job, attempt, slot, holding));
+    let traceparent = header(message, names::HEADER_TRACEPARENT).and_then(|text| TraceParent::parse(&text));
+    let reporter = Box::new(Reporter::new(shared.clone(), job, attempt, slot, holding, traceparent));
     let outcome = match start {
         Start::GiveBack => Outcome::Unreported,
         start => run_attempt(shared, message, &reporter, start).await,
@@ -296,7 +299,7 @@ fn context(
         command: job.command.clone(),
         permanent_exit_codes: job.permanent_exit_codes.clone(),
         worker_id: shared.config.worker_id.clone(),
-        traceparent: header(message, names::HEADER_TRACEPARENT),
+        traceparent: reporter.traceparent(),
         tracestate: header(message, names::HEADER_TRACESTATE),
         inputs,
         pool: shared.config.pool.clone(),

@@ -11,7 +11,8 @@ use async_nats::jetstream::{self, Message, context::PublishAckFuture};
 use chrono::{DateTime, Utc};
 use sluice_proto::limits::ERROR_TEXT_MAX_BYTES;
 use sluice_proto::messages::truncate_error;
-use sluice_proto::{EarlierAttempt, EventKind, JobEvent, JobMessage, encode, names};
+use sluice_proto::trace::{AttributeValue, Span};
+use sluice_proto::{EarlierAttempt, EventKind, JobEvent, JobMessage, TraceParent, encode, names};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +37,9 @@ pub(crate) struct Reporter {
     began: DateTime<Utc>,
     /// What the job found of earlier attempts ([`crate::JobContext::report_earlier_attempt`]).
     pub(crate) earlier: Arc<Mutex<Vec<EarlierAttempt>>>,
+    /// The job's span (from the message) and this attempt's, under it: what the job sees
+    /// as its `TRACEPARENT`, and the span emitted when the attempt ends.
+    pub(crate) trace: Option<AttemptTrace>,
     /// The job is held by this worker until its message is settled.
     _holding: Holding,
 }
@@ -50,6 +54,16 @@ pub(crate) struct Report {
     pub(crate) spawned: u32,
 }
 
+/// An attempt's place in its run's trace.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttemptTrace {
+    /// The job's span, as the message's `traceparent` names it.
+    pub(crate) job: TraceParent,
+    /// This attempt's span: a child of the job's, new for each delivery (a redelivery is an
+    /// attempt span of its own).
+    pub(crate) attempt: TraceParent,
+}
+
 impl Reporter {
     pub(crate) fn new(
         shared: Arc<Shared>,
@@ -57,10 +71,46 @@ impl Reporter {
         attempt: u32,
         slot: OwnedSemaphorePermit,
         holding: Holding,
+        traceparent: Option<TraceParent>,
     ) -> Self {
         let (slot, started) = (Mutex::new(Some(slot)), tokio::sync::Mutex::new(None));
         let earlier = Arc::default();
-        Self { shared, job, attempt, slot, started, began: Utc::now(), earlier, _holding: holding }
+        let trace = traceparent.map(|job| AttemptTrace { job, attempt: job.child(&mut rand::rng()) });
+        Self { shared, job, attempt, slot, started, began: Utc::now(), earlier, trace, _holding: holding }
+    }
+
+    /// The attempt's span as a `traceparent` value, for the job (`TRACEPARENT` of an exec).
+    pub(crate) fn traceparent(&self) -> Option<String> {
+        self.trace.map(|trace| trace.attempt.to_string())
+    }
+
+    /// The span of this attempt, ended at `end` with `outcome` (and `error`), if the job
+    /// came with a trace that is sampled.
+    pub(crate) fn span(&self, end: DateTime<Utc>, outcome: &'static str, error: Option<&str>) -> Option<Span> {
+        let trace = self.trace.filter(|trace| trace.job.sampled)?;
+        let job = &self.job;
+        let mut attributes: Vec<(&'static str, AttributeValue)> = vec![
+            ("sluice.run_id", job.run_id.to_string().into()),
+            ("sluice.job", job.job.clone().into()),
+            ("sluice.pool", job.pool.clone().into()),
+            ("sluice.kind", job.kind.clone().into()),
+            ("sluice.attempt", self.attempt.into()),
+            ("sluice.worker", self.shared.config.worker_id.clone().into()),
+            ("sluice.outcome", outcome.into()),
+        ];
+        if let Some(error) = error.filter(|error| !error.is_empty()) {
+            attributes.push(("sluice.error", error.to_owned().into()));
+        }
+        Some(Span {
+            trace_id: trace.attempt.trace_id,
+            span_id: trace.attempt.span_id,
+            parent_span_id: Some(trace.job.span_id),
+            name: format!("attempt {} of {}", self.attempt, job.job),
+            start: self.began,
+            end: end.max(self.began),
+            attributes,
+            error: matches!(outcome, "failed" | "retrying").then(|| error.unwrap_or("failed").to_owned()),
+        })
     }
 
     /// When this attempt began here.

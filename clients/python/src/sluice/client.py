@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import os
 import re
-import secrets
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
@@ -255,10 +254,12 @@ class AsyncClient:
             idempotency_key=idempotency_key,
             submitted_at=utc_now(),
         )
-        headers = {
-            names.HEADER_MSG_ID: idempotency_key or run_id,
-            names.HEADER_TRACEPARENT: f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01",
-        }
+        headers = {names.HEADER_MSG_ID: idempotency_key or run_id}
+        # A traced caller's span (the W3C variable) becomes the run span's parent; without
+        # one the coordinator starts the trace at the run.
+        parent = os.environ.get("TRACEPARENT", "").strip()
+        if parent:
+            headers[names.HEADER_TRACEPARENT] = parent
         ack = await self._js.publish(names.SUBMIT_SUBJECT, submission.encode(), headers=headers)
         if getattr(ack, "duplicate", False) and idempotency_key is not None:
             holder = await self._wait_key_holder(idempotency_key, timeout)

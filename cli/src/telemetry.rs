@@ -1,0 +1,414 @@
+//! OTLP trace export for `sluice coordinator`, `sluice worker` and `sluice dev`, set up
+//! from the standard OpenTelemetry variables; off when no endpoint is set.
+//!
+//! The libraries hand finished spans (plain data, [`sluice_proto::trace::Span`]) to a
+//! [`SpanSink`]; here the sink is a bounded queue read by one thread that sends batches
+//! with `opentelemetry-otlp` (OTLP/HTTP protobuf, blocking client: the job path never
+//! waits for it). A full queue drops the span and counts it
+//! (`sluice_span_export_dropped_total`), as does a batch the endpoint refused.
+
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
+use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
+use sluice_proto::trace::{AttributeValue, Span, SpanSink};
+
+use crate::output::CliError;
+
+/// Spans waiting to be sent, at most; more are dropped (and counted).
+pub const SPAN_QUEUE_MAX: usize = 8192;
+/// Spans sent in one request, at most.
+pub const SPAN_BATCH_MAX: usize = 512;
+/// How long a span may wait for its batch to fill before it is sent.
+pub const SPAN_BATCH_WAIT: Duration = Duration::from_secs(1);
+/// How long one export request may take.
+pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping process waits for the last spans to be sent.
+pub const FLUSH_AT_EXIT_MAX: Duration = Duration::from_secs(5);
+/// Longest `OTEL_RESOURCE_ATTRIBUTES`, in bytes.
+pub const RESOURCE_ATTRIBUTES_MAX_BYTES: usize = 4096;
+
+/// Which traces are exported (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`). Every
+/// process decides from the trace id alone, so a trace is exported whole or not at all. A
+/// run whose submitter sent an unsampled `traceparent` is never exported, whatever the
+/// sampler (the `parentbased_` samplers and the plain ones behave alike).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Sampler {
+    AlwaysOn,
+    AlwaysOff,
+    /// Traces whose id falls in this share (0 to 1).
+    Ratio(f64),
+}
+
+/// What `OTEL_*` says about traces.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TraceConfig {
+    /// The URL spans are POSTed to (`…/v1/traces`).
+    pub endpoint: String,
+    pub service_name: String,
+    pub resource: Vec<(String, String)>,
+    pub sampler: Sampler,
+}
+
+fn bad(variable: &str, why: String) -> CliError {
+    CliError::usage(format!("{variable}: {why}"))
+}
+
+/// Reads the OpenTelemetry variables through `var`; `None`: tracing is off (no endpoint, or
+/// `OTEL_SDK_DISABLED=true`). A value that cannot be used is an error naming the variable.
+pub fn config_from(
+    var: impl Fn(&str) -> Option<String>,
+    default_service: &str,
+) -> Result<Option<TraceConfig>, CliError> {
+    let var = |name: &str| var(name).map(|value| value.trim().to_owned()).filter(|value| !value.is_empty());
+    if var("OTEL_SDK_DISABLED").is_some_and(|value| value.eq_ignore_ascii_case("true")) {
+        return Ok(None);
+    }
+    let endpoint = match (var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"), var("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+        (Some(traces), _) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", traces),
+        (None, Some(base)) => ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("{}/v1/traces", base.trim_end_matches('/'))),
+        (None, None) => return Ok(None),
+    };
+    if !(endpoint.1.starts_with("http://") || endpoint.1.starts_with("https://")) {
+        return Err(bad(endpoint.0, format!("must be an http:// or https:// URL, not `{}`", endpoint.1)));
+    }
+    let mut resource = Vec::new();
+    if let Some(text) = var("OTEL_RESOURCE_ATTRIBUTES") {
+        if text.len() > RESOURCE_ATTRIBUTES_MAX_BYTES {
+            return Err(bad("OTEL_RESOURCE_ATTRIBUTES", format!("longer than {RESOURCE_ATTRIBUTES_MAX_BYTES} bytes")));
+        }
+        for pair in text.split(',').map(str::trim).filter(|pair| !pair.is_empty()) {
+            match pair.split_once('=') {
+                Some((key, value)) if !key.trim().is_empty() => {
+                    resource.push((key.trim().to_owned(), value.trim().to_owned()))
+                }
+                _ => return Err(bad("OTEL_RESOURCE_ATTRIBUTES", format!("`{pair}` is not key=value"))),
+            }
+        }
+    }
+    let service_name = var("OTEL_SERVICE_NAME")
+        .or_else(|| resource.iter().find(|(key, _)| key == "service.name").map(|(_, value)| value.clone()))
+        .unwrap_or_else(|| default_service.to_owned());
+    let ratio =
+        || -> Result<f64, CliError> {
+            match var("OTEL_TRACES_SAMPLER_ARG") {
+                None => Ok(1.0),
+                Some(text) => text.parse::<f64>().ok().filter(|ratio| (0.0..=1.0).contains(ratio)).ok_or_else(|| {
+                    bad("OTEL_TRACES_SAMPLER_ARG", format!("must be a ratio from 0 to 1, not `{text}`"))
+                }),
+            }
+        };
+    let sampler_name = var("OTEL_TRACES_SAMPLER").unwrap_or_else(|| "parentbased_always_on".to_owned());
+    let sampler = match sampler_name.as_str() {
+        "always_on" | "parentbased_always_on" => Sampler::AlwaysOn,
+        "always_off" | "parentbased_always_off" => Sampler::AlwaysOff,
+        "traceidratio" | "parentbased_traceidratio" => Sampler::Ratio(ratio()?),
+        other => {
+            return Err(bad(
+                "OTEL_TRACES_SAMPLER",
+                format!(
+                    "`{other}` is not one of always_on, always_off, traceidratio, parentbased_always_on, parentbased_always_off, parentbased_traceidratio"
+                ),
+            ));
+        }
+    };
+    Ok(Some(TraceConfig { endpoint: endpoint.1, service_name, resource, sampler }))
+}
+
+/// The configuration from the process's environment.
+pub fn config_from_env(default_service: &str) -> Result<Option<TraceConfig>, CliError> {
+    config_from(|name| std::env::var(name).ok(), default_service)
+}
+
+/// Whether a trace is exported: the OpenTelemetry `TraceIdRatioBased` rule (the trace id's
+/// low 8 bytes against the ratio), the same in every process.
+pub fn samples(sampler: Sampler, trace_id: &[u8; 16]) -> bool {
+    match sampler {
+        Sampler::AlwaysOn => true,
+        Sampler::AlwaysOff => false,
+        Sampler::Ratio(ratio) if ratio >= 1.0 => true,
+        Sampler::Ratio(ratio) => {
+            let mut low = [0u8; 8];
+            low.copy_from_slice(&trace_id[8..]);
+            let bound = (ratio * (1u64 << 63) as f64) as u64;
+            (u64::from_be_bytes(low) >> 1) < bound
+        }
+    }
+}
+
+/// The counters of the export, registered with the process's metrics.
+#[derive(Clone, Debug, Default)]
+struct Counts {
+    exported: Counter,
+    dropped: Counter,
+}
+
+/// The sink the libraries emit to: a bounded queue, never waited on.
+#[derive(Debug)]
+pub struct OtlpSink {
+    queue: Mutex<Option<SyncSender<Span>>>,
+    sampler: Sampler,
+    counts: Counts,
+}
+
+impl SpanSink for OtlpSink {
+    fn emit(&self, span: Span) {
+        if !samples(self.sampler, &span.trace_id) {
+            return;
+        }
+        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(queue) = queue.as_ref() else { return };
+        match queue.try_send(span) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.counts.dropped.inc();
+            }
+        }
+    }
+}
+
+/// Sends what is queued when dropped (up to [`FLUSH_AT_EXIT_MAX`]): hold it for as long as
+/// the process emits spans.
+pub struct Exporting {
+    sink: Arc<OtlpSink>,
+    done: Receiver<()>,
+}
+
+impl Drop for Exporting {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it has sent what was in it.
+        self.sink.queue.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let _ = self.done.recv_timeout(FLUSH_AT_EXIT_MAX);
+    }
+}
+
+/// Registers the export's counters in `registry` (whether or not tracing is on, so the
+/// metric is always there) and, with a configuration, starts the export thread.
+pub fn start(
+    config: Option<TraceConfig>,
+    registry: &mut Registry,
+) -> Result<Option<(Arc<OtlpSink>, Exporting)>, CliError> {
+    let counts = Counts::default();
+    registry.register(
+        "sluice_span_export_dropped",
+        "Spans not exported: the export queue was full, or the endpoint refused or did not answer",
+        counts.dropped.clone(),
+    );
+    registry.register("sluice_spans_exported", "Spans the OTLP endpoint accepted", counts.exported.clone());
+    let Some(config) = config else { return Ok(None) };
+    let (queue, spans) = mpsc::sync_channel(SPAN_QUEUE_MAX);
+    let (finished, done) = mpsc::sync_channel(1);
+    let sink = Arc::new(OtlpSink { queue: Mutex::new(Some(queue)), sampler: config.sampler, counts: counts.clone() });
+    tracing::info!(endpoint = %config.endpoint, service = %config.service_name, "exporting traces over OTLP/HTTP");
+    std::thread::Builder::new()
+        .name("sluice-otlp".to_owned())
+        .spawn(move || {
+            export_loop(&config, &spans, &counts);
+            let _ = finished.send(());
+        })
+        .map_err(|error| CliError::failed(format!("cannot start the trace exporter: {error}")))?;
+    Ok(Some((sink.clone(), Exporting { sink, done })))
+}
+
+/// Sends batches until the queue is closed and empty. Built here, off the async runtime:
+/// the blocking HTTP client must not live on it.
+fn export_loop(config: &TraceConfig, spans: &Receiver<Span>, counts: &Counts) {
+    let built = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_endpoint(config.endpoint.clone())
+        .with_timeout(EXPORT_TIMEOUT)
+        .build();
+    let mut exporter = match built {
+        Ok(exporter) => exporter,
+        Err(error) => {
+            tracing::error!(%error, endpoint = %config.endpoint, "cannot build the OTLP exporter; spans are dropped");
+            for _ in spans.iter() {
+                counts.dropped.inc();
+            }
+            return;
+        }
+    };
+    let resource = Resource::builder_empty()
+        .with_service_name(config.service_name.clone())
+        .with_attributes(config.resource.iter().map(|(key, value)| KeyValue::new(key.clone(), value.clone())))
+        .build();
+    exporter.set_resource(&resource);
+    let scope = InstrumentationScope::builder("sluice").with_version(env!("CARGO_PKG_VERSION")).build();
+    let mut open = true;
+    while open {
+        let mut batch = Vec::new();
+        let deadline = Instant::now() + SPAN_BATCH_WAIT;
+        while batch.len() < SPAN_BATCH_MAX {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            match spans.recv_timeout(wait) {
+                Ok(span) => batch.push(span_data(span, &scope)),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        let count = batch.len() as u64;
+        match futures::executor::block_on(exporter.export(batch)) {
+            Ok(()) => {
+                counts.exported.inc_by(count);
+            }
+            Err(error) => {
+                counts.dropped.inc_by(count);
+                tracing::warn!(%error, spans = count, endpoint = %config.endpoint, "the OTLP endpoint did not take the spans");
+            }
+        }
+    }
+    let _ = exporter.shutdown();
+}
+
+fn span_data(span: Span, scope: &InstrumentationScope) -> SpanData {
+    let context = SpanContext::new(
+        TraceId::from_bytes(span.trace_id),
+        SpanId::from_bytes(span.span_id),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::default(),
+    );
+    let attributes = span
+        .attributes
+        .into_iter()
+        .map(|(key, value)| match value {
+            AttributeValue::Text(text) => KeyValue::new(key, text),
+            AttributeValue::Int(number) => KeyValue::new(key, number),
+            AttributeValue::Bool(flag) => KeyValue::new(key, flag),
+        })
+        .collect();
+    SpanData {
+        span_context: context,
+        parent_span_id: span.parent_span_id.map_or(SpanId::INVALID, SpanId::from_bytes),
+        parent_span_is_remote: false,
+        span_kind: SpanKind::Internal,
+        name: span.name.into(),
+        start_time: SystemTime::from(span.start),
+        end_time: SystemTime::from(span.end),
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status: match span.error {
+            Some(error) => Status::error(error),
+            None => Status::Unset,
+        },
+        instrumentation_scope: scope.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Option<TraceConfig>, CliError> {
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        config_from(|name| vars.get(name).cloned(), "sluice-worker")
+    }
+
+    #[test]
+    fn tracing_is_off_without_an_endpoint_or_when_disabled() {
+        assert_eq!(config(&[]).unwrap(), None);
+        assert_eq!(config(&[("OTEL_SERVICE_NAME", "x")]).unwrap(), None);
+        let disabled = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"), ("OTEL_SDK_DISABLED", "true")];
+        assert_eq!(config(&disabled).unwrap(), None);
+    }
+
+    #[test]
+    fn the_base_endpoint_gets_v1_traces_and_the_traces_endpoint_is_used_as_given() {
+        let base = config(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318/")]).unwrap().unwrap();
+        assert_eq!(base.endpoint, "http://127.0.0.1:4318/v1/traces");
+        assert_eq!(base.service_name, "sluice-worker");
+        assert_eq!(base.sampler, Sampler::AlwaysOn);
+        let both = config(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9999/custom"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "service.name=etl-workers, deployment.environment=prod"),
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(both.endpoint, "http://127.0.0.1:9999/custom");
+        assert_eq!(both.service_name, "etl-workers");
+        assert_eq!(both.resource[1], ("deployment.environment".to_owned(), "prod".to_owned()));
+        assert_eq!(both.sampler, Sampler::Ratio(0.25));
+    }
+
+    #[test]
+    fn a_value_that_cannot_be_used_is_refused_naming_its_variable() {
+        for (vars, variable) in [
+            (vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "127.0.0.1:4318")], "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            (vec![("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "grpc://x")], "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            (
+                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://h"), ("OTEL_TRACES_SAMPLER", "sometimes")],
+                "OTEL_TRACES_SAMPLER",
+            ),
+            (
+                vec![
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://h"),
+                    ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                    ("OTEL_TRACES_SAMPLER_ARG", "2"),
+                ],
+                "OTEL_TRACES_SAMPLER_ARG",
+            ),
+            (
+                vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://h"), ("OTEL_RESOURCE_ATTRIBUTES", "novalue")],
+                "OTEL_RESOURCE_ATTRIBUTES",
+            ),
+        ] {
+            let error = config(&vars).unwrap_err();
+            assert!(error.message.starts_with(variable), "{variable}: {}", error.message);
+        }
+    }
+
+    #[test]
+    fn a_ratio_samples_about_its_share_and_every_process_agrees() {
+        let ids: Vec<[u8; 16]> = (0u64..10_000)
+            .map(|i| {
+                let mut id = [0u8; 16];
+                id[8..].copy_from_slice(&i.wrapping_mul(0x9E37_79B9_7F4A_7C15).to_be_bytes());
+                id
+            })
+            .collect();
+        let share = ids.iter().filter(|id| samples(Sampler::Ratio(0.25), id)).count();
+        assert!((2_200..2_800).contains(&share), "{share} of 10000");
+        assert!(ids.iter().all(|id| samples(Sampler::AlwaysOn, id) && !samples(Sampler::AlwaysOff, id)));
+        assert!(ids.iter().all(|id| samples(Sampler::Ratio(0.25), id) == samples(Sampler::Ratio(0.25), id)));
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let (queue, _spans) = mpsc::sync_channel(1);
+        let sink = OtlpSink { queue: Mutex::new(Some(queue)), sampler: Sampler::AlwaysOn, counts: Counts::default() };
+        let span = Span {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            parent_span_id: None,
+            name: "run".into(),
+            start: chrono::Utc::now(),
+            end: chrono::Utc::now(),
+            attributes: Vec::new(),
+            error: None,
+        };
+        for _ in 0..3 {
+            sink.emit(span.clone());
+        }
+        assert_eq!(sink.counts.dropped.get(), 2);
+    }
+}
