@@ -126,6 +126,11 @@ pub fn objects(values: &Values) -> Result<Vec<Object>, RenderError> {
     out.push(Object::new(&coordinator_deployment(values)));
     out.push(Object::new(&pdb(ns, "sluice-coordinator", labels("coordinator", None))));
     out.push(Object::new(&dashboard_config_map(ns)));
+    if let Some(jaeger) = &values.jaeger {
+        let (deployment, service) = jaeger_objects(values, jaeger);
+        out.push(Object::new(&deployment));
+        out.push(Object::new(&service));
+    }
     out.push(Object::new(&service_account(ns, "sluice-declare-pools")));
     out.push(Object::new(&declare_pools_job(values)));
 
@@ -548,13 +553,58 @@ fn nats_args(ns: &str, role: &NatsRole) -> Vec<String> {
 }
 
 fn common_env(values: &Values) -> Option<Vec<EnvVar>> {
-    values.otlp_endpoint.as_ref().map(|endpoint| {
-        vec![EnvVar {
-            name: "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
-            value: Some(endpoint.clone()),
-            ..EnvVar::default()
-        }]
+    values.effective_otlp_endpoint().map(|endpoint| {
+        vec![EnvVar { name: "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), value: Some(endpoint), ..EnvVar::default() }]
     })
+}
+
+/// Jaeger's OTLP/HTTP receiver port (what `OTEL_EXPORTER_OTLP_ENDPOINT` points at).
+pub const JAEGER_OTLP_HTTP_PORT: i32 = 4318;
+/// Jaeger's UI port.
+pub const JAEGER_UI_PORT: i32 = 16686;
+
+/// The Jaeger of `values.jaeger`: one replica (spans in memory), OTLP/HTTP and the UI on a
+/// Service `jaeger`.
+fn jaeger_objects(values: &Values, jaeger: &crate::values::JaegerValues) -> (Deployment, Service) {
+    let ns = values.namespace.as_str();
+    let component = labels("jaeger", None);
+    let container = Container {
+        name: "jaeger".to_owned(),
+        image: Some(jaeger.image.clone()),
+        ports: Some(vec![port("otlp-http", JAEGER_OTLP_HTTP_PORT), port("ui", JAEGER_UI_PORT)]),
+        readiness_probe: Some(http_probe("/", "ui", 10, 3)),
+        resources: resources(&jaeger.resources),
+        security_context: Some(restricted_container_security()),
+        ..Container::default()
+    };
+    let deployment = Deployment {
+        metadata: meta(Some(ns), "jaeger", component.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: selector(component.clone()),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(component.clone()), ..ObjectMeta::default() }),
+                spec: Some(PodSpec {
+                    automount_service_account_token: Some(false),
+                    security_context: Some(pod_security()),
+                    containers: vec![container],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    let service = Service {
+        metadata: meta(Some(ns), "jaeger", component.clone()),
+        spec: Some(ServiceSpec {
+            selector: Some(component),
+            ports: Some(vec![service_port("otlp-http", JAEGER_OTLP_HTTP_PORT), service_port("ui", JAEGER_UI_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    (deployment, service)
 }
 
 fn nkey_volume(role: &NatsRole) -> Volume {

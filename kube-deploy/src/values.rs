@@ -42,9 +42,14 @@ pub struct Values {
     /// The namespace KEDA runs in: the only one that may reach NATS's monitoring port.
     #[serde(default = "default_keda_namespace")]
     pub keda_namespace: String,
-    /// Where spans go (OTLP/HTTP), passed as `OTEL_EXPORTER_OTLP_ENDPOINT`; none: no export.
+    /// Where spans go: an OTLP/HTTP base URL (`/v1/traces` is appended), passed as
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`; none: the Jaeger below if there is one, else no export.
     #[serde(default)]
     pub otlp_endpoint: Option<String>,
+    /// A Jaeger (v2, all in one, spans in memory) in the namespace, receiving OTLP: for a
+    /// cluster without a tracing backend of its own.
+    #[serde(default)]
+    pub jaeger: Option<JaegerValues>,
     #[serde(default)]
     pub coordinator: CoordinatorValues,
     pub nats: NatsValues,
@@ -59,6 +64,16 @@ fn default_keda_namespace() -> String {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorValues {
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+/// The Jaeger Deployment.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JaegerValues {
+    /// `jaegertracing/jaeger` at a pinned version (a tag other than `latest`, or a digest).
+    pub image: String,
     #[serde(default)]
     pub resources: Resources,
 }
@@ -241,6 +256,15 @@ impl Values {
         Ok(values)
     }
 
+    /// Where every Sluice pod sends its spans: `otlp_endpoint`, else the Jaeger's Service.
+    pub fn effective_otlp_endpoint(&self) -> Option<String> {
+        self.otlp_endpoint.clone().or_else(|| {
+            self.jaeger
+                .as_ref()
+                .map(|_| format!("http://jaeger.{}.svc:{}", self.namespace, crate::render::JAEGER_OTLP_HTTP_PORT))
+        })
+    }
+
     /// The checks serde cannot make: `(key, what is wrong)`.
     pub fn check(&self) -> Result<(), (String, String)> {
         kube_name("namespace", &self.namespace)?;
@@ -251,6 +275,19 @@ impl Values {
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {
             return Err(("otlp_endpoint".into(), format!("must be an http:// or https:// URL, not `{endpoint}`")));
+        }
+        if let Some(jaeger) = &self.jaeger {
+            let pinned = jaeger.image.contains('@')
+                || jaeger
+                    .image
+                    .rsplit_once(':')
+                    .is_some_and(|(_, tag)| !tag.is_empty() && tag != "latest" && !tag.contains('/'));
+            if !pinned {
+                return Err((
+                    "jaeger.image".into(),
+                    format!("must name a pinned version, e.g. jaegertracing/jaeger:2.5.0, not `{}`", jaeger.image),
+                ));
+            }
         }
         if !NATS_REPLICAS_ALLOWED.contains(&self.nats.replicas) {
             return Err((

@@ -267,3 +267,37 @@ fn the_dashboard_queries_only_metrics_sluice_exposes_and_ships_in_every_overlay(
     assert_eq!(model, sluice_deploy::dashboard::dashboard());
     assert_eq!(model["panels"].as_array().unwrap().len(), 8);
 }
+
+#[test]
+fn dev_runs_a_pinned_jaeger_and_every_sluice_pod_sends_it_spans() {
+    let objects = sluice_deploy::render_file(&sluice_deploy::repo_deploy_dir().join("values/dev.yaml")).unwrap();
+    let jaeger = find(&objects, "Deployment", "jaeger");
+    let image = jaeger["spec"]["template"]["spec"]["containers"][0]["image"].as_str().unwrap();
+    assert!(image.starts_with("jaegertracing/jaeger:2."), "{image}");
+    let service = find(&objects, "Service", "jaeger");
+    let ports: Vec<i64> =
+        service["spec"]["ports"].as_array().unwrap().iter().map(|port| port["port"].as_i64().unwrap()).collect();
+    assert_eq!(ports, [4318, 16686]);
+    let mut sluice_pods = 0;
+    for object in objects.iter().filter(|o| o.kind == "Deployment" && o.name != "jaeger") {
+        for container in object.value["spec"]["template"]["spec"]["containers"].as_array().unwrap() {
+            let env = container["env"].as_array().unwrap_or_else(|| panic!("{}: no env", object.name));
+            let endpoint = env.iter().find(|var| var["name"] == "OTEL_EXPORTER_OTLP_ENDPOINT").unwrap();
+            assert_eq!(endpoint["value"], "http://jaeger.sluice.svc:4318", "{}", object.name);
+            sluice_pods += 1;
+        }
+    }
+    assert!(sluice_pods >= 3, "the coordinator and the workers");
+}
+
+#[test]
+fn a_jaeger_image_that_is_not_pinned_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = std::fs::read_to_string(sluice_deploy::repo_deploy_dir().join("values/dev.yaml")).unwrap();
+    for image in ["jaegertracing/jaeger", "jaegertracing/jaeger:latest"] {
+        let file = dir.path().join("dev.yaml");
+        std::fs::write(&file, dev.replace("jaegertracing/jaeger:2.5.0", image)).unwrap();
+        let error = Values::read(&file).unwrap_err().to_string();
+        assert!(error.contains("jaeger.image") && error.contains(image), "{error}");
+    }
+}
