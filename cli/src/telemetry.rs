@@ -389,7 +389,9 @@ mod tests {
         let share = ids.iter().filter(|id| samples(Sampler::Ratio(0.25), id)).count();
         assert!((2_200..2_800).contains(&share), "{share} of 10000");
         assert!(ids.iter().all(|id| samples(Sampler::AlwaysOn, id) && !samples(Sampler::AlwaysOff, id)));
-        assert!(ids.iter().all(|id| samples(Sampler::Ratio(0.25), id) == samples(Sampler::Ratio(0.25), id)));
+        let low_half =
+            ids.iter().filter(|id| samples(Sampler::Ratio(0.1), id)).all(|id| samples(Sampler::Ratio(0.25), id));
+        assert!(low_half, "a trace sampled at 10 % is sampled at 25 % too: processes with different ratios nest");
     }
 
     #[test]

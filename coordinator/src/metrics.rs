@@ -23,7 +23,7 @@ use prometheus_client::registry::{Registry, Unit};
 use sluice_proto::RunId;
 use sluice_proto::trace::SpanSink;
 
-use crate::engine::{AttemptOutcome, Effect, Input, NotApplied, Observed, Run};
+use crate::engine::{Effect, Input, NotApplied, Observed, Run};
 use crate::spans;
 
 /// Upper bounds of the run duration histogram, in seconds: a second to a day.
@@ -303,16 +303,6 @@ impl Metrics {
         let labels = PoolLabels { pool: pool.to_owned() };
         self.inner.queue_lag.remove(&labels);
         self.inner.ack_pending.remove(&labels);
-    }
-}
-
-impl AttemptOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Succeeded => "succeeded",
-            Self::Retrying => "retrying",
-            Self::Failed => "failed",
-        }
     }
 }
 

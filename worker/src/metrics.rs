@@ -149,27 +149,22 @@ fn gauge(count: usize) -> ConstGauge {
     ConstGauge::new(i64::try_from(count).unwrap_or(i64::MAX))
 }
 
+/// Picks one count of a pool's (busy, total) slots.
+type SlotCount = fn(&(usize, usize)) -> usize;
+
 impl Collector for Slots {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let tracked = self.tracked.lock().unwrap_or_else(PoisonError::into_inner);
         let counts = slot_counts(&tracked);
-        let mut slots = encoder.encode_descriptor(
-            "sluice_worker_slots",
-            "Jobs this process's workers may run at once, by pool",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (pool, (_, total)) in &counts {
-            gauge(*total).encode(slots.encode_family(&PoolLabels { pool: (*pool).to_owned() })?)?;
-        }
-        let mut busy = encoder.encode_descriptor(
-            "sluice_worker_slots_busy",
-            "Slots running a job's work now, by pool",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (pool, (taken, _)) in &counts {
-            gauge(*taken).encode(busy.encode_family(&PoolLabels { pool: (*pool).to_owned() })?)?;
+        let families: [(&str, &str, SlotCount); 2] = [
+            ("sluice_worker_slots", "Jobs this process's workers may run at once, by pool", |(_, total)| *total),
+            ("sluice_worker_slots_busy", "Slots running a job's work now, by pool", |(busy, _)| *busy),
+        ];
+        for (name, help, value) in families {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (pool, count) in &counts {
+                gauge(value(count)).encode(family.encode_family(&PoolLabels { pool: (*pool).to_owned() })?)?;
+            }
         }
         Ok(())
     }

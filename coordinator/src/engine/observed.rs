@@ -35,6 +35,17 @@ pub enum AttemptOutcome {
     Failed,
 }
 
+impl AttemptOutcome {
+    /// Its label in `sluice_job_attempts_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Succeeded => "succeeded",
+            Self::Retrying => "retrying",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// What a change of one job from `old` to `job.state` is worth noting: its end, its
 /// attempt's end, its first start. Pure: the engine calls it from every transition.
 pub fn of_transition(path: &str, old: JobState, job: &JobRecord, notes: &mut Vec<Observed>) {
