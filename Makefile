@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: demo test tools build bench python-test python-check
+.PHONY: demo test tools build bench python-test python-check screenshots
 
 tools:
 	bash scripts/install-tools.sh
@@ -36,3 +36,8 @@ bench: tools
 	$(CARGO) build --release -p sluice -p sluice-loadtest
 	./target/release/sluice-loadtest --sluice ./target/release/sluice --out bench/results.json --doc docs/performance.md
 	./target/release/sluice-loadtest --sluice ./target/release/sluice --sync-interval always --only W1,W2,W3,W4,W5 --out bench/results-sync-always.json
+
+# make screenshots   the UI's browser test (headless Chromium), then its screenshots into docs/ui/
+screenshots: tools
+	$(CARGO) test -p sluice --test ui
+	cp target/ui-screenshots/*.png docs/ui/

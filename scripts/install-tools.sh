@@ -66,26 +66,37 @@ if [ ! -f "$kv_stamp" ] || [ ! -x "$venv/bin/kubernetes-validate" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
   touch "$kv_stamp"
 fi
-if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
-  # Debian's packages, like scripts/kube-apiserver.sh's (sudo when not root; never prompts).
-  sudo_cmd=()
+# The HTTP API's OpenAPI document is checked against the OpenAPI 3.1 schema
+# (cli/tests/server.rs) by PyPI openapi-spec-validator.
+OPENAPI_SPEC_VALIDATOR_VERSION=0.9.0
+osv_stamp="$venv/.installed-openapi-spec-validator-$OPENAPI_SPEC_VALIDATOR_VERSION"
+if [ ! -f "$osv_stamp" ] || [ ! -x "$venv/bin/openapi-spec-validator" ]; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "openapi-spec-validator==$OPENAPI_SPEC_VALIDATOR_VERSION"
+  touch "$osv_stamp"
+fi
+# Debian packages the tests need (sudo when not root; never prompts).
+apt_install() {
+  local why="$1"
+  shift
+  local sudo_cmd=()
   if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo -n); fi
-  echo "install-tools.sh: installing nodejs and npm (apt-get)" >&2
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends nodejs npm >&2 || {
-    echo "install-tools.sh: node and npm are needed (Debian: apt-get install nodejs npm)" >&2
+  echo "install-tools.sh: installing $* (apt-get)" >&2
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "$@" >&2 || {
+    echo "install-tools.sh: $why (Debian: apt-get install $*)" >&2
     exit 1
   }
+}
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  apt_install "node and npm are needed" nodejs npm
 fi
 # `promtool check metrics` (cli/tests/operations.rs checks every /metrics answer with it):
 # Debian's prometheus package.
 if ! command -v promtool >/dev/null; then
-  sudo_cmd=()
-  if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo -n); fi
-  echo "install-tools.sh: installing promtool (apt-get install prometheus)" >&2
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends prometheus >&2 || {
-    echo "install-tools.sh: promtool is needed (Debian: apt-get install prometheus)" >&2
-    exit 1
-  }
+  apt_install "promtool is needed" prometheus
+fi
+# The web UI's browser tests (cli/tests/ui.rs): headless Chromium driven over WebDriver.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt_install "chromium and chromedriver are needed for the UI tests" chromium chromium-driver
 fi
 node_dir=.tools/node
 lock_sum="$(sha256sum scripts/validate/package-lock.json | cut -c1-16)"

@@ -112,6 +112,8 @@ enum Command {
     Coordinator(commands::serve::CoordinatorArgs),
     /// Run a worker for one pool with the stock job kinds (exec, noop, sleep, fail).
     Worker(commands::serve::WorkerArgs),
+    /// Serve the HTTP API (/api/v1) for people with tokens, acting through control requests.
+    Server(commands::server::ServerArgs),
     /// Submit a workflow; prints the run id.
     Submit(commands::submit::SubmitArgs),
     /// Show a run and its jobs.
@@ -154,6 +156,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.output;
+    // Every HTTP client in the process (the OTLP exporter, notifications) is reqwest on rustls
+    // without a crypto provider of its own: ring, the one NATS's TLS uses, for all of them.
+    sluice_coordinator::notify::install_tls_provider();
     // The coordinator is one event loop and `sluice worker` runs only I/O-bound stock kinds:
     // on one thread they skip the cross-thread wake-ups that dominate their CPU profile
     // (docs/performance.md). Everything else may use every core.
@@ -191,6 +196,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Worker(args) => {
             output::init_logging("info");
             commands::serve::worker(url, args).await
+        }
+        Command::Server(args) => {
+            output::init_logging("info");
+            commands::server::run(url, args).await
         }
         Command::Submit(args) => {
             output::init_logging("warn");

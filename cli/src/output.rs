@@ -83,7 +83,9 @@ impl From<sluice_client::ClientError> for CliError {
     fn from(error: sluice_client::ClientError) -> Self {
         use sluice_client::ClientError;
         match error {
-            ClientError::Codec(_) | ClientError::NoAnswer { .. } => Self::failed(error.to_string()),
+            ClientError::Codec(_) | ClientError::NoAnswer { .. } | ClientError::Inconsistent(_) => {
+                Self::failed(error.to_string())
+            }
             ClientError::Invalid(_) => Self::usage(error.to_string()),
             _ => Self::nats(error.to_string()),
         }
@@ -251,12 +253,7 @@ pub fn print_json(value: &serde_json::Value) -> Result<(), CliError> {
     out(serde_json::to_string_pretty(value).unwrap_or_default())
 }
 
-/// RFC 3339 UTC with seconds, as every JSON timestamp.
-pub fn time(value: Option<DateTime<Utc>>) -> serde_json::Value {
-    value
-        .map(|time| json!(time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)))
-        .unwrap_or(serde_json::Value::Null)
-}
+pub use sluice_client::json::time;
 
 /// A short local-looking time for tables.
 pub fn short_time(value: Option<DateTime<Utc>>) -> String {

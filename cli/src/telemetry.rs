@@ -7,8 +7,8 @@
 //! waits for it). A full queue drops the span and counts it
 //! (`sluice_span_export_dropped_total`), as does a batch the endpoint refused.
 
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::mpsc::{self, Receiver};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState};
@@ -153,9 +153,63 @@ struct Counts {
 /// The sink the libraries emit to: a bounded queue, never waited on.
 #[derive(Debug)]
 pub struct OtlpSink {
-    queue: Mutex<Option<SyncSender<Span>>>,
+    queue: Queue,
     sampler: Sampler,
     counts: Counts,
+}
+
+/// Spans waiting for the export thread, at most [`SPAN_QUEUE_MAX`]. The thread is woken
+/// only when a batch is full (or closing): a wake-up per span (a channel's) costs a futex
+/// call on the job path for every job and attempt.
+#[derive(Debug, Default)]
+struct Queue {
+    pending: Mutex<Pending>,
+    ready: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    spans: Vec<Span>,
+    closed: bool,
+}
+
+impl Queue {
+    /// Queues `span`; `false` when full or closed (the span is dropped).
+    fn push(&self, span: Span) -> bool {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.closed || pending.spans.len() >= SPAN_QUEUE_MAX {
+            return false;
+        }
+        pending.spans.push(span);
+        if pending.spans.len() == SPAN_BATCH_MAX {
+            self.ready.notify_one();
+        }
+        true
+    }
+
+    /// The next batch: up to [`SPAN_BATCH_MAX`] spans, as soon as that many wait or
+    /// [`SPAN_BATCH_WAIT`] has passed; `None` once closed and empty.
+    fn next_batch(&self) -> Option<Vec<Span>> {
+        let deadline = Instant::now() + SPAN_BATCH_WAIT;
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        while !pending.closed && pending.spans.len() < SPAN_BATCH_MAX {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            pending = self.ready.wait_timeout(pending, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        if pending.closed && pending.spans.is_empty() {
+            return None;
+        }
+        let take = pending.spans.len().min(SPAN_BATCH_MAX);
+        Some(pending.spans.drain(..take).collect())
+    }
+
+    fn close(&self) {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner).closed = true;
+        self.ready.notify_one();
+    }
 }
 
 impl SpanSink for OtlpSink {
@@ -163,13 +217,8 @@ impl SpanSink for OtlpSink {
         if !samples(self.sampler, &span.trace_id) {
             return;
         }
-        let queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(queue) = queue.as_ref() else { return };
-        match queue.try_send(span) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.counts.dropped.inc();
-            }
+        if !self.queue.push(span) {
+            self.counts.dropped.inc();
         }
     }
 }
@@ -184,7 +233,7 @@ pub struct Exporting {
 impl Drop for Exporting {
     fn drop(&mut self) {
         // Closing the queue ends the thread once it has sent what was in it.
-        self.sink.queue.lock().unwrap_or_else(PoisonError::into_inner).take();
+        self.sink.queue.close();
         let _ = self.done.recv_timeout(FLUSH_AT_EXIT_MAX);
     }
 }
@@ -203,14 +252,14 @@ pub fn start(
     );
     registry.register("sluice_spans_exported", "Spans the OTLP endpoint accepted", counts.exported.clone());
     let Some(config) = config else { return Ok(None) };
-    let (queue, spans) = mpsc::sync_channel(SPAN_QUEUE_MAX);
     let (finished, done) = mpsc::sync_channel(1);
-    let sink = Arc::new(OtlpSink { queue: Mutex::new(Some(queue)), sampler: config.sampler, counts: counts.clone() });
+    let sink = Arc::new(OtlpSink { queue: Queue::default(), sampler: config.sampler, counts: counts.clone() });
+    let spans = sink.clone();
     tracing::info!(endpoint = %config.endpoint, service = %config.service_name, "exporting traces over OTLP/HTTP");
     std::thread::Builder::new()
         .name("sluice-otlp".to_owned())
         .spawn(move || {
-            export_loop(&config, &spans, &counts);
+            export_loop(&config, &spans.queue, &counts);
             let _ = finished.send(());
         })
         .map_err(|error| CliError::failed(format!("cannot start the trace exporter: {error}")))?;
@@ -219,7 +268,7 @@ pub fn start(
 
 /// Sends batches until the queue is closed and empty. Built here, off the async runtime:
 /// the blocking HTTP client must not live on it.
-fn export_loop(config: &TraceConfig, spans: &Receiver<Span>, counts: &Counts) {
+fn export_loop(config: &TraceConfig, queue: &Queue, counts: &Counts) {
     let built = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_endpoint(config.endpoint.clone())
@@ -229,8 +278,8 @@ fn export_loop(config: &TraceConfig, spans: &Receiver<Span>, counts: &Counts) {
         Ok(exporter) => exporter,
         Err(error) => {
             tracing::error!(%error, endpoint = %config.endpoint, "cannot build the OTLP exporter; spans are dropped");
-            for _ in spans.iter() {
-                counts.dropped.inc();
+            while let Some(batch) = queue.next_batch() {
+                counts.dropped.inc_by(batch.len() as u64);
             }
             return;
         }
@@ -240,25 +289,19 @@ fn export_loop(config: &TraceConfig, spans: &Receiver<Span>, counts: &Counts) {
         .with_attributes(config.resource.iter().map(|(key, value)| KeyValue::new(key.clone(), value.clone())))
         .build();
     exporter.set_resource(&resource);
+    export_all(&exporter, queue, counts, &config.endpoint);
+    let _ = exporter.shutdown();
+}
+
+/// Sends the queue's batches to `exporter` until it is closed and empty, counting what was
+/// taken and what was not.
+fn export_all(exporter: &impl SpanExporter, queue: &Queue, counts: &Counts, endpoint: &str) {
     let scope = InstrumentationScope::builder("sluice").with_version(env!("CARGO_PKG_VERSION")).build();
-    let mut open = true;
-    while open {
-        let mut batch = Vec::new();
-        let deadline = Instant::now() + SPAN_BATCH_WAIT;
-        while batch.len() < SPAN_BATCH_MAX {
-            let wait = deadline.saturating_duration_since(Instant::now());
-            match spans.recv_timeout(wait) {
-                Ok(span) => batch.push(span_data(span, &scope)),
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => {
-                    open = false;
-                    break;
-                }
-            }
-        }
-        if batch.is_empty() {
+    while let Some(spans) = queue.next_batch() {
+        if spans.is_empty() {
             continue;
         }
+        let batch: Vec<SpanData> = spans.into_iter().map(|span| span_data(span, &scope)).collect();
         let count = batch.len() as u64;
         match futures::executor::block_on(exporter.export(batch)) {
             Ok(()) => {
@@ -266,11 +309,10 @@ fn export_loop(config: &TraceConfig, spans: &Receiver<Span>, counts: &Counts) {
             }
             Err(error) => {
                 counts.dropped.inc_by(count);
-                tracing::warn!(%error, spans = count, endpoint = %config.endpoint, "the OTLP endpoint did not take the spans");
+                tracing::warn!(%error, spans = count, %endpoint, "the OTLP endpoint did not take the spans");
             }
         }
     }
-    let _ = exporter.shutdown();
 }
 
 fn span_data(span: Span, scope: &InstrumentationScope) -> SpanData {
@@ -396,8 +438,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_drops_and_counts_instead_of_waiting() {
-        let (queue, _spans) = mpsc::sync_channel(1);
-        let sink = OtlpSink { queue: Mutex::new(Some(queue)), sampler: Sampler::AlwaysOn, counts: Counts::default() };
+        let sink = OtlpSink { queue: Queue::default(), sampler: Sampler::AlwaysOn, counts: Counts::default() };
         let span = Span {
             trace_id: [1; 16],
             span_id: [2; 8],
@@ -408,9 +449,60 @@ mod tests {
             attributes: Vec::new(),
             error: None,
         };
-        for _ in 0..3 {
+        for _ in 0..SPAN_QUEUE_MAX + 2 {
             sink.emit(span.clone());
         }
         assert_eq!(sink.counts.dropped.get(), 2);
+        // Batches come out whole, then what is left once closed, then nothing.
+        assert_eq!(sink.queue.next_batch().map(|batch| batch.len()), Some(SPAN_BATCH_MAX));
+        sink.queue.close();
+        sink.emit(span.clone());
+        assert_eq!(sink.counts.dropped.get(), 3, "a closed queue drops");
+        let mut left = 0;
+        while let Some(batch) = sink.queue.next_batch() {
+            assert!(batch.len() <= SPAN_BATCH_MAX);
+            left += batch.len();
+        }
+        assert_eq!(left, SPAN_QUEUE_MAX - SPAN_BATCH_MAX);
+    }
+
+    #[test]
+    fn spans_reach_an_exporter_with_their_ids_parents_attributes_and_errors() {
+        let exporter = opentelemetry_sdk::trace::InMemorySpanExporterBuilder::new().build();
+        let counts = Counts::default();
+        let queue = Queue::default();
+        let start = chrono::Utc::now();
+        let span = |id: u8, parent: Option<u8>, name: &str, error: Option<&str>| Span {
+            trace_id: [7; 16],
+            span_id: [id; 8],
+            parent_span_id: parent.map(|parent| [parent; 8]),
+            name: name.into(),
+            start,
+            end: start + chrono::Duration::milliseconds(5),
+            attributes: vec![
+                ("sluice.attempt", AttributeValue::Int(i64::from(id))),
+                ("sluice.pool", AttributeValue::Text("default".into())),
+            ],
+            error: error.map(str::to_owned),
+        };
+        assert!(queue.push(span(1, None, "run w", None)));
+        assert!(queue.push(span(2, Some(1), "job a", None)));
+        assert!(queue.push(span(3, Some(2), "attempt 1 of a", Some("exit status 3"))));
+        queue.close();
+        export_all(&exporter, &queue, &counts, "http://127.0.0.1:4318");
+        let spans = exporter.get_finished_spans().unwrap();
+        assert_eq!(counts.exported.get(), 3);
+        assert_eq!(counts.dropped.get(), 0);
+        let names: Vec<&str> = spans.iter().map(|span| span.name.as_ref()).collect();
+        assert_eq!(names, ["run w", "job a", "attempt 1 of a"]);
+        assert!(spans.iter().all(|span| span.span_context.trace_id() == TraceId::from_bytes([7; 16])));
+        assert_eq!(spans[0].parent_span_id, SpanId::INVALID, "the run is the root");
+        assert_eq!(spans[1].parent_span_id, SpanId::from_bytes([1; 8]));
+        assert_eq!(spans[2].parent_span_id, SpanId::from_bytes([2; 8]));
+        assert_eq!(spans[2].status, Status::error("exit status 3"));
+        assert_eq!(spans[1].status, Status::Unset);
+        assert!(spans[2].attributes.contains(&KeyValue::new("sluice.attempt", 3)));
+        assert!(spans[2].attributes.contains(&KeyValue::new("sluice.pool", "default")));
+        assert_eq!(spans[0].end_time.duration_since(spans[0].start_time).unwrap(), Duration::from_millis(5));
     }
 }

@@ -195,7 +195,8 @@ fn json_keeps_the_documented_key_order() {
             "trace_id",
             "spec_hash",
             "jobs",
-            "cancelled_by"
+            "cancelled_by",
+            "notifications"
         ]
     );
     let job = &status["jobs"][0];

@@ -75,7 +75,12 @@ fn probes_say_ready_only_while_connected_and_serving_the_role() {
     assert_eq!(body["nats"], "connecting", "{body}");
 
     stack.nats.restart().unwrap();
-    let body = wait_ready(&leader_probe, 200, "the coordinator to be ready once NATS is up");
+    // Ready as a standby first (campaigning is its role), then leading once it holds the lease.
+    let mut body = serde_json::Value::Null;
+    wait_until(FOLLOW, "the coordinator to lead once NATS is up", || {
+        body = get(&leader_probe, "/readyz").map(|(_, answer)| answer).unwrap_or_default();
+        body["phase"] == "leading"
+    });
     assert_eq!(body, serde_json::json!({"ready": true, "nats": "connected", "phase": "leading"}));
     wait_until_set_up(&stack);
     let standby = stack.coordinator_with(&listen);
@@ -386,9 +391,15 @@ fn with_a_history_max_age_finished_runs_go_and_the_coordinator_keeps_working() {
         runs["runs"].as_array().unwrap().iter().any(|run| run["id"] == id)
     };
     assert!(listed(&first));
-    wait_until(Duration::from_secs(20), "the finished run to expire", || !listed(&first));
+    // Its index entry (written when it began) and its record (written when it ended) expire
+    // apart, each 2 s after its own write, and the server removes expired messages on its
+    // own tick: so wait for both.
+    let status_code = |stack: &Stack| stack.sluice(&["status", &first, "-o", "json"]).status.code();
+    wait_until(Duration::from_secs(20), "the finished run to expire", || {
+        !listed(&first) && status_code(&stack) == Some(2)
+    });
     let gone = stack.sluice(&["status", &first, "-o", "json"]);
-    assert_eq!(gone.status.code(), Some(2), "{}", text(&gone.stderr));
+    assert!(text(&gone.stderr).contains(&first), "{}", text(&gone.stderr));
     let cancel = stack.sluice(&["cancel", &first]);
     assert_eq!(cancel.status.code(), Some(2), "{}", text(&cancel.stderr));
     // The coordinator keeps working: a new run of the same workflow (whose index chains'
@@ -454,4 +465,31 @@ fn a_run_and_a_job_store_about_what_the_docs_say() {
     assert!((200..=1_500).contains(&run_bytes), "a run record takes {run_bytes} B");
     assert!((150..=1_000).contains(&job_bytes), "a job record takes {job_bytes} B");
     assert!(index_bytes <= 4_000, "a run's index entries take {index_bytes} B");
+}
+
+#[test]
+fn the_server_counts_its_requests_by_route_template_and_passes_promtool() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    wait_until_set_up(&stack);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let metrics = format!("127.0.0.1:{port}");
+    let api = start_server(&mut stack, ("alice", "alice-token"), ("bob", "bob-token"), &["--metrics-listen", &metrics]);
+    let ready = wait_ready(&metrics, 200, "the server to be ready");
+    assert_eq!(ready["nats"], "connected", "{ready}");
+    let call = |path: &str| {
+        sluice_testkit::http::request(&api, "GET", path, &[("Authorization", "Bearer bob-token")], b"").unwrap().0
+    };
+    assert_eq!((call("/api/v1/runs"), call("/api/v1/runs")), (200, 200));
+    let unknown = sluice_proto::RunId::new().to_string();
+    assert_eq!(call(&format!("/api/v1/runs/{unknown}")), 404);
+    let text = scrape(&metrics);
+    let requests = |route: &str, status: u16| {
+        sample(&text, &format!(r#"sluice_http_requests_total{{route="{route}",method="GET",status="{status}"}}"#))
+    };
+    assert_eq!(requests("/api/v1/runs", 200), Some(2.0), "{text}");
+    assert_eq!(requests("/api/v1/runs/{id}", 404), Some(1.0), "the route's template, not the id: {text}");
+    assert!(!text.contains(&unknown), "no label holds what a request asked for");
+    assert_eq!(sample(&text, r#"sluice_http_request_duration_seconds_count{route="/api/v1/runs"}"#), Some(2.0));
+    promtool_check(&text, "server");
 }

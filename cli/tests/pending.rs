@@ -110,7 +110,18 @@ fn a_pending_submission_is_shown_and_a_cancel_before_any_coordinator_creates_it_
     assert!(status["submitted_at"].is_string(), "{status:#}");
     assert_eq!(
         keys(&status),
-        ["id", "workflow", "state", "window", "created_at", "finished_at", "origin", "submitted_at", "jobs"]
+        [
+            "id",
+            "workflow",
+            "state",
+            "window",
+            "created_at",
+            "finished_at",
+            "origin",
+            "submitted_at",
+            "jobs",
+            "notifications"
+        ]
     );
     let suffix = &doomed_id[doomed_id.len() - 8..];
     assert_eq!(stack.sluice_json(&["status", suffix], 0)["id"], doomed_id.as_str());

@@ -9,9 +9,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -35,103 +32,59 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// An OTLP/HTTP receiver on loopback: every span POSTed to `/v1/traces`, and the paths asked.
-#[derive(Clone, Default)]
+/// An OTLP/HTTP receiver on loopback (`sluice_testkit::http`, answering 200): the spans of
+/// every request, decoded, and the paths asked.
 struct Receiver {
-    spans: Arc<Mutex<Vec<Got>>>,
-    paths: Arc<Mutex<Vec<String>>>,
+    http: sluice_testkit::http::Receiver,
 }
 
 impl Receiver {
     fn start() -> (Self, String) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap().to_string();
-        let receiver = Self::default();
-        let serving = receiver.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming().map_while(Result::ok) {
-                let serving = serving.clone();
-                std::thread::spawn(move || serving.serve(stream));
-            }
-        });
-        (receiver, address)
+        let http = sluice_testkit::http::Receiver::start(|_, _| sluice_testkit::http::Reply::status(200)).unwrap();
+        let address = http.address.clone();
+        (Self { http }, address)
     }
 
-    /// Answers the requests of one connection (the exporters keep it alive).
-    fn serve(&self, stream: TcpStream) {
-        let mut reader = BufReader::new(stream.try_clone().unwrap());
-        let mut writer = stream;
-        loop {
-            let mut request_line = String::new();
-            if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-                return;
-            }
-            let path = request_line.split_whitespace().nth(1).unwrap_or_default().to_owned();
-            let mut length = 0;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                    return;
-                }
-                let line = line.trim_end();
-                if line.is_empty() {
-                    break;
-                }
-                if let Some((name, value)) = line.split_once(':')
-                    && name.eq_ignore_ascii_case("content-length")
-                {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-            let mut body = vec![0; length];
-            if reader.read_exact(&mut body).is_err() {
-                return;
-            }
-            self.paths.lock().unwrap().push(path);
-            if let Ok(request) = ExportTraceServiceRequest::decode(body.as_slice()) {
-                self.keep(request);
-            }
-            let answer = "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
-            if writer.write_all(answer.as_bytes()).is_err() {
-                return;
-            }
-        }
-    }
-
-    fn keep(&self, request: ExportTraceServiceRequest) {
-        let mut spans = self.spans.lock().unwrap();
-        for resource in request.resource_spans {
-            let service = resource
-                .resource
-                .iter()
-                .flat_map(|resource| &resource.attributes)
-                .find(|kv| kv.key == "service.name")
-                .map(|kv| value_text(kv.value.as_ref()))
-                .unwrap_or_default();
-            for span in resource.scope_spans.into_iter().flat_map(|scope| scope.spans) {
-                spans.push(Got {
-                    service: service.clone(),
-                    trace: hex(&span.trace_id),
-                    span: hex(&span.span_id),
-                    parent: hex(&span.parent_span_id),
-                    name: span.name,
-                    attributes: span
-                        .attributes
-                        .iter()
-                        .map(|kv| (kv.key.clone(), value_text(kv.value.as_ref())))
-                        .collect(),
-                    error: span.status.is_some_and(|status| status.code == 2),
-                });
-            }
-        }
+    fn paths(&self) -> Vec<String> {
+        self.http.requests().into_iter().map(|request| request.path).collect()
     }
 
     fn spans(&self) -> Vec<Got> {
-        self.spans.lock().unwrap().clone()
+        let mut spans = Vec::new();
+        for request in self.http.requests() {
+            if let Ok(request) = ExportTraceServiceRequest::decode(request.body.as_slice()) {
+                keep(request, &mut spans);
+            }
+        }
+        spans
     }
 
     fn named(&self, name: &str) -> Vec<Got> {
         self.spans().into_iter().filter(|span| span.name == name).collect()
+    }
+}
+
+/// The spans of one export request, with their service's name.
+fn keep(request: ExportTraceServiceRequest, spans: &mut Vec<Got>) {
+    for resource in request.resource_spans {
+        let service = resource
+            .resource
+            .iter()
+            .flat_map(|resource| &resource.attributes)
+            .find(|kv| kv.key == "service.name")
+            .map(|kv| value_text(kv.value.as_ref()))
+            .unwrap_or_default();
+        for span in resource.scope_spans.into_iter().flat_map(|scope| scope.spans) {
+            spans.push(Got {
+                service: service.clone(),
+                trace: hex(&span.trace_id),
+                span: hex(&span.span_id),
+                parent: hex(&span.parent_span_id),
+                name: span.name,
+                attributes: span.attributes.iter().map(|kv| (kv.key.clone(), value_text(kv.value.as_ref()))).collect(),
+                error: span.status.is_some_and(|status| status.code == 2),
+            });
+        }
     }
 }
 
@@ -262,7 +215,7 @@ fn a_run_is_one_trace_with_job_attempt_child_and_python_spans_across_a_coordinat
     let summary = one(&spans, "1 more children of fan");
     assert_eq!(summary.parent, fan.span);
     assert_eq!(summary.attributes["sluice.children.completed"], "1");
-    let paths = receiver.paths.lock().unwrap().clone();
+    let paths = receiver.paths();
     assert!(paths.iter().all(|path| path == "/v1/traces"), "{paths:?}");
 }
 

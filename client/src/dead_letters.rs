@@ -1,7 +1,7 @@
 //! Reading the dead-letter stream: jobs whose attempts are over, with every attempt's error.
 
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
-use sluice_proto::{DeadLetter, decode, names};
+use sluice_proto::{ControlAction, ControlRequest, DeadLetter, decode, names};
 
 use crate::error::{ClientError, NatsContext};
 
@@ -30,6 +30,19 @@ impl DeadLetterEntry {
             workflow.is_none_or(|workflow| self.letter.as_ref().is_some_and(|letter| letter.job.workflow == workflow));
         workflow_ok && pool.is_none_or(|pool| pool == self.pool())
     }
+
+    /// The request that replays it: its job queued again in a fresh series of attempts
+    /// (with the definitions of `spec`, when given), after which the coordinator removes
+    /// the letter. `None` for a letter nobody could read.
+    pub fn replay_request(&self, spec: Option<String>) -> Option<ControlRequest> {
+        let letter = self.letter.as_ref()?;
+        Some(ControlRequest {
+            job: Some(letter.job.job.clone()),
+            dead_letter: Some(self.id),
+            spec,
+            ..ControlRequest::new(ControlAction::Retry, Some(letter.job.run_id), "")
+        })
+    }
 }
 
 /// Every dead letter (at most the newest [`DEAD_LETTERS_READ_MAX`]), oldest first.
@@ -47,6 +60,12 @@ pub async fn load(js: &jetstream::Context) -> Result<Vec<DeadLetterEntry>, Clien
         }
     }
     Ok(letters)
+}
+
+/// How many dead letters wait in the stream (no stream yet: none).
+pub async fn waiting(js: &jetstream::Context) -> Result<u64, ClientError> {
+    let Ok(mut stream) = js.get_stream(names::DLQ_STREAM).await else { return Ok(0) };
+    Ok(stream.info().await.context("reading the dead-letter stream")?.state.messages)
 }
 
 /// One dead letter; `None` if there is none with that id (never was, or deleted).

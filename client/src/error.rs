@@ -39,6 +39,9 @@ pub enum ClientError {
     /// A control request was stored, but no coordinator answered it in time.
     #[error("the request ({action}) is queued, but no coordinator answered it within {waited_s}s: is one running?")]
     NoAnswer { action: &'static str, waited_s: u64 },
+    /// What the server holds contradicts itself (a duplicate whose first copy is gone).
+    #[error("{0}")]
+    Inconsistent(String),
 }
 
 impl ClientError {
@@ -49,7 +52,7 @@ impl ClientError {
             Self::Unreachable { .. } | Self::Nats { .. } | Self::Stalled(_) | Self::NoAnswer { .. } => true,
             Self::NotSetUp { .. } => true,
             Self::ServerTooOld(_) | Self::NoJetStream | Self::Codec(_) | Self::Invalid(_) => false,
-            Self::Refused { .. } | Self::BadOption { .. } => false,
+            Self::Refused { .. } | Self::BadOption { .. } | Self::Inconsistent(_) => false,
         }
     }
 }

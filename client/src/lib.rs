@@ -25,14 +25,19 @@
 #![doc = include_str!("../examples/submit_and_follow.rs")]
 //! ```
 
+pub mod audit;
 pub mod connect;
 pub mod dead_letters;
 pub mod error;
+pub mod json;
+pub mod logs;
+pub mod outcomes;
 pub mod pipeline;
 pub mod requests;
 pub mod runs;
 pub mod specs;
 pub mod stores;
+pub mod submit;
 pub mod view;
 
 pub use connect::{NatsOptions, connect, connect_with};

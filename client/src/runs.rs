@@ -11,7 +11,7 @@ use std::collections::HashSet;
 
 use async_nats::jetstream::{self, stream::DirectGetErrorKind};
 use chrono::{DateTime, NaiveDate, Utc};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use sluice_proto::{RunId, RunIndexEntry, RunRecord, RunState, Submission, Window, decode, names};
 
 use crate::error::{ClientError, NatsContext};
@@ -161,20 +161,171 @@ pub async fn by_window_days(
     let (Some(stores), Ok(stream)) = (Stores::open(js).await?, js.get_stream_no_info(names::INDEX_STREAM).await) else {
         return Ok(Vec::new());
     };
+    // Direct gets by subject, many in flight at once: a consumer filtered to a year of
+    // days would make the server scan the whole index to count what it holds.
+    let subjects: Vec<String> =
+        from.iter_days().take(days as usize + 1).map(|day| names::index_window_subject(workflow, day)).collect();
+    // Owned inputs: the futures must be `Send` for any caller (the server's handlers).
+    let chains: Vec<Vec<RunIndexEntry>> = futures::stream::iter(subjects.into_iter().map(|subject| {
+        let stream = stream.clone();
+        async move { entries_of(&stream, &subject).await }
+    }))
+    .buffered(GETS_IN_FLIGHT)
+    .try_collect()
+    .await?;
     let mut seen = HashSet::new();
-    let mut runs = Vec::new();
-    for day in from.iter_days().take(days as usize + 1) {
-        for entry in entries_of(&stream, &names::index_window_subject(workflow, day)).await? {
-            if seen.insert(entry.run_id)
-                && let Some(run) = stores.run(&entry.run_id).await?
-            {
-                runs.push(run);
-            }
-        }
-    }
+    let ids: Vec<RunId> =
+        chains.into_iter().flatten().map(|entry| entry.run_id).filter(|id| seen.insert(*id)).collect();
+    let records: Vec<Option<RunRecord>> = futures::stream::iter(ids.into_iter().map(|id| {
+        let stores = stores.clone();
+        async move { stores.run(&id).await }
+    }))
+    .buffered(GETS_IN_FLIGHT)
+    .try_collect()
+    .await?;
+    let mut runs: Vec<RunRecord> = records.into_iter().flatten().collect();
     runs.sort_by_key(|run| std::cmp::Reverse((run.created_at, run.id)));
     Ok(runs)
 }
+
+/// Direct gets a read keeps in flight at once (one connection pipelines them).
+pub const GETS_IN_FLIGHT: usize = 32;
+
+/// How a window range's runs are ordered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Order {
+    /// Newest created first (every listing's order).
+    #[default]
+    Newest,
+    /// Newest window first, then newest created.
+    Window,
+}
+
+impl Order {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "newest" => Some(Self::Newest),
+            "window" => Some(Self::Window),
+            _ => None,
+        }
+    }
+}
+
+/// What a listing's window range and order are called where they come from: the API's
+/// `window_from`, `window_to`, `sort`, `workflow`, or the CLI's `--window-from`, ….
+pub struct RangeNames {
+    pub from: &'static str,
+    pub to: &'static str,
+    pub sort: &'static str,
+    pub workflow: &'static str,
+}
+
+/// A listing's window range (both days or neither) and order, checked: every problem names
+/// its parameter. A range needs a workflow; `window` order needs a range.
+pub fn range_and_order(
+    from: Option<&str>,
+    to: Option<&str>,
+    sort: Option<&str>,
+    has_workflow: bool,
+    names: &RangeNames,
+) -> Result<(Option<(NaiveDate, NaiveDate)>, Order), ClientError> {
+    let day = |name: &str, text: Option<&str>| -> Result<Option<NaiveDate>, ClientError> {
+        text.map(|text| {
+            NaiveDate::parse_from_str(text, "%Y-%m-%d")
+                .map_err(|_| ClientError::Invalid(format!("{name} must be a day such as 2024-03-01, not `{text}`")))
+        })
+        .transpose()
+    };
+    let range = match (day(names.from, from)?, day(names.to, to)?) {
+        (None, None) => None,
+        (Some(from), Some(to)) if from <= to => Some((from, to)),
+        (Some(from), Some(to)) => {
+            return Err(ClientError::Invalid(format!("{} {from} is after {} {to}", names.from, names.to)));
+        }
+        _ => {
+            return Err(ClientError::Invalid(format!("{} and {} go together: give both days", names.from, names.to)));
+        }
+    };
+    if range.is_some() && !has_workflow {
+        return Err(ClientError::Invalid(format!(
+            "{} and {} list a workflow's runs: give {}",
+            names.from, names.to, names.workflow
+        )));
+    }
+    let order = match sort {
+        None => Order::default(),
+        Some(text) => Order::parse(text)
+            .ok_or_else(|| ClientError::Invalid(format!("{} must be newest or window, not `{text}`", names.sort)))?,
+    };
+    if order == Order::Window && range.is_none() {
+        return Err(ClientError::Invalid(format!(
+            "{}=window orders a window range: give {} and {}",
+            names.sort, names.from, names.to
+        )));
+    }
+    Ok((range, order))
+}
+
+/// What a window range's cursor starts with (the rest: how many runs came before).
+const RANGE_CURSOR_PREFIX: char = 'w';
+
+/// A workflow's runs (`filter.workflow`, required) whose window starts on the local days
+/// `from` to `to` (in the zone the window was computed in), that match `filter`, in `order`,
+/// `limit` at most from `cursor`. Read from the index's window-day chains: bounded by the
+/// range's days, however many runs the history holds.
+pub async fn in_window_range(
+    js: &jetstream::Context,
+    filter: &RunFilter,
+    (from, to): (NaiveDate, NaiveDate),
+    order: Order,
+    limit: usize,
+    cursor: Option<&str>,
+) -> Result<Page, ClientError> {
+    let Some(workflow) = &filter.workflow else {
+        return Err(ClientError::Invalid("a window range is a workflow's: give workflow too".into()));
+    };
+    let skip = match cursor {
+        None => 0,
+        Some(text) => text
+            .strip_prefix(RANGE_CURSOR_PREFIX)
+            .and_then(|rest| rest.parse::<usize>().ok())
+            .ok_or_else(|| bad_cursor(text))?,
+    };
+    let mut runs: Vec<RunRecord> = by_local_days(js, workflow, from, to)
+        .await?
+        .into_iter()
+        .filter(|run| matches(run, filter))
+        .filter(|run| (from..=to).contains(&run.window.start.date_naive()))
+        .collect();
+    if order == Order::Window {
+        runs.sort_by_key(|run| std::cmp::Reverse((run.window.start, run.created_at, run.id)));
+    }
+    let limit = limit.clamp(1, PAGE_MAX);
+    let next = (runs.len() > skip + limit).then(|| format!("{RANGE_CURSOR_PREFIX}{}", skip + limit));
+    Ok(Page { runs: runs.into_iter().skip(skip).take(limit).collect(), next })
+}
+
+/// Every workflow with runs in the index, by name (at most [`WORKFLOWS_LISTED_MAX`]): the
+/// server counts each workflow's chain, no entry is read.
+pub async fn workflows(js: &jetstream::Context) -> Result<Vec<String>, ClientError> {
+    let Ok(stream) = js.get_stream(names::INDEX_STREAM).await else { return Ok(Vec::new()) };
+    let mut subjects = stream.info_with_subjects(names::index_workflows_filter()).await.context("listing workflows")?;
+    let mut workflows = Vec::new();
+    while let Some(entry) = subjects.try_next().await.transpose() {
+        let (subject, _) = entry.context("listing workflows")?;
+        if let Some(name) = subject.strip_prefix(names::INDEX_WORKFLOWS_FILTER_PREFIX) {
+            workflows.push(name.to_owned());
+        }
+        if workflows.len() >= WORKFLOWS_LISTED_MAX {
+            break;
+        }
+    }
+    workflows.sort();
+    Ok(workflows)
+}
+
+/// Workflows [`workflows`] lists at most.
+pub const WORKFLOWS_LISTED_MAX: usize = 1_000;
 
 /// A workflow's runs whose window starts on the local days `from` to `to` in any zone
 /// (the UTC days one either side are read too: zones are within 14 hours of UTC), newest

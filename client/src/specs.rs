@@ -48,3 +48,17 @@ pub async fn of_run(js: &jetstream::Context, record: &RunRecord) -> Result<Strin
         None => Ok(record.spec_yaml.clone()),
     }
 }
+
+/// The YAML a workflow runs with now, for a run or backfill asked for by name (the UI's):
+/// its schedule's, when it has one, else its newest run's. `None`: never seen here.
+pub async fn current_of_workflow(js: &jetstream::Context, workflow: &str) -> Result<Option<String>, ClientError> {
+    let Some(stores) = crate::Stores::open(js).await? else { return Ok(None) };
+    if let Some(schedule) = stores.schedule(workflow).await? {
+        return Ok(Some(schedule.workflow));
+    }
+    let filter = crate::runs::RunFilter { workflow: Some(workflow.to_owned()), ..Default::default() };
+    match crate::runs::list(js, &filter, 1, None).await?.runs.first() {
+        Some(run) => Ok(Some(of_run(js, run).await?)),
+        None => Ok(None),
+    }
+}

@@ -1,5 +1,5 @@
-//! Reading Sluice's durable records: runs, jobs, schedules, backfills, rejections and
-//! control outcomes. Read only: the coordinator is the one writer of all of them.
+//! Reading Sluice's durable records: runs, jobs, schedules, backfills, rejections,
+//! control outcomes and notification deliveries. Read only: the coordinator is the one writer of all of them.
 
 use std::collections::HashMap;
 
@@ -7,6 +7,7 @@ use async_nats::jetstream::{self, context::KeyValueErrorKind, kv};
 use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
 use sluice_proto::messages::Versioned;
+use sluice_proto::notify::NotifyStatus;
 use sluice_proto::{
     BackfillRecord, ControlOutcome, JobRecord, PoolRecord, Rejection, RequestId, RunId, RunRecord, ScheduleRecord,
     WorkerRecord, decode, names,
@@ -25,6 +26,7 @@ const READ_CONCURRENCY: usize = 64;
 pub struct Stores {
     js: jetstream::Context,
     runs: kv::Store,
+    jobs: kv::Store,
     schedules: kv::Store,
     backfills: kv::Store,
 }
@@ -33,7 +35,7 @@ impl Stores {
     /// Opens the buckets; `None` when Sluice was never set up on this server (no
     /// coordinator has run against it).
     pub async fn open(js: &jetstream::Context) -> Result<Option<Self>, ClientError> {
-        let (Some(runs), Some(_jobs), Some(schedules), Some(backfills)) = (
+        let (Some(runs), Some(jobs), Some(schedules), Some(backfills)) = (
             open_bucket(js, names::RUNS_BUCKET).await?,
             open_bucket(js, names::JOBS_BUCKET).await?,
             open_bucket(js, names::SCHEDULES_BUCKET).await?,
@@ -41,7 +43,7 @@ impl Stores {
         ) else {
             return Ok(None);
         };
-        Ok(Some(Self { js: js.clone(), runs, schedules, backfills }))
+        Ok(Some(Self { js: js.clone(), runs, jobs, schedules, backfills }))
     }
 
     /// [`Stores::open`], with a missing setup as an error that says what to do.
@@ -58,21 +60,25 @@ impl Stores {
         Ok(entry(&self.runs, &id.to_string()).await?.map(|(record, _)| record))
     }
 
+    /// How the notifications of run `id` were delivered, oldest first.
+    pub async fn notifications(&self, id: &RunId) -> Result<Vec<NotifyStatus>, ClientError> {
+        run_notifications(&self.js, id).await
+    }
+
     /// Every job record of a run, children included, by path: those stored, and for each
     /// workflow job not yet stored, the state the run began with (`RunRecord::first_state`:
     /// a job's record is written once it leaves that state).
     pub async fn jobs(&self, run: &RunRecord) -> Result<HashMap<String, JobRecord>, ClientError> {
-        let mut jobs: HashMap<String, JobRecord> =
-            run_jobs(&self.js, &run.id).await?.into_iter().map(|(path, (record, _))| (path, record)).collect();
-        // Only the missing ones are made: a finished run has every record.
-        for (index, name) in run.jobs.iter().enumerate() {
-            if !jobs.contains_key(name)
-                && let Some(job) = run.first_state(index)
-            {
-                jobs.insert(name.clone(), job);
-            }
+        Ok(with_first_states(run, run_jobs(&self.js, &run.id).await?))
+    }
+
+    /// One job's record (a child's by its path), or for a workflow job not yet stored the
+    /// state the run began with; `None`: the run has no such job.
+    pub async fn job(&self, run: &RunRecord, path: &str) -> Result<Option<JobRecord>, ClientError> {
+        if let Some((record, _)) = entry(&self.jobs, &names::job_key(&run.id, path)).await? {
+            return Ok(Some(record));
         }
-        Ok(jobs)
+        Ok(run.jobs.iter().position(|name| name == path).and_then(|index| run.first_state(index)))
     }
 
     /// Every schedule, by name.
@@ -198,57 +204,128 @@ pub async fn load_all<T: DeserializeOwned + Versioned>(store: &kv::Store) -> Res
     Ok(records.into_iter().flatten().collect())
 }
 
+/// The live workers and coordinators in KV `sluice-workers` (none before Sluice is set up).
+pub async fn live_workers(js: &jetstream::Context) -> Result<Vec<WorkerRecord>, ClientError> {
+    match Stores::open(js).await? {
+        Some(stores) => stores.workers().await,
+        None => Ok(Vec::new()),
+    }
+}
+
 /// Reads every job record of a run, children included, with its revision: the latest
 /// value of each key under `<run_id>.` in KV `sluice-jobs`, in one ordered read.
 pub async fn run_jobs(js: &jetstream::Context, id: &RunId) -> Result<HashMap<String, (JobRecord, u64)>, ClientError> {
-    use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
-    let what = || format!("reading the jobs of run {id}");
-    let stream_name = format!("KV_{}", names::JOBS_BUCKET);
-    let stream = js.get_stream(&stream_name).await.context(format!("opening {stream_name}"))?;
-    let mut consumer = stream
-        .create_consumer(OrderedConfig {
-            filter_subject: names::run_jobs_filter(id),
-            deliver_policy: DeliverPolicy::LastPerSubject,
-            ..Default::default()
-        })
-        .await
-        .context(what())?;
+    job_records(js, id, names::run_jobs_filter(id)).await
+}
+
+async fn job_records(
+    js: &jetstream::Context,
+    id: &RunId,
+    filter: String,
+) -> Result<HashMap<String, (JobRecord, u64)>, ClientError> {
+    let what = format!("reading the jobs of run {id}");
     let mut records = HashMap::new();
-    if consumer.info().await.context(what())?.num_pending == 0 {
-        return Ok(records);
+    for (key, payload, revision) in latest_values(js, names::JOBS_BUCKET, vec![filter], &what).await? {
+        let Some((_, path)) = names::parse_job_key(&key) else { continue };
+        match decode::<JobRecord>(&payload) {
+            Ok(record) => {
+                records.insert(path.to_owned(), (record, revision));
+            }
+            Err(error) => tracing::error!(%error, job = path, run = %id, "job record cannot be decoded; skipped"),
+        }
     }
-    let prefix = format!("$KV.{}.", names::JOBS_BUCKET);
-    let mut messages = consumer.messages().await.context(what())?;
+    Ok(records)
+}
+
+/// How the notifications of a run were delivered (KV `sluice-notifications`, keys under
+/// `<run_id>.`), oldest attempt first.
+pub async fn run_notifications(js: &jetstream::Context, id: &RunId) -> Result<Vec<NotifyStatus>, ClientError> {
+    let what = format!("reading the notifications of run {id}");
+    let mut statuses = Vec::new();
+    if js.get_stream(names::kv_stream(names::NOTIFICATIONS_BUCKET)).await.is_err() {
+        // A store set up before notifications existed: none were sent.
+        return Ok(statuses);
+    }
+    let filter = names::run_notifications_filter(id);
+    for (key, payload, _) in latest_values(js, names::NOTIFICATIONS_BUCKET, vec![filter], &what).await? {
+        match decode::<NotifyStatus>(&payload) {
+            Ok(status) => statuses.push(status),
+            Err(error) => tracing::error!(%error, key, run = %id, "notification status cannot be decoded; skipped"),
+        }
+    }
+    statuses.sort_by(|a, b| (a.last_at, &a.id).cmp(&(b.last_at, &b.id)));
+    Ok(statuses)
+}
+
+/// The latest value of every key of `bucket` matching one of `filters` (`$KV.<bucket>.…`
+/// subject filters), deleted keys left out, in one read: (key, value, revision).
+async fn latest_values(
+    js: &jetstream::Context,
+    bucket: &str,
+    filters: Vec<String>,
+    what: &str,
+) -> Result<Vec<(String, bytes::Bytes, u64)>, ClientError> {
+    use async_nats::jetstream::consumer::DeliverPolicy;
+    let stream_name = names::kv_stream(bucket);
+    let stream = js.get_stream(&stream_name).await.context(format!("opening {stream_name}"))?;
+    let mut consumer =
+        one_shot_consumer(&stream, filters, DeliverPolicy::LastPerSubject).await.context(what.to_owned())?;
+    let mut values = Vec::new();
+    if consumer.info().await.context(what.to_owned())?.num_pending == 0 {
+        return Ok(values);
+    }
+    let prefix = format!("$KV.{bucket}.");
+    let mut messages = consumer.messages().await.context(what.to_owned())?;
     loop {
         // A read that stalls is an error the caller retries, never a hang.
         let Ok(next) = tokio::time::timeout(READ_STALL, messages.next()).await else {
-            return Err(ClientError::Stalled(what()));
+            return Err(ClientError::Stalled(what.to_owned()));
         };
         let Some(message) = next else { break };
-        let message = message.context(what())?;
-        let info = message.info().context(what())?;
+        let message = message.context(what.to_owned())?;
+        let info = message.info().context(what.to_owned())?;
         let (revision, left) = (info.stream_sequence, info.pending);
         let deleted = message
             .headers
             .as_ref()
-            .and_then(|headers| headers.get("KV-Operation"))
+            .and_then(|headers| headers.get(names::HEADER_KV_OPERATION))
             .is_some_and(|operation| operation.as_str() != "PUT");
-        let path = message.subject.strip_prefix(prefix.as_str()).and_then(names::parse_job_key);
-        if let Some((_, path)) = path
+        if let Some(key) = message.subject.strip_prefix(prefix.as_str())
             && !deleted
         {
-            match decode::<JobRecord>(&message.payload) {
-                Ok(record) => {
-                    records.insert(path.to_owned(), (record, revision));
-                }
-                Err(error) => tracing::error!(%error, job = path, run = %id, "job record cannot be decoded; skipped"),
-            }
+            values.push((key.to_owned(), message.payload.clone(), revision));
         }
         if left == 0 {
             break;
         }
     }
-    Ok(records)
+    Ok(values)
+}
+
+/// How soon the server drops a consumer made for one read, after its last use. An ordered
+/// consumer lingers 30 s, and nats-server 2.15 allows a stream 1,000 consumers: pages read
+/// through ordered consumers would run out of them under a few readers.
+pub const ONE_SHOT_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A consumer for one read (a count, a page): ephemeral, unacknowledged, in memory, gone
+/// [`ONE_SHOT_IDLE`] after its last use.
+pub(crate) async fn one_shot_consumer(
+    stream: &jetstream::stream::Stream,
+    filters: Vec<String>,
+    policy: async_nats::jetstream::consumer::DeliverPolicy,
+) -> Result<jetstream::consumer::PullConsumer, async_nats::jetstream::stream::ConsumerError> {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    stream
+        .create_consumer(pull::Config {
+            filter_subjects: filters,
+            deliver_policy: policy,
+            ack_policy: AckPolicy::None,
+            inactive_threshold: ONE_SHOT_IDLE,
+            memory_storage: true,
+            num_replicas: 1,
+            ..Default::default()
+        })
+        .await
 }
 
 /// Reads the rejected submissions, oldest first, at most `limit` of the newest.
@@ -282,4 +359,19 @@ pub async fn rejection(js: &jetstream::Context, id: &RunId) -> Result<Option<Rej
         Err(error) if error.kind() == jetstream::stream::DirectGetErrorKind::NotFound => Ok(None),
         Err(error) => Err(error).context(format!("reading the rejection of run {id}")),
     }
+}
+
+/// The stored records, and for each workflow job not yet stored the state the run began
+/// with (`RunRecord::first_state`: a job's record is written once it leaves that state).
+/// Only the missing ones are made: a finished run has every record.
+fn with_first_states(run: &RunRecord, stored: HashMap<String, (JobRecord, u64)>) -> HashMap<String, JobRecord> {
+    let mut jobs: HashMap<String, JobRecord> = stored.into_iter().map(|(path, (record, _))| (path, record)).collect();
+    for (index, name) in run.jobs.iter().enumerate() {
+        if !jobs.contains_key(name)
+            && let Some(job) = run.first_state(index)
+        {
+            jobs.insert(name.clone(), job);
+        }
+    }
+    jobs
 }

@@ -1,8 +1,10 @@
-//! What `sluice status` shows of a run: its record and every job's, read together.
+//! What `sluice status` shows of a run: its record, every job's and its notifications',
+//! read together.
 
 use std::collections::BTreeMap;
 
 use async_nats::jetstream;
+use sluice_proto::notify::NotifyStatus;
 use sluice_proto::spawn::parent_of;
 use sluice_proto::{JobRecord, Rejection, RunId, RunRecord};
 
@@ -16,6 +18,8 @@ pub struct RunView {
     pub record: RunRecord,
     pub jobs: Vec<JobRecord>,
     pub all: BTreeMap<String, JobRecord>,
+    /// Its notifications' deliveries, oldest first.
+    pub notifications: Vec<NotifyStatus>,
 }
 
 impl RunView {
@@ -24,7 +28,8 @@ impl RunView {
         let Some(record) = stores.run(id).await? else { return Ok(None) };
         let all: BTreeMap<String, JobRecord> = stores.jobs(&record).await?.into_iter().collect();
         let jobs = record.jobs.iter().filter_map(|name| all.get(name).cloned()).collect();
-        Ok(Some(Self { record, jobs, all }))
+        let notifications = stores.notifications(id).await?;
+        Ok(Some(Self { record, jobs, all, notifications }))
     }
 
     /// The direct children of `parent`, by name.

@@ -4,8 +4,6 @@
 //! not expire), so `submit` can warn about a kind even while a pool is scaled to zero.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -20,9 +18,15 @@ use crate::topology::Topology;
 /// How often the coordinator renews its entry (the bucket expires entries after 15 s).
 pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(sluice_proto::limits::WORKER_ANNOUNCE_INTERVAL_MS);
 
-/// Announces the coordinator every [`ANNOUNCE_EVERY`] until `shutdown`, then removes its
-/// entry. `leading` is written by the leadership loop. Failures are logged, never fatal.
-pub async fn coordinator(js: jetstream::Context, id: String, leading: Arc<AtomicBool>, shutdown: CancellationToken) {
+/// Announces the coordinator every [`ANNOUNCE_EVERY`], and at once when it starts or stops
+/// leading, until `shutdown`; then removes its entry. `leading` is sent by the leadership
+/// loop. Failures are logged, never fatal.
+pub async fn coordinator(
+    js: jetstream::Context,
+    id: String,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) {
     let started_at = Utc::now();
     let key = names::worker_key(names::COORDINATOR_POOL_TOKEN, &id);
     let mut ticker = tokio::time::interval(ANNOUNCE_EVERY);
@@ -31,6 +35,7 @@ pub async fn coordinator(js: jetstream::Context, id: String, leading: Arc<Atomic
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = ticker.tick() => {}
+            changed = leading.changed() => if changed.is_err() { break },
         }
         if bucket.is_none() {
             bucket = stores::open_bucket(&js, names::WORKERS_BUCKET).await.ok().flatten();
@@ -46,7 +51,7 @@ pub async fn coordinator(js: jetstream::Context, id: String, leading: Arc<Atomic
             slots: 0,
             busy: 0,
             started_at,
-            leader: leading.load(Ordering::Relaxed),
+            leader: *leading.borrow_and_update(),
         };
         match encode(&record) {
             Ok(payload) => {

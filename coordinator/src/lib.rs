@@ -6,7 +6,8 @@
 //! [`store`] (records) and [`dispatch`] (jobs, dead letters); [`spawns`] reads the
 //! children jobs spawn; [`control`] applies control requests and answers each with an
 //! outcome; [`timekeeper`] fires schedules and drives backfills (a task of its own each
-//! leadership term); [`metrics`] counts what the engine noted and the outbox did (Prometheus);
+//! leadership term); [`metrics`] counts what the engine noted and the outbox did (Prometheus); [`notify`]
+//! makes notices of runs that end and jobs dead-lettered, and delivers them to the operator's targets;
 //! [`leadership`] keeps one coordinator in charge; [`topology`] creates
 //! streams and buckets, sized by [`storage`] to the JetStream store; [`service`] is the loop that ties them together. Reads and publishing helpers shared with clients live in `sluice-client`.
 
@@ -20,6 +21,7 @@ pub mod index;
 pub mod intake;
 pub mod leadership;
 pub mod metrics;
+pub mod notify;
 pub mod outbox;
 pub mod pools;
 pub mod service;

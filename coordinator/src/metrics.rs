@@ -57,6 +57,12 @@ pub struct PoolOutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventResultLabels {
+    pub event: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: &'static str,
 }
@@ -103,6 +109,7 @@ struct Inner {
     kv_write: Histogram,
     leader: Gauge,
     terms: Counter,
+    notification_attempts: Family<EventResultLabels, Counter>,
 }
 
 fn run_duration_histogram() -> Histogram {
@@ -132,6 +139,7 @@ impl Default for Metrics {
                 kv_write: Histogram::new(KV_WRITE_BUCKETS_S),
                 leader: Gauge::default(),
                 terms: Counter::default(),
+                notification_attempts: Family::default(),
             }),
             spans: None,
         }
@@ -203,6 +211,11 @@ impl Metrics {
         );
         r.register("sluice_coordinator_leader", "1 while this coordinator leads, else 0", m.leader.clone());
         r.register("sluice_coordinator_terms", "Terms this coordinator began leading", m.terms.clone());
+        r.register(
+            "sluice_notification_attempts",
+            "POSTs of notices to their targets, by event and result: delivered, retrying (another follows) or failed (none follows)",
+            m.notification_attempts.clone(),
+        );
         metrics
     }
 
@@ -278,6 +291,16 @@ impl Metrics {
         self.inner.kv_write.observe(took.as_secs_f64());
     }
 
+    /// A notice's POST ended; `next` says what follows it.
+    pub fn notification_attempt(&self, event: &'static str, next: crate::notify::Next) {
+        let result = match next {
+            crate::notify::Next::Delivered => "delivered",
+            crate::notify::Next::Retry(_) => "retrying",
+            crate::notify::Next::GiveUp => "failed",
+        };
+        self.inner.notification_attempts.get_or_create(&EventResultLabels { event, result }).inc();
+    }
+
     /// A term begins (`true`) or ends.
     pub fn leading(&self, leads: bool) {
         self.inner.leader.set(i64::from(leads));
@@ -351,7 +374,7 @@ pub enum Kind {
 }
 
 /// Every family [`Metrics::register`] registers (the test below holds them to the same).
-pub const FAMILIES: [(&str, Kind); 15] = [
+pub const FAMILIES: [(&str, Kind); 16] = [
     ("sluice_jobs_finished", Kind::Counter),
     ("sluice_job_attempts", Kind::Counter),
     ("sluice_job_redeliveries", Kind::Counter),
@@ -367,6 +390,7 @@ pub const FAMILIES: [(&str, Kind); 15] = [
     ("sluice_kv_write_seconds", Kind::Histogram),
     ("sluice_coordinator_leader", Kind::Gauge),
     ("sluice_coordinator_terms", Kind::Counter),
+    ("sluice_notification_attempts", Kind::Counter),
 ];
 
 /// The sample names a family of `kind` exposes in Prometheus text (what queries name).
@@ -496,6 +520,8 @@ mod tests {
         metrics.leading(true);
         metrics.pool_queue("gpu", 3, 1);
         metrics.set_runs_active(1);
+        metrics.notification_attempt("failed", crate::notify::Next::Retry(Duration::from_secs(1)));
+        metrics.notification_attempt("failed", crate::notify::Next::Delivered);
         let text = text(&registry);
         for (series, expected) in [
             (r#"sluice_jobs_finished_total{pool="gpu",state="completed"}"#, 1.0),
@@ -510,6 +536,8 @@ mod tests {
             ("sluice_engine_apply_seconds_count", 7.0),
             (r#"sluice_pool_queue_lag{pool="gpu"}"#, 3.0),
             ("sluice_coordinator_terms_total", 1.0),
+            (r#"sluice_notification_attempts_total{event="failed",result="retrying"}"#, 1.0),
+            (r#"sluice_notification_attempts_total{event="failed",result="delivered"}"#, 1.0),
         ] {
             assert_eq!(sample(&text, series), Some(expected), "{series} in\n{text}");
         }

@@ -1,6 +1,6 @@
 //! Carries out what the engine decided: every save is written (revision-checked, in the
-//! engine's order), then every dispatch, scheduled retry, dead letter, withdrawal and stop
-//! is published.
+//! engine's order), then every dispatch, scheduled retry, dead letter, notice, withdrawal
+//! and stop is published.
 //! It owns the writer's state: the revisions the next writes are checked against, and the
 //! schema each pool's workers read.
 
@@ -19,6 +19,7 @@ use crate::dispatch::{
 use crate::engine::{Effect, Run};
 use crate::error::ServiceError;
 use crate::metrics::Metrics;
+use crate::notify;
 use crate::store::{self, Revisions, saves_of, write_all};
 
 pub struct Outbox {
@@ -93,6 +94,9 @@ impl Outbox {
         for letter in &letters {
             self.metrics.dead_lettered(&letter.job.pool);
         }
+        // After the saves that make them true (a crash before leaves them to the next
+        // leader's recovery, which makes the same notices again).
+        notify::publish(&self.js, &notify::of_effects(&effects, active)).await?;
         for effect in &effects {
             match effect {
                 Effect::Withdraw(run_id) => withdraw(&self.js, run_id).await?,

@@ -9,14 +9,13 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, Message};
 use chrono::Utc;
 use sluice_proto::{
-    ControlAction, ControlRequest, DeadLetter, EventBatch, EventKind, JobEvent, JobMessage, PendingCancel, RefusalKind,
-    Rejection, RunId, RunState, TraceParent, WorkflowSpec, decode, encode, names,
+    ControlAction, ControlRequest, DeadLetter, EventBatch, EventKind, JobEvent, JobMessage, JobState, PendingCancel,
+    RefusalKind, Rejection, RunId, RunState, TraceParent, WorkflowSpec, decode, encode, names,
 };
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
@@ -31,6 +30,7 @@ use crate::index::{self, Index};
 use crate::intake;
 use crate::leadership;
 use crate::metrics::{self, Metrics};
+use crate::notify::{self, NotifySettings};
 use crate::outbox::Outbox;
 use crate::pools;
 use crate::spawns;
@@ -54,6 +54,8 @@ pub struct Settings {
     pub topology: topology::TopologySettings,
     /// Where the coordinator counts (registered by the caller; unregistered by default).
     pub metrics: Metrics,
+    /// The targets workflows may notify (none by default) and the UI's address.
+    pub notify: Arc<NotifySettings>,
 }
 
 /// What a coordinator is doing, for readiness probes ([`run_observed`] publishes it).
@@ -133,11 +135,16 @@ async fn observed(
     let holder = format!("{host}/{}/{}", std::process::id(), RunId::new());
     // Its registry id: the holder without the separators a KV key cannot hold.
     let id: String = holder.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
-    let leading = Arc::new(AtomicBool::new(false));
+    // Watched by the announcer, so the registry says who leads as soon as it changes.
+    let leading = tokio::sync::watch::Sender::new(false);
     // Stops with the campaign, which may end on its own (a server it cannot run on).
     let announcing = shutdown.child_token();
-    let announcer =
-        tokio::spawn(announce::coordinator(jetstream::new(client.clone()), id, leading.clone(), announcing.clone()));
+    let announcer = tokio::spawn(announce::coordinator(
+        jetstream::new(client.clone()),
+        id,
+        leading.subscribe(),
+        announcing.clone(),
+    ));
     let result = campaign(&client, &holder, settings, &leading, &shutdown, phase).await;
     announcing.cancel();
     let _ = announcer.await;
@@ -149,7 +156,7 @@ async fn campaign(
     client: &async_nats::Client,
     holder: &str,
     settings: Settings,
-    leading: &AtomicBool,
+    leading: &tokio::sync::watch::Sender<bool>,
     shutdown: &CancellationToken,
     phase: &watch::Sender<Phase>,
 ) -> Result<(), ServiceError> {
@@ -184,7 +191,7 @@ async fn lead(
     js: &jetstream::Context,
     holder: &str,
     settings: &Settings,
-    leading: &AtomicBool,
+    leading: &tokio::sync::watch::Sender<bool>,
     shutdown: &CancellationToken,
     phase: &watch::Sender<Phase>,
 ) -> Result<(), ServiceError> {
@@ -193,7 +200,6 @@ async fn lead(
     let Some(mut lease) = leadership::acquire(&leases, holder, shutdown).await else { return Ok(()) };
     phase.send_replace(Phase::TakingOver);
     tracing::info!(%holder, "leading: this coordinator advances runs");
-    leading.store(true, Ordering::Relaxed);
     settings.metrics.leading(true);
     let lost = shutdown.child_token();
     let stop_renewing = CancellationToken::new();
@@ -206,11 +212,15 @@ async fn lead(
     };
     let served = match topology::ensure_with(js, settings.topology).await {
         Ok(topology) => {
-            Coordinator::new(js.clone(), &topology, settings.metrics.clone()).serve(&topology, &lost, phase).await
+            // Announced once the stores exist, so the registry can hold the announcement.
+            leading.send_replace(true);
+            Coordinator::new(js.clone(), &topology, settings.metrics.clone(), settings.notify.clone())
+                .serve(&topology, &lost, phase)
+                .await
         }
         Err(error) => Err(error),
     };
-    leading.store(false, Ordering::Relaxed);
+    leading.send_replace(false);
     settings.metrics.leading(false);
     stop_renewing.cancel();
     if let Ok(lease) = keeper.await {
@@ -241,10 +251,12 @@ struct Coordinator {
     /// Wakes the timekeeper before its next second when a backfill's run ends, so the
     /// backfill's next window starts at once instead of up to a second later.
     timekeeper: Arc<Notify>,
+    /// The targets a workflow's `notify:` may name, for the notifier and for intake.
+    notify: Arc<NotifySettings>,
 }
 
 impl Coordinator {
-    fn new(js: jetstream::Context, topology: &Topology, metrics: Metrics) -> Self {
+    fn new(js: jetstream::Context, topology: &Topology, metrics: Metrics, notify: Arc<NotifySettings>) -> Self {
         Self {
             index: Index::new(topology),
             ran: HashSet::new(),
@@ -254,6 +266,7 @@ impl Coordinator {
             outbox: Outbox::new(js.clone(), metrics),
             specs: StoredSpecs::default(),
             timekeeper: Arc::new(Notify::new()),
+            notify,
             js,
         }
     }
@@ -278,6 +291,13 @@ impl Coordinator {
         let tasks = term.child_token();
         let _stop_tasks = tasks.clone().drop_guard();
         tokio::spawn(metrics::watch_pools(topology.clone(), self.outbox.metrics.clone(), tasks.clone()));
+        tokio::spawn(notify::deliver(
+            self.js.clone(),
+            topology.notifications.clone(),
+            self.notify.clone(),
+            self.outbox.metrics.clone(),
+            tasks.clone(),
+        ));
         tokio::spawn(timekeeper::keep(topology.clone(), reports.clone(), self.timekeeper.clone(), tasks));
         tracing::info!(active_runs = self.active.len(), "coordinator ready");
         phase.send_replace(Phase::Leading);
@@ -353,9 +373,13 @@ impl Coordinator {
             }
         }
         self.execute(effects).await?;
+        // Notices a crash may have kept from the outbox: the same ids as first made, so a
+        // target already told is not told again.
+        let notices: Vec<_> = self.active.values().flat_map(notify::of_restored).collect();
+        notify::publish(&self.js, &notices).await?;
         let mut lost = Vec::new();
         for run in self.active.values() {
-            for job in run.queued_jobs() {
+            for job in run.jobs_in(JobState::Queued) {
                 let message = run.dispatch_message(&job.name);
                 if !reached_workers(&self.js, &message).await? {
                     lost.push(message);
@@ -370,7 +394,7 @@ impl Coordinator {
         // `retrying` record and the schedule (decision 8).
         let mut unscheduled = Vec::new();
         for run in self.active.values() {
-            for job in run.retrying_jobs() {
+            for job in run.jobs_in(JobState::Retrying) {
                 let message = run.retry_message(&job.name, job.attempts);
                 if !reached_workers(&self.js, &message).await? {
                     unscheduled.push((message, job.retry_at.unwrap_or(now)));
@@ -498,7 +522,9 @@ impl Coordinator {
                     TraceParent::new_root(&mut self.outbox.rng).at(trace::run_span_id(&id.to_string()))
                 });
                 new.traceparent = Some(traceparent.to_string());
-                if let Err(reason) = intake::check_pools(&new.spec, &self.pools) {
+                let checked = intake::check_pools(&new.spec, &self.pools)
+                    .and_then(|()| self.notify.targets.check_workflow(&new.spec));
+                if let Err(reason) = checked {
                     self.reject(rejection_for(id, &new.spec.name, reason, message.payload.len())).await?;
                 } else if let Some(existing) = self.claim_idempotency_key(topology, &new).await? {
                     let reason = format!(
@@ -858,10 +884,12 @@ impl Coordinator {
             return Ok(Answer::refused(RefusalKind::Conflict, refusal));
         }
         let spec = match &request.spec {
-            Some(yaml) if request.action != ControlAction::Cancel => match new_spec(yaml, &self.pools) {
-                Ok(spec) => Some((spec, yaml)),
-                Err(reason) => return Ok(Answer::refused(RefusalKind::Invalid, reason)),
-            },
+            Some(yaml) if request.action != ControlAction::Cancel => {
+                match new_spec(yaml, &self.pools, &self.notify.targets) {
+                    Ok(spec) => Some((spec, yaml)),
+                    Err(reason) => return Ok(Answer::refused(RefusalKind::Invalid, reason)),
+                }
+            }
             _ => None,
         };
         let input = match &request.action {
@@ -992,9 +1020,11 @@ impl Coordinator {
 }
 
 /// A `--spec` for a rerun, parsed and checked as a submission's would be.
-fn new_spec(yaml: &str, pools: &BTreeSet<String>) -> Result<NewSpec, String> {
+fn new_spec(yaml: &str, pools: &BTreeSet<String>, targets: &notify::Targets) -> Result<NewSpec, String> {
     let spec = WorkflowSpec::parse(yaml).map_err(|error| format!("--spec: {error}"))?;
-    intake::check_pools(&spec, pools).map_err(|reason| format!("--spec: {reason}"))?;
+    intake::check_pools(&spec, pools)
+        .and_then(|()| targets.check_workflow(&spec))
+        .map_err(|reason| format!("--spec: {reason}"))?;
     Ok(NewSpec { spec: Arc::new(spec), hash: WorkflowSpec::hash(yaml) })
 }
 

@@ -145,9 +145,9 @@ async fn schedule(topology: &Topology, name: &str, now: DateTime<Utc>) -> Result
     }
     let evaluated = WorkflowSpec::parse(&record.workflow)
         .map_err(|error| error.to_string())
-        .and_then(|spec| Schedule::from_spec(&record.schedule, spec.timezone.as_deref()));
-    let schedule = match evaluated {
-        Ok(schedule) => schedule,
+        .and_then(|spec| Ok((Schedule::from_spec(&record.schedule, spec.timezone.as_deref())?, spec)));
+    let (schedule, spec) = match evaluated {
+        Ok(evaluated) => evaluated,
         Err(error) => {
             tracing::error!(schedule = name, %error, "schedule cannot be evaluated; skipped");
             return Ok(());
@@ -178,6 +178,12 @@ async fn schedule(topology: &Topology, name: &str, now: DateTime<Utc>) -> Result
     }
     if plan.skipped > 0 {
         tracing::warn!(schedule = name, skipped = plan.skipped, catchup = %schedule.catchup, "missed ticks dropped");
+        // Before the record moves on: a pass whose write is lost makes the same notice again.
+        crate::notify::publish(
+            &topology.js,
+            &crate::notify::schedule_missed(&spec, plan.skipped, record.handled_until, now),
+        )
+        .await?;
     }
     record.handled_until = plan.handled_until;
     record.skipped_ticks += plan.skipped as u64;

@@ -85,6 +85,8 @@ pub struct Topology {
     pub pools: kv::Store,
     pub workers: kv::Store,
     pub active: kv::Store,
+    /// Where the notifier records each notice's delivery.
+    pub notifications: kv::Store,
     /// Object store `sluice-specs`: each spec once, under its hash.
     pub specs: object_store::ObjectStore,
     /// How long run and job records and the run index are kept (`None`: for ever).
@@ -239,6 +241,20 @@ async fn ensure_core(
             ..Default::default()
         },
         stream::Config {
+            name: names::NOTIFY_STREAM.to_owned(),
+            description: Some("Sluice notices waiting to be delivered to their targets (the outbox)".to_owned()),
+            subjects: vec![names::NOTIFY_SUBJECTS.to_owned()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_age: crate::notify::OUTBOX_MAX_AGE,
+            max_messages: crate::notify::OUTBOX_MAX_NOTICES,
+            // Full, it drops the oldest notice rather than refuse the engine a write.
+            discard: stream::DiscardPolicy::Old,
+            duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: replicas,
+            ..Default::default()
+        },
+        stream::Config {
             name: names::REJECTED_STREAM.to_owned(),
             description: Some("Sluice submissions that were refused, with the reason".to_owned()),
             subjects: vec![names::REJECTED_SUBJECTS.to_owned()],
@@ -295,6 +311,13 @@ async fn ensure_core(
         })
         .await
         .context("creating KV sluice-workers")?;
+    let notifications = js
+        .create_or_update_key_value(kv::Config {
+            max_age: crate::notify::STATUS_MAX_AGE,
+            ..kv_bucket(names::NOTIFICATIONS_BUCKET, "Sluice notification deliveries, by notice id", 1)
+        })
+        .await
+        .context("creating KV sluice-notifications")?;
     let active = js
         .create_or_update_key_value(kv_bucket(names::ACTIVE_BUCKET, "Sluice running runs (what a new leader loads)", 1))
         .await
@@ -325,6 +348,7 @@ async fn ensure_core(
         pools,
         workers,
         active,
+        notifications,
         specs,
         history_max_age,
     };

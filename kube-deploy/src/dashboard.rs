@@ -62,6 +62,10 @@ const PANELS: &[Panel] = &[
             ),
             ("sum by (pool) (rate(sluice_dead_letters_total[5m]))", "dead letters {{pool}}"),
             ("sum(rate(sluice_runs_finished_total{state=\"failed\"}[5m]))", "failed runs"),
+            (
+                "sum by (event) (rate(sluice_notification_attempts_total{result=\"failed\"}[5m]))",
+                "notices given up {{event}}",
+            ),
         ],
     },
     Panel {

@@ -7,6 +7,7 @@ pub mod apply;
 pub mod dashboard;
 pub mod keda;
 pub mod layout;
+pub mod monitor;
 pub mod render;
 pub mod values;
 

@@ -126,10 +126,22 @@ pub fn objects(values: &Values) -> Result<Vec<Object>, RenderError> {
     out.push(Object::new(&coordinator_deployment(values)));
     out.push(Object::new(&pdb(ns, "sluice-coordinator", labels("coordinator", None))));
     out.push(Object::new(&dashboard_config_map(ns)));
+    if let Some(monitor) = &values.service_monitor {
+        let meta = |name: &str, labels| meta(Some(ns), name, labels);
+        out.push(Object::new(&crate::monitor::metrics_service(meta)));
+        out.push(Object::new(&crate::monitor::service_monitor(ns, monitor, meta)));
+    }
     if let Some(jaeger) = &values.jaeger {
         let (deployment, service) = jaeger_objects(values, jaeger);
         out.push(Object::new(&deployment));
         out.push(Object::new(&service));
+    }
+    if let Some(server) = &values.server {
+        out.push(Object::new(&service_account(ns, "sluice-server")));
+        let (deployment, service) = server_objects(values, server);
+        out.push(Object::new(&deployment));
+        out.push(Object::new(&service));
+        out.push(Object::new(&pdb(ns, "sluice-server", labels("server", None))));
     }
     out.push(Object::new(&service_account(ns, "sluice-declare-pools")));
     out.push(Object::new(&declare_pools_job(values)));
@@ -500,7 +512,8 @@ fn nats_network_policy(values: &Values) -> NetworkPolicy {
         pod_selector: Some(selector(labels)),
         ..Default::default()
     };
-    let sluice_pods = BTreeMap::from([("app.kubernetes.io/part-of".to_owned(), "sluice".to_owned())]);
+    let (key, value) = NATS_CLIENT_LABEL;
+    let sluice_pods = BTreeMap::from([(key.to_owned(), value.to_owned())]);
     NetworkPolicy {
         metadata: meta(Some(ns), "nats", labels("nats", None)),
         spec: Some(NetworkPolicySpec {
@@ -542,20 +555,120 @@ fn pdb(ns: &str, name: &str, labels_: BTreeMap<String, String>) -> PodDisruption
 /// The NATS connection flags of a role (decision 13): nkey seed from the mounted Secret, the
 /// role's own inbox prefix.
 fn nats_args(ns: &str, role: &NatsRole) -> Vec<String> {
-    vec![
+    let mut args = vec![
         "--nats-url".to_owned(),
         nats_url(ns),
         "--nats-nkey".to_owned(),
         format!("{NKEY_DIR}/nkey"),
         "--nats-inbox-prefix".to_owned(),
         role.inbox_prefix(),
-    ]
+    ];
+    // An nkey names no user: a submitter says who it is, or its control requests would go
+    // out on `sluice.control.anonymous.…`, which its permissions do not allow.
+    if let NatsRole::Submitter { identity } = role {
+        args.extend(["--nats-identity".to_owned(), identity.clone()]);
+    }
+    args
 }
 
 fn common_env(values: &Values) -> Option<Vec<EnvVar>> {
     values.effective_otlp_endpoint().map(|endpoint| {
         vec![EnvVar { name: "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(), value: Some(endpoint), ..EnvVar::default() }]
     })
+}
+
+/// The port `sluice server` listens on (the UI, the API, `/healthz`, `/readyz`).
+pub const SERVER_PORT: i32 = 8080;
+/// Where the server finds its tokens file and its session key (from their Secrets).
+pub const SERVER_TOKENS_DIR: &str = "/var/run/sluice/tokens";
+pub const SERVER_SESSION_DIR: &str = "/var/run/sluice/session";
+
+/// A Secret's one key as a read-only file `path` in a volume named `name`.
+fn secret_file_volume(name: &str, secret: &str, key: &str, path: &str) -> Volume {
+    Volume {
+        name: name.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            items: Some(vec![KeyToPath { key: key.to_owned(), path: path.to_owned(), ..Default::default() }]),
+            default_mode: Some(0o400),
+            ..Default::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn read_only_mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount { name: name.to_owned(), mount_path: path.to_owned(), read_only: Some(true), ..Default::default() }
+}
+
+/// `sluice server --listen 0.0.0.0:8080 --tokens … --session-key-file …` as the server's
+/// submitter, and the Service `sluice-server` in front of its replicas.
+fn server_objects(values: &Values, server: &crate::values::ServerValues) -> (Deployment, Service) {
+    let ns = values.namespace.as_str();
+    let role = NatsRole::Submitter { identity: server.submitter.clone() };
+    let mut args = vec![
+        "server".to_owned(),
+        "--listen".to_owned(),
+        format!("0.0.0.0:{SERVER_PORT}"),
+        "--tokens".to_owned(),
+        format!("{SERVER_TOKENS_DIR}/tokens"),
+        "--session-key-file".to_owned(),
+        format!("{SERVER_SESSION_DIR}/key"),
+    ];
+    if let Some(url) = &server.trace_ui_url {
+        args.extend(["--trace-ui-url".to_owned(), url.clone()]);
+    }
+    args.extend(["--metrics-listen".to_owned(), format!("0.0.0.0:{METRICS_PORT}")]);
+    args.extend(nats_args(ns, &role));
+    let mut container = sluice_container(values, "server", args, true);
+    if let Some(ports) = &mut container.ports {
+        ports.push(port("http", SERVER_PORT));
+    }
+    container.resources = resources(&server.resources);
+    container.volume_mounts = Some(vec![
+        nkey_mount(),
+        read_only_mount("tokens", SERVER_TOKENS_DIR),
+        read_only_mount("session-key", SERVER_SESSION_DIR),
+    ]);
+    let component = labels("server", None);
+    let deployment = Deployment {
+        metadata: meta(Some(ns), "sluice-server", component.clone()),
+        spec: Some(DeploymentSpec {
+            replicas: Some(server.replicas),
+            selector: selector(component.clone()),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(nats_client(scraped(component.clone()))),
+                    annotations: Some(scrape_annotations()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some("sluice-server".to_owned()),
+                    automount_service_account_token: Some(false),
+                    security_context: Some(pod_security()),
+                    containers: vec![container],
+                    volumes: Some(vec![
+                        nkey_volume(&role),
+                        secret_file_volume("tokens", &server.tokens_secret, "tokens", "tokens"),
+                        secret_file_volume("session-key", &server.session_secret, "key", "key"),
+                    ]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    };
+    let service = Service {
+        metadata: meta(Some(ns), "sluice-server", component.clone()),
+        spec: Some(ServiceSpec {
+            selector: Some(component),
+            ports: Some(vec![service_port("http", SERVER_PORT)]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    };
+    (deployment, service)
 }
 
 /// Jaeger's OTLP/HTTP receiver port (what `OTEL_EXPORTER_OTLP_ENDPOINT` points at).
@@ -635,7 +748,7 @@ fn sluice_container(values: &Values, name: &str, args: Vec<String>, probes: bool
         image: Some(values.image.clone()),
         args: Some(args),
         env: common_env(values),
-        ports: probes.then(|| vec![port("metrics", METRICS_PORT)]),
+        ports: probes.then(|| vec![port(crate::monitor::METRICS_PORT_NAME, METRICS_PORT)]),
         readiness_probe: probes.then(|| http_probe("/readyz", "metrics", 5, 3)),
         liveness_probe: probes.then(|| http_probe("/healthz", "metrics", 10, 6)),
         volume_mounts: Some(vec![nkey_mount()]),
@@ -673,7 +786,7 @@ fn coordinator_deployment(values: &Values) -> Deployment {
             }),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
-                    labels: Some(component),
+                    labels: Some(nats_client(scraped(component))),
                     annotations: Some(scrape_annotations()),
                     ..ObjectMeta::default()
                 }),
@@ -713,15 +826,17 @@ fn declare_pools_job(values: &Values) -> Job {
         .iter()
         .map(|pool| sluice_container(values, &format!("declare-{}", pool.name), declare_pool_args(values, pool), false))
         .collect();
-    let digest = fnv1a(&serde_json::to_string(&containers).unwrap_or_default());
     let component = labels("declare-pools", None);
+    let pod_labels = nats_client(component.clone());
+    // The whole template is immutable in a Job: its labels are part of what names it.
+    let digest = fnv1a(&serde_json::to_string(&(&containers, &pod_labels)).unwrap_or_default());
     Job {
         metadata: meta(Some(ns), &format!("sluice-declare-pools-{:08x}", digest as u32), component.clone()),
         spec: Some(JobSpec {
             backoff_limit: Some(10),
             ttl_seconds_after_finished: Some(DECLARE_POOLS_TTL_SECONDS),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(component), ..ObjectMeta::default() }),
+                metadata: Some(ObjectMeta { labels: Some(pod_labels), ..ObjectMeta::default() }),
                 spec: Some(PodSpec {
                     service_account_name: Some("sluice-declare-pools".to_owned()),
                     automount_service_account_token: Some(false),
@@ -787,6 +902,23 @@ pub fn worker_args(values: &Values, pool: &PoolValues) -> Vec<String> {
     args
 }
 
+/// A pod's labels with [`crate::monitor::SCRAPE_LABEL`]: the metrics Service selects it.
+/// The label of the pods that connect to NATS: its NetworkPolicy lets in these, and only
+/// these, on the client port.
+pub const NATS_CLIENT_LABEL: (&str, &str) = ("sluice.dev/nats-client", "true");
+
+fn nats_client(mut labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let (key, value) = NATS_CLIENT_LABEL;
+    labels.insert(key.to_owned(), value.to_owned());
+    labels
+}
+
+fn scraped(mut labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let (key, value) = crate::monitor::SCRAPE_LABEL;
+    labels.insert(key.to_owned(), value.to_owned());
+    labels
+}
+
 /// The annotations Prometheus's Kubernetes service discovery (the common
 /// `prometheus.io/*` relabelling) reads to scrape a pod's `/metrics` on [`METRICS_PORT`].
 pub fn scrape_annotations() -> BTreeMap<String, String> {
@@ -808,7 +940,7 @@ fn worker_pod(values: &Values, pool: &PoolValues, restart_policy: Option<&str>) 
     let volumes = vec![nkey_volume(&role)];
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(labels("worker", Some(&pool.name))),
+            labels: Some(nats_client(scraped(labels("worker", Some(&pool.name))))),
             annotations: Some(scrape_annotations()),
             ..ObjectMeta::default()
         }),

@@ -50,8 +50,16 @@ pub struct Values {
     /// cluster without a tracing backend of its own.
     #[serde(default)]
     pub jaeger: Option<JaegerValues>,
+    /// A Prometheus Operator `ServiceMonitor` (and the Service it selects) beside the
+    /// `prometheus.io/*` pod annotations; only for a cluster with the operator's CRDs.
+    #[serde(default)]
+    pub service_monitor: Option<ServiceMonitorValues>,
     #[serde(default)]
     pub coordinator: CoordinatorValues,
+    /// `sluice server` (the web UI and the HTTP API) behind a Service `sluice-server`; none:
+    /// not deployed.
+    #[serde(default)]
+    pub server: Option<ServerValues>,
     pub nats: NatsValues,
     pub pools: Vec<PoolValues>,
 }
@@ -67,6 +75,62 @@ pub struct CoordinatorValues {
     #[serde(default)]
     pub resources: Resources,
 }
+
+/// The ServiceMonitor ([`crate::monitor`]).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceMonitorValues {
+    /// How often Prometheus scrapes each pod (a Prometheus duration, e.g. `30s`).
+    #[serde(default = "default_scrape_interval")]
+    pub interval: String,
+    /// Labels the cluster's Prometheus selects ServiceMonitors by (kube-prometheus-stack:
+    /// `release: <its release name>`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_scrape_interval() -> String {
+    "30s".to_owned()
+}
+
+/// The `sluice server` Deployment. Stateless: any number of replicas share sessions
+/// through the session key Secret.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerValues {
+    #[serde(default = "default_server_replicas")]
+    pub replicas: i32,
+    /// The submitter (a key of `nats.nkeys.submitters`) it reads and acts as; each action
+    /// also names the signed-in person (`<submitter>/<name>`).
+    pub submitter: String,
+    /// The Secret holding the tokens file (key `tokens`: lines `NAME ROLE SHA256-OF-TOKEN`).
+    #[serde(default = "default_tokens_secret")]
+    pub tokens_secret: String,
+    /// The Secret holding the session key (key `key`, at least 32 bytes).
+    #[serde(default = "default_session_secret")]
+    pub session_secret: String,
+    /// A trace UI's base URL as people's browsers reach it (e.g. Jaeger's behind an
+    /// Ingress), for the run pages' links; none: no links.
+    #[serde(default)]
+    pub trace_ui_url: Option<String>,
+    #[serde(default)]
+    pub resources: Resources,
+}
+
+fn default_server_replicas() -> i32 {
+    2
+}
+
+fn default_tokens_secret() -> String {
+    "sluice-server-tokens".to_owned()
+}
+
+fn default_session_secret() -> String {
+    "sluice-server-session".to_owned()
+}
+
+/// Replicas of the server at most.
+pub const SERVER_REPLICAS_MAX: i32 = 20;
 
 /// The Jaeger Deployment.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
@@ -300,6 +364,29 @@ impl Values {
             kube_name("nats.storage_class", class)?;
         }
         resources("coordinator.resources", &self.coordinator.resources)?;
+        if let Some(server) = &self.server {
+            if !(1..=SERVER_REPLICAS_MAX).contains(&server.replicas) {
+                return Err((
+                    "server.replicas".into(),
+                    format!("must be 1 to {SERVER_REPLICAS_MAX}, not {}", server.replicas),
+                ));
+            }
+            if !self.nats.nkeys.submitters.contains_key(&server.submitter) {
+                let known: Vec<&str> = self.nats.nkeys.submitters.keys().map(String::as_str).collect();
+                return Err((
+                    "server.submitter".into(),
+                    format!("`{}` is not in nats.nkeys.submitters ({})", server.submitter, known.join(", ")),
+                ));
+            }
+            kube_name("server.tokens_secret", &server.tokens_secret)?;
+            kube_name("server.session_secret", &server.session_secret)?;
+            if let Some(url) = &server.trace_ui_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return Err(("server.trace_ui_url".into(), format!("must be an http:// or https:// URL, not `{url}`")));
+            }
+            resources("server.resources", &server.resources)?;
+        }
         let nkeys = &self.nats.nkeys;
         nkey("nats.nkeys.coordinator", &nkeys.coordinator)?;
         nkey("nats.nkeys.viewer", &nkeys.viewer)?;

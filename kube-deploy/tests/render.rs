@@ -301,3 +301,109 @@ fn a_jaeger_image_that_is_not_pinned_is_refused_naming_the_key() {
         assert!(error.contains("jaeger.image") && error.contains(image), "{error}");
     }
 }
+
+#[test]
+fn a_server_that_is_not_a_known_submitter_or_has_no_replicas_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = std::fs::read_to_string(sluice_deploy::repo_deploy_dir().join("values/dev.yaml")).unwrap();
+    for (from, to, expected) in [
+        (
+            "  submitter: sluice-server",
+            "  submitter: nobody",
+            "`server.submitter` `nobody` is not in nats.nkeys.submitters (dev, sluice-server)",
+        ),
+        ("  replicas: 1\n  submitter", "  replicas: 0\n  submitter", "`server.replicas` must be 1 to 20, not 0"),
+    ] {
+        let file = dir.path().join("dev.yaml");
+        assert!(dev.contains(from), "{from}");
+        std::fs::write(&file, dev.replace(from, to)).unwrap();
+        let error = Values::read(&file).unwrap_err().to_string();
+        assert!(error.contains(expected), "{error}");
+    }
+}
+
+/// Every pod template in `object` (a Deployment's, a StatefulSet's, a Job's, a ScaledJob's).
+fn pod_templates(object: &Object) -> Vec<&Value> {
+    [&object.value["spec"]["template"], &object.value["spec"]["jobTargetRef"]["template"]]
+        .into_iter()
+        .filter(|template| !template.is_null())
+        .collect()
+}
+
+#[test]
+fn every_pod_that_connects_to_nats_is_let_in_by_the_network_policy() {
+    for path in repo_values() {
+        let values = Values::read(&path).unwrap();
+        let objects = render::objects(&values).unwrap();
+        let policy = find(&objects, "NetworkPolicy", "nats");
+        let rules = policy["spec"]["ingress"].as_array().unwrap();
+        let client = rules.iter().find(|rule| rule["ports"][0]["port"] == render::NATS_CLIENT_PORT).unwrap();
+        let allowed = client["from"][0]["podSelector"]["matchLabels"].as_object().unwrap();
+        let mut clients = 0;
+        for object in &objects {
+            for template in pod_templates(object) {
+                let connects = template["spec"]["containers"].as_array().unwrap().iter().any(|container| {
+                    container["args"].as_array().is_some_and(|args| args.iter().any(|arg| arg == "--nats-url"))
+                });
+                if !connects {
+                    continue;
+                }
+                clients += 1;
+                let labels = template["metadata"]["labels"].as_object().unwrap();
+                for (key, value) in allowed {
+                    assert_eq!(
+                        labels.get(key),
+                        Some(value),
+                        "{}: {}'s pods connect to NATS but lack the label its NetworkPolicy lets in ({key}={value})",
+                        path.display(),
+                        object.describe()
+                    );
+                }
+            }
+        }
+        assert!(clients >= 4, "{}: the coordinator, the pool declarations, a pool and the server", path.display());
+    }
+}
+
+/// The value after `flag` in a container's args.
+fn arg_after<'a>(container: &'a Value, flag: &str) -> Option<&'a str> {
+    let args = container["args"].as_array()?;
+    let at = args.iter().position(|arg| arg == flag)?;
+    args.get(at + 1)?.as_str()
+}
+
+#[test]
+fn a_submitter_connects_under_its_identity_so_nats_lets_its_control_requests_through() {
+    // An nkey names no user: without --nats-identity a request would go out on
+    // sluice.control.anonymous.…, which a submitter's permissions do not allow.
+    for path in repo_values() {
+        let values = Values::read(&path).unwrap();
+        let objects = render::objects(&values).unwrap();
+        let mut submitters = Vec::new();
+        for object in &objects {
+            for template in pod_templates(object) {
+                let volumes = template["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+                let Some(secret) =
+                    volumes.iter().find(|v| v["name"] == "nats-nkey").and_then(|v| v["secret"]["secretName"].as_str())
+                else {
+                    continue;
+                };
+                let user = secret.trim_start_matches("sluice-nats-");
+                let is_submitter =
+                    user == sluice_deploy::values::DEPLOY_IDENTITY || values.nats.nkeys.submitters.contains_key(user);
+                for container in template["spec"]["containers"].as_array().unwrap() {
+                    let identity = arg_after(container, "--nats-identity");
+                    if is_submitter {
+                        assert_eq!(identity, Some(user), "{}: {}", path.display(), object.describe());
+                        submitters.push(user.to_owned());
+                    } else {
+                        assert_eq!(identity, None, "{}: {}", path.display(), object.describe());
+                    }
+                }
+            }
+        }
+        assert!(
+            submitters.iter().any(|user| user == "deploy") && submitters.iter().any(|user| user == "sluice-server")
+        );
+    }
+}

@@ -15,6 +15,7 @@
 
 mod baseline;
 mod listing;
+mod pages;
 mod report;
 mod select;
 mod workloads;
@@ -109,7 +110,15 @@ impl Args {
     /// A stack on a fresh server with [`Self::server_options`], or on `--nats-url`'s with its
     /// credentials (passed on to every process).
     fn stack(&self, sluice: &std::path::Path) -> Result<Stack> {
+        self.stack_with(sluice, None)
+    }
+
+    /// [`Self::stack`], its processes exporting spans to `otlp` (an OTLP/HTTP base URL).
+    fn stack_with(&self, sluice: &std::path::Path, otlp: Option<String>) -> Result<Stack> {
         let mut builder = Stack::builder(sluice).nats_url(self.nats_url.clone()).log_filter("warn");
+        if let Some(endpoint) = otlp {
+            builder = builder.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
+        }
         if self.sync_interval == SyncInterval::Always {
             builder = builder.sync_always();
         }
@@ -144,12 +153,24 @@ struct Sizes {
     w5_runs: usize,
     /// W6: runs in the store at the first and the second measurement.
     w6: (usize, usize),
+    w7_children: usize,
 }
 
 impl Sizes {
     fn new(quick: bool) -> Self {
         if quick {
-            Self { b1: 2_000, b2: 200, b3: 50, w1: 2_000, w2: 200, w3: 50, w4: 5_000, w5_runs: 10, w6: (500, 1_500) }
+            Self {
+                b1: 2_000,
+                b2: 200,
+                b3: 50,
+                w1: 2_000,
+                w2: 200,
+                w3: 50,
+                w4: 5_000,
+                w5_runs: 10,
+                w6: (500, 1_500),
+                w7_children: 1_000,
+            }
         } else {
             Self {
                 b1: 20_000,
@@ -161,6 +182,7 @@ impl Sizes {
                 w4: 100_000,
                 w5_runs: 50,
                 w6: (1_000, 100_000),
+                w7_children: 10_000,
             }
         }
     }
@@ -180,7 +202,75 @@ const PYTHON_JOBS_MODULE: &str = "loadtest_jobs";
 #[derive(Clone, Copy)]
 enum Workers<'a> {
     Rust,
+    /// `sluice worker`, every process exporting spans and serving `/metrics` (W1-traced).
+    Traced(&'a Traced),
     Python(&'a std::path::Path),
+}
+
+/// W1-traced's pairs of runs (untraced, traced), whose median ratio is reported.
+const TRACED_PAIRS: usize = 3;
+
+/// W1-traced's telemetry: an OTLP/HTTP receiver on loopback (answering 200 to every
+/// export) and the ports the coordinator and the worker serve `/metrics` on.
+struct Traced {
+    receiver: sluice_testkit::http::Receiver,
+    coordinator_port: u16,
+    worker_port: u16,
+}
+
+/// Spans the processes of a workload exported and dropped (their own counters).
+struct Spans {
+    exported: f64,
+    dropped: f64,
+}
+
+/// How long the exporters may take to send what was queued when the run ended (they send
+/// every second).
+const SPANS_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl Traced {
+    fn start() -> Result<Self> {
+        let receiver = sluice_testkit::http::Receiver::start(|_, _| sluice_testkit::http::Reply::status(200))?;
+        Ok(Self { receiver, coordinator_port: free_port()?, worker_port: free_port()? })
+    }
+
+    /// Waits until the coordinator has exported or dropped `coordinator` spans and the
+    /// worker `worker` (they export from a queue, after the run's end), reading their
+    /// `/metrics`; then the totals.
+    async fn flushed(&self, coordinator: usize, worker: usize) -> Result<Spans> {
+        let deadline = std::time::Instant::now() + SPANS_FLUSH_TIMEOUT;
+        loop {
+            let (c_exported, c_dropped) = span_counts(self.coordinator_port)?;
+            let (w_exported, w_dropped) = span_counts(self.worker_port)?;
+            let done = c_exported + c_dropped >= coordinator as f64 && w_exported + w_dropped >= worker as f64;
+            if done || std::time::Instant::now() >= deadline {
+                if !done {
+                    println!("W1-traced: not every span was exported within {SPANS_FLUSH_TIMEOUT:?}");
+                }
+                return Ok(Spans { exported: c_exported + w_exported, dropped: c_dropped + w_dropped });
+            }
+            // The exporters' counters are the only signal of a sent batch: looked at again.
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A loopback port free now (the OS's choice), for a process's `--metrics-listen`.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// `sluice_spans_exported_total` and `sluice_span_export_dropped_total` of the process
+/// serving `/metrics` on `port`.
+fn span_counts(port: u16) -> Result<(f64, f64)> {
+    let (status, body) = sluice_testkit::monitoring::get(port, "/metrics")?;
+    anyhow::ensure!(status == 200, "GET /metrics on port {port}: status {status}");
+    let sample = |name: &str| {
+        body.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Ok((sample("sluice_spans_exported_total"), sample("sluice_span_export_dropped_total")))
 }
 
 /// Jobs in one W5 run (workloads::etl).
@@ -230,6 +320,42 @@ async fn main() -> Result<()> {
             suite.push(Row::new("intake", "first job dispatched", intake * 1e3, "ms"));
         }
         suite.extend(w1.rows("W1", sizes.w1));
+    }
+
+    if wants("W1-traced") {
+        // Pairs of runs, plain then traced, each on a fresh stack; their median ratio is the
+        // cost (one pair of 2-second runs on a small machine swings by more than 10%).
+        let pairs = if args.quick { 1 } else { TRACED_PAIRS };
+        let (mut plain_rates, mut traced_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut exported, mut dropped, mut requests) = (0.0, 0.0, 0);
+        let mut last = None;
+        for _ in 0..pairs {
+            let yaml = workloads::independent(sizes.w1);
+            let plain = measure_one_run(&args, &sluice, "W1", yaml.clone(), sizes.w1, false, Workers::Rust).await?;
+            let traced = Traced::start()?;
+            let run =
+                measure_one_run(&args, &sluice, "W1-traced", yaml, sizes.w1, false, Workers::Traced(&traced)).await?;
+            let (plain_rate, traced_rate) =
+                (sizes.w1 as f64 / plain.runs[0].seconds, sizes.w1 as f64 / run.runs[0].seconds);
+            println!("W1-traced: {traced_rate:.0} jobs/s beside {plain_rate:.0} untraced");
+            plain_rates.push(plain_rate);
+            traced_rates.push(traced_rate);
+            ratios.push(traced_rate / plain_rate);
+            if let Some(spans) = &run.spans {
+                (exported, dropped) = (exported + spans.exported, dropped + spans.dropped);
+            }
+            requests += traced.receiver.requests().len();
+            last = Some(run);
+        }
+        let median = |values: &mut Vec<f64>| workloads::quantile(values, 0.5);
+        let (plain, traced, ratio) = (median(&mut plain_rates), median(&mut traced_rates), median(&mut ratios));
+        suite.push(Row::new("W1-traced", "throughput", traced, "jobs/s").against(plain, ratio));
+        suite.push(Row::new("W1-traced", "spans exported", exported, "spans"));
+        suite.push(Row::new("W1-traced", "spans dropped", dropped, "spans"));
+        suite.push(Row::new("W1-traced", "OTLP requests received", requests as f64, "requests"));
+        if let Some(run) = last {
+            suite.extend(run.rows("W1-traced", sizes.w1));
+        }
     }
 
     if wants("W1-py") {
@@ -324,7 +450,8 @@ async fn main() -> Result<()> {
         suite.extend(w5.rows("W5", runs * W5_JOBS));
     }
 
-    if wants("W6") {
+    // W7 asks the server for pages of W6's store: it runs W6 too.
+    if wants("W6") || wants("W7") {
         let (small, large) = sizes.w6;
         let mut stack = args.stack(&sluice)?;
         let coordinator = stack.coordinator();
@@ -348,6 +475,25 @@ async fn main() -> Result<()> {
         suite.push(Row::new("W6", "seeding rate", w6.seed_rate, "runs/s"));
         let usage = stack.usage(coordinator);
         suite.push(Row::new("W6", "coordinator peak RSS", usage.peak_rss_bytes as f64 / 1048576.0, "MiB"));
+        if wants("W7") {
+            let fan_out = workloads::run_timed(&js, &workloads::fan_out("w7", sizes.w7_children, false), false)
+                .await
+                .context("W7's fan-out run")?;
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let address = format!("127.0.0.1:{port}");
+            stack.spawn("server", &["server", "--listen", &address], &[]);
+            // Nothing signals a listener: look until it accepts, bounded.
+            let deadline = std::time::Instant::now() + pages::LISTEN_TIMEOUT;
+            while std::net::TcpStream::connect(&address).is_err() {
+                anyhow::ensure!(std::time::Instant::now() < deadline, "sluice server did not listen on {address}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let w7 = pages::w7(&address, pages::paths(&fan_out.record.id.to_string(), "w6-0")).await?;
+            for (metric, p95) in w7.rows {
+                suite.push(Row::new("W7", metric, p95 * 1e3, "ms"));
+            }
+            suite.push(Row::new("W7", "children of the big run", sizes.w7_children as f64, "jobs"));
+        }
     }
 
     suite.write(&args.out, args.doc.as_deref())?;
@@ -396,6 +542,8 @@ struct Measured {
     /// The nats-server's CPU seconds during the workload (when this tool started it).
     server_cpu: Option<f64>,
     latencies: Vec<f64>,
+    /// W1-traced: the spans the processes exported and dropped.
+    spans: Option<Spans>,
 }
 
 impl Measured {
@@ -476,11 +624,26 @@ where
     F: FnOnce(async_nats::jetstream::Context) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<workloads::Timed>>>,
 {
-    let mut stack = args.stack(sluice)?;
-    let coordinator_process = stack.coordinator();
+    let traced = match workers {
+        Workers::Traced(traced) => Some(traced),
+        Workers::Rust | Workers::Python(_) => None,
+    };
+    let mut stack = args.stack_with(sluice, traced.map(|traced| traced.receiver.url("")))?;
+    let listen = |port: u16| format!("127.0.0.1:{port}");
+    let coordinator_process = match traced {
+        Some(traced) => stack.coordinator_with(&["--metrics-listen", &listen(traced.coordinator_port)]),
+        None => stack.coordinator(),
+    };
     let slots = SLOTS.to_string();
     let (pool, worker_processes) = match workers {
-        Workers::Rust => ("default", [stack.worker(&["--concurrency", &slots])]),
+        Workers::Rust | Workers::Traced(_) => {
+            let mut extra = vec!["--concurrency".to_owned(), slots.clone()];
+            if let Some(traced) = traced {
+                extra.extend(["--metrics-listen".to_owned(), listen(traced.worker_port)]);
+            }
+            let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+            ("default", [stack.worker(&extra)])
+        }
         Workers::Python(python) => {
             // A pool exists once declared (a control request the coordinator answers).
             wait::set_up(&stack.connect().await?, READY_TIMEOUT).await?;
@@ -517,6 +680,11 @@ where
         }
     }
     println!("{name}: {:.3} s as submitted, {} runs verified", took.as_secs_f64(), runs.len());
+    let spans = match traced {
+        // Every run's span, a span per job (the coordinator's) and per attempt (the worker's).
+        Some(traced) => Some(traced.flushed(runs.len() + runs.len() * jobs, runs.len() * jobs).await?),
+        None => None,
+    };
     drop(stack);
     Ok(Measured {
         runs,
@@ -527,5 +695,6 @@ where
         workers_cpu_at_start: workers_at_start.cpu_seconds,
         server_cpu,
         latencies: dispatch,
+        spans,
     })
 }

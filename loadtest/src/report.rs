@@ -57,6 +57,9 @@ pub struct Verdict {
 /// measured in the same invocation.
 const TARGETS: &[(&str, &str, Target, &str)] = &[
     ("W1", "throughput", Target::RatioAtLeast(0.35), "≥ 35% of B1"),
+    // Issue 15's: exporting every span and serving metrics cost at most 10% of W1's rate.
+    ("W1-traced", "throughput", Target::RatioAtLeast(0.90), "≥ 90% of untraced W1"),
+    ("W1-traced", "spans dropped", Target::ValueAtMost(0.0), "none"),
     ("W2-static", "wall time", Target::RatioAtMost(3.0), "≤ 3× B2"),
     ("W2-spawned", "wall time", Target::RatioAtMost(3.0), "≤ 3× B2"),
     ("W3", "time per step", Target::RatioAtMost(2.0), "≤ 2× B3"),
@@ -72,6 +75,14 @@ const TARGETS: &[(&str, &str, Target, &str)] = &[
     ("W6", "newest 50 p95", Target::RatioAtMost(1.5), "≤ 1.5× at 1,000 runs"),
     ("W6", "workflow's newest 50 p95", Target::RatioAtMost(1.5), "≤ 1.5× at 1,000 runs"),
     ("W6", "window range p95", Target::RatioAtMost(1.5), "≤ 1.5× at 1,000 runs"),
+    // Issue 16's: the UI and the API on W6's 100,000 runs, and a run of 10,000 children.
+    ("W7", crate::pages::METRICS[0], Target::ValueAtMost(300.0), "≤ 300 ms"),
+    ("W7", crate::pages::METRICS[1], Target::ValueAtMost(300.0), "≤ 300 ms"),
+    ("W7", crate::pages::METRICS[2], Target::ValueAtMost(300.0), "≤ 300 ms"),
+    ("W7", crate::pages::METRICS[3], Target::ValueAtMost(300.0), "≤ 300 ms"),
+    ("W7", crate::pages::METRICS[4], Target::ValueAtMost(300.0), "≤ 300 ms"),
+    ("W7", crate::pages::METRICS[5], Target::ValueAtMost(300.0), "≤ 300 ms"),
+    ("W7", crate::pages::METRICS[6], Target::ValueAtMost(300.0), "≤ 300 ms"),
 ];
 
 #[derive(Clone, Copy)]

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 
 /// Every workload id, in the order the suite runs them.
-pub const WORKLOADS: [&str; 8] = ["W1", "W1-py", "W2-static", "W2-spawned", "W3", "W4", "W5", "W6"];
+pub const WORKLOADS: [&str; 10] = ["W1", "W1-traced", "W1-py", "W2-static", "W2-spawned", "W3", "W4", "W5", "W6", "W7"];
 
 /// Shorthands `--only` accepts besides the ids: `W2` is both fan-outs, `intake` is measured
 /// in W1's run.
@@ -52,7 +52,7 @@ mod tests {
 
     #[test]
     fn an_unknown_name_is_refused_by_name() {
-        let error = only(&["W1", "W7"]).unwrap_err();
-        assert!(error.contains("\"W7\"") && error.contains("W2-spawned"), "{error}");
+        let error = only(&["W1", "W9"]).unwrap_err();
+        assert!(error.contains("\"W9\"") && error.contains("W2-spawned"), "{error}");
     }
 }

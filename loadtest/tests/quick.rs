@@ -55,6 +55,8 @@ fn the_quick_suite_runs_every_baseline_and_workload() {
         ("W6", "newest 50 p95"),
         ("W6", "workflow's newest 50 p95"),
         ("W6", "window range p95"),
+        ("W7", "run page of 10,000 children p95"),
+        ("W7", "audit page, a year p95"),
     ] {
         let row = rows
             .iter()

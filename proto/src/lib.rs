@@ -4,7 +4,7 @@
 //! ([`messages`], [`codec`]), the YAML workflow spec and its validation ([`spec`]),
 //! time windows ([`window`]), cron expressions ([`cron`]) and schedules ([`schedule`]),
 //! children and outputs ([`spawn`]), job and run states ([`state`]), NATS roles and their
-//! permissions ([`roles`]) and W3C trace context ([`trace`]). No I/O and no async runtime: everything here is pure and testable (the
+//! permissions ([`roles`]), notifications ([`notify`]) and W3C trace context ([`trace`]). No I/O and no async runtime: everything here is pure and testable (the
 //! clock is always an argument).
 
 pub mod backfill;
@@ -15,6 +15,7 @@ pub mod ids;
 pub mod limits;
 pub mod messages;
 pub mod names;
+pub mod notify;
 pub mod placeholder;
 pub mod pod;
 pub mod retry;

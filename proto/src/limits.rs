@@ -116,3 +116,16 @@ pub const SECRET_NAME_MAX_CHARS: usize = 63;
 pub const IMAGE_MAX_BYTES: usize = 1024;
 /// Most resource names under `resources.limits` (or `requests`) of a `pod` job.
 pub const RESOURCE_NAMES_MAX: usize = 32;
+
+/// Most `notify:` rules a workflow may have.
+pub const NOTIFY_RULES_MAX: usize = 16;
+/// Most failed jobs a notice lists (the rest are counted).
+pub const NOTIFY_FAILED_JOBS_MAX: usize = 20;
+/// Longest error a notice carries per job, in bytes (its end is kept).
+pub const NOTIFY_ERROR_MAX_BYTES: usize = 1024;
+/// Most targets a `--notify-targets` file may name.
+pub const NOTIFY_TARGETS_MAX: usize = 256;
+/// Largest `--notify-targets` file, in bytes.
+pub const NOTIFY_TARGETS_FILE_MAX_BYTES: usize = 64 * 1024;
+/// Longest target URL (also one read from a secret), in bytes.
+pub const NOTIFY_URL_MAX_BYTES: usize = 2048;

@@ -841,6 +841,15 @@ pub enum Outcome {
     Refused,
 }
 
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Applied => "applied",
+            Self::Refused => "refused",
+        }
+    }
+}
+
 /// Why a request was refused; decides the CLI's exit code (2 / 1 / 2) and the HTTP status
 /// (404 / 409 / 400).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -900,6 +909,16 @@ pub enum Rerun {
     Failed,
     /// Every window.
     All,
+}
+
+impl Rerun {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Missing => "missing",
+            Self::Failed => "failed",
+            Self::All => "all",
+        }
+    }
 }
 
 /// One window of a backfill. Its run id is chosen when the backfill is created, so

@@ -215,6 +215,11 @@ pub fn log_subject(pool: &str, run_id: &RunId, attempt: u32, job: &str) -> Strin
     format!("sluice.logs.{pool}.{run_id}.{attempt}.{job}")
 }
 
+/// Subject filter of one attempt's log lines (its own, not its children's), any pool.
+pub fn attempt_logs_filter(run_id: &RunId, attempt: u32, job: &str) -> String {
+    format!("sluice.logs.*.{run_id}.{attempt}.{job}")
+}
+
 /// Subject filters of every log line of a run (every pool, attempt and job).
 pub fn run_logs_filter(run_id: &RunId) -> String {
     format!("sluice.logs.*.{run_id}.>")
@@ -283,7 +288,15 @@ pub const INDEX_ALL_SUBJECT: &str = "sluice.index.all";
 
 /// The chain of a workflow's runs.
 pub fn index_workflow_subject(workflow: &str) -> String {
-    format!("sluice.index.workflow.{workflow}")
+    format!("{INDEX_WORKFLOWS_FILTER_PREFIX}{workflow}")
+}
+
+/// What the run index's per-workflow chains start with (filter `…*`: every workflow).
+pub const INDEX_WORKFLOWS_FILTER_PREFIX: &str = "sluice.index.workflow.";
+
+/// The subject filter of every workflow's chain in the run index.
+pub fn index_workflows_filter() -> String {
+    format!("{INDEX_WORKFLOWS_FILTER_PREFIX}*")
 }
 
 /// The chain of the runs of one origin (`manual`, `schedule:<name>`, `backfill:<id>`).
@@ -343,6 +356,30 @@ pub const COORDINATOR_POOL_TOKEN: &str = "_coordinator";
 /// KV key of a worker in [`WORKERS_BUCKET`].
 pub fn worker_key(pool: &str, worker_id: &str) -> String {
     format!("{pool}.{worker_id}")
+}
+
+/// Stream of notices waiting to be delivered (the notification outbox), one per event
+/// and target; the coordinator's notifier takes them (work queue).
+pub const NOTIFY_STREAM: &str = "SLUICE_NOTIFY";
+pub const NOTIFY_SUBJECTS: &str = "sluice.notify.>";
+/// The notifier's durable consumer of [`NOTIFY_STREAM`].
+pub const NOTIFIER_CONSUMER: &str = "notifier";
+/// KV bucket of notification deliveries, keyed by notice id (`<run_id>.…` for a run's).
+pub const NOTIFICATIONS_BUCKET: &str = "sluice-notifications";
+/// On each POST to a target: the notice's id, the same on every attempt.
+pub const HEADER_IDEMPOTENCY_KEY: &str = "Idempotency-Key";
+
+/// Subject a notice for `target` waits on (`_` when it is of no run: a schedule's).
+pub fn notify_subject(target: &str, run_id: Option<&RunId>) -> String {
+    match run_id {
+        Some(id) => format!("sluice.notify.{target}.{id}"),
+        None => format!("sluice.notify.{target}._"),
+    }
+}
+
+/// Subject filter of every notification status of a run in KV.
+pub fn run_notifications_filter(run_id: &RunId) -> String {
+    format!("$KV.{NOTIFICATIONS_BUCKET}.{run_id}.>")
 }
 
 /// KV bucket of the coordinator's answers to control requests, keyed by request id.

@@ -159,6 +159,7 @@ fn viewer_reads(publish: &mut Vec<String>) {
         names::BACKFILLS_BUCKET,
         names::IDEMPOTENCY_BUCKET,
         names::OUTCOMES_BUCKET,
+        names::NOTIFICATIONS_BUCKET,
         names::POOLS_BUCKET,
         names::WORKERS_BUCKET,
         names::ACTIVE_BUCKET,
@@ -186,6 +187,7 @@ fn writes_of_the_coordinator() -> Vec<String> {
         names::INDEX_SUBJECTS.to_owned(),
         names::REJECTED_SUBJECTS.to_owned(),
         names::OBJECT_STORE_ALL.to_owned(),
+        names::NOTIFY_SUBJECTS.to_owned(),
     ]
 }
 
@@ -467,7 +469,10 @@ mod tests {
             assert!(!can_publish(&role, &retry), "{role:?}");
             assert!(!can_publish(&role, &names::kv_subject(names::RUNS_BUCKET, &id.to_string())), "{role:?}");
             assert!(!can_publish(&role, &names::stop_subject(&id)), "{role:?}");
+            // A notice names a URL the coordinator calls: only the coordinator makes them.
+            assert!(!can_publish(&role, &names::notify_subject("data-team", Some(&id))), "{role:?}");
         }
+        assert!(can_publish(&Role::Coordinator, &names::notify_subject("data-team", Some(&id))));
     }
 
     #[test]
@@ -541,7 +546,13 @@ mod tests {
         assert!(!can_publish(&viewer, names::SUBMIT_SUBJECT));
         assert!(!can_publish(&viewer, &names::control_subject("viewer", Some(&id))));
         assert!(!can_publish(&viewer, &names::control_subject(names::ANONYMOUS_IDENTITY, None)));
-        for bucket in [names::RUNS_BUCKET, names::JOBS_BUCKET, names::OUTCOMES_BUCKET, names::WORKERS_BUCKET] {
+        for bucket in [
+            names::RUNS_BUCKET,
+            names::JOBS_BUCKET,
+            names::OUTCOMES_BUCKET,
+            names::WORKERS_BUCKET,
+            names::NOTIFICATIONS_BUCKET,
+        ] {
             let stream = names::kv_stream(bucket);
             assert!(can_publish(&viewer, &names::js_api_stream_info(&stream)), "{bucket}");
             assert!(can_publish(&viewer, &names::js_api_consumer_create(&stream)), "{bucket}");

@@ -16,6 +16,7 @@ use crate::limits::{
     RECORD_OVERHEAD_BYTES, RUN_RECORD_MAX_BYTES, WORKFLOW_EXPANDED_MAX_BYTES, WORKFLOW_JOBS_MAX,
     WORKFLOW_YAML_MAX_BYTES,
 };
+use crate::notify::{NotifyRule, check_rules};
 use crate::placeholder;
 use crate::pod::{EnvValue, POD_KIND, check_env, check_image, check_resources};
 use crate::retry::RetryPolicy;
@@ -55,6 +56,9 @@ pub struct WorkflowSpec {
     /// When the workflow runs by itself (`sluice schedule apply`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<ScheduleSpec>,
+    /// Who is told of what: targets the coordinator's `--notify-targets` names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<NotifyRule>,
     /// Jobs in the order written.
     pub jobs: IndexMap<String, JobSpec>,
 }
@@ -282,6 +286,7 @@ impl WorkflowSpec {
         {
             problems.push(format!("schedule: {problem}"));
         }
+        problems.extend(check_rules(&self.notify));
         if self.max_parallel == Some(0) {
             problems.push("max_parallel must be at least 1 (leave it out for no limit)".into());
         }

@@ -201,6 +201,19 @@ pub fn looks_like_day(text: &str) -> bool {
             .all(|(i, byte)| if i == 4 || i == 7 { *byte == b'-' } else { byte.is_ascii_digit() })
 }
 
+/// A day as people give one (`--from`, a form's date): `YYYY-MM-DD`; the error says what is
+/// wrong with anything else (for `what`, the flag or field).
+pub fn day_of(what: &str, text: &str) -> Result<NaiveDate, String> {
+    let text = text.trim();
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        if looks_like_day(text) {
+            format!("{what}: {}", why_no_such_day(text))
+        } else {
+            format!("{what} `{text}` is not a day such as 2024-03-01")
+        }
+    })
+}
+
 /// A `YYYY-MM-DD` day; one that does not exist (2024-02-30) says why.
 fn parse_day(day: &str, shown: &dyn Fn() -> String) -> Result<NaiveDate, WindowError> {
     NaiveDate::parse_from_str(day, "%Y-%m-%d")

@@ -321,6 +321,45 @@ fn rejection() {
     );
 }
 
+#[test]
+fn notice() {
+    use sluice_proto::notify::{FailedJob, Notice, NotifyEvent};
+    let at = time("2024-03-02T08:00:47.050Z");
+    let id = Notice::run_finished_id(&run_id(), "data-team", NotifyEvent::Failed, at);
+    check(
+        "notice",
+        Notice {
+            run_id: Some(run_id()),
+            window: Some(window()),
+            state: Some(RunState::Failed),
+            origin: Some("schedule:daily".into()),
+            failed_jobs: vec![FailedJob { job: "load".into(), error: "exit status 3".into(), attempts: 2 }],
+            failed_jobs_omitted: 1,
+            ..Notice::new(id, NotifyEvent::Failed, "data-team", "daily", at)
+        },
+    );
+}
+
+#[test]
+fn notify_status() {
+    use sluice_proto::notify::{DeliveryState, NotifyEvent, NotifyStatus};
+    check(
+        "notify_status",
+        NotifyStatus {
+            schema_version: SCHEMA_VERSION,
+            id: format!("{}.data-team.dead_letter.1.load", run_id()),
+            event: NotifyEvent::DeadLetter,
+            target: "data-team".into(),
+            run_id: Some(run_id()),
+            state: DeliveryState::Pending,
+            status_code: Some(500),
+            attempts: 2,
+            last_at: time("2024-03-02T08:00:49Z"),
+            error: Some("the target answered HTTP 500".into()),
+        },
+    );
+}
+
 fn request_id() -> RequestId {
     "0190f5c2-7d3a-7b4e-8a1f-2c3d4e5f6a7c".parse().unwrap()
 }
@@ -549,6 +588,8 @@ fn every_versioned_type_has_a_golden_vector() {
         ("BackfillRecord", "backfill_record"),
         ("LogBatch", "log_batch"),
         ("Rejection", "rejection"),
+        ("Notice", "notice"),
+        ("NotifyStatus", "notify_status"),
         ("SpawnBatch", "spawn_batch"),
         ("PoolRecord", "pool_record"),
         ("WorkerRecord", "worker_record"),

@@ -15,6 +15,7 @@
 //! - [`autoscaler`]: KEDA's nats-jetstream scaler and the HPA, compressed to seconds, scaling
 //!   real `sluice worker` processes on `/jsz`;
 //! - [`cluster`]: a JetStream cluster of nats-servers on loopback;
+//! - [`http`]: a loopback HTTP receiver that records requests and answers as told (webhooks);
 //! - [`monitoring`]: a nats-server's monitoring endpoint (`/jsz`, `/healthz`);
 //! - [`kube_api`]: a real kube-apiserver (v1.20.2, cached build) with etcd on loopback.
 //!
@@ -25,6 +26,7 @@
 pub mod autoscaler;
 mod binary;
 pub mod cluster;
+pub mod http;
 pub mod kube_api;
 pub mod monitoring;
 mod server;

@@ -12,12 +12,11 @@ use serde_json::json;
 use sluice_client::Stores;
 use sluice_proto::limits::BACKFILL_WINDOWS_MAX;
 use sluice_proto::{
-    BackfillRecord, BackfillRequest, BackfillWindow, ControlAction, ControlRequest, HumanDuration, Rerun, RunId,
-    RunState, Window,
+    BackfillRecord, BackfillRequest, ControlAction, ControlRequest, HumanDuration, Rerun, RunId, RunState, Window,
 };
 
 use crate::commands::audit::parse_day;
-use crate::output::{self, CliError, Format, applied, ask, print_json, table, time};
+use crate::output::{self, CliError, Format, applied, ask, print_json, table};
 
 /// How often progress is redrawn.
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
@@ -151,7 +150,7 @@ async fn create(url: &str, args: BackfillArgs, format: Format) -> Result<ExitCod
     };
     applied(ask(&js, ControlRequest::new(ControlAction::BackfillCreate(request), None, "")).await?)?;
     let record = load(&js, &id).await?;
-    let skipped = skipped_windows(&record);
+    let skipped = sluice_client::json::skipped_windows(&record);
     if format == Format::Human {
         outln!(
             "backfill {id}: {} windows of {} from {from} to {to} ({skipped} skipped), at most {} runs at once",
@@ -217,30 +216,8 @@ fn exit_code(record: &BackfillRecord) -> ExitCode {
     }
 }
 
-/// Windows by outcome.
-fn counts(record: &BackfillRecord) -> serde_json::Value {
-    let submitted = record.next as usize;
-    let count = |wanted: RunState| {
-        record.windows.iter().filter(|window| window.skip.is_none() && window.state == Some(wanted)).count()
-    };
-    let skipped = skipped_windows(record);
-    let running = record.windows[..submitted.min(record.windows.len())]
-        .iter()
-        .filter(|window| window.skip.is_none() && !window.state.is_some_and(RunState::is_terminal))
-        .count();
-    json!({
-        "total": record.windows.len(),
-        "succeeded": count(RunState::Succeeded),
-        "failed": count(RunState::Failed) + record.windows.iter().filter(|window| was_rejected(window)).count(),
-        "cancelled": count(RunState::Cancelled),
-        "running": running,
-        "skipped": skipped,
-        "pending": record.windows[submitted.min(record.windows.len())..].iter().filter(|window| window.skip.is_none()).count(),
-    })
-}
-
 fn progress_line(record: &BackfillRecord) -> String {
-    let counts = counts(record);
+    let counts = sluice_client::json::backfill_counts(record);
     let number = |key: &str| counts[key].as_u64().unwrap_or(0);
     let total = number("total").max(1);
     let done = number("succeeded") + number("failed") + number("cancelled") + number("skipped");
@@ -257,43 +234,9 @@ fn progress_line(record: &BackfillRecord) -> String {
     )
 }
 
-fn record_json(record: &BackfillRecord, with_windows: bool) -> serde_json::Value {
-    let mut value = json!({
-        "id": record.id.to_string(),
-        "workflow": record.workflow,
-        "state": record.state.as_str(),
-        "from": record.from,
-        "to": record.to,
-        "interval": record.interval,
-        "max_parallel_runs": record.max_parallel_runs,
-        "rerun": match record.rerun { Rerun::Missing => "missing", Rerun::Failed => "failed", Rerun::All => "all" },
-        "created_at": time(Some(record.created_at)),
-        "finished_at": time(record.finished_at),
-        "counts": counts(record),
-    });
-    if with_windows {
-        value["windows"] = record
-            .windows
-            .iter()
-            .enumerate()
-            .map(|(index, window)| {
-                let submitted = index < record.next as usize && window.skip.is_none();
-                json!({
-                    "start": window.window.start_rfc3339(),
-                    "end": window.window.end_rfc3339(),
-                    "run_id": submitted.then(|| window.run_id.to_string()),
-                    "state": window.state.map(RunState::as_str).or(submitted.then_some("submitted")),
-                    "skip": window.skip,
-                })
-            })
-            .collect();
-    }
-    value
-}
-
 fn show(record: &BackfillRecord, format: Format) -> Result<(), CliError> {
     match format {
-        Format::Json => print_json(&record_json(record, true)),
+        Format::Json => print_json(&sluice_client::json::backfill_json(record, true)),
         Format::Human => {
             outln!(
                 "backfill  {}\nworkflow  {}\nstate     {}\nrange     {} to {} every {}\n{}\n",
@@ -305,7 +248,7 @@ fn show(record: &BackfillRecord, format: Format) -> Result<(), CliError> {
                 record.interval,
                 progress_line(record)
             )?;
-            let value = record_json(record, true);
+            let value = sluice_client::json::backfill_json(record, true);
             let rows: Vec<Vec<String>> = value["windows"]
                 .as_array()
                 .into_iter()
@@ -330,9 +273,9 @@ async fn list(js: &jetstream::Context, format: Format) -> Result<ExitCode, CliEr
         None => Vec::new(),
     };
     match format {
-        Format::Json => {
-            print_json(&json!({"backfills": records.iter().map(|r| record_json(r, false)).collect::<Vec<_>>()}))
-        }
+        Format::Json => print_json(
+            &json!({"backfills": records.iter().map(|r| sluice_client::json::backfill_json(r, false)).collect::<Vec<_>>()}),
+        ),
         Format::Human if records.is_empty() => outln!("no backfills"),
         Format::Human => {
             let rows: Vec<Vec<String>> = records
@@ -361,14 +304,4 @@ async fn cancel(js: &jetstream::Context, id: &RunId, format: Format) -> Result<E
         Format::Human => outln!("{}", outcome.reason),
     }?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Whether the window's submission was rejected (that counts as failed, not skipped).
-fn was_rejected(window: &BackfillWindow) -> bool {
-    window.skip.as_deref().is_some_and(|skip| skip.starts_with("rejected"))
-}
-
-/// Windows the backfill skipped.
-fn skipped_windows(record: &BackfillRecord) -> usize {
-    record.windows.iter().filter(|window| window.skip.is_some() && !was_rejected(window)).count()
 }

@@ -46,6 +46,13 @@ pub struct DevArgs {
     /// says so and runs without; an address given here must be free.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Where the web UI and the HTTP API (`/api/v1`) are served, as `sluice server` serves
+    /// them without tokens: a loopback address. When the default is taken, `dev` says so and runs without.
+    #[arg(long, value_name = "ADDR")]
+    api_listen: Option<String>,
+    /// `--notify-targets FILE`, `--secrets-dir`, `--ui-url`, as on `sluice coordinator`.
+    #[command(flatten)]
+    notify: super::serve::NotifyArgs,
 }
 
 /// Where `sluice dev` serves its metrics unless told otherwise (the OpenTelemetry
@@ -62,6 +69,19 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
         )));
     }
     let listen = crate::health::parse_listen(args.metrics_listen.as_deref().unwrap_or(DEV_METRICS_LISTEN))?;
+    let notify = std::sync::Arc::new(args.notify.settings()?);
+    let api_listen: std::net::SocketAddr =
+        args.api_listen.as_deref().unwrap_or(super::server::DEV_API_LISTEN).trim().parse().map_err(|_| {
+            CliError::usage(format!(
+                "--api-listen must be an address and port such as 127.0.0.1:8080, not `{}`",
+                args.api_listen.as_deref().unwrap_or_default()
+            ))
+        })?;
+    if !api_listen.ip().is_loopback() {
+        return Err(CliError::usage(format!(
+            "--api-listen {api_listen} is not a loopback address: `dev` serves the API without tokens"
+        )));
+    }
     let workflows = args.files.iter().map(|file| super::read_workflow(file)).collect::<Result<Vec<_>, _>>()?;
     // Held until this process ends: a second `dev` on the same store would share it with
     // this one's nats-server and wedge both.
@@ -78,7 +98,7 @@ pub async fn run(args: DevArgs) -> Result<ExitCode, CliError> {
     })
     .map_err(|error| start_error(&error, args.port))?;
     let url = server.url();
-    let result = with_stack(&url, &args, listen, workflows).await;
+    let result = with_stack(&url, &args, (listen, api_listen), workflows, notify).await;
     server.stop();
     // stdout may be gone (that is one way here); the end is still worth a line if not.
     let _ = outln!("stopped");
@@ -107,8 +127,9 @@ fn start_error(error: &sluice_local_nats::LocalNatsError, port: u16) -> CliError
 async fn with_stack(
     url: &str,
     args: &DevArgs,
-    listen: std::net::SocketAddr,
+    (listen, api_listen): (std::net::SocketAddr, std::net::SocketAddr),
     workflows: Vec<(sluice_proto::WorkflowSpec, String)>,
+    notify: std::sync::Arc<sluice_coordinator::notify::NotifySettings>,
 ) -> Result<ExitCode, CliError> {
     outln!("nats-server   {url}  (data in {})", args.data_dir.display())?;
     let client = crate::output::connect(url).await?;
@@ -120,22 +141,33 @@ async fn with_stack(
     let exporting = super::serve::exporter("sluice-dev", &mut registry)?;
     let mut metrics = sluice_coordinator::metrics::Metrics::register(&mut registry);
     let mut worker_metrics = sluice_worker::metrics::Metrics::register(&mut registry);
+    let http_metrics = sluice_server::metrics::HttpMetrics::register(&mut registry);
     if let Some((sink, _)) = &exporting {
         outln!("traces        exported over OTLP/HTTP (OTEL_* variables)")?;
         metrics = metrics.with_spans(sink.clone(), sluice_coordinator::spans::CHILD_SPANS_PER_PARENT_DEFAULT);
         worker_metrics = worker_metrics.with_spans(sink.clone());
     }
-    let settings = sluice_coordinator::service::Settings { metrics, ..Default::default() };
+    let settings = sluice_coordinator::service::Settings { metrics, notify, ..Default::default() };
     let (phase, watched) = tokio::sync::watch::channel(sluice_coordinator::service::Phase::Starting);
     let probes =
         crate::health::Probes::new(std::sync::Arc::new(move || super::serve::probed(*watched.borrow())), registry);
     let _ = probes.nats.set(client.clone());
     let stop_listening = tokio_util::sync::CancellationToken::new();
     let _listening = stop_listening.clone().drop_guard();
-    match crate::health::serve(listen, probes, stop_listening).await {
+    match crate::health::serve(listen, probes, stop_listening.clone()).await {
         Ok(bound) => outln!("metrics       http://{bound}/metrics")?,
         Err(error) if args.metrics_listen.is_none() => {
             outln!("metrics       not served: {} (choose an address with --metrics-listen)", error.message)?
+        }
+        Err(error) => return Err(error),
+    }
+    match super::server::spawn_local(api_listen, js.clone(), http_metrics, stop_listening.clone()).await {
+        Ok(bound) => {
+            outln!("ui            http://{bound}/")?;
+            outln!("api           http://{bound}/api/v1")?
+        }
+        Err(error) if args.api_listen.is_none() => {
+            outln!("api           not served: {} (choose an address with --api-listen)", error.message)?
         }
         Err(error) => return Err(error),
     }

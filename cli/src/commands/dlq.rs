@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use async_nats::jetstream;
 use serde_json::json;
 use sluice_client::dead_letters::{self, DeadLetterEntry as Letter};
-use sluice_proto::{ControlAction, ControlRequest, Outcome, names};
+use sluice_proto::{ControlAction, ControlRequest, Outcome};
 
 use crate::output::{self, CliError, Format, applied, ask, print_json, table, time};
 
@@ -52,22 +52,6 @@ impl Filters {
     }
 }
 
-fn summary_json(entry: &Letter) -> serde_json::Value {
-    match &entry.letter {
-        Some(letter) => json!({
-            "id": entry.id,
-            "run_id": letter.job.run_id.to_string(),
-            "workflow": letter.job.workflow,
-            "job": letter.job.job,
-            "pool": letter.job.pool,
-            "attempts": letter.attempts.len() + letter.attempts_omitted as usize,
-            "reason": letter.reason,
-            "dead_at": time(Some(letter.dead_at)),
-        }),
-        None => json!({"id": entry.id, "pool": entry.pool(), "raw": true, "reason": entry.reason}),
-    }
-}
-
 pub async fn run(url: &str, command: DlqCommand, format: Format) -> Result<ExitCode, CliError> {
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
@@ -102,7 +86,9 @@ async fn one(js: &jetstream::Context, id: u64) -> Result<Letter, CliError> {
 async fn list(js: &jetstream::Context, filters: &Filters, format: Format) -> Result<ExitCode, CliError> {
     let letters: Vec<Letter> = load(js).await?.into_iter().filter(|letter| filters.matches(letter)).collect();
     match format {
-        Format::Json => print_json(&json!({"dead_letters": letters.iter().map(summary_json).collect::<Vec<_>>()})),
+        Format::Json => print_json(
+            &json!({"dead_letters": letters.iter().map(sluice_client::json::dead_letter_row).collect::<Vec<_>>()}),
+        ),
         Format::Human if letters.is_empty() => outln!("no dead letters"),
         Format::Human => {
             let rows: Vec<Vec<String>> = letters
@@ -136,8 +122,8 @@ async fn list(js: &jetstream::Context, filters: &Filters, format: Format) -> Res
 
 async fn show(js: &jetstream::Context, id: u64, format: Format) -> Result<ExitCode, CliError> {
     let entry = one(js, id).await?;
+    let value = sluice_client::json::dead_letter_json(&entry);
     let Some(letter) = &entry.letter else {
-        let value = json!({"id": id, "subject": entry.subject, "raw": true, "reason": entry.reason});
         match format {
             Format::Json => print_json(&value),
             Format::Human => {
@@ -146,32 +132,7 @@ async fn show(js: &jetstream::Context, id: u64, format: Format) -> Result<ExitCo
         }?;
         return Ok(ExitCode::SUCCESS);
     };
-    let attempts: Vec<serde_json::Value> = letter
-        .attempts
-        .iter()
-        .map(|attempt| json!({"attempt": attempt.attempt, "started_at": time(Some(attempt.started_at)), "finished_at": time(attempt.finished_at), "error": attempt.error, "worker": attempt.worker}))
-        .collect();
     let job = &letter.job;
-    let value = json!({
-        "id": id,
-        "subject": entry.subject,
-        "reason": letter.reason,
-        "dead_at": time(Some(letter.dead_at)),
-        "headers": {
-            names::HEADER_MSG_ID: names::dead_letter_id(&job.run_id, &job.job, job.generation),
-            names::HEADER_RUN_ID: job.run_id.to_string(),
-            names::HEADER_JOB: job.job,
-        },
-        "job": {
-            "run_id": job.run_id.to_string(), "workflow": job.workflow, "job": job.job, "kind": job.kind,
-            "command": job.command, "config": job.config, "pool": job.pool,
-            "window": {"start": job.window.start_rfc3339(), "end": job.window.end_rfc3339()},
-            "params": job.params, "generation": job.generation, "attempt_offset": job.attempt_offset,
-            "max_attempts": job.retry.max_attempts, "timeout_ms": job.timeout_ms,
-        },
-        "attempts": attempts,
-        "attempts_omitted": letter.attempts_omitted,
-    });
     match format {
         Format::Json => print_json(&value)?,
         Format::Human => {
@@ -225,13 +186,7 @@ async fn replay(
             }
             continue;
         };
-        // The coordinator queues the job again in a fresh series, then removes the letter.
-        let request = ControlRequest {
-            job: Some(letter.job.job.clone()),
-            dead_letter: Some(entry.id),
-            spec: spec.clone(),
-            ..ControlRequest::new(ControlAction::Retry, Some(letter.job.run_id), "")
-        };
+        let Some(request) = entry.replay_request(spec.clone()) else { continue };
         let outcome = ask(js, request).await?;
         if id.is_some() {
             applied(outcome.clone())?;

@@ -12,6 +12,7 @@ pub mod pool;
 pub mod runs;
 pub mod schedule;
 pub mod serve;
+pub mod server;
 pub mod status;
 pub mod submit;
 pub mod validate;

@@ -116,22 +116,9 @@ async fn list(js: &jetstream::Context, format: Format, only: Option<&str>) -> Re
 /// 15 s after a worker's last renewal).
 pub async fn workers(url: &str, format: Format) -> Result<ExitCode, CliError> {
     let js = jetstream::new(output::connect(url).await?);
-    let workers = match Stores::open(&js).await? {
-        Some(stores) => stores.workers().await?,
-        None => Vec::new(),
-    };
+    let workers = sluice_client::stores::live_workers(&js).await?;
     match format {
-        Format::Json => print_json(&json!({"workers": workers.iter().map(|worker| json!({
-            "worker_id": worker.worker_id,
-            "pool": worker.pool,
-            "kinds": worker.kinds,
-            "protocol_versions": worker.protocol_versions,
-            "version": worker.version,
-            "slots": worker.slots,
-            "busy": worker.busy,
-            "started_at": time(Some(worker.started_at)),
-            "leader": worker.leader,
-        })).collect::<Vec<_>>()})),
+        Format::Json => print_json(&sluice_client::json::workers_json(&workers)),
         Format::Human if workers.is_empty() => outln!("no live workers"),
         Format::Human => {
             let rows: Vec<Vec<String>> = workers

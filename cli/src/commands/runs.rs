@@ -33,6 +33,15 @@ pub struct RunsArgs {
     /// Continue after an earlier page (its `next`).
     #[arg(long)]
     cursor: Option<String>,
+    /// Only runs whose window starts on this day or later (with --window-to and --workflow).
+    #[arg(long, value_name = "DAY")]
+    window_from: Option<String>,
+    /// Only runs whose window starts on this day or earlier (with --window-from).
+    #[arg(long, value_name = "DAY")]
+    window_to: Option<String>,
+    /// `newest` (created, newest first) or `window` (newest window first; with a window range).
+    #[arg(long)]
+    sort: Option<String>,
 }
 
 pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, CliError> {
@@ -66,22 +75,36 @@ pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, 
         return Err(CliError::usage("--state pending lists one page (up to --limit 1000): it takes no --cursor"));
     }
     let filter = RunFilter { workflow: args.workflow.clone(), state, origin: args.origin.clone() };
-    let page = sluice_client::runs::list_with_pending(&js, &filter, choice, args.limit, args.cursor.as_deref()).await?;
+    let names = sluice_client::runs::RangeNames {
+        from: "--window-from",
+        to: "--window-to",
+        sort: "--sort",
+        workflow: "--workflow",
+    };
+    let (range, order) = sluice_client::runs::range_and_order(
+        args.window_from.as_deref(),
+        args.window_to.as_deref(),
+        args.sort.as_deref(),
+        args.workflow.is_some(),
+        &names,
+    )?;
+    let page = match range {
+        Some(range) if choice == PendingChoice::Included => {
+            let page =
+                sluice_client::runs::in_window_range(&js, &filter, range, order, args.limit, args.cursor.as_deref())
+                    .await?;
+            sluice_client::runs::Listing { pending: Vec::new(), runs: page.runs, next: page.next }
+        }
+        Some(_) => return Err(CliError::usage("a window range lists stored runs: it takes no --state pending")),
+        None => {
+            sluice_client::runs::list_with_pending(&js, &filter, choice, args.limit, args.cursor.as_deref()).await?
+        }
+    };
     let (pending, runs) = (page.pending, page.runs);
     match format {
         Format::Json => {
             let mut rows: Vec<serde_json::Value> = pending.iter().map(pending_row).collect();
-            rows.extend(runs.iter().map(|run| {
-                json!({
-                    "id": run.id.to_string(),
-                    "workflow": run.workflow,
-                    "state": run.state.as_str(),
-                    "window": {"start": run.window.start_rfc3339(), "end": run.window.end_rfc3339()},
-                    "created_at": time(Some(run.created_at)),
-                    "finished_at": time(run.finished_at),
-                    "origin": run.origin,
-                })
-            }));
+            rows.extend(runs.iter().map(sluice_client::json::run_row));
             print_json(&json!({"runs": rows, "next": page.next}))?
         }
         Format::Human if runs.is_empty() && pending.is_empty() => outln!("no runs")?,
@@ -116,23 +139,7 @@ pub async fn run(url: &str, args: RunsArgs, format: Format) -> Result<ExitCode, 
     Ok(ExitCode::SUCCESS)
 }
 
-/// The display state of a submission no coordinator has taken yet.
-pub const PENDING: &str = "pending";
-
-/// A pending submission as a row of `runs -o json`: the keys of a run's row, then
-/// `submitted_at` (docs/cli.md).
-pub fn pending_row(run: &sluice_client::runs::PendingRun) -> serde_json::Value {
-    json!({
-        "id": run.id.to_string(),
-        "workflow": run.workflow,
-        "state": PENDING,
-        "window": run.window.as_ref().map(|window| json!({"start": window.start_rfc3339(), "end": window.end_rfc3339()})),
-        "created_at": null,
-        "finished_at": null,
-        "origin": run.origin,
-        "submitted_at": time(Some(run.submitted_at)),
-    })
-}
+pub use sluice_client::json::{PENDING, pending_row};
 
 async fn rejected(js: &jetstream::Context, limit: usize, format: Format) -> Result<ExitCode, CliError> {
     let mut rejections = sluice_client::stores::rejections(js, limit).await?;

@@ -9,10 +9,10 @@ use chrono::Utc;
 use serde_json::json;
 use sluice_client::Stores;
 use sluice_proto::schedule::Schedule;
-use sluice_proto::{ControlAction, ControlRequest, RunId, ScheduleRecord, WorkflowSpec};
+use sluice_proto::{ControlAction, ControlRequest, RunId, ScheduleRecord};
 
 use crate::follow::follow_one;
-use crate::output::{self, CliError, Format, applied, ask, print_json, table, time};
+use crate::output::{self, CliError, Format, applied, ask, print_json, table};
 
 #[derive(clap::Subcommand)]
 pub enum ScheduleCommand {
@@ -101,8 +101,7 @@ async fn all(js: &jetstream::Context) -> Result<Vec<ScheduleRecord>, CliError> {
 }
 
 fn evaluate(record: &ScheduleRecord) -> Result<Schedule, CliError> {
-    let spec = WorkflowSpec::parse(&record.workflow).map_err(|error| CliError::failed(error.to_string()))?;
-    Schedule::from_spec(&record.schedule, spec.timezone.as_deref()).map_err(CliError::failed)
+    sluice_client::json::schedule_of(record).map_err(CliError::failed)
 }
 
 async fn apply(js: &jetstream::Context, file: &std::path::Path, format: Format) -> Result<ExitCode, CliError> {
@@ -115,15 +114,9 @@ async fn apply(js: &jetstream::Context, file: &std::path::Path, format: Format) 
         .ok_or_else(|| CliError::failed(format!("schedule {} was applied but cannot be read back", spec.name)))?;
     let schedule = evaluate(&record)?;
     let now = Utc::now();
-    let mut next = Vec::new();
-    let mut cursor = now.max(record.handled_until);
-    while next.len() < 3 {
-        let Some(tick) = schedule.next_after(cursor) else { break };
-        next.push(tick);
-        cursor = tick;
-    }
+    let next = sluice_client::json::next_ticks(&record, &schedule, now, 3);
     match format {
-        Format::Json => print_json(&record_json(&record, &schedule, now))?,
+        Format::Json => print_json(&sluice_client::json::schedule_json(&record, &schedule, now))?,
         Format::Human => {
             outln!(
                 "schedule {}: `{}` in {}, window {}, catchup {}{}",
@@ -146,22 +139,6 @@ async fn apply(js: &jetstream::Context, file: &std::path::Path, format: Format) 
     Ok(ExitCode::SUCCESS)
 }
 
-fn record_json(record: &ScheduleRecord, schedule: &Schedule, now: chrono::DateTime<Utc>) -> serde_json::Value {
-    let next = if record.paused { None } else { schedule.next_after(now.max(record.handled_until)) };
-    json!({
-        "name": record.name,
-        "cron": record.schedule.cron,
-        "timezone": schedule.zone.name(),
-        "window": record.schedule.window,
-        "catchup": schedule.catchup.as_str(),
-        "paused": record.paused,
-        "next_tick": time(next),
-        "last_tick": time(record.last_tick),
-        "last_run": record.last_run.map(|id| id.to_string()),
-        "skipped_ticks": record.skipped_ticks,
-    })
-}
-
 async fn list(js: &jetstream::Context, format: Format) -> Result<ExitCode, CliError> {
     let now = Utc::now();
     let records = all(js).await?;
@@ -169,7 +146,7 @@ async fn list(js: &jetstream::Context, format: Format) -> Result<ExitCode, CliEr
     let mut values = Vec::new();
     for record in &records {
         let Ok(schedule) = evaluate(record) else { continue };
-        let value = record_json(record, &schedule, now);
+        let value = sluice_client::json::schedule_json(record, &schedule, now);
         rows.push(vec![
             record.name.clone(),
             record.schedule.cron.clone(),

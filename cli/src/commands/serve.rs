@@ -130,6 +130,41 @@ pub struct CoordinatorArgs {
     pub trace_child_spans: usize,
     #[command(flatten)]
     pub metrics: MetricsArgs,
+    #[command(flatten)]
+    pub notify: NotifyArgs,
+}
+
+/// `--notify-targets`, `--secrets-dir`, `--ui-url`: where notifications go (the coordinator
+/// and `sluice dev`).
+#[derive(clap::Args, Clone, Default)]
+pub struct NotifyArgs {
+    /// YAML map of the targets workflows may notify: a name to an http(s) URL or to
+    /// `{secret: NAME}` (a file of --secrets-dir holding the URL). A workflow naming any
+    /// other target is refused.
+    #[arg(long, value_name = "FILE")]
+    pub notify_targets: Option<std::path::PathBuf>,
+    /// The directory of the coordinator's secrets: one file per secret, named by it.
+    #[arg(long, value_name = "DIR")]
+    pub secrets_dir: Option<std::path::PathBuf>,
+    /// The web UI's base URL: notifications link to `<URL>/runs/<run id>`.
+    #[arg(long, value_name = "URL")]
+    pub ui_url: Option<String>,
+}
+
+impl NotifyArgs {
+    /// The targets, read and checked now: a file with any problem is refused (exit 2).
+    pub fn settings(&self) -> Result<sluice_coordinator::notify::NotifySettings, CliError> {
+        let targets = match &self.notify_targets {
+            Some(path) => sluice_coordinator::notify::Targets::load(path, self.secrets_dir.as_deref())
+                .map_err(|error| CliError::usage(error.to_string()))?,
+            None => sluice_coordinator::notify::Targets::default(),
+        };
+        if let Some(url) = &self.ui_url {
+            sluice_coordinator::notify::check_url(url)
+                .map_err(|problem| CliError::usage(format!("--ui-url: {problem}")))?;
+        }
+        Ok(sluice_coordinator::notify::NotifySettings { targets, ui_url: self.ui_url.clone() })
+    }
 }
 
 pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, CliError> {
@@ -166,6 +201,7 @@ pub async fn coordinator(url: &str, args: CoordinatorArgs) -> Result<ExitCode, C
             history_max_age: history_max_age(args.history_max_age)?,
         },
         metrics,
+        notify: Arc::new(args.notify.settings()?),
     };
     let listen = args.metrics.address()?;
     let shutdown = on_signal();

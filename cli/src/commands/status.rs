@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use async_nats::jetstream;
-use serde_json::json;
+use sluice_client::json::one_job_json;
+pub use sluice_client::json::{pending_json, view_json};
 pub use sluice_client::{Lookup, RunView, lookup};
 use sluice_proto::{JobRecord, RunId};
 
@@ -76,22 +77,6 @@ fn show(view: &RunView, args: &StatusArgs, format: Format) -> Result<ExitCode, C
     Ok(ExitCode::SUCCESS)
 }
 
-/// `status -o json` of a pending run: the keys of the run shape it has, then `submitted_at`
-/// (docs/cli.md).
-pub fn pending_json(run: &sluice_client::runs::PendingRun) -> serde_json::Value {
-    json!({
-        "id": run.id.to_string(),
-        "workflow": run.workflow,
-        "state": super::runs::PENDING,
-        "window": run.window.as_ref().map(|window| json!({"start": window.start_rfc3339(), "end": window.end_rfc3339()})),
-        "created_at": null,
-        "finished_at": null,
-        "origin": run.origin,
-        "submitted_at": time(Some(run.submitted_at)),
-        "jobs": [],
-    })
-}
-
 /// The human view of a pending run.
 pub fn pending_text(run: &sluice_client::runs::PendingRun) -> String {
     format!(
@@ -107,63 +92,27 @@ pub fn pending_text(run: &sluice_client::runs::PendingRun) -> String {
     )
 }
 
-/// The stable JSON shape of `status -o json` (documented in docs/cli.md).
-pub fn view_json(view: &RunView) -> serde_json::Value {
-    let record = &view.record;
-    json!({
-        "id": record.id.to_string(),
-        "workflow": record.workflow,
-        "state": record.state.as_str(),
-        "window": {"start": record.window.start_rfc3339(), "end": record.window.end_rfc3339()},
-        "params": record.params,
-        "created_at": time(Some(record.created_at)),
-        "finished_at": time(record.finished_at),
-        "error": record.error,
-        "trace_id": record.traceparent.as_deref().and_then(sluice_proto::TraceParent::parse).map(|parent| parent.trace_id_hex()),
-        "spec_hash": record.spec_hash,
-        "jobs": view.jobs.iter().map(|job| job_json(view, job)).collect::<Vec<_>>(),
-        "cancelled_by": record.cancelled_by,
-    })
-}
-
-/// `status RUN --job J -o json`: the job, and a line for each of its children.
-fn one_job_json(view: &RunView, job: &JobRecord) -> serde_json::Value {
-    let mut out = job_json(view, job);
-    out["run"] = json!(view.record.id.to_string());
-    out["child_jobs"] = view
-        .children_of(&job.name)
-        .map(|child| {
-            json!({"name": child.name, "state": child.state.as_str(), "attempts": child.attempts, "error": child.error})
+/// The human lines of a run's notifications (none when it has none).
+fn notifications_text(view: &RunView) -> String {
+    if view.notifications.is_empty() {
+        return String::new();
+    }
+    let rows: Vec<Vec<String>> = view
+        .notifications
+        .iter()
+        .map(|status| {
+            vec![
+                status.event.as_str().to_owned(),
+                status.target.clone(),
+                status.state.as_str().to_owned(),
+                status.status_code.map(|code| code.to_string()).unwrap_or_else(|| "-".into()),
+                status.attempts.to_string(),
+                short_time(Some(status.last_at)),
+                status.error.as_deref().map(error_line).unwrap_or_default(),
+            ]
         })
         .collect();
-    out
-}
-
-fn job_json(view: &RunView, job: &JobRecord) -> serde_json::Value {
-    let children = (job.children > 0).then(|| json!({"total": job.children, "by_state": view.child_counts(&job.name)}));
-    json!({
-        "name": job.name,
-        "state": job.state.as_str(),
-        "attempts": job.attempts,
-        "started_at": time(job.started_at),
-        "finished_at": time(job.finished_at),
-        "error": job.error,
-        "retry_at": time(job.retry_at),
-        "output": job.output,
-        "children": children,
-        "attempt_history": job.attempt_history.iter().map(|attempt| json!({
-            "attempt": attempt.attempt,
-            "started_at": time(Some(attempt.started_at)),
-            "finished_at": time(attempt.finished_at),
-            "error": attempt.error,
-            "worker": attempt.worker,
-            "redelivered_to": attempt.redelivered_to,
-            "spec_hash": attempt.spec_hash,
-            "found_later": attempt.found_later,
-        })).collect::<Vec<_>>(),
-        "attempts_omitted": job.attempts_omitted,
-        "marked": job.marked.as_ref().map(|mark| json!({"as": mark.as_.as_str(), "by": mark.by, "at": time(Some(mark.at))})),
-    })
+    format!("\n\n{}", table(&["NOTIFIED", "TARGET", "DELIVERY", "HTTP", "ATTEMPTS", "LAST", "ERROR"], &rows))
 }
 
 /// `marked succeeded by alice`: a job a user ended by hand (`sluice mark`).
@@ -190,6 +139,7 @@ pub fn view_text(view: &RunView) -> String {
     }
     out.push('\n');
     out.push_str(&jobs_table(view, view.jobs.iter()));
+    out.push_str(&notifications_text(view));
     out
 }
 

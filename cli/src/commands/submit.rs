@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use async_nats::jetstream;
 use chrono::Utc;
-use serde_json::json;
+use sluice_client::submit::{NewRun, Published};
 use sluice_proto::limits::IDEMPOTENCY_KEY_MAX_BYTES;
-use sluice_proto::{RunId, SCHEMA_VERSION, Submission, Window, WorkflowSpec, names};
+use sluice_proto::{Window, WorkflowSpec};
 
 use crate::follow::follow_one;
 use crate::output::{self, CliError, Format, print_json};
@@ -51,17 +51,7 @@ pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode
         )));
     }
     warn_about_unannounced_kinds(&js, &spec).await;
-    let existing = match &args.idempotency_key {
-        Some(key) => key_holder(&js, key).await?,
-        None => None,
-    };
-    let (run_id, duplicate) = match existing {
-        Some(id) => (id, true),
-        None => {
-            let published = publish(&js, yaml, window, params, args.idempotency_key.clone()).await?;
-            (published.run_id, published.duplicate)
-        }
-    };
+    let Published { run_id, duplicate } = publish(&js, yaml, window, params, args.idempotency_key.clone()).await?;
     if format == Format::Human {
         if duplicate {
             outln!("already submitted with this idempotency key: run {run_id}")?;
@@ -69,9 +59,7 @@ pub async fn run(url: &str, args: SubmitArgs, format: Format) -> Result<ExitCode
             outln!("submitted run {run_id} (workflow {}, window {window})", spec.name)?;
         }
     } else if !args.wait {
-        print_json(
-            &json!({"id": run_id.to_string(), "workflow": spec.name, "window": {"start": window.start_rfc3339(), "end": window.end_rfc3339()}, "duplicate": duplicate}),
-        )?;
+        print_json(&sluice_client::json::submitted_json(&Published { run_id, duplicate }, &spec.name, &window))?;
     }
     if !args.wait {
         return Ok(ExitCode::SUCCESS);
@@ -108,26 +96,8 @@ pub fn unannounced_kinds(spec: &WorkflowSpec, pools: &[sluice_proto::PoolRecord]
     warnings
 }
 
-/// The run that holds an idempotency key, once a coordinator has claimed it.
-async fn key_holder(js: &jetstream::Context, key: &str) -> Result<Option<RunId>, CliError> {
-    let Some(bucket) = sluice_client::stores::open_bucket(js, names::IDEMPOTENCY_BUCKET).await? else {
-        return Ok(None);
-    };
-    Ok(bucket
-        .get(names::idempotency_kv_key(key))
-        .await
-        .map_err(|error| CliError::nats(format!("reading idempotency key: {error}")))?
-        .and_then(|bytes| std::str::from_utf8(&bytes).ok().and_then(|text| text.parse::<RunId>().ok())))
-}
-
-/// A stored submission: its run id, and whether JetStream had it already (same
-/// idempotency key within the duplicate window), in which case the id is the first one's.
-pub struct Published {
-    pub run_id: RunId,
-    pub duplicate: bool,
-}
-
-/// Publishes a submission and waits for JetStream to store it.
+/// Publishes a submission and waits for JetStream to store it (`TRACEPARENT` continues the
+/// caller's trace).
 pub async fn publish(
     js: &jetstream::Context,
     yaml: String,
@@ -135,41 +105,9 @@ pub async fn publish(
     params: BTreeMap<String, String>,
     idempotency_key: Option<String>,
 ) -> Result<Published, CliError> {
-    let run_id = RunId::new();
-    let submission = Submission {
-        schema_version: SCHEMA_VERSION,
-        run_id,
-        workflow: yaml,
-        window: Some(window),
-        params,
-        idempotency_key: idempotency_key.clone(),
-        submitted_at: Some(Utc::now()),
-        origin: None,
-    };
-    let dedup_id = idempotency_key.clone().unwrap_or_else(|| run_id.to_string());
     let traceparent = traceparent_from_env()?;
-    sluice_client::requests::wait_until_set_up(js, sluice_client::requests::SETUP_WAIT).await?;
-    let (sequence, duplicate) =
-        sluice_client::requests::submit_traced(js, &submission, &dedup_id, traceparent.as_ref()).await?;
-    if !duplicate {
-        return Ok(Published { run_id, duplicate: false });
-    }
-    // The first submission with this key is still queued (read its run id from it) or was
-    // taken by a coordinator, which claimed the key before acknowledging it.
-    let first = match js.get_stream(names::SUBMIT_STREAM).await {
-        Ok(stream) => stream.get_raw_message(sequence).await.ok().and_then(|stored| {
-            sluice_proto::decode::<Submission>(&stored.payload).ok().map(|submission| submission.run_id)
-        }),
-        Err(_) => None,
-    };
-    let first = match (first, idempotency_key.as_deref()) {
-        (Some(id), _) => Some(id),
-        (None, Some(key)) => key_holder(js, key).await?,
-        (None, None) => None,
-    };
-    first.map(|run_id| Published { run_id, duplicate: true }).ok_or_else(|| {
-        CliError::failed("JetStream dropped the submission as a duplicate of one that can no longer be read")
-    })
+    let new = NewRun { yaml, window, params, idempotency_key };
+    Ok(sluice_client::submit::publish(js, new, traceparent.as_ref()).await?)
 }
 
 /// `NAME=VALUE` pairs; the error names the bad one.
@@ -221,7 +159,7 @@ mod tests {
         )
         .unwrap();
         let pool = |name: &str, kinds: &[&str]| sluice_proto::PoolRecord {
-            schema_version: SCHEMA_VERSION,
+            schema_version: sluice_proto::SCHEMA_VERSION,
             name: name.into(),
             ack_wait_ms: 30_000,
             max_deliver: 120,

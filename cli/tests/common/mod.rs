@@ -91,3 +91,28 @@ pub fn workspace_root() -> PathBuf {
 pub fn submit_and_wait(stack: &Stack, file: &Path, code: i32) -> serde_json::Value {
     stack.sluice_json(&["submit", file.to_str().expect("path"), "--wait"], code)
 }
+
+/// Starts `sluice server` on a free loopback port with a tokens file giving `operator` the
+/// operator role and `viewer` the viewer role (each `(name, token)`), plus `extra` flags;
+/// returns its address once it listens.
+#[allow(dead_code)] // each test binary uses a part of this module
+pub fn start_server(stack: &mut Stack, operator: (&str, &str), viewer: (&str, &str), extra: &[&str]) -> String {
+    let tokens = stack.write(
+        "tokens",
+        &format!(
+            "# who may use the server\n{} operator {}\n{} viewer {}\n",
+            operator.0,
+            sluice_server::auth::hash(operator.1),
+            viewer.0,
+            sluice_server::auth::hash(viewer.1)
+        ),
+    );
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("its address").port();
+    let address = format!("127.0.0.1:{port}");
+    let mut args = vec!["server", "--listen", &address, "--tokens", tokens.to_str().expect("path")];
+    args.extend_from_slice(extra);
+    stack.spawn("server", &args, &[]);
+    wait_until(Duration::from_secs(30), "the server to listen", || std::net::TcpStream::connect(&address).is_ok());
+    address
+}

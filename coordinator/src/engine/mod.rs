@@ -313,23 +313,12 @@ impl Run {
         paths
     }
 
-    /// Jobs in `queued` state, in [`Run::all_paths`] order: after a restart the shell checks
-    /// each was really published.
-    pub fn queued_jobs(&self) -> impl Iterator<Item = &JobRecord> {
-        self.all_paths()
-            .into_iter()
-            .filter_map(move |path| self.jobs.get(&path))
-            .filter(|job| job.state == JobState::Queued)
-    }
-
-    /// Jobs in `retrying` state, in [`Run::all_paths`] order: after a restart the shell
-    /// checks each one's retry is on its way (a message waiting out a NAK delay, or a
-    /// scheduled retry), and schedules it again if a crash lost it.
-    pub fn retrying_jobs(&self) -> impl Iterator<Item = &JobRecord> {
-        self.all_paths()
-            .into_iter()
-            .filter_map(move |path| self.jobs.get(&path))
-            .filter(|job| job.state == JobState::Retrying)
+    /// Jobs in `state`, in [`Run::all_paths`] order. After a restart the shell checks that
+    /// each `queued` job was really published and each `retrying` one's retry is on its way
+    /// (a message waiting out a NAK delay, or a scheduled retry); a failed run's notice lists
+    /// the `failed` ones.
+    pub fn jobs_in(&self, state: JobState) -> impl Iterator<Item = &JobRecord> {
+        self.all_paths().into_iter().filter_map(move |path| self.jobs.get(&path)).filter(move |job| job.state == state)
     }
 
     /// The pool job `path` runs in.

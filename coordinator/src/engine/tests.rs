@@ -203,7 +203,7 @@ fn a_retry_the_worker_left_to_the_coordinator_is_scheduled_once_as_the_next_atte
     assert!(matches!(effects.first(), Some(Effect::SaveJob { .. })), "{effects:?}");
     assert_eq!(run.job("a").unwrap().state, JobState::Retrying);
     assert_eq!(run.job("a").unwrap().retry_at, Some(at(3600)));
-    assert_eq!(run.retrying_jobs().map(|job| job.name.as_str()).collect::<Vec<_>>(), ["a"]);
+    assert_eq!(run.jobs_in(JobState::Retrying).map(|job| job.name.as_str()).collect::<Vec<_>>(), ["a"]);
     // Its message: the next attempt, the policy counting from the series' start.
     let message = run.retry_message("a", 1);
     assert_eq!((message.attempt_offset, message.retry_base()), (1, 0));
@@ -433,7 +433,7 @@ fn restore_finishes_what_a_crash_interrupted() {
     assert!(dispatched(&effects).len() == 2);
     let (restored, effects) = Run::restore(run.record().clone(), run.spec().clone(), stored, at(5)).unwrap();
     assert_eq!(dispatched(&effects), ["b", "c"]);
-    assert_eq!(restored.queued_jobs().count(), 2);
+    assert_eq!(restored.jobs_in(JobState::Queued).count(), 2);
 }
 
 // ---- children ----

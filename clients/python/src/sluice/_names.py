@@ -32,6 +32,8 @@ HEADER_ATTEMPT_OFFSET = "Sluice-Attempt-Offset"
 HEADER_REASON = "Sluice-Reason"
 HEADER_ORIGINAL_SUBJECT = "Sluice-Original-Subject"
 HEADER_REQUEST_ID = "Sluice-Request-Id"
+# Set by the server on a KV delete or purge marker (absent on a put).
+HEADER_KV_OPERATION = "KV-Operation"
 ANONYMOUS_IDENTITY = "anonymous"
 UNKNOWN_TOKEN = "_"
 COORDINATOR_POOL_TOKEN = "_coordinator"
@@ -105,6 +107,10 @@ def job_key(run_id: str, job: str) -> str:
 
 def kv_subject(bucket: str, key: str) -> str:
     return f"$KV.{bucket}.{key}"
+
+
+def kv_stream(bucket: str) -> str:
+    return f"KV_{bucket}"
 
 
 def worker_key(pool: str, worker_id: str) -> str:

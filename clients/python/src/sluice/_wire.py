@@ -768,6 +768,64 @@ class EventBatch(Message):
 
 
 #: Every top-level message class by its golden vector's name (proto/tests/golden/<name>.msgpack).
+class NotifyEvent(enum.StrEnum):
+    FAILED = "failed"
+    SUCCEEDED = "succeeded"
+    DEAD_LETTER = "dead_letter"
+    SCHEDULE_MISSED = "schedule_missed"
+
+
+class DeliveryState(enum.StrEnum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+@dataclasses.dataclass(kw_only=True)
+class FailedJob:
+    job: str = wire(STR)
+    error: str = wire(STR)
+    attempts: int = wire(INT)
+
+
+@dataclasses.dataclass(kw_only=True)
+class Notice(Message):
+    """A notification waiting in the coordinator's outbox (proto/src/notify.rs)."""
+
+    WHAT: ClassVar[str] = "notice"
+    schema_version: int = wire(INT)
+    id: str = wire(STR)
+    event: NotifyEvent = wire(ENUM(NotifyEvent))
+    target: str = wire(STR)
+    workflow: str = wire(STR)
+    run_id: str | None = wire(OPT(STR), omit="none", default=None)
+    window: Window | None = wire(OPT(MSG(Window)), omit="none", default=None)
+    state: RunState | None = wire(OPT(ENUM(RunState)), omit="none", default=None)
+    origin: str | None = wire(OPT(STR), omit="none", default=None)
+    failed_jobs: list[FailedJob] = wire(LIST(MSG(FailedJob)), default=[])
+    failed_jobs_omitted: int = wire(INT, default=0)
+    pool: str | None = wire(OPT(STR), omit="none", default=None)
+    skipped_ticks: int | None = wire(OPT(INT), omit="none", default=None)
+    at: datetime = wire(TIME)
+
+
+@dataclasses.dataclass(kw_only=True)
+class NotifyStatus(Message):
+    """A notice's delivery, in KV `sluice-notifications`."""
+
+    WHAT: ClassVar[str] = "notification status"
+    schema_version: int = wire(INT)
+    id: str = wire(STR)
+    event: NotifyEvent = wire(ENUM(NotifyEvent))
+    target: str = wire(STR)
+    run_id: str | None = wire(OPT(STR), omit="none", default=None)
+    state: DeliveryState = wire(ENUM(DeliveryState))
+    status_code: int | None = wire(OPT(INT), default=None)
+    attempts: int = wire(INT)
+    last_at: datetime = wire(TIME)
+    error: str | None = wire(OPT(STR), omit="none", default=None)
+
+
 GOLDEN: Mapping[str, type[Message]] = {
     "submission": Submission,
     "job_message": JobMessage,
@@ -792,4 +850,6 @@ GOLDEN: Mapping[str, type[Message]] = {
     "log_batch": LogBatch,
     "rejection": Rejection,
     "spawn_batch": SpawnBatch,
+    "notice": Notice,
+    "notify_status": NotifyStatus,
 }

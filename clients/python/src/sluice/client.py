@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from nats.aio.client import Client as NatsClient
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import DeliverPolicy
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 
 from . import _names as names
@@ -352,23 +353,32 @@ class AsyncClient:
 
     async def _jobs(self, run: RunRecord) -> dict[str, JobRecord]:
         """The run's job records, children included; a workflow job not yet written is in
-        the state the run began with (`RunRecord.first_state`)."""
+        the state the run began with (`RunRecord.first_state`).
+
+        Read through an ordered consumer (the last value per key), to the message after
+        which none are pending. nats-py's KV watcher is not used: its "no more values"
+        marker can come before values the server already sent, which returned no jobs. The
+        read is empty only when the server has delivered nothing and has nothing pending."""
         run_id = run.id
-        bucket = await self._kv(names.JOBS_BUCKET)
-        watcher = await bucket.watch(f"{run_id}.>", ignore_deletes=True)
+        prefix = names.kv_subject(names.JOBS_BUCKET, f"{run_id}.")
+        subscription = await self._js.subscribe(
+            f"{prefix}>",
+            stream=names.kv_stream(names.JOBS_BUCKET),
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+        )
         jobs: dict[str, JobRecord] = {}
         try:
-            while True:
-                entry = await watcher.updates(timeout=ANSWER_TIMEOUT_S)
-                if entry is None:
-                    break
-                if entry.value:
-                    record = JobRecord.decode(entry.value)
-                    jobs[entry.key[len(run_id) + 1 :]] = record
-                if entry.delta == 0:
+            info = await subscription.consumer_info()
+            nothing = info.num_pending == 0 and not (info.delivered and info.delivered.consumer_seq)
+            while not nothing:
+                message = await subscription.next_msg(timeout=ANSWER_TIMEOUT_S)
+                if message.data and not (message.headers or {}).get(names.HEADER_KV_OPERATION):
+                    jobs[message.subject[len(prefix) :]] = JobRecord.decode(message.data)
+                if message.metadata.num_pending == 0:
                     break
         finally:
-            await watcher.stop()
+            await subscription.unsubscribe()
         for index, name in enumerate(run.jobs):
             if name not in jobs and (first := run.first_state(index)) is not None:
                 jobs[name] = first

@@ -49,6 +49,7 @@ from nats.js.errors import KeyNotFoundError, NotFoundError
 from . import _names as names
 from ._batcher import Batcher
 from ._threads import JobThreads
+from ._tracing import attempt_spans
 from ._wire import (
     PROTOCOL_VERSIONS,
     SCHEMA_VERSION,
@@ -334,6 +335,8 @@ class Attempt:
             log_sink=self.line,
         )
         self.process: multiprocessing.process.BaseProcess | None = None
+        #: Its span, when attempt spans are exported (`_tracing`).
+        self.span: Any = None
 
     def line(self, stream: str, text: str) -> None:
         with self.lines_lock:
@@ -397,6 +400,7 @@ class Worker:
         self.progress_interval_s = 10.0
         self.js: Any = None
         self.nc: Any = None
+        self.spans = attempt_spans()
 
     # ---------------------------------------------------------------- set-up
 
@@ -541,6 +545,8 @@ class Worker:
                 await asyncio.wait_for(self.nc.close(), CLOSE_WAIT_S)
             self.threads.shutdown(wait=False, cancel_futures=True)
             self.job_threads.shutdown()
+            if self.spans is not None:
+                self.spans.shutdown()
             log.info("worker %s stopped", self.worker_id)
 
     def drain(self) -> None:
@@ -627,6 +633,21 @@ class Worker:
         headers = message.headers or {}
         attempt.ctx.traceparent = headers.get(names.HEADER_TRACEPARENT)
         attempt.ctx.tracestate = headers.get(names.HEADER_TRACESTATE)
+        if self.spans is not None:
+            # The job sees its attempt's span, as an exec job of the Rust worker does.
+            attempt.span, attempt.ctx.traceparent, attempt.ctx.tracestate = self.spans.start(
+                attempt.ctx.traceparent,
+                attempt.ctx.tracestate,
+                f"attempt {attempt_number} of {job.job}",
+                {
+                    "sluice.run_id": job.run_id,
+                    "sluice.job": job.job,
+                    "sluice.pool": job.pool,
+                    "sluice.kind": job.kind,
+                    "sluice.attempt": attempt_number,
+                    "sluice.worker": self.worker_id,
+                },
+            )
         if runnable is None:
             result = Result(error=f"unknown job kind `{job.kind}`: this worker runs {', '.join(self.kinds)}")
             ending = Ending.UNKNOWN_KIND
@@ -650,6 +671,8 @@ class Worker:
             if attempt.stopped:
                 if opened is not None:
                     await opened
+                if self.spans is not None:
+                    self.spans.end(attempt.span, "stopped", None)
                 log.info("job %s stopped: its run was cancelled", job.job)
                 await message.ack()
                 return
@@ -963,6 +986,9 @@ class Worker:
             event.kind.value,
             f": {result.error.splitlines()[0]}" if result.error else "",
         )
+        if self.spans is not None:
+            failed = "retrying" if settlement.retries else "failed"
+            self.spans.end(attempt.span, "succeeded" if ending is Ending.SUCCEEDED else failed, event.error)
         await self.settle_message(message, settlement)
 
     async def settle_message(self, message: Any, settlement: Settlement) -> None:

@@ -58,10 +58,11 @@ class Workers:
         concurrency: int = 2,
         module: str = "sdkjobs",
         path: Path = HERE,
+        env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         worker_id = f"pytest-{uuid.uuid4().hex[:8]}"
         log = self.tmp / f"{worker_id}.log"
-        env = {**os.environ, "PYTHONPATH": str(path)}
+        environment = {**os.environ, "PYTHONPATH": str(path), **(env or {})}
         process = subprocess.Popen(
             [
                 sys.executable,
@@ -82,7 +83,7 @@ class Workers:
             ],
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
-            env=env,
+            env=environment,
         )
         self.started.append((process, log))
 

@@ -7,12 +7,24 @@ import os
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from stack import Workers, declare_pool, wait_for
 
 import sluice
 from sluice._wire import JobState, RunState
+
+#: A job that fails twice and then succeeds (`name` the workflow's).
+FLAKY = """
+name: {name}
+jobs:
+  flaky:
+    run: py-flaky
+    pool: py
+    config: {{ succeed_on: 3 }}
+    retry: {{ max_attempts: 5, initial: 100ms, jitter: false }}
+"""
 
 
 def alive(pid: int) -> bool:
@@ -55,15 +67,7 @@ def test_a_job_that_fails_twice_then_succeeds_shows_three_attempts(
 ) -> None:
     declare_pool("py")
     workers.start("py")
-    workflow = """
-name: sdk-flaky
-jobs:
-  flaky:
-    run: py-flaky
-    pool: py
-    config: { succeed_on: 3 }
-    retry: { max_attempts: 5, initial: 100ms, jitter: false }
-"""
+    workflow = FLAKY.format(name="sdk-flaky")
     done = client.wait(client.submit(workflow, window="2024-03-01"), timeout=60)
     assert done.state is RunState.SUCCEEDED
     job = done.jobs["flaky"]
@@ -73,6 +77,78 @@ jobs:
         and "attempt 1 fails on purpose" in job.attempt_history[0].error
     )
     assert job.output == {"attempt": 3}
+
+
+class _Spans:
+    """An OTLP/HTTP receiver on loopback: the spans POSTed to /v1/traces."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+        self.spans: list[dict[str, Any]] = []
+        spans = self.spans
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                request = ExportTraceServiceRequest.FromString(body)
+                for resource in request.resource_spans:
+                    for scope in resource.scope_spans:
+                        for span in scope.spans:
+                            spans.append(
+                                {
+                                    "name": span.name,
+                                    "trace": span.trace_id.hex(),
+                                    "span": span.span_id.hex(),
+                                    "parent": span.parent_span_id.hex(),
+                                    "error": span.status.code == 2,
+                                    "attributes": {
+                                        kv.key: kv.value.string_value or kv.value.int_value
+                                        for kv in span.attributes
+                                    },
+                                }
+                            )
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def test_each_attempt_is_a_span_under_the_job_span_exported_over_otlp(
+    client: sluice.Client, workers: Workers
+) -> None:
+    receiver = _Spans()
+    declare_pool("py")
+    # The SDK's batch processor sends every 100 ms here (default 5 s).
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    workers.start("py", env=env)
+    workflow = FLAKY.format(name="sdk-traced")
+    done = client.wait(client.submit(workflow, window="2024-03-01"), timeout=60)
+    assert done.state is RunState.SUCCEEDED
+    wait_for(lambda: len(receiver.spans) >= 3, "three attempt spans")
+    attempts = sorted(receiver.spans, key=lambda span: span["name"])
+    assert [span["name"] for span in attempts] == [f"attempt {n} of flaky" for n in (1, 2, 3)]
+    assert [span["attributes"]["sluice.outcome"] for span in attempts] == [
+        "retrying",
+        "retrying",
+        "succeeded",
+    ]
+    assert [span["error"] for span in attempts] == [True, True, False]
+    assert all(span["attributes"]["sluice.worker"].startswith("pytest-") for span in attempts)
+    # One trace; every attempt under the job's span (the job message's traceparent), each
+    # a span of its own.
+    assert len({span["trace"] for span in attempts}) == 1
+    assert len({span["parent"] for span in attempts}) == 1 and attempts[0]["parent"] != "0" * 16
+    assert len({span["span"] for span in attempts}) == 3
 
 
 def test_a_permanent_error_dead_letters_at_once(client: sluice.Client, workers: Workers) -> None:
@@ -168,10 +244,16 @@ jobs:
     wait_for((tmp_path / "slow.1.started").exists, "the first attempt to start")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
-    workers.start("pykill")
+    second = workers.start("pykill")
     done = client.wait(run_id, timeout=60)
     assert done.state is RunState.SUCCEEDED
-    assert done.jobs["slow"].output is not None and done.jobs["slow"].attempts >= 2
+    slow = done.jobs["slow"]
+    # The killed attempt is charged only if its start was stored before the kill (decision
+    # 8): the job then ends on attempt 2, else on attempt 1 again. Either way the second
+    # worker ran it to the end (each attempt notes the pid that ran it).
+    assert slow.output == {"attempt": slow.attempts} and slow.attempts in (1, 2), slow
+    last = tmp_path / f"slow.{slow.attempts}.started"
+    assert last.read_text() == str(second.pid), "the second worker ran the last attempt"
 
 
 def test_sigterm_drains_running_jobs_before_exiting(

@@ -506,7 +506,7 @@ impl Sim {
         self.world.execute(&self.run, &effects, usize::MAX);
         let lost: Vec<Message> = self
             .run
-            .queued_jobs()
+            .jobs_in(JobState::Queued)
             .map(|job| Message {
                 job: job.name.clone(),
                 generation: job.generation,
