@@ -122,6 +122,9 @@ enum Command {
     Runs(commands::runs::RunsArgs),
     /// Print the log lines of a run's jobs; --follow prints new ones until the run ends.
     Logs(commands::logs::LogsArgs),
+    /// Workflows this server knows by name (to start from the web UI): apply, list, show, delete.
+    #[command(subcommand)]
+    Workflow(commands::workflow::WorkflowCommand),
     /// Workflows that run by themselves: apply, list, pause, resume, delete, trigger.
     #[command(subcommand)]
     Schedule(commands::schedule::ScheduleCommand),
@@ -216,6 +219,10 @@ async fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Logs(args) => {
             output::init_logging("warn");
             commands::logs::run(url, args, cli.output).await
+        }
+        Command::Workflow(command) => {
+            output::init_logging("warn");
+            commands::workflow::run(url, command, cli.output).await
         }
         Command::Schedule(command) => {
             output::init_logging("warn");

@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use serde_json::json;
 use sluice_proto::{ControlOutcome, Outcome, RefusalKind, decode, names};
 
 /// A refusal must come back as fast as an answer, not after the 30 s wait for one.
@@ -308,4 +309,69 @@ fn retry_and_replay_with_a_new_spec_run_the_fixed_definitions_and_refuse_other_c
     stack.sluice_json(&["dlq", "replay", &letter_id, "--spec", replay_fix.to_str().unwrap()], 0);
     let status = stack.wait_for_run(&run, Duration::from_secs(30));
     assert_eq!(status["state"], "succeeded", "{status:#}");
+}
+
+#[test]
+fn workflows_are_applied_listed_shown_and_deleted_with_their_schedules() {
+    let mut stack = Stack::start();
+    stack.coordinator();
+    wait_until_set_up(&stack);
+    let human = stack.sluice(&["workflow", "list"]);
+    assert!(text(&human.stdout).contains("no workflows"), "{}", text(&human.stdout));
+
+    // Bad input is refused before anything is sent, or by the coordinator, naming what is wrong.
+    let broken = stack.write("broken.yaml", "name: broken\njobs:\n  a: { run: noop, needs: [zz] }\n");
+    refused(&stack, &["workflow", "apply", broken.to_str().unwrap()], 2, "zz");
+    let elsewhere = stack.write("elsewhere.yaml", "name: elsewhere\njobs:\n  a: { run: noop, pool: nowhere }\n");
+    refused(&stack, &["workflow", "apply", elsewhere.to_str().unwrap()], 2, "nowhere");
+    refused(&stack, &["workflow", "show", "a.b"], 2, "workflow name `a.b`");
+    refused(&stack, &["workflow", "delete", "ghost"], 2, "no workflow `ghost`");
+
+    let yaml = "name: etl\ndescription: Loads the day\ntimezone: Europe/Berlin\nparams: { region: eu }\njobs:\n  extract: { run: noop }\n  load: { run: noop, needs: [extract] }\n";
+    let file = stack.write("etl.yaml", yaml);
+    let record = stack.sluice_json(&["workflow", "apply", file.to_str().unwrap()], 0);
+    assert_eq!(
+        (&record["name"], &record["jobs"], &record["params"], &record["timezone"], &record["schedule"]),
+        (&json!("etl"), &json!(2), &json!(["region"]), &json!("Europe/Berlin"), &json!(null)),
+        "{record:#}"
+    );
+    assert_eq!(record["description"], "Loads the day");
+    assert_eq!(record["applied_by"], names::ANONYMOUS_IDENTITY);
+    let listed = stack.sluice_json(&["workflow", "list"], 0);
+    assert_eq!(listed["workflows"], json!([record.clone()]), "{listed:#}");
+    let shown = stack.sluice(&["workflow", "show", "etl"]);
+    assert_eq!(text(&shown.stdout), yaml, "the YAML as applied, to save back to a file");
+    assert_eq!(stack.sluice_json(&["workflow", "show", "etl"], 0)["yaml"], yaml);
+
+    // Applied again, changed: updated, first applied when it was.
+    let changed = stack.write("etl2.yaml", &yaml.replace("Loads the day", "Loads the day, twice"));
+    let human = stack.sluice(&["workflow", "apply", changed.to_str().unwrap()]);
+    assert!(text(&human.stdout).contains("workflow etl updated"), "{}", text(&human.stdout));
+    let updated = stack.sluice_json(&["workflow", "show", "etl"], 0);
+    assert_eq!(updated["created_at"], record["created_at"]);
+    assert_ne!(updated["spec_hash"], record["spec_hash"]);
+    assert_eq!(updated["description"], "Loads the day, twice");
+
+    // One with a schedule applies its schedule; deleting the workflow removes both.
+    let nightly =
+        stack.write("nightly.yaml", "name: nightly\nschedule: { cron: \"0 2 * * *\" }\njobs:\n  a: { run: noop }\n");
+    let human = stack.sluice(&["workflow", "apply", nightly.to_str().unwrap()]);
+    assert!(text(&human.stdout).contains("schedule nightly created"), "{}", text(&human.stdout));
+    let schedules = stack.sluice_json(&["schedule", "list"], 0);
+    assert_eq!(schedules["schedules"][0]["name"], "nightly", "{schedules:#}");
+    assert_eq!(stack.sluice_json(&["workflow", "show", "nightly"], 0)["schedule"], "0 2 * * *");
+    let human = stack.sluice(&["workflow", "delete", "nightly"]);
+    assert!(text(&human.stdout).contains("and its schedule"), "{}", text(&human.stdout));
+    assert_eq!(stack.sluice_json(&["schedule", "list"], 0)["schedules"], json!([]));
+    refused(&stack, &["workflow", "show", "nightly"], 2, "workflows: etl");
+    let names: Vec<String> = stack.sluice_json(&["workflow", "list"], 0)["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|workflow| workflow["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["etl"]);
+    // `schedule apply` stores its workflow too: one store.
+    stack.sluice_json(&["schedule", "apply", nightly.to_str().unwrap()], 0);
+    assert_eq!(stack.sluice_json(&["workflow", "show", "nightly"], 0)["schedule"], "0 2 * * *");
 }

@@ -202,7 +202,7 @@ fn the_api_reads_runs_as_the_cli_does_checks_tokens_and_acts_through_control_out
     for (body, expected) in [
         (
             format!(r#"{{"workflow": "ghost", "from": "{from}", "to": "{to}"}}"#),
-            "workflow: `ghost` has no schedule and no run here",
+            "workflow: `ghost` is not applied here",
         ),
         (
             format!(r#"{{"workflow": "nightly", "from": "{from}", "to": "{to}", "max_parallel_runs": 0}}"#),
@@ -562,9 +562,61 @@ fn runs_are_started_by_a_known_workflows_name_or_by_yaml_as_submit_starts_them()
     let (status, _, message) =
         error_of(&api.call("POST", "/api/v1/runs", Some(ALICE), &body(serde_json::json!({"workflow": "never-ran"}))));
     assert_eq!(status, 404, "{message}");
-    assert!(message.contains("`never-ran` has no schedule and no run here"), "{message}");
+    assert!(message.contains("`never-ran` is not applied here"), "{message}");
     let (status, kind, _) = error_of(&api.call("POST", "/api/v1/runs", Some(BOB), &ask));
     assert_eq!((status, kind.as_str()), (403, "forbidden"));
+
+    // A workflow applied here is started by name, as applied: in the CLI's shapes.
+    let applied_yaml =
+        "name: stored\nparams: { who: nobody }\njobs:\n  hi: { run: exec, command: [echo, 'hi {{params.who}}'] }\n";
+    let (status, applied) =
+        api.call("POST", "/api/v1/workflows", Some(ALICE), &body(serde_json::json!({"yaml": applied_yaml})));
+    assert_eq!(status, 200, "{applied}");
+    assert_eq!(applied["outcome"]["reason"], "workflow stored created", "{applied}");
+    let (status, listed) = api.get("/api/v1/workflows", Some(BOB));
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed, stack.sluice_json(&["workflow", "list"], 0), "the CLI's list");
+    let names: Vec<&str> =
+        listed["workflows"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["stored"], "{listed}");
+    let (status, one) = api.get("/api/v1/workflows/stored", Some(BOB));
+    assert_eq!((status, one["yaml"].as_str()), (200, Some(applied_yaml)), "{one}");
+    assert_eq!((one["jobs"].clone(), one["params"].clone()), (serde_json::json!(1), serde_json::json!(["who"])));
+    assert_eq!(one["applied_by"].as_str().map(|by| by.ends_with("alice")), Some(true), "{one}");
+    let (status, started) =
+        api.call("POST", "/api/v1/runs", Some(ALICE), &body(serde_json::json!({"workflow": "stored"})));
+    assert_eq!(status, 201, "{started}");
+    let run = stack.wait_for_run(started["id"].as_str().unwrap(), Duration::from_secs(30));
+    assert_eq!((run["state"].as_str(), run["params"]["who"].as_str()), (Some("succeeded"), Some("nobody")), "{run:#}");
+    for (method, path, ask, code, expected) in [
+        ("POST", "/api/v1/workflows", serde_json::json!({"yaml": "name: x\njobs: {}\n"}), 400, "yaml:"),
+        ("POST", "/api/v1/workflows", serde_json::json!({"spec": applied_yaml}), 400, "unknown field `spec`"),
+        (
+            "POST",
+            "/api/v1/workflows",
+            serde_json::json!({"yaml": "name: elsewhere\njobs:\n  a: { run: noop, pool: nowhere }\n"}),
+            400,
+            "nowhere",
+        ),
+        ("GET", "/api/v1/workflows/ghost", serde_json::json!(null), 404, "workflows: stored"),
+        ("GET", "/api/v1/workflows/a.b", serde_json::json!(null), 400, "name:"),
+        ("DELETE", "/api/v1/workflows/ghost", serde_json::json!(null), 404, "no workflow `ghost`"),
+    ] {
+        let ask = if ask.is_null() { String::new() } else { body(ask) };
+        let (status, _, message) = error_of(&api.call(method, path, Some(ALICE), &ask));
+        assert_eq!(status, code, "{method} {path}: {message}");
+        assert!(message.contains(expected), "{method} {path}: {message}");
+    }
+    let (status, kind, _) = error_of(&api.call("DELETE", "/api/v1/workflows/stored", Some(BOB), ""));
+    assert_eq!((status, kind.as_str()), (403, "forbidden"));
+    let (status, deleted) = api.call("DELETE", "/api/v1/workflows/stored", Some(ALICE), "");
+    assert_eq!(status, 200, "{deleted}");
+    assert_eq!(api.get("/api/v1/workflows", Some(BOB)).1["workflows"], serde_json::json!([]));
+    // Its run stays, and so it is still known by its newest run's YAML.
+    let (status, again) =
+        api.call("POST", "/api/v1/runs", Some(ALICE), &body(serde_json::json!({"workflow": "stored"})));
+    assert_eq!(status, 201, "{again}");
+
     let bearer = format!("Bearer {ALICE}");
     let (status, text) = request(
         &api.address,

@@ -588,7 +588,8 @@ fn people_see_and_act_on_real_runs_in_a_browser() {
         "greet.yaml",
         "name: greet\ntimezone: America/New_York\nparams: { who: world }\njobs:\n  say: { run: exec, command: [echo, 'hello {{params.who}}'] }\n",
     );
-    submit_and_wait(&stack, &greet, 0);
+    let applied = stack.sluice(&["workflow", "apply", greet.to_str().unwrap()]);
+    assert!(applied.status.success(), "{}", text(&applied.stderr));
     browser.goto("/runs");
     browser.click("#start-a-run");
     browser.wait_path("/runs/new");
@@ -597,6 +598,7 @@ fn people_see_and_act_on_real_runs_in_a_browser() {
     browser.click("#choose");
     browser.wait_path("/runs/new?workflow=greet");
     assert!(browser.text("#start-run").contains("in America/New_York"), "{}", browser.text("#start-run"));
+    assert!(browser.text("#source").contains("sluice workflow apply"), "{}", browser.text("#source"));
     assert_eq!(browser.run_script("return document.getElementById('param-who').value"), json!("world"), "the default");
     browser.run_script("document.getElementById('day').value = '2024-03-01'; return true");
     browser.fill("#param-who", "sluice");

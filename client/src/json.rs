@@ -6,7 +6,8 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 use sluice_proto::schedule::Schedule;
 use sluice_proto::{
-    BackfillRecord, BackfillWindow, JobRecord, RunRecord, RunState, ScheduleRecord, WorkerRecord, WorkflowSpec, names,
+    BackfillRecord, BackfillWindow, JobRecord, RunRecord, RunState, ScheduleRecord, WorkerRecord, WorkflowRecord,
+    WorkflowSpec, names,
 };
 
 use crate::dead_letters::DeadLetterEntry;
@@ -236,6 +237,23 @@ pub fn schedule_json(record: &ScheduleRecord, schedule: &Schedule, now: DateTime
         "last_tick": time(record.last_tick),
         "last_run": record.last_run.map(|id| id.to_string()),
         "skipped_ticks": record.skipped_ticks,
+    })
+}
+
+/// A workflow applied here, as a row of `workflow list -o json` (`workflow show -o json`
+/// adds its `yaml`).
+pub fn workflow_json(record: &WorkflowRecord) -> serde_json::Value {
+    json!({
+        "name": record.name,
+        "description": record.description,
+        "timezone": record.timezone.as_deref().unwrap_or("UTC"),
+        "schedule": record.schedule,
+        "jobs": record.jobs,
+        "params": record.params,
+        "spec_hash": record.spec_hash,
+        "created_at": time(Some(record.created_at)),
+        "updated_at": time(Some(record.updated_at)),
+        "applied_by": record.applied_by,
     })
 }
 

@@ -43,4 +43,4 @@ pub mod view;
 pub use connect::{NatsOptions, connect, connect_with};
 pub use error::ClientError;
 pub use stores::Stores;
-pub use view::{Lookup, RunView, lookup};
+pub use view::{Located, Lookup, RunView, locate, lookup};

@@ -50,15 +50,39 @@ pub async fn of_run(js: &jetstream::Context, record: &RunRecord) -> Result<Strin
 }
 
 /// The YAML a workflow runs with now, for a run or backfill asked for by name (the UI's):
-/// its schedule's, when it has one, else its newest run's. `None`: never seen here.
+/// the one applied (`sluice workflow apply`), else its schedule's, else its newest run's.
+/// `None`: never seen here.
 pub async fn current_of_workflow(js: &jetstream::Context, workflow: &str) -> Result<Option<String>, ClientError> {
+    Ok(current_source(js, workflow).await?.map(|(yaml, _)| yaml))
+}
+
+/// Where [`current_of_workflow`] found a workflow's YAML.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Applied,
+    Schedule,
+    NewestRun,
+}
+
+/// [`current_of_workflow`], saying where the YAML came from.
+pub async fn current_source(js: &jetstream::Context, workflow: &str) -> Result<Option<(String, Source)>, ClientError> {
     let Some(stores) = crate::Stores::open(js).await? else { return Ok(None) };
+    if let Some(applied) = stores.workflow(workflow).await? {
+        let yaml = read(js, &applied.spec_hash).await?.ok_or_else(|| {
+            ClientError::Invalid(format!(
+                "workflow {workflow}: its spec {} is missing from {}",
+                applied.spec_hash,
+                names::SPECS_BUCKET
+            ))
+        })?;
+        return Ok(Some((yaml, Source::Applied)));
+    }
     if let Some(schedule) = stores.schedule(workflow).await? {
-        return Ok(Some(schedule.workflow));
+        return Ok(Some((schedule.workflow, Source::Schedule)));
     }
     let filter = crate::runs::RunFilter { workflow: Some(workflow.to_owned()), ..Default::default() };
     match crate::runs::list(js, &filter, 1, None).await?.runs.first() {
-        Some(run) => Ok(Some(of_run(js, run).await?)),
+        Some(run) => Ok(Some((of_run(js, run).await?, Source::NewestRun))),
         None => Ok(None),
     }
 }

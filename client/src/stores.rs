@@ -10,7 +10,7 @@ use sluice_proto::messages::Versioned;
 use sluice_proto::notify::NotifyStatus;
 use sluice_proto::{
     BackfillRecord, ControlOutcome, JobRecord, PoolRecord, Rejection, RequestId, RunId, RunRecord, ScheduleRecord,
-    WorkerRecord, decode, names,
+    WorkerRecord, WorkflowRecord, decode, names,
 };
 
 use crate::error::{ClientError, NatsContext};
@@ -91,6 +91,21 @@ impl Stores {
     /// One schedule.
     pub async fn schedule(&self, name: &str) -> Result<Option<ScheduleRecord>, ClientError> {
         Ok(entry(&self.schedules, name).await?.map(|(record, _)| record))
+    }
+
+    /// Every workflow applied here (`sluice workflow apply`), by name.
+    pub async fn workflows(&self) -> Result<Vec<WorkflowRecord>, ClientError> {
+        // Opened when asked: a store set up before workflows were kept has no such bucket.
+        let Some(bucket) = open_bucket(&self.js, names::WORKFLOWS_BUCKET).await? else { return Ok(Vec::new()) };
+        let mut records: Vec<WorkflowRecord> = load_all(&bucket).await?;
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(records)
+    }
+
+    /// One applied workflow.
+    pub async fn workflow(&self, name: &str) -> Result<Option<WorkflowRecord>, ClientError> {
+        let Some(bucket) = open_bucket(&self.js, names::WORKFLOWS_BUCKET).await? else { return Ok(None) };
+        Ok(entry(&bucket, name).await?.map(|(record, _)| record))
     }
 
     /// Every backfill, newest first.

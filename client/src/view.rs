@@ -74,6 +74,44 @@ pub async fn lookup(js: &jetstream::Context, id: &RunId) -> Result<Lookup, Clien
     })
 }
 
+/// What is known about a run id, a submission no coordinator has taken yet included.
+#[derive(Clone, Debug)]
+pub enum Located {
+    Found(Box<RunView>),
+    Rejected(Rejection),
+    Pending(crate::runs::PendingRun),
+    Unknown,
+}
+
+/// Reads a run, the rejection of its submission, or its submission still waiting.
+///
+/// A coordinator stores a run's record (or its rejection) before it takes the submission
+/// off the stream, so a run taken between the first read of the record and the read of the
+/// submissions is found by the second read: no run is ever "unknown" while it starts.
+pub async fn locate(js: &jetstream::Context, id: &RunId) -> Result<Located, ClientError> {
+    locate_by(|| lookup(js, id), crate::runs::find_pending(js, id)).await
+}
+
+/// [`locate`]'s order of reads: the record, the waiting submission, the record again.
+async fn locate_by<R, P>(mut record: impl FnMut() -> R, pending: P) -> Result<Located, ClientError>
+where
+    R: std::future::Future<Output = Result<Lookup, ClientError>>,
+    P: std::future::Future<Output = Result<Option<crate::runs::PendingRun>, ClientError>>,
+{
+    let known = |lookup| match lookup {
+        Lookup::Found(view) => Some(Located::Found(view)),
+        Lookup::Rejected(rejection) => Some(Located::Rejected(rejection)),
+        Lookup::Unknown => None,
+    };
+    if let Some(located) = known(record().await?) {
+        return Ok(located);
+    }
+    if let Some(pending) = pending.await? {
+        return Ok(Located::Pending(pending));
+    }
+    Ok(known(record().await?).unwrap_or(Located::Unknown))
+}
+
 /// How often [`wait_for_end`] looks for a rejection (a rejected submission never makes a
 /// run record, so the record's watch cannot tell).
 const REJECTION_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -108,5 +146,62 @@ pub async fn wait_for_end(js: &jetstream::Context, id: &RunId) -> Result<Lookup,
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    fn rejection() -> Rejection {
+        Rejection {
+            schema_version: 1,
+            received_at: chrono::DateTime::UNIX_EPOCH,
+            run_id: None,
+            workflow: None,
+            reason: "r".into(),
+            payload_bytes: 0,
+        }
+    }
+
+    /// The coordinator stores the outcome, then takes the submission, both between the
+    /// first read of the record and the read of the submissions: the second read finds it.
+    #[tokio::test]
+    async fn a_run_taken_while_it_is_looked_for_is_found_not_unknown() {
+        let reads = Cell::new(0);
+        let record = || {
+            reads.set(reads.get() + 1);
+            let stored = reads.get() > 1;
+            async move { Ok(if stored { Lookup::Rejected(rejection()) } else { Lookup::Unknown }) }
+        };
+        let located = locate_by(record, async { Ok(None) }).await.expect("no read fails");
+        assert!(matches!(located, Located::Rejected(_)), "{located:?}");
+        assert_eq!(reads.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_stored_run_is_read_once_and_an_unknown_id_twice() {
+        let reads = Cell::new(0);
+        let stored = || {
+            reads.set(reads.get() + 1);
+            async { Ok(Lookup::Rejected(rejection())) }
+        };
+        let pending_read = Cell::new(false);
+        let pending = async {
+            pending_read.set(true);
+            Ok(None)
+        };
+        assert!(matches!(locate_by(stored, pending).await, Ok(Located::Rejected(_))));
+        assert_eq!((reads.get(), pending_read.get()), (1, false));
+
+        let reads = Cell::new(0);
+        let never = || {
+            reads.set(reads.get() + 1);
+            async { Ok(Lookup::Unknown) }
+        };
+        assert!(matches!(locate_by(never, async { Ok(None) }).await, Ok(Located::Unknown)));
+        assert_eq!(reads.get(), 2);
     }
 }

@@ -8,7 +8,8 @@ use sluice_proto::limits::{BACKFILL_WINDOWS_MAX, OUTCOME_CHANGED_MAX, REQUESTED_
 use sluice_proto::schedule::Schedule;
 use sluice_proto::{
     BackfillRecord, BackfillRequest, ControlOutcome, ControlRequest, HumanDuration, MarkAs, Outcome, RefusalKind,
-    RequestId, RunId, RunState, SCHEMA_VERSION, ScheduleRecord, Submission, Window, WorkflowSpec, encode, names,
+    RequestId, RunId, RunState, SCHEMA_VERSION, ScheduleRecord, Submission, Window, WorkflowRecord, WorkflowSpec,
+    encode, names,
 };
 
 use crate::error::{NatsContext, ServiceError, revision_checked};
@@ -152,6 +153,80 @@ pub async fn schedule_apply(topology: &Topology, yaml: &str, now: DateTime<Utc>)
         None => topology.schedules.create(&spec.name, payload.into()).await.context(what)?,
     };
     Ok(Answer::applied(format!("schedule {} {verb}", spec.name), vec![spec.name]))
+}
+
+/// What the workflow store keeps of `spec` (stored under `spec_hash`), applied by `by`:
+/// an update keeps when it was first applied.
+pub fn workflow_record(
+    spec: &WorkflowSpec,
+    spec_hash: &str,
+    existing: Option<&WorkflowRecord>,
+    by: &str,
+    now: DateTime<Utc>,
+) -> WorkflowRecord {
+    WorkflowRecord {
+        schema_version: SCHEMA_VERSION,
+        name: spec.name.clone(),
+        spec_hash: spec_hash.to_owned(),
+        description: spec.description.clone(),
+        timezone: spec.timezone.clone(),
+        schedule: spec.schedule.as_ref().map(|schedule| schedule.cron.clone()),
+        jobs: u32::try_from(spec.jobs.len()).unwrap_or(u32::MAX),
+        params: spec.params.keys().cloned().collect(),
+        created_at: existing.map_or(now, |old| old.created_at),
+        updated_at: now,
+        applied_by: truncate(by),
+    }
+}
+
+/// Stores a workflow's record (its spec is stored already, under `spec_hash`); says
+/// whether it was `created` or `updated`.
+pub async fn workflow_store(
+    topology: &Topology,
+    spec: &WorkflowSpec,
+    spec_hash: &str,
+    by: &str,
+    now: DateTime<Utc>,
+) -> Result<&'static str, ServiceError> {
+    let existing = stores::entry::<WorkflowRecord>(&topology.workflows, &spec.name).await?;
+    let record = workflow_record(spec, spec_hash, existing.as_ref().map(|(old, _)| old), by, now);
+    let payload = encode(&record)?;
+    let what = format!("writing workflow {}", spec.name);
+    Ok(match existing {
+        Some((_, revision)) => {
+            revision_checked(topology.workflows.update(&spec.name, payload.into(), revision).await, what)?;
+            "updated"
+        }
+        None => {
+            topology.workflows.create(&spec.name, payload.into()).await.context(what)?;
+            "created"
+        }
+    })
+}
+
+/// Forgets a workflow and its schedule; its runs stay.
+pub async fn workflow_delete(topology: &Topology, name: &str) -> Result<Answer, ServiceError> {
+    let stored = stores::entry::<WorkflowRecord>(&topology.workflows, name).await?;
+    let scheduled = stores::entry::<ScheduleRecord>(&topology.schedules, name).await?;
+    if stored.is_none() && scheduled.is_none() {
+        let names: Vec<String> = stores::load_all::<WorkflowRecord>(&topology.workflows)
+            .await?
+            .into_iter()
+            .map(|record| record.name)
+            .collect();
+        let known = if names.is_empty() { "there are none".to_owned() } else { names.join(", ") };
+        return Ok(Answer::refused(RefusalKind::NotFound, format!("no workflow `{name}`; workflows: {known}")));
+    }
+    // The schedule first: a crash between the two leaves a workflow that no longer fires,
+    // and the request, delivered again, finishes.
+    if scheduled.is_some() {
+        topology.schedules.delete(name).await.context(format!("deleting schedule {name}"))?;
+    }
+    if stored.is_some() {
+        topology.workflows.delete(name).await.context(format!("deleting workflow {name}"))?;
+    }
+    let also = if scheduled.is_some() { ", and its schedule" } else { "" };
+    Ok(Answer::applied(format!("workflow {name} deleted{also}; its runs stay"), vec![name.to_owned()]))
 }
 
 /// A schedule's record, or the refusal that names the schedules there are.

@@ -41,6 +41,13 @@ use crate::topology::{self, Topology};
 use sluice_client::stores;
 use sluice_proto::trace;
 
+/// Which request stores a workflow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Applying {
+    Workflow,
+    Schedule,
+}
+
 /// Times a control request is redone from a fresh read when its revision-checked write
 /// loses to another (then the term restarts, and the request is delivered again).
 const CHANGED_REDO_MAX: u32 = 5;
@@ -821,7 +828,13 @@ impl Coordinator {
             ControlAction::DlqPurge { workflow, pool } => {
                 control::dlq_purge(topology, workflow.as_deref(), pool.as_deref()).await
             }
-            ControlAction::ScheduleApply { workflow } => control::schedule_apply(topology, workflow, now).await,
+            ControlAction::ScheduleApply { workflow } => {
+                self.workflow_apply(topology, workflow, &request.requested_by, Applying::Schedule, now).await
+            }
+            ControlAction::WorkflowApply { workflow } => {
+                self.workflow_apply(topology, workflow, &request.requested_by, Applying::Workflow, now).await
+            }
+            ControlAction::WorkflowDelete { name } => control::workflow_delete(topology, name).await,
             ControlAction::SchedulePause { name } => control::schedule_pause(topology, name, true, now).await,
             ControlAction::ScheduleResume { name } => control::schedule_pause(topology, name, false, now).await,
             ControlAction::ScheduleDelete { name } => control::schedule_delete(topology, name).await,
@@ -836,6 +849,53 @@ impl Coordinator {
                 Ok(answer)
             }
         }
+    }
+
+    /// Stores a workflow (`workflow apply`, or `schedule apply`, which needs a schedule), and
+    /// applies its schedule when it has one: what it names is checked as a submission's is,
+    /// so a workflow applied here can be started.
+    async fn workflow_apply(
+        &mut self,
+        topology: &Topology,
+        yaml: &str,
+        by: &str,
+        applying: Applying,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Answer, ServiceError> {
+        let spec = match WorkflowSpec::parse(yaml) {
+            Ok(spec) => spec,
+            Err(error) => return Ok(Answer::refused(RefusalKind::Invalid, error.to_string())),
+        };
+        if applying == Applying::Schedule && spec.schedule.is_none() {
+            return Ok(Answer::refused(
+                RefusalKind::Invalid,
+                format!("workflow `{}` has no `schedule:` section", spec.name),
+            ));
+        }
+        let checked = intake::check_pools(&spec, &self.pools).and_then(|()| self.notify.targets.check_workflow(&spec));
+        if let Err(reason) = checked {
+            return Ok(Answer::refused(RefusalKind::Invalid, reason));
+        }
+        if let Some(schedule) = &spec.schedule
+            && let Err(error) = sluice_proto::schedule::Schedule::from_spec(schedule, spec.timezone.as_deref())
+        {
+            return Ok(Answer::refused(RefusalKind::Invalid, error));
+        }
+        let hash = WorkflowSpec::hash(yaml);
+        self.specs.put(topology, &hash, yaml).await?;
+        let verb = control::workflow_store(topology, &spec, &hash, by, now).await?;
+        let mut reason = format!("workflow {} {verb}", spec.name);
+        if spec.schedule.is_some() {
+            let scheduled = control::schedule_apply(topology, yaml, now).await?;
+            if scheduled.refused.is_some() {
+                return Ok(scheduled);
+            }
+            reason = match applying {
+                Applying::Schedule => scheduled.reason,
+                Applying::Workflow => format!("{reason}; {}", scheduled.reason),
+            };
+        }
+        Ok(Answer::applied(reason, vec![spec.name]))
     }
 
     /// Cancel, retry, replay or mark of a run. The run is loaded from the store if it is not

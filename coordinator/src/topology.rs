@@ -80,6 +80,8 @@ pub struct Topology {
     pub jobs: kv::Store,
     pub idempotency: kv::Store,
     pub schedules: kv::Store,
+    /// The workflows applied here (`sluice workflow apply`), by name.
+    pub workflows: kv::Store,
     pub backfills: kv::Store,
     pub outcomes: kv::Store,
     pub pools: kv::Store,
@@ -293,6 +295,10 @@ async fn ensure_core(
         .create_or_update_key_value(kv_bucket(names::SCHEDULES_BUCKET, "Sluice schedules", 1))
         .await
         .context("creating KV sluice-schedules")?;
+    let workflows = js
+        .create_or_update_key_value(kv_bucket(names::WORKFLOWS_BUCKET, "Sluice workflows applied, by name", 1))
+        .await
+        .context("creating KV sluice-workflows")?;
     let backfills = js
         .create_or_update_key_value(kv_bucket(names::BACKFILLS_BUCKET, "Sluice backfills", 1))
         .await
@@ -343,6 +349,7 @@ async fn ensure_core(
         jobs,
         idempotency,
         schedules,
+        workflows,
         backfills,
         outcomes,
         pools,

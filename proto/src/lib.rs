@@ -35,7 +35,7 @@ pub use messages::{
     AttemptRecord, BackfillRecord, BackfillRequest, BackfillWindow, ControlAction, ControlOutcome, ControlRequest,
     DeadLetter, EarlierAttempt, EventBatch, EventKind, JobEvent, JobMessage, JobRecord, LogBatch, LogLine, LogStream,
     Mark, MarkAs, Outcome, PendingCancel, PoolRecord, PoolSettings, RefusalKind, Rejection, Rerun, RunIndexEntry,
-    RunRecord, SCHEMA_VERSION, ScheduleRecord, Submission, WorkerRecord,
+    RunRecord, SCHEMA_VERSION, ScheduleRecord, Submission, WorkerRecord, WorkflowRecord,
 };
 pub use retry::{Backoff, RetryPolicy};
 pub use spawn::{ChildSpec, SpawnBatch};

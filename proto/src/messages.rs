@@ -668,6 +668,11 @@ pub enum ControlAction {
     ScheduleDelete { name: String },
     /// Start one run of a schedule now (its id is the request's `run_id`).
     ScheduleTrigger { name: String },
+    /// Store a workflow (the YAML) under its name, so runs can be started by name; a
+    /// `schedule:` section applies its schedule too.
+    WorkflowApply { workflow: String },
+    /// Forget a workflow, and its schedule if it has one (its runs stay).
+    WorkflowDelete { name: String },
     /// Plan and start a backfill.
     BackfillCreate(BackfillRequest),
     /// Stop a backfill: no new windows start, running ones are cancelled.
@@ -760,6 +765,8 @@ impl ControlAction {
             Self::ScheduleResume { .. } => "schedule_resume",
             Self::ScheduleDelete { .. } => "schedule_delete",
             Self::ScheduleTrigger { .. } => "schedule_trigger",
+            Self::WorkflowApply { .. } => "workflow_apply",
+            Self::WorkflowDelete { .. } => "workflow_delete",
             Self::BackfillCreate(_) => "backfill_create",
             Self::BackfillCancel { .. } => "backfill_cancel",
             Self::PoolApply(_) => "pool_apply",
@@ -897,6 +904,33 @@ pub struct ScheduleRecord {
     pub skipped_ticks: u64,
 }
 versioned!(ScheduleRecord, "schedule record");
+
+/// A workflow applied here (`sluice workflow apply`), in KV `sluice-workflows` under its
+/// name. What a list shows is kept beside the spec's hash, so listing reads no spec.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowRecord {
+    pub schema_version: u32,
+    pub name: String,
+    /// The YAML, in the object store `sluice-specs` under this hash.
+    pub spec_hash: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The zone its windows are computed in (`None`: UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Its schedule's cron, when it has one.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    pub jobs: u32,
+    #[serde(default)]
+    pub params: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    /// Who applied this version.
+    #[serde(default)]
+    pub applied_by: String,
+}
+versioned!(WorkflowRecord, "workflow record");
 
 /// Which windows a backfill runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -89,6 +89,9 @@ pub const LEADER_KEY: &str = "coordinator";
 
 /// KV bucket of schedules, keyed by workflow name.
 pub const SCHEDULES_BUCKET: &str = "sluice-schedules";
+/// KV bucket of the workflows applied here (`sluice workflow apply`), keyed by name; each
+/// record names its spec in [`SPECS_BUCKET`] by hash.
+pub const WORKFLOWS_BUCKET: &str = "sluice-workflows";
 /// KV bucket of backfills, keyed by backfill id.
 pub const BACKFILLS_BUCKET: &str = "sluice-backfills";
 

@@ -156,6 +156,7 @@ fn viewer_reads(publish: &mut Vec<String>) {
         names::RUNS_BUCKET,
         names::JOBS_BUCKET,
         names::SCHEDULES_BUCKET,
+        names::WORKFLOWS_BUCKET,
         names::BACKFILLS_BUCKET,
         names::IDEMPOTENCY_BUCKET,
         names::OUTCOMES_BUCKET,

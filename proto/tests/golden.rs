@@ -13,7 +13,7 @@ use sluice_proto::{
     ControlRequest, DeadLetter, EventBatch, EventKind, JobEvent, JobMessage, JobRecord, JobState, LogBatch, LogLine,
     LogStream, Outcome, PendingCancel, PoolRecord, RefusalKind, Rejection, RequestId, Rerun, RetryPolicy, RunId,
     RunIndexEntry, RunRecord, RunState, SCHEMA_VERSION, ScheduleRecord, SpawnBatch, Submission, Window, WorkerRecord,
-    decode, encode,
+    WorkflowRecord, decode, encode,
 };
 
 fn time(text: &str) -> DateTime<Utc> {
@@ -515,6 +515,22 @@ fn schedule_and_backfill_records() {
         },
     );
     check(
+        "workflow_record",
+        WorkflowRecord {
+            schema_version: SCHEMA_VERSION,
+            name: "nightly".into(),
+            spec_hash: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
+            description: Some("Loads the day's orders".into()),
+            timezone: Some("Europe/Berlin".into()),
+            schedule: Some("0 2 * * *".into()),
+            jobs: 3,
+            params: vec!["region".into()],
+            created_at: time("2024-03-01T00:00:00Z"),
+            updated_at: time("2024-03-02T00:00:00Z"),
+            applied_by: "alice".into(),
+        },
+    );
+    check(
         "backfill_record",
         BackfillRecord {
             schema_version: SCHEMA_VERSION,
@@ -585,6 +601,7 @@ fn every_versioned_type_has_a_golden_vector() {
         ("ControlRequest", "control_request"),
         ("ControlOutcome", "control_outcome"),
         ("ScheduleRecord", "schedule_record"),
+        ("WorkflowRecord", "workflow_record"),
         ("BackfillRecord", "backfill_record"),
         ("LogBatch", "log_batch"),
         ("Rejection", "rejection"),

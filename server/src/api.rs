@@ -21,10 +21,11 @@ use sluice_client::ClientError;
 use sluice_client::dead_letters::DeadLetterEntry;
 use sluice_client::json::{dead_letter_json, dead_letter_row, pending_json, pending_row, run_row, view_json};
 use sluice_client::runs::{Listing, PAGE_MAX, PendingChoice, RunFilter};
-use sluice_client::view::{Lookup, lookup};
+use sluice_client::view::{Located, locate};
 use sluice_proto::schedule::Schedule;
 use sluice_proto::{
     ControlAction, ControlOutcome, ControlRequest, Outcome, RefusalKind, RequestId, RunId, RunState, ScheduleRecord,
+    WorkflowSpec,
 };
 
 use crate::Server;
@@ -59,6 +60,10 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("post", "/api/v1/schedules/{name}/pause"),
     ("post", "/api/v1/schedules/{name}/resume"),
     ("post", "/api/v1/schedules/{name}/trigger"),
+    ("get", "/api/v1/workflows"),
+    ("post", "/api/v1/workflows"),
+    ("get", "/api/v1/workflows/{name}"),
+    ("delete", "/api/v1/workflows/{name}"),
     ("get", "/api/v1/workflows/{name}/audit"),
     ("get", "/api/v1/backfills"),
     ("post", "/api/v1/backfills"),
@@ -82,6 +87,8 @@ pub fn router() -> Router<Server> {
         .route("/api/v1/dlq/{id}/replay", post(replay_dead_letter))
         .route("/api/v1/schedules", get(list_schedules))
         .route("/api/v1/schedules/{name}/{action}", post(change_schedule))
+        .route("/api/v1/workflows", get(list_workflows).post(apply_workflow))
+        .route("/api/v1/workflows/{name}", get(get_workflow).delete(delete_workflow))
         .route("/api/v1/workflows/{name}/audit", get(audit_grid))
         .route("/api/v1/backfills", get(list_backfills).post(create_backfill))
         .route("/api/v1/backfills/{id}", get(get_backfill))
@@ -525,7 +532,7 @@ impl BackfillAsk {
             )));
         }
         let yaml = sluice_client::specs::current_of_workflow(js, &self.workflow).await?.ok_or_else(|| {
-            invalid("workflow", format!("`{}` has no schedule and no run here, so its YAML is unknown", self.workflow))
+            invalid("workflow", format!("`{}` is not applied here (`sluice workflow apply`), has no schedule and no run, so its YAML is unknown", self.workflow))
         })?;
         let spec = sluice_proto::WorkflowSpec::parse(&yaml).map_err(|error| invalid("workflow", error.to_string()))?;
         let windows = sluice_proto::Window::range(
@@ -558,6 +565,80 @@ async fn list_backfills(State(server): State<Server>, _user: User) -> Result<Jso
     };
     let values: Vec<Value> = records.iter().map(|record| sluice_client::json::backfill_json(record, false)).collect();
     Ok(Json(json!({"backfills": values})))
+}
+
+/// `GET /api/v1/workflows`: `workflow list -o json`.
+async fn list_workflows(State(server): State<Server>, _user: User) -> Result<Json<Value>, ApiError> {
+    let records = match sluice_client::Stores::open(&server.js).await? {
+        Some(stores) => stores.workflows().await?,
+        None => Vec::new(),
+    };
+    Ok(Json(json!({"workflows": records.iter().map(sluice_client::json::workflow_json).collect::<Vec<_>>()})))
+}
+
+/// The body of `POST /api/v1/workflows`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkflowBody {
+    yaml: String,
+}
+
+/// `POST /api/v1/workflows`: `workflow apply`; answered with the outcome and
+/// `Location: /api/v1/workflows/{name}`.
+async fn apply_workflow(State(server): State<Server>, user: User, body: Bytes) -> Result<Response, ApiError> {
+    user.may_act()?;
+    let body: WorkflowBody =
+        serde_json::from_slice(&body).map_err(|error| ApiError::invalid(format!("body: {error}")))?;
+    let spec = WorkflowSpec::parse(&body.yaml).map_err(|error| ApiError::invalid(format!("yaml: {error}")))?;
+    let request = ControlRequest::new(ControlAction::WorkflowApply { workflow: body.yaml }, None, "");
+    let mut response = answer(&server, &user, request).await?;
+    if let Ok(value) = axum::http::HeaderValue::from_str(&format!("/api/v1/workflows/{}", spec.name)) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+/// A stored workflow, or 404 naming those there are.
+async fn workflow(server: &Server, name: &str) -> Result<sluice_proto::WorkflowRecord, ApiError> {
+    sluice_proto::spec::check_name("workflow", name)
+        .map_err(|problem| ApiError::invalid(format!("name: {problem}")))?;
+    let Some(stores) = sluice_client::Stores::open(&server.js).await? else {
+        return Err(ApiError::not_found(format!("no workflow `{name}`; workflows: there are none")));
+    };
+    if let Some(record) = stores.workflow(name).await? {
+        return Ok(record);
+    }
+    let names: Vec<String> = stores.workflows().await?.into_iter().map(|record| record.name).collect();
+    let known = if names.is_empty() { "there are none".to_owned() } else { names.join(", ") };
+    Err(ApiError::not_found(format!("no workflow `{name}`; workflows: {known}")))
+}
+
+/// `GET /api/v1/workflows/{name}`: `workflow show NAME -o json` (the record and its YAML).
+async fn get_workflow(
+    State(server): State<Server>,
+    _user: User,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let record = workflow(&server, &name).await?;
+    let yaml = sluice_client::specs::read(&server.js, &record.spec_hash).await?.ok_or_else(|| {
+        ApiError::from(ClientError::Invalid(format!("workflow {name}: its spec {} is missing", record.spec_hash)))
+    })?;
+    let mut value = sluice_client::json::workflow_json(&record);
+    value["yaml"] = json!(yaml);
+    Ok(Json(value))
+}
+
+/// `DELETE /api/v1/workflows/{name}`: `workflow delete NAME` (its schedule goes too; its
+/// runs stay).
+async fn delete_workflow(
+    State(server): State<Server>,
+    user: User,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    user.may_act()?;
+    sluice_proto::spec::check_name("workflow", &name)
+        .map_err(|problem| ApiError::invalid(format!("name: {problem}")))?;
+    answer(&server, &user, ControlRequest::new(ControlAction::WorkflowDelete { name }, None, "")).await
 }
 
 /// A backfill, or 404 naming it.
@@ -664,13 +745,13 @@ async fn list_requests(
 /// `GET /api/v1/runs/{id}`: `status -o json`'s shape (a pending run's too).
 async fn get_run(State(server): State<Server>, _user: User, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = run_id(&id)?;
-    match lookup(&server.js, &id).await? {
-        Lookup::Found(view) => Ok(Json(view_json(&view))),
-        Lookup::Rejected(rejection) => Err(ApiError::not_found(format!("run {id} was rejected: {}", rejection.reason))),
-        Lookup::Unknown => match sluice_client::runs::find_pending(&server.js, &id).await? {
-            Some(pending) => Ok(Json(pending_json(&pending))),
-            None => Err(ApiError::not_found(format!("no run {id}"))),
-        },
+    match locate(&server.js, &id).await? {
+        Located::Found(view) => Ok(Json(view_json(&view))),
+        Located::Rejected(rejection) => {
+            Err(ApiError::not_found(format!("run {id} was rejected: {}", rejection.reason)))
+        }
+        Located::Pending(pending) => Ok(Json(pending_json(&pending))),
+        Located::Unknown => Err(ApiError::not_found(format!("no run {id}"))),
     }
 }
 

@@ -58,7 +58,7 @@ impl RunAsk {
                     .map_err(|problem| ApiError::invalid(format!("workflow: {problem}")))?;
                 sluice_client::specs::current_of_workflow(&server.js, name).await?.ok_or_else(|| {
                     ApiError::not_found(format!(
-                        "workflow `{name}` has no schedule and no run here, so its YAML is unknown: send it as `spec`"
+                        "workflow `{name}` is not applied here (`sluice workflow apply`), has no schedule and no run, so its YAML is unknown: send it as `spec`"
                     ))
                 })?
             }

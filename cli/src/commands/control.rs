@@ -14,6 +14,7 @@ use sluice_proto::{ControlAction, ControlRequest, JobState, MarkAs, RunId};
 use crate::commands::status::{Lookup, RunView, lookup, pending_json, view_json};
 use crate::follow::follow_one;
 use crate::output::{self, CliError, Format, applied, ask, print_json};
+use sluice_client::{Located, locate};
 
 /// How long `cancel` of a pending run waits for the coordinator that answered to create it
 /// (`cancelled`), so it can print the run; it takes the submission right after the request.
@@ -23,15 +24,13 @@ pub async fn cancel(url: &str, run: &str, format: Format) -> Result<ExitCode, Cl
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
     let id: RunId = output::resolve_run(&js, run).await?;
-    let pending = match lookup(&js, &id).await? {
-        Lookup::Found(_) => None,
-        Lookup::Rejected(rejection) => {
+    let pending = match locate(&js, &id).await? {
+        Located::Found(_) => None,
+        Located::Rejected(rejection) => {
             return Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason)));
         }
-        Lookup::Unknown => match sluice_client::runs::find_pending(&js, &id).await? {
-            Some(pending) => Some(pending),
-            None => return Err(CliError::usage(format!("no run {id}"))),
-        },
+        Located::Pending(pending) => Some(pending),
+        Located::Unknown => return Err(CliError::usage(format!("no run {id}"))),
     };
     let outcome = applied(ask(&js, ControlRequest::new(ControlAction::Cancel, Some(id), "")).await?)?;
     if let Some(pending) = pending {
@@ -184,12 +183,12 @@ pub async fn open_run(url: &str, run: &str) -> Result<(jetstream::Context, RunVi
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
     let id: RunId = output::resolve_run(&js, run).await?;
-    match lookup(&js, &id).await? {
-        Lookup::Found(view) => Ok((js, *view)),
-        Lookup::Rejected(rejection) => Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason))),
-        Lookup::Unknown if sluice_client::runs::find_pending(&js, &id).await?.is_some() => Err(CliError::failed(
-            format!("run {id} is pending: no coordinator has taken its submission yet, so it has nothing to retry"),
-        )),
-        Lookup::Unknown => Err(CliError::usage(format!("no run {id}"))),
+    match locate(&js, &id).await? {
+        Located::Found(view) => Ok((js, *view)),
+        Located::Rejected(rejection) => Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason))),
+        Located::Pending(_) => Err(CliError::failed(format!(
+            "run {id} is pending: no coordinator has taken its submission yet, so it has nothing to retry"
+        ))),
+        Located::Unknown => Err(CliError::usage(format!("no run {id}"))),
     }
 }

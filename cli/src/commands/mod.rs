@@ -16,6 +16,7 @@ pub mod server;
 pub mod status;
 pub mod submit;
 pub mod validate;
+pub mod workflow;
 
 use std::path::Path;
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use async_nats::jetstream;
 use sluice_client::json::one_job_json;
 pub use sluice_client::json::{pending_json, view_json};
+use sluice_client::{Located, locate};
 pub use sluice_client::{Lookup, RunView, lookup};
 use sluice_proto::{JobRecord, RunId};
 
@@ -24,34 +25,24 @@ pub async fn run(url: &str, args: StatusArgs, format: Format) -> Result<ExitCode
     let client = output::connect(url).await?;
     let js = jetstream::new(client);
     let id: RunId = output::resolve_run(&js, &args.run).await?;
-    // Twice at most: a coordinator that takes the submission between the record's read and
-    // the pending submissions' has stored the record (or the rejection) before it removed the
-    // submission, so the second read finds it.
-    for _ in 0..2 {
-        match lookup(&js, &id).await? {
-            Lookup::Found(view) => return show(&view, &args, format),
-            Lookup::Rejected(rejection) => {
-                return Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason)));
-            }
-            Lookup::Unknown => {
-                let Some(pending) = sluice_client::runs::find_pending(&js, &id).await? else { continue };
-                if args.job.is_some() {
-                    return Err(CliError::usage(format!(
-                        "run {id} is pending: its jobs exist once a coordinator takes its submission"
-                    )));
-                }
-                match format {
-                    Format::Json => print_json(&pending_json(&pending))?,
-                    Format::Human => outln!("{}", pending_text(&pending))?,
-                }
-                return Ok(ExitCode::SUCCESS);
-            }
+    match locate(&js, &id).await? {
+        Located::Found(view) => show(&view, &args, format),
+        Located::Rejected(rejection) => Err(CliError::failed(format!("run {id} was rejected: {}", rejection.reason))),
+        Located::Pending(_) if args.job.is_some() => {
+            Err(CliError::usage(format!("run {id} is pending: its jobs exist once a coordinator takes its submission")))
         }
+        Located::Pending(pending) => {
+            match format {
+                Format::Json => print_json(&pending_json(&pending))?,
+                Format::Human => outln!("{}", pending_text(&pending))?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Located::Unknown => Err(CliError::usage(format!(
+            "no run {id} (not submitted to this server, nor among its newest {} pending submissions)",
+            sluice_client::runs::PENDING_READ_MAX
+        ))),
     }
-    Err(CliError::usage(format!(
-        "no run {id} (not submitted to this server, nor among its newest {} pending submissions)",
-        sluice_client::runs::PENDING_READ_MAX
-    )))
 }
 
 /// Prints a stored run, or one of its jobs.

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use sluice_client::Stores;
-use sluice_client::view::{Lookup, RunView, lookup};
+use sluice_client::view::{Located, Lookup, RunView, locate, lookup};
 use sluice_proto::spec::WorkflowSpec;
 use sluice_proto::{ControlAction, ControlRequest, JobRecord, JobState, Outcome, RequestId, RunId, RunState};
 
@@ -501,15 +501,13 @@ enum Found {
 }
 
 async fn find_run(server: &Server, id: &RunId) -> Result<Found, PageError> {
-    match lookup(&server.js, id).await? {
-        Lookup::Found(view) => Ok(Found::Run(view)),
-        Lookup::Rejected(rejection) => {
+    match locate(&server.js, id).await? {
+        Located::Found(view) => Ok(Found::Run(view)),
+        Located::Rejected(rejection) => {
             Err(PageError::new(StatusCode::NOT_FOUND, format!("run {id} was rejected: {}", rejection.reason)))
         }
-        Lookup::Unknown => match sluice_client::runs::find_pending(&server.js, id).await? {
-            Some(_) => Ok(Found::Pending),
-            None => Ok(Found::Missing),
-        },
+        Located::Pending(_) => Ok(Found::Pending),
+        Located::Unknown => Ok(Found::Missing),
     }
 }
 

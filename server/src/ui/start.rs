@@ -9,6 +9,7 @@ use axum::extract::{Form, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 use chrono::Utc;
 use serde::Deserialize;
+use sluice_client::specs::Source;
 use sluice_proto::Window;
 
 use super::{Chrome, PageError, Session, render};
@@ -41,10 +42,12 @@ pub struct Choice {
     workflow: Option<String>,
 }
 
-/// Every workflow known here: those with a schedule and those with runs.
+/// Every workflow known here: those applied (`sluice workflow apply`), those with a
+/// schedule and those with runs.
 async fn known_workflows(server: &Server) -> Result<Vec<String>, PageError> {
     let mut names = sluice_client::runs::workflows(&server.js).await?;
     if let Some(stores) = sluice_client::Stores::open(&server.js).await? {
+        names.extend(stores.workflows().await?.into_iter().map(|workflow| workflow.name));
         names.extend(stores.schedules().await?.into_iter().map(|schedule| schedule.name));
     }
     names.sort();
@@ -65,21 +68,19 @@ pub async fn page(
         Some(name) => {
             let ask = RunAsk { workflow: Some(name.clone()), ..RunAsk::default() };
             let (spec, _) = ask.spec(&server).await?;
-            let scheduled = match sluice_client::Stores::open(&server.js).await? {
-                Some(stores) => stores.schedule(name).await?.is_some(),
-                None => false,
-            };
+            let source = sluice_client::specs::current_source(&server.js, name).await?.map(|(_, source)| source);
             let yesterday = Window::previous_day(spec.zone(), Utc::now());
             Some(StartForm {
                 workflow: name.clone(),
                 zone: spec.zone().name().to_owned(),
                 day: yesterday.start.with_timezone(&spec.zone()).format("%Y-%m-%d").to_string(),
                 params: spec.params.iter().map(|(name, value)| (name.clone(), value.clone())).collect(),
-                source: if scheduled {
-                    "It runs as its schedule's YAML.".to_owned()
-                } else {
-                    "It runs as the YAML of its newest run.".to_owned()
-                },
+                source: match source {
+                    Some(Source::Applied) => "It runs as the YAML applied with `sluice workflow apply`.",
+                    Some(Source::Schedule) => "It runs as its schedule's YAML.",
+                    _ => "It runs as the YAML of its newest run.",
+                }
+                .to_owned(),
             })
         }
         None => None,
