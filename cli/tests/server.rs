@@ -283,6 +283,56 @@ fn the_api_reads_runs_as_the_cli_does_checks_tokens_and_acts_through_control_out
         assert_eq!((status, kind.as_str()), (400, "invalid"), "{path}: {message}");
         assert!(message.contains(expected), "{path}: {message}");
     }
+
+    // A bulk action by filter: counted first (dry_run), then one request for that count.
+    let brittle =
+        stack.write("brittle.yaml", "name: brittle\njobs:\n  only: { run: fail, retry: { max_attempts: 1 } }\n");
+    let mut brittle_ids: Vec<String> =
+        (0..2).map(|_| submit_and_wait(&stack, &brittle, 1)["id"].as_str().unwrap().to_owned()).collect();
+    let bulk = |ask: serde_json::Value, token| api.call("POST", "/api/v1/runs/bulk", Some(token), &ask.to_string());
+    let (status, preview) =
+        bulk(serde_json::json!({"action": "retry", "workflow": "brittle", "state": "failed", "dry_run": true}), ALICE);
+    assert_eq!((status, preview["count"].as_u64()), (200, Some(2)), "{preview}");
+    let mut previewed: Vec<String> =
+        preview["runs"].as_array().unwrap().iter().map(|run| run["id"].as_str().unwrap().to_owned()).collect();
+    previewed.sort();
+    brittle_ids.sort();
+    assert_eq!(previewed, brittle_ids);
+    for (ask, code, expected) in [
+        (
+            serde_json::json!({"action": "retry", "workflow": "brittle", "state": "failed", "expect": 3}),
+            409,
+            "not the 3 confirmed",
+        ),
+        (serde_json::json!({"action": "retry", "state": "failed"}), 400, "workflow:"),
+        (serde_json::json!({"action": "explode", "workflow": "brittle"}), 400, "action:"),
+        (serde_json::json!({"action": "retry", "workflow": "brittle", "state": "pending"}), 400, "state:"),
+        (serde_json::json!({"action": "retry", "workflow": "ghost"}), 400, "no run matches"),
+        (serde_json::json!({"action": "retry", "workflow": "brittle", "window_from": "2024-03-01"}), 400, "window_to"),
+        (serde_json::json!({"action": "retry", "workflow": "brittle", "limit": 3}), 400, "unknown field `limit`"),
+    ] {
+        let (status, _, message) = error_of(&bulk(ask.clone(), ALICE));
+        assert_eq!(status, code, "{ask}: {message}");
+        assert!(message.contains(expected), "{ask}: {message}");
+    }
+    let retry_all = serde_json::json!({"action": "retry", "workflow": "brittle", "state": "failed", "expect": 2});
+    let (status, kind, _) = error_of(&bulk(retry_all.clone(), BOB));
+    assert_eq!((status, kind.as_str()), (403, "forbidden"));
+    let (status, retried) = bulk(retry_all, ALICE);
+    assert_eq!(status, 200, "{retried}");
+    let outcome = &retried["outcome"];
+    assert_eq!(
+        (outcome["action"].as_str(), outcome["changed_total"].as_u64()),
+        (Some("bulk_retry"), Some(2)),
+        "{outcome}"
+    );
+    assert!(outcome["requested_by"].as_str().is_some_and(|by| by.ends_with("alice")), "{outcome}");
+    for id in &brittle_ids {
+        wait_until(Duration::from_secs(30), "a bulk-retried run to fail again", || {
+            let (_, run) = api.get(&format!("/api/v1/runs/{id}"), Some(BOB));
+            run["state"] == "failed" && run["jobs"][0]["attempts"] == 2
+        });
+    }
 }
 
 #[test]

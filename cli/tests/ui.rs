@@ -476,6 +476,33 @@ fn people_see_and_act_on_real_runs_in_a_browser() {
     assert_eq!(browser.text("#run-state"), "succeeded");
     browser.assert_clean("mark");
 
+    // A bulk retry by filter: every failed run of a workflow, counted first, then one request.
+    let brittle =
+        stack.write("brittle.yaml", "name: brittle\njobs:\n  only: { run: fail, retry: { max_attempts: 1 } }\n");
+    let brittle_runs: Vec<String> =
+        (0..2).map(|_| submit_and_wait(&stack, &brittle, 1)["id"].as_str().unwrap().to_owned()).collect();
+    browser.goto("/runs?workflow=brittle&state=failed");
+    assert_eq!(browser.texts("#runs tbody tr").len(), 2);
+    browser.click("#bulk-retry");
+    browser.wait_path("/runs/bulk?");
+    assert!(browser.text("#bulk-count").starts_with("This will retry 2 runs"), "{}", browser.text("#bulk-count"));
+    assert_eq!(browser.texts("#bulk-runs tbody tr").len(), 2);
+    browser.screenshot("bulk-retry");
+    browser.click_and_confirm("#bulk-confirm");
+    browser.wait_path("/runs?");
+    let outcome = browser.text("#outcome");
+    assert!(outcome.starts_with("bulk_retry: applied. 2 of 2 runs retried"), "{outcome}");
+    for id in &brittle_runs {
+        wait_until(PAGE_WAIT, "a bulk-retried run to fail again", || {
+            let output = stack.sluice(&["status", id, "-o", "json"]);
+            let status: Value = serde_json::from_slice(&output.stdout).unwrap_or_default();
+            status["state"] == "failed" && status["jobs"][0]["attempts"] == 2
+        });
+    }
+    browser.goto("/runs?workflow=brittle&state=failed");
+    assert_eq!(browser.texts("#runs tbody tr").len(), 2, "both failed again, each on its second attempt");
+    browser.assert_clean("bulk retry");
+
     // Schedules: the next five fire times in the schedule's zone; pause, resume, run now.
     let nightly = stack.write(
         "nightly.yaml",
@@ -642,6 +669,9 @@ fn people_see_and_act_on_real_runs_in_a_browser() {
     browser.sign_in(BOB);
     browser.goto(&format!("/runs/{failed}"));
     assert!(!browser.exists("#retry") && !browser.exists("#cancel"), "a viewer sees no actions");
+    browser.goto("/runs?workflow=brittle");
+    assert!(!browser.exists("#bulk-retry"), "a viewer sees no bulk actions");
+    browser.goto(&format!("/runs/{failed}"));
     let status = browser.runtime.block_on(browser.client.execute_async(
         "const done = arguments[arguments.length - 1];
          const csrf = document.querySelector('input[name=csrf]').value;

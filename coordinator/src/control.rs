@@ -5,6 +5,7 @@
 use chrono::{DateTime, NaiveDate, Utc};
 use sluice_client::{dead_letters, requests, stores};
 use sluice_proto::limits::{BACKFILL_WINDOWS_MAX, OUTCOME_CHANGED_MAX, REQUESTED_BY_MAX_BYTES};
+use sluice_proto::messages::truncate_error;
 use sluice_proto::schedule::Schedule;
 use sluice_proto::{
     BackfillRecord, BackfillRequest, ControlOutcome, ControlRequest, HumanDuration, MarkAs, Outcome, RefusalKind,
@@ -63,7 +64,7 @@ impl Answer {
 }
 
 fn truncate(text: &str) -> String {
-    sluice_proto::messages::truncate_error(text, REQUESTED_BY_MAX_BYTES)
+    truncate_error(text, REQUESTED_BY_MAX_BYTES)
 }
 
 /// Who a request is recorded as having come from. The identity in its subject
@@ -227,6 +228,50 @@ pub async fn workflow_delete(topology: &Topology, name: &str) -> Result<Answer, 
     }
     let also = if scheduled.is_some() { ", and its schedule" } else { "" };
     Ok(Answer::applied(format!("workflow {name} deleted{also}; its runs stay"), vec![name.to_owned()]))
+}
+
+/// What a bulk action came to, run by run.
+#[derive(Debug, Default)]
+pub struct BulkTally {
+    applied: Vec<RunId>,
+    refused: Vec<(RunId, String)>,
+}
+
+/// Refusal reasons a bulk action's answer quotes, at most.
+const BULK_REASONS_SAID: usize = 3;
+/// Longest filter text a bulk action's answer repeats, in bytes.
+const BULK_SELECTION_SAID_MAX_BYTES: usize = 512;
+
+impl BulkTally {
+    pub fn add(&mut self, id: RunId, answer: Answer) {
+        match answer.refused {
+            None => self.applied.push(id),
+            Some(_) => self.refused.push((id, answer.reason)),
+        }
+    }
+
+    /// Applied when any run was (its `changed` lists them); refused, as a conflict, when
+    /// none was.
+    pub fn answer(self, bulk: &sluice_proto::BulkRequest) -> Answer {
+        let verb = match bulk.action {
+            sluice_proto::BulkAction::Retry => "retried",
+            sluice_proto::BulkAction::Cancel => "cancelled",
+        };
+        let total = self.applied.len() + self.refused.len();
+        let mut reason = format!("{} of {total} runs {verb}", self.applied.len());
+        if !self.refused.is_empty() {
+            let said: Vec<String> =
+                self.refused.iter().take(BULK_REASONS_SAID).map(|(id, why)| format!("{id}: {why}")).collect();
+            let more = self.refused.len().saturating_sub(BULK_REASONS_SAID);
+            let more = if more > 0 { format!("; and {more} more") } else { String::new() };
+            reason.push_str(&format!("; {} refused ({}{more})", self.refused.len(), said.join("; ")));
+        }
+        reason.push_str(&format!(" [{}]", truncate_error(&bulk.selection, BULK_SELECTION_SAID_MAX_BYTES)));
+        if self.applied.is_empty() {
+            return Answer::refused(RefusalKind::Conflict, reason);
+        }
+        Answer::applied(reason, self.applied.iter().map(ToString::to_string).collect())
+    }
 }
 
 /// A schedule's record, or the refusal that names the schedules there are.
@@ -488,6 +533,40 @@ mod tests {
 
     fn request() -> ControlRequest {
         ControlRequest::new(ControlAction::Retry, Some(RunId::new()), "alice")
+    }
+
+    fn bulk(runs: usize) -> sluice_proto::BulkRequest {
+        sluice_proto::BulkRequest {
+            action: sluice_proto::BulkAction::Retry,
+            runs: (0..runs).map(|_| RunId::new()).collect(),
+            selection: "workflow=etl state=failed".into(),
+        }
+    }
+
+    #[test]
+    fn a_bulk_action_is_applied_when_any_run_was_and_says_what_was_refused() {
+        let asked = bulk(6);
+        let mut tally = BulkTally::default();
+        tally.add(asked.runs[0], Answer::applied("1 job queued again", vec!["a".into()]));
+        for (index, id) in asked.runs[1..].iter().enumerate() {
+            tally.add(*id, Answer::refused(RefusalKind::Conflict, format!("busy {index}")));
+        }
+        let answer = tally.answer(&asked);
+        assert_eq!(answer.refused, None);
+        assert_eq!(answer.changed, vec![asked.runs[0].to_string()]);
+        assert!(answer.reason.starts_with("1 of 6 runs retried; 5 refused ("), "{}", answer.reason);
+        assert!(answer.reason.contains(&format!("{}: busy 0", asked.runs[1])), "{}", answer.reason);
+        assert!(!answer.reason.contains("busy 3"), "only the first reasons: {}", answer.reason);
+        assert!(answer.reason.contains("and 2 more") && answer.reason.ends_with("[workflow=etl state=failed]"));
+
+        let asked = bulk(2);
+        let mut tally = BulkTally::default();
+        for id in &asked.runs {
+            tally.add(*id, Answer::refused(RefusalKind::Conflict, "still running".to_owned()));
+        }
+        let answer = tally.answer(&asked);
+        assert_eq!(answer.refused, Some(RefusalKind::Conflict), "none retried: {}", answer.reason);
+        assert!(answer.changed.is_empty());
     }
 
     #[test]

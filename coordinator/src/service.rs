@@ -835,6 +835,7 @@ impl Coordinator {
                 self.workflow_apply(topology, workflow, &request.requested_by, Applying::Workflow, now).await
             }
             ControlAction::WorkflowDelete { name } => control::workflow_delete(topology, name).await,
+            ControlAction::Bulk(bulk) => self.bulk(topology, request, bulk, now).await,
             ControlAction::SchedulePause { name } => control::schedule_pause(topology, name, true, now).await,
             ControlAction::ScheduleResume { name } => control::schedule_pause(topology, name, false, now).await,
             ControlAction::ScheduleDelete { name } => control::schedule_delete(topology, name).await,
@@ -896,6 +897,49 @@ impl Coordinator {
             };
         }
         Ok(Answer::applied(reason, vec![spec.name]))
+    }
+
+    /// A bulk action: each run retried or cancelled as its own request would be, all in this
+    /// one request's turn, answered once. Applied when any run was; the runs refused are
+    /// counted and the first reasons said.
+    async fn bulk(
+        &mut self,
+        topology: &Topology,
+        request: &ControlRequest,
+        bulk: &sluice_proto::BulkRequest,
+        now: chrono::DateTime<Utc>,
+    ) -> Result<Answer, ServiceError> {
+        if bulk.runs.is_empty() || bulk.runs.len() > sluice_proto::limits::BULK_RUNS_MAX {
+            return Ok(Answer::refused(
+                RefusalKind::Invalid,
+                format!(
+                    "a bulk {} names 1 to {} runs, not {}",
+                    bulk.action.as_str(),
+                    sluice_proto::limits::BULK_RUNS_MAX,
+                    bulk.runs.len()
+                ),
+            ));
+        }
+        let action = match bulk.action {
+            sluice_proto::BulkAction::Retry => ControlAction::Retry,
+            sluice_proto::BulkAction::Cancel => ControlAction::Cancel,
+        };
+        let mut tally = control::BulkTally::default();
+        for id in &bulk.runs {
+            // One run's request: no id of its own (only the bulk request is answered).
+            let one = ControlRequest {
+                request_id: None,
+                run_id: Some(*id),
+                action: action.clone(),
+                job: None,
+                dead_letter: None,
+                spec: None,
+                ..request.clone()
+            };
+            let answer = self.control_run(topology, &one, now).await?;
+            tally.add(*id, answer);
+        }
+        Ok(tally.answer(bulk))
     }
 
     /// Cancel, retry, replay or mark of a run. The run is loaded from the store if it is not

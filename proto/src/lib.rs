@@ -32,10 +32,11 @@ pub use codec::{CodecError, decode, encode};
 pub use duration::HumanDuration;
 pub use ids::{RequestId, RunId};
 pub use messages::{
-    AttemptRecord, BackfillRecord, BackfillRequest, BackfillWindow, ControlAction, ControlOutcome, ControlRequest,
-    DeadLetter, EarlierAttempt, EventBatch, EventKind, JobEvent, JobMessage, JobRecord, LogBatch, LogLine, LogStream,
-    Mark, MarkAs, Outcome, PendingCancel, PoolRecord, PoolSettings, RefusalKind, Rejection, Rerun, RunIndexEntry,
-    RunRecord, SCHEMA_VERSION, ScheduleRecord, Submission, WorkerRecord, WorkflowRecord,
+    AttemptRecord, BackfillRecord, BackfillRequest, BackfillWindow, BulkAction, BulkRequest, ControlAction,
+    ControlOutcome, ControlRequest, DeadLetter, EarlierAttempt, EventBatch, EventKind, JobEvent, JobMessage, JobRecord,
+    LogBatch, LogLine, LogStream, Mark, MarkAs, Outcome, PendingCancel, PoolRecord, PoolSettings, RefusalKind,
+    Rejection, Rerun, RunIndexEntry, RunRecord, SCHEMA_VERSION, ScheduleRecord, Submission, WorkerRecord,
+    WorkflowRecord,
 };
 pub use retry::{Backoff, RetryPolicy};
 pub use spawn::{ChildSpec, SpawnBatch};

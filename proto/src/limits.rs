@@ -87,6 +87,9 @@ pub const BACKFILL_WINDOWS_MAX: usize = 2_000;
 /// Most names a control outcome lists in `changed` (a retry of 100,000 children lists the
 /// first ones and counts the rest in `changed_total`): an outcome stays a small KV value.
 pub const OUTCOME_CHANGED_MAX: usize = 1_000;
+/// Most runs one bulk action (a retry or cancel by filter) touches, in runs: one control
+/// request names them all, and its outcome lists every one it changed.
+pub const BULK_RUNS_MAX: usize = OUTCOME_CHANGED_MAX;
 /// Longest `requested_by` kept on a request and its outcome, in bytes.
 pub const REQUESTED_BY_MAX_BYTES: usize = 256;
 /// Most pools one installation may declare: each is a durable consumer and a KV record.

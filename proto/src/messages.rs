@@ -673,6 +673,8 @@ pub enum ControlAction {
     WorkflowApply { workflow: String },
     /// Forget a workflow, and its schedule if it has one (its runs stay).
     WorkflowDelete { name: String },
+    /// Retry or cancel many runs as one request: a bulk action by filter.
+    Bulk(BulkRequest),
     /// Plan and start a backfill.
     BackfillCreate(BackfillRequest),
     /// Stop a backfill: no new windows start, running ones are cancelled.
@@ -767,12 +769,53 @@ impl ControlAction {
             Self::ScheduleTrigger { .. } => "schedule_trigger",
             Self::WorkflowApply { .. } => "workflow_apply",
             Self::WorkflowDelete { .. } => "workflow_delete",
+            Self::Bulk(bulk) => match bulk.action {
+                BulkAction::Retry => "bulk_retry",
+                BulkAction::Cancel => "bulk_cancel",
+            },
             Self::BackfillCreate(_) => "backfill_create",
             Self::BackfillCancel { .. } => "backfill_cancel",
             Self::PoolApply(_) => "pool_apply",
             Self::Mark { .. } => "mark",
         }
     }
+}
+
+/// What a bulk action does to each of its runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BulkAction {
+    /// As `retry RUN`: the failed, skipped and cancelled jobs of a finished run run again.
+    Retry,
+    /// As `cancel RUN`.
+    Cancel,
+}
+
+impl BulkAction {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "retry" => Some(Self::Retry),
+            "cancel" => Some(Self::Cancel),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retry => "retry",
+            Self::Cancel => "cancel",
+        }
+    }
+}
+
+/// A bulk action: the runs a filter matched when the user was shown how many (so what is
+/// confirmed is what is touched), at most [`crate::limits::BULK_RUNS_MAX`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkRequest {
+    pub action: BulkAction,
+    pub runs: Vec<RunId>,
+    /// The filter, as the user gave it (`workflow=etl state=failed …`): for the audit.
+    pub selection: String,
 }
 
 /// What `sluice backfill FILE --from D --to D` asks for; the coordinator plans the windows

@@ -9,11 +9,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_proto::messages::Versioned;
 use sluice_proto::{
-    AttemptRecord, BackfillRecord, BackfillRequest, BackfillWindow, ChildSpec, ControlAction, ControlOutcome,
-    ControlRequest, DeadLetter, EventBatch, EventKind, JobEvent, JobMessage, JobRecord, JobState, LogBatch, LogLine,
-    LogStream, Outcome, PendingCancel, PoolRecord, RefusalKind, Rejection, RequestId, Rerun, RetryPolicy, RunId,
-    RunIndexEntry, RunRecord, RunState, SCHEMA_VERSION, ScheduleRecord, SpawnBatch, Submission, Window, WorkerRecord,
-    WorkflowRecord, decode, encode,
+    AttemptRecord, BackfillRecord, BackfillRequest, BackfillWindow, BulkAction, BulkRequest, ChildSpec, ControlAction,
+    ControlOutcome, ControlRequest, DeadLetter, EventBatch, EventKind, JobEvent, JobMessage, JobRecord, JobState,
+    LogBatch, LogLine, LogStream, Outcome, PendingCancel, PoolRecord, RefusalKind, Rejection, RequestId, Rerun,
+    RetryPolicy, RunId, RunIndexEntry, RunRecord, RunState, SCHEMA_VERSION, ScheduleRecord, SpawnBatch, Submission,
+    Window, WorkerRecord, WorkflowRecord, decode, encode,
 };
 
 fn time(text: &str) -> DateTime<Utc> {
@@ -433,6 +433,24 @@ fn control_requests_and_outcomes() {
                 interval: "1d".into(),
                 max_parallel_runs: 2,
                 rerun: Rerun::Failed,
+            }),
+            job: None,
+            requested_at: time("2024-03-02T08:00:00Z"),
+            dead_letter: None,
+            spec: None,
+        },
+    );
+    check(
+        "control_request_bulk",
+        ControlRequest {
+            schema_version: SCHEMA_VERSION,
+            request_id: Some(request_id()),
+            requested_by: "alice".into(),
+            run_id: None,
+            action: ControlAction::Bulk(BulkRequest {
+                action: BulkAction::Retry,
+                runs: vec![run_id()],
+                selection: "workflow=w state=failed window_from=2024-03-01 window_to=2024-03-31".into(),
             }),
             job: None,
             requested_at: time("2024-03-02T08:00:00Z"),

@@ -46,6 +46,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("get", "/api/v1/openapi.json"),
     ("get", "/api/v1/runs"),
     ("post", "/api/v1/runs"),
+    ("post", "/api/v1/runs/bulk"),
     ("get", "/api/v1/runs/{id}"),
     ("post", "/api/v1/runs/{id}/cancel"),
     ("post", "/api/v1/runs/{id}/retry"),
@@ -75,6 +76,7 @@ pub fn router() -> Router<Server> {
     Router::new()
         .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/runs", get(list_runs).post(crate::submit::api))
+        .route("/api/v1/runs/bulk", post(bulk_action))
         .route("/api/v1/runs/{id}", get(get_run))
         .route("/api/v1/runs/{id}/cancel", post(cancel))
         .route("/api/v1/runs/{id}/retry", post(retry))
@@ -239,6 +241,48 @@ impl RunsQuery {
         Ok(sluice_client::runs::list_with_pending(js, &self.filter, self.choice, self.limit, self.cursor.as_deref())
             .await?)
     }
+}
+
+impl RunsQuery {
+    /// Every stored run that matches, newest first, a page at a time; more than `max` is
+    /// refused, saying to narrow the filter.
+    pub(crate) async fn select(
+        mut self,
+        js: &async_nats::jetstream::Context,
+        max: usize,
+    ) -> Result<Vec<sluice_proto::RunRecord>, ApiError> {
+        self.limit = PAGE_MAX;
+        self.cursor = None;
+        let mut runs = Vec::new();
+        loop {
+            let page = self.list(js).await?;
+            runs.extend(page.runs);
+            if runs.len() > max {
+                return Err(ApiError::invalid(format!(
+                    "the filter matches more than {max} runs, the most one bulk action touches: narrow it (a window range, a state)"
+                )));
+            }
+            match page.next {
+                Some(next) => self.cursor = Some(next),
+                None => return Ok(runs),
+            }
+        }
+    }
+}
+
+/// `POST /api/v1/runs/bulk`: a bulk action by filter; `dry_run` says which runs it would
+/// touch, else it goes as one control request.
+async fn bulk_action(State(server): State<Server>, user: User, body: Bytes) -> Result<Response, ApiError> {
+    user.may_act()?;
+    let ask: crate::bulk::BulkAsk =
+        serde_json::from_slice(&body).map_err(|error| ApiError::invalid(format!("body: {error}")))?;
+    let selected = ask.select(&server.js).await?;
+    if ask.dry_run {
+        let runs: Vec<Value> = selected.runs.iter().map(run_row).collect();
+        let value = json!({"action": selected.action.as_str(), "count": runs.len(), "runs": runs});
+        return Ok(Json(value).into_response());
+    }
+    answer(&server, &user, selected.request(ask.expect)?).await
 }
 
 /// `GET /api/v1/runs`: `runs -o json`'s shape (`{"runs": [...], "next": cursor}`), pending

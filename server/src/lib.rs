@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod auth;
+mod bulk;
 mod error;
 mod logs;
 pub mod metrics;

@@ -6,6 +6,7 @@
 
 mod audit;
 mod backfills;
+mod bulk;
 mod dead_letters;
 pub mod layout;
 mod pages;
@@ -43,6 +44,7 @@ pub fn router() -> Router<Server> {
         .route("/logout", post(logout))
         .route("/runs", get(pages::runs))
         .route("/runs/new", get(start::page).post(start::start))
+        .route("/runs/bulk", get(bulk::preview).post(bulk::apply))
         .route("/runs/{id}", get(pages::run))
         .route("/runs/{id}/events", get(pages::run_events))
         .route("/runs/{id}/cancel", post(pages::cancel))

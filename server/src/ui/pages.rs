@@ -148,6 +148,11 @@ struct RunsPage {
     rows: Vec<RunRow>,
     next: Option<String>,
     error: Option<String>,
+    /// The answer to a bulk action just sent.
+    banner: Option<Banner>,
+    /// The filter as a bulk action's query, when it names a workflow (bulk actions are a
+    /// workflow's runs).
+    bulk: Option<String>,
 }
 
 fn window_text(window: &sluice_proto::Window) -> String {
@@ -162,6 +167,15 @@ pub async fn runs(
     let chrome = session.chrome(&server);
     // An empty form field is no filter.
     params.retain(|_, value| !value.trim().is_empty());
+    let banner = banner(&server, params.remove("request").as_deref()).await?;
+    let bulk = params.contains_key("workflow").then(|| {
+        params
+            .iter()
+            .filter(|(key, _)| crate::bulk::FILTER_PARAMETERS.contains(&key.as_str()))
+            .map(|(key, value)| format!("{key}={}", super::encode_component(value)))
+            .collect::<Vec<_>>()
+            .join("&")
+    });
     let field = |name: &str| params.get(name).cloned().unwrap_or_default();
     let mut page = RunsPage {
         chrome,
@@ -175,6 +189,8 @@ pub async fn runs(
         rows: Vec::new(),
         next: None,
         error: None,
+        banner,
+        bulk,
     };
     let query = match RunsQuery::parse(&params) {
         Ok(query) => query,
