@@ -138,6 +138,26 @@ fn a_pending_submission_is_shown_and_a_cancel_before_any_coordinator_creates_it_
     wait_until(Duration::from_secs(20), "the cancel request to be stored", || {
         waiting(&stack, names::CONTROL_STREAM) == 1
     });
+    // The HTTP server's audit of actions lists it as waiting, with who asked.
+    let address = start_server(&mut stack, ("alice", "alice-token"), ("bob", "bob-token"), &[]);
+    let (status, body) = sluice_testkit::http::request(
+        &address,
+        "GET",
+        "/api/v1/requests",
+        &[("Authorization", "Bearer bob-token")],
+        b"",
+    )
+    .expect("the server answers");
+    assert_eq!(status, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let unanswered = &listed["waiting"];
+    assert_eq!(unanswered.as_array().map(Vec::len), Some(1), "{listed:#}");
+    assert_eq!(
+        (unanswered[0]["action"].as_str(), unanswered[0]["run_id"].as_str(), unanswered[0]["requested_by"].as_str()),
+        (Some("cancel"), Some(doomed_id.as_str()), Some(names::ANONYMOUS_IDENTITY)),
+        "{listed:#}"
+    );
+    assert_eq!(listed["requests"], serde_json::json!([]), "none answered yet: {listed:#}");
     stack.coordinator();
     let cancelled = cancel.wait_with_output().expect("sluice cancel ends");
     assert_eq!(cancelled.status.code(), Some(0), "{}\n{}", text(&cancelled.stdout), text(&cancelled.stderr));
@@ -165,4 +185,15 @@ fn a_pending_submission_is_shown_and_a_cancel_before_any_coordinator_creates_it_
     assert!(text(&again.stderr).contains("already finished"), "{}", text(&again.stderr));
     // No job of it is left anywhere for a worker.
     assert_eq!(waiting(&stack, names::JOBS_STREAM), 0);
+    // Answered now: no longer waiting.
+    let (_, body) = sluice_testkit::http::request(
+        &address,
+        "GET",
+        "/api/v1/requests",
+        &[("Authorization", "Bearer bob-token")],
+        b"",
+    )
+    .expect("the server answers");
+    let listed: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(listed["waiting"], serde_json::json!([]), "{listed:#}");
 }

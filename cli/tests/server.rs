@@ -179,6 +179,36 @@ fn the_api_reads_runs_as_the_cli_does_checks_tokens_and_acts_through_control_out
     let run = triggered["outcome"]["run_id"].as_str().unwrap_or_else(|| panic!("no run id: {triggered}")).to_owned();
     assert_eq!(stack.wait_for_run(&run, Duration::from_secs(60))["state"], "succeeded");
 
+    // An hourly schedule's audit columns are its hours, and the run a trigger made is in its.
+    let hourly = stack.write(
+        "hourly.yaml",
+        "name: hourly\nschedule: { cron: \"5 * * * *\", window: previous_hour }\njobs:\n  only: { run: noop }\n",
+    );
+    stack.sluice_json(&["schedule", "apply", hourly.to_str().unwrap()], 0);
+    // Paused, so only the trigger's run is in the grid (a tick at :05 would add one).
+    assert_eq!(api.call("POST", "/api/v1/schedules/hourly/pause", Some(ALICE), "").0, 200);
+    let (_, triggered) = api.call("POST", "/api/v1/schedules/hourly/trigger", Some(ALICE), "");
+    let hour_run = triggered["outcome"]["run_id"].as_str().unwrap_or_else(|| panic!("{triggered}")).to_owned();
+    let hour_run_json = stack.wait_for_run(&hour_run, Duration::from_secs(60));
+    let day = &hour_run_json["window"]["start"].as_str().unwrap()[..10];
+    let (status, grid) = api.get(&format!("/api/v1/workflows/hourly/audit?from={day}&to={day}"), Some(BOB));
+    assert_eq!(status, 200, "{grid}");
+    let windows = grid["windows"].as_array().unwrap();
+    assert_eq!(windows.len(), 24, "a UTC day's hours: {grid}");
+    let ran: Vec<&serde_json::Value> = windows.iter().filter(|window| !window["run_id"].is_null()).collect();
+    assert_eq!(ran.len(), 1, "{grid}");
+    assert_eq!(
+        (ran[0]["run_id"].as_str(), ran[0]["start"].clone()),
+        (Some(hour_run.as_str()), hour_run_json["window"]["start"].clone())
+    );
+    assert_eq!(grid, stack.sluice_json(&["audit", "hourly", "--from", day, "--to", day], 0), "the CLI's grid");
+    let (_, by_day) = api.get(&format!("/api/v1/workflows/hourly/audit?from={day}&to={day}&interval=1d"), Some(BOB));
+    assert_eq!(by_day["windows"].as_array().map(Vec::len), Some(1), "an interval overrides: {by_day}");
+    let (status, _, message) =
+        error_of(&api.get("/api/v1/workflows/hourly/audit?from=2024-01-01&to=2024-12-31", Some(BOB)));
+    assert_eq!(status, 400, "{message}");
+    assert!(message.contains("narrow the range"), "{message}");
+
     // Backfills: created by workflow name, read as the CLI reads them, bad input named.
     let (from, to) = (
         (chrono::Utc::now().date_naive() - chrono::Duration::days(4)).to_string(),

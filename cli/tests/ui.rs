@@ -503,6 +503,32 @@ fn people_see_and_act_on_real_runs_in_a_browser() {
     assert_eq!(browser.texts("#runs tbody tr").len(), 2, "both failed again, each on its second attempt");
     browser.assert_clean("bulk retry");
 
+    // Retry with an edited spec: the form holds the run's YAML; the fixed one succeeds.
+    let mended = &brittle_runs[0];
+    browser.goto(&format!("/runs/{mended}"));
+    browser.click("#retry-edited");
+    browser.wait_path(&format!("/runs/{mended}/retry"));
+    let yaml = browser.run_script("return document.getElementById('spec').value");
+    assert!(yaml.as_str().is_some_and(|yaml| yaml.contains("run: fail")), "{yaml}");
+    browser.run_script(
+        "const spec = document.getElementById('spec'); spec.value = spec.value.replace('run: fail', 'run: noop'); return true",
+    );
+    browser.screenshot("retry-edited");
+    browser.click_and_confirm("#retry-with-spec");
+    browser.wait_path(&format!("/runs/{mended}?request="));
+    assert!(browser.text("#outcome").starts_with("retry: applied."), "{}", browser.text("#outcome"));
+    browser.wait_script(
+        "the run retried with the fixed spec to succeed",
+        "return document.getElementById('run-state').textContent === 'succeeded'",
+    );
+    // A spec that does not parse is refused at once, saying so.
+    browser.goto(&format!("/runs/{}/retry", brittle_runs[1]));
+    browser.run_script("document.getElementById('spec').value = 'name: [broken'; return true");
+    browser.click_and_confirm("#retry-with-spec");
+    assert!(browser.text("#message").contains("the edited spec"), "{}", browser.text("#message"));
+    browser.log("browser"); // the 400 is logged by the browser, on purpose
+    browser.assert_clean("retry with an edited spec");
+
     // Schedules: the next five fire times in the schedule's zone; pause, resume, run now.
     let nightly = stack.write(
         "nightly.yaml",

@@ -45,7 +45,9 @@ pub struct AuditQuery {
     /// First and last local day, both included.
     pub from: NaiveDate,
     pub to: NaiveDate,
-    pub interval: std::time::Duration,
+    /// Each window's length; `None`: the windows its schedule's ticks process (an hourly
+    /// schedule's hours), or days when it has no schedule.
+    pub interval: Option<std::time::Duration>,
     /// The windows' zone; `None`: the workflow's (`workflow_zone`).
     pub zone: Option<Tz>,
     /// Only the windows without a successful run.
@@ -66,8 +68,7 @@ pub async fn grid(js: &jetstream::Context, query: &AuditQuery) -> Result<Grid, C
         Some(zone) => zone,
         None => workflow_zone(js, &query.workflow).await?,
     };
-    let windows = Window::range(query.from, query.to, query.interval, zone, BACKFILL_WINDOWS_MAX)
-        .map_err(|error| ClientError::Invalid(error.to_string()))?;
+    let windows = windows(js, query, zone).await?;
     let mut grid = Grid { workflow: query.workflow.clone(), zone, jobs: Vec::new(), columns: Vec::new() };
     let Some(stores) = Stores::open(js).await? else {
         grid.columns = windows.into_iter().map(|window| Column { window, run: None, states: HashMap::new() }).collect();
@@ -102,6 +103,33 @@ pub async fn grid(js: &jetstream::Context, query: &AuditQuery) -> Result<Grid, C
         grid.columns.push(Column { window, run, states });
     }
     Ok(grid)
+}
+
+/// The grid's columns: windows of the query's interval, else those of the workflow's
+/// schedule, else days.
+async fn windows(js: &jetstream::Context, query: &AuditQuery, zone: Tz) -> Result<Vec<Window>, ClientError> {
+    const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+    let schedule = match (query.interval, Stores::open(js).await?) {
+        (None, Some(stores)) => stores.schedule(&query.workflow).await?,
+        _ => None,
+    };
+    let evaluated = schedule.as_ref().and_then(|record| match crate::json::schedule_of(record) {
+        Ok(schedule) => Some(schedule),
+        Err(error) => {
+            tracing::warn!(schedule = %record.name, %error, "a schedule cannot be read; the audit shows days");
+            None
+        }
+    });
+    if let Some(schedule) = evaluated {
+        return schedule.windows_on_days(query.from, query.to, BACKFILL_WINDOWS_MAX).ok_or_else(|| {
+            ClientError::Invalid(format!(
+                "schedule {} has more than {BACKFILL_WINDOWS_MAX} windows from {} to {}: narrow the range, or give an interval",
+                query.workflow, query.from, query.to
+            ))
+        });
+    }
+    Window::range(query.from, query.to, query.interval.unwrap_or(DAY), zone, BACKFILL_WINDOWS_MAX)
+        .map_err(|error| ClientError::Invalid(error.to_string()))
 }
 
 /// The workflow jobs' records of each of `runs` (children unread), by KV gets, many in

@@ -257,6 +257,17 @@ pub fn workflow_json(record: &WorkflowRecord) -> serde_json::Value {
     })
 }
 
+/// A control request no coordinator has answered yet, as `GET /api/v1/requests` lists it.
+pub fn waiting_request_json(request: &sluice_proto::ControlRequest) -> serde_json::Value {
+    json!({
+        "request_id": request.request_id.map(|id| id.to_string()),
+        "action": request.action_name(),
+        "run_id": request.run_id.map(|id| id.to_string()),
+        "requested_by": request.requested_by,
+        "requested_at": time(Some(request.requested_at)),
+    })
+}
+
 /// Windows by outcome.
 pub fn backfill_counts(record: &BackfillRecord) -> serde_json::Value {
     let submitted = record.next as usize;

@@ -50,3 +50,38 @@ pub async fn recent(js: &jetstream::Context, before: Option<u64>, limit: usize) 
     }
     Ok(page)
 }
+
+/// Waiting requests [`unanswered`] reads at most.
+pub const UNANSWERED_MAX: usize = 200;
+
+/// The control requests in the control stream that no coordinator has answered yet,
+/// newest first, `limit` at most: asked while every coordinator was down, or being applied
+/// now. Requests of older clients (no id, so no answer) are left out.
+pub async fn unanswered(
+    js: &jetstream::Context,
+    limit: usize,
+) -> Result<Vec<sluice_proto::ControlRequest>, ClientError> {
+    let keep = |message: &jetstream::message::StreamMessage| {
+        let request: sluice_proto::ControlRequest = decode(&message.payload).ok()?;
+        // Who sent it as its answer will say: the identity its subject names.
+        request.request_id.is_some().then(|| request.attributed(message.subject.as_str()))
+    };
+    let waiting = crate::runs::newest_waiting(
+        js,
+        names::CONTROL_STREAM,
+        names::CONTROL_SUBJECTS,
+        limit.clamp(1, UNANSWERED_MAX),
+        keep,
+    )
+    .await
+    .context("reading the control requests waiting")?;
+    // One applied but not yet acknowledged is still in the stream: its answer says so.
+    let mut open = Vec::new();
+    for request in waiting {
+        let Some(id) = request.request_id else { continue };
+        if crate::stores::outcome(js, &id).await?.is_none() {
+            open.push(request);
+        }
+    }
+    Ok(open)
+}

@@ -432,17 +432,32 @@ impl PendingRun {
 /// [`PENDING_READ_MAX`]). A submission a coordinator took but has not acknowledged yet is
 /// still in the stream: the caller drops those whose run exists ([`pending_runs`] does).
 pub async fn pending(js: &jetstream::Context, limit: usize) -> Result<Vec<PendingRun>, ClientError> {
-    let limit = limit.min(PENDING_READ_MAX);
-    let Ok(mut stream) = js.get_stream(names::SUBMIT_STREAM).await else { return Ok(Vec::new()) };
-    let state = stream.info().await.context("reading the submission stream")?.state.clone();
+    let messages =
+        newest_waiting(js, names::SUBMIT_STREAM, names::SUBMIT_SUBJECT, limit.min(PENDING_READ_MAX), pending_of)
+            .await
+            .context("reading the submission stream")?;
+    Ok(messages)
+}
+
+/// The newest messages of a work queue (`subject` may be a wildcard) that `keep` makes
+/// something of, newest first, `limit` at most: what waits for a coordinator.
+pub(crate) async fn newest_waiting<T>(
+    js: &jetstream::Context,
+    stream: &str,
+    subject: &str,
+    limit: usize,
+    keep: impl Fn(&jetstream::message::StreamMessage) -> Option<T>,
+) -> Result<Vec<T>, async_nats::Error> {
+    let Ok(mut stream) = js.get_stream(stream).await else { return Ok(Vec::new()) };
+    let state = stream.info().await?.state.clone();
     if state.messages == 0 || limit == 0 {
         return Ok(Vec::new());
     }
     let mut found = Vec::new();
     // Backwards a window of sequences at a time, each read forwards by "next message at or
-    // after" (which skips taken submissions server-side), the window doubling: the stream
-    // may hold old stragglers far behind its last sequence, and reading one sequence at a
-    // time would cost a round trip per submission ever taken in between.
+    // after" (which skips taken messages server-side), the window doubling: the stream may
+    // hold old stragglers far behind its last sequence, and reading one sequence at a time
+    // would cost a round trip per message ever taken in between.
     let mut end = state.last_sequence + 1;
     let mut width = limit as u64;
     while found.len() < limit && end > state.first_sequence {
@@ -450,22 +465,22 @@ pub async fn pending(js: &jetstream::Context, limit: usize) -> Result<Vec<Pendin
         let mut window = Vec::new();
         let mut next = start;
         while next < end {
-            match stream.direct_get_next_for_subject(names::SUBMIT_SUBJECT, Some(next)).await {
+            match stream.direct_get_next_for_subject(subject, Some(next)).await {
                 Ok(message) if message.sequence < end => {
                     next = message.sequence + 1;
                     window.push(message);
                 }
                 Ok(_) => break,
                 Err(error) if error.kind() == DirectGetErrorKind::NotFound => break,
-                Err(error) => return Err(error).context("reading the submission stream"),
+                Err(error) => return Err(error.into()),
             }
         }
         for message in window.into_iter().rev() {
             if found.len() == limit {
                 break;
             }
-            if let Some(run) = pending_of(&message) {
-                found.push(run);
+            if let Some(kept) = keep(&message) {
+                found.push(kept);
             }
         }
         end = start;

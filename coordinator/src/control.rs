@@ -67,28 +67,6 @@ fn truncate(text: &str) -> String {
     truncate_error(text, REQUESTED_BY_MAX_BYTES)
 }
 
-/// Who a request is recorded as having come from. The identity in its subject
-/// (`sluice.control.<identity>.…`) is what NATS permissions tie to the sender's credentials (a
-/// submitter may publish only under its own identity, decision 14), so a payload cannot claim
-/// another's name: `requested_by` becomes that identity. A payload naming someone else keeps
-/// the name after it (`http/alice`: a client that acts for its own users, like the HTTP server
-/// of decision 2, says which user), so the record shows both who sent it and for whom.
-pub fn attributed(subject: &str, mut request: ControlRequest) -> ControlRequest {
-    let Some((identity, _)) = names::parse_control_subject(subject) else { return request };
-    let claimed = request.requested_by.trim();
-    request.requested_by = if claimed.is_empty() || claimed == identity {
-        identity.to_owned()
-    } else {
-        // The identity stays whole; the claimed name is cut to fit the limit.
-        let mut room = REQUESTED_BY_MAX_BYTES.saturating_sub(identity.len() + 1).min(claimed.len());
-        while !claimed.is_char_boundary(room) {
-            room -= 1;
-        }
-        format!("{identity}/{}", &claimed[..room])
-    };
-    request
-}
-
 /// Whether a request was answered already: a request redelivered after a crash that came
 /// after its answer is not applied twice.
 pub async fn answered(topology: &Topology, id: Option<RequestId>) -> Result<bool, ServiceError> {
@@ -230,6 +208,41 @@ pub async fn workflow_delete(topology: &Topology, name: &str) -> Result<Answer, 
     Ok(Answer::applied(format!("workflow {name} deleted{also}; its runs stay"), vec![name.to_owned()]))
 }
 
+/// A bulk action's runs, each as its own request (no id of its own: only the bulk request
+/// is answered), or the refusal of a bulk naming too few or too many. A bulk delivered again
+/// after a crash finds the runs it retried running, and its answer says so.
+pub fn bulk_requests(
+    request: &ControlRequest,
+    bulk: &sluice_proto::BulkRequest,
+) -> Result<Vec<ControlRequest>, Answer> {
+    use sluice_proto::limits::BULK_RUNS_MAX;
+    if bulk.runs.is_empty() || bulk.runs.len() > BULK_RUNS_MAX {
+        return Err(Answer::refused(
+            RefusalKind::Invalid,
+            format!("a bulk {} names 1 to {BULK_RUNS_MAX} runs, not {}", bulk.action.as_str(), bulk.runs.len()),
+        ));
+    }
+    let action = match bulk.action {
+        sluice_proto::BulkAction::Retry => sluice_proto::ControlAction::Retry,
+        sluice_proto::BulkAction::Cancel => sluice_proto::ControlAction::Cancel,
+    };
+    Ok(bulk
+        .runs
+        .iter()
+        .map(|id| ControlRequest {
+            schema_version: request.schema_version,
+            request_id: None,
+            requested_by: request.requested_by.clone(),
+            run_id: Some(*id),
+            action: action.clone(),
+            job: None,
+            requested_at: request.requested_at,
+            dead_letter: None,
+            spec: None,
+        })
+        .collect())
+}
+
 /// What a bulk action came to, run by run.
 #[derive(Debug, Default)]
 pub struct BulkTally {
@@ -243,7 +256,8 @@ const BULK_REASONS_SAID: usize = 3;
 const BULK_SELECTION_SAID_MAX_BYTES: usize = 512;
 
 impl BulkTally {
-    pub fn add(&mut self, id: RunId, answer: Answer) {
+    pub fn add(&mut self, id: Option<RunId>, answer: Answer) {
+        let Some(id) = id else { return };
         match answer.refused {
             None => self.applied.push(id),
             Some(_) => self.refused.push((id, answer.reason)),
@@ -547,9 +561,9 @@ mod tests {
     fn a_bulk_action_is_applied_when_any_run_was_and_says_what_was_refused() {
         let asked = bulk(6);
         let mut tally = BulkTally::default();
-        tally.add(asked.runs[0], Answer::applied("1 job queued again", vec!["a".into()]));
+        tally.add(Some(asked.runs[0]), Answer::applied("1 job queued again", vec!["a".into()]));
         for (index, id) in asked.runs[1..].iter().enumerate() {
-            tally.add(*id, Answer::refused(RefusalKind::Conflict, format!("busy {index}")));
+            tally.add(Some(*id), Answer::refused(RefusalKind::Conflict, format!("busy {index}")));
         }
         let answer = tally.answer(&asked);
         assert_eq!(answer.refused, None);
@@ -562,7 +576,7 @@ mod tests {
         let asked = bulk(2);
         let mut tally = BulkTally::default();
         for id in &asked.runs {
-            tally.add(*id, Answer::refused(RefusalKind::Conflict, "still running".to_owned()));
+            tally.add(Some(*id), Answer::refused(RefusalKind::Conflict, "still running".to_owned()));
         }
         let answer = tally.answer(&asked);
         assert_eq!(answer.refused, Some(RefusalKind::Conflict), "none retried: {}", answer.reason);
@@ -667,7 +681,7 @@ mod tests {
     fn a_request_is_attributed_to_the_identity_its_subject_names() {
         let subject = |identity: &str| names::control_subject(identity, None);
         let by = |claimed: &str, subject: &str| {
-            attributed(subject, ControlRequest::new(sluice_proto::ControlAction::Cancel, None, claimed)).requested_by
+            ControlRequest::new(sluice_proto::ControlAction::Cancel, None, claimed).attributed(subject).requested_by
         };
         assert_eq!(by("alice", &subject("alice")), "alice");
         assert_eq!(by("", &subject("alice")), "alice", "an anonymous payload is the sender's");

@@ -773,8 +773,8 @@ impl Coordinator {
     /// durable, then acknowledged. A redelivered request that was answered already (a crash
     /// came between its answer and its ack) is not applied again.
     async fn handle_control(&mut self, topology: &Topology, message: Message) -> Result<(), ServiceError> {
-        let request: ControlRequest = match decode(&message.payload) {
-            Ok(request) => control::attributed(message.subject.as_str(), request),
+        let request: ControlRequest = match decode::<ControlRequest>(&message.payload) {
+            Ok(request) => request.attributed(message.subject.as_str()),
             Err(error) => {
                 tracing::error!(%error, subject = %message.subject, "a control request cannot be decoded");
                 let id = header(&message, names::HEADER_REQUEST_ID).and_then(|text| text.parse().ok());
@@ -789,7 +789,9 @@ impl Coordinator {
             let now = Utc::now();
             let mut redone = 0;
             let answer = loop {
-                match self.apply_control(topology, &request, now).await {
+                // Boxed: the futures of every action, inline, made the loop's future overflow a 2 MiB
+                // worker stack in debug builds (an embedded coordinator, the Rust example's test).
+                match Box::pin(self.apply_control(topology, &request, now)).await {
                     // The timekeeper wrote the same schedule, backfill or pool meanwhile.
                     Err(ServiceError::Changed { what }) if redone < CHANGED_REDO_MAX => {
                         tracing::debug!(%what, "redoing a control request from a fresh read");
@@ -835,7 +837,20 @@ impl Coordinator {
                 self.workflow_apply(topology, workflow, &request.requested_by, Applying::Workflow, now).await
             }
             ControlAction::WorkflowDelete { name } => control::workflow_delete(topology, name).await,
-            ControlAction::Bulk(bulk) => self.bulk(topology, request, bulk, now).await,
+            // Each run as its own request, from here: a `control_run` one call deeper made the
+            // loop's future overflow a 2 MiB worker stack in debug builds.
+            ControlAction::Bulk(bulk) => {
+                let runs = match control::bulk_requests(request, bulk) {
+                    Ok(runs) => runs,
+                    Err(refused) => return Ok(refused),
+                };
+                let mut tally = control::BulkTally::default();
+                for one in runs {
+                    let answer = self.control_run(topology, &one, now).await?;
+                    tally.add(one.run_id, answer);
+                }
+                Ok(tally.answer(bulk))
+            }
             ControlAction::SchedulePause { name } => control::schedule_pause(topology, name, true, now).await,
             ControlAction::ScheduleResume { name } => control::schedule_pause(topology, name, false, now).await,
             ControlAction::ScheduleDelete { name } => control::schedule_delete(topology, name).await,
@@ -897,49 +912,6 @@ impl Coordinator {
             };
         }
         Ok(Answer::applied(reason, vec![spec.name]))
-    }
-
-    /// A bulk action: each run retried or cancelled as its own request would be, all in this
-    /// one request's turn, answered once. Applied when any run was; the runs refused are
-    /// counted and the first reasons said.
-    async fn bulk(
-        &mut self,
-        topology: &Topology,
-        request: &ControlRequest,
-        bulk: &sluice_proto::BulkRequest,
-        now: chrono::DateTime<Utc>,
-    ) -> Result<Answer, ServiceError> {
-        if bulk.runs.is_empty() || bulk.runs.len() > sluice_proto::limits::BULK_RUNS_MAX {
-            return Ok(Answer::refused(
-                RefusalKind::Invalid,
-                format!(
-                    "a bulk {} names 1 to {} runs, not {}",
-                    bulk.action.as_str(),
-                    sluice_proto::limits::BULK_RUNS_MAX,
-                    bulk.runs.len()
-                ),
-            ));
-        }
-        let action = match bulk.action {
-            sluice_proto::BulkAction::Retry => ControlAction::Retry,
-            sluice_proto::BulkAction::Cancel => ControlAction::Cancel,
-        };
-        let mut tally = control::BulkTally::default();
-        for id in &bulk.runs {
-            // One run's request: no id of its own (only the bulk request is answered).
-            let one = ControlRequest {
-                request_id: None,
-                run_id: Some(*id),
-                action: action.clone(),
-                job: None,
-                dead_letter: None,
-                spec: None,
-                ..request.clone()
-            };
-            let answer = self.control_run(topology, &one, now).await?;
-            tally.add(*id, answer);
-        }
-        Ok(tally.answer(bulk))
     }
 
     /// Cancel, retry, replay or mark of a run. The run is loaded from the store if it is not

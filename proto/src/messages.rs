@@ -631,6 +631,28 @@ impl ControlRequest {
         }
     }
 
+    /// Who a request is recorded as having come from. The identity in its subject
+    /// (`sluice.control.<identity>.…`) is what NATS permissions tie to the sender's credentials (a
+    /// submitter may publish only under its own identity, decision 14), so a payload cannot claim
+    /// another's name: `requested_by` becomes that identity. A payload naming someone else keeps
+    /// the name after it (`http/alice`: a client that acts for its own users, like the HTTP server
+    /// of decision 2, says which user), so the record shows both who sent it and for whom.
+    pub fn attributed(mut self, subject: &str) -> Self {
+        let Some((identity, _)) = crate::names::parse_control_subject(subject) else { return self };
+        let claimed = self.requested_by.trim();
+        self.requested_by = if claimed.is_empty() || claimed == identity {
+            identity.to_owned()
+        } else {
+            // The identity stays whole; the claimed name is cut to fit the limit.
+            let mut room = crate::limits::REQUESTED_BY_MAX_BYTES.saturating_sub(identity.len() + 1).min(claimed.len());
+            while !claimed.is_char_boundary(room) {
+                room -= 1;
+            }
+            format!("{identity}/{}", &claimed[..room])
+        };
+        self
+    }
+
     /// The action's name as outcomes and logs show it (`replay` is a retry of one dead
     /// letter's job).
     pub fn action_name(&self) -> &'static str {

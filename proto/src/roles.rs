@@ -171,8 +171,9 @@ fn viewer_reads(publish: &mut Vec<String>) {
     for stream in [names::LOGS_STREAM, names::DLQ_STREAM, names::REJECTED_STREAM, names::INDEX_STREAM] {
         read(publish, stream, Read::Consumers);
     }
-    // Work queues: pending submissions, queued jobs (pool lag), no consumers.
-    for stream in [names::SUBMIT_STREAM, names::JOBS_STREAM] {
+    // Work queues: pending submissions, queued jobs (pool lag), requests not yet answered;
+    // no consumers.
+    for stream in [names::SUBMIT_STREAM, names::JOBS_STREAM, names::CONTROL_STREAM] {
         read(publish, stream, Read::Messages);
     }
     publish.push(names::js_api_consumer_info(names::JOBS_STREAM, "*"));

@@ -223,6 +223,48 @@ impl Schedule {
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.cron.next_after(self.zone, after)
     }
+
+    /// The windows this schedule's ticks process that start on the local days `from` to
+    /// `to` (both included, in its zone), oldest first, each once: an audit grid's columns.
+    /// `None` when there are more than `max`, or when finding them would look at more than
+    /// [`TICKS_SCANNED_MAX`] ticks (a minutely cron over a year).
+    pub fn windows_on_days(&self, from: chrono::NaiveDate, to: chrono::NaiveDate, max: usize) -> Option<Vec<Window>> {
+        let first = Window::day(from, self.zone).start.to_utc();
+        let end = Window::day(to, self.zone).end.to_utc();
+        // A window starts at or before its tick, and ends at most a day after it (`today`),
+        // or a span before it (`last 30d`): ticks after `end` plus that lead start no window
+        // in the range.
+        let span = match self.window {
+            RelativeWindow::Last(span) => ChronoDuration::from_std(span).unwrap_or(ChronoDuration::MAX),
+            _ => ChronoDuration::zero(),
+        };
+        let last_tick = end.checked_add_signed(span.max(ChronoDuration::days(2)))?;
+        let mut windows: Vec<Window> = Vec::new();
+        let mut cursor = first - ChronoDuration::seconds(1);
+        let mut scanned = 0;
+        while let Some(tick) = self.next_after(cursor) {
+            if tick > last_tick {
+                break;
+            }
+            scanned += 1;
+            if scanned > TICKS_SCANNED_MAX {
+                return None;
+            }
+            cursor = tick;
+            let window = self.window.at(tick, self.zone);
+            let day = window.start.with_timezone(&self.zone).date_naive();
+            if day < from || day > to || windows.last().is_some_and(|last| *last == window) {
+                continue;
+            }
+            windows.push(window);
+            if windows.len() > max {
+                return None;
+            }
+        }
+        windows.sort_by_key(|window| (window.start, window.end));
+        windows.dedup();
+        Some(windows)
+    }
 }
 
 /// The outcome of [`Schedule::plan`].
@@ -253,6 +295,43 @@ mod tests {
     fn schedule(cron: &str, zone: &str, window: &str, catchup: Catchup) -> Schedule {
         let spec = ScheduleSpec { cron: cron.into(), timezone: Some(zone.into()), window: window.into(), catchup };
         Schedule::from_spec(&spec, None).unwrap()
+    }
+
+    fn day(text: &str) -> chrono::NaiveDate {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn an_audits_columns_are_the_windows_the_ticks_process() {
+        // Hourly, the hour before: the spring-forward day has 23 hours.
+        let hourly = schedule("5 * * * *", "Europe/Berlin", "previous_hour", Catchup::None);
+        let windows = hourly.windows_on_days(day("2024-03-30"), day("2024-03-31"), 2_000).unwrap();
+        assert_eq!(windows.len(), 24 + 23);
+        assert_eq!(windows[0].to_string(), "2024-03-30T00:00:00+01:00..2024-03-30T01:00:00+01:00");
+        assert_eq!(windows[46].to_string(), "2024-03-31T23:00:00+02:00..2024-04-01T00:00:00+02:00");
+        assert!(windows.windows(2).all(|pair| pair[0].end == pair[1].start), "contiguous, oldest first");
+
+        // Daily at 02:30 for yesterday: one day each, the first day's from the second day's tick.
+        let daily = schedule("30 2 * * *", "America/New_York", "yesterday", Catchup::None);
+        let days: Vec<String> = daily
+            .windows_on_days(day("2024-03-01"), day("2024-03-03"), 2_000)
+            .unwrap()
+            .iter()
+            .map(|window| window.start.format("%Y-%m-%d %z").to_string())
+            .collect();
+        assert_eq!(days, ["2024-03-01 -0500", "2024-03-02 -0500", "2024-03-03 -0500"]);
+
+        // Weekly over the last 7 days: the windows that start in the range, however far
+        // their ticks are past it.
+        let weekly = schedule("0 6 * * 1", "UTC", "last 7d", Catchup::None);
+        let windows = weekly.windows_on_days(day("2024-03-01"), day("2024-03-14"), 2_000).unwrap();
+        let starts: Vec<String> = windows.iter().map(|window| window.start.to_rfc3339()).collect();
+        assert_eq!(starts, ["2024-03-04T06:00:00+00:00", "2024-03-11T06:00:00+00:00"]);
+
+        // Too many to show, or to look at, is none: the caller says to narrow the range.
+        assert!(hourly.windows_on_days(day("2024-01-01"), day("2024-12-31"), 2_000).is_none());
+        let minutely = schedule("* * * * *", "UTC", "last 1m", Catchup::None);
+        assert!(minutely.windows_on_days(day("2024-01-01"), day("2024-12-31"), usize::MAX).is_none());
     }
 
     #[test]

@@ -497,11 +497,12 @@ async fn audit_grid(
         return Err(ApiError::invalid(format!("from {from} is after to {to}")));
     }
     let interval = match params.get("interval") {
-        Some(text) => text
-            .parse::<sluice_proto::HumanDuration>()
-            .map_err(|error| ApiError::invalid(format!("interval: {error}")))?
-            .as_duration(),
-        None => std::time::Duration::from_secs(86_400),
+        Some(text) => Some(
+            text.parse::<sluice_proto::HumanDuration>()
+                .map_err(|error| ApiError::invalid(format!("interval: {error}")))?
+                .as_duration(),
+        ),
+        None => None,
     };
     let missing_only = match params.get("missing").map(String::as_str) {
         None | Some("false") => false,
@@ -774,7 +775,8 @@ fn limit_param(params: &BTreeMap<String, String>, default: usize, max: usize) ->
 }
 
 /// `GET /api/v1/requests`: the control requests answered lately (kept 7 days), newest
-/// first: `{"requests": [ControlOutcome], "earlier": before-cursor or null}`.
+/// first: `{"requests": [ControlOutcome], "earlier": before-cursor or null, "waiting":
+/// [request]}`; `waiting` (those no coordinator has answered yet) on the first page only.
 async fn list_requests(
     State(server): State<Server>,
     _user: User,
@@ -783,7 +785,12 @@ async fn list_requests(
     let Query(params) = query.map_err(|rejection| ApiError::invalid(rejection.body_text()))?;
     let (before, limit) = requests_query(&params)?;
     let page = sluice_client::outcomes::recent(&server.js, before, limit).await?;
-    Ok(Json(json!({"requests": page.outcomes, "earlier": page.earlier})))
+    let waiting = match before {
+        None => sluice_client::outcomes::unanswered(&server.js, limit).await?,
+        Some(_) => Vec::new(),
+    };
+    let waiting: Vec<Value> = waiting.iter().map(sluice_client::json::waiting_request_json).collect();
+    Ok(Json(json!({"requests": page.outcomes, "earlier": page.earlier, "waiting": waiting})))
 }
 
 /// `GET /api/v1/runs/{id}`: `status -o json`'s shape (a pending run's too).

@@ -22,9 +22,10 @@ pub struct AuditArgs {
     /// Last day (YYYY-MM-DD), included.
     #[arg(long)]
     to: String,
-    /// Length of each window: `1d` (default), `7d`, `1h`, ...
-    #[arg(long, default_value = "1d")]
-    interval: HumanDuration,
+    /// Length of each window: `1d`, `7d`, `1h`, ... (default: the windows of the workflow's
+    /// schedule, or days when it has none).
+    #[arg(long)]
+    interval: Option<HumanDuration>,
     /// Time zone of the windows (default: the workflow's, from its newest run).
     #[arg(long)]
     timezone: Option<String>,
@@ -51,7 +52,7 @@ pub async fn run(url: &str, args: AuditArgs, format: Format) -> Result<ExitCode,
         workflow: args.workflow.clone(),
         from,
         to,
-        interval: args.interval.as_duration(),
+        interval: args.interval.map(|interval| interval.as_duration()),
         zone,
         missing_only: args.missing,
     };

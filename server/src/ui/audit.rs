@@ -89,14 +89,8 @@ pub async fn page(
         None => 0,
     };
     let from = to - Duration::days(days - 1);
-    let query = AuditQuery {
-        workflow: workflow.clone(),
-        from,
-        to,
-        interval: std::time::Duration::from_secs(86_400),
-        zone: Some(zone),
-        missing_only: false,
-    };
+    let query =
+        AuditQuery { workflow: workflow.clone(), from, to, interval: None, zone: Some(zone), missing_only: false };
     let grid = grid(&server.js, &query).await?;
     let link = |to: NaiveDate, jobs_from: usize| {
         format!("/workflows/{}/audit?to={to}&days={days}&jobs_from={jobs_from}", encode_component(&workflow))
@@ -106,9 +100,11 @@ pub async fn page(
         .iter()
         .map(|column| {
             let start = column.window.start.with_timezone(&zone);
+            // A schedule's windows shorter than a day (hours) say their time too.
+            let within_a_day = column.window.end - column.window.start < chrono::Duration::hours(23);
             Header {
                 day: start.format("%Y-%m-%d").to_string(),
-                label: start.format("%m-%d").to_string(),
+                label: start.format(if within_a_day { "%m-%d %H:%M" } else { "%m-%d" }).to_string(),
                 title: format!("{}: {}", column.window, column.state()),
                 state: match column.state() {
                     "succeeded" => "completed",

@@ -8,10 +8,10 @@ use askama::Template;
 use axum::extract::{Form, Query, State};
 use axum::response::{IntoResponse, Redirect, Response};
 
-use super::{Chrome, PageError, Session, encode_component, render};
+use super::{Chrome, PageError, Session, encode_component, render, short};
 use crate::Server;
 use crate::api::act;
-use crate::bulk::{BulkAsk, FILTER_PARAMETERS};
+use crate::bulk::BulkAsk;
 
 /// Runs the confirmation lists by name, at most (it counts them all).
 const LISTED_MAX: usize = 50;
@@ -64,10 +64,8 @@ pub async fn preview(
         .iter()
         .take(LISTED_MAX)
         .map(|run| {
-            let id = run.id.to_string();
-            let short = id[id.len().saturating_sub(8)..].to_owned();
             let window = format!("{} → {}", clock.show(run.window.start.to_utc()), clock.show(run.window.end.to_utc()));
-            (id, short, run.state.as_str().to_owned(), window)
+            (run.id.to_string(), short(&run.id), run.state.as_str().to_owned(), window)
         })
         .collect();
     let page = BulkPage {
@@ -76,7 +74,7 @@ pub async fn preview(
         count: selected.runs.len(),
         listed,
         back: runs_query(&filter),
-        filter: filter.into_iter().filter(|(key, _)| FILTER_PARAMETERS.contains(&key.as_str())).collect(),
+        filter: filter.into_iter().collect(),
         chrome,
     };
     Ok(render(&page))

@@ -48,7 +48,7 @@ pub fn router() -> Router<Server> {
         .route("/runs/{id}", get(pages::run))
         .route("/runs/{id}/events", get(pages::run_events))
         .route("/runs/{id}/cancel", post(pages::cancel))
-        .route("/runs/{id}/retry", post(pages::retry))
+        .route("/runs/{id}/retry", get(pages::retry_form).post(pages::retry))
         .route("/runs/{id}/jobs/{path}", get(pages::job))
         .route("/runs/{id}/jobs/{path}/mark", post(pages::mark))
         .route("/workflows/{name}/audit", get(audit::page))

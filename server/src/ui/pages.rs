@@ -908,6 +908,9 @@ pub struct ActionForm {
     /// `job`: come back to the job's page instead of the run's.
     #[serde(default)]
     back: Option<String>,
+    /// A retry's edited workflow YAML (empty: the run's own).
+    #[serde(default)]
+    spec: Option<String>,
 }
 
 /// Sends the action as the session's user and goes back to the page, which then shows the
@@ -946,8 +949,53 @@ pub async fn retry(
 ) -> Result<Response, PageError> {
     let id = run_id(&id)?;
     let job = form.job.clone().filter(|job| !job.is_empty());
-    let request = ControlRequest { job, ..ControlRequest::new(ControlAction::Retry, Some(id), "") };
+    let spec = form.spec.clone().filter(|spec| !spec.trim().is_empty());
+    if let Some(yaml) = &spec {
+        // Said here, at once; what it may change is the coordinator's to decide.
+        WorkflowSpec::parse(yaml)
+            .map_err(|error| PageError::new(StatusCode::BAD_REQUEST, format!("the edited spec: {error}")))?;
+    }
+    let request = ControlRequest { job, spec, ..ControlRequest::new(ControlAction::Retry, Some(id), "") };
     page_action(&server, &session, &id, &form, request).await
+}
+
+#[derive(Template)]
+#[template(path = "retry.html")]
+struct RetryPage {
+    chrome: Chrome,
+    id: String,
+    short: String,
+    workflow: String,
+    yaml: String,
+    /// The workflow's jobs: one may be retried alone (with what depends on it).
+    jobs: Vec<String>,
+}
+
+/// `GET /runs/{id}/retry`: retry with an edited spec; the form holds the YAML the run
+/// runs with now.
+pub async fn retry_form(
+    State(server): State<Server>,
+    session: Session,
+    Path(id): Path<String>,
+) -> Result<Response, PageError> {
+    let chrome = session.chrome(&server);
+    let id = run_id(&id)?;
+    let view = load_run(&server, &id).await?;
+    if !view.record.state.is_terminal() {
+        return Err(PageError::new(
+            StatusCode::CONFLICT,
+            format!("run {id} is {}: a run is retried once it has ended", view.record.state.as_str()),
+        ));
+    }
+    let yaml = sluice_client::specs::of_run(&server.js, &view.record).await?;
+    Ok(render(&RetryPage {
+        chrome,
+        id: id.to_string(),
+        short: short(&id),
+        workflow: view.record.workflow.clone(),
+        yaml,
+        jobs: view.record.jobs.clone(),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -966,7 +1014,7 @@ pub async fn mark(
     Form(form): Form<MarkForm>,
 ) -> Result<Response, PageError> {
     let id = run_id(&id)?;
-    let action = ActionForm { csrf: form.csrf, job: Some(path.clone()), back: Some("job".into()) };
+    let action = ActionForm { csrf: form.csrf, job: Some(path.clone()), back: Some("job".into()), spec: None };
     let request = crate::api::mark_request(id, &path, form.as_, None)?;
     page_action(&server, &session, &id, &action, request).await
 }

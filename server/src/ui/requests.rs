@@ -24,10 +24,20 @@ struct Row {
     changed: String,
 }
 
+/// A request no coordinator has answered yet.
+struct Waiting {
+    at: String,
+    by: String,
+    action: &'static str,
+    run: Option<String>,
+    run_short: String,
+}
+
 #[derive(Template)]
 #[template(path = "requests.html")]
 struct RequestsPage {
     chrome: Chrome,
+    waiting: Vec<Waiting>,
     rows: Vec<Row>,
     earlier: Option<u64>,
 }
@@ -43,6 +53,20 @@ pub async fn page(
     let chrome = session.chrome(&server);
     let (before, limit) = requests_query(&params)?;
     let page = sluice_client::outcomes::recent(&server.js, before, limit).await?;
+    let unanswered = match before {
+        None => sluice_client::outcomes::unanswered(&server.js, limit).await?,
+        Some(_) => Vec::new(),
+    };
+    let waiting = unanswered
+        .iter()
+        .map(|request| Waiting {
+            at: chrome.clock.show(request.requested_at),
+            by: request.requested_by.clone(),
+            action: request.action_name(),
+            run: request.run_id.map(|id| id.to_string()),
+            run_short: request.run_id.map(|id| short(&id)).unwrap_or_default(),
+        })
+        .collect();
     let rows = page
         .outcomes
         .iter()
@@ -66,5 +90,5 @@ pub async fn page(
             }
         })
         .collect();
-    Ok(render(&RequestsPage { chrome, rows, earlier: page.earlier }))
+    Ok(render(&RequestsPage { chrome, waiting, rows, earlier: page.earlier }))
 }

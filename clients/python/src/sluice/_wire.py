@@ -706,6 +706,24 @@ class ScheduleRecord(Message):
 
 
 @dataclasses.dataclass(kw_only=True)
+class WorkflowRecord(Message):
+    """A workflow applied with `sluice workflow apply`, in KV `sluice-workflows`."""
+
+    WHAT: ClassVar[str] = "workflow record"
+    schema_version: int = wire(INT)
+    name: str = wire(STR)
+    spec_hash: str = wire(STR)
+    description: str | None = wire(OPT(STR), default=None)
+    timezone: str | None = wire(OPT(STR), default=None)
+    schedule: str | None = wire(OPT(STR), default=None)
+    jobs: int = wire(INT)
+    params: list[str] = wire(LIST(STR), default=[])
+    created_at: datetime = wire(TIME)
+    updated_at: datetime = wire(TIME)
+    applied_by: str = wire(STR, default="")
+
+
+@dataclasses.dataclass(kw_only=True)
 class BackfillRecord(Message):
     WHAT: ClassVar[str] = "backfill record"
     schema_version: int = wire(INT)
@@ -840,12 +858,14 @@ GOLDEN: Mapping[str, type[Message]] = {
     "dead_letter": DeadLetter,
     "control_request": ControlRequest,
     "control_request_backfill": ControlRequest,
+    "control_request_bulk": ControlRequest,
     "control_request_schedule": ControlRequest,
     "control_outcome": ControlOutcome,
     "pending_cancel": PendingCancel,
     "pool_record": PoolRecord,
     "worker_record": WorkerRecord,
     "schedule_record": ScheduleRecord,
+    "workflow_record": WorkflowRecord,
     "backfill_record": BackfillRecord,
     "log_batch": LogBatch,
     "rejection": Rejection,
